@@ -1,0 +1,324 @@
+"""Recipes: YAML files validated into typed, documented configuration objects.
+
+A recipe mirrors the data path: ``data`` -> ``views`` -> ``model`` -> ``method`` ->
+``train`` -> ``eval``. Every field has a default and a one-line description (shown by
+``medssl recipes --fields``). Recipes are read with ``yaml.safe_load``: nothing in them
+is evaluated as code.
+
+Example:
+    >>> from medssl.config import load_recipe
+    >>> recipe = load_recipe("recipes/yaware_age.yaml", overrides=["train.epochs=2"])
+    >>> recipe.method.name
+    'yaware'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medssl.errors import RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data
+class SyntheticCohortConfig(Section):
+    subjects: int = Field(256, ge=4, description="Number of synthetic subjects.")
+    sites: int = Field(8, ge=2, description="Number of acquisition sites (scanners).")
+    external_sites: int = Field(2, ge=0, description="Sites held out entirely as the external test set.")
+    shape: int = Field(32, ge=8, le=256, description="Edge length of the cubic synthetic volumes (voxels).")
+    diagnosis: bool = Field(False, description="Add a binary diagnosis with a small localised anatomical effect.")
+    seed: int = Field(0, description="Seed of the generator; the same seed gives the same cohort.")
+
+
+class DataConfig(Section):
+    root: Path | None = Field(None, description="Cohort folder (volumes + participants table); null uses the embedded synthetic cohort.")
+    label: str | None = Field("age", description="Participants column used as the label y of label-aware losses (null: none).")
+    volume_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="Resize every volume to this (D, H, W) before augmentation; null keeps the stored shape.")
+    max_subjects: int | None = Field(None, ge=2, description="Use at most this many training subjects (null: all).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    synthetic: SyntheticCohortConfig = Field(default_factory=SyntheticCohortConfig, description="Embedded synthetic cohort used when root is null.")
+
+
+# ----------------------------------------------------------------------------- views
+class CropConfig(Section):
+    p: float = Field(0.0, ge=0, le=1, description="Probability of a random crop resized back to full size.")
+    scale: tuple[float, float] = Field((0.6, 1.0), description="Range of the crop edge as a fraction of the volume edge.")
+
+
+class CutoutConfig(Section):
+    p: float = Field(0.0, ge=0, le=1, description="Probability of zeroing a random box (cutout).")
+    size: tuple[float, float] = Field((0.25, 0.25), description="Range of the box edge as a fraction of the volume edge.")
+
+
+class FlipConfig(Section):
+    p: float = Field(0.0, ge=0, le=1, description="Probability of a flip along each spatial axis.")
+    axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes that may be flipped (0 = left-right for RAS volumes).")
+
+
+class BlurConfig(Section):
+    p: float = Field(0.0, ge=0, le=1, description="Probability of a Gaussian blur.")
+    std: tuple[float, float] = Field((0.1, 1.0), description="Range of the blur standard deviation in voxels.")
+
+
+class NoiseConfig(Section):
+    p: float = Field(0.0, ge=0, le=1, description="Probability of additive Gaussian noise.")
+    std: tuple[float, float] = Field((0.0, 0.1), description="Range of the noise standard deviation (normalised intensities).")
+
+
+class AffineConfig(Section):
+    p: float = Field(0.0, ge=0, le=1, description="Probability of a random affine transform.")
+    degrees: float = Field(10.0, ge=0, description="Maximum rotation in degrees around each axis.")
+    scale: tuple[float, float] = Field((0.9, 1.1), description="Range of the isotropic scaling factor.")
+    translation: float = Field(0.0, ge=0, description="Maximum translation in voxels.")
+
+
+class ViewsConfig(Section):
+    n_views: int = Field(2, ge=1, description="Augmented views drawn per subject.")
+    normalize: Literal["zscore", "minmax", "none"] = Field("zscore", description="Intensity normalisation applied before augmentation.")
+    crop: CropConfig = Field(default_factory=CropConfig, description="Random crop then resize back.")
+    cutout: CutoutConfig = Field(default_factory=CutoutConfig, description="Zero a random box.")
+    flip: FlipConfig = Field(default_factory=FlipConfig, description="Random flips.")
+    blur: BlurConfig = Field(default_factory=BlurConfig, description="Gaussian blur.")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Additive Gaussian noise.")
+    affine: AffineConfig = Field(default_factory=AffineConfig, description="Rotation, scaling, translation.")
+
+
+# ----------------------------------------------------------------------------- model
+class HeadConfig(Section):
+    hidden_dim: int = Field(512, ge=1, description="Width of the projection head's hidden layer.")
+    out_dim: int = Field(128, ge=1, description="Dimension of the projected embedding the loss sees.")
+    layers: int = Field(2, ge=1, le=4, description="Linear layers in the head (1 = linear projection).")
+    batch_norm: bool = Field(False, description="BatchNorm after hidden layers (BYOL/SimSiam/VICReg heads use it).")
+
+
+class ModelConfig(Section):
+    encoder: Literal["resnet18", "resnet34", "resnet50", "densenet121", "alexnet"] = Field("resnet18", description="3D backbone (MONAI networks; alexnet is medssl's 3D AlexNet).")
+    in_channels: int = Field(1, ge=1, description="Input channels of the volumes.")
+    conv1_stride: int = Field(2, ge=1, le=2, description="Stride of the ResNet stem convolution (MONAI's default 1 costs 8x the compute).")
+    head: HeadConfig = Field(default_factory=HeadConfig, description="Projection head on top of the encoder features.")
+
+
+# ----------------------------------------------------------------------------- method
+METHOD_NAMES = (
+    "yaware", "simclr", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon",
+    "decoupled", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "deepcluster",
+)
+
+
+class MethodConfig(Section):
+    name: Literal[METHOD_NAMES] = Field("yaware", description="Training objective: " + ", ".join(METHOD_NAMES) + ".")  # type: ignore[valid-type]
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature tau of contrastive losses.")
+    sigma: float = Field(5.0, gt=0, description="Bandwidth of the label kernel (label units, e.g. years).")
+    kernel: Literal["gaussian", "rbf", "cauchy"] = Field("rbf", description="Kernel on labels of y-aware, threshold and exponential losses.")
+    reference_code: bool = Field(False, description="Threshold/exponential: compute what the authors' code computes instead of the paper's formula.")
+    eps: float = Field(0.0, description="Margin epsilon of eps-SupInfoNCE / eps-SupCon.")
+    lambd: float = Field(5e-3, ge=0, description="Barlow Twins off-diagonal weight.")
+    sim_weight: float = Field(25.0, ge=0, description="VICReg invariance weight (lambda).")
+    var_weight: float = Field(25.0, ge=0, description="VICReg variance weight (mu).")
+    cov_weight: float = Field(1.0, ge=0, description="VICReg covariance weight (nu).")
+    momentum: float = Field(0.996, ge=0, le=1, description="BYOL/DINO base EMA momentum of the target/teacher network.")
+    predictor_hidden_dim: int = Field(512, ge=1, description="BYOL/SimSiam predictor hidden width.")
+    teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature (sharpening).")
+    center_momentum: float = Field(0.9, ge=0, le=1, description="DINO EMA momentum of the teacher centre.")
+    out_dim: int = Field(4096, ge=2, description="DINO prototypes (output dimension of the DINO head).")
+    local_crops: int = Field(4, ge=0, description="DINO local crops per subject, besides the 2 global views.")
+    local_crop_scale: tuple[float, float] = Field((0.3, 0.5), description="DINO local crop edge as a fraction of the volume edge.")
+    clusters: int = Field(100, ge=2, description="DeepCluster k of k-means.")
+    pca_dim: int = Field(256, ge=2, description="DeepCluster PCA dimension (whitened) before k-means.")
+    kmeans_iters: int = Field(20, ge=1, description="DeepCluster k-means iterations.")
+
+
+# ----------------------------------------------------------------------------- train
+class EmbeddedBudgetConfig(Section):
+    epochs: int = Field(12, ge=1, description="Epochs when the embedded synthetic cohort is used.")
+    batch_size: int = Field(32, ge=2, description="Batch size (subjects) on the embedded cohort.")
+    lr: float | None = Field(None, gt=0, description="Learning rate on the embedded cohort (null keeps train.lr).")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(50, ge=1, description="Passes over the training cohort.")
+    batch_size: int = Field(64, ge=2, description="Subjects per step (each seen in views.n_views views).")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole cohort).")
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field("adam", description="Optimiser.")
+    lr: float = Field(1e-4, gt=0, description="Base learning rate.")
+    weight_decay: float = Field(5e-5, ge=0, description="Weight decay.")
+    momentum: float = Field(0.9, ge=0, le=1, description="SGD momentum.")
+    scheduler: Literal["none", "cosine", "step"] = Field("none", description="Learning-rate schedule over the steps of the run.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule.")
+    step_gamma: float = Field(0.9, gt=0, le=1, description="Decay factor per epoch of the step schedule.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value (null: no clipping).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast precision of forward passes.")
+    channels_last: bool = Field(False, description="Use the channels-last-3d memory format.")
+    compile: bool = Field(False, description="Wrap the model with torch.compile.")
+    accumulate: int = Field(1, ge=1, description="Gradient accumulation steps per optimiser step.")
+    seed: int = Field(0, description="Seed of every random number generator.")
+    device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda[:k]'.")
+    checkpoint_every: int = Field(1, ge=1, description="Write checkpoints/last.pt every this many epochs.")
+    embedded: EmbeddedBudgetConfig = Field(default_factory=EmbeddedBudgetConfig, description="Smaller budget applied when the embedded synthetic cohort is used.")
+
+
+# ----------------------------------------------------------------------------- eval
+class EvalConfig(Section):
+    after_pretrain: bool = Field(True, description="Run the evaluation at the end of `medssl pretrain`.")
+    folds: int = Field(5, ge=2, description="Folds of the site-stratified cross-validation.")
+    baseline: bool = Field(True, description="Also evaluate a randomly initialised encoder of the same architecture.")
+    batch_size: int = Field(16, ge=1, description="Volumes per batch during feature extraction.")
+    targets: list[str] = Field(default_factory=lambda: ["age", "sex"], description="Participants columns probed by the cross-validation.")
+
+
+class Recipe(Section):
+    name: str = Field("recipe", description="Recipe name (used for the run folder).")
+    description: str = Field("", description="One line shown by `medssl recipes`.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    views: ViewsConfig = Field(default_factory=ViewsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def uses_embedded_cohort(self) -> bool:
+        return self.data.root is None
+
+
+# ----------------------------------------------------------------------------- loading
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            value = item.get("input")
+            problems.append(f"'{key}' = {value!r}: {item['msg']}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise RecipeError(f"override '{text}': expected KEY.PATH=VALUE, e.g. train.epochs=2")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise RecipeError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override '{text}': value is not valid YAML ({exc})") from exc
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return ``raw`` with ``KEY.PATH=VALUE`` overrides set (nested dicts are created)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """Accept a path to a YAML file or the name of a shipped recipe (``yaware_age``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / f"{name_or_path}.yaml", RECIPES_DIR / path.name):
+        if candidate.is_file():
+            return candidate
+    raise RecipeError(f"recipe '{name_or_path}' not found (a YAML path, or one of: {', '.join(list_recipe_names())})")
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation_error(source, exc)) from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raises :class:`RecipeError` with the key path."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    raw = apply_overrides(raw, overrides or [])
+    return recipe_from_dict(raw, source=str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """YAML text of a resolved recipe (every field, defaults included)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def list_recipe_names() -> list[str]:
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def shipped_recipes() -> list[tuple[str, str]]:
+    """(name, one-line description) of every recipe in ``recipes/``."""
+    rows = []
+    for name in list_recipe_names():
+        raw = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+        rows.append((name, str(raw.get("description", ""))))
+    return rows
+
+
+def field_docs(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, description) of every leaf field, for ``--help`` style listings."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(field_docs(annotation, prefix=f"{key}."))
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((key, repr(default), field.description or ""))
+    return rows
+
+
+def smoke_recipe(recipe: Recipe) -> Recipe:
+    """A copy of ``recipe`` shrunk to run end-to-end in seconds (``--smoke``)."""
+    smoke = recipe.model_copy(deep=True)
+    smoke.data.synthetic = SyntheticCohortConfig(subjects=16, sites=4, external_sites=1, shape=16,
+                                                 diagnosis=recipe.data.synthetic.diagnosis, seed=recipe.data.synthetic.seed)
+    if smoke.data.root is not None:
+        smoke.data.volume_shape = [16, 16, 16]
+    smoke.data.num_workers = 0
+    smoke.data.max_subjects = 8
+    smoke.train.epochs = 1
+    smoke.train.batch_size = 4
+    smoke.train.max_steps_per_epoch = 2
+    smoke.train.embedded = EmbeddedBudgetConfig(epochs=1, batch_size=4, lr=smoke.train.embedded.lr)
+    smoke.eval.folds = 2
+    smoke.eval.batch_size = 4
+    if smoke.method.name == "deepcluster":
+        smoke.method.clusters = 3
+        smoke.method.pca_dim = 8
+    if smoke.method.name == "dino":
+        smoke.method.out_dim = 64
+        smoke.method.local_crops = 2
+    smoke.model.head.hidden_dim = min(smoke.model.head.hidden_dim, 64)
+    smoke.model.head.out_dim = min(smoke.model.head.out_dim, 32)
+    return smoke

@@ -301,10 +301,12 @@ def field_docs(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[
 def smoke_recipe(recipe: Recipe) -> Recipe:
     """A copy of ``recipe`` shrunk to run end-to-end in seconds (``--smoke``)."""
     smoke = recipe.model_copy(deep=True)
-    smoke.data.synthetic = SyntheticCohortConfig(subjects=16, sites=4, external_sites=1, shape=16,
+    # DenseNet121 downsamples 32-fold: 32^3 is the smallest volume it accepts.
+    shape = 32 if recipe.model.encoder == "densenet121" else 16
+    smoke.data.synthetic = SyntheticCohortConfig(subjects=16, sites=4, external_sites=1, shape=shape,
                                                  diagnosis=recipe.data.synthetic.diagnosis, seed=recipe.data.synthetic.seed)
     if smoke.data.root is not None:
-        smoke.data.volume_shape = [16, 16, 16]
+        smoke.data.volume_shape = [shape] * 3
     smoke.data.num_workers = 0
     smoke.data.max_subjects = 8
     smoke.train.epochs = 1

@@ -1,0 +1,78 @@
+"""Methods: how an encoder, a head, views and a loss combine into a training objective.
+
+``build_method(recipe)`` is the only place that maps a method name to its constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from medssl.config import Recipe
+from medssl.losses import (
+    BarlowTwinsLoss,
+    DecoupledNTXentLoss,
+    EpsSupConLoss,
+    EpsSupInfoNCELoss,
+    ExponentialLoss,
+    NTXentLoss,
+    SupConLoss,
+    ThresholdLoss,
+    VICRegLoss,
+    YAwareLoss,
+)
+from medssl.methods.base import Method, fold_views, unfold_views
+from medssl.methods.bootstrap import BYOL, SimSiam
+from medssl.methods.contrastive import EmbeddingLossMethod
+from medssl.methods.deepcluster import DeepCluster
+from medssl.methods.dino import DINO
+from medssl.models import Encoder, ProjectionHead, build_encoder
+
+# Methods whose loss needs the recipe's label column.
+LABEL_METHODS = {"yaware", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon"}
+
+
+def _embedding_method(make_loss: Callable, uses_label: bool = False, monitors_collapse: bool = False):
+    def build(recipe: Recipe, encoder: Encoder) -> Method:
+        head = _head(recipe, encoder)
+        return EmbeddingLossMethod(encoder, head, make_loss(recipe.method), uses_label, monitors_collapse)
+    return build
+
+
+def _head(recipe: Recipe, encoder: Encoder) -> ProjectionHead:
+    config = recipe.model.head
+    return ProjectionHead(encoder.feature_dim, config.hidden_dim, config.out_dim, config.layers, config.batch_norm)
+
+
+METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
+    "simclr": _embedding_method(lambda m: NTXentLoss(temperature=m.temperature)),
+    "decoupled": _embedding_method(lambda m: DecoupledNTXentLoss(temperature=m.temperature)),
+    "yaware": _embedding_method(lambda m: YAwareLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel), uses_label=True),
+    "threshold": _embedding_method(lambda m: ThresholdLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code), uses_label=True),
+    "exponential": _embedding_method(lambda m: ExponentialLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code), uses_label=True),
+    "supcon": _embedding_method(lambda m: SupConLoss(temperature=m.temperature), uses_label=True),
+    "eps_supinfonce": _embedding_method(lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), uses_label=True),
+    "eps_supcon": _embedding_method(lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), uses_label=True),
+    "barlow_twins": _embedding_method(lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
+    "vicreg": _embedding_method(lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight), monitors_collapse=True),
+    "byol": lambda r, e: BYOL(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim, momentum=r.method.momentum),
+    "simsiam": lambda r, e: SimSiam(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim),
+    "dino": lambda r, e: DINO(e, hidden_dim=r.model.head.hidden_dim, out_dim=r.method.out_dim, n_local_crops=r.method.local_crops,
+                              local_crop_scale=r.method.local_crop_scale, momentum=r.method.momentum,
+                              student_temperature=r.method.temperature, teacher_temperature=r.method.teacher_temperature,
+                              center_momentum=r.method.center_momentum),
+    "deepcluster": lambda r, e: DeepCluster(e, clusters=r.method.clusters, pca_dim=r.method.pca_dim,
+                                            kmeans_iters=r.method.kmeans_iters, seed=r.train.seed),
+}
+
+
+def build_encoder_for(recipe: Recipe) -> Encoder:
+    return build_encoder(recipe.model.encoder, in_channels=recipe.model.in_channels, conv1_stride=recipe.model.conv1_stride)
+
+
+def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
+    """The method the recipe names, around ``encoder`` (a fresh one from the recipe if None)."""
+    return METHODS[recipe.method.name](recipe, encoder if encoder is not None else build_encoder_for(recipe))
+
+
+__all__ = ["LABEL_METHODS", "METHODS", "Method", "BYOL", "SimSiam", "DINO", "DeepCluster", "EmbeddingLossMethod",
+           "build_method", "build_encoder_for", "fold_views", "unfold_views"]

@@ -1,0 +1,168 @@
+"""Cohorts: a folder of NIfTI volumes plus a BIDS-like participants table.
+
+The table (``participants.tsv`` or ``participants.csv``) has one row per scan with the
+columns ``participant_id``, ``age``, ``sex``, ``site`` and optionally ``diagnosis``,
+``split`` (``train``, ``internal_test``, ``external_test``) and ``path`` (volume file,
+relative to the cohort folder). Without ``path``, the volume is found as
+``<participant_id>*.nii[.gz]`` in the folder or its ``<participant_id>/anat`` sub-folder.
+
+Validation happens once, on load, so that a long run never fails at hour three on a
+missing file: every error names the file, the column or the participant and says what
+was expected. Volume headers are checked (readable, 3-D) without reading voxel data;
+voxels are read lazily, one subject at a time, when a dataset item is requested.
+
+Example:
+    >>> cohort = load_cohort("/data/openbhb_subset")
+    >>> train = cohort.subset("train")
+    >>> subjects = train.subjects()          # torchio.Subject list, images not yet loaded
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torchio as tio
+
+from medssl.errors import CohortError
+
+REQUIRED_COLUMNS = ("participant_id", "age", "sex", "site")
+SPLITS = ("train", "internal_test", "external_test")
+TABLE_NAMES = ("participants.tsv", "participants.csv")
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A validated participants table whose ``path`` column holds absolute volume paths."""
+
+    root: Path
+    table: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted(self.table["site"].unique())
+
+    def subset(self, *splits: str) -> "Cohort":
+        """Rows whose ``split`` is one of ``splits`` (a cohort without a split column is all ``train``)."""
+        unknown = [split for split in splits if split not in SPLITS]
+        if unknown:
+            raise CohortError(f"unknown split {unknown[0]!r}: expected one of {', '.join(SPLITS)}")
+        rows = self.table[self.table["split"].isin(splits)].reset_index(drop=True)
+        return Cohort(self.root, rows)
+
+    def head(self, n: int) -> "Cohort":
+        """The first ``n`` subjects, keeping every site represented where possible."""
+        if n >= len(self.table):
+            return self
+        order = self.table.groupby("site", sort=True).cumcount().sort_values(kind="stable").index
+        return Cohort(self.root, self.table.loc[order[:n]].sort_index().reset_index(drop=True))
+
+    def subjects(self) -> list[tio.Subject]:
+        """One ``torchio.Subject`` per row: the volume under ``image`` (lazy) plus every column."""
+        subjects = []
+        for row in self.table.itertuples(index=False):
+            fields = row._asdict()
+            subjects.append(tio.Subject(image=tio.ScalarImage(fields.pop("path")), **fields))
+        return subjects
+
+
+def find_table(root: Path) -> Path:
+    for name in TABLE_NAMES:
+        if (root / name).is_file():
+            return root / name
+    raise CohortError(f"{root}: no participants table (expected one of {', '.join(TABLE_NAMES)})")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    separator = "\t" if path.suffix == ".tsv" else ","
+    try:
+        return pd.read_csv(path, sep=separator, dtype={"participant_id": str, "site": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise CohortError(f"{path}: cannot be read as a {'TSV' if separator == chr(9) else 'CSV'} table ({exc})") from None
+
+
+def _find_volume(root: Path, participant_id: str) -> Path | None:
+    for folder in (root, root / participant_id / "anat", root / participant_id):
+        if not folder.is_dir():
+            continue
+        for suffix in VOLUME_SUFFIXES:
+            matches = sorted(folder.glob(f"{participant_id}*{suffix}"))
+            if matches:
+                return matches[0]
+    return None
+
+
+def check_volume(path: Path, participant_id: str) -> tuple[int, ...]:
+    """Read the NIfTI header only; return the spatial shape or raise a :class:`CohortError`."""
+    try:
+        image = nib.load(str(path))
+        shape = tuple(int(size) for size in image.shape)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise CohortError(f"{path}: unreadable or corrupt NIfTI for participant {participant_id} ({type(exc).__name__}: {exc})") from None
+    spatial = tuple(size for size in shape[3:] if size != 1)
+    if len(shape) < 3 or spatial:
+        raise CohortError(f"{path}: expected a 3-D volume for participant {participant_id}, got shape {shape}")
+    return shape[:3]
+
+
+def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
+    """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
+    if missing:
+        raise CohortError(f"{source}: missing column '{missing[0]}' (required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, table.columns))})")
+    table = table.copy()
+    for column in ("participant_id", "sex", "site"):
+        blank = table[column].isna()
+        if blank.any():
+            raise CohortError(f"{source}: column '{column}' is empty in row {int(np.argmax(blank.to_numpy())) + 1}")
+        table[column] = table[column].astype(str)
+    duplicated = table["participant_id"].duplicated()
+    if duplicated.any():
+        raise CohortError(f"{source}: duplicate participant_id '{table['participant_id'][duplicated].iloc[0]}'")
+    age = pd.to_numeric(table["age"], errors="coerce")
+    bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
+    if bad_age.any():
+        row = table[bad_age].iloc[0]
+        raise CohortError(f"{source}: participant {row['participant_id']}: age {row['age']!r} is not a non-negative number")
+    table["age"] = age.astype(float)
+    if "split" not in table.columns:
+        table["split"] = "train"
+    table["split"] = table["split"].astype(str)
+    unknown = ~table["split"].isin(SPLITS)
+    if unknown.any():
+        row = table[unknown].iloc[0]
+        raise CohortError(f"{source}: participant {row['participant_id']}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+    if "diagnosis" in table.columns:
+        table["diagnosis"] = table["diagnosis"].astype(str)
+    return table
+
+
+def load_cohort(root: str | Path, check_headers: bool = True) -> Cohort:
+    """Load and validate the cohort in ``root``; raise :class:`CohortError` on the first problem."""
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise CohortError(f"{root}: cohort folder does not exist")
+    source = find_table(root)
+    table = validate_table(read_table(source), source)
+    paths = []
+    for participant_id, relative in zip(table["participant_id"], table["path"] if "path" in table else [None] * len(table)):
+        if isinstance(relative, str) and relative:
+            path = (root / relative) if not Path(relative).is_absolute() else Path(relative)
+            if not path.is_file():
+                raise CohortError(f"{source}: participant {participant_id}: volume file {path} does not exist")
+        else:
+            path = _find_volume(root, participant_id)
+            if path is None:
+                raise CohortError(f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)")
+        if check_headers:
+            check_volume(path, participant_id)
+        paths.append(str(path))
+    table["path"] = paths
+    return Cohort(root, table.reset_index(drop=True))

@@ -1,0 +1,334 @@
+"""Linear probes on frozen features: cross-validated metrics and the OpenBHB challenge protocol.
+
+Every probe is a scikit-learn ``Pipeline(StandardScaler, linear model)``, so the
+standardisation is fitted on training rows only, inside each fold, and hyper-parameters
+are chosen by an inner cross-validation on the same training rows. A continuous target
+(``age``) gets a ridge regression scored by MAE and R^2; a categorical one (``sex``,
+``diagnosis``, ``site``) gets a logistic regression scored by balanced accuracy and ROC AUC.
+
+Example:
+    >>> folds = site_stratified_folds(table, n_folds=5)
+    >>> metrics = cross_validate_probes(features, table, targets=("age", "sex"), folds=folds)
+    >>> results = challenge_protocol(features, table)
+    >>> results["challenge_score"], results["predictions"].head()
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from medssl.eval.folds import Folds, site_stratified_folds
+from medssl.eval.score import SPLITS, TEST_SPLITS, EvaluationError, as_labels, balanced_accuracy, r2, score_predictions
+
+MAX_FEATURES = 10_000  # the challenge kit refuses larger feature spaces
+SINGLE_THREAD_MAX_VALUES = 2_000_000  # below this many feature values, BLAS threads cost more than they save
+CONTINUOUS_MIN_VALUES = 10  # a numeric column with more distinct values is a regression target
+
+# hyper-parameter grids of the cross-validated probes
+RIDGE_ALPHAS = 10.0 ** np.arange(-2, 5)
+LOGISTIC_CS = 10.0 ** np.arange(-3, 3)
+INNER_FOLDS = 3
+
+# the official kit (ramp-kits/brain_age_with_site_removal, problem.py)
+CHALLENGE_ALPHAS = 10.0 ** np.arange(-2, 3)
+CHALLENGE_CS = 10.0 ** np.arange(-2, 3)
+CHALLENGE_FOLDS = 5
+CHALLENGE_SAGA_ITERATIONS = 150
+
+
+def check_features(features: np.ndarray, table: pd.DataFrame | None = None, name: str = "features") -> np.ndarray:
+    """``features`` as a finite float64 matrix (n_subjects, n_features), one row per table row.
+
+    Raises:
+        EvaluationError: wrong shape, row count different from the table's, non-finite
+            values, or more than ``MAX_FEATURES`` dimensions.
+    """
+    try:
+        matrix = np.asarray(features, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise EvaluationError(f"{name}: expected a numeric matrix (n_subjects, n_features)") from None
+    if matrix.ndim != 2 or matrix.shape[1] == 0:
+        raise EvaluationError(f"{name}: got shape {matrix.shape}, expected (n_subjects, n_features)")
+    if table is not None and matrix.shape[0] != len(table):
+        raise EvaluationError(f"{name}: {matrix.shape[0]} rows but the participants table has {len(table)}")
+    if matrix.shape[1] > MAX_FEATURES:
+        raise EvaluationError(
+            f"{name}: {matrix.shape[1]} dimensions, expected at most {MAX_FEATURES} (the OpenBHB limit); "
+            "pool or project the features first"
+        )
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        raise EvaluationError(f"{name}: row {int(np.argmin(finite))} has NaN or infinite values")
+    return matrix
+
+
+def is_continuous(values: pd.Series) -> bool:
+    """A numeric, non-boolean column with more than ``CONTINUOUS_MIN_VALUES`` distinct values."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    return numeric and values.nunique() > CONTINUOUS_MIN_VALUES
+
+
+def regression_probe() -> Pipeline:
+    """Standardisation then ridge regression, alpha chosen by efficient leave-one-out CV."""
+    return Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=RIDGE_ALPHAS))])
+
+
+def classification_probe(n_inner_folds: int = INNER_FOLDS, seed: int = 0) -> GridSearchCV:
+    """Standardisation then logistic regression, C chosen by inner stratified CV (balanced accuracy)."""
+    pipeline = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))])
+    inner = StratifiedKFold(n_inner_folds, shuffle=True, random_state=seed)
+    return GridSearchCV(pipeline, {"logistic__C": LOGISTIC_CS}, cv=inner, scoring="balanced_accuracy")
+
+
+def cross_validate_probes(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    targets: Sequence[str] = ("age", "sex"),
+    folds: Folds | None = None,
+    protocol: str = "site_stratified",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Fit one linear probe per target and fold; average the test-fold metrics over folds.
+
+    Continuous targets (see :func:`is_continuous`) report ``mae`` and ``r2``; categorical
+    ones ``balanced_accuracy`` and ``roc_auc`` (binary, or the macro one-vs-rest mean over
+    the classes present in both the training and the test part of a fold). Rows whose
+    target is missing are left out of that target's probe. Targets absent from the table, or
+    with fewer than two classes, are skipped; the reasons are listed in
+    ``result.attrs["notes"]``.
+
+    Args:
+        features: (n_subjects, n_features) in the table's row order.
+        table: participants table.
+        targets: columns to probe.
+        folds: ``(train_idx, test_idx)`` pairs; None for 5 site-stratified folds.
+        protocol: name written in the ``protocol`` column of the result.
+        seed: seed of the default folds and of the inner CV shuffles.
+
+    Returns:
+        long table with the columns ``protocol``, ``target``, ``metric``, ``mean``, ``std``
+        (over folds, ddof 0) and ``n_folds`` (folds where the metric was defined).
+    """
+    features = check_features(features, table)
+    table = table.reset_index(drop=True)
+    folds = site_stratified_folds(table, n_folds=5, seed=seed) if folds is None else folds
+    rows, notes = [], []
+    for target in targets:
+        if target not in table.columns:
+            notes.append(f"{protocol}: no column {target!r} in the participants table, target skipped")
+            continue
+        with quiet_fits(features):
+            per_fold, note = _probe_target(features, table[target], folds, seed)
+        if note:
+            notes.append(f"{protocol}: {target}: {note}")
+        for metric, values in per_fold.items():
+            defined = np.asarray(values, dtype=float)
+            defined = defined[np.isfinite(defined)]
+            rows.append({
+                "protocol": protocol,
+                "target": target,
+                "metric": metric,
+                "mean": float(defined.mean()) if defined.size else float("nan"),
+                "std": float(defined.std()) if defined.size else float("nan"),
+                "n_folds": int(defined.size),
+            })
+    result = pd.DataFrame(rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds"])
+    result.attrs["notes"] = notes
+    return result
+
+
+def out_of_fold_predictions(features: np.ndarray, table: pd.DataFrame, folds: Folds, target: str = "age") -> np.ndarray:
+    """Ridge-probe predictions of a continuous ``target`` for each row, from the fold that tests it.
+
+    ``folds`` must partition the rows (as both fold functions do); rows with a missing
+    target, or in no test part, get NaN.
+    """
+    features = check_features(features, table)
+    values = pd.to_numeric(table[target], errors="coerce").to_numpy(dtype=float)
+    predictions = np.full(len(table), np.nan)
+    for train_idx, test_idx in folds:
+        train_idx = train_idx[np.isfinite(values[train_idx])]
+        if len(train_idx) < 2 or len(test_idx) == 0:
+            continue
+        with quiet_fits(features):
+            probe = regression_probe().fit(features[train_idx], values[train_idx])
+        predictions[test_idx] = probe.predict(features[test_idx])
+    predictions[~np.isfinite(values)] = np.nan
+    return predictions
+
+
+def challenge_protocol(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    id_col: str = "participant_id",
+    split_col: str = "split",
+    site_col: str = "site",
+    age_col: str = "age",
+    seed: int = 0,
+) -> dict:
+    """The OpenBHB challenge protocol (Dufumier et al., NeuroImage 2022), as in the official kit.
+
+    On the ``train`` rows, fit a ridge age probe (alpha in {1e-2, ..., 1e2}, 5-fold
+    GridSearchCV on R^2) and a logistic site probe (saga, 150 iterations, C in
+    {1e-2, ..., 1e2}, 5-fold GridSearchCV on balanced accuracy), each after a
+    ``StandardScaler`` inside the pipeline; predict age and site for the ``internal_test``
+    and ``external_test`` rows and score them with :func:`score_predictions`. A training set
+    too small for 5 folds (fewer than 5 rows, or no site with 5 subjects) uses as many folds
+    as it can hold.
+
+    Returns:
+        the keys of :func:`score_predictions`, plus ``age_alpha`` and ``site_C`` (the chosen
+        hyper-parameters), ``n_train`` and ``predictions``: a DataFrame with one row per
+        table row (``participant_id`` when present, ``split``, ``site``, ``age``,
+        ``age_pred``, ``site_pred``; predictions are NaN on ``train`` rows).
+    """
+    features = check_features(features, table)
+    table = table.reset_index(drop=True)
+    for column in (split_col, site_col, age_col):
+        if column not in table.columns:
+            raise EvaluationError(f"participants table: missing column {column!r}, needed by the challenge protocol")
+    splits = table[split_col].astype(str)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise EvaluationError(
+            f"participants table: column {split_col!r} has unknown value {unknown[0]!r}; expected one of {', '.join(SPLITS)}"
+        )
+    train = (splits == "train").to_numpy()
+    test = splits.isin(TEST_SPLITS).to_numpy()
+    sites = as_labels(table[site_col]).to_numpy()
+    ages = pd.to_numeric(table[age_col], errors="coerce").to_numpy(dtype=float)
+    if np.isnan(ages[train | test]).any() or table[site_col][train | test].isna().any():
+        raise EvaluationError(f"participants table: missing {age_col!r} or {site_col!r} values in train or test rows")
+    site_counts = pd.Series(sites[train]).value_counts()
+    if len(site_counts) < 2 or site_counts.max() < 2:
+        raise EvaluationError(
+            "participants table: the challenge protocol needs train rows from at least 2 sites, one of them "
+            f"with 2 subjects or more (got {int(train.sum())} rows from {len(site_counts)} sites)"
+        )
+
+    age_probe = GridSearchCV(
+        Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]),
+        {"ridge__alpha": CHALLENGE_ALPHAS},
+        cv=min(CHALLENGE_FOLDS, int(train.sum())),
+        scoring="r2",
+    )
+    site_probe = GridSearchCV(
+        Pipeline([
+            ("scale", StandardScaler()),
+            ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed)),
+        ]),
+        {"logistic__C": CHALLENGE_CS},
+        cv=max(2, min(CHALLENGE_FOLDS, int(site_counts.max()))),
+        scoring="balanced_accuracy",
+    )
+    with quiet_fits(features):
+        age_probe.fit(features[train], ages[train])
+        site_probe.fit(features[train], sites[train])
+
+    predictions = pd.DataFrame({split_col: splits, site_col: sites, age_col: ages})
+    if id_col in table.columns:
+        predictions.insert(0, id_col, table[id_col].astype(str))
+    predictions["age_pred"] = np.nan
+    predictions["site_pred"] = pd.Series(pd.NA, index=predictions.index, dtype=object)
+    predictions.loc[test, "age_pred"] = age_probe.predict(features[test])
+    predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
+    scores = score_predictions(
+        predictions, id_col=id_col, split_col=split_col, site_col=site_col, age_col=age_col,
+        n_sites=len(site_counts), source="challenge protocol",
+    )
+    return {
+        **scores,
+        "age_alpha": float(age_probe.best_params_["ridge__alpha"]),
+        "site_C": float(site_probe.best_params_["logistic__C"]),
+        "n_train": int(train.sum()),
+        "predictions": predictions,
+    }
+
+
+def single_thread_if_small(features: np.ndarray | None) -> threadpool_limits:
+    """Limit BLAS and OpenMP to one thread while working on a small feature matrix.
+
+    Below ``SINGLE_THREAD_MAX_VALUES`` values, thread start-up and spin-waiting cost more
+    than the work they share, many times more on a machine that is busy with other jobs.
+    """
+    small = features is not None and features.size <= SINGLE_THREAD_MAX_VALUES
+    return threadpool_limits(limits=1 if small else None)
+
+
+@contextmanager
+def quiet_fits(features: np.ndarray | None = None) -> Iterator[None]:
+    """Context for fitting probes: quiet expected warnings, and one BLAS thread for small inputs.
+
+    The warnings silenced are those small folds make scikit-learn emit by design:
+    convergence (saga stops at the kit's 150 iterations), folds with a missing class, and
+    classes predicted but absent from a validation fold. Small inputs run single-threaded
+    (see :func:`single_thread_if_small`).
+    """
+    with warnings.catch_warnings(), single_thread_if_small(features):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FitFailedWarning)
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        warnings.filterwarnings("ignore", message="One or more of the test scores are non-finite", category=UserWarning)
+        yield
+
+
+def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: int) -> tuple[dict, str]:
+    known = values.notna().to_numpy()
+    if is_continuous(values):
+        target = values.to_numpy(dtype=float)
+        per_fold: dict[str, list[float]] = {"mae": [], "r2": []}
+        for train_idx, test_idx in folds:
+            train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
+            if len(train_idx) < 2 or len(test_idx) == 0:
+                continue
+            probe = regression_probe().fit(features[train_idx], target[train_idx])
+            predicted = probe.predict(features[test_idx])
+            per_fold["mae"].append(float(np.mean(np.abs(predicted - target[test_idx]))))
+            per_fold["r2"].append(r2(target[test_idx], predicted))
+        return per_fold, "" if per_fold["mae"] else "no fold with training and test rows, target skipped"
+
+    labels = np.where(known, as_labels(values).to_numpy(), None)
+    if len(set(labels[known])) < 2:
+        return {}, "fewer than two classes, target skipped"
+    per_fold = {"balanced_accuracy": [], "roc_auc": []}
+    skipped = 0
+    for train_idx, test_idx in folds:
+        train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
+        train_counts = pd.Series(labels[train_idx]).value_counts()
+        if len(train_counts) < 2 or train_counts.max() < 2 or len(test_idx) == 0:
+            skipped += 1
+            continue
+        probe = classification_probe(min(INNER_FOLDS, int(train_counts.max())), seed)
+        probe.fit(features[train_idx], labels[train_idx])
+        per_fold["balanced_accuracy"].append(balanced_accuracy(labels[test_idx], probe.predict(features[test_idx])))
+        per_fold["roc_auc"].append(_roc_auc(labels[test_idx], probe.predict_proba(features[test_idx]), probe.classes_))
+    if not per_fold["balanced_accuracy"]:
+        return {}, "no fold whose training part holds two classes, target skipped"
+    return per_fold, f"{skipped} fold(s) with a single training class left out" if skipped else ""
+
+
+def _roc_auc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
+    """Binary AUC, or the macro one-vs-rest mean over classes present in ``y_true`` and ``classes``."""
+    if len(classes) == 2:
+        positive = y_true == classes[1]
+        return float(roc_auc_score(positive, probabilities[:, 1])) if 0 < positive.sum() < len(y_true) else float("nan")
+    aucs = []
+    for column, label in enumerate(classes):
+        positive = y_true == label
+        if 0 < positive.sum() < len(y_true):
+            aucs.append(roc_auc_score(positive, probabilities[:, column]))
+    return float(np.mean(aucs)) if aucs else float("nan")

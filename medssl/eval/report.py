@@ -1,0 +1,283 @@
+"""The evaluation report of a representation: every protocol, written to disk and printed.
+
+:func:`evaluate_representation` runs, on one feature matrix (and optionally on the
+features of a randomly initialised encoder, the baseline every pre-training must beat):
+
+1. site-stratified K-fold CV of linear probes (known scanners);
+2. leave-site-out CV of the same probes (unseen scanners; the ``site`` target is left out,
+   its classes never occur in training);
+3. the OpenBHB challenge protocol, when the table has ``train``, ``internal_test`` and
+   ``external_test`` rows.
+
+Both CV protocols run on every row of the table and share their folds between the
+representations, so the comparison is paired.
+
+Files written to ``out_dir``:
+
+- ``metrics.json``: ``{"pretrained": {...}, "baseline": {...}, "settings": {...}}``; each
+  representation opens with the challenge keys ``mae_internal``, ``mae_external``,
+  ``bacc_site``, ``challenge_score``, ``ramp_combined`` (null when the protocol was
+  skipped), then ``challenge`` (all its scores), ``site_stratified`` and
+  ``leave_site_out`` (``{target: {metric: {"mean", "std", "n_folds"}}}``) and ``notes``;
+- ``metrics.csv``: the same numbers in long format (``representation, protocol, target,
+  metric, mean, std``);
+- ``predictions.csv`` (and ``predictions_baseline.csv``): the challenge protocol's
+  predictions, ready for ``score_predictions``; without test splits, the out-of-fold age
+  predictions of the site-stratified CV, with a ``fold`` column;
+- ``age_predictions.png`` and ``embedding.png`` for the pre-trained representation.
+
+Example:
+    >>> results = evaluate_representation(features, table, "runs/yaware/eval", baseline_features=random_features)
+    >>> print_report(results)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
+from medssl.eval.plots import plot_age_predictions, plot_embedding
+from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
+from medssl.eval.score import EvaluationError, as_labels
+
+REPRESENTATIONS = ("pretrained", "baseline")
+CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
+CV_PROTOCOLS = ("site_stratified", "leave_site_out")
+LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
+HIGHER_IS_BETTER = {"r2", "r2_internal", "r2_external", "balanced_accuracy", "roc_auc"}
+CHALLENGE_REPORT_KEYS = (*CHALLENGE_KEYS, "r2_internal", "r2_external", "chance_bacc")
+
+
+def evaluate_representation(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    folds: int = 5,
+    targets: Sequence[str] = ("age", "sex"),
+    baseline_features: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict:
+    """Run every evaluation protocol on ``features`` (and ``baseline_features``) and write the report.
+
+    Args:
+        features: (n_subjects, n_features) of the pre-trained encoder, in the table's row order.
+        table: participants table (``site`` required; ``split`` for the challenge protocol).
+        out_dir: folder for the files listed in the module docstring (created if needed).
+        folds: folds of the site-stratified CV; the leave-site-out CV uses as many folds of
+            whole sites, or one fold per site when there are no more sites than that.
+        targets: columns probed by both CV protocols.
+        baseline_features: features of the randomly initialised encoder, same shape.
+        seed: seed of the folds and of the probes.
+
+    Returns:
+        the content of ``metrics.json``.
+    """
+    matrices = {"pretrained": check_features(features, table, "features")}
+    if baseline_features is not None:
+        matrices["baseline"] = check_features(baseline_features, table, "baseline_features")
+    table = table.reset_index(drop=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    shared_notes: list[str] = []
+    stratified = site_stratified_folds(table, n_folds=folds, seed=seed)
+    n_sites = as_labels(table["site"]).nunique()
+    if n_sites >= 2:
+        site_out = leave_site_out_folds(table, n_folds=folds if n_sites > folds else None)
+    else:
+        site_out = None
+        shared_notes.append("leave_site_out: a single site, protocol skipped")
+    site_out_targets = [target for target in targets if target != "site"]
+    if len(site_out_targets) < len(targets) and site_out is not None:
+        shared_notes.append("leave_site_out: target 'site' skipped (held-out sites are never seen in training)")
+    challenge_reason = _challenge_skip_reason(table)
+    if challenge_reason:
+        shared_notes.append(f"challenge: {challenge_reason}, protocol skipped")
+
+    results: dict = {}
+    long_tables = []
+    for name, matrix in matrices.items():
+        notes = list(shared_notes)
+        cv_tables = [cross_validate_probes(matrix, table, targets, folds=stratified, protocol="site_stratified", seed=seed)]
+        if site_out is not None:
+            cv_tables.append(
+                cross_validate_probes(matrix, table, site_out_targets, folds=site_out, protocol="leave_site_out", seed=seed)
+            )
+        for cv_table in cv_tables:
+            notes.extend(cv_table.attrs.get("notes", []))
+
+        challenge = None
+        if not challenge_reason:
+            try:
+                challenge = challenge_protocol(matrix, table, seed=seed)
+            except EvaluationError as error:
+                notes.append(f"challenge: {error}, protocol skipped")
+        if challenge is not None:
+            predictions = challenge.pop("predictions")
+        else:
+            predictions = _out_of_fold_table(matrix, table, stratified)
+
+        results[name] = _representation_entry(challenge, cv_tables, notes)
+        long_tables.append(_long_table(name, challenge, cv_tables))
+        suffix = "" if name == "pretrained" else f"_{name}"
+        predictions.to_csv(out_dir / f"predictions{suffix}.csv", index=False)
+        if name == "pretrained":
+            title = None if challenge is not None else f"Out-of-fold predictions, site-stratified {folds}-fold CV"
+            if predictions["age_pred"].notna().any():
+                plot_age_predictions(predictions, out_dir / "age_predictions.png", title=title)
+            plot_embedding(matrix, table, out_dir / "embedding.png", seed=seed)
+
+    results["settings"] = {
+        "folds": folds,
+        "leave_site_out_folds": None if site_out is None else len(site_out),
+        "targets": list(targets),
+        "seed": seed,
+        "n_subjects": len(table),
+        "n_features": int(matrices["pretrained"].shape[1]),
+        "n_sites": int(n_sites),
+    }
+    results = _json_ready(results)
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    pd.concat(long_tables, ignore_index=True).to_csv(out_dir / "metrics.csv", index=False)
+    return results
+
+
+def print_report(results: dict, console: Console | None = None) -> None:
+    """Print a results dict (or a loaded ``metrics.json``) as one table, pretrained vs. baseline.
+
+    For every metric whose direction is known, the better representation is shown in bold.
+    """
+    console = console or Console()
+    names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
+    if not names:
+        raise EvaluationError("results: no 'pretrained' or 'baseline' entry to print")
+    table = Table(title="medssl evaluation", title_justify="left")
+    for header in ("protocol", "target", "metric"):
+        table.add_column(header)
+    for name in names:
+        table.add_column(name, justify="right")
+
+    for key in _ordered_rows(results, names):
+        cells = [_cell(results[name], key) for name in names]
+        better = _better(key, [value for value, _ in cells])
+        texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells)]
+        table.add_row(*key, *texts)
+    console.print(table)
+    for name in names:
+        for note in results[name].get("notes", []):
+            console.print(f"[dim]{name}: {note}[/dim]")
+
+
+def _challenge_skip_reason(table: pd.DataFrame) -> str:
+    if "split" not in table.columns:
+        return "no 'split' column"
+    present = set(table["split"].astype(str))
+    missing = [split for split in ("train", "internal_test", "external_test") if split not in present]
+    return f"no {' / '.join(missing)} rows" if missing else ""
+
+
+def _out_of_fold_table(features: np.ndarray, table: pd.DataFrame, folds) -> pd.DataFrame:
+    columns = [column for column in ("participant_id", "split", "site", "age") if column in table.columns]
+    predictions = table[columns].copy()
+    if "age" in table.columns:
+        predictions["age_pred"] = out_of_fold_predictions(features, table, folds, target="age")
+    else:
+        predictions["age_pred"] = np.nan
+    fold_of_row = np.empty(len(table), dtype=int)
+    for fold, (_, test_idx) in enumerate(folds):
+        fold_of_row[test_idx] = fold
+    predictions["fold"] = fold_of_row
+    return predictions
+
+
+def _representation_entry(challenge: dict | None, cv_tables: list[pd.DataFrame], notes: list[str]) -> dict:
+    entry: dict = {key: (challenge or {}).get(key) for key in CHALLENGE_KEYS}
+    entry["challenge"] = challenge
+    for protocol in CV_PROTOCOLS:
+        entry[protocol] = {}
+    for cv_table in cv_tables:
+        for row in cv_table.itertuples(index=False):
+            metrics = entry[row.protocol].setdefault(row.target, {})
+            metrics[row.metric] = {"mean": row.mean, "std": row.std, "n_folds": row.n_folds}
+    entry["notes"] = notes
+    return entry
+
+
+def _long_table(name: str, challenge: dict | None, cv_tables: list[pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    if challenge is not None:
+        targets = {"mae_internal": "age", "mae_external": "age", "r2_internal": "age", "r2_external": "age",
+                   "bacc_site": "site", "chance_bacc": "site"}
+        for key in CHALLENGE_REPORT_KEYS:
+            rows.append({"protocol": "challenge", "target": targets.get(key, "age+site"), "metric": key,
+                         "mean": challenge[key], "std": float("nan")})
+    frames = [pd.DataFrame(rows)] + [cv_table[["protocol", "target", "metric", "mean", "std"]] for cv_table in cv_tables]
+    long = pd.concat([frame for frame in frames if not frame.empty], ignore_index=True)
+    long.insert(0, "representation", name)
+    return long
+
+
+def _json_ready(value):
+    """NaN and infinities become null; numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _ordered_rows(results: dict, names: list[str]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for name in names:
+        challenge = results[name].get("challenge") or {}
+        rows += [("challenge", "", key) for key in CHALLENGE_REPORT_KEYS if key in challenge]
+        for protocol in CV_PROTOCOLS:
+            for target, metrics in (results[name].get(protocol) or {}).items():
+                rows += [(protocol, target, metric) for metric in metrics]
+    return list(dict.fromkeys(rows))
+
+
+def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
+    protocol, target, metric = key
+    if protocol == "challenge":
+        value = (entry.get("challenge") or {}).get(metric)
+        return value, "-" if value is None or _is_nan(value) else f"{value:.3f}"
+    summary = (entry.get(protocol) or {}).get(target, {}).get(metric)
+    if not summary or summary.get("mean") is None or _is_nan(summary["mean"]):
+        return None, "-"
+    std = summary.get("std")
+    spread = "" if std is None or _is_nan(std) else f" ± {std:.3f}"
+    return summary["mean"], f"{summary['mean']:.3f}{spread}"
+
+
+def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None:
+    """Index of the better value, when there are two comparable ones and the direction is known.
+
+    Site prediction in the CV protocols has no direction: it is a property to report, good
+    or bad depending on whether site information is wanted.
+    """
+    _, target, metric = key
+    if len(values) < 2 or any(value is None for value in values) or values[0] == values[1] or target == "site":
+        return None
+    if metric in LOWER_IS_BETTER:
+        return int(np.argmin(values))
+    if metric in HIGHER_IS_BETTER:
+        return int(np.argmax(values))
+    return None
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)

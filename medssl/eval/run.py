@@ -1,0 +1,37 @@
+"""Evaluate a trained encoder on a cohort, OpenBHB-style, against a random-init baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from medssl.config import Recipe
+from medssl.data.cohort import Cohort
+from medssl.eval.features import extract_features
+from medssl.eval.report import evaluate_representation, print_report
+from medssl.methods import build_encoder_for
+
+
+def random_encoder(recipe: Recipe) -> torch.nn.Module:
+    """A randomly initialised encoder of the recipe's architecture, seeded from the recipe."""
+    torch.manual_seed(recipe.train.seed)
+    return build_encoder_for(recipe)
+
+
+def evaluate_encoder(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, out_dir: str | Path,
+                     device: torch.device | str = "cpu", console: Console | None = None) -> dict:
+    """Features of every subject -> CV probes, challenge protocol, plots (see ``eval.report``)."""
+    encoder = encoder.to(device)
+    features = extract_features(encoder, cohort, recipe, device=device, description="features (pre-trained)", console=console)
+    baseline = None
+    if recipe.eval.baseline:
+        baseline = extract_features(random_encoder(recipe).to(device), cohort, recipe, device=device,
+                                    description="features (random init)", console=console)
+    results = evaluate_representation(features, cohort.table, Path(out_dir), folds=recipe.eval.folds,
+                                      targets=tuple(recipe.eval.targets), baseline_features=baseline, seed=recipe.train.seed)
+    if console is not None:
+        print_report(results, console=console)
+        console.print(f"Evaluation written to {out_dir}")
+    return results

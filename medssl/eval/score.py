@@ -1,0 +1,318 @@
+"""The OpenBHB challenge scores, computed from a table of predictions.
+
+The OpenBHB challenge (Dufumier et al., NeuroImage 2022) probes a frozen representation
+with two linear models fitted on the training set, an age regressor and a site classifier,
+and scores them on a test set split into an **internal** part (sites seen in training) and an
+**external** part (unseen sites):
+
+- ``mae_internal`` / ``mae_external``: mean absolute error of the predicted age;
+- ``bacc_site``: balanced accuracy of the predicted site on the internal test set (lower is
+  better: a representation free of site effects sits at chance, ``1 / n_sites``);
+- ``challenge_score`` L_c = BAcc^0.3 * MAE_ext, the score of the published leaderboard
+  tables (Barbano et al., ISBI 2023);
+- ``ramp_combined`` = MAE_ext * BAcc + MAE_int / n_sites, the ``challenge_metric`` of the
+  official kit (ramp-kits/brain_age_with_site_removal).
+
+A predictions table has one row per subject with the columns ``split`` (``train``,
+``internal_test`` or ``external_test``), ``site``, ``age``, ``age_pred`` and either
+``site_pred`` or one probability column per site. Probability columns are named
+``site_prob_<site>`` or ``prob_<site>`` (or ``<prefix><site>`` with ``site_pred_col=<prefix>``);
+the site of the largest probability is the prediction. ``train`` rows are not scored; they only give the number of training sites.
+
+Example:
+    >>> from medssl.eval import read_predictions, score_predictions
+    >>> scores = score_predictions(read_predictions("predictions.csv"))
+    >>> round(scores["challenge_score"], 2)
+    1.54
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medssl.errors import MedsslError
+
+SPLITS = ("train", "internal_test", "external_test")
+TEST_SPLITS = ("internal_test", "external_test")
+PROBABILITY_PREFIXES = ("site_prob_", "prob_")
+TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+
+
+class EvaluationError(MedsslError):
+    """A predictions table, participants table or feature matrix cannot be evaluated as asked."""
+
+
+def challenge_score(mae_ext: float, bacc: float) -> float:
+    """The OpenBHB leaderboard score L_c = BAcc^0.3 * MAE_ext (lower is better).
+
+    Barbano et al., "Contrastive learning for regression in multi-site brain age
+    prediction", ISBI 2023; Dufumier et al., NeuroImage 2022.
+
+    Args:
+        mae_ext: mean absolute error of the predicted age on the external test set (years).
+        bacc: balanced accuracy of the site prediction on the internal test set, in [0, 1].
+
+    Example:
+        >>> round(challenge_score(mae_ext=3.76, bacc=0.051), 2)
+        1.54
+    """
+    _check_range("mae_ext", mae_ext, low=0.0)
+    _check_range("bacc", bacc, low=0.0, high=1.0)
+    return float(bacc**0.3 * mae_ext)
+
+
+def ramp_combined(mae_ext: float, bacc: float, mae_int: float, n_sites: int) -> float:
+    """The official kit's ``challenge_metric``: MAE_ext * BAcc + MAE_int / n_sites (lower is better).
+
+    Args:
+        mae_ext: mean absolute age error on the external test set.
+        bacc: site balanced accuracy on the internal test set, in [0, 1].
+        mae_int: mean absolute age error on the internal test set.
+        n_sites: number of training sites (64 for OpenBHB).
+
+    Example:
+        >>> ramp_combined(mae_ext=4.0, bacc=0.5, mae_int=3.2, n_sites=64)
+        2.05
+    """
+    _check_range("mae_ext", mae_ext, low=0.0)
+    _check_range("bacc", bacc, low=0.0, high=1.0)
+    _check_range("mae_int", mae_int, low=0.0)
+    if isinstance(n_sites, bool) or int(n_sites) != n_sites or n_sites < 1:
+        raise EvaluationError(f"n_sites: got {n_sites!r}, expected a positive integer (number of training sites)")
+    return float(mae_ext * bacc + mae_int / n_sites)
+
+
+def score_predictions(
+    table: pd.DataFrame,
+    *,
+    id_col: str = "participant_id",
+    split_col: str = "split",
+    site_col: str = "site",
+    age_col: str = "age",
+    age_pred_col: str = "age_pred",
+    site_pred_col: str = "site_pred",
+    n_sites: int | None = None,
+    source: str | None = None,
+) -> dict:
+    """Score a predictions table with the OpenBHB challenge metrics.
+
+    Rows of the ``train`` split are not scored; unless ``n_sites`` is given, the number of
+    distinct sites among them is the number of training sites. The site prediction is the
+    ``site_pred_col`` column or, when the table has none, the argmax over the probability
+    columns ``site_prob_<site>`` (or ``prob_<site>``).
+
+    Args:
+        table: one row per subject (see the module docstring for the columns).
+        id_col: participant column, used to name rows in error messages (optional column).
+        n_sites: number of training sites; None counts them among the ``train`` rows.
+        source: how to name the table in error messages (defaults to the file it was read
+            from by :func:`read_predictions`).
+
+    Returns:
+        ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``,
+        ``ramp_combined``, ``n_sites``, ``n_internal``, ``n_external``, ``r2_internal``,
+        ``r2_external`` (NaN when undefined) and ``chance_bacc`` (= 1 / n_sites).
+
+    Example:
+        >>> scores = score_predictions(predictions)
+        >>> scores["mae_external"], scores["bacc_site"]
+    """
+    source = source or table.attrs.get("source", "predictions table")
+    table = table.reset_index(drop=True)  # row labels become row numbers, for the messages
+    _require_columns(table, [split_col, site_col, age_col, age_pred_col], source)
+    site_pred_source = _site_prediction_columns(table, site_pred_col, source)
+
+    splits = table[split_col]
+    _check_no_missing(splits, split_col, table, id_col, source)
+    unknown = sorted(set(splits.astype(str)) - set(SPLITS))
+    if unknown:
+        raise EvaluationError(
+            f"{source}: column {split_col!r} has unknown value {unknown[0]!r}; expected one of {', '.join(SPLITS)}"
+        )
+    splits = splits.astype(str)
+    internal_rows = (splits == "internal_test").to_numpy()
+    external_rows = (splits == "external_test").to_numpy()
+    for name, rows in (("internal_test", internal_rows), ("external_test", external_rows)):
+        if not rows.any():
+            raise EvaluationError(
+                f"{source}: no {name} rows in column {split_col!r}; both internal_test and external_test rows are needed"
+            )
+    scored = table[internal_rows | external_rows]
+    for column in [age_col, age_pred_col, site_col, *site_pred_source]:
+        _check_no_missing(scored[column], column, table, id_col, source)
+    true_age = _numeric(scored[age_col], age_col, table, id_col, source)
+    pred_age = _numeric(scored[age_pred_col], age_pred_col, table, id_col, source)
+    true_site = as_labels(scored[site_col]).to_numpy()
+    pred_site = _predicted_sites(scored, site_pred_col, site_pred_source, table, id_col, source)
+    internal = internal_rows[internal_rows | external_rows]
+    external = ~internal
+
+    if n_sites is None:
+        train_sites = table.loc[(splits == "train").to_numpy(), site_col]
+        if train_sites.empty:
+            raise EvaluationError(
+                f"{source}: no train rows to count the training sites; pass n_sites (64 for OpenBHB)"
+            )
+        _check_no_missing(train_sites, site_col, table, id_col, source)
+        n_sites = int(as_labels(train_sites).nunique())
+
+    mae_internal = float(np.mean(np.abs(true_age[internal] - pred_age[internal])))
+    mae_external = float(np.mean(np.abs(true_age[external] - pred_age[external])))
+    bacc_site = balanced_accuracy(true_site[internal], pred_site[internal])
+    return {
+        "mae_internal": mae_internal,
+        "mae_external": mae_external,
+        "bacc_site": bacc_site,
+        "challenge_score": challenge_score(mae_external, bacc_site),
+        "ramp_combined": ramp_combined(mae_external, bacc_site, mae_internal, n_sites),
+        "n_sites": int(n_sites),
+        "n_internal": int(internal.sum()),
+        "n_external": int(external.sum()),
+        "r2_internal": r2(true_age[internal], pred_age[internal]),
+        "r2_external": r2(true_age[external], pred_age[external]),
+        "chance_bacc": 1.0 / n_sites,
+    }
+
+
+def read_predictions(
+    path: str | Path,
+    *,
+    id_col: str = "participant_id",
+    split_col: str = "split",
+    site_col: str = "site",
+    age_col: str = "age",
+    age_pred_col: str = "age_pred",
+    site_pred_col: str = "site_pred",
+) -> pd.DataFrame:
+    """Read a predictions table from a ``.csv`` or ``.tsv`` file and check its columns.
+
+    Identifier, split and site columns are read as strings, so that a site coded ``"03"``
+    keeps its leading zero and matches the suffix of a ``site_prob_03`` column. The file
+    name is kept in ``table.attrs["source"]`` for the messages of :func:`score_predictions`.
+
+    Example:
+        >>> table = read_predictions("predictions.tsv", age_pred_col="brain_age")
+        >>> score_predictions(table, age_pred_col="brain_age")["mae_external"]
+    """
+    path = Path(path)
+    separator = TABLE_SEPARATORS.get(path.suffix.lower())
+    if separator is None:
+        raise EvaluationError(f"{path}: unknown table format {path.suffix!r}; expected .csv or .tsv")
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no such predictions file")
+    text_columns = {id_col, split_col, site_col, site_pred_col}
+    try:
+        table = pd.read_csv(path, sep=separator, dtype={column: str for column in text_columns})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"{path}: cannot be read as a table ({str(error).splitlines()[0]})") from None
+    _require_columns(table, [split_col, site_col, age_col, age_pred_col], str(path))
+    _site_prediction_columns(table, site_pred_col, str(path))
+    table.attrs["source"] = str(path)
+    return table
+
+
+def balanced_accuracy(y_true: pd.Series | np.ndarray, y_pred: pd.Series | np.ndarray) -> float:
+    """Mean over the classes of ``y_true`` of the fraction predicted correctly (recall).
+
+    The same value as ``sklearn.metrics.balanced_accuracy_score``: predicted classes absent
+    from ``y_true`` only count as errors.
+    """
+    y_true = np.asarray(y_true)
+    correct = pd.Series(y_true == np.asarray(y_pred))
+    return float(correct.groupby(y_true).mean().mean())
+
+
+def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Coefficient of determination; NaN when ``y_true`` is constant (undefined)."""
+    total = float(np.sum((y_true - np.mean(y_true)) ** 2))
+    if total == 0.0:
+        return float("nan")
+    return 1.0 - float(np.sum((y_true - y_pred) ** 2)) / total
+
+
+def as_labels(values: pd.Series) -> pd.Series:
+    """Class labels as strings, with whole-valued floats written as integers (3.0 -> "3")."""
+    if pd.api.types.is_float_dtype(values) and np.all(np.mod(values.dropna(), 1) == 0):
+        values = values.astype("Int64")
+    return values.astype(str)
+
+
+def _check_range(name: str, value: float, low: float, high: float = np.inf) -> None:
+    try:
+        in_range = bool(np.isfinite(value)) and low <= value <= high
+    except TypeError:
+        in_range = False
+    if not in_range:
+        expected = f"a finite number >= {low}" if high == np.inf else f"a number in [{low}, {high}]"
+        raise EvaluationError(f"{name}: got {value!r}, expected {expected}")
+
+
+def _require_columns(table: pd.DataFrame, columns: list[str], source: str) -> None:
+    for column in columns:
+        if column not in table.columns:
+            raise EvaluationError(
+                f"{source}: missing column {column!r} (columns: {', '.join(map(str, table.columns))})"
+            )
+
+
+def _site_prediction_columns(table: pd.DataFrame, site_pred_col: str, source: str) -> list[str]:
+    """``[site_pred_col]``, or the probability columns that replace it.
+
+    Probability columns are those named ``<prefix><site>``, the prefix being
+    ``site_pred_col`` itself (so ``site_pred_col="proba_"`` reads ``proba_<site>``), then
+    ``site_prob_``, then ``prob_``: the first prefix that matches any column wins.
+    """
+    if site_pred_col in table.columns:
+        return [site_pred_col]
+    for prefix in _probability_prefixes(site_pred_col):
+        columns = [column for column in table.columns if str(column).startswith(prefix)]
+        if columns:
+            return columns
+    raise EvaluationError(
+        f"{source}: missing column {site_pred_col!r} and no site probability columns "
+        f"({' or '.join(prefix + '<site>' for prefix in PROBABILITY_PREFIXES)})"
+    )
+
+
+def _probability_prefixes(site_pred_col: str) -> list[str]:
+    return list(dict.fromkeys([site_pred_col, *PROBABILITY_PREFIXES]))
+
+
+def _row_name(table: pd.DataFrame, row: int, id_col: str) -> str:
+    """Name a row of a table whose index is ``0..n-1``; data rows are counted from 1."""
+    if id_col in table.columns:
+        return f"participant {table.at[row, id_col]!s} (data row {row + 1})"
+    return f"data row {row + 1}"
+
+
+def _check_no_missing(values: pd.Series, column: str, table: pd.DataFrame, id_col: str, source: str) -> None:
+    missing = values.isna().to_numpy()
+    if missing.any():
+        label = values.index[np.argmax(missing)]
+        raise EvaluationError(f"{source}: column {column!r} has a missing value for {_row_name(table, label, id_col)}")
+
+
+def _numeric(values: pd.Series, column: str, table: pd.DataFrame, id_col: str, source: str) -> np.ndarray:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna().to_numpy() | ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        label = values.index[np.argmax(bad)]
+        raise EvaluationError(
+            f"{source}: column {column!r} has {values[label]!r} for {_row_name(table, label, id_col)}; "
+            "expected a finite number"
+        )
+    return numbers.to_numpy(dtype=float)
+
+
+def _predicted_sites(
+    scored: pd.DataFrame, site_pred_col: str, columns: list[str], table: pd.DataFrame, id_col: str, source: str
+) -> np.ndarray:
+    if columns == [site_pred_col]:
+        return as_labels(scored[site_pred_col]).to_numpy()
+    probabilities = np.column_stack([_numeric(scored[column], column, table, id_col, source) for column in columns])
+    prefix = next(prefix for prefix in _probability_prefixes(site_pred_col) if str(columns[0]).startswith(prefix))
+    sites = np.array([str(column)[len(prefix):] for column in columns], dtype=object)
+    return sites[np.argmax(probabilities, axis=1)]

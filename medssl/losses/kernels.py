@@ -1,0 +1,55 @@
+"""Kernels on labels: how close two subjects are in label space (e.g. age in years).
+
+Used as positive weights w_ij = K(y_i, y_j) by the y-aware (Dufumier et al., MICCAI 2021),
+threshold and exponential (Barbano et al., ISBI 2023) losses:
+
+- gaussian: K(a, b) = exp(-(a-b)^2 / (2 sigma^2)) / (sqrt(2 pi) sigma)
+- rbf:      K(a, b) = exp(-(a-b)^2 / (2 sigma^2))
+- cauchy:   K(a, b) = 1 / (1 + ((a-b)/sigma)^2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from medssl.losses.layout import LossInputError
+
+KERNELS = ("gaussian", "rbf", "cauchy")
+
+
+def check_kernel(kernel: str, sigma: float) -> None:
+    """Raise :class:`LossInputError` unless ``kernel`` is known and ``sigma`` is positive."""
+    if kernel not in KERNELS:
+        raise LossInputError(f"kernel={kernel!r} is unknown, expected one of {', '.join(KERNELS)}")
+    if not sigma > 0:
+        raise LossInputError(f"sigma={sigma!r} must be a positive number (label units, e.g. years)")
+
+
+def label_kernel(y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5.0) -> Tensor:
+    """Pairwise kernel values K(y_a[i], y_b[j]).
+
+    Args:
+        y_a: (n,) labels.
+        y_b: (m,) labels.
+        kernel: "gaussian", "rbf" or "cauchy".
+        sigma: bandwidth, in label units.
+
+    Returns:
+        (n, m) tensor, float32 (float64 when either input is float64).
+
+    Example:
+        >>> ages = torch.tensor([30.0, 32.0, 60.0])
+        >>> w = label_kernel(ages, ages, kernel="rbf", sigma=5.0)  # w[0, 1] = exp(-4 / 50)
+    """
+    check_kernel(kernel, sigma)
+    dtype = torch.float64 if torch.float64 in (y_a.dtype, y_b.dtype) else torch.float32
+    scaled = (y_a.to(dtype)[:, None] - y_b.to(dtype)[None, :]) / sigma
+    if kernel == "cauchy":
+        return 1.0 / (1.0 + scaled**2)
+    rbf = torch.exp(-0.5 * scaled**2)
+    if kernel == "gaussian":
+        return rbf / (math.sqrt(2.0 * math.pi) * sigma)
+    return rbf

@@ -1,0 +1,52 @@
+"""NT-Xent, the SimCLR loss (Chen et al., ICML 2020)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from medssl.losses.layout import check_temperature, contrastive_batch, masked_mean, mean_over_anchors
+
+
+class NTXentLoss(nn.Module):
+    """Normalised temperature-scaled cross-entropy (Chen et al., "A Simple Framework for
+    Contrastive Learning of Visual Representations", ICML 2020).
+
+    With s_ij = <z_i, z_j> / tau on L2-normalised embeddings and p(i) the other view of the
+    subject of anchor i:
+
+        l_i = -s_{i,p(i)} + log sum_{j != i} exp(s_ij)
+
+    With V > 2 views every other view of the subject is a positive and the first term is
+    their mean. The loss is the mean of l_i over the n = N*V anchors.
+
+    Args:
+        temperature: tau.
+
+    Example:
+        >>> loss_fn = NTXentLoss(temperature=0.1)
+        >>> z = torch.randn(8, 2, 128)  # 8 subjects, 2 views
+        >>> loss = loss_fn(z)
+    """
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        check_temperature(temperature)
+        self.temperature = temperature
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """
+        Args:
+            z: (n, D) view-major (a 2-D z without y is read as 2 views) or (N, V, D).
+            y: ignored, except that a 2-D z takes N = len(y) from it.
+
+        Returns:
+            0-dim float32 tensor (float64 for float64 z).
+        """
+        batch = contrastive_batch(z, y, self.temperature, loss_name=type(self).__name__, labels_required=False)
+        s = batch.similarities
+        log_denominator = s.masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)
+        per_anchor = log_denominator - masked_mean(s, batch.other_views)
+        return mean_over_anchors(per_anchor)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

@@ -1,0 +1,51 @@
+"""SimSiam loss: negative cosine similarity with a stop-gradient on the projections."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medssl.losses.layout import LossInputError, compute_dtype
+
+
+class SimSiamLoss(nn.Module):
+    """Simple Siamese loss (Chen & He, CVPR 2021).
+
+    One network with a predictor h on top of its projector; each view's prediction
+    is pulled towards the other view's projection, whose gradient is stopped:
+
+        L = -1/2 cos(p1, sg(z2)) - 1/2 cos(p2, sg(z1)),    p = h(z)
+
+    averaged over the batch, so the loss lies in [-1, 1]. The stop-gradient is applied
+    here (z1 and z2 are detached), so the caller passes the projections as they are.
+
+    Example:
+        >>> loss_fn = SimSiamLoss()
+        >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)  # projector, views 1 and 2
+        >>> predictor = torch.nn.Linear(128, 128)
+        >>> loss = loss_fn(predictor(z1), predictor(z2), z1, z2)
+    """
+
+    def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+        """Compute the symmetrised SimSiam loss.
+
+        Args:
+            p1: (N, D) predictor output for view 1.
+            p2: (N, D) predictor output for view 2.
+            z1: (N, D) projection of view 1 (detached here).
+            z2: (N, D) projection of view 2 (detached here).
+
+        Returns:
+            0-dim tensor, float32 (float64 for float64 inputs).
+        """
+        shapes = [tuple(t.shape) for t in (p1, p2, z1, z2)]
+        if len(set(shapes)) != 1 or p1.dim() != 2 or not all(t.is_floating_point() for t in (p1, p2, z1, z2)):
+            raise LossInputError(f"SimSiamLoss: expected floating-point p1, p2, z1, z2 of one shape (N, D), got shapes {shapes}")
+        return -0.5 * _cosine(p1, z2) - 0.5 * _cosine(p2, z1)
+
+
+def _cosine(prediction: Tensor, target: Tensor) -> Tensor:
+    dtype = compute_dtype(prediction)
+    prediction = F.normalize(prediction.to(dtype), dim=-1)
+    target = F.normalize(target.detach().to(dtype), dim=-1)
+    return (prediction * target).sum(dim=-1).mean()

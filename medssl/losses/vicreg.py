@@ -1,0 +1,87 @@
+"""VICReg loss: invariance, variance and covariance terms on two views' embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from medssl.losses.layout import LossInputError, compute_dtype, view_major
+
+
+class VICRegLoss(nn.Module):
+    """Variance-Invariance-Covariance Regularisation (Bardes et al., ICLR 2022).
+
+    With Z1, Z2 the (N, D) embeddings of the two views:
+
+        L = lam ||Z1 - Z2||_F^2 / N + mu [v(Z1) + v(Z2)] + nu [c(Z1) + c(Z2)]
+
+        v(Z) = (1/D) sum_d max(0, 1 - sqrt(Var(Z_d) + 1e-4))
+        c(Z) = (1/D) sum_{i != j} Cov(Z)_ij^2
+
+    Var and Cov are the unbiased batch estimates (divided by N - 1). The invariance term
+    is the paper's s(Z, Z') = (1/N) sum_n ||z_n - z'_n||^2, summed over dimensions.
+
+    Args:
+        sim_weight: lam, weight of the invariance term.
+        var_weight: mu, weight of the variance term.
+        cov_weight: nu, weight of the covariance term.
+
+    Example:
+        >>> loss_fn = VICRegLoss(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
+        >>> z1, z2 = torch.randn(16, 256), torch.randn(16, 256)
+        >>> loss = loss_fn(torch.cat([z1, z2]))  # or loss_fn(torch.stack([z1, z2], dim=1))
+    """
+
+    variance_eps = 1e-4
+
+    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0) -> None:
+        super().__init__()
+        for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
+            if weight < 0:
+                raise LossInputError(f"VICRegLoss: {name}={weight!r} must be >= 0")
+        self.sim_weight = sim_weight
+        self.var_weight = var_weight
+        self.cov_weight = cov_weight
+
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            z: (2N, D) embeddings, view-major (rows 0..N-1 view 1, N..2N-1 view 2),
+                or (N, 2, D).
+            y: ignored (the loss uses no labels), except that a 2-D z takes N = len(y) from it.
+
+        Returns:
+            0-dim tensor, float32 (float64 for float64 inputs).
+        """
+        z1, z2 = _two_views(z, y)
+        n = z1.shape[0]
+        if n < 2:
+            raise LossInputError(f"VICRegLoss: estimates variances over the batch and needs N >= 2 subjects, got {n}")
+        invariance = (z1 - z2).pow(2).sum() / n
+        variance = self._variance(z1) + self._variance(z2)
+        covariance = _covariance(z1) + _covariance(z2)
+        return self.sim_weight * invariance + self.var_weight * variance + self.cov_weight * covariance
+
+    def _variance(self, z: Tensor) -> Tensor:
+        std = torch.sqrt(z.var(dim=0) + self.variance_eps)
+        return torch.relu(1.0 - std).mean()
+
+    def extra_repr(self) -> str:
+        return f"sim_weight={self.sim_weight}, var_weight={self.var_weight}, cov_weight={self.cov_weight}"
+
+
+def _covariance(z: Tensor) -> Tensor:
+    n, d = z.shape
+    centered = z - z.mean(dim=0)
+    cov = centered.T @ centered / (n - 1)
+    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+
+
+
+def _two_views(z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(2N, D) view-major or (N, 2, D) -> two (N, D) tensors, float32 (float64 kept)."""
+    z, _, n_views = view_major(z, y, loss_name="VICRegLoss")
+    if n_views != 2:
+        raise LossInputError(f"VICRegLoss: compares exactly 2 views, got {n_views}")
+    return z.to(compute_dtype(z)).chunk(2)

@@ -1,0 +1,75 @@
+"""What every method shares: turning a batch of views into embeddings, and diagnostics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medssl.losses import alignment, uniformity
+from medssl.models import Encoder, ProjectionHead
+
+
+def fold_views(views: torch.Tensor) -> torch.Tensor:
+    """(B, V, C, D, H, W) -> (V*B, C, D, H, W), view-major (all first views, then all second...)."""
+    return views.transpose(0, 1).reshape(-1, *views.shape[2:])
+
+
+def unfold_views(z: torch.Tensor, n_views: int) -> torch.Tensor:
+    """(V*B, d) view-major -> (B, V, d)."""
+    return z.reshape(n_views, -1, z.shape[-1]).transpose(0, 1)
+
+
+def keep_local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class Method(nn.Module):
+    """An encoder, a projection head and a loss: ``training_loss(batch)`` returns the loss.
+
+    Subclasses may override ``after_step`` (EMA updates) and ``prepare_epoch`` (DeepCluster's
+    clustering). The engine knows nothing else about a method.
+    """
+
+    monitors_collapse = False
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        # Under DDP the engine replaces this by an all-gather with gradients (rows = subjects).
+        self.gather = keep_local
+
+    def embed(self, views: torch.Tensor) -> torch.Tensor:
+        """(B, V, C, D, H, W) views -> (B, V, d) projected embeddings."""
+        z = self.head(self.encoder(fold_views(views)))
+        return unfold_views(z, views.shape[1])
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        # DistributedDataParallel synchronises gradients of what forward computes.
+        return self.training_loss(batch)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after every optimiser step (``step`` counts from 1)."""
+
+    def prepare_epoch(self, epoch: int, context: "EpochContext") -> torch.utils.data.Sampler | None:  # noqa: F821
+        """Called before each epoch; may return the sampler of that epoch."""
+        return None
+
+    @torch.no_grad()
+    def diagnostics(self, views: torch.Tensor) -> dict[str, float]:
+        """Alignment and uniformity (Wang & Isola, ICML 2020) and the per-dimension std of the
+        normalised embeddings of two views (collapse: std -> 0; healthy: about 1/sqrt(d))."""
+        z = F.normalize(self.embed(views[:, :2]).float(), dim=-1)
+        z1, z2 = z[:, 0], z[:, 1]
+        both = torch.cat([z1, z2])
+        std = both.std(dim=0).mean().item()
+        return {
+            "alignment": alignment(z1, z2).item(),
+            "uniformity": uniformity(both).item(),
+            "embedding_std": std,
+            "embedding_std_ratio": std * z.shape[-1] ** 0.5,
+        }

@@ -1,0 +1,66 @@
+"""Methods that predict one view's embedding from another's: BYOL and SimSiam."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medssl.losses import BYOLLoss, SimSiamLoss
+from medssl.methods.base import Method, fold_views
+from medssl.methods.ema import cosine_momentum, ema_update, make_target
+from medssl.models import Encoder, ProjectionHead
+
+
+class BYOL(Method):
+    """BYOL (Grill et al., NeurIPS 2020): an online encoder + projector + predictor regresses
+    the projection of an exponential-moving-average target network on the other view.
+    The target's momentum follows the cosine schedule m_k = 1 - (1 - m_0)(cos(pi k / K) + 1) / 2.
+
+    Example:
+        >>> method = BYOL(build_encoder("resnet18"), ProjectionHead(512, batch_norm=True))
+    """
+
+    monitors_collapse = True
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead, predictor_hidden_dim: int = 512, momentum: float = 0.996):
+        super().__init__(encoder, head)
+        self.predictor = ProjectionHead(head.out_dim, predictor_hidden_dim, head.out_dim, layers=2, batch_norm=True)
+        self.target_encoder = make_target(encoder)
+        self.target_head = make_target(head)
+        self.base_momentum = momentum
+        self.loss = BYOLLoss()
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        views = batch["views"]
+        z = self.embed(views)
+        p1, p2 = self.predictor(z[:, 0]), self.predictor(z[:, 1])
+        with torch.no_grad():
+            target = self.target_head(self.target_encoder(fold_views(views[:, :2])))
+            t1, t2 = target.chunk(2)
+        return self.loss(p1, p2, t1, t2), {}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        momentum = cosine_momentum(step, total_steps, self.base_momentum)
+        ema_update(self.target_encoder, self.encoder, momentum)
+        ema_update(self.target_head, self.head, momentum)
+
+
+class SimSiam(Method):
+    """SimSiam (Chen & He, CVPR 2021): like BYOL without a momentum encoder; the
+    stop-gradient on the target branch alone prevents collapse.
+
+    Example:
+        >>> method = SimSiam(build_encoder("resnet18"), ProjectionHead(512, batch_norm=True))
+    """
+
+    monitors_collapse = True
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead, predictor_hidden_dim: int = 512):
+        super().__init__(encoder, head)
+        self.predictor = ProjectionHead(head.out_dim, predictor_hidden_dim, head.out_dim, layers=2, batch_norm=True)
+        self.loss = SimSiamLoss()
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        z = self.embed(batch["views"])
+        z1, z2 = z[:, 0], z[:, 1]
+        return self.loss(self.predictor(z1), self.predictor(z2), z1, z2), {}

@@ -1,0 +1,34 @@
+"""Contrastive methods: embeddings of every view of every subject go into one loss.
+
+Covers SimCLR, y-aware, threshold, exponential, SupCon, eps-SupInfoNCE, eps-SupCon and
+decoupled InfoNCE, and the two non-contrastive losses that also see a plain (N, V, d)
+batch of embeddings: Barlow Twins and VICReg.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medssl.methods.base import Method
+from medssl.models import Encoder, ProjectionHead
+
+
+class EmbeddingLossMethod(Method):
+    """Encoder + head + a loss called as ``loss(z, y)`` on (N, V, d) embeddings.
+
+    Example:
+        >>> method = EmbeddingLossMethod(build_encoder("resnet18"), ProjectionHead(512), YAwareLoss())
+        >>> loss, logs = method.training_loss({"views": views, "label": ages})
+    """
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead, loss: nn.Module, uses_label: bool, monitors_collapse: bool = False):
+        super().__init__(encoder, head)
+        self.loss = loss
+        self.uses_label = uses_label
+        self.monitors_collapse = monitors_collapse
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        z = self.gather(self.embed(batch["views"]))
+        y = self.gather(batch["label"]) if self.uses_label else None
+        return self.loss(z, y), {}

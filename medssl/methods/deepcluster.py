@@ -1,0 +1,65 @@
+"""DeepCluster for 3D volumes: alternate k-means on features and classification of the clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medssl.methods.base import Method
+from medssl.methods.clustering import (
+    ClusterUniformSampler,
+    cluster_size_stats,
+    fix_empty_clusters,
+    kmeans,
+    normalized_mutual_info,
+    pca_whiten,
+)
+from medssl.models import Encoder
+
+
+class DeepCluster(Method):
+    """DeepCluster (Caron et al., ECCV 2018).
+
+    Before each epoch: features of every training subject (no augmentation) -> PCA to
+    ``pca_dim`` with whitening -> L2 normalisation -> k-means (faiss) -> empty clusters fixed
+    -> pseudo-labels. During the epoch: cross-entropy of a freshly re-initialised linear top
+    layer on those pseudo-labels, with mini-batches sampled uniformly over clusters.
+
+    Example:
+        >>> method = DeepCluster(build_encoder("resnet18"), clusters=100)
+    """
+
+    def __init__(self, encoder: Encoder, clusters: int = 100, pca_dim: int = 256, kmeans_iters: int = 20, seed: int = 0):
+        super().__init__(encoder, nn.Identity())
+        self.classifier = nn.Linear(encoder.feature_dim, clusters)
+        self.clusters = clusters
+        self.pca_dim = pca_dim
+        self.kmeans_iters = kmeans_iters
+        self.seed = seed
+        self.register_buffer("assignments", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.previous_assignments: np.ndarray | None = None
+
+    def prepare_epoch(self, epoch: int, context) -> torch.utils.data.Sampler:
+        features = context.extract_features(self.encoder)
+        reduced = pca_whiten(features, dim=self.pca_dim)
+        k = min(self.clusters, len(reduced))
+        assignments, centroids, _ = kmeans(reduced, k, iterations=self.kmeans_iters, seed=self.seed + epoch)
+        assignments, centroids = fix_empty_clusters(reduced, assignments, centroids, np.random.default_rng(self.seed + epoch))
+        logs = {f"clusters_{key}": float(value) for key, value in cluster_size_stats(assignments, k).items()}
+        if self.previous_assignments is not None:
+            logs["nmi_previous"] = float(normalized_mutual_info(self.previous_assignments, assignments))
+        context.log(logs)
+        self.previous_assignments = assignments
+        self.assignments = torch.as_tensor(assignments, dtype=torch.long, device=self.classifier.weight.device)
+        self.classifier.reset_parameters()
+        context.forget_optimizer_state(self.classifier.parameters())
+        return ClusterUniformSampler(assignments, num_samples=len(assignments), seed=self.seed + epoch)
+
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.classifier(self.encoder(batch["views"][:, 0]))
+        targets = self.assignments[batch["index"].to(self.assignments.device)]
+        loss = F.cross_entropy(logits.float(), targets)
+        accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
+        return loss, {"cluster_accuracy": accuracy}

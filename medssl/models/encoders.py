@@ -1,0 +1,160 @@
+"""3D encoders: MONAI networks used as they are, returning a flat feature vector.
+
+The saved ``encoder.pt`` is a plain state dict of the MONAI network (with its classifier
+replaced by ``nn.Identity`` where it has one) and ``encoder.json`` says how to rebuild it,
+so a pre-trained encoder is usable without medssl:
+
+    import json, torch, monai.networks.nets as nets
+    spec = json.load(open("encoder.json"))
+    net = getattr(nets, spec["network"])(**spec["kwargs"])
+    for name in spec["identity_modules"]:          # e.g. ["class_layers.out"]
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent), child, torch.nn.Identity())
+    net.load_state_dict(torch.load("encoder.pt", weights_only=True))
+
+Example:
+    >>> encoder = build_encoder("resnet18")
+    >>> encoder(torch.zeros(2, 1, 32, 32, 32)).shape
+    torch.Size([2, 512])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from monai.networks import nets
+from torch import nn
+
+from medssl.errors import CheckpointError
+from medssl.files import atomic_torch_save, atomic_write_text
+
+ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "alexnet")
+
+
+class AlexNet3D(nn.Module):
+    """3D AlexNet of Abrol et al. (Nature Communications, 2021), as used as a baseline by
+    Dufumier et al. (MICCAI 2021): five conv-BN-ReLU blocks (64-128-192-192-128 channels)
+    with max pooling, then global average pooling to a 128-d feature vector.
+
+    Paddings are chosen so that volumes as small as 16^3 pass through.
+    """
+
+    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (64, 128, 192, 192, 128)):
+        super().__init__()
+
+        def block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+            return [nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+                    nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)]
+
+        w1, w2, w3, w4, w5 = widths
+        self.features = nn.Sequential(
+            *block(in_channels, w1, 5, stride=2), nn.MaxPool3d(3, stride=2, padding=1),
+            *block(w1, w2, 3), nn.MaxPool3d(3, stride=2, padding=1),
+            *block(w2, w3, 3), *block(w3, w4, 3), *block(w4, w5, 3),
+            nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+        )
+        self.out_features = w5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@dataclass
+class EncoderSpec:
+    """Everything needed to rebuild an encoder: written next to its weights as ``encoder.json``."""
+
+    name: str
+    network: str
+    kwargs: dict
+    feature_dim: int
+    identity_modules: list[str] = field(default_factory=list)
+    library: str = "monai.networks.nets"
+
+
+def encoder_spec(name: str, in_channels: int = 1, conv1_stride: int = 2) -> EncoderSpec:
+    """The network class, its keyword arguments and its feature size for an encoder name."""
+    if name in ("resnet18", "resnet34", "resnet50"):
+        kwargs = {"spatial_dims": 3, "n_input_channels": in_channels, "conv1_t_stride": conv1_stride, "feed_forward": False}
+        return EncoderSpec(name, name, kwargs, 2048 if name == "resnet50" else 512)
+    if name == "densenet121":
+        kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": 1}
+        return EncoderSpec(name, "DenseNet121", kwargs, 1024, identity_modules=["class_layers.out"])
+    if name == "alexnet":
+        return EncoderSpec(name, "AlexNet3D", {"in_channels": in_channels}, 128, library="medssl.models.encoders")
+    raise CheckpointError(f"unknown encoder '{name}': expected one of {', '.join(ENCODER_NAMES)}")
+
+
+def build_network(spec: EncoderSpec) -> nn.Module:
+    """Instantiate the spec's network, classifier layers replaced by identities."""
+    if spec.library == "medssl.models.encoders":
+        network = AlexNet3D(**spec.kwargs)
+    else:
+        network = getattr(nets, spec.network)(**spec.kwargs)
+    for module_name in spec.identity_modules:
+        parent, _, child = module_name.rpartition(".")
+        setattr(network.get_submodule(parent), child, nn.Identity())
+    return network
+
+
+class Encoder(nn.Module):
+    """A 3D backbone mapping (B, C, D, H, W) volumes to (B, feature_dim) features."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.feature_dim = spec.feature_dim
+        self.network = build_network(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x).flatten(1)
+
+
+def build_encoder(name: str = "resnet18", in_channels: int = 1, conv1_stride: int = 2) -> Encoder:
+    """Build an encoder by name (see :data:`ENCODER_NAMES`)."""
+    return Encoder(encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride))
+
+
+def save_encoder(encoder: Encoder, path: str | Path) -> tuple[Path, Path]:
+    """Write ``path`` (plain network state dict) and ``path`` with ``.json`` (how to rebuild it)."""
+    path = Path(path)
+    state = {key: value.detach().cpu() for key, value in encoder.network.state_dict().items()}
+    atomic_torch_save(state, path)
+    spec_path = path.with_suffix(".json")
+    atomic_write_text(spec_path, json.dumps(asdict(encoder.spec), indent=2))
+    return path, spec_path
+
+
+def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encoder:
+    """Rebuild an encoder from ``encoder.pt`` + ``encoder.json`` (or a run folder holding them).
+
+    With ``expected``, raise a :class:`CheckpointError` naming every field that differs.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "encoder.pt"
+    spec_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: encoder weights not found")
+    if not spec_path.is_file():
+        raise CheckpointError(f"{spec_path}: encoder description not found (it is written next to the weights)")
+    try:
+        spec = EncoderSpec(**json.loads(spec_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{spec_path}: not a medssl encoder description ({exc})") from None
+    if expected is not None:
+        differences = [f"{key}: file has {getattr(spec, key)!r}, expected {getattr(expected, key)!r}"
+                       for key in ("name", "kwargs", "feature_dim") if getattr(spec, key) != getattr(expected, key)]
+        if differences:
+            raise CheckpointError(f"{path}: encoder does not match the recipe ({'; '.join(differences)})")
+    encoder = Encoder(spec)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as a state dict ({type(exc).__name__}: {exc})") from None
+    result = encoder.network.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{path}: weights do not fit {spec.name} (missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    return encoder

@@ -1,0 +1,115 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from medssl.eval import leave_site_out_folds, site_stratified_folds
+from medssl.eval.score import EvaluationError
+
+
+def participants(counts: dict[str, int]) -> pd.DataFrame:
+    sites = [site for site, count in counts.items() for _ in range(count)]
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "participant_id": [f"sub-{i:03d}" for i in range(len(sites))],
+        "site": sites,
+        "age": rng.uniform(20, 80, len(sites)),
+        "sex": rng.choice(["F", "M"], len(sites)),
+    })
+
+
+def assert_test_parts_partition_the_rows(folds, n_rows):
+    test_rows = np.concatenate([test for _, test in folds])
+    assert len(test_rows) == n_rows  # no subject in two test folds ...
+    assert set(test_rows) == set(range(n_rows))  # ... and every subject in one
+    for train, test in folds:
+        assert not set(train) & set(test)
+        assert len(train) + len(test) == n_rows
+
+
+def test_site_stratified_folds_hold_every_site_in_every_train_and_test_part():
+    table = participants({"A": 15, "B": 10, "C": 7, "D": 5})
+    folds = site_stratified_folds(table, n_folds=5, seed=0)
+    assert len(folds) == 5
+    assert_test_parts_partition_the_rows(folds, len(table))
+    for train, test in folds:
+        assert set(table["site"].iloc[train]) == {"A", "B", "C", "D"}
+        assert set(table["site"].iloc[test]) == {"A", "B", "C", "D"}
+
+
+def test_site_stratified_folds_keep_each_site_share_within_one_subject():
+    table = participants({"A": 20, "B": 10})
+    for _, test in site_stratified_folds(table, n_folds=5, seed=3):
+        counts = table["site"].iloc[test].value_counts()
+        assert counts["A"] == 4 and counts["B"] == 2
+
+
+def test_sites_smaller_than_the_fold_count_are_pooled_without_error():
+    table = participants({"A": 15, "B": 15, "tiny1": 2, "tiny2": 1})
+    folds = site_stratified_folds(table, n_folds=5, seed=0)
+    assert_test_parts_partition_the_rows(folds, len(table))
+    tiny_rows = set(np.flatnonzero(table["site"].str.startswith("tiny")))
+    tiny_per_fold = [len(tiny_rows & set(test)) for _, test in folds]
+    assert max(tiny_per_fold) == 1  # the 3 small-site subjects are spread, not lumped
+    for _, test in folds:
+        assert {"A", "B"} <= set(table["site"].iloc[test])
+
+
+def test_site_stratified_folds_depend_on_the_seed_only():
+    table = participants({"A": 12, "B": 12})
+    first = site_stratified_folds(table, n_folds=3, seed=1)
+    again = site_stratified_folds(table, n_folds=3, seed=1)
+    other = site_stratified_folds(table, n_folds=3, seed=2)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+
+
+def test_site_stratified_folds_can_stratify_on_another_column_or_none():
+    table = participants({"A": 12, "B": 12})
+    for _, test in site_stratified_folds(table, n_folds=3, stratify="sex"):
+        assert set(table["sex"].iloc[test]) == {"F", "M"}
+    assert_test_parts_partition_the_rows(site_stratified_folds(table, n_folds=4, stratify=None), len(table))
+
+
+@pytest.mark.parametrize("n_folds", [1, 25, 2.5, True])
+def test_site_stratified_folds_refuse_impossible_fold_counts(n_folds):
+    with pytest.raises(EvaluationError, match="n_folds"):
+        site_stratified_folds(participants({"A": 12, "B": 12}), n_folds=n_folds)
+
+
+def test_folds_name_a_missing_or_incomplete_site_column():
+    table = participants({"A": 6, "B": 6})
+    with pytest.raises(EvaluationError, match="missing column 'scanner'"):
+        site_stratified_folds(table, stratify="scanner")
+    table.loc[4, "site"] = None
+    with pytest.raises(EvaluationError, match="'site' has a missing value at data row 5"):
+        leave_site_out_folds(table)
+
+
+def test_leave_site_out_folds_never_share_a_site_between_train_and_test():
+    table = participants({"A": 8, "B": 5, "C": 3, "D": 6})
+    folds = leave_site_out_folds(table)
+    assert len(folds) == 4  # one fold per site
+    assert_test_parts_partition_the_rows(folds, len(table))
+    held_out = []
+    for train, test in folds:
+        test_sites = set(table["site"].iloc[test])
+        assert len(test_sites) == 1
+        assert not test_sites & set(table["site"].iloc[train])
+        held_out += test_sites
+    assert sorted(held_out) == ["A", "B", "C", "D"]
+
+
+def test_leave_site_out_folds_group_sites_into_the_requested_fold_count():
+    table = participants({"A": 8, "B": 5, "C": 3, "D": 6, "E": 4})
+    folds = leave_site_out_folds(table, n_folds=2)
+    assert len(folds) == 2
+    assert_test_parts_partition_the_rows(folds, len(table))
+    for train, test in folds:
+        assert not set(table["site"].iloc[test]) & set(table["site"].iloc[train])
+
+
+def test_leave_site_out_folds_need_two_sites_and_at_most_one_fold_per_site():
+    with pytest.raises(EvaluationError, match="at least 2"):
+        leave_site_out_folds(participants({"A": 10}))
+    with pytest.raises(EvaluationError, match="number of sites"):
+        leave_site_out_folds(participants({"A": 10, "B": 10}), n_folds=3)

@@ -1,0 +1,188 @@
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medssl.eval import challenge_protocol, cross_validate_probes, score_predictions, site_stratified_folds
+from medssl.eval.probes import CHALLENGE_ALPHAS, CHALLENGE_CS, MAX_FEATURES, check_features, out_of_fold_predictions
+from medssl.eval.score import EvaluationError
+
+
+def cohort(n_per_site: int = 25, sites=("A", "B", "C", "D", "E"), external=("E",), seed: int = 0) -> pd.DataFrame:
+    """Sites of equal size; in the non-external sites, 70% train and 30% internal test."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for site in sites:
+        for k in range(n_per_site):
+            split = "external_test" if site in external else ("train" if k < 0.7 * n_per_site else "internal_test")
+            rows.append({"participant_id": f"{site}-{k:02d}", "site": site, "split": split})
+    table = pd.DataFrame(rows)
+    table["age"] = rng.uniform(20, 80, len(table))
+    table["sex"] = rng.choice(["F", "M"], len(table))
+    return table
+
+
+def age_features(table: pd.DataFrame, dims: int = 32, noise: float = 0.05, seed: int = 1) -> np.ndarray:
+    """Every dimension a noisy linear function of age: a ridge probe recovers age almost exactly."""
+    rng = np.random.default_rng(seed)
+    age = (table["age"].to_numpy() - 50) / 17
+    return np.outer(age, rng.normal(size=dims)) + noise * rng.normal(size=(len(table), dims))
+
+
+def site_features(table: pd.DataFrame, dims: int = 32, seed: int = 2) -> np.ndarray:
+    """One random direction per site plus small noise: the site is linearly separable."""
+    rng = np.random.default_rng(seed)
+    codes = pd.factorize(table["site"])[0]
+    directions = rng.normal(size=(codes.max() + 1, dims))
+    return directions[codes] + 0.1 * rng.normal(size=(len(table), dims))
+
+
+def random_features(table: pd.DataFrame, dims: int = 32, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(len(table), dims))
+
+
+def metric(result: pd.DataFrame, target: str, name: str) -> float:
+    return float(result.set_index(["target", "metric"]).loc[(target, name), "mean"])
+
+
+def mean_predictor_mae(ages: np.ndarray) -> float:
+    return float(np.mean(np.abs(ages - ages.mean())))
+
+
+def test_features_that_encode_age_give_a_small_cross_validated_mae():
+    table = cohort()
+    result = cross_validate_probes(age_features(table), table, targets=("age",))
+    baseline = mean_predictor_mae(table["age"].to_numpy())
+    assert metric(result, "age", "mae") < 0.1 * baseline
+    assert metric(result, "age", "r2") > 0.95
+
+
+def test_random_features_give_an_mae_near_the_mean_predictor():
+    table = cohort()
+    result = cross_validate_probes(random_features(table), table, targets=("age",))
+    baseline = mean_predictor_mae(table["age"].to_numpy())
+    assert 0.85 * baseline < metric(result, "age", "mae") < 1.3 * baseline
+    assert metric(result, "age", "r2") < 0.1
+
+
+def test_features_that_encode_site_give_a_high_site_balanced_accuracy_and_random_ones_chance():
+    table = cohort()
+    encoded = cross_validate_probes(site_features(table), table, targets=("site",))
+    random = cross_validate_probes(random_features(table), table, targets=("site",))
+    assert metric(encoded, "site", "balanced_accuracy") > 0.95
+    assert metric(encoded, "site", "roc_auc") > 0.95
+    assert metric(random, "site", "balanced_accuracy") < 0.2 + 0.15  # chance is 1/5
+    assert abs(metric(random, "site", "roc_auc") - 0.5) < 0.15
+
+
+def test_result_is_long_format_with_mean_std_over_folds_and_binary_auc_for_sex():
+    table = cohort()
+    folds = site_stratified_folds(table, n_folds=4, seed=0)
+    result = cross_validate_probes(age_features(table), table, targets=("age", "sex"), folds=folds, protocol="custom")
+    assert list(result.columns) == ["protocol", "target", "metric", "mean", "std", "n_folds"]
+    assert set(zip(result["target"], result["metric"])) == {
+        ("age", "mae"), ("age", "r2"), ("sex", "balanced_accuracy"), ("sex", "roc_auc"),
+    }
+    assert (result["protocol"] == "custom").all()
+    assert (result["n_folds"] == 4).all()
+    assert (result["std"] >= 0).all()
+    # sex is unrelated to these features
+    assert abs(metric(result, "sex", "roc_auc") - 0.5) < 0.2
+
+
+def test_missing_targets_are_skipped_with_a_note_and_missing_values_are_left_out():
+    table = cohort()
+    table.loc[::3, "sex"] = None
+    result = cross_validate_probes(age_features(table), table, targets=("age", "diagnosis", "sex"))
+    assert set(result["target"]) == {"age", "sex"}
+    assert any("diagnosis" in note for note in result.attrs["notes"])
+
+
+def test_probes_do_not_depend_on_the_scale_of_each_feature():
+    # StandardScaler sits inside the pipeline: rescaling columns changes nothing
+    table = cohort()
+    features = age_features(table, noise=0.5) + random_features(table)
+    scales = np.logspace(-3, 3, features.shape[1])
+    plain = cross_validate_probes(features, table, targets=("age", "sex"))
+    scaled = cross_validate_probes(features * scales, table, targets=("age", "sex"))
+    np.testing.assert_allclose(plain["mean"], scaled["mean"], rtol=1e-5)
+
+
+def test_out_of_fold_predictions_cover_every_row_once():
+    table = cohort(n_per_site=10)
+    folds = site_stratified_folds(table, n_folds=5)
+    predicted = out_of_fold_predictions(age_features(table), table, folds)
+    assert np.isfinite(predicted).all()
+    assert np.mean(np.abs(predicted - table["age"])) < 3.0
+
+
+def test_challenge_protocol_on_site_free_age_features_gives_small_mae_and_chance_site_accuracy():
+    table = cohort()
+    results = challenge_protocol(age_features(table), table)
+    assert results["mae_internal"] < 2.0 and results["mae_external"] < 2.0
+    assert results["n_sites"] == 4 and results["chance_bacc"] == 0.25
+    assert results["bacc_site"] < 0.25 + 0.25
+    assert results["age_alpha"] in CHALLENGE_ALPHAS and results["site_C"] in CHALLENGE_CS
+
+
+def test_challenge_protocol_detects_site_information():
+    table = cohort()
+    features = np.hstack([age_features(table), site_features(table)])
+    results = challenge_protocol(features, table)
+    assert results["bacc_site"] > 0.9
+    assert results["challenge_score"] == pytest.approx(results["bacc_site"] ** 0.3 * results["mae_external"])
+
+
+def test_challenge_protocol_returns_score_predictions_keys_and_rescorable_predictions():
+    table = cohort()
+    results = challenge_protocol(random_features(table), table)
+    predictions = results["predictions"]
+    rescored = score_predictions(predictions)
+    for key, value in rescored.items():
+        assert results[key] == pytest.approx(value, nan_ok=True)
+    train = predictions["split"] == "train"
+    assert predictions.loc[train, "age_pred"].isna().all()
+    assert predictions.loc[~train, "age_pred"].notna().all()
+    assert set(predictions.loc[~train, "site_pred"]) <= {"A", "B", "C", "D"}
+    assert list(predictions["participant_id"]) == list(table["participant_id"])
+
+
+def test_random_features_in_the_challenge_protocol_score_near_the_mean_predictor():
+    table = cohort()
+    results = challenge_protocol(random_features(table), table)
+    external = table["split"] == "external_test"
+    ages = table.loc[external, "age"].to_numpy()
+    train_mean = table.loc[table["split"] == "train", "age"].mean()
+    assert results["mae_external"] > 0.8 * np.mean(np.abs(ages - train_mean))
+
+
+def test_challenge_protocol_is_quick_on_100_subjects_with_512_features():
+    table = cohort(n_per_site=20)
+    start = time.perf_counter()
+    challenge_protocol(random_features(table, dims=512), table)
+    assert time.perf_counter() - start < 20.0
+
+
+def test_features_are_validated_against_the_table_and_the_challenge_limit():
+    table = cohort(n_per_site=4)
+    with pytest.raises(EvaluationError, match="rows but the participants table has"):
+        check_features(np.zeros((3, 4)), table)
+    with pytest.raises(EvaluationError, match=f"at most {MAX_FEATURES}"):
+        check_features(np.zeros((len(table), MAX_FEATURES + 1), dtype=np.float32), table)
+    features = np.zeros((len(table), 4))
+    features[2, 1] = np.nan
+    with pytest.raises(EvaluationError, match="row 2 has NaN"):
+        check_features(features, table)
+    with pytest.raises(EvaluationError, match="expected \\(n_subjects, n_features\\)"):
+        check_features(np.zeros(len(table)), table)
+
+
+def test_challenge_protocol_requires_its_columns_and_two_training_sites():
+    table = cohort()
+    with pytest.raises(EvaluationError, match="missing column 'split'"):
+        challenge_protocol(age_features(table), table.drop(columns="split"))
+    one_site = table.copy()
+    one_site.loc[one_site["split"] == "train", "site"] = "A"
+    with pytest.raises(EvaluationError, match="at least 2 sites"):
+        challenge_protocol(age_features(one_site), one_site)

@@ -1,0 +1,229 @@
+"""Slow, literal transcriptions of SPEC's loss formulas, to check the vectorised losses against.
+
+Every function takes z of shape (N, V, D) and labels y of shape (N,), lays the rows out
+view-major by hand, and loops over anchors i, pairs j and denominator terms t exactly as the
+formula reads, with plain exp and log (no tricks: fine in float64 at tau = 0.1). ``anchors``
+restricts the outer loop (the benchmark times a subset and scales); the result is the mean
+of l_i over the anchors that have a positive.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+class Rows:
+    """The batch laid out view-major: row v*N + k is view v of subject k, L2-normalised."""
+
+    def __init__(self, z: Tensor, y: Tensor | None, temperature: float):
+        n_subjects, n_views, _ = z.shape
+        self.temperature = temperature
+        self.vectors: list[Tensor] = []
+        self.labels: list[float] = []
+        self.subjects: list[int] = []
+        for v in range(n_views):
+            for k in range(n_subjects):
+                self.vectors.append(z[k, v] / z[k, v].norm())
+                self.labels.append(float(y[k]) if y is not None else math.nan)
+                self.subjects.append(k)
+        self.n = len(self.vectors)
+
+    def similarities_of(self, i: int) -> list[Tensor]:
+        """[s_i0, ..., s_i,n-1] with s_ij = <z_i, z_j> / tau."""
+        return [torch.dot(self.vectors[i], self.vectors[j]) / self.temperature for j in range(self.n)]
+
+    def anchors(self, anchors: Sequence[int] | None) -> Sequence[int]:
+        return range(self.n) if anchors is None else anchors
+
+
+def kernel_value(a: float, b: float, kernel: str, sigma: float) -> float:
+    if kernel == "gaussian":
+        return math.exp(-((a - b) ** 2) / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma)
+    if kernel == "rbf":
+        return math.exp(-((a - b) ** 2) / (2 * sigma**2))
+    if kernel == "cauchy":
+        return 1 / (1 + ((a - b) / sigma) ** 2)
+    raise ValueError(kernel)
+
+
+def kernel_rows(rows: Rows, kernel: str, sigma: float) -> list[list[float]]:
+    return [[kernel_value(rows.labels[i], rows.labels[j], kernel, sigma) for j in range(rows.n)] for i in range(rows.n)]
+
+
+def _mean(losses: list[Tensor]) -> Tensor:
+    return sum(losses) / len(losses)
+
+
+def ntxent_loop(z: Tensor, temperature: float = 0.1, anchors: Sequence[int] | None = None) -> Tensor:
+    rows = Rows(z, None, temperature)
+    losses = []
+    for i in rows.anchors(anchors):
+        s = rows.similarities_of(i)
+        log_denominator = torch.log(sum(torch.exp(s[j]) for j in range(rows.n) if j != i))
+        positives = [p for p in range(rows.n) if p != i and rows.subjects[p] == rows.subjects[i]]
+        losses.append(sum(-s[p] + log_denominator for p in positives) / len(positives))
+    return _mean(losses)
+
+
+def decoupled_loop(z: Tensor, temperature: float = 0.1, anchors: Sequence[int] | None = None) -> Tensor:
+    rows = Rows(z, None, temperature)
+    losses = []
+    for i in rows.anchors(anchors):
+        s = rows.similarities_of(i)
+        log_denominator = torch.log(sum(torch.exp(s[t]) for t in range(rows.n) if rows.subjects[t] != rows.subjects[i]))
+        positives = [p for p in range(rows.n) if p != i and rows.subjects[p] == rows.subjects[i]]
+        losses.append(sum(-s[p] + log_denominator for p in positives) / len(positives))
+    return _mean(losses)
+
+
+def yaware_loop(
+    z: Tensor, y: Tensor, temperature: float = 0.1, sigma: float = 5.0, kernel: str = "rbf", anchors: Sequence[int] | None = None
+) -> Tensor:
+    rows = Rows(z, y, temperature)
+    w = kernel_rows(rows, kernel, sigma)
+    losses = []
+    for i in rows.anchors(anchors):
+        s = rows.similarities_of(i)
+        log_denominator = torch.log(sum(torch.exp(s[t]) for t in range(rows.n) if t != i))
+        total_weight = sum(w[i][t] for t in range(rows.n) if t != i)
+        loss = 0.0
+        for j in range(rows.n):
+            if j != i:
+                a_ij = w[i][j] / total_weight
+                loss = loss - a_ij * (s[j] - log_denominator)
+        losses.append(loss)
+    return _mean(losses)
+
+
+def threshold_loop(
+    z: Tensor,
+    y: Tensor,
+    temperature: float = 0.1,
+    sigma: float = 2.0,
+    kernel: str = "gaussian",
+    anchors: Sequence[int] | None = None,
+    literal_inner: bool = True,
+) -> Tensor:
+    """``literal_inner=False`` sums the denominator over t as a masked vector sum (same set)."""
+    rows = Rows(z, y, temperature)
+    w = kernel_rows(rows, kernel, sigma)
+    losses = []
+    for i in rows.anchors(anchors):
+        s = rows.similarities_of(i)
+        exp_s = torch.stack([torch.exp(s_it) for s_it in s])
+        w_i = torch.tensor(w[i])
+        not_i = torch.arange(rows.n) != i
+        total_weight = sum(w[i][j] for j in range(rows.n) if j != i)
+        loss = 0.0
+        for j in range(rows.n):
+            if j == i:
+                continue
+            if literal_inner:
+                denominator = torch.exp(s[j])
+                for t in range(rows.n):
+                    if t != i and w[i][t] < w[i][j]:
+                        denominator = denominator + torch.exp(s[t])
+            else:
+                denominator = torch.exp(s[j]) + exp_s[not_i & (w_i < w[i][j])].sum()
+            loss = loss - w[i][j] * (s[j] - torch.log(denominator))
+        losses.append(loss / total_weight)
+    return _mean(losses)
+
+
+def threshold_reference_code_loop(
+    z: Tensor,
+    y: Tensor,
+    temperature: float = 0.1,
+    sigma: float = 2.0,
+    kernel: str = "gaussian",
+    anchors: Sequence[int] | None = None,
+    literal_inner: bool = True,
+) -> Tensor:
+    """D_i = sum_{j != i} exp(s_ij) #{k : w_jk < w_ji}; ``literal_inner=False`` counts k with a vector compare."""
+    rows = Rows(z, y, temperature)
+    w = kernel_rows(rows, kernel, sigma)
+
+    def count(j: int, i: int) -> int:
+        if literal_inner:
+            return sum(1 for k in range(rows.n) if w[j][k] < w[j][i])
+        return int((torch.tensor(w[j]) < w[j][i]).sum())
+
+    losses = []
+    for i in rows.anchors(anchors):
+        s = rows.similarities_of(i)
+        denominator = sum(torch.exp(s[j]) * count(j, i) for j in range(rows.n) if j != i)
+        total_weight = sum(w[i][j] for j in range(rows.n) if j != i)
+        loss = 0.0
+        for j in range(rows.n):
+            if j != i:
+                loss = loss - w[i][j] * (s[j] - torch.log(denominator))
+        losses.append(loss / total_weight)
+    return _mean(losses)
+
+
+def exponential_loop(
+    z: Tensor,
+    y: Tensor,
+    temperature: float = 0.1,
+    sigma: float = 2.0,
+    kernel: str = "gaussian",
+    reference_code: bool = False,
+    anchors: Sequence[int] | None = None,
+) -> Tensor:
+    rows = Rows(z, y, temperature)
+    w = kernel_rows(rows, kernel, sigma)
+    shift = 1 / temperature if reference_code else 0.0
+    losses = []
+    for i in rows.anchors(anchors):
+        s = [s_ij - shift for s_ij in rows.similarities_of(i)]
+        log_denominator = torch.log(sum(torch.exp(s[t] * (1 - w[i][t])) for t in range(rows.n) if t != i))
+        total_weight = sum(w[i][j] for j in range(rows.n) if j != i)
+        loss = 0.0
+        for j in range(rows.n):
+            if j != i:
+                loss = loss - w[i][j] * (s[j] - log_denominator)
+        losses.append(loss / total_weight)
+    return _mean(losses)
+
+
+def _class_loop(z: Tensor, y: Tensor, temperature: float, anchors: Sequence[int] | None, anchor_loss: Callable) -> Tensor:
+    rows = Rows(z, y, temperature)
+    losses = []
+    for i in rows.anchors(anchors):
+        positives = [p for p in range(rows.n) if p != i and rows.labels[p] == rows.labels[i]]
+        negatives = [t for t in range(rows.n) if rows.labels[t] != rows.labels[i]]
+        if positives:
+            losses.append(anchor_loss(i, rows.similarities_of(i), positives, negatives))
+    return _mean(losses)
+
+
+def supcon_loop(z: Tensor, y: Tensor, temperature: float = 0.1, anchors: Sequence[int] | None = None) -> Tensor:
+    def anchor_loss(i, s, positives, negatives):
+        log_denominator = torch.log(sum(torch.exp(s[t]) for t in range(len(s)) if t != i))
+        return -sum(s[p] - log_denominator for p in positives) / len(positives)
+
+    return _class_loop(z, y, temperature, anchors, anchor_loss)
+
+
+def eps_supinfonce_loop(z: Tensor, y: Tensor, temperature: float = 0.1, eps: float = 0.0, anchors: Sequence[int] | None = None) -> Tensor:
+    def anchor_loss(i, s, positives, negatives):
+        negative_sum = sum(torch.exp(s[t]) for t in negatives)  # the same for every p
+        loss = 0.0
+        for p in positives:
+            denominator = torch.exp(s[p] - eps) + negative_sum
+            loss = loss + (s[p] - torch.log(denominator))
+        return -loss / len(positives)
+
+    return _class_loop(z, y, temperature, anchors, anchor_loss)
+
+
+def eps_supcon_loop(z: Tensor, y: Tensor, temperature: float = 0.1, eps: float = 0.0, anchors: Sequence[int] | None = None) -> Tensor:
+    def anchor_loss(i, s, positives, negatives):
+        denominator = sum(torch.exp(s[q] - eps) for q in positives) + sum(torch.exp(s[t]) for t in negatives)
+        return eps - sum(s[p] - torch.log(denominator) for p in positives) / len(positives)
+
+    return _class_loop(z, y, temperature, anchors, anchor_loss)

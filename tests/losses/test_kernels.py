@@ -1,0 +1,40 @@
+import math
+
+import pytest
+import torch
+
+from medssl.losses import LossInputError, label_kernel
+
+
+def test_kernels_take_their_textbook_values_one_sigma_apart():
+    a, b = torch.tensor([30.0]), torch.tensor([30.0, 32.0])
+    gaussian = label_kernel(a, b, "gaussian", 2.0)
+    rbf = label_kernel(a, b, "rbf", 2.0)
+    cauchy = label_kernel(a, b, "cauchy", 2.0)
+    peak = 1 / (math.sqrt(2 * math.pi) * 2.0)
+    torch.testing.assert_close(gaussian, torch.tensor([[peak, peak * math.exp(-0.5)]]))
+    torch.testing.assert_close(rbf, torch.tensor([[1.0, math.exp(-0.5)]]))
+    torch.testing.assert_close(cauchy, torch.tensor([[1.0, 0.5]]))
+
+
+def test_label_kernel_is_pairwise_and_symmetric():
+    y = torch.tensor([20.0, 35.0, 50.0, 51.0])
+    w = label_kernel(y, y, "rbf", 5.0)
+    assert w.shape == (4, 4)
+    torch.testing.assert_close(w, w.T)
+    assert torch.all(w.diagonal() == 1.0)
+
+
+def test_label_kernel_keeps_float64_labels_in_float64():
+    y = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    assert label_kernel(y, y, "cauchy", 1.0).dtype == torch.float64
+
+
+def test_unknown_kernel_is_a_loss_input_error():
+    with pytest.raises(LossInputError, match="laplace"):
+        label_kernel(torch.zeros(2), torch.zeros(2), "laplace", 1.0)
+
+
+def test_non_positive_sigma_is_a_value_error():
+    with pytest.raises(ValueError, match="sigma=0"):
+        label_kernel(torch.zeros(2), torch.zeros(2), "rbf", 0)

@@ -1,0 +1,81 @@
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medssl.losses import ThresholdLoss
+
+from .checks import ages, assert_same_value_and_gradient, embeddings
+from .reference import threshold_loop, threshold_reference_code_loop
+
+
+@pytest.mark.parametrize("n_subjects", [2, 8])
+def test_threshold_matches_literal_triple_loop_in_value_and_gradient(n_subjects):
+    z, y = embeddings(n_subjects), ages(n_subjects)
+    loss = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian")
+    assert_same_value_and_gradient(lambda z: loss(z, y), lambda z: threshold_loop(z, y, 0.1, 2.0, "gaussian"), z)
+
+
+def test_threshold_matches_loop_transcription_at_64_subjects():
+    z, y = embeddings(64), ages(64)
+    loss = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian")
+    reference = lambda z: threshold_loop(z, y, 0.1, 2.0, "gaussian", literal_inner=False)  # noqa: E731
+    assert_same_value_and_gradient(lambda z: loss(z, y), reference, z)
+
+
+def test_threshold_keeps_equal_weights_out_of_each_others_denominator():
+    # Four label values over 12 subjects and symmetric offsets (40 +- 5): many tied weights.
+    z = embeddings(12, seed=3)
+    y = torch.tensor([35, 40, 45, 50] * 3, dtype=torch.float64)
+    loss = ThresholdLoss(temperature=0.1, sigma=5.0, kernel="rbf")
+    assert_same_value_and_gradient(lambda z: loss(z, y), lambda z: threshold_loop(z, y, 0.1, 5.0, "rbf"), z)
+
+
+def test_threshold_of_a_batch_with_one_label_is_zero():
+    # Every weight ties, so each positive is alone in its denominator.
+    z = embeddings(5)
+    assert ThresholdLoss()(z, torch.full((5,), 40.0)).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_subjects", [2, 8, 64])
+def test_threshold_reference_code_matches_loop_transcription(n_subjects):
+    z, y = embeddings(n_subjects), ages(n_subjects)
+    loss = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian", reference_code=True)
+    reference = lambda z: threshold_reference_code_loop(z, y, 0.1, 2.0, "gaussian")  # noqa: E731
+    assert_same_value_and_gradient(lambda z: loss(z, y), reference, z)
+
+
+def test_threshold_reference_code_reproduces_the_worked_check_of_the_spec():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(6, 2, 16, dtype=torch.float64), dim=-1)
+    y = torch.tensor([30, 30, 45, 50, 62, 80], dtype=torch.float64)
+    loss = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian", reference_code=True)
+    assert loss(z, y).item() == pytest.approx(5.315072, abs=1e-6)
+
+
+def test_threshold_reference_code_skips_anchors_without_denominator():
+    # All labels equal: no w_jk is strictly below w_ji, so every D_i is empty.
+    z = embeddings(3)
+    loss = ThresholdLoss(reference_code=True)(z, torch.full((3,), 50.0))
+    (gradient,) = torch.autograd.grad(loss, z)
+    assert loss.item() == 0.0 and torch.equal(gradient, torch.zeros_like(z))
+
+
+def test_threshold_runs_forward_and_backward_on_4096_embeddings_in_quadratic_memory():
+    # An n x n x n float32 tensor at n = 4096 would need 275 GB.
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2048, 2, 32, generator=generator).requires_grad_()
+    y = torch.rand(2048, generator=generator) * 80 + 10
+    start = time.perf_counter()
+    loss = ThresholdLoss()(z, y)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    assert time.perf_counter() - start < 30
+
+
+def test_threshold_reference_code_runs_on_4096_embeddings_in_quadratic_memory():
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2048, 2, 32, generator=generator)
+    y = torch.rand(2048, generator=generator) * 80 + 10
+    assert torch.isfinite(ThresholdLoss(reference_code=True)(z, y))

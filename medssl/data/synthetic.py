@@ -178,15 +178,23 @@ def _grid(shape: int) -> _Grid:
 
 
 @lru_cache(maxsize=8)
-def _spline_coordinates(coarse: int, shape: int) -> np.ndarray:
-    axis = np.linspace(0.0, coarse - 1.0, shape, dtype=np.float32)
-    return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"))
+def _spline_matrix(coarse: int, shape: int) -> np.ndarray:
+    """(shape, coarse) matrix of 1-D cubic-spline interpolation from ``coarse`` nodes to ``shape`` points."""
+    positions = np.linspace(0.0, coarse - 1.0, shape)[None, :]
+    matrix = np.stack([ndimage.map_coordinates(unit, positions, order=3, mode="nearest")
+                       for unit in np.eye(coarse)], axis=1)
+    matrix.flags.writeable = False
+    return matrix.astype(np.float32)
 
 
 def _smooth_field(control: np.ndarray, shape: int) -> np.ndarray:
-    """A smooth (shape,)*3 field: cubic spline through a small cubic grid of control values."""
-    coordinates = _spline_coordinates(control.shape[0], shape)
-    return ndimage.map_coordinates(control, coordinates, order=3, mode="nearest", output=np.float32)
+    """Smooth (..., shape, shape, shape) fields: cubic splines through (..., c, c, c) control values.
+
+    Tensor-product splines are separable, so three small matrix products replace a 3-D
+    spline interpolation.
+    """
+    matrix = _spline_matrix(control.shape[-1], shape)
+    return np.einsum("ai,bj,ck,...ijk->...abc", matrix, matrix, matrix, control.astype(np.float32), optimize=True)
 
 
 # ----------------------------------------------------------------------------- sites
@@ -240,7 +248,7 @@ def _draw_scanners(rng: np.random.Generator, sites: int) -> list[_Scanner]:
 
 
 def _site_bias_field(scanner: _Scanner, shape: int) -> np.ndarray:
-    pattern = _smooth_field(np.asarray(scanner.bias_pattern, dtype=np.float32).reshape(3, 3, 3), shape)
+    pattern = _smooth_field(np.reshape(scanner.bias_pattern, (3, 3, 3)), shape)
     pattern = (pattern - pattern.mean()) / max(float(pattern.std()), 1e-6)
     return scanner.bias * pattern
 
@@ -343,8 +351,7 @@ def _subject_tissues(grid: _Grid, age: float, male: bool, patient: bool,
     size = (1.015 if male else 0.985) * rng.normal(1.0, 0.02)
     brain_centre = template.brain_centre_mm.reshape(column)
     source = brain_centre + (source - brain_centre) / size
-    displacement = rng.normal(0.0, 3.0, (3, 5, 5, 5)).astype(np.float32)
-    source = source + np.stack([_smooth_field(component, n) for component in displacement])
+    source = source + _smooth_field(rng.normal(0.0, 3.0, (3, 5, 5, 5)), n)
 
     voxels = _voxel_to_mm(np.linalg.inv(template.affine), source)
     gm, wm, csf = (ndimage.map_coordinates(t, voxels, order=1, mode="constant", cval=0.0, output=np.float32)
@@ -374,7 +381,7 @@ def _render_subject(grid: _Grid, scanner: _Scanner, site_bias: np.ndarray, age: 
     # Scanner, in acquisition order; the background stays 0 as in skull-stripped images.
     if scanner.blur > 0.05:
         image = ndimage.gaussian_filter(image, scanner.blur)
-    subject_bias = 0.03 * _smooth_field(rng.standard_normal((3, 3, 3)).astype(np.float32), grid.shape)
+    subject_bias = 0.03 * _smooth_field(rng.standard_normal((3, 3, 3)), grid.shape)
     image = np.maximum(image * np.exp(site_bias + subject_bias), 0.0) ** scanner.gamma
     real = image + rng.normal(0.0, scanner.noise, image.shape)
     imaginary = rng.normal(0.0, scanner.noise, image.shape)
@@ -501,6 +508,16 @@ def _remove_stale_temporaries(parent: Path, key: str) -> None:
             pass
 
 
+def _discard(folder: Path) -> None:
+    """Move ``folder`` aside, then delete it (another process may be discarding it too)."""
+    graveyard = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        os.replace(folder, graveyard / folder.name)
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(graveyard, ignore_errors=True)
+
+
 def embedded_cohort(config: "SyntheticCohortConfig", cache_dir: str | Path | None = None,
                     progress: bool = False) -> Path:
     """The folder of the cached synthetic cohort of ``config``, generated on first use.
@@ -528,12 +545,11 @@ def embedded_cohort(config: "SyntheticCohortConfig", cache_dir: str | Path | Non
     parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(parent, key)
     temporary = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=parent))
+    temporary.chmod(0o755)  # mkdtemp makes it private; the cache is readable like any folder
     try:
         synthesize_cohort(temporary, progress=progress, **expected)
         if folder.exists() and not _is_complete(folder, expected):
-            outdated = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=parent))
-            os.replace(folder, outdated / key)
-            shutil.rmtree(outdated, ignore_errors=True)
+            _discard(folder)
         try:
             os.rename(temporary, folder)
         except OSError:

@@ -54,6 +54,8 @@ CV_PROTOCOLS = ("site_stratified", "leave_site_out")
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
 HIGHER_IS_BETTER = {"r2", "r2_internal", "r2_external", "balanced_accuracy", "roc_auc"}
 CHALLENGE_REPORT_KEYS = (*CHALLENGE_KEYS, "r2_internal", "r2_external", "chance_bacc")
+CHALLENGE_TARGETS = {"mae_internal": "age", "mae_external": "age", "r2_internal": "age", "r2_external": "age",
+                     "bacc_site": "site", "chance_bacc": "site", "challenge_score": "age+site", "ramp_combined": "age+site"}
 
 
 def evaluate_representation(
@@ -172,9 +174,12 @@ def print_report(results: dict, console: Console | None = None) -> None:
         texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells)]
         table.add_row(*key, *texts)
     console.print(table)
+    notes: dict[str, list[str]] = {}
     for name in names:
         for note in results[name].get("notes", []):
-            console.print(f"[dim]{name}: {note}[/dim]")
+            notes.setdefault(note, []).append(name)
+    for note, owners in notes.items():
+        console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
 
 
 def _challenge_skip_reason(table: pd.DataFrame) -> str:
@@ -215,10 +220,8 @@ def _representation_entry(challenge: dict | None, cv_tables: list[pd.DataFrame],
 def _long_table(name: str, challenge: dict | None, cv_tables: list[pd.DataFrame]) -> pd.DataFrame:
     rows = []
     if challenge is not None:
-        targets = {"mae_internal": "age", "mae_external": "age", "r2_internal": "age", "r2_external": "age",
-                   "bacc_site": "site", "chance_bacc": "site"}
         for key in CHALLENGE_REPORT_KEYS:
-            rows.append({"protocol": "challenge", "target": targets.get(key, "age+site"), "metric": key,
+            rows.append({"protocol": "challenge", "target": CHALLENGE_TARGETS[key], "metric": key,
                          "mean": challenge[key], "std": float("nan")})
     frames = [pd.DataFrame(rows)] + [cv_table[["protocol", "target", "metric", "mean", "std"]] for cv_table in cv_tables]
     long = pd.concat([frame for frame in frames if not frame.empty], ignore_index=True)
@@ -243,7 +246,7 @@ def _ordered_rows(results: dict, names: list[str]) -> list[tuple[str, str, str]]
     rows: list[tuple[str, str, str]] = []
     for name in names:
         challenge = results[name].get("challenge") or {}
-        rows += [("challenge", "", key) for key in CHALLENGE_REPORT_KEYS if key in challenge]
+        rows += [("challenge", CHALLENGE_TARGETS[key], key) for key in CHALLENGE_REPORT_KEYS if key in challenge]
         for protocol in CV_PROTOCOLS:
             for target, metrics in (results[name].get(protocol) or {}).items():
                 rows += [(protocol, target, metric) for metric in metrics]
@@ -267,10 +270,11 @@ def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None
     """Index of the better value, when there are two comparable ones and the direction is known.
 
     Site prediction in the CV protocols has no direction: it is a property to report, good
-    or bad depending on whether site information is wanted.
+    or bad depending on whether site information is wanted (the challenge wants it low).
     """
-    _, target, metric = key
-    if len(values) < 2 or any(value is None for value in values) or values[0] == values[1] or target == "site":
+    protocol, target, metric = key
+    undirected = protocol != "challenge" and target == "site"
+    if len(values) < 2 or any(value is None for value in values) or values[0] == values[1] or undirected:
         return None
     if metric in LOWER_IS_BETTER:
         return int(np.argmin(values))

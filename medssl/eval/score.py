@@ -22,8 +22,7 @@ the site of the largest probability is the prediction. ``train`` rows are not sc
 Example:
     >>> from medssl.eval import read_predictions, score_predictions
     >>> scores = score_predictions(read_predictions("predictions.csv"))
-    >>> round(scores["challenge_score"], 2)
-    1.54
+    >>> scores["challenge_score"], scores["ramp_combined"]
 """
 
 from __future__ import annotations

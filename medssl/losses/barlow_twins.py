@@ -64,7 +64,6 @@ def _standardize(z: Tensor, eps: float) -> Tensor:
     return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
 
 
-
 def _two_views(z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
     """(2N, D) view-major or (N, 2, D) -> two (N, D) tensors, float32 (float64 kept)."""
     z, _, n_views = view_major(z, y, loss_name="BarlowTwinsLoss")

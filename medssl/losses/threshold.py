@@ -35,8 +35,8 @@ class ThresholdLoss(nn.Module):
         D_i = sum_{j != i} exp(s_ij) #{k : w_jk < w_ji}
         l_i = - (1 / sum_{j != i} w_ij) sum_{j != i} w_ij [ s_ij - log D_i ]
 
-    (the counts are row ranks of w, again O(n^2) memory). An anchor with D_i = 0, which only
-    happens when all labels of the batch are equal, is skipped.
+    (the counts are row ranks of w, again O(n^2) memory). D_i = 0 only when every weight in
+    the batch is equal (e.g. one label for all); such anchors are skipped.
 
     Args:
         temperature: tau.
@@ -72,8 +72,8 @@ class ThresholdLoss(nn.Module):
         s = batch.similarities
         labels = batch.labels.to(s.dtype)
         w = label_kernel(labels, labels, self.kernel, self.sigma)
-        weights = w.masked_fill(~batch.not_self, 0.0)
         if self.reference_code:
+            weights = w.masked_fill(~batch.not_self, 0.0)
             counts = strictly_smaller_counts(w).T  # counts[i, j] = #{k : w_jk < w_ji}
             included = batch.not_self & (counts > 0)
             log_denominator = masked_logsumexp(s + counts.to(s.dtype).log(), included)

@@ -19,7 +19,8 @@ class VICRegLoss(nn.Module):
         c(Z) = (1/D) sum_{i != j} Cov(Z)_ij^2
 
     Var and Cov are the unbiased batch estimates (divided by N - 1). The invariance term
-    is the paper's s(Z, Z') = (1/N) sum_n ||z_n - z'_n||^2, summed over dimensions.
+    is the paper's s(Z, Z') = (1/N) sum_n ||z_n - z'_n||^2, summed over dimensions (the
+    authors' code also averages it over the D dimensions: sim_weight = 25 / D matches it).
 
     Args:
         sim_weight: lam, weight of the invariance term.
@@ -76,7 +77,6 @@ def _covariance(z: Tensor) -> Tensor:
     centered = z - z.mean(dim=0)
     cov = centered.T @ centered / (n - 1)
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
-
 
 
 def _two_views(z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -37,9 +37,11 @@ def cosine_momentum(step: int, total_steps: int, base_momentum: float) -> float:
 
 
 def make_target(online: nn.Module) -> nn.Module:
-    """Deep copy of ``online`` whose parameters do not require gradients."""
+    """Deep copy of ``online`` whose parameters do not require (nor hold) gradients."""
     target = copy.deepcopy(online)
-    target.requires_grad_(False)
+    for parameter in target.parameters():
+        parameter.requires_grad_(False)
+        parameter.grad = None
     return target
 
 

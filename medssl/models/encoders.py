@@ -154,7 +154,9 @@ def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encod
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot be read as a state dict ({type(exc).__name__}: {exc})") from None
-    result = encoder.network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: weights do not fit {spec.name} (missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    try:
+        encoder.network.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise CheckpointError(f"{path}: weights do not fit {spec.name} ({detail})") from None
     return encoder

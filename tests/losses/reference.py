@@ -50,8 +50,17 @@ def kernel_value(a: float, b: float, kernel: str, sigma: float) -> float:
     raise ValueError(kernel)
 
 
-def kernel_rows(rows: Rows, kernel: str, sigma: float) -> list[list[float]]:
-    return [[kernel_value(rows.labels[i], rows.labels[j], kernel, sigma) for j in range(rows.n)] for i in range(rows.n)]
+class KernelRows:
+    """w[i][j] = K(y_i, y_j) as Python floats; each row is computed on first use."""
+
+    def __init__(self, rows: Rows, kernel: str, sigma: float):
+        self.labels, self.kernel, self.sigma = rows.labels, kernel, sigma
+        self.cache: dict[int, list[float]] = {}
+
+    def __getitem__(self, i: int) -> list[float]:
+        if i not in self.cache:
+            self.cache[i] = [kernel_value(self.labels[i], b, self.kernel, self.sigma) for b in self.labels]
+        return self.cache[i]
 
 
 def _mean(losses: list[Tensor]) -> Tensor:
@@ -84,7 +93,7 @@ def yaware_loop(
     z: Tensor, y: Tensor, temperature: float = 0.1, sigma: float = 5.0, kernel: str = "rbf", anchors: Sequence[int] | None = None
 ) -> Tensor:
     rows = Rows(z, y, temperature)
-    w = kernel_rows(rows, kernel, sigma)
+    w = KernelRows(rows, kernel, sigma)
     losses = []
     for i in rows.anchors(anchors):
         s = rows.similarities_of(i)
@@ -110,7 +119,7 @@ def threshold_loop(
 ) -> Tensor:
     """``literal_inner=False`` sums the denominator over t as a masked vector sum (same set)."""
     rows = Rows(z, y, temperature)
-    w = kernel_rows(rows, kernel, sigma)
+    w = KernelRows(rows, kernel, sigma)
     losses = []
     for i in rows.anchors(anchors):
         s = rows.similarities_of(i)
@@ -145,7 +154,7 @@ def threshold_reference_code_loop(
 ) -> Tensor:
     """D_i = sum_{j != i} exp(s_ij) #{k : w_jk < w_ji}; ``literal_inner=False`` counts k with a vector compare."""
     rows = Rows(z, y, temperature)
-    w = kernel_rows(rows, kernel, sigma)
+    w = KernelRows(rows, kernel, sigma)
 
     def count(j: int, i: int) -> int:
         if literal_inner:
@@ -175,7 +184,7 @@ def exponential_loop(
     anchors: Sequence[int] | None = None,
 ) -> Tensor:
     rows = Rows(z, y, temperature)
-    w = kernel_rows(rows, kernel, sigma)
+    w = KernelRows(rows, kernel, sigma)
     shift = 1 / temperature if reference_code else 0.0
     losses = []
     for i in rows.anchors(anchors):

@@ -16,8 +16,9 @@ def small_network():
 
 def test_make_target_copies_weights_and_freezes_them():
     online = small_network()
+    online(torch.randn(4, 4)).sum().backward()  # the online network already holds gradients
     target = make_target(online)
-    assert all(not p.requires_grad for p in target.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in target.parameters())
     assert all(p.requires_grad for p in online.parameters())
     for p_target, p_online in zip(target.parameters(), online.parameters()):
         assert torch.equal(p_target, p_online) and p_target.data_ptr() != p_online.data_ptr()

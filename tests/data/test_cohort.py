@@ -1,0 +1,133 @@
+"""The cohort data layer: validation on load, with one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medssl.data.cohort import load_cohort
+from medssl.errors import CohortError
+
+
+@pytest.fixture()
+def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, target)
+    return target
+
+
+def edit_table(root: Path, edit) -> None:
+    path = root / "participants.tsv"
+    table = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "site": str})
+    table = edit(table)
+    table.to_csv(path, sep="\t", index=False)
+
+
+def test_valid_cohort_loads_with_absolute_paths_and_splits(tiny_cohort):
+    cohort = load_cohort(tiny_cohort)
+    assert len(cohort) == 16
+    assert all(Path(path).is_absolute() and Path(path).is_file() for path in cohort.table["path"])
+    assert set(cohort.table["split"]) <= {"train", "internal_test", "external_test"}
+    assert len(cohort.subset("train")) + len(cohort.subset("internal_test", "external_test")) == 16
+
+
+def test_subjects_are_lazy_torchio_subjects_with_metadata(tiny_cohort):
+    subjects = load_cohort(tiny_cohort).subjects()
+    first = subjects[0]
+    assert not first["image"]._loaded
+    assert {"participant_id", "age", "sex", "site", "split"} <= set(first.keys())
+    assert first["image"].data.ndim == 4  # loading works on demand
+
+
+def test_head_keeps_every_site(tiny_cohort):
+    cohort = load_cohort(tiny_cohort)
+    subset = cohort.head(4)
+    assert len(subset) == 4
+    assert set(subset.table["site"]) == set(cohort.table["site"])
+
+
+def test_missing_column_names_the_column(cohort_copy):
+    edit_table(cohort_copy, lambda t: t.drop(columns=["site"]))
+    with pytest.raises(CohortError, match=r"missing column 'site'"):
+        load_cohort(cohort_copy)
+
+
+@pytest.mark.parametrize("bad_age", [float("nan"), -3.0, "old"])
+def test_bad_age_names_the_participant_and_value(cohort_copy, bad_age):
+    def edit(table):
+        table["age"] = table["age"].astype(object)
+        table.loc[2, "age"] = bad_age
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=r"participant sub-\d+: age .* is not a non-negative number"):
+        load_cohort(cohort_copy)
+
+
+def test_duplicate_participant_id_is_rejected(cohort_copy):
+    def edit(table):
+        table.loc[1, "participant_id"] = table.loc[0, "participant_id"]
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match="duplicate participant_id"):
+        load_cohort(cohort_copy)
+
+
+def test_unknown_split_lists_the_allowed_values(cohort_copy):
+    def edit(table):
+        table.loc[0, "split"] = "validation"
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=r"split 'validation' is not one of train, internal_test, external_test"):
+        load_cohort(cohort_copy)
+
+
+def test_missing_volume_file_names_the_file(cohort_copy):
+    table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
+    (cohort_copy / table.loc[0, "path"]).unlink()
+    with pytest.raises(CohortError, match=r"volume file .* does not exist"):
+        load_cohort(cohort_copy)
+
+
+def test_corrupt_nifti_is_reported_with_its_path(cohort_copy):
+    table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
+    path = cohort_copy / table.loc[3, "path"]
+    path.write_bytes(gzip.compress(b"this is not a nifti header" * 4))
+    with pytest.raises(CohortError, match=rf"{path.name}: unreadable or corrupt NIfTI"):
+        load_cohort(cohort_copy)
+
+
+def test_four_dimensional_volume_is_rejected(cohort_copy):
+    table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
+    path = cohort_copy / table.loc[0, "path"]
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 3), dtype=np.float32), np.eye(4)), str(path))
+    with pytest.raises(CohortError, match=r"expected a 3-D volume .* got shape \(8, 8, 8, 3\)"):
+        load_cohort(cohort_copy)
+
+
+def test_missing_table_and_missing_folder_are_clear(tmp_path):
+    with pytest.raises(CohortError, match="does not exist"):
+        load_cohort(tmp_path / "nowhere")
+    with pytest.raises(CohortError, match="no participants table"):
+        load_cohort(tmp_path)
+
+
+def test_volumes_are_found_by_participant_id_without_a_path_column(cohort_copy):
+    edit_table(cohort_copy, lambda t: t.drop(columns=["path"]))
+    cohort = load_cohort(cohort_copy)
+    assert all(Path(p).name.startswith(pid) for p, pid in zip(cohort.table["path"], cohort.table["participant_id"]))
+
+
+def test_csv_table_is_accepted(cohort_copy):
+    table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
+    (cohort_copy / "participants.tsv").unlink()
+    table.to_csv(cohort_copy / "participants.csv", index=False)
+    assert len(load_cohort(cohort_copy)) == len(table)

@@ -1,0 +1,75 @@
+"""Encoders: feature sizes, heads, and encoder.pt files usable without medssl."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.networks import nets
+
+from medssl.errors import CheckpointError
+from medssl.models import DINOHead, ProjectionHead, build_encoder, encoder_spec, load_encoder, save_encoder
+
+
+@pytest.mark.parametrize("name, size, feature_dim", [
+    ("resnet18", 16, 512), ("resnet34", 16, 512), ("resnet50", 16, 2048), ("densenet121", 32, 1024), ("alexnet", 16, 128),
+])
+def test_encoder_returns_flat_features_of_the_recorded_size(name, size, feature_dim):
+    encoder = build_encoder(name).eval()
+    with torch.no_grad():
+        features = encoder(torch.randn(2, 1, size, size, size))
+    assert features.shape == (2, feature_dim) == (2, encoder.feature_dim)
+
+
+def test_resnet_stem_is_strided_by_default():
+    assert encoder_spec("resnet18").kwargs["conv1_t_stride"] == 2
+    assert build_encoder("resnet18").network.conv1.stride == (2, 2, 2)
+
+
+def test_projection_head_shapes_and_batch_norm():
+    head = ProjectionHead(512, hidden_dim=64, out_dim=16, layers=3, batch_norm=True)
+    assert head(torch.randn(4, 512)).shape == (4, 16)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == 2
+    assert DINOHead(512, hidden_dim=32, bottleneck_dim=16, out_dim=50)(torch.randn(3, 512)).shape == (3, 50)
+
+
+def test_saved_encoder_loads_into_a_plain_monai_network(tmp_path):
+    encoder = build_encoder("densenet121").eval()
+    weights, spec_path = save_encoder(encoder, tmp_path / "encoder.pt")
+    spec = json.loads(spec_path.read_text())
+    network = getattr(nets, spec["network"])(**spec["kwargs"])
+    for name in spec["identity_modules"]:
+        parent, _, child = name.rpartition(".")
+        setattr(network.get_submodule(parent), child, torch.nn.Identity())
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(network.eval()(x), encoder(x), atol=1e-6)
+
+
+def test_load_encoder_round_trips_and_checks_the_architecture(tmp_path):
+    encoder = build_encoder("resnet18").eval()
+    save_encoder(encoder, tmp_path / "encoder.pt")
+    again = load_encoder(tmp_path).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(again(x), encoder(x))
+    with pytest.raises(CheckpointError, match=r"name: file has 'resnet18', expected 'resnet50'"):
+        load_encoder(tmp_path / "encoder.pt", expected=encoder_spec("resnet50"))
+
+
+def test_load_encoder_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="encoder weights not found"):
+        load_encoder(tmp_path / "encoder.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "encoder.pt")
+    with pytest.raises(CheckpointError, match="encoder description not found"):
+        load_encoder(tmp_path / "encoder.pt")
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder_spec("resnet18").__dict__))
+    with pytest.raises(CheckpointError, match="weights do not fit resnet18"):
+        load_encoder(tmp_path / "encoder.pt")
+
+
+def test_unknown_encoder_name_lists_the_choices():
+    with pytest.raises(CheckpointError, match="expected one of resnet18"):
+        build_encoder("vit")

@@ -2,15 +2,18 @@
 
     medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume] [--smoke]
     medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
+    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--smoke]
     medssl score predictions.csv [--json out.json]
     medssl recipes [--fields]
     medssl data synth OUT --subjects N --sites S --shape 64
+    medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -21,11 +24,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medssl.errors import MedsslError
+from medssl.errors import CohortError, MedsslError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-supervised pre-training of 3D encoders on medical images, with OpenBHB-style evaluation.")
-data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts.")
+data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts, memory-mapped caches.")
 app.add_typer(data_app, name="data")
 console = Console()
 
@@ -37,10 +40,21 @@ def _run_dir(name: str, out: Optional[Path], resume: bool) -> Path:
         return out
     runs = Path("runs")
     if resume:
-        previous = sorted(runs.glob(f"{name}-*/checkpoints/last.pt"))
+        # Only <name>-<date>-<time>: "simclr-*" would also match the runs of "simclr-smoke".
+        pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
+        previous = sorted(path.parent.parent for path in runs.glob(f"{name}-*/checkpoints/last.pt")
+                          if pattern.fullmatch(path.parent.parent.name))
         if previous:
-            return previous[-1].parent.parent
+            return previous[-1]
     return runs / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _smoke(recipe, overrides: list[str]):
+    """The recipe shrunk by ``--smoke``, then the command line's overrides again: they win over the smoke budget."""
+    from medssl.config import apply_overrides, recipe_from_dict, smoke_recipe
+
+    smoke = smoke_recipe(recipe)
+    return recipe_from_dict(apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke") if overrides else smoke
 
 
 def _launch_torchrun(devices: int) -> None:
@@ -64,14 +78,15 @@ def pretrain(
     devices: int = typer.Option(1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."),
 ) -> None:
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
-    from medssl.config import load_recipe, smoke_recipe
+    from medssl.config import load_recipe
 
     if devices > 1 and "LOCAL_RANK" not in os.environ:
         _launch_torchrun(devices)
     resolved = load_recipe(recipe, overrides or [])
     if smoke:
-        resolved = smoke_recipe(resolved)
-        console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
+        resolved = _smoke(resolved, overrides or [])
+        if os.environ.get("RANK", "0") == "0":
+            console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume)
     from medssl.train.engine import pretrain as run_pretrain
 
@@ -108,6 +123,27 @@ def evaluate(
     recipe, _ = apply_embedded_budget(recipe)
     target = out or run_dir / "eval"
     evaluate_encoder(encoder, open_cohort(recipe, console), recipe, target, device=resolve_device(recipe.train.device), console=console)
+
+
+@app.command()
+def finetune(
+    recipe: str = typer.Argument(..., help="Fine-tuning recipe YAML path or shipped name (e.g. finetune_diagnosis)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    encoder: str = typer.Option(..., "--encoder", help="Pre-trained encoder.pt, or a run folder holding it; 'none' trains from scratch (the baseline)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
+) -> None:
+    """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
+    from medssl.config import load_recipe, smoke_recipe
+    from medssl.eval.finetune import finetune_encoder
+
+    resolved = load_recipe(recipe, [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])])
+    if smoke:
+        resolved = smoke_recipe(resolved)
+        console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
+    run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
+    finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
 
 
 @app.command()
@@ -167,7 +203,7 @@ def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the cohort into."),
     subjects: int = typer.Option(256, min=4, help="Number of subjects."),
     sites: int = typer.Option(8, min=2, help="Number of sites."),
-    external_sites: int = typer.Option(2, min=0, help="Sites held out as the external test set."),
+    external_sites: Optional[int] = typer.Option(None, min=0, help="Sites held out as the external test set (default 2, at most sites - 1)."),
     shape: int = typer.Option(32, min=8, max=256, help="Edge of the cubic volumes in voxels."),
     diagnosis: bool = typer.Option(False, "--diagnosis", help="Add a patient/control diagnosis with a small localised effect."),
     seed: int = typer.Option(0, help="Random seed."),
@@ -175,9 +211,49 @@ def data_synth(
     """Write a synthetic multi-site brain cohort (NIfTI volumes + participants.tsv)."""
     from medssl.data.synthetic import synthesize_cohort
 
+    if external_sites is None:
+        external_sites = min(2, sites - 1)  # at least one site must stay internal
+    elif external_sites >= sites:
+        raise CohortError(f"--external-sites {external_sites}: expected 0 to {sites - 1}, at least one of the {sites} sites must stay internal")
     path = synthesize_cohort(out, subjects=subjects, sites=sites, external_sites=external_sites, shape=shape,
                              diagnosis=diagnosis, seed=seed, progress=True)
     console.print(f"Wrote {subjects} subjects from {sites} sites to {path}")
+
+
+@data_app.command("cache")
+def data_cache(
+    cohort: Path = typer.Argument(..., help="Cohort folder to cache (NIfTI + participants table, or an OpenBHB download)."),
+    out: Path = typer.Argument(..., help="Folder to write participants.tsv + volumes.npy into (use it as data.root)."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="Resample to D,H,W (or one edge for a cube), e.g. 64 or 64,76,64; default: the recipe's data.volume_shape, else the stored shape."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Take data.volume_shape and data.openbhb_modality from this recipe."),
+    dtype: str = typer.Option("float32", "--dtype", help="Stored type: float32, or float16 for half the disk."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Processes reading and resampling volumes in parallel."),
+) -> None:
+    """Preprocess a cohort once into a memory-mapped .npy array (resampled) with its participants table."""
+    from rich.progress import Progress
+
+    from medssl.config import load_recipe
+    from medssl.data.cache import cache_cohort
+    from medssl.data.cohort import load_cohort
+    from medssl.errors import RecipeError
+
+    resolved = load_recipe(recipe) if recipe else None
+    volume_shape = resolved.data.volume_shape if resolved else None
+    if shape:
+        try:
+            edges = [int(edge) for edge in shape.replace("x", ",").split(",")]
+        except ValueError:
+            raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64") from None
+        if len(edges) not in (1, 3) or min(edges) < 1:
+            raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64")
+        volume_shape = edges * 3 if len(edges) == 1 else edges
+    source = load_cohort(cohort, openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw")
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"caching {len(source)} volumes", total=len(source))
+        cache_cohort(source, out, volume_shape=volume_shape, dtype=dtype, num_workers=workers,
+                     on_volume=lambda done, total: progress.update(task, completed=done))
+    shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
+    console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype}) in {out}: set data.root: {out}")
 
 
 def main() -> None:

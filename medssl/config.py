@@ -47,6 +47,7 @@ class DataConfig(Section):
     volume_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="Resize every volume to this (D, H, W) before augmentation; null keeps the stored shape.")
     max_subjects: int | None = Field(None, ge=2, description="Use at most this many training subjects (null: all).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    openbhb_modality: Literal["quasiraw", "vbm"] = Field("quasiraw", description="OpenBHB downloads: volumes to read, quasiraw (1x182x218x182, 1 mm) or vbm (CAT12 grey matter, 1x121x145x121, 1.5 mm).")
     synthetic: SyntheticCohortConfig = Field(default_factory=SyntheticCohortConfig, description="Embedded synthetic cohort used when root is null.")
 
 
@@ -177,6 +178,35 @@ class EvalConfig(Section):
     targets: list[str] = Field(default_factory=lambda: ["age", "sex"], description="Participants columns probed by the cross-validation.")
 
 
+# ----------------------------------------------------------------------------- finetune
+class FinetuneEmbeddedConfig(Section):
+    epochs: int = Field(8, ge=1, description="Fine-tuning epochs when the embedded synthetic cohort is used.")
+    batch_size: int = Field(16, ge=2, description="Fine-tuning batch size on the embedded cohort.")
+
+
+class FinetuneConfig(Section):
+    """``medssl finetune``: a classification or regression head on a pre-trained encoder.
+
+    Optimiser, weight decay, gradient clipping, precision and device come from ``train:``.
+    """
+
+    target: str = Field("diagnosis", description="Participants column to predict (e.g. diagnosis, age).")
+    task: Literal["auto", "classification", "regression"] = Field("auto", description="auto: regression for a numeric column with fractional values or more than 10 distinct values, else classification.")
+    positive_class: str | None = Field(None, description="Class counted as positive by binary ROC AUC and ROC curves (null: the last class in sorted order).")
+    mode: Literal["linear", "full", "lower_lr"] = Field("full", description="linear: frozen encoder (probe); full: everything at finetune.lr; lower_lr: encoder at lr x encoder_lr_factor.")
+    encoder_lr_factor: float = Field(0.1, gt=0, le=1, description="Encoder learning rate as a fraction of finetune.lr in mode lower_lr.")
+    epochs: int = Field(50, ge=1, description="Maximum passes over the training part.")
+    patience: int = Field(10, ge=1, description="Stop after this many epochs without a lower validation loss; the best epoch's weights are kept.")
+    lr: float = Field(1e-4, gt=0, description="Learning rate of the head (and of the encoder in mode full).")
+    batch_size: int = Field(16, ge=2, description="Subjects per step.")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole training part).")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="One run per seed (head init, validation split, batch order); results are mean +- std over them.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the train split held out, site-stratified, for early stopping.")
+    class_weighting: bool = Field(True, description="Weight the cross-entropy by inverse class frequency of the training part.")
+    augment: bool = Field(False, description="Train on random views from the recipe's views section (false: the non-augmented eval transform).")
+    embedded: FinetuneEmbeddedConfig = Field(default_factory=FinetuneEmbeddedConfig, description="Smaller budget applied when the embedded synthetic cohort is used.")
+
+
 class Recipe(Section):
     name: str = Field("recipe", description="Recipe name (used for the run folder).")
     description: str = Field("", description="One line shown by `medssl recipes`.")
@@ -186,6 +216,7 @@ class Recipe(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning on a labelled cohort (`medssl finetune`).")
 
     @property
     def uses_embedded_cohort(self) -> bool:
@@ -202,6 +233,9 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
         else:
             value = item.get("input")
             problems.append(f"'{key}' = {value!r}: {item['msg']}")
+    # An override of train.epochs also sets train.embedded.epochs: report a bad value once.
+    problems = [problem for problem in problems if problem.replace(".embedded.", ".", 1) == problem
+                or problem.replace(".embedded.", ".", 1) not in problems]
     return f"{source}: " + "; ".join(problems)
 
 
@@ -220,17 +254,35 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _embedded_twin(path: list[str]) -> list[str] | None:
+    """``train.epochs`` -> ``train.embedded.epochs``: the budget key that replaces it on the embedded cohort."""
+    if len(path) != 2 or path[0] not in Recipe.model_fields:
+        return None
+    embedded = getattr(Recipe.model_fields[path[0]].annotation, "model_fields", {}).get("embedded")
+    if embedded is None or path[1] not in getattr(embedded.annotation, "model_fields", {}):
+        return None
+    return [path[0], "embedded", path[1]]
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Return ``raw`` with ``KEY.PATH=VALUE`` overrides set (nested dicts are created)."""
-    for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
-            node = child
-        node[path[-1]] = value
+    """Return ``raw`` with ``KEY.PATH=VALUE`` overrides set (nested dicts are created).
+
+    An override of a key that the embedded cohort's budget replaces (``train.epochs``,
+    ``train.batch_size``, ``train.lr``) also sets that budget, unless it is overridden too:
+    ``train.epochs=2`` on the command line means 2 epochs whatever the cohort.
+    """
+    parsed = [(text, *parse_override(text)) for text in overrides]
+    explicit = [path for _, path, _ in parsed]
+    for text, path, value in parsed:
+        twin = _embedded_twin(path)
+        for target in [path] + ([twin] if twin is not None and twin not in explicit else []):
+            node = raw
+            for part in target[:-1]:
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
+                node = child
+            node[target[-1]] = value
     return raw
 
 
@@ -315,6 +367,11 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     smoke.train.embedded = EmbeddedBudgetConfig(epochs=1, batch_size=4, lr=smoke.train.embedded.lr)
     smoke.eval.folds = 2
     smoke.eval.batch_size = 4
+    smoke.finetune.epochs = 1
+    smoke.finetune.batch_size = 4
+    smoke.finetune.max_steps_per_epoch = 2
+    smoke.finetune.seeds = smoke.finetune.seeds[:2]
+    smoke.finetune.embedded = FinetuneEmbeddedConfig(epochs=1, batch_size=4)
     if smoke.method.name == "deepcluster":
         smoke.method.clusters = 3
         smoke.method.pca_dim = 8

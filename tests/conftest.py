@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# On a shared machine, OpenMP threads that spin while waiting for a busy core make every small
+# operation many times slower (a smoke training step: 12 s instead of 2 s); sleeping waits do not.
+# Read when torch loads its OpenMP runtime, hence before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 # Tests run on 2 cores: one thread each avoids oversubscription when pytest and BLAS compete.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -108,3 +108,15 @@ def test_smoke_recipe_is_tiny_and_keeps_the_method():
     assert smoke.data.synthetic.shape == 16 and smoke.data.synthetic.subjects <= 16
     assert smoke_recipe(load_recipe("yaware_age")).data.synthetic.shape == 32  # DenseNet121 needs 32^3
     assert recipe.train.epochs == 300  # the original is untouched
+
+
+def test_budget_overrides_also_set_the_embedded_budget_unless_it_is_overridden_too():
+    recipe = load_recipe("simclr", ["train.epochs=2", "train.lr=0.1"])
+    assert (recipe.train.epochs, recipe.train.embedded.epochs) == (2, 2)
+    assert (recipe.train.lr, recipe.train.embedded.lr) == (0.1, 0.1)
+    assert recipe.train.embedded.batch_size == load_recipe("simclr").train.embedded.batch_size  # untouched keys stay
+    both = load_recipe("simclr", ["train.embedded.epochs=3", "train.epochs=2"])
+    assert (both.train.epochs, both.train.embedded.epochs) == (2, 3)
+    with pytest.raises(RecipeError, match=r"'train.epochs' = 'x'") as error:
+        load_recipe("simclr", ["train.epochs=x"])
+    assert "embedded" not in str(error.value)  # a bad value is reported once

@@ -5,6 +5,10 @@ columns ``participant_id``, ``age``, ``sex``, ``site`` and optionally ``diagnosi
 ``split`` (``train``, ``internal_test``, ``external_test``) and ``path`` (volume file,
 relative to the cohort folder). Without ``path``, the volume is found as
 ``<participant_id>*.nii[.gz]`` in the folder or its ``<participant_id>/anat`` sub-folder.
+A ``path`` ending in ``.npy`` is a NumPy array read memory-mapped, with the optional
+``array_row`` column giving the subject's row in a stacked array (see ``data.arrays``;
+``medssl data cache`` writes such cohorts). A folder holding OpenBHB as downloaded
+(``train/``, ``val/``... see ``data.openbhb``) is recognised and read the same way.
 
 Validation happens once, on load, so that a long run never fails at hour three on a
 missing file: every error names the file, the column or the participant and says what
@@ -27,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torchio as tio
 
+from medssl.data.arrays import ARRAY_ROW_COLUMN, array_image, check_array_volume, is_array_path, row_or_none
+from medssl.data.openbhb import is_openbhb_folder, openbhb_table
 from medssl.errors import CohortError
 
 REQUIRED_COLUMNS = ("participant_id", "age", "sex", "site")
@@ -64,12 +70,24 @@ class Cohort:
         order = self.table.groupby("site", sort=True).cumcount().sort_values(kind="stable").index
         return Cohort(self.root, self.table.loc[order[:n]].sort_index().reset_index(drop=True))
 
+    def stored_shape(self) -> tuple[int, int, int] | None:
+        """The spatial shape every volume has on disk, when the array headers say so (``.npy``
+        cohorts); None for NIfTI cohorts or mixed shapes. Lets a cached cohort skip resampling."""
+        if len(self.table) == 0 or not all(is_array_path(path) for path in self.table["path"]):
+            return None
+        rows = self.table[ARRAY_ROW_COLUMN] if ARRAY_ROW_COLUMN in self.table else [None] * len(self.table)
+        shapes = {check_array_volume(path, row_or_none(row), pid)[1:]
+                  for pid, path, row in zip(self.table["participant_id"], self.table["path"], rows)}
+        return shapes.pop() if len(shapes) == 1 else None
+
     def subjects(self) -> list[tio.Subject]:
         """One ``torchio.Subject`` per row: the volume under ``image`` (lazy) plus every column."""
         subjects = []
         for row in self.table.itertuples(index=False):
             fields = row._asdict()
-            subjects.append(tio.Subject(image=tio.ScalarImage(fields.pop("path")), **fields))
+            path, array_row = fields.pop("path"), row_or_none(fields.pop(ARRAY_ROW_COLUMN, None))
+            image = array_image(path, array_row) if is_array_path(path) else tio.ScalarImage(path)
+            subjects.append(tio.Subject(image=image, **fields))
         return subjects
 
 
@@ -144,15 +162,22 @@ def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     return table
 
 
-def load_cohort(root: str | Path, check_headers: bool = True) -> Cohort:
-    """Load and validate the cohort in ``root``; raise :class:`CohortError` on the first problem."""
+def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: str = "quasiraw") -> Cohort:
+    """Load and validate the cohort in ``root``; raise :class:`CohortError` on the first problem.
+
+    ``openbhb_modality`` (quasiraw or vbm) picks the volumes of an OpenBHB download.
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise CohortError(f"{root}: cohort folder does not exist")
+    if is_openbhb_folder(root):
+        table, source = openbhb_table(root, modality=openbhb_modality)  # paths checked there
+        return Cohort(root, validate_table(table, source).reset_index(drop=True))
     source = find_table(root)
     table = validate_table(read_table(source), source)
+    rows = table[ARRAY_ROW_COLUMN] if ARRAY_ROW_COLUMN in table else [None] * len(table)
     paths = []
-    for participant_id, relative in zip(table["participant_id"], table["path"] if "path" in table else [None] * len(table)):
+    for participant_id, relative, array_row in zip(table["participant_id"], table["path"] if "path" in table else [None] * len(table), rows):
         if isinstance(relative, str) and relative:
             path = (root / relative) if not Path(relative).is_absolute() else Path(relative)
             if not path.is_file():
@@ -161,7 +186,9 @@ def load_cohort(root: str | Path, check_headers: bool = True) -> Cohort:
             path = _find_volume(root, participant_id)
             if path is None:
                 raise CohortError(f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)")
-        if check_headers:
+        if is_array_path(path):
+            check_array_volume(path, row_or_none(array_row), participant_id)
+        elif check_headers:
             check_volume(path, participant_id)
         paths.append(str(path))
     table["path"] = paths

@@ -31,6 +31,9 @@ _MODULE_OF = {
     "plot_age_predictions": "plots",
     "plot_embedding": "plots",
     "plot_loss_curve": "plots",
+    "plot_roc_curves": "plots",
+    "finetune_encoder": "finetune",
+    "print_finetune_report": "finetune",
     "evaluate_representation": "report",
     "print_report": "report",
 }
@@ -39,7 +42,8 @@ __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
     from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
-    from medssl.eval.plots import plot_age_predictions, plot_embedding, plot_loss_curve
+    from medssl.eval.finetune import finetune_encoder, print_finetune_report
+    from medssl.eval.plots import plot_age_predictions, plot_embedding, plot_loss_curve, plot_roc_curves
     from medssl.eval.probes import challenge_protocol, cross_validate_probes
     from medssl.eval.report import evaluate_representation, print_report
     from medssl.eval.score import EvaluationError, challenge_score, ramp_combined, read_predictions, score_predictions

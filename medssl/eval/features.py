@@ -15,7 +15,8 @@ from medssl.data.views import VolumeDataset, build_eval_transform, resize_transf
 
 def volume_dataset(cohort: Cohort, recipe: Recipe) -> VolumeDataset:
     """The cohort's volumes, normalised (and resized) as in training, without augmentation."""
-    preprocess = resize_transform(recipe.data.volume_shape) if recipe.data.volume_shape else None
+    shape = recipe.data.volume_shape
+    preprocess = resize_transform(shape) if shape and cohort.stored_shape() != tuple(shape) else None
     return VolumeDataset(cohort.subjects(), build_eval_transform(recipe.views), preprocess=preprocess)
 
 

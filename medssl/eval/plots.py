@@ -1,4 +1,4 @@
-"""Figures of an evaluation: predicted vs. true age, 2-D embeddings, training loss curves.
+"""Figures of an evaluation: predicted vs. true age, 2-D embeddings, training loss curves, ROC curves.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (``Figure`` +
 ``savefig``), never through ``pyplot``: no display is needed and no global backend or
@@ -8,6 +8,7 @@ Example:
     >>> plot_age_predictions(results["predictions"], "out/age_predictions.png")
     >>> plot_embedding(features, table, "out/embedding.png")
     >>> plot_loss_curve(pd.read_csv("run/metrics.csv"), "run/loss.png")
+    >>> plot_roc_curves({"seed 0": (is_patient, patient_probability)}, "run/roc_internal_test.png")
 """
 
 from __future__ import annotations
@@ -215,6 +216,53 @@ def plot_loss_curve(
         lr_axes.set_xlabel(x_col)
     else:
         loss_axes.set_xlabel(x_col)
+    return _save(figure, path)
+
+
+def plot_roc_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+) -> Path:
+    """ROC curves (e.g. one per fine-tuning seed) with their AUC in the legend and the chance diagonal.
+
+    Args:
+        curves: ``{label: (is_positive, score)}``, two arrays of the same length per curve;
+            a curve whose subjects are all of one class has no ROC and is listed as such.
+        path: PNG file to write.
+        title: figure title.
+
+    Returns:
+        the path of the written PNG.
+
+    Example:
+        >>> plot_roc_curves({"seed 0": (y == "patient", p_patient)}, "run/roc_internal_test.png")
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.add_subplot()
+    palette = colormaps["tab10"]
+    for index, (label, (positive, score)) in enumerate(curves.items()):
+        positive = np.asarray(positive, dtype=bool)
+        score = np.asarray(score, dtype=float)
+        if len(positive) != len(score):
+            raise EvaluationError(f"ROC curve {label!r}: {len(positive)} labels but {len(score)} scores")
+        if positive.all() or not positive.any():
+            axes.plot([], [], color=palette(index % 10), label=f"{label} (a single class: no ROC)")
+            continue
+        false_positive, true_positive, _ = roc_curve(positive, score)
+        auc = roc_auc_score(positive, score)
+        axes.plot(false_positive, true_positive, color=palette(index % 10), linewidth=1.5,
+                  label=f"{label} (AUC {auc:.3f}, n={len(positive)})")
+    axes.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--", label="chance")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("false positive rate (1 - specificity)")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.set_title(title or "ROC curves")
+    axes.legend(loc="lower right", fontsize="small")
     return _save(figure, path)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +25,23 @@ def unfold_views(z: torch.Tensor, n_views: int) -> torch.Tensor:
 
 def keep_local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Within the block, the BatchNorm layers of ``module`` normalise with the batch's own
+    statistics; their running statistics and modes are restored afterwards."""
+    saved = [(norm, norm.training, {name: buffer.clone() for name, buffer in norm.named_buffers(recurse=False)})
+             for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    for norm, _, _ in saved:
+        norm.train()
+    try:
+        yield
+    finally:
+        for norm, training, buffers in saved:
+            norm.train(training)
+            for name, value in buffers.items():
+                getattr(norm, name).copy_(value)
 
 
 class Method(nn.Module):
@@ -62,8 +82,13 @@ class Method(nn.Module):
     @torch.no_grad()
     def diagnostics(self, views: torch.Tensor) -> dict[str, float]:
         """Alignment and uniformity (Wang & Isola, ICML 2020) and the per-dimension std of the
-        normalised embeddings of two views (collapse: std -> 0; healthy: about 1/sqrt(d))."""
-        z = F.normalize(self.embed(views[:, :2]).float(), dim=-1)
+        normalised embeddings of two views (collapse: std -> 0; healthy: about 1/sqrt(d)).
+
+        BatchNorm layers normalise with the statistics of ``views``, as in training: early on,
+        their running statistics are still near their initial values and would make healthy
+        embeddings look collapsed."""
+        with batch_statistics(self):
+            z = F.normalize(self.embed(views[:, :2]).float(), dim=-1)
         z1, z2 = z[:, 0], z[:, 1]
         both = torch.cat([z1, z2])
         std = both.std(dim=0).mean().item()

@@ -57,6 +57,15 @@ class DeepCluster(Method):
         context.forget_optimizer_state(self.classifier.parameters())
         return ClusterUniformSampler(assignments, num_samples=len(assignments), seed=self.seed + epoch)
 
+    def get_extra_state(self) -> dict:
+        # Checkpointed so that a resumed run logs the same nmi_previous as an uninterrupted one.
+        previous = self.previous_assignments if self.previous_assignments is not None else np.zeros(0)
+        return {"previous_assignments": torch.as_tensor(previous, dtype=torch.long)}
+
+    def set_extra_state(self, state: dict) -> None:
+        previous = state["previous_assignments"]
+        self.previous_assignments = previous.numpy().copy() if previous.numel() else None
+
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.classifier(self.encoder(batch["views"][:, 0]))
         targets = self.assignments[batch["index"].to(self.assignments.device)]

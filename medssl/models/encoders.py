@@ -153,7 +153,11 @@ def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encod
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot be read as a state dict ({type(exc).__name__}: {exc})") from None
+        # torch's messages span several lines; the CLI prints errors in one
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise CheckpointError(f"{path}: cannot be read as a state dict, corrupt or not written by torch.save "
+                              f"({type(exc).__name__}: {detail})") from None
     try:
         encoder.network.load_state_dict(state)
     except RuntimeError as exc:

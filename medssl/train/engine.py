@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -34,12 +36,13 @@ from medssl.config import Recipe, dump_recipe
 from medssl.data.cohort import Cohort, load_cohort
 from medssl.data.synthetic import embedded_cohort
 from medssl.data.views import MultiViewDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
-from medssl.errors import RecipeError, TrainingError
+from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.files import atomic_write_text
 from medssl.methods import LABEL_METHODS, Method, build_method
 from medssl.models import save_encoder
 from medssl.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from medssl.train.distributed import DistributedContext, gather_with_grad, init_distributed, reduce_mean, shutdown_distributed
+from medssl.train.distributed import DistributedContext, barrier, gather_with_grad, init_distributed, reduce_mean, shutdown_distributed
+from medssl.train.loading import EpochSampler, EpochSeededDataset
 from medssl.train.metrics_log import MetricsLog
 
 COLLAPSE_RATIO = 0.1  # embedding std below 10% of a uniform spread's 1/sqrt(d) means collapse
@@ -91,7 +94,7 @@ def open_cohort(recipe: Recipe, console: Console | None = None) -> Cohort:
     root = recipe.data.root
     if root is None:
         root = embedded_cohort(recipe.data.synthetic, progress=console is not None)
-    return load_cohort(root)
+    return load_cohort(root, openbhb_modality=recipe.data.openbhb_modality)
 
 
 def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | None:
@@ -103,7 +106,8 @@ def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | Non
     values = cohort.table[label]
     if values.isna().any():
         raise RecipeError(f"data.label = {label!r}: the column has missing values")
-    if np.issubdtype(values.dtype, np.number):
+    # pandas >= 3 reads text columns as StringDtype, which numpy cannot interpret: ask pandas.
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return None
     return {value: index for index, value in enumerate(sorted(values.astype(str).unique()))}
 
@@ -223,7 +227,9 @@ class Trainer:
         if recipe.method.name in LABEL_METHODS and label is None:
             raise RecipeError(f"method.name = {recipe.method.name!r} needs a label: set data.label (e.g. age)")
         self.label_encoder = label_encoder_for(train, label)
-        preprocess = resize_transform(recipe.data.volume_shape) if recipe.data.volume_shape else None
+        shape = recipe.data.volume_shape
+        # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
+        preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
         n_views = max(recipe.views.n_views, 2) if recipe.method.name != "deepcluster" else 1
         self.dataset = MultiViewDataset(train.subjects(), build_view_transform(recipe.views), n_views=n_views,
                                         preprocess=preprocess, label_key=label, label_encoder=self.label_encoder)
@@ -236,23 +242,37 @@ class Trainer:
         steps = per_process // batch_size
         if recipe.train.max_steps_per_epoch is not None:
             steps = min(steps, recipe.train.max_steps_per_epoch * recipe.train.accumulate)
+        if steps < recipe.train.accumulate:
+            # Otherwise the epoch would end with gradients accumulated but never applied.
+            raise RecipeError(f"train.accumulate = {recipe.train.accumulate}: an epoch has only {steps} batches of {batch_size} "
+                              "subjects per process; lower train.accumulate or train.batch_size")
         self.micro_steps_per_epoch = steps
-        self.steps_per_epoch = max(steps // recipe.train.accumulate, 1)
+        self.steps_per_epoch = steps // recipe.train.accumulate
 
     def loader(self, epoch: int, sampler: torch.utils.data.Sampler | None) -> DataLoader:
+        """The epoch's batches: shuffled indices (or ``sampler``), views seeded by (seed, epoch, subject).
+
+        One ``DataLoader`` serves every epoch, so worker processes persist across epochs;
+        memory is pinned on GPU so host-to-device copies overlap compute (``non_blocking``).
+        """
         recipe = self.recipe
-        generator = torch.Generator().manual_seed(recipe.train.seed * 1000 + epoch)
         if sampler is None:
             if self.dist.enabled:
                 sampler = DistributedSampler(self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                              shuffle=True, seed=recipe.train.seed, drop_last=True)
                 sampler.set_epoch(epoch)
             else:
+                generator = torch.Generator().manual_seed(recipe.train.seed * 1000 + epoch)
                 sampler = RandomSampler(self.dataset, generator=generator)
-        workers = recipe.data.num_workers
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=workers, worker_init_fn=seed_worker, generator=generator,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+        if getattr(self, "_loader", None) is None:
+            self._epoch_keys = EpochSampler()
+            workers = recipe.data.num_workers
+            self._loader = DataLoader(EpochSeededDataset(self.dataset, recipe.train.seed), batch_size=self.batch_size,
+                                      sampler=self._epoch_keys, drop_last=True, num_workers=workers,
+                                      worker_init_fn=seed_worker, pin_memory=self.device.type == "cuda",
+                                      persistent_workers=workers > 0)
+        self._epoch_keys.set_epoch(epoch, sampler)
+        return self._loader
 
     def build_model(self) -> None:
         recipe = self.recipe
@@ -322,9 +342,14 @@ class Trainer:
         epochs_done, step = 0, 0
         if resume and checkpoint_path.is_file():
             state = load_checkpoint(checkpoint_path)
-            self.method.load_state_dict(state["method"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            try:
+                self.method.load_state_dict(state["method"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
+                raise CheckpointError(f"{checkpoint_path}: does not fit the recipe's {recipe.model.encoder} / {recipe.method.name} "
+                                      f"model ({detail}); resume with the recipe of that run or use another --out") from None
             restore_rng(state)
             epochs_done, step = int(state["epochs_done"]), int(state["step"])
             self.log.truncate_after(epochs_done)
@@ -341,8 +366,11 @@ class Trainer:
                                     epoch=epoch + 1, step=step, recipe_yaml=recipe_yaml)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
+            # Every process leaves only once the last checkpoint is on disk (a resume may follow at once).
+            barrier(self.dist)
         finally:
             self.log.close()
+            self._loader = None  # ends persistent workers
         result = RunResult(self.run_dir, recipe.train.epochs, *self.loss_range(), notes=self.notes)
         if main:
             self.finish(result)
@@ -381,11 +409,14 @@ class Trainer:
                 if micro >= self.steps_per_epoch * accumulate:
                     break
                 batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-                with self.autocast():
-                    loss, extra = self.model(batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: the loss is {loss.item()}; lower train.lr, set train.grad_clip or use train.precision fp32")
-                self.scaler.scale(loss / accumulate).backward()
+                # Under DDP, gradients are all-reduced only on the micro-batch that ends an optimiser step.
+                syncing = (micro + 1) % accumulate == 0 or not self.dist.enabled
+                with (nullcontext() if syncing else self.model.no_sync()):
+                    with self.autocast():
+                        loss, extra = self.model(batch)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: the loss is {loss.item()}; lower train.lr, set train.grad_clip or use train.precision fp32")
+                    self.scaler.scale(loss / accumulate).backward()
                 micro += 1
                 losses.append(loss.item())
                 if micro % accumulate:

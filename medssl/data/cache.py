@@ -1,0 +1,105 @@
+"""``medssl data cache``: a cohort preprocessed once into one memory-mapped ``.npy`` array.
+
+Reading and resampling a NIfTI volume costs far more than augmenting it, and every epoch
+pays it again. Caching does it once: each volume is read, resampled to ``volume_shape``
+exactly as training would (:func:`medssl.data.views.resize_transform`), and written as one
+row of ``volumes.npy`` (N, C, D, H, W), streamed row by row so memory holds one volume at a
+time. The output folder is itself a cohort that :func:`medssl.data.cohort.load_cohort`
+reads memory-mapped::
+
+    participants.tsv    the source table; path = volumes.npy, array_row = row in it
+    volumes.npy         float32 (or float16) volumes, rows in table order
+    volumes.json        {"spacing": [sx, sy, sz]} of the stored grid, and provenance
+
+Intensities are stored as read (no normalisation): the recipe's ``views.normalize`` still
+runs per view, so a cached cohort trains like its source.
+
+Example:
+    >>> cache_cohort(load_cohort("/data/ixi"), "/scratch/ixi_64", volume_shape=[64, 64, 64])
+    >>> recipe.data.root = "/scratch/ixi_64"          # the engine now reads the cache
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from medssl.data.arrays import ARRAY_ROW_COLUMN
+from medssl.data.cohort import Cohort
+from medssl.data.views import VolumeDataset, resize_transform
+from medssl.errors import CohortError
+from medssl.files import atomic_write_text, replacing
+
+ARRAY_NAME = "volumes.npy"
+DTYPES = ("float32", "float16")
+
+
+def cache_cohort(cohort: Cohort, out: str | Path, volume_shape: Sequence[int] | None = None, dtype: str = "float32",
+                 num_workers: int = 0, on_volume: Callable[[int, int], None] | None = None) -> Path:
+    """Write ``cohort`` (resampled to ``volume_shape`` when given) as a memory-mapped cohort in ``out``.
+
+    Args:
+        cohort: A loaded cohort (NIfTI, OpenBHB or another cache).
+        out: Output folder (created; an existing cache there is replaced).
+        volume_shape: (D, H, W) to resample to; None keeps the stored shape, which must then
+            be the same for every volume.
+        dtype: ``float32`` or ``float16`` (half the disk and page cache, ~3 significant digits).
+        num_workers: DataLoader processes reading and resampling volumes in parallel.
+        on_volume: Called as ``on_volume(done, total)`` after each volume (progress bars).
+
+    Returns:
+        ``out``.
+    """
+    if dtype not in DTYPES:
+        raise CohortError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if len(cohort) == 0:
+        raise CohortError(f"{cohort.root}: no participant to cache")
+    out = Path(out).expanduser().resolve()
+    if out == Path(cohort.root).resolve():
+        raise CohortError(f"{out}: the cache must be written to another folder than its source")
+    out.mkdir(parents=True, exist_ok=True)
+    preprocess = resize_transform(volume_shape) if volume_shape else None
+    dataset = VolumeDataset(cohort.subjects(), preprocess=preprocess)
+    first = dataset[0]["volume"]
+    spacing = _spacing(dataset, preprocess)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
+    with replacing(out / ARRAY_NAME) as temporary:
+        # open_memmap writes the .npy header, then each row goes straight to disk.
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(len(dataset), *first.shape))
+        for batch in loader:
+            index = int(batch["index"][0])
+            volume = batch["volume"][0]
+            if tuple(volume.shape) != tuple(first.shape):
+                participant = cohort.table["participant_id"].iloc[index]
+                raise CohortError(f"{cohort.table['path'].iloc[index]}: participant {participant}: volume of shape "
+                                  f"{tuple(volume.shape)} (C, D, H, W), expected {tuple(first.shape)} like the first volume; "
+                                  f"give a shape to resample every volume to (--shape D,H,W)")
+            array[index] = volume.numpy().astype(dtype, copy=False)
+            if on_volume is not None:
+                on_volume(index + 1, len(dataset))
+        array.flush()
+        del array
+    table = cohort.table.copy()
+    table["path"] = ARRAY_NAME
+    table[ARRAY_ROW_COLUMN] = np.arange(len(table))
+    info = {"spacing": list(spacing), "shape": list(first.shape), "dtype": dtype, "source": str(cohort.root),
+            "volume_shape": list(volume_shape) if volume_shape else None}
+    atomic_write_text(out / "volumes.json", json.dumps(info, indent=2))
+    # The table last: a cache interrupted earlier has none and is not mistaken for a complete one.
+    atomic_write_text(out / "participants.tsv", table.to_csv(sep="\t", index=False))
+    return out
+
+
+def _spacing(dataset: VolumeDataset, preprocess) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of the stored grid, taken from the first volume after resampling."""
+    loaded = copy.deepcopy(dataset.subjects[0])
+    loaded.load()
+    if preprocess is not None:
+        loaded = preprocess(loaded)
+    return tuple(float(value) for value in loaded["image"].spacing)  # type: ignore[return-value]
+

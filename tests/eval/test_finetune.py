@@ -1,0 +1,371 @@
+"""Fine-tuning: splits without leaks, metrics on hand-worked cases, encoder loading errors,
+the four modes on a tiny cohort, and `medssl finetune --smoke` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medssl.cli import app, main
+from medssl.config import Recipe, load_recipe, smoke_recipe
+from medssl.data.cohort import load_cohort
+from medssl.errors import CheckpointError, CohortError, RecipeError
+from medssl.eval.finetune import (
+    FineTuner,
+    FinetuneModel,
+    LabelledInputs,
+    TargetLoss,
+    build_optimizer,
+    check_no_leakage,
+    class_weights,
+    classification_metrics,
+    finetune_encoder,
+    fit,
+    load_pretrained_encoder,
+    make_loader,
+    mean_std,
+    regression_metrics,
+    resolve_target,
+    split_cohort,
+    validation_split,
+    volume_dataset,
+)
+from medssl.eval.plots import plot_roc_curves
+from medssl.models import build_encoder, save_encoder
+
+
+def clinical_table(seed: int = 0) -> pd.DataFrame:
+    """5 sites x 12 subjects, half patients, two sessions for every third subject."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for site in "ABCDE":
+        for k in range(12):
+            subject = f"{site}{k:02d}"
+            for session in range(2 if k % 3 == 0 else 1):
+                rows.append({"participant_id": subject, "session": session, "site": site,
+                             "diagnosis": "patient" if k % 2 else "control", "age": float(rng.uniform(20, 80))})
+    return pd.DataFrame(rows)
+
+
+def tiny_recipe(tiny_cohort, **finetune) -> Recipe:
+    settings = {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "seeds": [0], "lr": 1e-2, "patience": 1}
+    settings.update(finetune)
+    return Recipe.model_validate({"data": {"root": str(tiny_cohort), "label": None}, "model": {"encoder": "resnet18"},
+                                  "finetune": settings})
+
+
+# ----------------------------------------------------------------------------- splits
+def test_validation_split_keeps_every_session_of_a_subject_in_one_part():
+    table = clinical_table()
+    for seed in range(5):
+        fit_idx, val_idx = validation_split(table, 0.25, seed=seed, stratify=("site", "diagnosis"))
+        fit_ids, val_ids = set(table["participant_id"].iloc[fit_idx]), set(table["participant_id"].iloc[val_idx])
+        assert not fit_ids & val_ids
+        assert sorted(np.concatenate([fit_idx, val_idx])) == list(range(len(table)))
+        assert len(val_ids) == round(0.25 * table["participant_id"].nunique())
+
+
+def test_validation_split_is_stratified_on_site_and_class():
+    table = clinical_table()
+    firsts = table.drop_duplicates("participant_id")
+    fit_idx, val_idx = validation_split(firsts, 0.25, seed=3, stratify=("site", "diagnosis"))
+    validation = firsts.iloc[val_idx]
+    counts = validation.groupby(["site", "diagnosis"]).size()
+    # 15 of 60 subjects over 10 strata of 6: every stratum gets 1 or 2
+    assert len(counts) == 10 and counts.min() >= 1 and counts.max() <= 2
+    assert validation_split(firsts, 0.25, seed=4, stratify=("site",))[1].tolist() != val_idx.tolist()
+
+
+def test_validation_split_rejects_a_fraction_outside_zero_one():
+    with pytest.raises(RecipeError, match="val_fraction"):
+        validation_split(clinical_table(), 1.0)
+
+
+def test_split_cohort_leaks_no_subject_and_no_external_site(tiny_cohort):
+    cohort = load_cohort(tiny_cohort)
+    target = resolve_target(cohort.table, tiny_recipe(tiny_cohort).finetune)
+    train_ids = set(cohort.subset("train").table["participant_id"])
+    for seed in range(4):
+        parts = split_cohort(cohort, target, 0.25, seed).as_dict()
+        ids = {name: set(part.table["participant_id"]) for name, part in parts.items()}
+        names = list(ids)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                assert not ids[first] & ids[second], (first, second)
+        assert ids["fit"] | ids["validation"] == train_ids
+        assert ids["validation"] and ids["fit"]
+        external_sites = set(parts["external_test"].table["site"])
+        assert external_sites
+        for name in ("fit", "validation", "internal_test"):
+            assert not external_sites & set(parts[name].table["site"])
+
+
+def test_check_no_leakage_names_a_shared_subject_and_a_trained_external_site():
+    table = clinical_table().drop_duplicates("participant_id")
+    fit_part, val_part, external = table.iloc[:20], table.iloc[20:30], table[table["site"] == "E"]
+    with pytest.raises(CohortError, match="in both fit and external_test"):
+        check_no_leakage({"fit": fit_part, "validation": val_part, "external_test": table.iloc[:1]})
+    with pytest.raises(CohortError, match="site 'E' is in external_test and in fit"):
+        check_no_leakage({"fit": table[table["site"] != "D"].iloc[:5].assign(site="E"), "external_test": external})
+    check_no_leakage({"fit": fit_part, "validation": val_part})  # disjoint parts pass
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_binary_auc_and_balanced_accuracy_on_a_hand_worked_case():
+    # patient scores 0.35 and 0.8 against control scores 0.1 and 0.4: 3 of 4 pairs ordered -> AUC 0.75
+    probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
+    metrics = classification_metrics(["control", "control", "patient", "patient"], probabilities, ["control", "patient"])
+    assert metrics["roc_auc"] == pytest.approx(0.75)
+    # predictions control, control, control, patient: recalls 1 and 1/2
+    assert metrics["balanced_accuracy"] == pytest.approx(0.75)
+    # column 1 scores the positive class: naming it "control" makes the same scores rank controls first
+    swapped = classification_metrics(["control", "control", "patient", "patient"], probabilities, ["patient", "control"])
+    assert swapped["roc_auc"] == pytest.approx(0.25)
+
+
+def test_balanced_accuracy_weights_classes_not_subjects():
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9]])
+    metrics = classification_metrics(["a", "a", "a", "b"], probabilities, ["a", "b"])
+    assert metrics["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_multiclass_auc_is_the_mean_one_vs_rest_auc():
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    metrics = classification_metrics(["x", "y", "z", "x"], probabilities, ["x", "y", "z"])
+    # x vs rest: 0.8 and 0.3 against 0.1 and 0.1 -> 1; y vs rest: 0.8 against 0.1, 0.1, 0.4 -> 1;
+    # z vs rest: 0.8 against 0.1, 0.1, 0.3 -> 1
+    assert metrics["roc_auc"] == pytest.approx(1.0)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+
+
+def test_auc_of_a_single_class_split_is_undefined():
+    metrics = classification_metrics(["a", "a"], np.array([[0.6, 0.4], [0.3, 0.7]]), ["a", "b"])
+    assert math.isnan(metrics["roc_auc"])
+
+
+def test_regression_mae_and_r2_on_a_hand_worked_case():
+    metrics = regression_metrics([1, 2, 3], [2, 2, 5])
+    assert metrics["mae"] == pytest.approx(1.0)
+    assert metrics["r2"] == pytest.approx(1 - 5 / 2)
+    assert metrics["n"] == 3
+
+
+def test_mean_std_over_seeds_uses_the_sample_std_and_skips_undefined_runs():
+    assert mean_std([0.7, 0.8, 0.9]) == pytest.approx({"mean": 0.8, "std": 0.1, "n_seeds": 3})
+    assert mean_std([0.6, float("nan"), 0.8]) == pytest.approx({"mean": 0.7, "std": math.sqrt(0.02), "n_seeds": 2})
+    assert mean_std([0.6]) == {"mean": 0.6, "std": 0.0, "n_seeds": 1}
+    assert mean_std([float("nan")])["n_seeds"] == 0
+
+
+def test_class_weights_are_inverse_frequencies():
+    weights = class_weights(torch.tensor([0, 0, 0, 1]), 2)
+    assert weights.tolist() == pytest.approx([4 / 6, 2.0])
+
+
+# ----------------------------------------------------------------------------- targets
+def test_target_task_is_inferred_from_the_column(tiny_cohort):
+    table = load_cohort(tiny_cohort).table
+    recipe = tiny_recipe(tiny_cohort)
+    assert resolve_target(table, recipe.finetune).classes == ["control", "patient"]
+    recipe.finetune.positive_class = "control"
+    assert resolve_target(table, recipe.finetune).classes == ["patient", "control"]
+    recipe.finetune.target, recipe.finetune.positive_class = "age", None
+    assert resolve_target(table, recipe.finetune).task == "regression"
+    recipe.finetune.target = "handedness"
+    with pytest.raises(RecipeError, match="finetune.target = 'handedness': no such column"):
+        resolve_target(table, recipe.finetune)
+
+
+# ----------------------------------------------------------------------------- encoders
+def test_encoder_of_another_architecture_is_refused_with_the_differences(tmp_path, tiny_cohort):
+    save_encoder(build_encoder("resnet18"), tmp_path / "encoder.pt")
+    recipe = tiny_recipe(tiny_cohort)
+    recipe.model.encoder = "densenet121"
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained_encoder(tmp_path, recipe)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "name: file has 'resnet18', expected 'densenet121'" in message and "model.encoder" in message
+
+
+def test_missing_and_corrupt_encoder_files_are_clear_errors(tmp_path, tiny_cohort):
+    recipe = tiny_recipe(tiny_cohort)
+    with pytest.raises(CheckpointError, match="encoder weights not found"):
+        load_pretrained_encoder(tmp_path / "nothing" / "encoder.pt", recipe)
+    save_encoder(build_encoder("resnet18"), tmp_path / "encoder.pt")
+    (tmp_path / "encoder.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot be read as a state dict") as error:
+        load_pretrained_encoder(tmp_path / "encoder.pt", recipe)
+    assert "\n" not in str(error.value)
+    (tmp_path / "encoder.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="not a medssl encoder description"):
+        load_pretrained_encoder(tmp_path / "encoder.pt", recipe)
+
+
+def test_cli_prints_an_encoder_error_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and "missing.pt: encoder weights not found" in lines[0]
+
+
+# ----------------------------------------------------------------------------- modes
+def train_briefly(tiny_cohort, mode: str, augment: bool = False):
+    """Two steps of fine-tuning a fresh resnet18 in ``mode``; returns the model, its encoder state before, the optimiser."""
+    recipe = tiny_recipe(tiny_cohort, mode=mode if mode != "scratch" else "full", augment=augment)
+    recipe.views.noise.p = 1.0
+    cohort = load_cohort(tiny_cohort)
+    target = resolve_target(cohort.table, recipe.finetune)
+    parts = split_cohort(cohort, target, 0.25, seed=0)
+    torch.manual_seed(0)
+    model = FinetuneModel(build_encoder("resnet18"), target.n_outputs, freeze_encoder=mode == "linear")
+    before = {key: value.clone() for key, value in model.encoder.state_dict().items()}
+    head_before = model.head.weight.detach().clone()
+    loaders = {name: make_loader(LabelledInputs(volume_dataset(part, recipe, augment and name == "fit"), target.encode(part.table)),
+                                 4, recipe, shuffle=name == "fit")
+               for name, part in (("fit", parts.fit), ("validation", parts.validation))}
+    optimizer = build_optimizer(model, recipe, mode)
+    result = fit(model, optimizer, TargetLoss("classification", class_weights(target.encode(parts.fit.table), 2)),
+                 loaders["fit"], loaders["validation"], epochs=1, patience=1, device=torch.device("cpu"), max_steps_per_epoch=2)
+    return model, before, head_before, optimizer, result
+
+
+def changed(model: FinetuneModel, before: dict) -> list[str]:
+    return [key for key, value in model.encoder.state_dict().items() if not torch.equal(value, before[key])]
+
+
+def test_linear_probe_leaves_every_encoder_weight_and_statistic_unchanged(tiny_cohort):
+    model, before, head_before, optimizer, result = train_briefly(tiny_cohort, "linear", augment=True)
+    assert changed(model, before) == []  # BatchNorm running statistics included
+    assert not torch.equal(model.head.weight, head_before)
+    assert [group["name"] for group in optimizer.param_groups] == ["head"]
+    assert result.epochs_run == 1 and result.best_epoch == 1
+
+
+def test_full_fine_tuning_changes_the_encoder_at_the_head_learning_rate(tiny_cohort):
+    model, before, head_before, optimizer, _ = train_briefly(tiny_cohort, "full")
+    assert any("conv" in key and "weight" in key for key in changed(model, before))
+    assert not torch.equal(model.head.weight, head_before)
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates == {"head": 1e-2, "encoder": 1e-2}
+
+
+def test_lower_lr_puts_the_encoder_in_its_own_group_at_the_smaller_rate(tiny_cohort):
+    model, before, _, optimizer, result = train_briefly(tiny_cohort, "lower_lr")
+    head, encoder = optimizer.param_groups
+    assert head["name"] == "head" and head["lr"] == pytest.approx(1e-2)
+    assert encoder["name"] == "encoder" and encoder["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
+    assert result.learning_rates == {"head": pytest.approx(1e-2), "encoder": pytest.approx(1e-3)}
+    assert changed(model, before)
+
+
+def test_scratch_baseline_trains_a_fresh_seeded_encoder_at_the_full_rate(tiny_cohort):
+    tuner = FineTuner(tiny_recipe(tiny_cohort, mode="lower_lr"), "none")
+    assert tuner.mode == "scratch" and tuner.pretrained is None
+    assert any("from scratch" in note for note in tuner.notes)
+    tuner.target = resolve_target(load_cohort(tiny_cohort).table, tuner.recipe.finetune)
+    first, again, other = tuner.new_model(0), tuner.new_model(0), tuner.new_model(1)
+    assert torch.equal(first.encoder.network.conv1.weight, again.encoder.network.conv1.weight)
+    assert not torch.equal(first.encoder.network.conv1.weight, other.encoder.network.conv1.weight)
+    rates = [group["lr"] for group in build_optimizer(first, tuner.recipe, tuner.mode).param_groups]
+    assert rates == [1e-2, 1e-2]
+    model, before, _, _, _ = train_briefly(tiny_cohort, "scratch")
+    assert changed(model, before)
+
+
+def test_early_stopping_keeps_the_epoch_of_lowest_validation_loss():
+    torch.manual_seed(0)
+    features, labels = torch.randn(12, 4), torch.tensor([0, 1] * 6)
+    head = torch.nn.Linear(4, 2)
+    loader = torch.utils.data.DataLoader(list(zip(features, labels)), batch_size=4)
+    optimizer = torch.optim.SGD(head.parameters(), lr=50.0)  # large steps: the validation loss goes up and down
+    result = fit(head, optimizer, TargetLoss("classification"), loader, loader, epochs=6, patience=2, device=torch.device("cpu"))
+    losses = [entry["val_loss"] for entry in result.history]
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    assert result.epochs_run == min(6, result.best_epoch + 2)
+    with torch.no_grad():
+        final = torch.nn.functional.cross_entropy(head(features), labels).item()
+    assert final == pytest.approx(min(losses), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_linear_probe_end_to_end_reports_both_splits_over_seeds(tmp_path, tiny_cohort):
+    save_encoder(build_encoder("resnet18"), tmp_path / "pre" / "encoder.pt")
+    recipe = tiny_recipe(tiny_cohort, mode="linear", seeds=[0, 1], epochs=3)
+    results = finetune_encoder(recipe, tmp_path / "pre", tmp_path / "out")
+    assert results["settings"]["mode"] == "linear" and results["settings"]["encoder_lr"] is None
+    for split in ("internal_test", "external_test"):
+        per_seed = [run[split]["balanced_accuracy"] for run in results["runs"]]
+        assert results["summary"][split]["balanced_accuracy"]["mean"] == pytest.approx(np.mean(per_seed))
+        assert (tmp_path / "out" / f"roc_{split}.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "out" / "finetune.csv")
+    assert set(table["seed"].astype(str)) == {"0", "1", "mean", "std"}
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert set(predictions["split"]) == {"internal_test", "external_test"}
+    assert np.allclose(predictions[["prob_control", "prob_patient"]].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_regression_end_to_end_reports_mae(tmp_path, tiny_cohort):
+    save_encoder(build_encoder("resnet18"), tmp_path / "encoder.pt")
+    recipe = tiny_recipe(tiny_cohort, mode="linear", target="age", task="auto")
+    results = finetune_encoder(recipe, tmp_path / "encoder.pt", tmp_path / "out")
+    assert results["settings"]["task"] == "regression"
+    assert set(results["summary"]["external_test"]) == {"mae", "r2", "n"}
+    assert results["summary"]["external_test"]["mae"]["mean"] > 0
+    assert (tmp_path / "out" / "predictions_external_test.png").is_file()
+
+
+def test_smoke_recipe_shrinks_fine_tuning():
+    smoke = smoke_recipe(load_recipe("finetune_diagnosis"))
+    assert smoke.finetune.max_steps_per_epoch == 2 and smoke.finetune.embedded.epochs == 1
+    assert len(smoke.finetune.seeds) <= 2 and smoke.data.synthetic.subjects <= 16
+    assert smoke.data.synthetic.diagnosis
+
+
+@pytest.mark.parametrize("encoder", ["run_folder", "none"])
+def test_cli_smoke_writes_tables_and_roc_curves(tmp_path, encoder):
+    source = "none"
+    if encoder == "run_folder":
+        save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
+        source = str(tmp_path / "run")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", source,
+                                      "--smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "finetune.json").read_text())
+    assert results["settings"]["mode"] == ("scratch" if encoder == "none" else "lower_lr")
+    assert set(results["summary"]) == {"internal_test", "external_test"}
+    assert {"roc_auc", "balanced_accuracy"} <= set(results["summary"]["external_test"])
+    assert (out / "finetune.csv").is_file() and (out / "roc_internal_test.png").is_file() and (out / "roc_external_test.png").is_file()
+    assert "roc_auc" in result.output
+
+
+def test_roc_plot_accepts_a_curve_without_both_classes(tmp_path):
+    path = plot_roc_curves({"seed 0": (np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])),
+                            "seed 1": (np.array([1, 1]), np.array([0.2, 0.3]))}, tmp_path / "roc.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pretraining_run_with_other_inputs_gives_a_warning(tmp_path, tiny_cohort):
+    from medssl.config import dump_recipe
+    from medssl.eval.finetune import pretraining_differences
+
+    pretraining = Recipe.model_validate({"model": {"encoder": "resnet18"}, "views": {"normalize": "minmax"},
+                                         "data": {"synthetic": {"shape": 32}}})
+    (tmp_path / "recipe.yaml").write_text(dump_recipe(pretraining))
+    recipe = tiny_recipe(tiny_cohort)
+    recipe.data.volume_shape = [16, 16, 16]
+    notes = pretraining_differences(tmp_path, recipe)
+    assert len(notes) == 2
+    assert "'minmax'" in notes[0] and "(32, 32, 32)" in notes[1]
+    recipe.views.normalize, recipe.data.volume_shape = "minmax", [32, 32, 32]
+    assert pretraining_differences(tmp_path / "encoder.pt", recipe) == []

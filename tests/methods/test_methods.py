@@ -1,0 +1,205 @@
+"""Methods inside the training engine: DeepCluster's epochs, EMA targets (BYOL, DINO), stop-gradients (SimSiam)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import medssl.methods.bootstrap
+import medssl.methods.dino
+from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
+from medssl.methods import build_method
+from medssl.methods.clustering import ClusterUniformSampler
+from medssl.methods.ema import cosine_momentum
+from medssl.train import engine
+from medssl.train.engine import Trainer
+
+
+def quick_recipe(name: str, *overrides: str):
+    """A shipped recipe at smoke size on the small 3D AlexNet, without evaluation, then ``overrides``."""
+    smoke = smoke_recipe(load_recipe(name)).model_dump(mode="json")
+    return recipe_from_dict(apply_overrides(smoke, ["model.encoder=alexnet", "eval.after_pretrain=false", *overrides]))
+
+
+def epoch_rows(run_dir) -> pd.DataFrame:
+    table = pd.read_csv(run_dir / "metrics.csv")
+    return table[table["kind"] == "epoch"].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- DeepCluster
+@pytest.fixture(scope="module")
+def deepcluster_run(tmp_path_factory):
+    """Two DeepCluster epochs, recording what each epoch's preparation did to the classifier,
+    the optimiser state and the sampler, and which subjects the steps trained on."""
+    trainer = Trainer(quick_recipe("deepcluster", "train.epochs=2"), tmp_path_factory.mktemp("deepcluster") / "run")
+    record = {"trained": [], "prepared": [], "optimizer_state": [], "samplers": [], "indices": []}
+
+    def build_model_and_record():
+        Trainer.build_model(trainer)
+        method = trainer.method
+        prepare, training_loss = method.prepare_epoch, method.training_loss
+
+        def recording_prepare(epoch, context):
+            sampler = prepare(epoch, context)
+            record["prepared"].append(method.classifier.weight.detach().clone())
+            record["optimizer_state"].append({name: trainer.optimizer.state[parameter] for name, parameter in method.named_parameters()
+                                              if trainer.optimizer.state.get(parameter)})
+            record["samplers"].append(sampler)
+            record["indices"].append([])
+            return sampler
+
+        def recording_loss(batch):
+            record["indices"][-1].extend(batch["index"].tolist())
+            return training_loss(batch)
+
+        method.prepare_epoch, method.training_loss = recording_prepare, recording_loss
+
+    trainer.build_model = build_model_and_record
+    trainer.run(on_epoch_end=lambda epoch: record["trained"].append(trainer.method.classifier.weight.detach().clone()))
+    return trainer, record
+
+
+def test_deepcluster_reinitialises_the_top_layer_at_every_epoch(deepcluster_run):
+    _, record = deepcluster_run
+    trained_epoch_1, prepared_epoch_2 = record["trained"][0], record["prepared"][1]
+    assert not torch.equal(prepared_epoch_2, trained_epoch_1)
+    assert not torch.equal(prepared_epoch_2, record["prepared"][0])  # a fresh draw, not the first initialisation again
+    # nn.Linear's default init: uniform in +-1/sqrt(fan_in)
+    assert prepared_epoch_2.abs().max() <= 1 / np.sqrt(prepared_epoch_2.shape[1])
+
+
+def test_deepcluster_forgets_the_optimiser_state_of_the_top_layer_only(deepcluster_run):
+    _, record = deepcluster_run
+    assert record["optimizer_state"][0] == {}
+    second = record["optimizer_state"][1]
+    assert not any(name.startswith("classifier.") for name in second)
+    assert any(name.startswith("encoder.") and "momentum_buffer" in state for name, state in second.items())
+
+
+def test_deepcluster_logs_cluster_sizes_and_nmi_between_successive_assignments(deepcluster_run):
+    trainer, _ = deepcluster_run
+    rows = epoch_rows(trainer.run_dir)
+    k = trainer.recipe.method.clusters
+    for column in ("clusters_min", "clusters_max", "clusters_mean", "clusters_empty"):
+        assert rows[column].notna().all(), column
+    assert (rows["clusters_empty"] == 0).all()  # empty clusters are re-filled before training
+    assert (rows["clusters_mean"] == len(trainer.train_cohort) / k).all()
+    assert np.isnan(rows["nmi_previous"][0]) and 0.0 <= rows["nmi_previous"][1] <= 1.0
+    steps = pd.read_csv(trainer.run_dir / "metrics.csv").query("kind == 'step'")
+    assert steps["cluster_accuracy"].between(0, 1).all()
+
+
+def test_deepcluster_trains_on_the_cluster_uniform_sampler_of_each_epoch(deepcluster_run):
+    trainer, record = deepcluster_run
+    for sampler, seen in zip(record["samplers"], record["indices"]):
+        assert isinstance(sampler, ClusterUniformSampler)
+        assert seen == list(sampler)[: len(seen)]
+        assert len(seen) == trainer.steps_per_epoch * trainer.batch_size
+
+
+def test_deepcluster_assignments_of_the_last_epoch_survive_a_checkpoint():
+    recipe = quick_recipe("deepcluster")
+    method = build_method(recipe)
+    method.previous_assignments = np.array([2, 0, 1, 1])
+    again = build_method(recipe)
+    again.load_state_dict(method.state_dict())
+    np.testing.assert_array_equal(again.previous_assignments, [2, 0, 1, 1])
+    fresh = build_method(recipe)
+    again.load_state_dict(fresh.state_dict())
+    assert again.previous_assignments is None
+
+
+# ----------------------------------------------------------------------------- EMA targets
+def run_recording_targets(recipe, run_dir, monkeypatch, module, target_prefixes):
+    """Run the engine; record every EMA momentum and, before each optimiser step, which
+    parameters hold a gradient."""
+    momenta, steps = [], []
+    original_ema = module.ema_update
+
+    def recording_ema(target, online, momentum):
+        momenta.append(momentum)
+        original_ema(target, online, momentum)
+
+    monkeypatch.setattr(module, "ema_update", recording_ema)
+    original_step = Trainer.optimizer_step
+
+    def recording_step(self, epoch, step):
+        steps.append({name: parameter.grad is not None for name, parameter in self.method.named_parameters()})
+        return original_step(self, epoch, step)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", recording_step)
+    initial = {}
+
+    def build_and_record(recipe, encoder=None):
+        method = build_method(recipe, encoder)
+        state = method.state_dict()
+        # target_encoder.* / teacher_head.* start as copies of encoder.* / head.*
+        assert all(torch.equal(value, state[name.split("_", 1)[1]]) for name, value in state.items() if name.startswith(target_prefixes))
+        initial.update({name: value.clone() for name, value in state.items() if name.startswith(target_prefixes)})
+        return method
+
+    monkeypatch.setattr(engine, "build_method", build_and_record)
+    trainer = Trainer(recipe, run_dir)
+    trainer.run()
+    return trainer, momenta, steps, initial
+
+
+@pytest.mark.parametrize("name, module, targets, onlines", [
+    ("byol", medssl.methods.bootstrap, ("target_encoder.", "target_head."), ("encoder.", "head.", "predictor.")),
+    ("dino", medssl.methods.dino, ("teacher_encoder.", "teacher_head."), ("encoder.", "head.")),
+])
+def test_target_network_gets_no_gradient_and_follows_the_cosine_momentum_schedule(tmp_path, monkeypatch, name, module, targets, onlines):
+    recipe = quick_recipe(name, "train.epochs=2", "method.momentum=0.5")
+    trainer, momenta, steps, initial = run_recording_targets(recipe, tmp_path / "run", monkeypatch, module, targets)
+    total = 2 * trainer.steps_per_epoch
+    assert len(steps) == total == 4
+    for grads in steps:
+        assert not any(has_grad for param, has_grad in grads.items() if param.startswith(targets))
+        assert all(has_grad for param, has_grad in grads.items() if param.startswith(onlines))
+    # one update of the target encoder and one of the target head after every optimiser step, over the whole run
+    expected = [cosine_momentum(step, total, 0.5) for step in range(1, total + 1)]
+    assert momenta == pytest.approx([m for m in expected for _ in range(2)])
+    assert momenta[-1] == 1.0 and momenta[0] > 0.5
+    method = trainer.method
+    assert not any(p.requires_grad for n, p in method.named_parameters() if n.startswith(targets))
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for n, p in method.named_parameters() if n.startswith(targets))
+    # the targets moved towards the online networks, which started from the same weights
+    final = method.state_dict()
+    assert initial
+    moved = [key for key, value in initial.items() if key.endswith("weight") and not torch.equal(final[key], value)]
+    assert moved
+
+
+def test_dino_teacher_centre_is_updated_and_checkpointed(tmp_path):
+    trainer = Trainer(quick_recipe("dino", "train.max_steps_per_epoch=1"), tmp_path / "run")
+    trainer.run()
+    centre = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["method"]["loss.center"]
+    assert centre.abs().sum() > 0
+    assert torch.equal(centre, trainer.method.loss.center)
+
+
+class DetachedPredictor(nn.Module):
+    def __init__(self, predictor: nn.Module):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.predictor(z).detach()
+
+
+def test_simsiam_reaches_the_encoder_only_through_the_predictor():
+    torch.manual_seed(0)
+    method = build_method(quick_recipe("simsiam"))
+    batch = {"views": torch.randn(4, 2, 1, 16, 16, 16), "label": torch.zeros(4), "index": torch.arange(4)}
+    loss, _ = method.training_loss(batch)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.encoder.parameters())
+
+    method.zero_grad(set_to_none=True)
+    method.predictor = DetachedPredictor(method.predictor)
+    loss, _ = method.training_loss(batch)
+    assert not loss.requires_grad  # the other branch is a stop-gradient: nothing left to differentiate

@@ -1,0 +1,169 @@
+"""The ``medssl`` command line: recipes, pretrain (smoke, overrides, resume), evaluate, score, data synth, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import nibabel as nib
+import pandas as pd
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from medssl import cli
+from medssl.config import field_docs, list_recipe_names, load_recipe
+
+runner = CliRunner()
+# The small AlexNet and no evaluation keep the command-line runs to seconds.
+FAST = ["model.encoder=alexnet", "eval.after_pretrain=false"]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """Rich tables wrap long cells at 80 columns: print wide so names stay on one line."""
+    monkeypatch.setattr(cli, "console", Console(width=400, soft_wrap=True))
+
+
+def invoke(*arguments: str):
+    result = runner.invoke(cli.app, [str(argument) for argument in arguments])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, str]:
+    """Run ``medssl ARGUMENTS`` as the console script does; return (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def epochs_logged(run_dir) -> list[int]:
+    table = pd.read_csv(run_dir / "metrics.csv")
+    return list(table[table["kind"] == "epoch"]["epoch"])
+
+
+# ----------------------------------------------------------------------------- recipes
+def test_recipes_lists_every_shipped_recipe_with_its_description():
+    output = invoke("recipes").output
+    for name in list_recipe_names():
+        assert name in output
+    assert "Barlow Twins (Zbontar et al., ICML 2021)" in output
+
+
+def test_recipes_fields_lists_every_key_with_its_default():
+    output = invoke("recipes", "--fields").output
+    for key, _, _ in field_docs():
+        assert key in output
+    assert "train.embedded.epochs" in output and "Passes over the training cohort." in output
+
+
+# ----------------------------------------------------------------------------- pretrain
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`medssl pretrain simclr --smoke --out DIR train.epochs=2 ...`, run once for the module."""
+    run_dir = tmp_path_factory.mktemp("cli") / "smoke"
+    result = runner.invoke(cli.app, ["pretrain", "simclr", "--smoke", "--out", str(run_dir), "train.epochs=2",
+                                     "train.max_steps_per_epoch=1", *FAST])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return run_dir, result.output
+
+
+def test_pretrain_smoke_writes_a_run_folder_in_out(smoke_run):
+    run_dir, output = smoke_run
+    assert "Smoke run" in output and f"Run folder: {run_dir}" in output.replace("\n", "")
+    for artefact in ("recipe.yaml", "metrics.csv", "checkpoints/last.pt", "encoder.pt", "encoder.json", "loss.png"):
+        assert (run_dir / artefact).is_file(), artefact
+
+
+def test_pretrain_smoke_applies_the_command_line_overrides(smoke_run):
+    run_dir, _ = smoke_run
+    assert epochs_logged(run_dir) == [0, 1]  # train.epochs=2 wins over the smoke budget of 1 epoch
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    assert recipe.train.epochs == 2 and recipe.model.encoder == "alexnet" and recipe.train.max_steps_per_epoch == 1
+    assert recipe.data.synthetic.subjects == 16  # the rest of the smoke budget is kept
+
+
+def test_evaluate_on_a_smoke_run_writes_eval_metrics(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    out = tmp_path / "eval"
+    invoke("evaluate", run_dir, "eval.baseline=false", "--out", out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"} <= set(metrics["pretrained"])
+
+
+def test_pretrain_resume_without_out_continues_the_latest_run_of_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    arguments = ["pretrain", "simclr", "--smoke", "train.max_steps_per_epoch=1", *FAST]
+    invoke(*arguments)
+    (first,) = (tmp_path / "runs").iterdir()
+    assert first.name.startswith("simclr-smoke-")
+    output = invoke(*arguments, "train.epochs=2", "--resume").output
+    assert list((tmp_path / "runs").iterdir()) == [first]
+    assert "Resuming" in output and "after epoch 1" in output
+    assert epochs_logged(first) == [0, 1]
+
+
+def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("simclr-20250101-120000", "simclr-20250102-120000", "simclr-smoke-20250103-120000", "simclr_v2-20250104-120000"):
+        (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / name / "checkpoints" / "last.pt").touch()
+    (tmp_path / "runs" / "simclr-20250105-120000").mkdir()  # no checkpoint: not resumable
+    assert cli._run_dir("simclr", None, resume=True).name == "simclr-20250102-120000"
+    assert cli._run_dir("simclr-smoke", None, resume=True).name == "simclr-smoke-20250103-120000"
+    assert cli._run_dir("byol", None, resume=True).name.startswith("byol-2")
+    assert cli._run_dir("simclr", tmp_path / "mine", resume=True) == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["pretrain", "simclr", "train.epochs=abc"], "'train.epochs' = 'abc'"),
+    (["pretrain", "simclr", "train.epochz=2"], "unknown key 'train.epochz'"),
+    (["pretrain", "simclr", "train.epochs"], "override 'train.epochs': expected KEY.PATH=VALUE"),
+    (["pretrain", "no/such/recipe.yaml"], "recipe 'no/such/recipe.yaml' not found"),
+    (["pretrain", "simclr", "--smoke", "method.name=mocov9"], "'method.name' = 'mocov9'"),
+])
+def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, capsys, arguments, message):
+    code, error = run_main(monkeypatch, capsys, *arguments)
+    assert code == 2
+    assert error.startswith("error: ") and message in error
+    assert error.strip().count("\n") == 0
+
+
+# ----------------------------------------------------------------------------- score
+def test_score_writes_the_challenge_metrics_to_json(tmp_path):
+    table = pd.DataFrame({
+        "participant_id": [f"sub-{i:02d}" for i in range(7)],
+        "split": ["train", "train", "internal_test", "internal_test", "internal_test", "external_test", "external_test"],
+        "site": ["A", "B", "A", "B", "B", "C", "C"],
+        "age": [25.0, 35.0, 20.0, 30.0, 40.0, 50.0, 70.0],
+        "age_pred": [25.0, 35.0, 22.0, 30.0, 40.0, 53.0, 70.0],
+        "site_pred": ["A", "B", "A", "A", "B", "A", "B"],
+    })
+    table.to_csv(tmp_path / "predictions.csv", index=False)
+    out = tmp_path / "scores" / "out.json"
+    output = invoke("score", tmp_path / "predictions.csv", "--json", out).output
+    metrics = json.loads(out.read_text())
+    assert {"mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"} <= set(metrics)
+    assert metrics["mae_internal"] == pytest.approx(2 / 3)
+    assert metrics["mae_external"] == pytest.approx(1.5)
+    assert "challenge_score" in output
+
+
+# ----------------------------------------------------------------------------- data synth
+def test_data_synth_writes_nifti_volumes_and_a_participants_table(tmp_path):
+    invoke("data", "synth", tmp_path / "cohort", "--subjects", "8", "--sites", "2", "--shape", "16")
+    table = pd.read_csv(tmp_path / "cohort" / "participants.tsv", sep="\t")
+    assert len(table) == 8 and table["site"].nunique() == 2
+    assert set(table["split"]) >= {"train", "external_test"}  # one of the 2 sites is held out
+    volumes = sorted((tmp_path / "cohort").rglob("*.nii.gz"))
+    assert len(volumes) == 8
+    assert nib.load(volumes[0]).shape == (16, 16, 16)
+
+
+def test_data_synth_with_every_site_external_exits_with_code_2(tmp_path, monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "data", "synth", tmp_path / "cohort", "--subjects", "8", "--sites", "2",
+                           "--external-sites", "2", "--shape", "16")
+    assert code == 2 and "--external-sites 2: expected 0 to 1" in error
+    assert not (tmp_path / "cohort").exists()

@@ -1,0 +1,110 @@
+"""Training checkpoints: atomic writes, safe loading (weights_only), clear errors for bad files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import medssl.files
+from medssl.errors import CheckpointError
+from medssl.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, restore_rng, save_checkpoint
+
+
+def tiny_training_state():
+    method = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    method(torch.randn(5, 3)).square().mean().backward()
+    optimizer.step()
+    scheduler.step()
+    return method, optimizer, scheduler
+
+
+def write_checkpoint(path, epoch=3, step=12):
+    method, optimizer, scheduler = tiny_training_state()
+    save_checkpoint(path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step, recipe_yaml="name: demo\n")
+    return method, optimizer, scheduler
+
+
+def test_checkpoint_loads_with_weights_only_and_holds_everything_to_continue(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    method, optimizer, scheduler = write_checkpoint(path)
+    state = torch.load(path, weights_only=True)
+    assert state["version"] == CHECKPOINT_VERSION
+    assert state["epochs_done"] == 3 and state["step"] == 12 and state["recipe"] == "name: demo\n"
+    assert all(torch.equal(value, method.state_dict()[key]) for key, value in state["method"].items())
+    assert state["method"].keys() == method.state_dict().keys()
+    restored = torch.optim.AdamW(method.parameters(), lr=1.0)
+    restored.load_state_dict(state["optimizer"])
+    assert restored.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"] == 5e-3
+    assert torch.equal(restored.state[method[0].weight]["exp_avg"], optimizer.state[method[0].weight]["exp_avg"])
+    assert state["scheduler"]["last_epoch"] == scheduler.last_epoch == 1
+    assert load_checkpoint(path).keys() == state.keys()
+
+
+def test_restore_rng_continues_the_random_stream_of_the_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.manual_seed(7)
+    write_checkpoint(path)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    restore_rng(load_checkpoint(path))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    write_checkpoint(path, epoch=1)
+    before = path.read_bytes()
+
+    def disk_full(obj, target):
+        with open(target, "wb") as stream:
+            stream.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(medssl.files.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_checkpoint(path, epoch=2)
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["epochs_done"] == 1
+    assert [entry.name for entry in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_first_checkpoint_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    monkeypatch.setattr(medssl.files.torch, "save", lambda obj, target: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(path)
+    assert list(path.parent.iterdir()) == []
+
+
+def test_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path):
+    path = tmp_path / "last.pt"
+    write_checkpoint(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt: unreadable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_state_dict_is_not_taken_for_a_medssl_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match=r"model\.pt: not a medssl checkpoint \(version 1 expected\)"):
+        load_checkpoint(path)
+
+
+class Payload:
+    """Any pickled Python object: loading it would run code, so weights_only refuses it."""
+
+
+def test_checkpoint_holding_arbitrary_python_objects_is_refused(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"version": CHECKPOINT_VERSION, "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        load_checkpoint(tmp_path / "checkpoints" / "last.pt")

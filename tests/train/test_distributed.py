@@ -1,0 +1,188 @@
+"""DDP on CPU (gloo, 2 processes): gathered negatives, the world-size factor, rank-0 artefacts, resume.
+
+One pair of processes serves the whole module and writes what it measured to JSON files
+that the tests check. They are forked, after the slow imports (torch._dynamo comes with
+the first optimiser, matplotlib and TensorBoard with the first run folder), so that they
+start in milliseconds; each sets one intra-op thread before touching torch (fork-safe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tiny import initial_state, step_recipe, tiny_method, updates
+
+WORLD = 2
+LOCAL_SUBJECTS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- shared set-ups
+def loss_cases() -> dict:
+    from medssl.losses import (BarlowTwinsLoss, DecoupledNTXentLoss, EpsSupConLoss, EpsSupInfoNCELoss, ExponentialLoss,
+                               NTXentLoss, SupConLoss, ThresholdLoss, VICRegLoss, YAwareLoss)
+
+    return {  # name: (loss, label kind)
+        "yaware": (YAwareLoss(sigma=5.0), "age"),
+        "ntxent": (NTXentLoss(temperature=0.5), None),
+        "threshold": (ThresholdLoss(sigma=5.0), "age"),
+        "threshold_reference_code": (ThresholdLoss(sigma=5.0, reference_code=True), "age"),
+        "exponential": (ExponentialLoss(sigma=5.0), "age"),
+        "supcon": (SupConLoss(), "class"),
+        "eps_supinfonce": (EpsSupInfoNCELoss(eps=0.1), "class"),
+        "eps_supcon": (EpsSupConLoss(eps=0.1), "class"),
+        "decoupled": (DecoupledNTXentLoss(), None),
+        "barlow_twins": (BarlowTwinsLoss(), None),
+        "vicreg": (VICRegLoss(), None),
+    }
+
+
+def global_batch() -> tuple[torch.Tensor, dict]:
+    generator = torch.Generator().manual_seed(0)
+    n = WORLD * LOCAL_SUBJECTS
+    z = torch.randn(n, 2, 16, dtype=torch.float64, generator=generator)
+    labels = {"age": torch.tensor([30, 30, 45, 50, 62, 80, 21, 33], dtype=torch.float64)[:n],
+              "class": torch.tensor([0, 1, 0, 1, 1, 0, 2, 2], dtype=torch.float64)[:n], None: None}
+    return z, labels
+
+
+def smoke_recipe_for(cohort: str, epochs: int):
+    """``medssl pretrain yaware_age --smoke`` on the tiny cohort: 2 steps of batch 2 per process and epoch."""
+    from medssl.config import load_recipe, smoke_recipe
+
+    recipe = smoke_recipe(load_recipe("yaware_age", [f"data.root={cohort}", "model.encoder=resnet18", "eval.after_pretrain=false", "train.device=cpu"]))
+    recipe.train.epochs = epochs
+    recipe.train.batch_size = 2
+    return recipe
+
+
+# ----------------------------------------------------------------------------- the worker
+def worker(rank: int, port: int, cohort: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    import medssl.train.engine as engine
+    from medssl.train.distributed import gather_with_grad
+
+    out = Path(out)
+    results: dict = {"losses": {}, "seconds": {}}
+    started = time.perf_counter()
+    z_full, labels = global_batch()
+    rows = slice(rank * LOCAL_SUBJECTS, (rank + 1) * LOCAL_SUBJECTS)
+    for name, (loss, kind) in loss_cases().items():
+        y_full = labels[kind]
+        single_z = z_full.clone().requires_grad_()
+        single = loss(single_z, y_full)
+        single.backward()
+        local = z_full[rows].clone().requires_grad_()
+        y_all = gather_with_grad(y_full[rows]) if y_full is not None else None
+        gathered = loss(gather_with_grad(local), y_all)
+        gathered.backward()
+        results["losses"][name] = {
+            "loss_gap": abs(gathered.item() - single.item()),
+            # what each process holds: W x its rows' share of dL/dz (see medssl.train.distributed)
+            "grad_gap": (local.grad - WORLD * single_z.grad[rows]).abs().max().item(),
+            "grad_scale": single_z.grad[rows].abs().max().item(),
+            "labels_gap": 0.0 if y_full is None else (y_all - y_full).abs().max().item(),
+        }
+
+    results["seconds"]["losses"] = time.perf_counter() - started
+    # The engine's DDP path with a small BatchNorm-free model (DenseNet121 on CPU would take
+    # most of the time budget): one SGD step on the two halves of a batch of 8, then
+    # `pretrain --smoke` for 1 epoch, resumed to 2, and 2 epochs uninterrupted.
+    engine.build_method = tiny_method
+    engine.pretrain(step_recipe(cohort, LOCAL_SUBJECTS), out / "ddp_step")
+    results["seconds"]["step"] = time.perf_counter() - started
+    first = engine.pretrain(smoke_recipe_for(cohort, 1), out / "resumed")
+    second = engine.pretrain(smoke_recipe_for(cohort, 2), out / "resumed", resume=True)
+    engine.pretrain(smoke_recipe_for(cohort, 2), out / "uninterrupted")
+    results["notes"] = first.notes + second.notes
+    results["seconds"]["smoke"] = time.perf_counter() - started
+    (out / f"results_{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_cohort, tmp_path_factory) -> Path:
+    import medssl.train.engine as engine
+
+    out = tmp_path_factory.mktemp("ddp")
+    original, engine.build_method = engine.build_method, tiny_method
+    try:
+        engine.pretrain(smoke_recipe_for(str(tiny_cohort), 1), out / "warm-up")  # imports shared with the children
+    finally:
+        engine.build_method = original
+    context = mp.start_processes(worker, args=(free_port(), str(tiny_cohort), str(out)), nprocs=WORLD, join=False,
+                                 start_method="fork")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-process DDP run did not finish within 240 s")
+    return out
+
+
+def results(out: Path, rank: int) -> dict:
+    return json.loads((out / f"results_{rank}.json").read_text())
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", list(loss_cases()))
+def test_gathered_loss_and_local_gradients_equal_one_process_on_the_concatenated_batch(ddp_run, name):
+    for rank in range(WORLD):
+        measured = results(ddp_run, rank)["losses"][name]
+        assert measured["loss_gap"] < 1e-6
+        assert measured["labels_gap"] == 0.0
+        # Process r holds W * dL/dz_r; DDP's average over W processes then gives dL/dtheta exactly.
+        assert measured["grad_gap"] < 1e-6 * max(1.0, measured["grad_scale"])
+        assert measured["grad_scale"] > 1e-4  # a real gradient, not two zeros
+
+
+def test_ddp_training_step_updates_parameters_like_one_process_on_the_concatenated_batch(ddp_run, tiny_cohort, tmp_path, monkeypatch):
+    import medssl.train.engine as engine
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(engine, "build_method", tiny_method)
+    engine.pretrain(step_recipe(str(tiny_cohort), WORLD * LOCAL_SUBJECTS), tmp_path / "single")
+    initial = initial_state()
+    single = updates(torch.load(tmp_path / "single" / "checkpoints" / "last.pt", weights_only=True)["method"], initial)
+    ddp = updates(torch.load(ddp_run / "ddp_step" / "checkpoints" / "last.pt", weights_only=True)["method"], initial)
+    assert max(update.abs().max().item() for update in single.values()) > 1e-3  # a factor of 2 would show far above rounding
+    for key, update in single.items():
+        assert torch.allclose(ddp[key], update, rtol=1e-4, atol=1e-6), key
+
+
+def test_two_process_run_writes_one_set_of_rank0_artefacts(ddp_run):
+    run = ddp_run / "resumed"
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoints", "encoder.json", "encoder.pt", "loss.png",
+                                                          "metrics.csv", "recipe.yaml", "tensorboard"]
+    assert [path.name for path in (run / "checkpoints").iterdir()] == ["last.pt"]
+    assert len(list((run / "tensorboard").iterdir())) == 2  # one events file per run (first + resumed), rank 0 only
+    metrics = pd.read_csv(run / "metrics.csv")
+    steps = metrics[metrics["kind"] == "step"]
+    assert list(steps["step"]) == list(range(1, len(steps) + 1))  # no row written twice
+    assert list(metrics[metrics["kind"] == "epoch"]["epoch"]) == [0, 1]
+
+
+def test_two_process_run_resumes_to_the_weights_of_an_uninterrupted_run(ddp_run):
+    assert any("Resuming" in note for note in results(ddp_run, 1)["notes"])  # every rank resumed
+    resumed = torch.load(ddp_run / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    uninterrupted = torch.load(ddp_run / "uninterrupted" / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["epochs_done"] == uninterrupted["epochs_done"] == 2
+    for key, value in uninterrupted["method"].items():
+        assert torch.allclose(resumed["method"][key].float(), value.float(), atol=1e-6), key

@@ -1,0 +1,74 @@
+"""Throughput options of ``train:`` on CPU: accumulate, channels_last, bf16/fp16 autocast, compile."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from tiny import initial_state, per_subject_method, step_recipe, tiny_method, updates
+
+import medssl.train.engine as engine
+
+
+def run_step(monkeypatch, tmp_path, recipe, build=tiny_method) -> tuple[engine.Trainer, dict[str, torch.Tensor]]:
+    monkeypatch.setattr(engine, "build_method", build)
+    trainer = engine.Trainer(recipe, tmp_path / recipe.name)
+    trainer.run()
+    state = torch.load(tmp_path / recipe.name / "checkpoints" / "last.pt", weights_only=True)["method"]
+    return trainer, updates(state, initial_state(build))
+
+
+def flat(update: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([value.flatten() for value in update.values()])
+
+
+def test_accumulating_two_batches_of_b_updates_like_one_batch_of_2b(tiny_cohort, tmp_path, monkeypatch):
+    accumulated = step_recipe(str(tiny_cohort), 4, accumulate=2, max_steps_per_epoch=1)
+    accumulated.name = "accumulated"
+    trainer, update_accumulated = run_step(monkeypatch, tmp_path, accumulated, per_subject_method)
+    assert trainer.steps_per_epoch == 1 and trainer.micro_steps_per_epoch == 2
+    _, update_whole = run_step(monkeypatch, tmp_path, step_recipe(str(tiny_cohort), 8), per_subject_method)
+    assert flat(update_whole).abs().max() > 1e-3
+    for key, value in update_whole.items():
+        assert torch.allclose(update_accumulated[key], value, rtol=1e-4, atol=1e-6), key
+    steps = pd.read_csv(tmp_path / "accumulated" / "metrics.csv").query("kind == 'step'")
+    assert list(steps["step"]) == [1]  # one optimiser step logged for the two micro-batches
+
+
+def test_channels_last_gives_the_update_of_the_default_memory_format(tiny_cohort, tmp_path, monkeypatch):
+    recipe = step_recipe(str(tiny_cohort), 8, channels_last=True)
+    recipe.name = "channels_last"
+    trainer, update_channels_last = run_step(monkeypatch, tmp_path, recipe)
+    assert trainer.method.encoder.network[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    _, update_default = run_step(monkeypatch, tmp_path, step_recipe(str(tiny_cohort), 8))
+    for key, value in update_default.items():
+        assert torch.allclose(update_channels_last[key], value, rtol=1e-4, atol=1e-6), key
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_autocast_runs_and_follows_the_fp32_step(tiny_cohort, tmp_path, monkeypatch, precision):
+    recipe = step_recipe(str(tiny_cohort), 8, precision=precision)
+    recipe.name = precision
+    trainer, update_reduced = run_step(monkeypatch, tmp_path, recipe)
+    assert trainer.precision == precision  # no fp32 fall-back for this network
+    _, update_fp32 = run_step(monkeypatch, tmp_path, step_recipe(str(tiny_cohort), 8))
+    loss_reduced, loss_fp32 = (pd.read_csv(tmp_path / name / "metrics.csv").query("kind == 'step'")["loss"].iloc[0]
+                               for name in (precision, "step"))
+    assert loss_reduced != loss_fp32 and abs(loss_reduced / loss_fp32 - 1) < 1e-2  # autocast engaged, same loss to ~2 digits
+    reduced, full = flat(update_reduced), flat(update_fp32)
+    assert torch.isfinite(reduced).all()
+    # Loose: this tiny model's embeddings differ little between subjects, so the contrastive
+    # gradient is a small difference that 8-11 bit mantissas resolve only roughly.
+    assert torch.nn.functional.cosine_similarity(reduced, full, dim=0) > 0.5
+
+
+def test_compile_wraps_the_encoder_network_and_keeps_its_weight_names(tiny_cohort, tmp_path, monkeypatch):
+    recipe = step_recipe(str(tiny_cohort), 8, compile=True)
+    recipe.name = "compiled"
+    trainer, update_compiled = run_step(monkeypatch, tmp_path, recipe)
+    assert trainer.method.encoder.network._compiled_call_impl is not None
+    saved = torch.load(tmp_path / "compiled" / "encoder.pt", weights_only=True)
+    assert set(saved) == {"0.weight", "0.bias"}  # no "_orig_mod." prefix: encoder.pt stays loadable without medssl
+    _, update_eager = run_step(monkeypatch, tmp_path, step_recipe(str(tiny_cohort), 8))
+    for key, value in update_eager.items():
+        assert torch.allclose(update_compiled[key], value, rtol=1e-4, atol=1e-6), key

@@ -103,7 +103,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="Steps per timed repeat.")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         trainer, batch = build(args, Path(tmp))

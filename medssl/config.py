@@ -42,7 +42,7 @@ class SyntheticCohortConfig(Section):
 
 
 class DataConfig(Section):
-    root: Path | None = Field(None, description="Cohort folder (volumes + participants table); null uses the embedded synthetic cohort.")
+    root: Path | None = Field(None, description="Cohort folder: NIfTI volumes + participants table, an OpenBHB download, or a `medssl data cache` folder; null uses the embedded synthetic cohort.")
     label: str | None = Field("age", description="Participants column used as the label y of label-aware losses (null: none).")
     volume_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="Resize every volume to this (D, H, W) before augmentation; null keeps the stored shape.")
     max_subjects: int | None = Field(None, ge=2, description="Use at most this many training subjects (null: all).")

@@ -71,8 +71,18 @@ PART_OF_SPLIT = {"train": "train", "internal_test": "val", "external_test": "val
 
 
 def is_openbhb_folder(root: str | Path) -> bool:
-    """Whether ``root`` looks like an OpenBHB download (train/val parts, labels or .npy volumes)."""
+    """Whether ``root`` looks like an OpenBHB download (train/val parts, labels or .npy volumes).
+
+    A participants table with a ``path`` column names its volumes itself (NIfTI cohorts,
+    ``medssl data cache`` folders): such a folder is never read as OpenBHB.
+    """
     root = Path(root)
+    for name in ("participants.tsv", "participants.csv"):
+        if (root / name).is_file():
+            with (root / name).open() as stream:
+                header = stream.readline().rstrip("\r\n")
+            if "path" in [column.strip('"') for column in header.split("\t" if name.endswith(".tsv") else ",")]:
+                return False
     markers = ["train", "val", "train_labels", "val_labels"] + [f"{part}_{name}" for part in ("train", "val") for name in MODALITIES]
     if any((root / marker).is_dir() for marker in markers):
         return True
@@ -142,7 +152,6 @@ def read_participants(root: Path) -> tuple[pd.DataFrame, str]:
     if "site" in table.columns:
         # 12.0 and 12 are the same site; read as text by the cohort layer.
         table["site"] = table["site"].map(lambda value: _bare_id(value) if pd.notna(value) else value)
-    if "site" in table.columns:
         table["split"] = _assign_splits(table, part, source)
     table["participant_id"] = table["participant_id"].map(_bare_id)
     return table, source

@@ -134,10 +134,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_e
 def make_optimizer(parameters: Iterable[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
     train = recipe.train
     parameters = [p for p in parameters if p.requires_grad]
+    # One fused kernel per step instead of ~10 passes over the weights: 7x faster on CPU for
+    # ResNet-18's 33M weights (benchmarks/README.md), also the fastest path on CUDA.
+    fused = bool(parameters) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
     if train.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
     if train.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     # LARS is SGD with a layer-wise trust ratio; without an implementation in torch, fall back explicitly.
@@ -437,8 +440,11 @@ class Trainer:
 
     def optimizer_step(self, epoch: int, step: int) -> float:
         self.scaler.unscale_(self.optimizer)
-        clip = self.recipe.train.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
+        clip = self.recipe.train.grad_clip
+        if clip is None:  # the norm is still logged and checked, without a pass rescaling every gradient by 1
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.method.parameters() if p.grad is not None])
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
         if not torch.isfinite(grad_norm):
             raise TrainingError(f"epoch {epoch + 1}, step {step + 1}: non-finite gradient norm ({grad_norm.item()}); "
                                 "lower train.lr, set train.grad_clip or use train.precision fp32")

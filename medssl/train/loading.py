@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -31,6 +32,26 @@ def item_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
     entropy = [seed % 2**32, seed // 2**32 % 2**32, epoch, index, repeat]
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 ^ int(state[1])
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, as DataLoader workers always do.
+
+    Augmenting a volume is many small tensor operations (TorchIO deep-copies the subject in
+    every transform); with several intra-op threads each copy waits for the others to wake
+    up: 8 ms instead of 0.1 ms per 32^3 copy on a busy 2-core machine, a tenfold slower
+    pipeline with ``data.num_workers: 0`` (benchmarks/README.md).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class EpochSeededDataset(Dataset):
@@ -52,7 +73,7 @@ class EpochSeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]):
         epoch, index, repeat = key
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), one_intra_op_thread():
             torch.manual_seed(item_seed(self.seed, epoch, index, repeat))
             return self.dataset[index]
 

@@ -160,3 +160,13 @@ def test_stacked_array_with_other_row_count_names_file_and_expected_count(tmp_pa
     np.save(root / "val_quasiraw.npy", np.zeros((3, 1, *SHAPE), dtype=np.float32))
     with pytest.raises(CohortError, match=r"val_quasiraw\.npy: holds 3 volumes .* lists 4 participants with split internal_test or external_test"):
         load_cohort(root)
+
+
+def test_a_cohort_whose_table_names_its_volumes_is_never_read_as_openbhb(tiny_cohort, tmp_path):
+    import shutil
+
+    root = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, root)
+    (root / "train").mkdir()  # an OpenBHB marker, but participants.tsv has a path column
+    cohort = load_cohort(root)
+    assert len(cohort) == 16 and all(path.endswith(".nii.gz") for path in cohort.table["path"])

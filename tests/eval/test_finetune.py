@@ -333,13 +333,13 @@ def test_smoke_recipe_shrinks_fine_tuning():
 
 @pytest.mark.parametrize("encoder", ["run_folder", "none"])
 def test_cli_smoke_writes_tables_and_roc_curves(tmp_path, encoder):
-    source = "none"
+    source, mode = "none", []
     if encoder == "run_folder":
         save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
-        source = str(tmp_path / "run")
+        source, mode = str(tmp_path / "run"), ["--mode", "lower_lr"]
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", source,
-                                      "--smoke", "--out", str(out)])
+                                      *mode, "--smoke", "--out", str(out)])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "finetune.json").read_text())
     assert results["settings"]["mode"] == ("scratch" if encoder == "none" else "lower_lr")

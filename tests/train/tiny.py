@@ -64,3 +64,14 @@ def initial_state(build=tiny_method) -> dict[str, torch.Tensor]:
 
 def updates(state: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: state[key].float() - value.float() for key, value in initial.items()}
+
+
+def assert_same_updates(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Equal to float32 rounding. Some entries (the last bias: a sum over the batch of
+    gradients that nearly cancel) are tiny differences of large terms, so the absolute
+    tolerance is relative to the largest update; a wrong factor (2 with 2 processes or 2
+    micro-batches) would differ by the size of the update itself, 1,000 times more."""
+    scale = max(value.abs().max().item() for value in expected.values())
+    assert scale > 1e-3  # a real step
+    for key, value in expected.items():
+        torch.testing.assert_close(actual[key], value, rtol=1e-3, atol=1e-3 * scale, msg=lambda text, key=key: f"{key}: {text}")

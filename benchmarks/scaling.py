@@ -48,8 +48,6 @@ def status_kb(field: str) -> int:
 
 def child(root: str, size: int, encoder: str, batch: int) -> None:
     """One epoch on ``size`` subjects; prints one JSON line."""
-    import torch
-
     import medssl.train.engine as engine
     from medssl.config import Recipe
 

@@ -135,12 +135,13 @@ def finetune(
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
-    from medssl.config import load_recipe, smoke_recipe
+    from medssl.config import load_recipe
     from medssl.eval.finetune import finetune_encoder
 
-    resolved = load_recipe(recipe, [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])])
+    overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
+    resolved = load_recipe(recipe, overrides)
     if smoke:
-        resolved = smoke_recipe(resolved)
+        resolved = _smoke(resolved, overrides)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
     finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)

@@ -349,6 +349,14 @@ def test_cli_smoke_writes_tables_and_roc_curves(tmp_path, encoder):
     assert "roc_auc" in result.output
 
 
+def test_cli_smoke_keeps_the_command_line_overrides(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "finetune.embedded.epochs=2",
+                                      "--encoder", "none", "--smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "finetune.json").read_text())["settings"]["epochs"] == 2  # the smoke budget alone gives 1
+
+
 def test_roc_plot_accepts_a_curve_without_both_classes(tmp_path):
     path = plot_roc_curves({"seed 0": (np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])),
                             "seed 1": (np.array([1, 1]), np.array([0.2, 0.3]))}, tmp_path / "roc.png")

@@ -262,13 +262,18 @@ class ConstantHead(nn.Module):
         return self.value.expand(features.shape[0], -1) + 0 * features[:, :1]
 
 
-def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path, monkeypatch):
+@pytest.fixture
+def constant_heads(monkeypatch):
+    """Every method the engine builds projects all volumes to one constant embedding."""
     def build(recipe, encoder=None):
         method = build_method(recipe, encoder)
         method.head = ConstantHead(recipe.model.head.out_dim)
         return method
 
     monkeypatch.setattr(engine, "build_method", build)
+
+
+def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path, constant_heads):
     stream = io.StringIO()
     result = pretrain(quick_recipe("vicreg", "train.max_steps_per_epoch=1"), tmp_path / "run",
                       console=Console(file=stream, width=300))
@@ -277,12 +282,6 @@ def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path, monke
     assert any("collapsing" in note for note in result.notes)
 
 
-def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path, monkeypatch):
-    def build(recipe, encoder=None):
-        method = build_method(recipe, encoder)
-        method.head = ConstantHead(recipe.model.head.out_dim)
-        return method
-
-    monkeypatch.setattr(engine, "build_method", build)
+def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path, constant_heads):
     result = pretrain(quick_recipe("simclr", "train.max_steps_per_epoch=1"), tmp_path / "run")
     assert not any("collapsing" in note for note in result.notes)

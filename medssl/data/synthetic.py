@@ -80,7 +80,7 @@ from medssl.errors import RecipeError
 if TYPE_CHECKING:
     from medssl.config import SyntheticCohortConfig
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FIELD_OF_VIEW_MM = 192.0
 MARKER_NAME = "cohort.json"
 TABLE_NAME = "participants.tsv"
@@ -215,24 +215,40 @@ class _Scanner:
     bias_pattern: tuple[float, ...]  # 3x3x3 control values of the bias field, flattened
 
 
+# Scanner differences as they remain after the standard OpenBHB preprocessing (bias-field
+# correction, skull stripping, affine registration) and a z-scoring of the volume: a residual
+# bias field, small intensity non-linearities, noise and resolution differences. The scale
+# and offset are removed by z-scoring; they are kept so raw volumes differ as raw scans do.
 _SCANNER_RANGES = {
     "scale": (np.log(0.5), np.log(2.0)),
-    "offset": (0.0, 0.1),
-    "gamma": (0.8, 1.25),
-    "contrast": (0.75, 1.25),
-    "csf_intensity": (0.05, 0.2),
-    "bias": (0.05, 0.3),
-    "noise": (0.01, 0.07),
-    "blur": (0.0, 0.9),
+    "offset": (0.0, 0.05),
+    "gamma": (0.85, 1.15),
+    "contrast": (0.85, 1.15),
+    "csf_intensity": (0.05, 0.15),
+    "bias": (0.0, 0.1),
+    "noise": (0.01, 0.04),
+    "blur": (0.0, 0.6),
 }
 
 
-def _draw_scanners(rng: np.random.Generator, sites: int) -> list[_Scanner]:
-    # Latin hypercube: each parameter's range is cut into `sites` strata, one site per stratum.
-    strata = rng.permuted(np.tile(np.arange(sites), (len(_SCANNER_RANGES), 1)), axis=1)
-    unit = (strata + rng.random(strata.shape)) / sites
-    values = {name: low + (high - low) * unit[k] for k, (name, (low, high)) in enumerate(_SCANNER_RANGES.items())}
+def _scanner_values(rng: np.random.Generator, sites: int, external_sites: int) -> dict[str, np.ndarray]:
+    """Each parameter's value per site: a Latin hypercube over the training sites, so they
+    span every range, then external sites drawn uniformly *inside* the training sites' range
+    (OpenBHB's external sites are other scanners of the same kinds, not new kinds)."""
+    internal = sites - external_sites
+    strata = rng.permuted(np.tile(np.arange(internal), (len(_SCANNER_RANGES), 1)), axis=1)
+    unit = (strata + rng.random(strata.shape)) / internal
+    values = {}
+    for k, (name, (low, high)) in enumerate(_SCANNER_RANGES.items()):
+        trained = low + (high - low) * unit[k]
+        external = rng.uniform(trained.min(), trained.max(), size=external_sites)
+        values[name] = np.concatenate([trained, external])
     values["scale"] = np.exp(values["scale"])
+    return values
+
+
+def _draw_scanners(rng: np.random.Generator, sites: int, external_sites: int) -> list[_Scanner]:
+    values = _scanner_values(rng, sites, external_sites)
     male_fraction = rng.uniform(0.4, 0.6, size=sites)
     age_weights = rng.dirichlet(SITE_AGE_CONCENTRATION * AGE_MIXTURE_WEIGHTS, size=sites)
     bias_patterns = rng.standard_normal((sites, 27))
@@ -438,7 +454,7 @@ def synthesize_cohort(out_dir: str | Path, subjects: int = 256, sites: int = 8, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cohort_stream, sites_stream, subjects_stream = np.random.SeedSequence(seed % 2**64).spawn(3)
-    scanners = _draw_scanners(np.random.default_rng(sites_stream), sites)
+    scanners = _draw_scanners(np.random.default_rng(sites_stream), sites, external_sites)
     table = _demographics(np.random.default_rng(cohort_stream), scanners, subjects, external_sites, diagnosis)
     subject_streams = subjects_stream.spawn(subjects)
 

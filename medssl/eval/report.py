@@ -48,7 +48,11 @@ from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
 from medssl.eval.score import EvaluationError, as_labels
 
-REPRESENTATIONS = ("pretrained", "baseline")
+# The trained encoder, then the baselines every report carries: a randomly initialised
+# encoder of the same architecture ("baseline"), the intensity-statistics probe and the
+# training-mean predictor (the probes fitted on a constant feature).
+REPRESENTATIONS = ("pretrained", "baseline", "intensity", "mean")
+DISPLAY_NAMES = {"pretrained": "pretrained", "baseline": "random init", "intensity": "intensity stats", "mean": "training mean"}
 CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
 CV_PROTOCOLS = ("site_stratified", "leave_site_out")
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
@@ -66,6 +70,7 @@ def evaluate_representation(
     folds: int = 5,
     targets: Sequence[str] = ("age", "sex"),
     baseline_features: np.ndarray | None = None,
+    reference_features: dict[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> dict:
     """Run every evaluation protocol on ``features`` (and ``baseline_features``) and write the report.
@@ -78,6 +83,9 @@ def evaluate_representation(
             whole sites, or one fold per site when there are no more sites than that.
         targets: columns probed by both CV protocols.
         baseline_features: features of the randomly initialised encoder, same shape.
+        reference_features: more baselines by name (``intensity``: :class:`IntensityStatistics`;
+            ``mean``: a constant column, whose probes predict the training mean and the
+            majority class), each evaluated with the same folds and probes.
         seed: seed of the folds and of the probes.
 
     Returns:
@@ -86,6 +94,8 @@ def evaluate_representation(
     matrices = {"pretrained": check_features(features, table, "features")}
     if baseline_features is not None:
         matrices["baseline"] = check_features(baseline_features, table, "baseline_features")
+    for name, reference in (reference_features or {}).items():
+        matrices[name] = check_features(reference, table, f"reference_features[{name!r}]")
     table = table.reset_index(drop=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,9 +164,9 @@ def evaluate_representation(
 
 
 def print_report(results: dict, console: Console | None = None) -> None:
-    """Print a results dict (or a loaded ``metrics.json``) as one table, pretrained vs. baseline.
+    """Print a results dict (or a loaded ``metrics.json``) as one table, pretrained vs. the baselines.
 
-    For every metric whose direction is known, the better representation is shown in bold.
+    For every metric whose direction is known, the best representation is shown in bold.
     """
     console = console or Console()
     names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
@@ -166,7 +176,7 @@ def print_report(results: dict, console: Console | None = None) -> None:
     for header in ("protocol", "target", "metric"):
         table.add_column(header)
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(DISPLAY_NAMES.get(name, name), justify="right")
 
     for key in _ordered_rows(results, names):
         cells = [_cell(results[name], key) for name in names]
@@ -267,14 +277,14 @@ def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
 
 
 def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None:
-    """Index of the better value, when there are two comparable ones and the direction is known.
+    """Index of the best value, when every value is known, not all equal, and the direction is known.
 
     Site prediction in the CV protocols has no direction: it is a property to report, good
     or bad depending on whether site information is wanted (the challenge wants it low).
     """
     protocol, target, metric = key
     undirected = protocol != "challenge" and target == "site"
-    if len(values) < 2 or any(value is None for value in values) or values[0] == values[1] or undirected:
+    if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or undirected:
         return None
     if metric in LOWER_IS_BETTER:
         return int(np.argmin(values))

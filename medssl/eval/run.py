@@ -1,15 +1,16 @@
-"""Evaluate a trained encoder on a cohort, OpenBHB-style, against a random-init baseline."""
+"""Evaluate a trained encoder on a cohort, OpenBHB-style, next to the trivial baselines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
 from medssl.config import Recipe
 from medssl.data.cohort import Cohort
-from medssl.eval.features import extract_features
+from medssl.eval.features import IntensityStatistics, extract_features
 from medssl.eval.report import evaluate_representation, print_report
 from medssl.methods import build_encoder_for
 
@@ -22,15 +23,22 @@ def random_encoder(recipe: Recipe) -> torch.nn.Module:
 
 def evaluate_encoder(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, out_dir: str | Path,
                      device: torch.device | str = "cpu", console: Console | None = None) -> dict:
-    """Features of every subject -> CV probes, challenge protocol, plots (see ``eval.report``)."""
+    """Features of every subject -> CV probes, challenge protocol, plots (see ``eval.report``).
+
+    With ``recipe.eval.baseline``, the report also carries the random-init encoder, the
+    intensity-statistics probe and the training-mean predictor, on the same folds.
+    """
     encoder = encoder.to(device)
     features = extract_features(encoder, cohort, recipe, device=device, description="features (pre-trained)", console=console)
-    baseline = None
+    baseline, references = None, None
     if recipe.eval.baseline:
         baseline = extract_features(random_encoder(recipe).to(device), cohort, recipe, device=device,
                                     description="features (random init)", console=console)
+        intensity = extract_features(IntensityStatistics(), cohort, recipe, description="intensity statistics", console=console)
+        references = {"intensity": intensity, "mean": np.zeros((len(cohort), 1))}
     results = evaluate_representation(features, cohort.table, Path(out_dir), folds=recipe.eval.folds,
-                                      targets=tuple(recipe.eval.targets), baseline_features=baseline, seed=recipe.train.seed)
+                                      targets=tuple(recipe.eval.targets), baseline_features=baseline,
+                                      reference_features=references, seed=recipe.train.seed)
     if console is not None:
         print_report(results, console=console)
         console.print(f"Evaluation written to {out_dir}")

@@ -101,7 +101,7 @@ def test_print_report_shows_pretrained_and_baseline_side_by_side(report):
     print_report(results, console=console)
     text = console.export_text()
     header = next(line for line in text.splitlines() if "pretrained" in line)
-    assert header.index("pretrained") < header.index("baseline")
+    assert header.index("pretrained") < header.index("random init")
     assert "challenge_score" in text and "leave_site_out" in text
     assert f"{results['pretrained']['mae_external']:.3f}" in text
 
@@ -121,3 +121,22 @@ def test_without_test_splits_the_challenge_is_skipped_with_a_note(tmp_path):
     console = Console(record=True, width=160)
     print_report(results, console=console)
     assert "baseline" not in console.export_text()
+
+
+def test_reference_baselines_get_their_own_entries_and_the_constant_one_predicts_the_training_mean(tmp_path):
+    table = cohort()
+    constant = np.zeros((len(table), 1))
+    results = evaluate_representation(age_features(table), table, tmp_path, folds=3,
+                                      reference_features={"mean": constant, "intensity": random_features(table, 11)})
+    assert {"pretrained", "mean", "intensity"} <= set(results)
+    predictions = pd.read_csv(tmp_path / "predictions_mean.csv")
+    train_mean = table.loc[table["split"] == "train", "age"].mean()
+    tested = predictions["split"] != "train"
+    assert np.allclose(predictions.loc[tested, "age_pred"], train_mean)
+    # one site predicted for everyone: balanced accuracy at chance
+    assert results["mean"]["bacc_site"] == pytest.approx(1 / 3)
+    assert results["pretrained"]["mae_internal"] < results["mean"]["mae_internal"]
+    console = Console(record=True, width=200)
+    print_report(results, console=console)
+    text = console.export_text()
+    assert "training mean" in text and "intensity stats" in text

@@ -7,6 +7,7 @@
     medssl recipes [--fields]
     medssl data synth OUT --subjects N --sites S --shape 64
     medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K]
+    medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -202,23 +203,73 @@ def recipes(fields: bool = typer.Option(False, "--fields", help="List every reci
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the cohort into."),
-    subjects: int = typer.Option(256, min=4, help="Number of subjects."),
-    sites: int = typer.Option(8, min=2, help="Number of sites."),
-    external_sites: Optional[int] = typer.Option(None, min=0, help="Sites held out as the external test set (default 2, at most sites - 1)."),
+    subjects: int = typer.Option(640, min=4, help="Number of subjects."),
+    sites: int = typer.Option(24, min=2, help="Number of sites."),
+    external_sites: Optional[int] = typer.Option(None, min=0, help="Sites held out as the external test set (default sites / 6, at least 1, at most sites - 1)."),
     shape: int = typer.Option(32, min=8, max=256, help="Edge of the cubic volumes in voxels."),
-    diagnosis: bool = typer.Option(False, "--diagnosis", help="Add a patient/control diagnosis with a small localised effect."),
+    diagnosis: bool = typer.Option(False, "--diagnosis", help="Add a patient/control diagnosis (hippocampal grey-matter loss)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write a synthetic multi-site brain cohort (NIfTI volumes + participants.tsv)."""
     from medssl.data.synthetic import synthesize_cohort
 
     if external_sites is None:
-        external_sites = min(2, sites - 1)  # at least one site must stay internal
+        external_sites = min(max(1, sites // 6), sites - 1)  # at least one site must stay internal
     elif external_sites >= sites:
         raise CohortError(f"--external-sites {external_sites}: expected 0 to {sites - 1}, at least one of the {sites} sites must stay internal")
     path = synthesize_cohort(out, subjects=subjects, sites=sites, external_sites=external_sites, shape=shape,
                              diagnosis=diagnosis, seed=seed, progress=True)
     console.print(f"Wrote {subjects} subjects from {sites} sites to {path}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: str = typer.Argument("yaware_age", help="A cohort folder, or a recipe whose cohort to inspect (default: the embedded cohort of yaware_age)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Method-independent figures of a cohort: scanner ranges, trivial probes, the diagnosis oracle."""
+    from medssl.config import load_recipe
+    from medssl.data.cohort import load_cohort
+    from medssl.eval.cohort_figures import inspect_cohort
+    from medssl.train.engine import open_cohort
+
+    if Path(source).is_dir():
+        recipe = load_recipe("yaware_age", overrides or [])
+        cohort = load_cohort(Path(source), openbhb_modality=recipe.data.openbhb_modality)
+    else:
+        recipe = load_recipe(source, overrides or [])
+        cohort = open_cohort(recipe, console)
+    figures = inspect_cohort(cohort, recipe, console=console)
+    _print_cohort_figures(figures)
+    if json_out is not None:
+        json_out.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(f"Figures written to {json_out}")
+
+
+def _print_cohort_figures(figures: dict) -> None:
+    console.print(f"[bold]{figures['cohort']}[/]: {figures['subjects']} subjects, {figures['sites']} sites")
+    ranges = figures["scanner_ranges"]
+    if ranges is not None:
+        view = Table(title=f"Scanner parameters: {ranges['training_sites']} training sites vs {ranges['external_sites']} external",
+                     title_justify="left")
+        for column in ("parameter", "training min", "training max", "external sites", "inside"):
+            view.add_column(column)
+        for row in ranges["parameters"]:
+            view.add_row(row["parameter"], f"{row['train_min']:.3g}", f"{row['train_max']:.3g}",
+                         ", ".join(f"{value:.3g}" for value in row["external"]), "yes" if row["inside"] else "[red]no[/]")
+        console.print(view)
+    probes = Table(title="Trivial probes, challenge protocol (lower is better)", title_justify="left")
+    for column in ("probe", "age MAE internal", "age MAE external", "site BAcc", "chance BAcc", "L_c"):
+        probes.add_column(column)
+    for name, scores in figures["probes"].items():
+        probes.add_row(name.replace("_", " "), *(f"{scores[key]:.3f}" for key in
+                                                 ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")))
+    console.print(probes)
+    oracle = figures["diagnosis_oracle"]
+    if oracle is not None:
+        console.print(f"Diagnosis oracle (effect map read-out + age, {oracle['folds']}-fold site-stratified CV): "
+                      f"ROC AUC {oracle['roc_auc']:.3f}")
 
 
 @data_app.command("cache")

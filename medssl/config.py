@@ -33,11 +33,11 @@ class Section(BaseModel):
 
 # ----------------------------------------------------------------------------- data
 class SyntheticCohortConfig(Section):
-    subjects: int = Field(256, ge=4, description="Number of synthetic subjects.")
-    sites: int = Field(8, ge=2, description="Number of acquisition sites (scanners).")
-    external_sites: int = Field(2, ge=0, description="Sites held out entirely as the external test set.")
+    subjects: int = Field(640, ge=4, description="Number of synthetic subjects.")
+    sites: int = Field(24, ge=2, description="Number of acquisition sites (scanners).")
+    external_sites: int = Field(4, ge=0, description="Sites held out entirely as the external test set.")
     shape: int = Field(32, ge=8, le=256, description="Edge length of the cubic synthetic volumes (voxels).")
-    diagnosis: bool = Field(False, description="Add a binary diagnosis with a small localised anatomical effect.")
+    diagnosis: bool = Field(False, description="Add a binary diagnosis: patients lose grey matter around both hippocampi.")
     seed: int = Field(0, description="Seed of the generator; the same seed gives the same cohort.")
 
 

@@ -28,28 +28,35 @@ tissue maps (linear interpolation):
 
 - ventricular enlargement, a radial warp about the ventricles' centre c,
   p -> c + (p - c) / (1 + e g(p)), g a Gaussian of twice the ventricles' extent, with
-  e = 0.45 ((age - 8) / 80)^2 + N(0, 0.04): the ventricles grow about threefold from
-  8 to 88 years, faster late in life;
+  e = 0.15 a + 0.35 a^2 + N(0, 0.03), a = (age - 8) / 80: the ventricles grow severalfold
+  from 8 to 88 years, faster late in life;
 - brain size: x1.015 for men, x0.985 for women, times a subject factor N(1, 0.02);
 - individual anatomy: a smooth displacement, a cubic spline through a 5^3 grid of
   N(0, 3 mm) control vectors.
 
 Cortical thinning then turns GM lying next to CSF into CSF (sulci widen), a fraction
 r(age) = 0.002 min(age - 8, 12) + 0.003 max(age - 20, 0) of the subject's GM (0.3 % a
-year after 20), times a subject factor LogNormal(0, 0.2). Patients lose another 15 %
-of their GM at the peak of two Gaussian blobs (sd 8 mm) on the left and right
-hippocampi (MNI +-26, -22, -14 mm). The T1 image is sum_tissue p_tissue x T_tissue with
-T_WM = 1, T_GM = 1 - k(age) and T_CSF from the site: grey/white contrast
-k(age) = 0.40 - 0.0016 (age - 8) fades with age (Salat et al., NeuroImage 2009), times
-the site's contrast and a subject factor LogNormal(0, 0.03).
+year after 20), times a subject factor LogNormal(0, 0.2). Patients lose another 40 %
+of their GM at the peak of two Gaussian blobs (sd 12 mm) on the left and right
+hippocampi (MNI +-26, -22, -14 mm): an effect sized for the embedded resolution (at 32^3,
+6 mm voxels, a blob spans about 5 voxels at half maximum), so that the diagnosis can be
+learnt from a few hundred subjects; :func:`diagnosis_effect_map` gives its location.
+The T1 image is sum_tissue p_tissue x T_tissue with T_WM = 1, T_GM = 1 - k(age) and
+T_CSF from the site: grey/white contrast k(age) = 0.40 - 0.001 (age - 8) fades with age
+(Salat et al., NeuroImage 2009), times the site's contrast and a subject factor
+LogNormal(0, 0.03).
 
-Site (scanner) signature, applied in acquisition order: Gaussian blur (sd 0-0.9 voxel),
-a multiplicative bias field exp(b B) with B a smooth site pattern (b in 0.05-0.3) plus
-a weak subject pattern, a contrast gamma (0.7-1.4), Rician noise (sd 1-7 % of WM), an
-offset (0-0.2) and a scale (0.5-2, log-uniform); GM/WM contrast x(0.75-1.25) and
-T_CSF in 0.05-0.3. Each parameter is drawn as a Latin hypercube over the sites, so
-sites are spread over every range. Outside the subject's brain mask the image is 0,
-as in skull-stripped data.
+Site (scanner) signature, applied in acquisition order: Gaussian blur (sd 0-0.6 voxel),
+a multiplicative bias field exp(b B) with B a smooth site pattern (b in 0-0.1) plus a
+weak subject pattern, a contrast gamma (0.85-1.15), Rician noise (sd 1-4 % of WM), an
+offset (0-0.05) and a scale (0.5-2, log-uniform); GM/WM contrast x(0.85-1.15) and
+T_CSF in 0.05-0.15. These are the differences that remain after the standard OpenBHB
+preprocessing (bias-field correction, skull stripping, affine registration); z-scoring
+then removes scale and offset. Each parameter is drawn as a Latin hypercube over the
+training sites, so they span every range; external sites are drawn uniformly inside the
+training sites' range of each parameter, as OpenBHB's external sites are other scanners
+of the same kinds. Outside the subject's brain mask the image is 0, as in skull-stripped
+data.
 
 Example:
     >>> from medssl.data.synthetic import synthesize_cohort
@@ -86,7 +93,10 @@ MARKER_NAME = "cohort.json"
 TABLE_NAME = "participants.tsv"
 INTERNAL_TEST_FRACTION = 0.2
 HIPPOCAMPI_MM = ((-26.0, -22.0, -14.0), (26.0, -22.0, -14.0))
-HIPPOCAMPAL_LOSS = 0.15
+# Patients' medial-temporal grey-matter loss: large enough to be seen at the embedded
+# resolution (6 mm voxels at 32^3: the blobs span about 5 voxels at half maximum).
+DIAGNOSIS_LOSS = 0.4
+DIAGNOSIS_SD_MM = 12.0
 # Age mixture: children, young adults, adults, elderly.
 AGE_MIXTURE_WEIGHTS = np.array([0.2, 0.45, 0.2, 0.15])
 SITE_AGE_CONCENTRATION = 20.0
@@ -380,9 +390,25 @@ def _subject_tissues(grid: _Grid, age: float, male: bool, patient: bool,
     rate = target * gm.sum() / max(float((gm * near_csf).sum()), 1e-6)
     lost = gm * np.clip(rate * near_csf, 0.0, 0.9)
     if patient:
-        hippocampi = sum(np.exp(-0.5 * ((source - np.reshape(h, column)) ** 2).sum(0) / 8.0**2) for h in HIPPOCAMPI_MM)
-        lost = lost + HIPPOCAMPAL_LOSS * hippocampi * (gm - lost)
+        lost = lost + DIAGNOSIS_LOSS * _hippocampal_blobs(source) * (gm - lost)
     return gm - lost, wm, csf + lost, brain
+
+
+def _hippocampal_blobs(points_mm: np.ndarray) -> np.ndarray:
+    """Sum of the two Gaussian blobs (sd ``DIAGNOSIS_SD_MM``) centred on the hippocampi."""
+    column = (3,) + (1,) * (points_mm.ndim - 1)
+    return sum(np.exp(-0.5 * ((points_mm - np.reshape(h, column)) ** 2).sum(0) / DIAGNOSIS_SD_MM**2)
+               for h in HIPPOCAMPI_MM)
+
+
+def diagnosis_effect_map(shape: int) -> np.ndarray:
+    """Where patients lose grey matter, on the output grid of ``shape``: the template's GM
+    times the hippocampal blobs, float32 (shape, shape, shape). The oracle of the clinical
+    cohort reads the volumes through this map (``medssl data inspect``)."""
+    grid = _grid(shape)
+    voxels = _voxel_to_mm(np.linalg.inv(_mni_template().affine), grid.points_mm)
+    gm = ndimage.map_coordinates(grid.tissues[0], voxels, order=1, mode="constant", cval=0.0, output=np.float32)
+    return (DIAGNOSIS_LOSS * _hippocampal_blobs(grid.points_mm) * gm).astype(np.float32)
 
 
 def _render_subject(grid: _Grid, scanner: _Scanner, site_bias: np.ndarray, age: float, male: bool,

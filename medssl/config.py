@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medssl.errors import RecipeError
 
@@ -103,17 +103,28 @@ class HeadConfig(Section):
     batch_norm: bool = Field(False, description="BatchNorm after hidden layers (BYOL/SimSiam/VICReg heads use it).")
 
 
+EncoderName = Literal["resnet18", "resnet34", "resnet50", "densenet121", "alexnet"]
+NARROW_RESNET_WIDTHS = [16, 32, 64, 128]
+
+
 class ModelConfig(Section):
-    encoder: Literal["resnet18", "resnet34", "resnet50", "densenet121", "alexnet"] = Field("resnet18", description="3D backbone (MONAI networks; alexnet is medssl's 3D AlexNet).")
+    encoder: EncoderName = Field("resnet18", description="3D backbone (MONAI networks; alexnet is medssl's 3D AlexNet).")
+    widths: list[int] | None = Field(None, min_length=4, max_length=4, description="ResNet stage widths (MONAI's block_inplanes; null: 64, 128, 256, 512).")
     in_channels: int = Field(1, ge=1, description="Input channels of the volumes.")
     conv1_stride: int = Field(2, ge=1, le=2, description="Stride of the ResNet stem convolution (MONAI's default 1 costs 8x the compute).")
     head: HeadConfig = Field(default_factory=HeadConfig, description="Projection head on top of the encoder features.")
+
+    @model_validator(mode="after")
+    def _widths_need_a_resnet(self) -> "ModelConfig":
+        if self.widths is not None and not self.encoder.startswith("resnet"):
+            raise ValueError(f"model.widths is set but model.encoder = {self.encoder!r}: only ResNets take stage widths")
+        return self
 
 
 # ----------------------------------------------------------------------------- method
 METHOD_NAMES = (
     "yaware", "simclr", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon",
-    "decoupled", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "deepcluster",
+    "decoupled", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "deepcluster", "supervised",
 )
 
 
@@ -138,13 +149,22 @@ class MethodConfig(Section):
     clusters: int = Field(100, ge=2, description="DeepCluster k of k-means.")
     pca_dim: int = Field(256, ge=2, description="DeepCluster PCA dimension (whitened) before k-means.")
     kmeans_iters: int = Field(20, ge=1, description="DeepCluster k-means iterations.")
+    task: Literal["regression", "classification"] = Field("regression", description="supervised: L1 regression of data.label, or cross-entropy classification.")
+    classes: int = Field(2, ge=2, description="supervised classification: number of classes of data.label.")
+    shuffle_labels: bool = Field(False, description="Label-aware losses: permute the labels within each batch. A deliberately broken control, to check that a benchmark can tell.")
 
 
 # ----------------------------------------------------------------------------- train
 class EmbeddedBudgetConfig(Section):
-    epochs: int = Field(12, ge=1, description="Epochs when the embedded synthetic cohort is used.")
+    """The budget of a run on the embedded cohort: one small encoder and enough optimiser steps
+    for every method to converge on a laptop CPU (the recipe's own settings are for real data)."""
+
+    steps: int = Field(500, ge=1, description="Optimiser steps on the embedded cohort (rounded up to whole epochs).")
+    epochs: int | None = Field(None, ge=1, description="Epochs on the embedded cohort instead of steps (null: from steps).")
     batch_size: int = Field(32, ge=2, description="Batch size (subjects) on the embedded cohort.")
     lr: float | None = Field(None, gt=0, description="Learning rate on the embedded cohort (null keeps train.lr).")
+    encoder: EncoderName | None = Field("resnet18", description="Encoder on the embedded cohort (null keeps model.encoder).")
+    widths: list[int] | None = Field(default_factory=lambda: list(NARROW_RESNET_WIDTHS), min_length=4, max_length=4, description="ResNet stage widths on the embedded cohort (null: the network's own).")
 
 
 class TrainConfig(Section):
@@ -364,7 +384,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     smoke.train.epochs = 1
     smoke.train.batch_size = 4
     smoke.train.max_steps_per_epoch = 2
-    smoke.train.embedded = EmbeddedBudgetConfig(epochs=1, batch_size=4, lr=smoke.train.embedded.lr)
+    smoke.train.embedded = smoke.train.embedded.model_copy(update={"epochs": 1, "batch_size": 4})
     smoke.eval.folds = 2
     smoke.eval.batch_size = 4
     smoke.finetune.epochs = 1

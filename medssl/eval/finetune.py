@@ -378,7 +378,8 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> Encoder:
         CheckpointError: missing or corrupt file, or an architecture different from the
             recipe's ``model`` section (every differing field is named).
     """
-    expected = encoder_spec(recipe.model.encoder, in_channels=recipe.model.in_channels, conv1_stride=recipe.model.conv1_stride)
+    expected = encoder_spec(recipe.model.encoder, in_channels=recipe.model.in_channels, conv1_stride=recipe.model.conv1_stride,
+                            widths=recipe.model.widths)
     try:
         return load_encoder(source, expected=expected)
     except CheckpointError as error:

@@ -25,16 +25,18 @@ from medssl.methods.bootstrap import BYOL, SimSiam
 from medssl.methods.contrastive import EmbeddingLossMethod
 from medssl.methods.deepcluster import DeepCluster
 from medssl.methods.dino import DINO
+from medssl.methods.supervised import SupervisedMethod
 from medssl.models import Encoder, ProjectionHead, build_encoder
 
 # Methods whose loss needs the recipe's label column.
-LABEL_METHODS = {"yaware", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon"}
+LABEL_METHODS = {"yaware", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon", "supervised"}
 
 
 def _embedding_method(make_loss: Callable, uses_label: bool = False, monitors_collapse: bool = False):
     def build(recipe: Recipe, encoder: Encoder) -> Method:
         head = _head(recipe, encoder)
-        return EmbeddingLossMethod(encoder, head, make_loss(recipe.method), uses_label, monitors_collapse)
+        return EmbeddingLossMethod(encoder, head, make_loss(recipe.method), uses_label, monitors_collapse,
+                                   shuffle_labels=uses_label and recipe.method.shuffle_labels)
     return build
 
 
@@ -60,13 +62,15 @@ METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
                               local_crop_scale=r.method.local_crop_scale, momentum=r.method.momentum,
                               student_temperature=r.method.temperature, teacher_temperature=r.method.teacher_temperature,
                               center_momentum=r.method.center_momentum),
+    "supervised": lambda r, e: SupervisedMethod(e, task=r.method.task, classes=r.method.classes),
     "deepcluster": lambda r, e: DeepCluster(e, clusters=r.method.clusters, pca_dim=r.method.pca_dim,
                                             kmeans_iters=r.method.kmeans_iters, seed=r.train.seed),
 }
 
 
 def build_encoder_for(recipe: Recipe) -> Encoder:
-    return build_encoder(recipe.model.encoder, in_channels=recipe.model.in_channels, conv1_stride=recipe.model.conv1_stride)
+    model = recipe.model
+    return build_encoder(model.encoder, in_channels=model.in_channels, conv1_stride=model.conv1_stride, widths=model.widths)
 
 
 def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
@@ -74,5 +78,5 @@ def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
     return METHODS[recipe.method.name](recipe, encoder if encoder is not None else build_encoder_for(recipe))
 
 
-__all__ = ["LABEL_METHODS", "METHODS", "Method", "BYOL", "SimSiam", "DINO", "DeepCluster", "EmbeddingLossMethod",
+__all__ = ["LABEL_METHODS", "METHODS", "Method", "BYOL", "SimSiam", "DINO", "DeepCluster", "EmbeddingLossMethod", "SupervisedMethod",
            "build_method", "build_encoder_for", "fold_views", "unfold_views"]

@@ -22,13 +22,18 @@ class EmbeddingLossMethod(Method):
         >>> loss, logs = method.training_loss({"views": views, "label": ages})
     """
 
-    def __init__(self, encoder: Encoder, head: ProjectionHead, loss: nn.Module, uses_label: bool, monitors_collapse: bool = False):
+    def __init__(self, encoder: Encoder, head: ProjectionHead, loss: nn.Module, uses_label: bool, monitors_collapse: bool = False,
+                 shuffle_labels: bool = False):
         super().__init__(encoder, head)
         self.loss = loss
         self.uses_label = uses_label
         self.monitors_collapse = monitors_collapse
+        # A control that breaks the method on purpose: labels no longer belong to their subjects.
+        self.shuffle_labels = shuffle_labels
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         z = self.gather(self.embed(batch["views"]))
         y = self.gather(batch["label"]) if self.uses_label else None
+        if y is not None and self.shuffle_labels:
+            y = y[torch.randperm(len(y), device=y.device)]
         return self.loss(z, y), {}

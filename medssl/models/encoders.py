@@ -74,11 +74,26 @@ class EncoderSpec:
     library: str = "monai.networks.nets"
 
 
-def encoder_spec(name: str, in_channels: int = 1, conv1_stride: int = 2) -> EncoderSpec:
-    """The network class, its keyword arguments and its feature size for an encoder name."""
-    if name in ("resnet18", "resnet34", "resnet50"):
+RESNET_LAYERS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+
+
+def encoder_spec(name: str, in_channels: int = 1, conv1_stride: int = 2, widths: list[int] | None = None) -> EncoderSpec:
+    """The network class, its keyword arguments and its feature size for an encoder name.
+
+    ``widths`` sets the channels of a ResNet's four stages (MONAI's ``block_inplanes``,
+    64-128-256-512 by default): ``[16, 32, 64, 128]`` is the narrow ResNet of the embedded
+    budget, 16 times fewer weights and about 10 times faster on a CPU.
+    """
+    if name in RESNET_LAYERS:
         kwargs = {"spatial_dims": 3, "n_input_channels": in_channels, "conv1_t_stride": conv1_stride, "feed_forward": False}
-        return EncoderSpec(name, name, kwargs, 2048 if name == "resnet50" else 512)
+        expansion = 4 if name == "resnet50" else 1
+        if widths is None:
+            return EncoderSpec(name, name, kwargs, 512 * expansion)
+        block, layers = RESNET_LAYERS[name]
+        kwargs = {"block": block, "layers": layers, "block_inplanes": list(widths), **kwargs}
+        return EncoderSpec(name, "ResNet", kwargs, widths[-1] * expansion)
+    if widths is not None:
+        raise CheckpointError(f"model.widths = {widths}: only ResNet encoders take stage widths, not '{name}'")
     if name == "densenet121":
         kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": 1}
         return EncoderSpec(name, "DenseNet121", kwargs, 1024, identity_modules=["class_layers.out"])
@@ -112,9 +127,10 @@ class Encoder(nn.Module):
         return self.network(x).flatten(1)
 
 
-def build_encoder(name: str = "resnet18", in_channels: int = 1, conv1_stride: int = 2) -> Encoder:
-    """Build an encoder by name (see :data:`ENCODER_NAMES`)."""
-    return Encoder(encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride))
+def build_encoder(name: str = "resnet18", in_channels: int = 1, conv1_stride: int = 2,
+                  widths: list[int] | None = None) -> Encoder:
+    """Build an encoder by name (see :data:`ENCODER_NAMES`), optionally a narrow ResNet (``widths``)."""
+    return Encoder(encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths))
 
 
 def save_encoder(encoder: Encoder, path: str | Path) -> tuple[Path, Path]:

@@ -74,19 +74,41 @@ def resolve_device(name: str) -> torch.device:
 
 
 def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
-    """When no cohort is given, train on the embedded synthetic cohort with a small budget."""
+    """When no cohort is given, train on the embedded synthetic cohort with its budget:
+    batch size, learning rate and encoder of ``train.embedded`` (epochs follow from its
+    steps once the cohort is open, see :func:`embedded_epochs`)."""
     if not recipe.uses_embedded_cohort:
         return recipe, None
     budget = recipe.train.embedded
     resolved = recipe.model_copy(deep=True)
-    resolved.train.epochs = budget.epochs
+    if budget.epochs is not None:
+        resolved.train.epochs = budget.epochs
     resolved.train.batch_size = budget.batch_size
     if budget.lr is not None:
         resolved.train.lr = budget.lr
+    if budget.encoder is not None:
+        resolved.model = resolved.model.model_copy(update={"encoder": budget.encoder, "widths": budget.widths})
     synthetic = recipe.data.synthetic
+    length = f"{budget.epochs} epochs" if budget.epochs is not None else f"{budget.steps} steps"
+    widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
     note = (f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
-            f"{synthetic.shape}^3 voxels) with a small budget ({budget.epochs} epochs, batch {budget.batch_size}).")
+            f"{synthetic.shape}^3 voxels) with its budget: {resolved.model.encoder}{widths}, {length} of batch {budget.batch_size}.")
     return resolved, note
+
+
+def embedded_epochs(recipe: Recipe, original_epochs: int, steps_per_epoch: int) -> None:
+    """Set the epochs of an embedded run from its budget's steps, scaling the warm-up with them.
+
+    The warm-up keeps the share of the run it has in the recipe's real-data schedule (10 of
+    100 epochs stays a tenth), so schedules scale with the budget actually run.
+    """
+    budget = recipe.train.embedded
+    if not recipe.uses_embedded_cohort or budget.epochs is not None:
+        return
+    epochs = max(1, math.ceil(budget.steps / max(steps_per_epoch, 1)))
+    if recipe.train.warmup_epochs:
+        recipe.train.warmup_epochs = min(epochs - 1, round(recipe.train.warmup_epochs * epochs / original_epochs))
+    recipe.train.epochs = epochs
 
 
 def open_cohort(recipe: Recipe, console: Console | None = None) -> Cohort:
@@ -197,6 +219,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, console: Console | None = None):
         self.console = console
         self.notes: list[str] = []
+        self.original_epochs = recipe.train.epochs
         self.recipe, note = apply_embedded_budget(recipe)
         if note:
             self.say(note)
@@ -251,6 +274,7 @@ class Trainer:
                               "subjects per process; lower train.accumulate or train.batch_size")
         self.micro_steps_per_epoch = steps
         self.steps_per_epoch = steps // recipe.train.accumulate
+        embedded_epochs(recipe, self.original_epochs, self.steps_per_epoch)
 
     def loader(self, epoch: int, sampler: torch.utils.data.Sampler | None) -> DataLoader:
         """The epoch's batches: shuffled indices (or ``sampler``), views seeded by (seed, epoch, subject).

@@ -1,8 +1,8 @@
 """The ``medssl`` command line.
 
-    medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume] [--smoke]
+    medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume | --overwrite] [--smoke]
     medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
-    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--smoke]
+    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--overwrite] [--smoke]
     medssl score predictions.csv [--json out.json]
     medssl recipes [--fields]
     medssl data synth OUT --subjects N --sites S --shape 64
@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medssl.errors import CohortError, MedsslError
+from medssl.run_folder import check_run_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-supervised pre-training of 3D encoders on medical images, with OpenBHB-style evaluation.")
@@ -76,6 +77,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (latest run of the recipe without --out)."),
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
     devices: int = typer.Option(1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, encoder, eval)."),
 ) -> None:
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
     from medssl.config import load_recipe
@@ -88,9 +90,11 @@ def pretrain(
         if os.environ.get("RANK", "0") == "0":
             console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume)
+    quiet = os.environ.get("RANK", "0") != "0"
+    if not quiet:  # other ranks would see the folder rank 0 is creating
+        check_run_folder(run_dir, resume=resume, overwrite=overwrite)
     from medssl.train.engine import pretrain as run_pretrain
 
-    quiet = os.environ.get("RANK", "0") != "0"
     result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
     if not quiet:
         console.print(f"Done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}")
@@ -133,6 +137,7 @@ def finetune(
     mode: Optional[str] = typer.Option(None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
@@ -144,6 +149,7 @@ def finetune(
         resolved = _smoke(resolved, overrides)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
+    check_run_folder(run_dir, overwrite=overwrite, can_resume=False)
     finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
 
 

@@ -1,0 +1,87 @@
+"""The fault-and-bad-input matrix: each case exits 2 (or 130) with one line naming the file, key or
+participant, and leaves what existed before unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from medssl import cli
+
+# The small AlexNet, one step and no evaluation keep each command-line run to seconds.
+FAST = ["model.encoder=alexnet", "eval.after_pretrain=false", "train.max_steps_per_epoch=1"]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=400, soft_wrap=True))
+
+
+def run_main(monkeypatch, capsys, *arguments) -> tuple[int, str]:
+    """Run ``medssl ARGUMENTS`` as the console script does; return (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    code = exit_info.value.code
+    return 0 if code is None else code, capsys.readouterr().err
+
+
+def one_line_error(error: str) -> str:
+    assert error.startswith("error: "), error
+    assert error.strip().count("\n") == 0, error
+    return error
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, hidden ones included, by relative path."""
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished smoke run of simclr (one epoch), shared by the tests that try to reuse it."""
+    from typer.testing import CliRunner
+
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
+    result = CliRunner().invoke(cli.app, ["pretrain", "simclr", "--smoke", "--out", str(run_dir), *FAST])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- reusing a run folder
+def test_pretrain_into_a_finished_run_folder_without_resume_exits_2_and_changes_nothing(finished_run, monkeypatch, capsys):
+    before = tree_digest(finished_run)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", finished_run, *FAST)
+    assert code == 2
+    assert str(finished_run) in one_line_error(error) and "--resume" in error and "--out" in error
+    assert tree_digest(finished_run) == before
+
+
+def test_pretrain_overwrite_replaces_a_finished_run(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    assert run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_dir, *FAST)[0] == 0
+    (run_dir / "notes.txt").write_text("mine")  # not a medssl file: --overwrite keeps it
+    code, _ = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_dir, "--overwrite", *FAST)
+    assert code == 0
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # the first run's events are gone
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_pretrain_resume_and_overwrite_together_exit_2(tmp_path, monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path, "--resume", "--overwrite")
+    assert code == 2 and "--resume" in one_line_error(error) and "--overwrite" in error
+
+
+def test_finetune_into_a_used_folder_exits_2_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / "finetune.json").write_text("{}")
+    before = tree_digest(out)
+    code, error = run_main(monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out)
+    assert code == 2 and str(out) in one_line_error(error) and "--overwrite" in error
+    assert tree_digest(out) == before

@@ -85,3 +85,55 @@ def test_finetune_into_a_used_folder_exits_2_and_changes_nothing(tmp_path, monke
     code, error = run_main(monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out)
     assert code == 2 and str(out) in one_line_error(error) and "--overwrite" in error
     assert tree_digest(out) == before
+
+
+# ----------------------------------------------------------------------------- truncated volumes
+def truncated_cohort(tiny_cohort: Path, target: Path, suffix: str) -> tuple[Path, str, Path]:
+    """A copy of the tiny cohort whose first training volume (as ``suffix``) is cut to half its size."""
+    import shutil
+
+    import nibabel as nib
+    import pandas as pd
+
+    shutil.copytree(tiny_cohort, target)
+    table = pd.read_csv(target / "participants.tsv", sep="\t", dtype={"participant_id": str})
+    participant = table.loc[table["split"] == "train", "participant_id"].iloc[0]
+    (original,) = target.rglob(f"{participant}*.nii.gz")
+    volume = original.with_name(original.name.replace(".nii.gz", suffix))
+    if suffix == ".nii":
+        nib.save(nib.load(original), volume)
+        original.unlink()
+        if "path" in table:
+            table.loc[table["participant_id"] == participant, "path"] = str(volume.relative_to(target))
+            table.to_csv(target / "participants.tsv", sep="\t", index=False)
+    data = volume.read_bytes()
+    volume.write_bytes(data[:len(data) // 2])
+    return target, participant, volume
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_pretrain_refuses_a_half_truncated_volume_naming_participant_and_file(tiny_cohort, tmp_path, monkeypatch, capsys, suffix):
+    root, participant, volume = truncated_cohort(tiny_cohort, tmp_path / "cohort", suffix)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run",
+                           f"data.root={root}", *FAST)
+    assert code == 2
+    assert participant in one_line_error(error) and f"{volume.name}:" in error and "truncated" in error
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_evaluate_refuses_a_half_truncated_volume(finished_run, tiny_cohort, tmp_path, monkeypatch, capsys, suffix):
+    root, participant, volume = truncated_cohort(tiny_cohort, tmp_path / "cohort", suffix)
+    code, error = run_main(monkeypatch, capsys, "evaluate", finished_run, "eval.baseline=false",
+                           "--cohort", root, "--out", tmp_path / "eval")
+    assert code == 2
+    assert participant in one_line_error(error) and f"{volume.name}:" in error and "truncated" in error
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_data_cache_refuses_a_half_truncated_volume(tiny_cohort, tmp_path, monkeypatch, capsys, suffix):
+    root, participant, volume = truncated_cohort(tiny_cohort, tmp_path / "cohort", suffix)
+    code, error = run_main(monkeypatch, capsys, "data", "cache", root, tmp_path / "cache")
+    assert code == 2
+    assert participant in one_line_error(error) and f"{volume.name}:" in error and "truncated" in error
+    assert not (tmp_path / "cache" / "participants.tsv").exists()

@@ -95,7 +95,10 @@ def pretrain(
         check_run_folder(run_dir, resume=resume, overwrite=overwrite)
     from medssl.train.engine import pretrain as run_pretrain
 
-    result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
+    try:
+        result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
     if not quiet:
         console.print(f"Done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}")
 
@@ -263,15 +266,42 @@ def data_cache(
     console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype}) in {out}: set data.root: {out}")
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a pre-training run: carries the folder to resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+def _error_line(error: MedsslError) -> str:
+    """The error's own line, also when a DataLoader worker wrapped it in its traceback."""
+    message = str(error).strip()
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
 def main() -> None:
+    # Not standalone: typer would turn Ctrl-C into a silent exit 130 before medssl's handler runs.
+    stderr = Console(stderr=True)
     try:
-        app()
+        code = app(standalone_mode=False)
     except MedsslError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {_error_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: rerun with --resume to continue from the last checkpoint")
+    except Interrupted as interrupted:
+        stderr.print(f"interrupted: rerun with --resume --out {interrupted.run_dir} to continue from the last checkpoint",
+                     highlight=False, soft_wrap=True, markup=False)
         sys.exit(130)
+    except typer.TyperException as error:  # usage errors, shown as typer shows them
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(error)
+        sys.exit(error.exit_code)
+    if code == 130:  # typer's answer to a Ctrl-C outside a training run
+        stderr.print("interrupted", highlight=False)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -137,3 +137,21 @@ def test_data_cache_refuses_a_half_truncated_volume(tiny_cohort, tmp_path, monke
     assert code == 2
     assert participant in one_line_error(error) and f"{volume.name}:" in error and "truncated" in error
     assert not (tmp_path / "cache" / "participants.tsv").exists()
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    from medssl.train import engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "pretrain", interrupted)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run")
+    assert code == 130
+    assert error.strip().splitlines() == [f"interrupted: rerun with --resume --out {tmp_path / 'run'} to continue from the last checkpoint"]
+
+
+def test_usage_errors_still_print_typer_usage_and_exit_2(monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--no-such-option")
+    assert code == 2 and "No such option" in error

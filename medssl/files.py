@@ -39,3 +39,14 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     with replacing(path) as temporary:
         torch.save(obj, temporary)
     return Path(path)
+
+
+def remove_stale_temporaries(*folders: str | Path) -> list[Path]:
+    """Remove the hidden ``.NAME.*.tmp`` files that a process killed during :func:`replacing`
+    left behind (a checkpoint's can weigh hundreds of MB); call it before writing again."""
+    removed = []
+    for folder in folders:
+        for path in Path(folder).glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

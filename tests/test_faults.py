@@ -155,3 +155,41 @@ def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, mon
 def test_usage_errors_still_print_typer_usage_and_exit_2(monkeypatch, capsys):
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--no-such-option")
     assert code == 2 and "No such option" in error
+
+
+# ----------------------------------------------------------------------------- resuming with other settings
+@pytest.fixture()
+def run_copy(finished_run, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def test_resume_with_a_changed_training_setting_is_refused_naming_the_key(run_copy, monkeypatch, capsys):
+    before = tree_digest(run_copy)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume",
+                           *FAST, "train.weight_decay=0.5", "train.seed=7")
+    assert code == 2
+    assert "train.weight_decay" in one_line_error(error) and "train.seed" in error and "train.epochs" not in error
+    assert tree_digest(run_copy) == before
+
+
+def test_resume_with_more_epochs_trains_them_and_records_them_in_recipe_yaml(run_copy, monkeypatch, capsys):
+    import pandas as pd
+
+    from medssl.config import load_recipe
+
+    code, _ = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
+    assert code == 0
+    assert load_recipe(run_copy / "recipe.yaml").train.epochs == 2
+    table = pd.read_csv(run_copy / "metrics.csv")
+    assert list(table[table["kind"] == "epoch"]["epoch"]) == [0, 1]
+
+
+def test_resume_from_a_truncated_checkpoint_exits_2_and_changes_nothing(run_copy, monkeypatch, capsys):
+    checkpoint = run_copy / "checkpoints" / "last.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    before = tree_digest(run_copy)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST)
+    assert code == 2 and str(checkpoint) in one_line_error(error)
+    assert tree_digest(run_copy) == before

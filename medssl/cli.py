@@ -294,6 +294,14 @@ def main() -> None:
         stderr.print(f"interrupted: rerun with --resume --out {interrupted.run_dir} to continue from the last checkpoint",
                      highlight=False, soft_wrap=True, markup=False)
         sys.exit(130)
+    except OSError as error:  # a write that no medssl code expected to fail: still one line naming the path
+        from medssl.files import output_error
+
+        reported = output_error(error, error.filename or "")
+        if reported is None:
+            raise
+        stderr.print(f"[bold red]error:[/] {reported}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except typer.TyperException as error:  # usage errors, shown as typer shows them
         from typer import rich_utils
 

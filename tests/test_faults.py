@@ -193,3 +193,120 @@ def test_resume_from_a_truncated_checkpoint_exits_2_and_changes_nothing(run_copy
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST)
     assert code == 2 and str(checkpoint) in one_line_error(error)
     assert tree_digest(run_copy) == before
+
+
+# ----------------------------------------------------------------------------- read-only folders, full disks
+def refuse_writes_under(folder: Path, monkeypatch) -> None:
+    """Every Python-level way medssl creates files (open for writing, mkdir, mkstemp) raises
+    ``OSError(EROFS)`` under ``folder``, as a read-only mount would."""
+    import builtins
+    import errno
+    import os
+    import pathlib
+    import tempfile
+
+    def check(target) -> None:
+        path = Path(os.fspath(target)).absolute()
+        if path == folder or folder in path.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    real_open, real_mkdir, real_mkstemp = builtins.open, pathlib.Path.mkdir, tempfile.mkstemp
+
+    def open_(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and any(flag in mode for flag in "wax+"):
+            check(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def mkdir(self, *args, **kwargs):
+        check(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def mkstemp(*args, dir=None, **kwargs):
+        check(dir or tempfile.gettempdir())
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.fixture()
+def read_only(monkeypatch):
+    """Make a folder read-only: ``chmod 555`` where that blocks writes; as root, where it does
+    not, :func:`refuse_writes_under` gives the error a read-only mount would."""
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o555)
+        try:
+            (folder / ".probe").touch()
+        except PermissionError:
+            return folder  # the operating system refuses: test with the real error
+        (folder / ".probe").unlink()
+        folder.chmod(0o755)
+        refuse_writes_under(folder.absolute(), monkeypatch)
+        return folder
+
+    return make
+
+
+def assert_refused_naming(code: int, error: str, path: Path) -> None:
+    assert code == 2
+    assert str(path) in one_line_error(error)
+    assert "read-only" in error.lower() or "permission" in error.lower()
+
+
+def test_pretrain_into_a_read_only_out_is_one_line_naming_the_folder(read_only, tmp_path, monkeypatch, capsys):
+    locked = read_only(tmp_path / "locked")
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", locked / "run", *FAST)
+    assert_refused_naming(code, error, locked / "run")
+
+
+def test_a_read_only_medssl_cache_is_one_line_naming_the_folder(read_only, tmp_path, monkeypatch, capsys):
+    locked = read_only(tmp_path / "locked")
+    monkeypatch.setenv("MEDSSL_CACHE", str(locked / "cache"))
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", *FAST)
+    assert_refused_naming(code, error, locked / "cache")
+
+
+def test_evaluate_into_a_read_only_out_is_one_line(finished_run, read_only, tmp_path, monkeypatch, capsys):
+    locked = read_only(tmp_path / "locked")
+    code, error = run_main(monkeypatch, capsys, "evaluate", finished_run, "eval.baseline=false", "--out", locked / "eval")
+    assert_refused_naming(code, error, locked / "eval")
+
+
+def test_data_synth_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):
+    locked = read_only(tmp_path / "locked")
+    code, error = run_main(monkeypatch, capsys, "data", "synth", locked / "cohort", "--subjects", "8", "--sites", "2", "--shape", "8")
+    assert_refused_naming(code, error, locked / "cohort")
+
+
+def test_score_json_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    pd.DataFrame({"participant_id": ["a", "b", "c", "d"], "split": ["train", "train", "internal_test", "external_test"],
+                  "site": ["A", "B", "A", "C"], "age": [20.0, 30.0, 40.0, 50.0], "age_pred": [21.0, 30.0, 41.0, 52.0],
+                  "site_pred": ["A", "B", "A", "A"]}).to_csv(tmp_path / "predictions.csv", index=False)
+    locked = read_only(tmp_path / "locked")
+    code, error = run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv", "--json", locked / "out.json")
+    assert_refused_naming(code, error, locked)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_survives(run_copy, monkeypatch, capsys):
+    from medssl import files
+
+    checkpoint = run_copy / "checkpoints" / "last.pt"
+    before = checkpoint.read_bytes()
+    monkeypatch.setattr(files, "open_for_writing", lambda path: open("/dev/full", "wb"))  # every write: ENOSPC
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
+    assert code == 2
+    assert one_line_error(error).startswith(f"error: no space left on device writing {checkpoint} (")
+    assert checkpoint.read_bytes() == before
+    assert not list(checkpoint.parent.glob(".*.tmp"))
+
+
+def test_a_killed_checkpoint_write_leaves_a_temporary_file_that_the_next_run_removes(run_copy, monkeypatch, capsys):
+    stale = run_copy / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    code, _ = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
+    assert code == 0 and not stale.exists()

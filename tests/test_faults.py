@@ -310,3 +310,47 @@ def test_a_killed_checkpoint_write_leaves_a_temporary_file_that_the_next_run_rem
     stale.write_bytes(b"half a checkpoint")
     code, _ = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
     assert code == 0 and not stale.exists()
+
+
+# ----------------------------------------------------------------------------- file modes
+@pytest.fixture()
+def group_umask():
+    """umask 027: new files should be 0640 (group-readable), not mkstemp's 0600."""
+    import os
+
+    previous = os.umask(0o027)
+    yield 0o640
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_run_outputs_follow_the_umask(group_umask, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    assert run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_dir, *FAST)[0] == 0
+    for name in ("encoder.pt", "encoder.json", "recipe.yaml", "checkpoints/last.pt"):
+        assert mode(run_dir / name) == group_umask, name
+
+
+def test_data_cache_and_score_json_follow_the_umask(group_umask, tiny_cohort, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    assert run_main(monkeypatch, capsys, "data", "cache", tiny_cohort, tmp_path / "cache", "--shape", "8")[0] == 0
+    for name in ("volumes.npy", "volumes.json", "participants.tsv"):
+        assert mode(tmp_path / "cache" / name) == group_umask, name
+    pd.DataFrame({"participant_id": ["a", "b", "c", "d"], "split": ["train", "train", "internal_test", "external_test"],
+                  "site": ["A", "B", "A", "C"], "age": [20.0, 30.0, 40.0, 50.0], "age_pred": [21.0, 30.0, 41.0, 52.0],
+                  "site_pred": ["A", "B", "A", "A"]}).to_csv(tmp_path / "predictions.csv", index=False)
+    assert run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv", "--json", tmp_path / "out.json")[0] == 0
+    assert mode(tmp_path / "out.json") == group_umask
+
+
+def test_finetune_results_follow_the_umask(group_umask, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ft"
+    code, error = run_main(monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out,
+                           "model.encoder=alexnet", "finetune.seeds=[0]")
+    assert code == 0, error
+    for name in ("finetune.json", "finetune.csv", "predictions.csv", "recipe.yaml"):
+        assert mode(out / name) == group_umask, name

@@ -16,9 +16,11 @@ import os
 import re
 import subprocess
 import sys
+import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -55,7 +57,17 @@ def _smoke(recipe, overrides: list[str]):
     from medssl.config import apply_overrides, recipe_from_dict, smoke_recipe
 
     smoke = smoke_recipe(recipe)
-    return recipe_from_dict(apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke") if overrides else smoke
+    return recipe_from_dict(apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke", overrides=overrides) if overrides else smoke
+
+
+@contextmanager
+def _quiet_sklearn(smoke: bool) -> Iterator[None]:
+    """Under --smoke, silence scikit-learn's warnings: a handful of subjects makes single-class
+    folds and undefined metrics certain, and the warnings would hide whether the set-up works."""
+    with warnings.catch_warnings():
+        if smoke:
+            warnings.filterwarnings("ignore", module=r"sklearn(\.|$)")
+        yield
 
 
 def _launch_torchrun(devices: int) -> None:
@@ -96,7 +108,8 @@ def pretrain(
     from medssl.train.engine import pretrain as run_pretrain
 
     try:
-        result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
+        with _quiet_sklearn(smoke):
+            result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
     if not quiet:
@@ -124,7 +137,7 @@ def evaluate(
         recipe = load_recipe(recipe_path, overrides or [])
     else:
         raw = apply_overrides({"model": {"encoder": encoder.spec.name}}, overrides or [])
-        recipe = recipe_from_dict(raw, source=str(encoder_path))
+        recipe = recipe_from_dict(raw, source=str(encoder_path), overrides=overrides)
     if cohort is not None:
         recipe.data.root = cohort
     recipe, _ = apply_embedded_budget(recipe)
@@ -153,7 +166,8 @@ def finetune(
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
     check_run_folder(run_dir, overwrite=overwrite, can_resume=False)
-    finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
+    with _quiet_sklearn(smoke):
+        finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
 
 
 @app.command()

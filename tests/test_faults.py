@@ -354,3 +354,67 @@ def test_finetune_results_follow_the_umask(group_umask, tmp_path, monkeypatch, c
     assert code == 0, error
     for name in ("finetune.json", "finetune.csv", "predictions.csv", "recipe.yaml"):
         assert mode(out / name) == group_umask, name
+
+
+# ----------------------------------------------------------------------------- smaller bad inputs
+def test_an_unknown_device_is_one_line_naming_train_device(tmp_path, monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", "train.device=tpu")
+    assert code == 2 and "train.device = 'tpu'" in one_line_error(error) and "cpu" in error
+
+
+def test_volumes_of_different_shapes_name_a_file_and_suggest_data_volume_shape(tiny_cohort, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    root = Path(shutil.copytree(tiny_cohort, tmp_path / "cohort"))
+    table = pd.read_csv(root / "participants.tsv", sep="\t", dtype={"participant_id": str})
+    participant = table.loc[table["split"] == "train", "participant_id"].iloc[-1]
+    (volume,) = root.rglob(f"{participant}*.nii.gz")
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 16, 16), np.float32), np.eye(4)), volume)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--out", tmp_path / "run", f"data.root={root}", *FAST,
+                           "train.epochs=1")
+    assert code == 2
+    assert volume.name in one_line_error(error) and participant in error and "data.volume_shape" in error
+
+
+def test_score_refuses_negative_true_ages_naming_the_participant(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    pd.DataFrame({"participant_id": ["a", "b", "c", "d"], "split": ["train", "train", "internal_test", "external_test"],
+                  "site": ["A", "B", "A", "C"], "age": [20.0, 30.0, -40.0, 50.0], "age_pred": [21.0, 30.0, 41.0, 52.0],
+                  "site_pred": ["A", "B", "A", "A"]}).to_csv(tmp_path / "predictions.csv", index=False)
+    code, error = run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv")
+    assert code == 2 and "-40" in one_line_error(error) and "participant c" in error
+
+
+def test_a_missing_age_is_reported_without_a_numpy_repr(tiny_cohort, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import pandas as pd
+
+    root = Path(shutil.copytree(tiny_cohort, tmp_path / "cohort"))
+    table = pd.read_csv(root / "participants.tsv", sep="\t", dtype={"participant_id": str})
+    table.loc[2, "age"] = float("nan")
+    table.to_csv(root / "participants.tsv", sep="\t", index=False)
+    code, error = run_main(monkeypatch, capsys, "data", "cache", root, tmp_path / "cache")
+    assert code == 2 and "age nan is not" in one_line_error(error) and "np." not in error
+
+
+def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe_file(monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "recipes/simclr.yaml", "train.epochs=abc")
+    assert code == 2
+    assert one_line_error(error).startswith("error: command-line override train.epochs=abc:") and "simclr.yaml" not in error
+
+
+def test_smoke_with_evaluation_prints_no_sklearn_warning(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", "model.encoder=alexnet")
+    assert code == 0, error
+    sklearn = [str(warning.message) for warning in caught if "sklearn" in warning.filename]
+    assert sklearn == []

@@ -162,6 +162,26 @@ def read_nifti_volume(path: str | Path, participant_id: str) -> tuple[torch.Tens
     return torch.from_numpy(data.reshape(data.shape[:3])), image.affine
 
 
+def _plain(value):
+    """A numpy scalar as the Python value it holds: messages say ``nan``, not ``np.float64(nan)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_same_shape(cohort: Cohort) -> None:
+    """Refuse volumes of different shapes, which could not be batched, naming the first odd one out."""
+    first = None
+    for participant_id, path in zip(cohort.table["participant_id"], cohort.table["path"]):
+        if is_array_path(path):
+            continue  # arrays of one cache share one shape
+        shape = check_volume(Path(path), participant_id)
+        if first is None:
+            first = (path, shape)
+        elif shape != first[1]:
+            raise CohortError(f"{path}: participant {participant_id}: volume of shape {shape}, unlike {Path(first[0]).name} "
+                              f"{first[1]}; set data.volume_shape (e.g. data.volume_shape=[{', '.join(map(str, first[1]))}]) "
+                              "to resample every volume to one shape")
+
+
 def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
@@ -180,7 +200,7 @@ def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
     if bad_age.any():
         row = table[bad_age].iloc[0]
-        raise CohortError(f"{source}: participant {row['participant_id']}: age {row['age']!r} is not a non-negative number")
+        raise CohortError(f"{source}: participant {row['participant_id']}: age {_plain(row['age'])!r} is not a non-negative number")
     table["age"] = age.astype(float)
     if "split" not in table.columns:
         table["split"] = "train"
@@ -188,7 +208,7 @@ def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     unknown = ~table["split"].isin(SPLITS)
     if unknown.any():
         row = table[unknown].iloc[0]
-        raise CohortError(f"{source}: participant {row['participant_id']}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+        raise CohortError(f"{source}: participant {row['participant_id']}: split {_plain(row['split'])!r} is not one of {', '.join(SPLITS)}")
     if "diagnosis" in table.columns:
         table["diagnosis"] = table["diagnosis"].astype(str)
     return table

@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from medssl.config import Recipe, dump_recipe
-from medssl.data.cohort import Cohort, load_cohort
+from medssl.data.cohort import Cohort, check_same_shape, load_cohort
 from medssl.data.synthetic import embedded_cohort
 from medssl.data.views import MultiViewDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, RecipeError, TrainingError
@@ -67,7 +67,12 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists twenty device types, most of which medssl never runs on
+        raise RecipeError(f"train.device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RecipeError(f"train.device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"train.device = {name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
     return device
@@ -256,6 +261,8 @@ class Trainer:
             raise RecipeError(f"method.name = {recipe.method.name!r} needs a label: set data.label (e.g. age)")
         self.label_encoder = label_encoder_for(train, label)
         shape = recipe.data.volume_shape
+        if not shape:
+            check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
         # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
         preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
         n_views = max(recipe.views.n_views, 2) if recipe.method.name != "deepcluster" else 1

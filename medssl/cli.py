@@ -1,8 +1,8 @@
 """The ``medssl`` command line.
 
-    medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume] [--smoke]
+    medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume | --overwrite] [--smoke]
     medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
-    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--smoke]
+    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--overwrite] [--smoke]
     medssl score predictions.csv [--json out.json]
     medssl recipes [--fields]
     medssl data synth OUT --subjects N --sites S --shape 64
@@ -17,15 +17,18 @@ import os
 import re
 import subprocess
 import sys
+import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from medssl.errors import CohortError, MedsslError
+from medssl.run_folder import check_run_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-supervised pre-training of 3D encoders on medical images, with OpenBHB-style evaluation.")
@@ -55,7 +58,17 @@ def _smoke(recipe, overrides: list[str]):
     from medssl.config import apply_overrides, recipe_from_dict, smoke_recipe
 
     smoke = smoke_recipe(recipe)
-    return recipe_from_dict(apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke") if overrides else smoke
+    return recipe_from_dict(apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke", overrides=overrides) if overrides else smoke
+
+
+@contextmanager
+def _quiet_sklearn(smoke: bool) -> Iterator[None]:
+    """Under --smoke, silence scikit-learn's warnings: a handful of subjects makes single-class
+    folds and undefined metrics certain, and the warnings would hide whether the set-up works."""
+    with warnings.catch_warnings():
+        if smoke:
+            warnings.filterwarnings("ignore", module=r"sklearn(\.|$)")
+        yield
 
 
 def _launch_torchrun(devices: int) -> None:
@@ -77,6 +90,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (latest run of the recipe without --out)."),
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
     devices: int = typer.Option(1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, encoder, eval)."),
 ) -> None:
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
     from medssl.config import load_recipe
@@ -89,10 +103,16 @@ def pretrain(
         if os.environ.get("RANK", "0") == "0":
             console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume)
+    quiet = os.environ.get("RANK", "0") != "0"
+    if not quiet:  # other ranks would see the folder rank 0 is creating
+        check_run_folder(run_dir, resume=resume, overwrite=overwrite)
     from medssl.train.engine import pretrain as run_pretrain
 
-    quiet = os.environ.get("RANK", "0") != "0"
-    result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
+    try:
+        with _quiet_sklearn(smoke):
+            result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
     if not quiet:
         console.print(f"Done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}")
 
@@ -118,7 +138,7 @@ def evaluate(
         recipe = load_recipe(recipe_path, overrides or [])
     else:
         raw = apply_overrides({"model": {"encoder": encoder.spec.name}}, overrides or [])
-        recipe = recipe_from_dict(raw, source=str(encoder_path))
+        recipe = recipe_from_dict(raw, source=str(encoder_path), overrides=overrides)
     if cohort is not None:
         recipe.data.root = cohort
     recipe, _ = apply_embedded_budget(recipe)
@@ -134,6 +154,7 @@ def finetune(
     mode: Optional[str] = typer.Option(None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
@@ -145,7 +166,9 @@ def finetune(
         resolved = _smoke(resolved, overrides)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
-    finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
+    check_run_folder(run_dir, overwrite=overwrite, can_resume=False)
+    with _quiet_sklearn(smoke):
+        finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
 
 
 @app.command()
@@ -308,15 +331,50 @@ def data_cache(
     console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype}) in {out}: set data.root: {out}")
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a pre-training run: carries the folder to resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+def _error_line(error: MedsslError) -> str:
+    """The error's own line, also when a DataLoader worker wrapped it in its traceback."""
+    message = str(error).strip()
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
 def main() -> None:
+    # Not standalone: typer would turn Ctrl-C into a silent exit 130 before medssl's handler runs.
+    stderr = Console(stderr=True)
     try:
-        app()
+        code = app(standalone_mode=False)
     except MedsslError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {_error_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: rerun with --resume to continue from the last checkpoint")
+    except Interrupted as interrupted:
+        stderr.print(f"interrupted: rerun with --resume --out {interrupted.run_dir} to continue from the last checkpoint",
+                     highlight=False, soft_wrap=True, markup=False)
         sys.exit(130)
+    except OSError as error:  # a write that no medssl code expected to fail: still one line naming the path
+        from medssl.files import output_error
+
+        reported = output_error(error, error.filename or "")
+        if reported is None:
+            raise
+        stderr.print(f"[bold red]error:[/] {reported}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.TyperException as error:  # usage errors, shown as typer shows them
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(error)
+        sys.exit(error.exit_code)
+    if code == 130:  # typer's answer to a Ctrl-C outside a training run
+        stderr.print("interrupted", highlight=False)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

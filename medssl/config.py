@@ -244,10 +244,11 @@ class Recipe(Section):
 
 
 # ----------------------------------------------------------------------------- loading
-def _format_validation_error(source: str, error: ValidationError) -> str:
-    problems = []
+def _format_validation_error(source: str, error: ValidationError, overrides: list[str] | None = None) -> str:
+    problems, keys = [], []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        keys.append(key)
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         else:
@@ -256,7 +257,23 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     # An override of train.epochs also sets train.embedded.epochs: report a bad value once.
     problems = [problem for problem in problems if problem.replace(".embedded.", ".", 1) == problem
                 or problem.replace(".embedded.", ".", 1) not in problems]
-    return f"{source}: " + "; ".join(problems)
+    return f"{_blame(source, keys, overrides or [])}: " + "; ".join(problems)
+
+
+def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
+    """The command line when every bad key was set there (the recipe file is not at fault), else ``source``."""
+    by_key = {}
+    for text in overrides:
+        path = [part for part in text.split("=", 1)[0].strip().split(".") if part]
+        for target in (path, _embedded_twin(path)):
+            if target:
+                by_key.setdefault(".".join(target), text)
+    # A bad key inside an overridden section (data={...}) is that override's fault too.
+    culprits = {next((text for key_path, text in by_key.items() if key == key_path or key.startswith(key_path + ".")), None)
+                for key in keys}
+    if None in culprits or not culprits:
+        return source
+    return "command-line override " + ", ".join(sorted(culprits))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -317,11 +334,12 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     raise RecipeError(f"recipe '{name_or_path}' not found (a YAML path, or one of: {', '.join(list_recipe_names())})")
 
 
-def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+def recipe_from_dict(raw: dict, source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
+    """Validate ``raw``; errors name ``source``, or the command-line ``overrides`` that caused them."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(_format_validation_error(source, exc)) from None
+        raise RecipeError(_format_validation_error(source, exc, overrides)) from None
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -335,7 +353,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         raise RecipeError(f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, overrides or [])
-    return recipe_from_dict(raw, source=str(path))
+    return recipe_from_dict(raw, source=str(path), overrides=overrides)
 
 
 def dump_recipe(recipe: Recipe) -> str:

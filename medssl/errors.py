@@ -19,3 +19,7 @@ class CheckpointError(MedsslError):
 
 class TrainingError(MedsslError):
     """Training cannot go on (non-finite loss or gradients, unsupported set-up)."""
+
+
+class OutputError(MedsslError):
+    """A file cannot be written: no space left, a read-only folder, no permission."""

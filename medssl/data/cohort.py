@@ -24,11 +24,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import torch
 import torchio as tio
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN, array_image, check_array_volume, is_array_path, row_or_none
@@ -86,7 +88,10 @@ class Cohort:
         for row in self.table.itertuples(index=False):
             fields = row._asdict()
             path, array_row = fields.pop("path"), row_or_none(fields.pop(ARRAY_ROW_COLUMN, None))
-            image = array_image(path, array_row) if is_array_path(path) else tio.ScalarImage(path)
+            if is_array_path(path):
+                image = array_image(path, array_row)
+            else:
+                image = tio.ScalarImage(path, reader=partial(read_nifti_volume, participant_id=str(fields["participant_id"])))
             subjects.append(tio.Subject(image=image, **fields))
         return subjects
 
@@ -117,17 +122,64 @@ def _find_volume(root: Path, participant_id: str) -> Path | None:
     return None
 
 
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
 def check_volume(path: Path, participant_id: str) -> tuple[int, ...]:
-    """Read the NIfTI header only; return the spatial shape or raise a :class:`CohortError`."""
+    """Read the NIfTI header only; return the spatial shape or raise a :class:`CohortError`.
+
+    An uncompressed ``.nii`` shorter than its header announces is refused here, at no cost;
+    a truncated ``.nii.gz`` can only be told by decompressing it, which
+    :func:`read_nifti_volume` does when the volume is used."""
     try:
         image = nib.load(str(path))
         shape = tuple(int(size) for size in image.shape)
+        needed = int(image.dataobj.offset) + int(np.prod(shape)) * image.get_data_dtype().itemsize
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise CohortError(f"{path}: unreadable or corrupt NIfTI for participant {participant_id} ({type(exc).__name__}: {exc})") from None
+        raise CohortError(f"{path}: unreadable or corrupt NIfTI for participant {participant_id} ({_first_line(exc)})") from None
     spatial = tuple(size for size in shape[3:] if size != 1)
     if len(shape) < 3 or spatial:
         raise CohortError(f"{path}: expected a 3-D volume for participant {participant_id}, got shape {shape}")
+    size = path.stat().st_size
+    if str(path).endswith(".nii") and size < needed:
+        raise CohortError(f"{path}: truncated NIfTI for participant {participant_id}: {size} bytes on disk, "
+                          f"its header describes {needed}")
     return shape[:3]
+
+
+def read_nifti_volume(path: str | Path, participant_id: str) -> tuple[torch.Tensor, np.ndarray]:
+    """(float32 tensor (D, H, W), affine) of one NIfTI volume; a TorchIO ``reader``.
+
+    Replaces TorchIO's default reader, SimpleITK, which fills the missing part of a truncated
+    ``.nii.gz`` with zeros and returns it without a word; nibabel raises, and the error names
+    the participant."""
+    try:
+        image = nib.load(str(path), mmap=False)
+        data = image.get_fdata(dtype=np.float32)
+    except Exception as exc:  # EOFError for a cut gzip stream, OSError for a short .nii, zlib.error...
+        raise CohortError(f"{path}: participant {participant_id}: truncated or corrupt NIfTI ({_first_line(exc)})") from None
+    return torch.from_numpy(data.reshape(data.shape[:3])), image.affine
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds: messages say ``nan``, not ``np.float64(nan)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_same_shape(cohort: Cohort) -> None:
+    """Refuse volumes of different shapes, which could not be batched, naming the first odd one out."""
+    first = None
+    for participant_id, path in zip(cohort.table["participant_id"], cohort.table["path"]):
+        if is_array_path(path):
+            continue  # arrays of one cache share one shape
+        shape = check_volume(Path(path), participant_id)
+        if first is None:
+            first = (path, shape)
+        elif shape != first[1]:
+            raise CohortError(f"{path}: participant {participant_id}: volume of shape {shape}, unlike {Path(first[0]).name} "
+                              f"{first[1]}; set data.volume_shape (e.g. data.volume_shape=[{', '.join(map(str, first[1]))}]) "
+                              "to resample every volume to one shape")
 
 
 def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -148,7 +200,7 @@ def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
     if bad_age.any():
         row = table[bad_age].iloc[0]
-        raise CohortError(f"{source}: participant {row['participant_id']}: age {row['age']!r} is not a non-negative number")
+        raise CohortError(f"{source}: participant {row['participant_id']}: age {_plain(row['age'])!r} is not a non-negative number")
     table["age"] = age.astype(float)
     if "split" not in table.columns:
         table["split"] = "train"
@@ -156,7 +208,7 @@ def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     unknown = ~table["split"].isin(SPLITS)
     if unknown.any():
         row = table[unknown].iloc[0]
-        raise CohortError(f"{source}: participant {row['participant_id']}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+        raise CohortError(f"{source}: participant {row['participant_id']}: split {_plain(row['split'])!r} is not one of {', '.join(SPLITS)}")
     if "diagnosis" in table.columns:
         table["diagnosis"] = table["diagnosis"].astype(str)
     return table

@@ -9,13 +9,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from medssl.config import Recipe
-from medssl.data.cohort import Cohort
+from medssl.data.cohort import Cohort, check_same_shape
 from medssl.data.views import VolumeDataset, build_eval_transform, resize_transform
 
 
 def volume_dataset(cohort: Cohort, recipe: Recipe) -> VolumeDataset:
     """The cohort's volumes, normalised (and resized) as in training, without augmentation."""
     shape = recipe.data.volume_shape
+    if not shape:
+        check_same_shape(cohort)
     preprocess = resize_transform(shape) if shape and cohort.stored_shape() != tuple(shape) else None
     return VolumeDataset(cohort.subjects(), build_eval_transform(recipe.views), preprocess=preprocess)
 

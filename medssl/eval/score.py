@@ -143,6 +143,11 @@ def score_predictions(
     for column in [age_col, age_pred_col, site_col, *site_pred_source]:
         _check_no_missing(scored[column], column, table, id_col, source)
     true_age = _numeric(scored[age_col], age_col, table, id_col, source)
+    negative = true_age < 0
+    if negative.any():  # a sign error upstream; its MAE would look plausible
+        label = scored.index[np.argmax(negative)]
+        raise EvaluationError(f"{source}: column {age_col!r} has {true_age[np.argmax(negative)]:g} for "
+                              f"{_row_name(table, label, id_col)}; expected a true age >= 0")
     pred_age = _numeric(scored[age_pred_col], age_pred_col, table, id_col, source)
     true_site = as_labels(scored[site_col]).to_numpy()
     pred_site = _predicted_sites(scored, site_pred_col, site_pred_source, table, id_col, source)
@@ -294,13 +299,18 @@ def _check_no_missing(values: pd.Series, column: str, table: pd.DataFrame, id_co
         raise EvaluationError(f"{source}: column {column!r} has a missing value for {_row_name(table, label, id_col)}")
 
 
+def _plain(value):
+    """A numpy scalar as its Python value: messages say ``inf``, not ``np.float64(inf)``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _numeric(values: pd.Series, column: str, table: pd.DataFrame, id_col: str, source: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna().to_numpy() | ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():
         label = values.index[np.argmax(bad)]
         raise EvaluationError(
-            f"{source}: column {column!r} has {values[label]!r} for {_row_name(table, label, id_col)}; "
+            f"{source}: column {column!r} has {_plain(values[label])!r} for {_row_name(table, label, id_col)}; "
             "expected a finite number"
         )
     return numbers.to_numpy(dtype=float)

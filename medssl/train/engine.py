@@ -33,11 +33,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from medssl.config import Recipe, dump_recipe
-from medssl.data.cohort import Cohort, load_cohort
+from medssl.data.cohort import Cohort, check_same_shape, load_cohort
 from medssl.data.synthetic import embedded_cohort
 from medssl.data.views import MultiViewDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, RecipeError, TrainingError
-from medssl.files import atomic_write_text
+from medssl.files import atomic_write_text, remove_stale_temporaries
 from medssl.methods import LABEL_METHODS, Method, build_method
 from medssl.models import save_encoder
 from medssl.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -67,7 +67,12 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists twenty device types, most of which medssl never runs on
+        raise RecipeError(f"train.device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RecipeError(f"train.device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"train.device = {name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
     return device
@@ -192,6 +197,31 @@ def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]
     return hazards
 
 
+# Settings a resumed run may change: they only say how far to go, how often to save, how to read
+# the data or what to evaluate, so the folder stays true to what was trained. Any other change
+# would be overridden by the checkpoint's optimiser state or contradict the epochs already run.
+RESUMABLE_CHANGES = ("name", "train.epochs", "train.embedded.epochs", "train.checkpoint_every", "data.num_workers", "eval.")
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, object]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {key: value for name, child in tree.items() for key, value in _flatten(child, f"{prefix}{name}.").items()}
+
+
+def resume_differences(saved_yaml: str, current_yaml: str) -> tuple[list[str], list[str]]:
+    """``KEY: SAVED -> NOW`` for every recipe key that differs, split into (refused, allowed)."""
+    import yaml
+
+    saved, current = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(current_yaml) or {})
+    refused, allowed = [], []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            change = f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+            (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(change)
+    return refused, allowed
+
+
 class EpochContext:
     """What a method's ``prepare_epoch`` may use: feature extraction, optimiser, logging."""
 
@@ -254,6 +284,8 @@ class Trainer:
             raise RecipeError(f"method.name = {recipe.method.name!r} needs a label: set data.label (e.g. age)")
         self.label_encoder = label_encoder_for(train, label)
         shape = recipe.data.volume_shape
+        if not shape:
+            check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
         # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
         preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
         n_views = max(recipe.views.n_views, 2) if recipe.method.name != "deepcluster" else 1
@@ -357,28 +389,21 @@ class Trainer:
     def run(self, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> RunResult:
         recipe = self.recipe
         seed_everything(recipe.train.seed)
-        self.build_data()
-        self.build_model()
         main = self.dist.is_main
         checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        # Everything that can refuse the resume runs before the run folder is touched.
+        state = self.resumable_state(checkpoint_path) if resume and checkpoint_path.is_file() else None
+        self.build_data()
+        self.build_model()
+        epochs_done, step = self.restore(state, checkpoint_path) if state is not None else (0, 0)
         recipe_yaml = dump_recipe(recipe)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir, checkpoint_path.parent)
             atomic_write_text(self.run_dir / "recipe.yaml", recipe_yaml)
-        self.log = MetricsLog(self.run_dir, enabled=main)
-        epochs_done, step = 0, 0
-        if resume and checkpoint_path.is_file():
-            state = load_checkpoint(checkpoint_path)
-            try:
-                self.method.load_state_dict(state["method"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
-            except (RuntimeError, ValueError, KeyError) as exc:
-                detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
-                raise CheckpointError(f"{checkpoint_path}: does not fit the recipe's {recipe.model.encoder} / {recipe.method.name} "
-                                      f"model ({detail}); resume with the recipe of that run or use another --out") from None
-            restore_rng(state)
-            epochs_done, step = int(state["epochs_done"]), int(state["step"])
+        # purge_step: TensorBoard drops the events of steps the resumed run is about to redo.
+        self.log = MetricsLog(self.run_dir, enabled=main, purge_step=step + 1 if state is not None else None)
+        if state is not None:
             self.log.truncate_after(epochs_done)
             self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}).")
         elif resume:
@@ -403,6 +428,35 @@ class Trainer:
             self.finish(result)
         shutdown_distributed(self.dist)
         return result
+
+    def resumable_state(self, checkpoint_path: Path) -> dict:
+        """The checkpoint, once its recipe is known to agree with this one (see :func:`resume_differences`)."""
+        state = load_checkpoint(checkpoint_path)
+        refused, allowed = resume_differences(state.get("recipe", ""), dump_recipe(self.recipe))
+        if refused:
+            raise CheckpointError(f"{checkpoint_path}: does not fit the recipe, which changes settings the run was trained with "
+                                  f"({'; '.join(refused)}); resume with the run's recipe, or start a new --out")
+        epochs_done = int(state["epochs_done"])
+        if self.recipe.train.epochs < epochs_done:
+            raise RecipeError(f"train.epochs = {self.recipe.train.epochs}: {checkpoint_path} already holds "
+                              f"{epochs_done} epochs; resume with train.epochs >= {epochs_done}")
+        if allowed:
+            self.say(f"Resuming with {'; '.join(allowed)} (recorded in recipe.yaml).")
+        return state
+
+    def restore(self, state: dict, checkpoint_path: Path) -> tuple[int, int]:
+        """Load weights, optimiser, scheduler and RNG state; return (epochs done, step)."""
+        recipe = self.recipe
+        try:
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
+            raise CheckpointError(f"{checkpoint_path}: does not fit the recipe's {recipe.model.encoder} / {recipe.method.name} "
+                                  f"model ({detail}); resume with the recipe of that run or use another --out") from None
+        restore_rng(state)
+        return int(state["epochs_done"]), int(state["step"])
 
     def diagnostic_batch(self) -> torch.Tensor | None:
         """A fixed batch of two augmented views of held-out subjects (internal test, else train),

@@ -19,14 +19,14 @@ class MetricsLog:
 
     COLUMNS = ["kind", "epoch", "step", "loss", "lr", "volumes_per_s", "grad_norm"]
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, purge_step: int | None = None):
         self.path = run_dir / "metrics.csv"
         self.enabled = enabled
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
         self.rows: list[dict] = []
 
     def truncate_after(self, epochs_done: int) -> None:

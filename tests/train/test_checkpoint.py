@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 import medssl.files
-from medssl.errors import CheckpointError
+from medssl.errors import CheckpointError, OutputError
 from medssl.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, restore_rng, save_checkpoint
 
 
@@ -58,17 +60,25 @@ def test_failed_checkpoint_write_keeps_the_previous_file_and_leaves_no_partial_f
     write_checkpoint(path, epoch=1)
     before = path.read_bytes()
 
-    def disk_full(obj, target):
-        with open(target, "wb") as stream:
-            stream.write(b"PK\x03\x04 half a checkpoint")
+    def disk_full(obj, stream):
+        stream.write(b"PK\x03\x04 half a checkpoint")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(medssl.files.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=f"no space left on device writing {re.escape(str(path))} "):
         write_checkpoint(path, epoch=2)
     assert path.read_bytes() == before
     assert load_checkpoint(path)["epochs_done"] == 1
     assert [entry.name for entry in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_a_full_disk_is_reported_as_such_not_as_torchs_unexpected_pos_error(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    # /dev/full fails every write with ENOSPC, which torch.save itself turns into a RuntimeError.
+    monkeypatch.setattr(medssl.files, "open_for_writing", lambda temporary: open("/dev/full", "wb"))
+    with pytest.raises(OutputError, match=f"^no space left on device writing {re.escape(str(path))} "):
+        write_checkpoint(path)
+    assert list(path.parent.iterdir()) == []
 
 
 def test_first_checkpoint_write_that_fails_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -19,3 +19,7 @@ class CheckpointError(MedsslError):
 
 class TrainingError(MedsslError):
     """Training cannot go on (non-finite loss or gradients, unsupported set-up)."""
+
+
+class BenchmarkError(MedsslError):
+    """A benchmark request does not fit its folder or cannot run as asked."""

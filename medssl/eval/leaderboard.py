@@ -210,7 +210,7 @@ def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall
 
     Args:
         bench_dir: the benchmark folder.
-        command: the command line that produced it, for the report.
+        command: the command line that produced it, for the report (default: the one in ``benchmark.json``).
         wall_time_s: wall time of the benchmark command, for the report (None: not measured).
         n_resamples, seed: of the paired bootstrap (:func:`paired_differences`).
 
@@ -402,6 +402,9 @@ def _paired_difference(runs, method, reference, metric, resamples, distributions
 
 # ----------------------------------------------------------------------------- report
 def _report_header(bench_dir: Path, command: str | None, wall_time_s: float | None, n_resamples: int) -> dict:
+    config = bench_dir / "benchmark.json"
+    if command is None and config.is_file():
+        command = _read_json(config).get("command")
     run_times = bench_dir / RUN_TIMES_FILE
     seconds_in_runs = sum(_read_json(run_times).values()) if run_times.is_file() else None
     try:

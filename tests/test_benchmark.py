@@ -200,6 +200,27 @@ def test_the_cli_exits_1_when_a_run_failed(tmp_path, monkeypatch):
     assert "failed: simclr seed 0" in cli.console.export_text()
 
 
+def test_the_cli_tells_how_to_continue_an_interrupted_benchmark(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark_module, "run_pretrain_process", FakePretrain(kill_at=0))
+    monkeypatch.setattr(sys, "argv", ["medssl", "benchmark", "--recipes", "simclr", "--seeds", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 130
+    assert "rerun the same command" in capsys.readouterr().err
+
+
+def test_the_leaderboard_command_rebuilds_the_files_and_refuses_an_empty_folder(tmp_path, monkeypatch, capsys):
+    run_benchmark(["simclr"], [0], tmp_path, n_resamples=50, run_one=FakePretrain())
+    (tmp_path / "leaderboard.md").unlink()
+    monkeypatch.setattr(cli, "console", recording_console())
+    assert CliRunner().invoke(cli.app, ["leaderboard", str(tmp_path)]).exit_code == 0
+    assert "| simclr | 1 |" in (tmp_path / "leaderboard.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["medssl", "leaderboard", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2 and "no finished run" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_a_real_smoke_benchmark_through_the_cli_writes_the_leaderboard(tmp_path, monkeypatch):
     """2 recipes x 2 seeds of real ``medssl pretrain --smoke`` processes (about a minute on 2 cores)."""

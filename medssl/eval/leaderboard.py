@@ -437,7 +437,7 @@ def _markdown(header: dict, table: pd.DataFrame, differences: pd.DataFrame, runs
     lines += ["", "Lower is better for every column: MAE (years), site BAcc (site information left in the",
               f"representation; chance = {chance}) and L_c = BAcc^0.3 x MAE external. A difference is method minus",
               "reference (negative = the method is lower); * marks a CI that excludes 0. mean ± sd over seeds."]
-    lines += [f"- note: {note}" for note in runs.notes]
+    lines += ["", *(f"- note: {note}" for note in runs.notes)] if runs.notes else []
     return "\n".join(lines) + "\n"
 
 

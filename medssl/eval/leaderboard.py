@@ -96,7 +96,10 @@ def collect_runs(bench_dir: str | Path) -> BenchmarkRuns:
     finished = _finished_runs(bench_dir)
     if not finished:
         raise EvaluationError(f"{bench_dir / 'runs'}: no finished run (expected runs/<recipe>/seed<k>/eval/metrics.json)")
-    rows, predictions, missing, baseline_source = [], {}, {}, {}
+    rows: list[dict] = []
+    predictions: dict[tuple[str, int], pd.DataFrame] = {}
+    missing: dict[str, list[int]] = {}
+    baseline_source: dict[int, Path] = {}
     for recipe, seed, run_dir in finished:
         results = _read_json(run_dir / "eval" / "metrics.json")
         wanted = {recipe: "pretrained"}
@@ -327,14 +330,15 @@ def _training_sites(predictions: dict[tuple[str, int], pd.DataFrame]) -> int | N
 
 def _architecture_notes(finished: list[tuple[str, int, Path]], baseline_source: dict[int, Path]) -> list[str]:
     """A note when recipes use encoders other than the one the baseline rows were computed with."""
-    encoders = {}
-    for recipe, _, run_dir in finished:
+    encoders: dict[Path, str] = {}
+    for _, _, run_dir in finished:
         recipe_file = run_dir / "recipe.yaml"
-        if recipe_file.is_file():
-            encoders[run_dir] = ((yaml.safe_load(recipe_file.read_text()) or {}).get("model") or {}).get("encoder")
-    baseline_encoders = {encoders.get(path) for path in baseline_source.values()} - {None}
+        encoder = ((yaml.safe_load(recipe_file.read_text()) or {}).get("model") or {}).get("encoder") if recipe_file.is_file() else None
+        if encoder:
+            encoders[run_dir] = str(encoder)
+    baseline_encoders = {encoders[path] for path in baseline_source.values() if path in encoders}
     others = sorted({f"{recipe} ({encoders[run_dir]})" for recipe, _, run_dir in finished
-                     if encoders.get(run_dir) not in baseline_encoders | {None}})
+                     if run_dir in encoders and encoders[run_dir] not in baseline_encoders})
     if not others:
         return []
     return [(f"baseline rows use the encoder of the first recipe's run of each seed ({', '.join(sorted(baseline_encoders))}); "

@@ -194,6 +194,14 @@ def test_evaluations_without_intensity_and_mean_leave_their_rows_out_with_a_note
     assert "note: row 'training mean' left out" in paths["md"].read_text()
 
 
+def test_recipes_with_another_encoder_than_the_baselines_get_a_note(bench):
+    for recipe, encoder in (("better", "resnet18"), ("simclr", "densenet121")):
+        for seed in SEEDS:
+            (bench / "runs" / recipe / f"seed{seed}" / "recipe.yaml").write_text(f"model:\n  encoder: {encoder}\n")
+    notes = collect_runs(bench).notes
+    assert any("(resnet18)" in note and "simclr (densenet121)" in note for note in notes)
+
+
 def test_a_folder_without_finished_runs_is_an_error(tmp_path):
     (tmp_path / "runs" / "simclr" / "seed0").mkdir(parents=True)
     with pytest.raises(EvaluationError, match="no finished run"):

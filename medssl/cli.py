@@ -4,6 +4,8 @@
     medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
     medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--overwrite] [--smoke]
     medssl score predictions.csv [--json out.json]
+    medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
+    medssl leaderboard BENCHMARK_DIR
     medssl recipes [--fields]
     medssl data synth OUT --subjects N --sites S --shape 64
     medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K]
@@ -200,6 +202,61 @@ def score(
 
         atomic_write_text(json_out, json.dumps(metrics, indent=2, default=float))
         console.print(f"Written {json_out}")
+
+
+def _comma_list(text: str, option: str) -> list[str]:
+    from medssl.errors import BenchmarkError
+
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise BenchmarkError(f"{option} {text!r}: expected a comma-separated list without empty items, e.g. a,b,c")
+    return items
+
+
+def _seed_list(text: str) -> list[int]:
+    from medssl.errors import BenchmarkError
+
+    try:
+        return [int(seed) for seed in _comma_list(text, "--seeds")]
+    except ValueError:
+        raise BenchmarkError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+@app.command()
+def benchmark(
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Applied to every run."),
+    recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipes (default: every pre-training recipe)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: one run per recipe and seed."),
+    out: Path = typer.Option(Path("benchmark"), "--out", help="Benchmark folder; rerun the same command to continue a stopped benchmark."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Runs at once, each with CPUs // jobs threads."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated GPU ids handed to the runs in turn, e.g. 0,1."),
+    smoke: bool = typer.Option(False, "--smoke", help="Smoke runs (seconds each), to check the set-up."),
+) -> None:
+    """Pre-train and evaluate recipes x seeds on one cohort; leaderboard with baselines, mean ± sd and paired CIs."""
+    from medssl.benchmark import run_benchmark
+
+    recipe_names = _comma_list(recipes, "--recipes") if recipes else None
+    device_ids = _comma_list(devices, "--devices") if devices else None
+    try:
+        result = run_benchmark(recipe_names, _seed_list(seeds), out, overrides or [], jobs=jobs, devices=device_ids,
+                               smoke=smoke, console=console)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: rerun the same command to continue where it stopped")
+        raise typer.Exit(130) from None
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def leaderboard(bench_dir: Path = typer.Argument(..., help="Benchmark folder (the --out of medssl benchmark).")) -> None:
+    """Rebuild a benchmark's leaderboard.{md,json,csv,png} from its finished runs."""
+    from rich.markdown import Markdown
+
+    from medssl.eval.leaderboard import write_leaderboard
+
+    paths = write_leaderboard(bench_dir)
+    console.print(Markdown(paths["md"].read_text()))
+    console.print(f"Written {', '.join(str(path) for path in paths.values())}")
 
 
 @app.command()

@@ -23,3 +23,7 @@ class TrainingError(MedsslError):
 
 class OutputError(MedsslError):
     """A file cannot be written: no space left, a read-only folder, no permission."""
+
+
+class BenchmarkError(MedsslError):
+    """A benchmark request does not fit its folder or cannot run as asked."""

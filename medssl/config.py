@@ -291,8 +291,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+# Keys of another section that the embedded budget replaces.
+MODEL_TWINS = {("model", "encoder"): ["train", "embedded", "encoder"], ("model", "widths"): ["train", "embedded", "widths"]}
+
+
 def _embedded_twin(path: list[str]) -> list[str] | None:
     """``train.epochs`` -> ``train.embedded.epochs``: the budget key that replaces it on the embedded cohort."""
+    if tuple(path) in MODEL_TWINS:
+        return MODEL_TWINS[tuple(path)]
     if len(path) != 2 or path[0] not in Recipe.model_fields:
         return None
     embedded = getattr(Recipe.model_fields[path[0]].annotation, "model_fields", {}).get("embedded")
@@ -305,11 +311,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return ``raw`` with ``KEY.PATH=VALUE`` overrides set (nested dicts are created).
 
     An override of a key that the embedded cohort's budget replaces (``train.epochs``,
-    ``train.batch_size``, ``train.lr``) also sets that budget, unless it is overridden too:
-    ``train.epochs=2`` on the command line means 2 epochs whatever the cohort.
+    ``train.batch_size``, ``train.lr``, ``model.encoder``, ``model.widths``) also sets that
+    budget, unless it is overridden too: ``train.epochs=2`` on the command line means 2 epochs
+    whatever the cohort, and ``model.encoder=alexnet`` means that encoder (at its own widths).
     """
     parsed = [(text, *parse_override(text)) for text in overrides]
     explicit = [path for _, path, _ in parsed]
+    if ["model", "encoder"] in explicit and ["model", "widths"] not in explicit:
+        parsed.append(("model.encoder", ["model", "widths"], None))
     for text, path, value in parsed:
         twin = _embedded_twin(path)
         for target in [path] + ([twin] if twin is not None and twin not in explicit else []):

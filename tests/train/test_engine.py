@@ -222,7 +222,7 @@ def test_embedded_cohort_run_prints_the_budget_note(tmp_path):
                       console=Console(file=stream, width=300))
     printed = stream.getvalue()
     assert "data.root not set: using the embedded synthetic cohort (16 subjects, 4 sites, 16^3 voxels)" in printed
-    assert "small budget (1 epochs, batch 4)" in printed
+    assert "with its budget: alexnet, 1 epochs of batch 4." in printed
     assert any("embedded synthetic cohort" in note for note in result.notes)
 
 

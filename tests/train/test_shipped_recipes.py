@@ -27,7 +27,8 @@ def test_every_method_family_has_a_shipped_pretraining_recipe():
 
 
 def assert_run_folder(run_dir, recipe) -> None:
-    assert load_recipe(run_dir / "recipe.yaml") == apply_embedded_budget(recipe)[0]  # every field, as trained
+    resolved = apply_embedded_budget(recipe)[0]
+    assert load_recipe(run_dir / "recipe.yaml") == resolved  # every field, as trained
     table = pd.read_csv(run_dir / "metrics.csv")
     steps, epochs = table[table["kind"] == "step"], table[table["kind"] == "epoch"]
     assert list(steps["step"]) == [1, 2] and list(epochs["epoch"]) == [0]
@@ -35,7 +36,7 @@ def assert_run_folder(run_dir, recipe) -> None:
     checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["epochs_done"] == 1 and checkpoint["step"] == 2
     encoder = load_encoder(run_dir / "encoder.pt")
-    assert json.loads((run_dir / "encoder.json").read_text())["name"] == recipe.model.encoder
+    assert json.loads((run_dir / "encoder.json").read_text())["name"] == resolved.model.encoder
     shape = recipe.data.synthetic.shape
     with torch.no_grad():
         assert encoder.eval()(torch.zeros(1, 1, shape, shape, shape)).shape == (1, encoder.feature_dim)

@@ -16,17 +16,24 @@ RUN_ARTEFACTS = ("recipe.yaml", "metrics.csv", "tensorboard", "checkpoints", "en
                  "roc_*.png", "predictions_*.png")
 
 
+def run_artefacts(run_dir: Path) -> list[Path]:
+    """What a previous pretrain or finetune left in ``run_dir`` (other files are the user's)."""
+    return [path for pattern in RUN_ARTEFACTS for path in run_dir.glob(pattern)] if run_dir.is_dir() else []
+
+
 def check_run_folder(run_dir: Path, *, resume: bool = False, overwrite: bool = False, can_resume: bool = True) -> None:
-    """Refuse to write into a folder that already holds files unless ``resume`` or ``overwrite``
-    says what to do with them; with ``overwrite``, remove medssl's previous run artefacts."""
+    """Refuse to write into a folder that already holds a run unless ``resume`` or ``overwrite``
+    says what to do with it; with ``overwrite``, remove medssl's previous run artefacts.
+
+    Files that are no run artefact (a log the launcher writes there, notes) neither block a
+    run nor are removed."""
     if resume and overwrite:
         raise MedsslError("--resume and --overwrite contradict each other: give one of them")
-    if resume or not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if resume or not run_artefacts(run_dir):
         return
     if overwrite:
-        for pattern in RUN_ARTEFACTS:
-            for path in run_dir.glob(pattern):
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for path in run_artefacts(run_dir):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         return
     options = "rerun with --resume to continue it, " if can_resume else ""
     raise MedsslError(f"{run_dir}: the folder already holds a run; {options}choose a new --out, "

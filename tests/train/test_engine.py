@@ -285,3 +285,28 @@ def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path, const
 def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path, constant_heads):
     result = pretrain(quick_recipe("simclr", "train.max_steps_per_epoch=1"), tmp_path / "run")
     assert not any("collapsing" in note for note in result.notes)
+
+
+def test_embedded_budget_runs_its_steps_in_whole_epochs_and_scales_the_warm_up():
+    from medssl.train.engine import apply_embedded_budget, embedded_epochs
+
+    recipe = load_recipe("vicreg", ["train.embedded.lr=0.001"])  # real data: 10 warm-up epochs of 300
+    resolved, note = apply_embedded_budget(recipe)
+    assert resolved.model.encoder == "resnet18" and resolved.model.widths == [16, 32, 64, 128]
+    assert "500 steps of batch 32" in note
+    embedded_epochs(resolved, recipe.train.epochs, steps_per_epoch=14)
+    assert resolved.train.epochs == 36  # ceil(500 / 14): at least the budget's steps
+    assert resolved.train.warmup_epochs == round(10 * 36 / 300) == 1
+    explicit = load_recipe("vicreg", ["train.epochs=3"])
+    resolved, _ = apply_embedded_budget(explicit)
+    embedded_epochs(resolved, explicit.train.epochs, steps_per_epoch=14)
+    assert resolved.train.epochs == 3
+
+
+def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_budget():
+    from medssl.train.engine import apply_embedded_budget
+
+    resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.encoder=alexnet"]))
+    assert resolved.model.encoder == "alexnet" and resolved.model.widths is None
+    resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.widths=[8,16,32,64]"]))
+    assert resolved.model.encoder == "resnet18" and resolved.model.widths == [8, 16, 32, 64]

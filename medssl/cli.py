@@ -29,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medssl.errors import CohortError, MedsslError
+from medssl.errors import CohortError, MedsslError, RecipeError
 from medssl.run_folder import check_run_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -157,10 +157,12 @@ def finetune(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
+    train_sizes: Optional[str] = typer.Option(None, "--train-sizes", help="Label efficiency: fine-tune the encoder and a from-scratch network on this many labelled subjects each, e.g. 20,50,100,all; rerun to resume."),
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
     from medssl.eval.finetune import finetune_encoder
+    from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
     resolved = load_recipe(recipe, overrides)
@@ -168,6 +170,14 @@ def finetune(
         resolved = _smoke(resolved, overrides)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
+    if train_sizes is not None:
+        if encoder.lower() == "none":
+            raise RecipeError("--train-sizes compares a pre-trained encoder with training from scratch: give --encoder PATH")
+        sizes = parse_train_sizes(train_sizes)
+        with _quiet_sklearn(smoke):
+            label_efficiency(resolved, encoder, sizes, run_dir, console=console)
+        console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
+        return
     check_run_folder(run_dir, overwrite=overwrite, can_resume=False)
     with _quiet_sklearn(smoke):
         finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
@@ -367,7 +377,6 @@ def data_cache(
     from medssl.config import load_recipe
     from medssl.data.cache import cache_cohort
     from medssl.data.cohort import load_cohort
-    from medssl.errors import RecipeError
 
     resolved = load_recipe(recipe) if recipe else None
     volume_shape = resolved.data.volume_shape if resolved else None

@@ -200,7 +200,7 @@ class EvalConfig(Section):
 
 # ----------------------------------------------------------------------------- finetune
 class FinetuneEmbeddedConfig(Section):
-    epochs: int = Field(8, ge=1, description="Fine-tuning epochs when the embedded synthetic cohort is used.")
+    epochs: int = Field(30, ge=1, description="Fine-tuning epochs when the embedded synthetic cohort is used.")
     batch_size: int = Field(16, ge=2, description="Fine-tuning batch size on the embedded cohort.")
 
 
@@ -222,6 +222,7 @@ class FinetuneConfig(Section):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole training part).")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="One run per seed (head init, validation split, batch order); results are mean +- std over them.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the train split held out, site-stratified, for early stopping.")
+    train_size: int | None = Field(None, ge=4, description="Labelled training subjects used (validation part included), drawn per seed, stratified by site and class (null: all).")
     class_weighting: bool = Field(True, description="Weight the cross-entropy by inverse class frequency of the training part.")
     augment: bool = Field(False, description="Train on random views from the recipe's views section (false: the non-augmented eval transform).")
     embedded: FinetuneEmbeddedConfig = Field(default_factory=FinetuneEmbeddedConfig, description="Smaller budget applied when the embedded synthetic cohort is used.")

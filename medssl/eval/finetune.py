@@ -561,13 +561,21 @@ class Parts:
                 "external_test": self.external_test}
 
 
-def split_cohort(cohort: Cohort, target: Target, fraction: float, seed: int, max_subjects: int | None = None) -> Parts:
-    """Fit/validation parts of the train split (stratified on site, and class) plus both test splits, checked for leaks."""
+def split_cohort(cohort: Cohort, target: Target, fraction: float, seed: int, max_subjects: int | None = None,
+                 train_size: int | None = None) -> Parts:
+    """Fit/validation parts of the train split (stratified on site, and class) plus both test splits, checked for leaks.
+
+    ``train_size`` keeps that many labelled training subjects (fit and validation together),
+    drawn per seed and stratified like the validation part: the x-axis of a label-efficiency curve.
+    """
     labelled = Cohort(cohort.root, cohort.table[known_rows(cohort.table, target.column)].reset_index(drop=True))
     train = labelled.subset("train")
     if max_subjects is not None:
         train = train.head(max_subjects)
     stratify = ("site", target.column) if target.task == "classification" else ("site",)
+    if train_size is not None and train_size < len(train):
+        _, kept = validation_split(train.table, train_size / len(train), seed=seed + 7919, stratify=stratify)
+        train = Cohort(cohort.root, train.table.iloc[kept].reset_index(drop=True))
     fit_idx, val_idx = validation_split(train.table, fraction, seed=seed, stratify=stratify)
     parts = Parts(
         fit=Cohort(cohort.root, train.table.iloc[fit_idx].reset_index(drop=True)),
@@ -606,11 +614,11 @@ class FineTuner:
         self.console = console
         self.notes: list[str] = []
         self.encoder_source = None if encoder_source is None or str(encoder_source).lower() == "none" else Path(encoder_source)
-        # checked first: a wrong encoder should fail before any cohort is generated or read
-        self.pretrained = load_pretrained_encoder(self.encoder_source, recipe) if self.encoder_source else None
-        for note in pretraining_differences(self.encoder_source, recipe) if self.encoder_source else []:
+        self.recipe = self.resolve_budget(recipe)  # the embedded budget may set the encoder
+        # checked next: a wrong encoder should fail before any cohort is generated or read
+        self.pretrained = load_pretrained_encoder(self.encoder_source, self.recipe) if self.encoder_source else None
+        for note in pretraining_differences(self.encoder_source, self.recipe) if self.encoder_source else []:
             self.say(note)
-        self.recipe = self.resolve_budget(recipe)
         config = self.recipe.finetune
         self.mode = "scratch" if self.encoder_source is None else config.mode
         if self.encoder_source is None and config.mode != "full":
@@ -651,7 +659,8 @@ class FineTuner:
     def run_seed(self, seed: int, progress: Progress | None) -> tuple[dict, pd.DataFrame, list[dict]]:
         config = self.recipe.finetune
         seed_everything(seed)
-        parts = split_cohort(self.cohort, self.target, config.val_fraction, seed, self.recipe.data.max_subjects)
+        parts = split_cohort(self.cohort, self.target, config.val_fraction, seed, self.recipe.data.max_subjects,
+                             train_size=config.train_size)
         model = self.new_model(seed)
         targets = {name: self.target.encode(part.table) for name, part in parts.as_dict().items()}
         scale = (0.0, 1.0)
@@ -781,7 +790,8 @@ class FineTuner:
             "architecture": self.recipe.model.encoder, "seeds": list(config.seeds), "epochs": config.epochs,
             "patience": config.patience, "lr": config.lr, "encoder_lr": encoder_lr, "batch_size": config.batch_size,
             "optimizer": self.recipe.train.optimizer, "weight_decay": self.recipe.train.weight_decay,
-            "val_fraction": config.val_fraction, "class_weighting": config.class_weighting, "augment": config.augment,
+            "val_fraction": config.val_fraction, "train_size": config.train_size,
+            "class_weighting": config.class_weighting, "augment": config.augment,
             "precision": self.precision, "device": str(self.device), "seconds": round(seconds, 1),
             "subjects": {split: int((table["split"] == split).sum()) for split in ("train", *TEST_SPLITS)},
             "sites": {split: sorted(table.loc[table["split"] == split, "site"].astype(str).unique()) for split in ("train", *TEST_SPLITS)},

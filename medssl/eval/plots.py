@@ -77,7 +77,7 @@ def plot_age_predictions(
     axes.set_ylabel("predicted age (years)")
     axes.set_title(title or "Predicted vs. true age")
     axes.legend(loc="upper left", fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_embedding(
@@ -129,7 +129,7 @@ def plot_embedding(
         axes.set_xticks([])
         axes.set_yticks([])
     figure.suptitle(f"Embedding of {features.shape[0]} subjects x {features.shape[1]} features ({used})")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def embed_2d(features: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
@@ -216,7 +216,7 @@ def plot_loss_curve(
         lr_axes.set_xlabel(x_col)
     else:
         loss_axes.set_xlabel(x_col)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_roc_curves(
@@ -263,10 +263,11 @@ def plot_roc_curves(
     axes.set_ylabel("true positive rate (sensitivity)")
     axes.set_title(title or "ROC curves")
     axes.legend(loc="lower right", fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure: Figure, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Lay out ``figure`` and write it as a PNG to ``path`` (folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

@@ -377,3 +377,49 @@ def test_pretraining_run_with_other_inputs_gives_a_warning(tmp_path, tiny_cohort
     assert "'minmax'" in notes[0] and "(32, 32, 32)" in notes[1]
     recipe.views.normalize, recipe.data.volume_shape = "minmax", [32, 32, 32]
     assert pretraining_differences(tmp_path / "encoder.pt", recipe) == []
+
+
+# ----------------------------------------------------------------------------- label efficiency
+def test_train_size_keeps_that_many_training_subjects_a_new_draw_per_seed(tiny_cohort):
+    cohort = load_cohort(tiny_cohort)
+    target = resolve_target(cohort.table, tiny_recipe(tiny_cohort).finetune)
+    kept = []
+    for seed in range(3):
+        parts = split_cohort(cohort, target, 0.25, seed, train_size=6)
+        ids = set(parts.fit.table["participant_id"]) | set(parts.validation.table["participant_id"])
+        assert len(ids) == 6 and ids <= set(cohort.subset("train").table["participant_id"])
+        assert set(parts.fit.table["diagnosis"]) == {"patient", "control"}  # stratified on class
+        assert len(parts.internal_test) == len(cohort.subset("internal_test"))  # tests are never shrunk
+        kept.append(ids)
+    assert len({frozenset(ids) for ids in kept}) > 1
+
+
+def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp_path):
+    save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
+    out = tmp_path / "curve"
+    command = ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", str(tmp_path / "run"),
+               "--train-sizes", "6,all", "--smoke", "--out", str(out)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "label_efficiency.csv")
+    assert set(table["encoder"]) == {"pretrained", "scratch"} and set(table["train_size"].astype(str)) == {"6", "all"}
+    assert set(table["split"]) == {"internal_test", "external_test"}
+    six = table[(table["train_size"].astype(str) == "6")]
+    assert (six["n_train"] == 6).all()
+    assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+    stamp = (out / "scratch-n6" / "finetune.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0, again.output
+    assert (out / "scratch-n6" / "finetune.json").stat().st_mtime_ns == stamp
+    assert pd.read_csv(out / "label_efficiency.csv").equals(table)
+
+
+def test_train_sizes_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", str(tmp_path),
+                                     "--train-sizes", "3,all", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--train-sizes '3,all'" in lines[0]
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,100 @@
+"""Label efficiency: fine-tuning scores against the number of labelled training subjects.
+
+The curve the self-supervised papers use to show what pre-training buys (e.g. Dufumier
+et al., MICCAI 2021, Fig. 3): for each training-set size, the pre-trained encoder and the
+same network trained from scratch are fine-tuned with every seed of the recipe (each seed
+draws its own site- and class-stratified subset), and scored on the internal and external
+test splits. Each (size, encoder) pair is one ordinary ``medssl finetune`` result folder, so
+a killed run resumes by skipping the folders already finished.
+
+Files in ``out_dir``: ``<encoder>-n<size>/`` (``finetune.json`` ...), ``label_efficiency.csv``
+(one row per size, encoder, split and metric: mean, std, n_seeds), ``label_efficiency.json``
+and ``label_efficiency.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from rich.console import Console
+
+from medssl.config import Recipe
+from medssl.errors import RecipeError
+from medssl.eval.finetune import finetune_encoder
+from medssl.eval.plots import save_figure
+from medssl.files import atomic_write_text
+
+ALL = "all"
+
+
+def parse_train_sizes(text: str) -> list[int | None]:
+    """``"20,50,all"`` -> ``[20, 50, None]`` (None: the whole training split)."""
+    sizes: list[int | None] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item == ALL:
+            sizes.append(None)
+        elif item.isdigit() and int(item) >= 4:
+            sizes.append(int(item))
+        else:
+            raise RecipeError(f"--train-sizes {text!r}: {item!r} is not a number of subjects >= 4 or 'all'")
+    return sizes
+
+
+def size_name(size: int | None) -> str:
+    return ALL if size is None else str(size)
+
+
+def label_efficiency(recipe: Recipe, encoder: str | Path, sizes: list[int | None], out_dir: str | Path,
+                     console: Console | None = None) -> pd.DataFrame:
+    """Fine-tune ``encoder`` and a from-scratch network at each size; write and return the curve table."""
+    out_dir = Path(out_dir)
+    rows = []
+    for size in sizes:
+        for name, source in (("pretrained", encoder), ("scratch", None)):
+            folder = out_dir / f"{name}-n{size_name(size)}"
+            if (folder / "finetune.json").is_file():
+                results = json.loads((folder / "finetune.json").read_text())
+            else:
+                if console is not None:
+                    console.print(f"[bold]{name}, {size_name(size)} training subjects[/]")
+                sized = recipe.model_copy(deep=True)
+                sized.finetune.train_size = size
+                results = finetune_encoder(sized, source, folder, console=console)
+            rows.extend(curve_rows(results, name, size))
+    table = pd.DataFrame(rows)
+    atomic_write_text(out_dir / "label_efficiency.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "label_efficiency.json", table.to_json(orient="records", indent=2))
+    plot_label_efficiency(table, out_dir / "label_efficiency.png")
+    return table
+
+
+def curve_rows(results: dict, encoder: str, size: int | None) -> list[dict]:
+    """One row per test split and metric of a fine-tuning result, tagged with encoder and size."""
+    n_fit = [run["n_fit"] + run["n_validation"] for run in results["runs"]]
+    rows = []
+    for split, entry in results["summary"].items():
+        for metric, value in entry.items():
+            if isinstance(value, dict):
+                rows.append({"encoder": encoder, "train_size": size_name(size), "n_train": round(sum(n_fit) / len(n_fit)),
+                             "split": split, "metric": metric, "mean": value["mean"], "std": value["std"],
+                             "n_seeds": value.get("n_seeds")})
+    return rows
+
+
+def plot_label_efficiency(table: pd.DataFrame, path: Path) -> Path:
+    """ROC AUC (or MAE for regression) against labelled subjects, one panel per test split."""
+    metric = "roc_auc" if (table["metric"] == "roc_auc").any() else "mae"
+    splits = sorted(table["split"].unique())
+    figure = Figure(figsize=(5 * len(splits), 4))
+    for axis, split in zip(figure.subplots(1, len(splits), squeeze=False)[0], splits):
+        for encoder, rows in table[(table["split"] == split) & (table["metric"] == metric)].groupby("encoder"):
+            rows = rows.sort_values("n_train")
+            axis.errorbar(rows["n_train"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=encoder)
+        if metric == "roc_auc":
+            axis.axhline(0.5, color="grey", linestyle=":", label="chance")
+        axis.set(xscale="log", xlabel="labelled training subjects", ylabel=metric.replace("_", " "), title=split)
+        axis.legend()
+    return save_figure(figure, path)

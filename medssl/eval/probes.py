@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -80,16 +80,30 @@ def is_continuous(values: pd.Series) -> bool:
     return numeric and values.nunique() > CONTINUOUS_MIN_VALUES
 
 
-def regression_probe() -> Pipeline:
-    """Standardisation then ridge regression, alpha chosen by efficient leave-one-out CV."""
-    return Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=RIDGE_ALPHAS))])
+def regression_probe(inner: list | None = None) -> Pipeline | GridSearchCV:
+    """Standardisation then ridge regression, alpha chosen by efficient leave-one-out CV, or by
+    the ``inner`` (train, validation) splits when given (e.g. grouped by site)."""
+    if inner is None:
+        return Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=RIDGE_ALPHAS))])
+    pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge())])
+    return GridSearchCV(pipeline, {"ridge__alpha": RIDGE_ALPHAS}, cv=inner, scoring="neg_mean_absolute_error")
 
 
-def classification_probe(n_inner_folds: int = INNER_FOLDS, seed: int = 0) -> GridSearchCV:
-    """Standardisation then logistic regression, C chosen by inner stratified CV (balanced accuracy)."""
+def classification_probe(n_inner_folds: int = INNER_FOLDS, seed: int = 0, inner: list | None = None) -> GridSearchCV:
+    """Standardisation then logistic regression, C chosen by inner stratified CV (balanced
+    accuracy), or by the ``inner`` (train, validation) splits when given."""
     pipeline = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(max_iter=1000))])
-    inner = StratifiedKFold(n_inner_folds, shuffle=True, random_state=seed)
-    return GridSearchCV(pipeline, {"logistic__C": LOGISTIC_CS}, cv=inner, scoring="balanced_accuracy")
+    splits = inner if inner is not None else StratifiedKFold(n_inner_folds, shuffle=True, random_state=seed)
+    return GridSearchCV(pipeline, {"logistic__C": LOGISTIC_CS}, cv=splits, scoring="balanced_accuracy")
+
+
+def site_grouped_splits(groups: np.ndarray, n_folds: int = INNER_FOLDS) -> list | None:
+    """Inner (train, validation) splits of whole sites, so that regularisation is chosen for
+    unseen sites as the outer leave-site-out fold tests it; None with fewer than 2 sites."""
+    n_sites = len(np.unique(groups))
+    if n_sites < 2:
+        return None
+    return list(GroupKFold(n_splits=min(n_folds, n_sites)).split(np.zeros(len(groups)), groups=groups))
 
 
 def cross_validate_probes(
@@ -99,6 +113,7 @@ def cross_validate_probes(
     folds: Folds | None = None,
     protocol: str = "site_stratified",
     seed: int = 0,
+    group_inner_by: str | None = None,
 ) -> pd.DataFrame:
     """Fit one linear probe per target and fold; average the test-fold metrics over folds.
 
@@ -116,6 +131,8 @@ def cross_validate_probes(
         folds: ``(train_idx, test_idx)`` pairs; None for 5 site-stratified folds.
         protocol: name written in the ``protocol`` column of the result.
         seed: seed of the default folds and of the inner CV shuffles.
+        group_inner_by: column whose groups the inner CV keeps whole (``site`` for the
+            leave-site-out protocol: regularisation is then chosen on unseen sites too).
 
     Returns:
         long table with the columns ``protocol``, ``target``, ``metric``, ``mean``, ``std``
@@ -124,13 +141,14 @@ def cross_validate_probes(
     features = check_features(features, table)
     table = table.reset_index(drop=True)
     folds = site_stratified_folds(table, n_folds=5, seed=seed) if folds is None else folds
+    groups = as_labels(table[group_inner_by]).to_numpy() if group_inner_by else None
     rows, notes = [], []
     for target in targets:
         if target not in table.columns:
             notes.append(f"{protocol}: no column {target!r} in the participants table, target skipped")
             continue
         with quiet_fits(features):
-            per_fold, note = _probe_target(features, table[target], folds, seed)
+            per_fold, note = _probe_target(features, table[target], folds, seed, groups)
         if note:
             notes.append(f"{protocol}: {target}: {note}")
         for metric, values in per_fold.items():
@@ -178,16 +196,19 @@ def challenge_protocol(
     site_col: str = "site",
     age_col: str = "age",
     seed: int = 0,
+    standardize: bool = False,
 ) -> dict:
     """The OpenBHB challenge protocol (Dufumier et al., NeuroImage 2022), as in the official kit.
 
     On the ``train`` rows, fit a ridge age probe (alpha in {1e-2, ..., 1e2}, 5-fold
     GridSearchCV on R^2) and a logistic site probe (saga, 150 iterations, C in
-    {1e-2, ..., 1e2}, 5-fold GridSearchCV on balanced accuracy), each after a
-    ``StandardScaler`` inside the pipeline; predict age and site for the ``internal_test``
-    and ``external_test`` rows and score them with :func:`score_predictions`. A training set
-    too small for 5 folds (fewer than 5 rows, or no site with 5 subjects) uses as many folds
-    as it can hold.
+    {1e-2, ..., 1e2}, 5-fold GridSearchCV on balanced accuracy), on the features as they
+    are: the kit's ``AgeEstimator`` and ``SiteEstimator`` (ramp-kits/brain_age_with_site_removal,
+    ``problem.py``) have no scaler. ``standardize=True`` puts a ``StandardScaler`` in front of
+    both (a named variant, not the kit). Predict age and site for the ``internal_test`` and
+    ``external_test`` rows and score them with :func:`score_predictions`. A training set too
+    small for 5 folds (fewer than 5 rows, or no site with 5 subjects) uses as many folds as
+    it can hold.
 
     Returns:
         the keys of :func:`score_predictions`, plus ``age_alpha`` and ``site_C`` (the chosen
@@ -219,17 +240,15 @@ def challenge_protocol(
             f"with 2 subjects or more (got {int(train.sum())} rows from {len(site_counts)} sites)"
         )
 
+    scaler = [("scale", StandardScaler())] if standardize else []
     age_probe = GridSearchCV(
-        Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]),
+        Pipeline([*scaler, ("ridge", Ridge())]),
         {"ridge__alpha": CHALLENGE_ALPHAS},
         cv=min(CHALLENGE_FOLDS, int(train.sum())),
         scoring="r2",
     )
     site_probe = GridSearchCV(
-        Pipeline([
-            ("scale", StandardScaler()),
-            ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed)),
-        ]),
+        Pipeline([*scaler, ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed))]),
         {"logistic__C": CHALLENGE_CS},
         cv=max(2, min(CHALLENGE_FOLDS, int(site_counts.max()))),
         scoring="balanced_accuracy",
@@ -286,7 +305,8 @@ def quiet_fits(features: np.ndarray | None = None) -> Iterator[None]:
         yield
 
 
-def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: int) -> tuple[dict, str]:
+def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: int,
+                  groups: np.ndarray | None = None) -> tuple[dict, str]:
     known = values.notna().to_numpy()
     if is_continuous(values):
         target = values.to_numpy(dtype=float)
@@ -295,7 +315,8 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
             train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
             if len(train_idx) < 2 or len(test_idx) == 0:
                 continue
-            probe = regression_probe().fit(features[train_idx], target[train_idx])
+            inner = site_grouped_splits(groups[train_idx]) if groups is not None else None
+            probe = regression_probe(inner).fit(features[train_idx], target[train_idx])
             predicted = probe.predict(features[test_idx])
             per_fold["mae"].append(float(np.mean(np.abs(predicted - target[test_idx]))))
             per_fold["r2"].append(r2(target[test_idx], predicted))
@@ -312,7 +333,8 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
         if len(train_counts) < 2 or train_counts.max() < 2 or len(test_idx) == 0:
             skipped += 1
             continue
-        probe = classification_probe(min(INNER_FOLDS, int(train_counts.max())), seed)
+        inner = site_grouped_splits(groups[train_idx]) if groups is not None else None
+        probe = classification_probe(min(INNER_FOLDS, int(train_counts.max())), seed, inner=inner)
         probe.fit(features[train_idx], labels[train_idx])
         per_fold["balanced_accuracy"].append(balanced_accuracy(labels[test_idx], probe.predict(features[test_idx])))
         per_fold["roc_auc"].append(_roc_auc(labels[test_idx], probe.predict_proba(features[test_idx]), probe.classes_))

@@ -122,7 +122,8 @@ def evaluate_representation(
         cv_tables = [cross_validate_probes(matrix, table, targets, folds=stratified, protocol="site_stratified", seed=seed)]
         if site_out is not None:
             cv_tables.append(
-                cross_validate_probes(matrix, table, site_out_targets, folds=site_out, protocol="leave_site_out", seed=seed)
+                cross_validate_probes(matrix, table, site_out_targets, folds=site_out, protocol="leave_site_out", seed=seed,
+                                      group_inner_by="site")
             )
         for cv_table in cv_tables:
             notes.extend(cv_table.attrs.get("notes", []))

@@ -186,3 +186,33 @@ def test_challenge_protocol_requires_its_columns_and_two_training_sites():
     one_site.loc[one_site["split"] == "train", "site"] = "A"
     with pytest.raises(EvaluationError, match="at least 2 sites"):
         challenge_protocol(age_features(one_site), one_site)
+
+
+def test_challenge_age_probe_is_the_kits_plain_ridge_grid_search_and_standardize_is_a_variant():
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    table = cohort()
+    features = (age_features(table, noise=0.5) + random_features(table)) * np.logspace(-2, 2, 32)
+    results = challenge_protocol(features, table)
+    train = (table["split"] == "train").to_numpy()
+    kit = GridSearchCV(Ridge(), {"alpha": CHALLENGE_ALPHAS}, cv=5, scoring="r2").fit(features[train], table["age"][train])
+    tested = ~train
+    np.testing.assert_allclose(results["predictions"]["age_pred"][tested], kit.predict(features[tested]), rtol=1e-6)
+    standardized = challenge_protocol(features, table, standardize=True)
+    rescaled = challenge_protocol(features / np.logspace(-2, 2, 32), table, standardize=True)
+    assert standardized["mae_internal"] == pytest.approx(rescaled["mae_internal"], rel=1e-5)
+    assert standardized["mae_internal"] != pytest.approx(results["mae_internal"], rel=1e-3)
+
+
+def test_leave_site_out_probes_choose_regularisation_on_whole_sites():
+    from medssl.eval.probes import site_grouped_splits
+
+    sites = np.repeat(np.array(["A", "B", "C", "D"]), 5)
+    for train_idx, validation_idx in site_grouped_splits(sites):
+        assert not set(sites[train_idx]) & set(sites[validation_idx])
+    assert site_grouped_splits(np.array(["A"] * 4)) is None
+    table = cohort()
+    folds = site_stratified_folds(table, n_folds=5)
+    grouped = cross_validate_probes(age_features(table), table, targets=("age",), folds=folds, group_inner_by="site")
+    assert grouped.query("metric == 'mae'")["mean"].item() < 3.0

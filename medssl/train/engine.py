@@ -198,9 +198,11 @@ def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]
 
 
 # Settings a resumed run may change: they only say how far to go, how often to save, how to read
-# the data or what to evaluate, so the folder stays true to what was trained. Any other change
-# would be overridden by the checkpoint's optimiser state or contradict the epochs already run.
-RESUMABLE_CHANGES = ("name", "train.epochs", "train.embedded.epochs", "train.checkpoint_every", "data.num_workers", "eval.")
+# the data, what to evaluate or how a later fine-tuning runs, so the folder stays true to what was
+# trained. Any other change would be overridden by the checkpoint's optimiser state or contradict
+# the epochs already run.
+RESUMABLE_CHANGES = ("name", "description", "train.epochs", "train.embedded.epochs", "train.embedded.steps",
+                     "train.checkpoint_every", "data.num_workers", "eval.", "finetune.")
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, object]:

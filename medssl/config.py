@@ -139,6 +139,7 @@ class MethodConfig(Section):
     sim_weight: float = Field(25.0, ge=0, description="VICReg invariance weight (lambda).")
     var_weight: float = Field(25.0, ge=0, description="VICReg variance weight (mu).")
     cov_weight: float = Field(1.0, ge=0, description="VICReg covariance weight (nu).")
+    vicreg_form: Literal["authors", "paper_sum"] = Field("authors", description="VICReg: 'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).")
     momentum: float = Field(0.996, ge=0, le=1, description="BYOL/DINO base EMA momentum of the target/teacher network.")
     predictor_hidden_dim: int = Field(512, ge=1, description="BYOL/SimSiam predictor hidden width.")
     teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature (sharpening).")

@@ -55,7 +55,7 @@ METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
     "eps_supinfonce": _embedding_method(lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), uses_label=True),
     "eps_supcon": _embedding_method(lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), uses_label=True),
     "barlow_twins": _embedding_method(lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
-    "vicreg": _embedding_method(lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight), monitors_collapse=True),
+    "vicreg": _embedding_method(lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight, form=m.vicreg_form), monitors_collapse=True),
     "byol": lambda r, e: BYOL(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim, momentum=r.method.momentum),
     "simsiam": lambda r, e: SimSiam(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim),
     "dino": lambda r, e: DINO(e, hidden_dim=r.model.head.hidden_dim, out_dim=r.method.out_dim, n_local_crops=r.method.local_crops,

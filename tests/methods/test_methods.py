@@ -203,3 +203,11 @@ def test_simsiam_reaches_the_encoder_only_through_the_predictor():
     method.predictor = DetachedPredictor(method.predictor)
     loss, _ = method.training_loss(batch)
     assert not loss.requires_grad  # the other branch is a stop-gradient: nothing left to differentiate
+
+
+# ----------------------------------------------------------------------------- VICReg
+@pytest.mark.parametrize("overrides, form", [((), "authors"), (("method.vicreg_form=paper_sum",), "paper_sum")])
+def test_vicreg_recipe_chooses_the_form_of_the_loss(overrides, form):
+    method = build_method(quick_recipe("vicreg", *overrides))
+    assert method.loss.form == form
+    assert (method.loss.sim_weight, method.loss.var_weight, method.loss.cov_weight) == (25.0, 25.0, 1.0)

@@ -61,7 +61,10 @@ METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
     "dino": lambda r, e: DINO(e, hidden_dim=r.model.head.hidden_dim, out_dim=r.method.out_dim, n_local_crops=r.method.local_crops,
                               local_crop_scale=r.method.local_crop_scale, momentum=r.method.momentum,
                               student_temperature=r.method.temperature, teacher_temperature=r.method.teacher_temperature,
-                              center_momentum=r.method.center_momentum),
+                              center_momentum=r.method.center_momentum, warmup_teacher_temperature=r.method.warmup_teacher_temperature,
+                              # The embedded budget may shorten the run below the warm-up.
+                              warmup_teacher_temperature_epochs=min(r.method.warmup_teacher_temperature_epochs, r.train.epochs),
+                              epochs=r.train.epochs),
     "supervised": lambda r, e: SupervisedMethod(e, task=r.method.task, classes=r.method.classes),
     "deepcluster": lambda r, e: DeepCluster(e, clusters=r.method.clusters, pca_dim=r.method.pca_dim,
                                             kmeans_iters=r.method.kmeans_iters, seed=r.train.seed),

@@ -174,7 +174,7 @@ class TrainConfig(Section):
     epochs: int = Field(50, ge=1, description="Passes over the training cohort.")
     batch_size: int = Field(64, ge=2, description="Subjects per step (each seen in views.n_views views).")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole cohort).")
-    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field("adam", description="Optimiser.")
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field("adam", description="Optimiser; lars: SGD with a layer-wise trust ratio, biases and norms excluded (medssl.train.lars).")
     lr: float = Field(1e-4, gt=0, description="Base learning rate.")
     weight_decay: float = Field(5e-5, ge=0, description="Weight decay.")
     momentum: float = Field(0.9, ge=0, le=1, description="SGD momentum.")

@@ -42,6 +42,7 @@ from medssl.methods import LABEL_METHODS, Method, build_method
 from medssl.models import save_encoder
 from medssl.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from medssl.train.distributed import DistributedContext, barrier, gather_with_grad, init_distributed, reduce_mean, shutdown_distributed
+from medssl.train.lars import LARS
 from medssl.train.loading import EpochSampler, EpochSeededDataset
 from medssl.train.metrics_log import MetricsLog
 
@@ -170,8 +171,9 @@ def make_optimizer(parameters: Iterable[torch.nn.Parameter], recipe: Recipe) -> 
         return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
     if train.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    # LARS is SGD with a layer-wise trust ratio; without an implementation in torch, fall back explicitly.
-    raise RecipeError("train.optimizer = 'lars' is not available in this version: use 'sgd' with a large batch or 'adamw'")
+    if train.optimizer == "lars":
+        return LARS(parameters, lr=train.lr, weight_decay=train.weight_decay, momentum=train.momentum)
+    raise RecipeError(f"train.optimizer = {train.optimizer!r}: expected adam, adamw, sgd or lars")
 
 
 def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:

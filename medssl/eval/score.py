@@ -27,10 +27,12 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, r2_score
 
 from medssl.errors import MedsslError
 
@@ -219,22 +221,28 @@ def read_predictions(
 
 
 def balanced_accuracy(y_true: pd.Series | np.ndarray, y_pred: pd.Series | np.ndarray) -> float:
-    """Mean over the classes of ``y_true`` of the fraction predicted correctly (recall).
+    """``sklearn.metrics.balanced_accuracy_score``: the mean over the classes of ``y_true`` of
+    the fraction predicted correctly; predicted classes absent from ``y_true`` only count as errors.
 
-    The same value as ``sklearn.metrics.balanced_accuracy_score``: predicted classes absent
-    from ``y_true`` only count as errors.
+    A thin wrapper because the site classifier routinely predicts sites absent from a test
+    split, on which scikit-learn warns, and because scikit-learn raises on no samples where the
+    score is NaN here (undefined).
     """
-    y_true = np.asarray(y_true)
-    correct = pd.Series(y_true == np.asarray(y_pred))
-    return float(correct.groupby(y_true).mean().mean())
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Coefficient of determination; NaN when ``y_true`` is constant (undefined)."""
-    total = float(np.sum((y_true - np.mean(y_true)) ** 2))
-    if total == 0.0:
+    """``sklearn.metrics.r2_score``, NaN where undefined: fewer than 2 samples, a constant
+    ``y_true`` (scikit-learn returns 0 or 1 there) or a non-finite prediction (it raises)."""
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    if len(y_true) < 2 or np.all(y_true == y_true[0]) or not np.all(np.isfinite(y_pred)):
         return float("nan")
-    return 1.0 - float(np.sum((y_true - y_pred) ** 2)) / total
+    return float(r2_score(y_true, y_pred))
 
 
 def as_labels(values: pd.Series) -> pd.Series:

@@ -8,10 +8,13 @@ and scores them on a test set split into an **internal** part (sites seen in tra
 - ``mae_internal`` / ``mae_external``: mean absolute error of the predicted age;
 - ``bacc_site``: balanced accuracy of the predicted site on the internal test set (lower is
   better: a representation free of site effects sits at chance, ``1 / n_sites``);
-- ``challenge_score`` L_c = BAcc^0.3 * MAE_ext, the score of the published leaderboard
-  tables (Barbano et al., ISBI 2023);
-- ``ramp_combined`` = MAE_ext * BAcc + MAE_int / n_sites, the ``challenge_metric`` of the
-  official kit (ramp-kits/brain_age_with_site_removal).
+- ``challenge_score`` L_c = BAcc^0.3 * MAE_ext: what the official kit's ``challenge_metric``
+  computes now (ramp-kits/brain_age_with_site_removal ``problem.py``, ``DeepDebiasingMetric``,
+  since commit b5defb4 of 2022-09-19) and the score of the published leaderboard tables
+  (Barbano et al., ISBI 2023);
+- ``ramp_combined`` = MAE_ext * BAcc + MAE_int / n_sites: the kit's original
+  ``challenge_metric`` (until commit 1c6c591 of 2022-06-17; between the two, the kit used
+  MAE_ext * BAcc^0.3 + (1 / n_sites)^0.3 * MAE_int, which medssl does not report).
 
 A predictions table has one row per subject with the columns ``split`` (``train``,
 ``internal_test`` or ``external_test``), ``site``, ``age``, ``age_pred`` and either
@@ -47,10 +50,13 @@ class EvaluationError(MedsslError):
 
 
 def challenge_score(mae_ext: float, bacc: float) -> float:
-    """The OpenBHB leaderboard score L_c = BAcc^0.3 * MAE_ext (lower is better).
+    """The OpenBHB challenge score L_c = BAcc^0.3 * MAE_ext (lower is better).
 
-    Barbano et al., "Contrastive learning for regression in multi-site brain age
-    prediction", ISBI 2023; Dufumier et al., NeuroImage 2022.
+    What the official kit's current ``challenge_metric`` computes (ramp-kits/
+    brain_age_with_site_removal ``problem.py``, ``DeepDebiasingMetric``, since commit b5defb4,
+    2022-09-19) and the score of the published leaderboard tables: Barbano et al.,
+    "Contrastive learning for regression in multi-site brain age prediction", ISBI 2023;
+    Dufumier et al., NeuroImage 2022.
 
     Args:
         mae_ext: mean absolute error of the predicted age on the external test set (years).
@@ -66,7 +72,9 @@ def challenge_score(mae_ext: float, bacc: float) -> float:
 
 
 def ramp_combined(mae_ext: float, bacc: float, mae_int: float, n_sites: int) -> float:
-    """The official kit's ``challenge_metric``: MAE_ext * BAcc + MAE_int / n_sites (lower is better).
+    """The official kit's original ``challenge_metric`` (2022, until commit 1c6c591 of
+    2022-06-17 in ramp-kits/brain_age_with_site_removal): MAE_ext * BAcc + MAE_int / n_sites
+    (lower is better). The kit now computes :func:`challenge_score` instead.
 
     Args:
         mae_ext: mean absolute age error on the external test set.

@@ -115,7 +115,7 @@ class ModelConfig(Section):
     head: HeadConfig = Field(default_factory=HeadConfig, description="Projection head on top of the encoder features.")
 
     @model_validator(mode="after")
-    def _widths_need_a_resnet(self) -> "ModelConfig":
+    def _widths_need_a_resnet(self) -> ModelConfig:
         if self.widths is not None and not self.encoder.startswith("resnet"):
             raise ValueError(f"model.widths is set but model.encoder = {self.encoder!r}: only ResNets take stage widths")
         return self

@@ -10,7 +10,7 @@ of l_i over the anchors that have a positive.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

@@ -11,13 +11,13 @@ from torch import nn
 import medssl.methods.bootstrap
 import medssl.methods.dino
 from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
-from medssl.methods import build_method
 from medssl.losses import DINOLoss
+from medssl.methods import build_method
 from medssl.methods.clustering import ClusterUniformSampler
 from medssl.methods.dino import DINO, teacher_temperature_schedule
 from medssl.methods.ema import cosine_momentum
-from medssl.train import engine
 from medssl.models import build_encoder
+from medssl.train import engine
 from medssl.train.engine import Trainer, pretrain
 
 

@@ -42,6 +42,12 @@ def teacher_temperature_schedule(warmup_temperature: float, temperature: float, 
                            np.ones(epochs - warmup_epochs) * temperature))
 
 
+def _keep_temperature_of_older_checkpoints(module: DINO, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the schedule existed hold no temperature: those runs had a
+    constant one, which is the schedule's without warm-up, so they resume with the current value."""
+    state_dict.setdefault(prefix + "scheduled_teacher_temperature", module.scheduled_teacher_temperature.clone())
+
+
 class DINO(Method):
     """DINO (Caron et al., ICCV 2021): a student network matches the centred, sharpened
     output distribution of an EMA teacher across crops; the teacher sees the 2 global views,
@@ -76,6 +82,7 @@ class DINO(Method):
             warmup_teacher_temperature, teacher_temperature, warmup_teacher_temperature_epochs, epochs)
         # float64 so that the checkpointed value is exactly the schedule's.
         self.register_buffer("scheduled_teacher_temperature", torch.tensor(self.teacher_temperatures[0], dtype=torch.float64))
+        self.register_load_state_dict_pre_hook(_keep_temperature_of_older_checkpoints)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         self.loss.teacher_temperature = self.scheduled_teacher_temperature.item()

@@ -246,6 +246,13 @@ def test_dino_teacher_temperature_resumes_from_the_checkpoint(tmp_path, monkeypa
     assert used == pytest.approx(straight, abs=1e-15)
 
 
+def test_dino_loads_a_checkpoint_written_before_the_temperature_schedule():
+    method = DINO(build_encoder("alexnet"), hidden_dim=16, out_dim=8, teacher_temperature=0.06, warmup_teacher_temperature=0.06)
+    older = {key: value for key, value in method.state_dict().items() if key != "scheduled_teacher_temperature"}
+    method.load_state_dict(older)
+    assert method.scheduled_teacher_temperature.item() == pytest.approx(0.06, abs=1e-15)
+
+
 class DetachedPredictor(nn.Module):
     def __init__(self, predictor: nn.Module):
         super().__init__()

@@ -129,8 +129,8 @@ def main() -> None:
     bare_speed = args.steps * volumes / statistics.median(bare_times)
     print(f"\n{args.encoder}, {args.batch} subjects x 2 views of {args.shape}^3 ({volumes} volumes/step), {args.precision}, "
           f"{args.steps} steps x {args.repeats} repeats (medians)")
-    print(f"| path   | volumes/s | s/step |")
-    print(f"|--------|-----------|--------|")
+    print("| path   | volumes/s | s/step |")
+    print("|--------|-----------|--------|")
     print(f"| bare   | {bare_speed:9.1f} | {volumes / bare_speed:6.3f} |")
     print(f"| engine | {engine_speed:9.1f} | {volumes / engine_speed:6.3f} |")
     print(f"engine overhead: {100 * (bare_speed / engine_speed - 1):+.1f} % time per step (target <= 10 %)")

@@ -115,7 +115,7 @@ class ModelConfig(Section):
     head: HeadConfig = Field(default_factory=HeadConfig, description="Projection head on top of the encoder features.")
 
     @model_validator(mode="after")
-    def _widths_need_a_resnet(self) -> "ModelConfig":
+    def _widths_need_a_resnet(self) -> ModelConfig:
         if self.widths is not None and not self.encoder.startswith("resnet"):
             raise ValueError(f"model.widths is set but model.encoder = {self.encoder!r}: only ResNets take stage widths")
         return self
@@ -139,9 +139,12 @@ class MethodConfig(Section):
     sim_weight: float = Field(25.0, ge=0, description="VICReg invariance weight (lambda).")
     var_weight: float = Field(25.0, ge=0, description="VICReg variance weight (mu).")
     cov_weight: float = Field(1.0, ge=0, description="VICReg covariance weight (nu).")
+    vicreg_form: Literal["authors", "paper_sum"] = Field("authors", description="VICReg: 'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).")
     momentum: float = Field(0.996, ge=0, le=1, description="BYOL/DINO base EMA momentum of the target/teacher network.")
     predictor_hidden_dim: int = Field(512, ge=1, description="BYOL/SimSiam predictor hidden width.")
-    teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature (sharpening).")
+    teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature (sharpening), reached after the warm-up.")
+    warmup_teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature of the first epoch, raised linearly to teacher_temperature.")
+    warmup_teacher_temperature_epochs: int = Field(0, ge=0, description="DINO epochs of the teacher-temperature warm-up (at most train.epochs; DINO's ViT recipes: 30).")
     center_momentum: float = Field(0.9, ge=0, le=1, description="DINO EMA momentum of the teacher centre.")
     out_dim: int = Field(4096, ge=2, description="DINO prototypes (output dimension of the DINO head).")
     local_crops: int = Field(4, ge=0, description="DINO local crops per subject, besides the 2 global views.")
@@ -171,7 +174,7 @@ class TrainConfig(Section):
     epochs: int = Field(50, ge=1, description="Passes over the training cohort.")
     batch_size: int = Field(64, ge=2, description="Subjects per step (each seen in views.n_views views).")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole cohort).")
-    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field("adam", description="Optimiser.")
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field("adam", description="Optimiser; lars: SGD with a layer-wise trust ratio, biases and norms excluded (medssl.train.lars).")
     lr: float = Field(1e-4, gt=0, description="Base learning rate.")
     weight_decay: float = Field(5e-5, ge=0, description="Weight decay.")
     momentum: float = Field(0.9, ge=0, le=1, description="SGD momentum.")

@@ -57,7 +57,7 @@ class Cohort:
     def sites(self) -> list[str]:
         return sorted(self.table["site"].unique())
 
-    def subset(self, *splits: str) -> "Cohort":
+    def subset(self, *splits: str) -> Cohort:
         """Rows whose ``split`` is one of ``splits`` (a cohort without a split column is all ``train``)."""
         unknown = [split for split in splits if split not in SPLITS]
         if unknown:
@@ -65,7 +65,7 @@ class Cohort:
         rows = self.table[self.table["split"].isin(splits)].reset_index(drop=True)
         return Cohort(self.root, rows)
 
-    def head(self, n: int) -> "Cohort":
+    def head(self, n: int) -> Cohort:
         """The first ``n`` subjects, keeping every site represented where possible."""
         if n >= len(self.table):
             return self

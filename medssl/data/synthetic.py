@@ -519,7 +519,7 @@ def _config_dict(subjects: int, sites: int, external_sites: int, shape: int, dia
             "diagnosis": bool(diagnosis), "seed": seed}
 
 
-def cohort_key(config: "SyntheticCohortConfig") -> str:
+def cohort_key(config: SyntheticCohortConfig) -> str:
     """Folder name of a cached cohort, e.g. ``s256-k8-e2-n32-d0-seed0``."""
     return (f"s{config.subjects}-k{config.sites}-e{config.external_sites}-n{config.shape}"
             f"-d{int(config.diagnosis)}-seed{config.seed}")
@@ -560,7 +560,7 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(graveyard, ignore_errors=True)
 
 
-def embedded_cohort(config: "SyntheticCohortConfig", cache_dir: str | Path | None = None,
+def embedded_cohort(config: SyntheticCohortConfig, cache_dir: str | Path | None = None,
                     progress: bool = False) -> Path:
     """The folder of the cached synthetic cohort of ``config``, generated on first use.
 

@@ -41,8 +41,8 @@ _MODULE_OF = {
 __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
-    from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
     from medssl.eval.finetune import finetune_encoder, print_finetune_report
+    from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
     from medssl.eval.plots import plot_age_predictions, plot_embedding, plot_loss_curve, plot_roc_curves
     from medssl.eval.probes import challenge_protocol, cross_validate_probes
     from medssl.eval.report import evaluate_representation, print_report

@@ -47,9 +47,9 @@ import copy
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -71,7 +71,14 @@ from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text
 from medssl.methods import build_encoder_for
 from medssl.models import Encoder, encoder_spec, load_encoder
-from medssl.train.engine import apply_embedded_budget, bf16_conv_hazards, make_optimizer, open_cohort, resolve_device, seed_everything
+from medssl.train.engine import (
+    apply_embedded_budget,
+    bf16_conv_hazards,
+    make_optimizer,
+    open_cohort,
+    resolve_device,
+    seed_everything,
+)
 
 MODES = ("linear", "full", "lower_lr", "scratch")
 CLASSIFICATION_METRICS = ("roc_auc", "balanced_accuracy")

@@ -8,10 +8,13 @@ and scores them on a test set split into an **internal** part (sites seen in tra
 - ``mae_internal`` / ``mae_external``: mean absolute error of the predicted age;
 - ``bacc_site``: balanced accuracy of the predicted site on the internal test set (lower is
   better: a representation free of site effects sits at chance, ``1 / n_sites``);
-- ``challenge_score`` L_c = BAcc^0.3 * MAE_ext, the score of the published leaderboard
-  tables (Barbano et al., ISBI 2023);
-- ``ramp_combined`` = MAE_ext * BAcc + MAE_int / n_sites, the ``challenge_metric`` of the
-  official kit (ramp-kits/brain_age_with_site_removal).
+- ``challenge_score`` L_c = BAcc^0.3 * MAE_ext: what the official kit's ``challenge_metric``
+  computes now (ramp-kits/brain_age_with_site_removal ``problem.py``, ``DeepDebiasingMetric``,
+  since commit b5defb4 of 2022-09-19) and the score of the published leaderboard tables
+  (Barbano et al., ISBI 2023);
+- ``ramp_combined`` = MAE_ext * BAcc + MAE_int / n_sites: the kit's original
+  ``challenge_metric`` (until commit 1c6c591 of 2022-06-17; between the two, the kit used
+  MAE_ext * BAcc^0.3 + (1 / n_sites)^0.3 * MAE_int, which medssl does not report).
 
 A predictions table has one row per subject with the columns ``split`` (``train``,
 ``internal_test`` or ``external_test``), ``site``, ``age``, ``age_pred`` and either
@@ -27,10 +30,12 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, r2_score
 
 from medssl.errors import MedsslError
 
@@ -45,10 +50,13 @@ class EvaluationError(MedsslError):
 
 
 def challenge_score(mae_ext: float, bacc: float) -> float:
-    """The OpenBHB leaderboard score L_c = BAcc^0.3 * MAE_ext (lower is better).
+    """The OpenBHB challenge score L_c = BAcc^0.3 * MAE_ext (lower is better).
 
-    Barbano et al., "Contrastive learning for regression in multi-site brain age
-    prediction", ISBI 2023; Dufumier et al., NeuroImage 2022.
+    What the official kit's current ``challenge_metric`` computes (ramp-kits/
+    brain_age_with_site_removal ``problem.py``, ``DeepDebiasingMetric``, since commit b5defb4,
+    2022-09-19) and the score of the published leaderboard tables: Barbano et al.,
+    "Contrastive learning for regression in multi-site brain age prediction", ISBI 2023;
+    Dufumier et al., NeuroImage 2022.
 
     Args:
         mae_ext: mean absolute error of the predicted age on the external test set (years).
@@ -64,7 +72,9 @@ def challenge_score(mae_ext: float, bacc: float) -> float:
 
 
 def ramp_combined(mae_ext: float, bacc: float, mae_int: float, n_sites: int) -> float:
-    """The official kit's ``challenge_metric``: MAE_ext * BAcc + MAE_int / n_sites (lower is better).
+    """The official kit's original ``challenge_metric`` (2022, until commit 1c6c591 of
+    2022-06-17 in ramp-kits/brain_age_with_site_removal): MAE_ext * BAcc + MAE_int / n_sites
+    (lower is better). The kit now computes :func:`challenge_score` instead.
 
     Args:
         mae_ext: mean absolute age error on the external test set.
@@ -219,22 +229,28 @@ def read_predictions(
 
 
 def balanced_accuracy(y_true: pd.Series | np.ndarray, y_pred: pd.Series | np.ndarray) -> float:
-    """Mean over the classes of ``y_true`` of the fraction predicted correctly (recall).
+    """``sklearn.metrics.balanced_accuracy_score``: the mean over the classes of ``y_true`` of
+    the fraction predicted correctly; predicted classes absent from ``y_true`` only count as errors.
 
-    The same value as ``sklearn.metrics.balanced_accuracy_score``: predicted classes absent
-    from ``y_true`` only count as errors.
+    A thin wrapper because the site classifier routinely predicts sites absent from a test
+    split, on which scikit-learn warns, and because scikit-learn raises on no samples where the
+    score is NaN here (undefined).
     """
-    y_true = np.asarray(y_true)
-    correct = pd.Series(y_true == np.asarray(y_pred))
-    return float(correct.groupby(y_true).mean().mean())
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true", category=UserWarning)
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Coefficient of determination; NaN when ``y_true`` is constant (undefined)."""
-    total = float(np.sum((y_true - np.mean(y_true)) ** 2))
-    if total == 0.0:
+    """``sklearn.metrics.r2_score``, NaN where undefined: fewer than 2 samples, a constant
+    ``y_true`` (scikit-learn returns 0 or 1 there) or a non-finite prediction (it raises)."""
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    if len(y_true) < 2 or np.all(y_true == y_true[0]) or not np.all(np.isfinite(y_pred)):
         return float("nan")
-    return 1.0 - float(np.sum((y_true - y_pred) ** 2)) / total
+    return float(r2_score(y_true, y_pred))
 
 
 def as_labels(values: pd.Series) -> pd.Series:

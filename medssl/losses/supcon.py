@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from medssl.losses.layout import ContrastiveBatch, check_temperature, contrastive_batch, masked_logsumexp, masked_mean, mean_over_anchors
+from medssl.losses.layout import (
+    ContrastiveBatch,
+    check_temperature,
+    contrastive_batch,
+    masked_logsumexp,
+    masked_mean,
+    mean_over_anchors,
+)
 
 
 def _class_batch(loss: nn.Module, z: Tensor, y: Tensor) -> ContrastiveBatch:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from medssl.config import Recipe
 from medssl.losses import (
@@ -55,13 +55,16 @@ METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
     "eps_supinfonce": _embedding_method(lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), uses_label=True),
     "eps_supcon": _embedding_method(lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), uses_label=True),
     "barlow_twins": _embedding_method(lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
-    "vicreg": _embedding_method(lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight), monitors_collapse=True),
+    "vicreg": _embedding_method(lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight, form=m.vicreg_form), monitors_collapse=True),
     "byol": lambda r, e: BYOL(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim, momentum=r.method.momentum),
     "simsiam": lambda r, e: SimSiam(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim),
     "dino": lambda r, e: DINO(e, hidden_dim=r.model.head.hidden_dim, out_dim=r.method.out_dim, n_local_crops=r.method.local_crops,
                               local_crop_scale=r.method.local_crop_scale, momentum=r.method.momentum,
                               student_temperature=r.method.temperature, teacher_temperature=r.method.teacher_temperature,
-                              center_momentum=r.method.center_momentum),
+                              center_momentum=r.method.center_momentum, warmup_teacher_temperature=r.method.warmup_teacher_temperature,
+                              # The embedded budget may shorten the run below the warm-up.
+                              warmup_teacher_temperature_epochs=min(r.method.warmup_teacher_temperature_epochs, r.train.epochs),
+                              epochs=r.train.epochs),
     "supervised": lambda r, e: SupervisedMethod(e, task=r.method.task, classes=r.method.classes),
     "deepcluster": lambda r, e: DeepCluster(e, clusters=r.method.clusters, pca_dim=r.method.pca_dim,
                                             kmeans_iters=r.method.kmeans_iters, seed=r.train.seed),

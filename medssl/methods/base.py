@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts from 1)."""
 
-    def prepare_epoch(self, epoch: int, context: "EpochContext") -> torch.utils.data.Sampler | None:  # noqa: F821
+    def prepare_epoch(self, epoch: int, context: EpochContext) -> torch.utils.data.Sampler | None:  # noqa: F821
         """Called before each epoch; may return the sampler of that epoch."""
         return None
 

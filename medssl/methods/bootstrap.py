@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from medssl.losses import BYOLLoss, SimSiamLoss
 from medssl.methods.base import Method, fold_views

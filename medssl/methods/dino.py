@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,10 +31,33 @@ def local_crops(views: torch.Tensor, n_crops: int, scale: tuple[float, float], g
     return torch.stack(crops, dim=1)
 
 
+def teacher_temperature_schedule(warmup_temperature: float, temperature: float, warmup_epochs: int, epochs: int) -> np.ndarray:
+    """Teacher temperature of each epoch, as DINO's ``DINOLoss.teacher_temp_schedule``
+    (facebookresearch/dino ``main_dino.py``, commit 7c446df): linear from ``warmup_temperature``
+    to ``temperature`` over the first ``warmup_epochs`` epochs (both ends included), then constant.
+    The authors warm up because a too high temperature makes the start of training unstable."""
+    if not 0 <= warmup_epochs <= epochs:
+        raise ValueError(f"DINO: warmup_teacher_temperature_epochs={warmup_epochs} must be in [0, epochs={epochs}]")
+    return np.concatenate((np.linspace(warmup_temperature, temperature, warmup_epochs),
+                           np.ones(epochs - warmup_epochs) * temperature))
+
+
+def _keep_temperature_of_older_checkpoints(module: DINO, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the schedule existed hold no temperature: those runs had a
+    constant one, which is the schedule's without warm-up, so they resume with the current value."""
+    state_dict.setdefault(prefix + "scheduled_teacher_temperature", module.scheduled_teacher_temperature.clone())
+
+
 class DINO(Method):
     """DINO (Caron et al., ICCV 2021): a student network matches the centred, sharpened
     output distribution of an EMA teacher across crops; the teacher sees the 2 global views,
     the student the global views and ``n_local_crops`` local crops.
+
+    The teacher temperature follows :func:`teacher_temperature_schedule` over the ``epochs`` of
+    the run: the epoch of a step is derived from the step and the run's total steps (the engine
+    calls ``after_step(step, total_steps)``), and the temperature of the next step is kept in a
+    buffer, so a checkpoint resumes with it. With ``warmup_teacher_temperature_epochs = 0`` (the
+    authors' default, and their ResNet-50 run) it is ``teacher_temperature`` throughout.
 
     Example:
         >>> method = DINO(build_encoder("resnet18"), out_dim=4096)
@@ -43,7 +67,8 @@ class DINO(Method):
 
     def __init__(self, encoder: Encoder, hidden_dim: int = 512, out_dim: int = 4096, n_local_crops: int = 4,
                  local_crop_scale: tuple[float, float] = (0.3, 0.5), momentum: float = 0.996,
-                 student_temperature: float = 0.1, teacher_temperature: float = 0.04, center_momentum: float = 0.9):
+                 student_temperature: float = 0.1, teacher_temperature: float = 0.04, center_momentum: float = 0.9,
+                 warmup_teacher_temperature: float = 0.04, warmup_teacher_temperature_epochs: int = 0, epochs: int = 1):
         super().__init__(encoder, DINOHead(encoder.feature_dim, hidden_dim=hidden_dim, out_dim=out_dim))
         self.teacher_encoder = make_target(encoder)
         self.teacher_head = make_target(self.head)
@@ -52,8 +77,15 @@ class DINO(Method):
         self.base_momentum = momentum
         self.loss = DINOLoss(out_dim=out_dim, student_temperature=student_temperature,
                              teacher_temperature=teacher_temperature, center_momentum=center_momentum)
+        self.epochs = epochs
+        self.teacher_temperatures = teacher_temperature_schedule(
+            warmup_teacher_temperature, teacher_temperature, warmup_teacher_temperature_epochs, epochs)
+        # float64 so that the checkpointed value is exactly the schedule's.
+        self.register_buffer("scheduled_teacher_temperature", torch.tensor(self.teacher_temperatures[0], dtype=torch.float64))
+        self.register_load_state_dict_pre_hook(_keep_temperature_of_older_checkpoints)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        self.loss.teacher_temperature = self.scheduled_teacher_temperature.item()
         global_views = batch["views"][:, :2]
         student = [self.embed(global_views)]
         if self.n_local_crops:
@@ -66,3 +98,6 @@ class DINO(Method):
         momentum = cosine_momentum(step, total_steps, self.base_momentum)
         ema_update(self.teacher_encoder, self.encoder, momentum)
         ema_update(self.teacher_head, self.head, momentum)
+        # ``step`` steps are done; the next one (0-based index ``step``) lies in this epoch.
+        epoch = min(step * self.epochs // total_steps, self.epochs - 1)
+        self.scheduled_teacher_temperature.fill_(float(self.teacher_temperatures[epoch]))

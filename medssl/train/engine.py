@@ -20,10 +20,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -35,13 +35,21 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from medssl.config import Recipe, dump_recipe
 from medssl.data.cohort import Cohort, check_same_shape, load_cohort
 from medssl.data.synthetic import embedded_cohort
-from medssl.data.views import MultiViewDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
+from medssl.data.views import MultiViewDataset, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.files import atomic_write_text, remove_stale_temporaries
 from medssl.methods import LABEL_METHODS, Method, build_method
 from medssl.models import save_encoder
 from medssl.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from medssl.train.distributed import DistributedContext, barrier, gather_with_grad, init_distributed, reduce_mean, shutdown_distributed
+from medssl.train.distributed import (
+    DistributedContext,
+    barrier,
+    gather_with_grad,
+    init_distributed,
+    reduce_mean,
+    shutdown_distributed,
+)
+from medssl.train.lars import LARS
 from medssl.train.loading import EpochSampler, EpochSeededDataset
 from medssl.train.metrics_log import MetricsLog
 
@@ -170,8 +178,9 @@ def make_optimizer(parameters: Iterable[torch.nn.Parameter], recipe: Recipe) -> 
         return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay, fused=fused or None)
     if train.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    # LARS is SGD with a layer-wise trust ratio; without an implementation in torch, fall back explicitly.
-    raise RecipeError("train.optimizer = 'lars' is not available in this version: use 'sgd' with a large batch or 'adamw'")
+    if train.optimizer == "lars":
+        return LARS(parameters, lr=train.lr, weight_decay=train.weight_decay, momentum=train.momentum)
+    raise RecipeError(f"train.optimizer = {train.optimizer!r}: expected adam, adamw, sgd or lars")
 
 
 def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:
@@ -227,7 +236,7 @@ def resume_differences(saved_yaml: str, current_yaml: str) -> tuple[list[str], l
 class EpochContext:
     """What a method's ``prepare_epoch`` may use: feature extraction, optimiser, logging."""
 
-    def __init__(self, engine: "Trainer"):
+    def __init__(self, engine: Trainer):
         self.engine = engine
         self.logs: dict[str, float] = {}
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from medssl.cli import app
-from medssl.config import ViewsConfig, Recipe
+from medssl.config import Recipe
 from medssl.data.cohort import load_cohort
 from medssl.data.synthetic import synthesize_cohort
 from medssl.eval.cohort_figures import diagnosis_oracle, inspect_cohort, scanner_ranges

@@ -17,8 +17,8 @@ from medssl.config import Recipe, load_recipe, smoke_recipe
 from medssl.data.cohort import load_cohort
 from medssl.errors import CheckpointError, CohortError, RecipeError
 from medssl.eval.finetune import (
-    FineTuner,
     FinetuneModel,
+    FineTuner,
     LabelledInputs,
     TargetLoss,
     build_optimizer,

@@ -1,10 +1,12 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from medssl.errors import MedsslError
 from medssl.eval import challenge_score, ramp_combined, read_predictions, score_predictions
-from medssl.eval.score import EvaluationError, balanced_accuracy
+from medssl.eval.score import EvaluationError, balanced_accuracy, r2
 
 
 def predictions_table(**overrides) -> pd.DataFrame:
@@ -99,13 +101,24 @@ def test_chance_level_site_prediction_with_64_sites_gives_bacc_one_over_64():
     assert scores["ramp_combined"] == pytest.approx(3.0 / 64 + 1.0 / 64)
 
 
-def test_balanced_accuracy_matches_scikit_learn_on_imbalanced_classes():
-    from sklearn.metrics import balanced_accuracy_score
+def test_balanced_accuracy_averages_recall_over_true_classes_without_warning_on_extra_predicted_ones():
+    y_true = np.array(["a", "a", "a", "b"])
+    y_pred = np.array(["a", "a", "z", "z"])  # "z" is no true class: it only counts as an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert balanced_accuracy(y_true, y_pred) == pytest.approx((2 / 3 + 0) / 2)
 
-    rng = np.random.default_rng(0)
-    y_true = rng.choice(["a", "b", "c"], size=50, p=[0.7, 0.2, 0.1])
-    y_pred = rng.choice(["a", "b", "c"], size=50)
-    assert balanced_accuracy(y_true, y_pred) == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+def test_balanced_accuracy_and_r2_are_nan_when_undefined():
+    assert np.isnan(balanced_accuracy(np.array([]), np.array([])))
+    assert np.isnan(r2(np.array([3.0, 3.0, 3.0]), np.array([3.0, 3.0, 3.0])))  # constant truth
+    assert np.isnan(r2(np.array([3.0]), np.array([2.0])))
+    assert np.isnan(r2(np.array([1.0, 2.0]), np.array([1.0, np.nan])))
+
+
+def test_r2_on_a_hand_worked_case():
+    # total sum of squares 2, residual 0.5: 1 - 0.5 / 2
+    assert r2(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 2.5])) == pytest.approx(0.75)
 
 
 def test_train_rows_are_not_scored():

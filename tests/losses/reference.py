@@ -10,7 +10,7 @@ of l_i over the anchors that have a positive.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -236,3 +236,31 @@ def eps_supcon_loop(z: Tensor, y: Tensor, temperature: float = 0.1, eps: float =
         return eps - sum(s[p] - torch.log(denominator) for p in positives) / len(positives)
 
     return _class_loop(z, y, temperature, anchors, anchor_loss)
+
+
+def vicreg_loop(z: Tensor, lam: float = 25.0, mu: float = 25.0, nu: float = 1.0, form: str = "authors") -> Tensor:
+    """VICReg on z of shape (N, 2, D), entry by entry (unbiased variances and covariances).
+
+    ``form="authors"``: facebookresearch/vicreg ``main_vicreg.py`` at commit 4e12602
+    (``F.mse_loss`` over N x D; ``mean(relu(1 - std_x)) / 2 + mean(relu(1 - std_y)) / 2``;
+    ``off_diagonal(cov).pow(2).sum() / D`` summed over both branches).
+    ``form="paper_sum"``: the paper's equation, invariance summed over D, variance terms added.
+    """
+    n, _, d = z.shape
+    squared_differences = sum((z[b, 0, k] - z[b, 1, k]) ** 2 for b in range(n) for k in range(d))
+    invariance = squared_differences / (n * d) if form == "authors" else squared_differences / n
+
+    def variance_and_covariance(view):
+        means = [sum(z[b, view, k] for b in range(n)) / n for k in range(d)]
+
+        def cov(i, j):
+            return sum((z[b, view, i] - means[i]) * (z[b, view, j] - means[j]) for b in range(n)) / (n - 1)
+
+        v = sum(torch.clamp(1.0 - torch.sqrt(cov(k, k) + 1e-4), min=0.0) for k in range(d)) / d
+        c = sum(cov(i, j) ** 2 for i in range(d) for j in range(d) if i != j) / d
+        return v, c
+
+    v1, c1 = variance_and_covariance(0)
+    v2, c2 = variance_and_covariance(1)
+    variance = (v1 + v2) / 2 if form == "authors" else v1 + v2
+    return lam * invariance + mu * variance + nu * (c1 + c2)

@@ -11,11 +11,14 @@ from torch import nn
 import medssl.methods.bootstrap
 import medssl.methods.dino
 from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
+from medssl.losses import DINOLoss
 from medssl.methods import build_method
 from medssl.methods.clustering import ClusterUniformSampler
+from medssl.methods.dino import DINO, teacher_temperature_schedule
 from medssl.methods.ema import cosine_momentum
+from medssl.models import build_encoder
 from medssl.train import engine
-from medssl.train.engine import Trainer
+from medssl.train.engine import Trainer, pretrain
 
 
 def quick_recipe(name: str, *overrides: str):
@@ -182,6 +185,74 @@ def test_dino_teacher_centre_is_updated_and_checkpointed(tmp_path):
     assert torch.equal(centre, trainer.method.loss.center)
 
 
+def authors_teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs):
+    """facebookresearch/dino main_dino.py, DINOLoss.__init__ at commit 7c446df, verbatim."""
+    return np.concatenate((
+        np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+        np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp
+    ))
+
+
+@pytest.mark.parametrize("warmup_epochs, epochs", [(30, 100), (30, 300), (1, 5), (0, 7), (4, 4)])
+def test_dino_teacher_temperature_schedule_is_the_authors(warmup_epochs, epochs):
+    ours = teacher_temperature_schedule(0.04, 0.07, warmup_epochs, epochs)
+    np.testing.assert_array_equal(ours, authors_teacher_temp_schedule(0.04, 0.07, warmup_epochs, epochs))
+    assert len(ours) == epochs and ours[-1] == (0.07 if warmup_epochs != 1 or epochs > 1 else 0.04)
+
+
+def test_dino_teacher_temperature_schedule_warms_up_linearly():
+    schedule = teacher_temperature_schedule(0.04, 0.07, 4, 6)
+    assert schedule == pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07, 0.07])
+    with pytest.raises(ValueError, match="warmup_teacher_temperature_epochs=7"):
+        teacher_temperature_schedule(0.04, 0.07, 7, 6)
+
+
+def test_dino_uses_the_scheduled_teacher_temperature_at_every_step(monkeypatch):
+    torch.manual_seed(0)
+    method = DINO(build_encoder("alexnet"), hidden_dim=16, out_dim=8, n_local_crops=0, teacher_temperature=0.07,
+                  warmup_teacher_temperature=0.04, warmup_teacher_temperature_epochs=3, epochs=4)
+    used = []
+    original = DINOLoss.forward
+    monkeypatch.setattr(DINOLoss, "forward", lambda self, *args: used.append(self.teacher_temperature) or original(self, *args))
+    batch = {"views": torch.randn(2, 2, 1, 16, 16, 16)}
+    steps_per_epoch, total = 2, 8
+    for step in range(total):
+        method.training_loss(batch)
+        method.after_step(step + 1, total)
+    schedule = [0.04, 0.055, 0.07, 0.07]
+    assert used == pytest.approx([schedule[step // steps_per_epoch] for step in range(total)], abs=1e-15)
+    assert used[1] != used[2]  # the warm-up did move the temperature
+
+
+def test_dino_teacher_temperature_resumes_from_the_checkpoint(tmp_path, monkeypatch):
+    recipe = quick_recipe("dino", "train.epochs=3", "train.max_steps_per_epoch=1", "method.teacher_temperature=0.07",
+                          "method.warmup_teacher_temperature_epochs=3")
+    used = []
+    original = DINOLoss.forward
+    monkeypatch.setattr(DINOLoss, "forward", lambda self, *args: used.append(self.teacher_temperature) or original(self, *args))
+    pretrain(recipe, tmp_path / "straight")
+    straight, used[:] = list(used), []
+
+    def stop_after_first_epoch(epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(recipe, tmp_path / "killed").run(on_epoch_end=stop_after_first_epoch)
+    checkpoint = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["method"]["scheduled_teacher_temperature"].item() == pytest.approx(0.055, abs=1e-15)
+    pretrain(recipe, tmp_path / "killed", resume=True)
+    assert straight == pytest.approx([0.04, 0.055, 0.07], abs=1e-15)
+    assert used == pytest.approx(straight, abs=1e-15)
+
+
+def test_dino_loads_a_checkpoint_written_before_the_temperature_schedule():
+    method = DINO(build_encoder("alexnet"), hidden_dim=16, out_dim=8, teacher_temperature=0.06, warmup_teacher_temperature=0.06)
+    older = {key: value for key, value in method.state_dict().items() if key != "scheduled_teacher_temperature"}
+    method.load_state_dict(older)
+    assert method.scheduled_teacher_temperature.item() == pytest.approx(0.06, abs=1e-15)
+
+
 class DetachedPredictor(nn.Module):
     def __init__(self, predictor: nn.Module):
         super().__init__()
@@ -203,3 +274,11 @@ def test_simsiam_reaches_the_encoder_only_through_the_predictor():
     method.predictor = DetachedPredictor(method.predictor)
     loss, _ = method.training_loss(batch)
     assert not loss.requires_grad  # the other branch is a stop-gradient: nothing left to differentiate
+
+
+# ----------------------------------------------------------------------------- VICReg
+@pytest.mark.parametrize("overrides, form", [((), "authors"), (("method.vicreg_form=paper_sum",), "paper_sum")])
+def test_vicreg_recipe_chooses_the_form_of_the_loss(overrides, form):
+    method = build_method(quick_recipe("vicreg", *overrides))
+    assert method.loss.form == form
+    assert (method.loss.sim_weight, method.loss.var_weight, method.loss.cov_weight) == (25.0, 25.0, 1.0)

@@ -33,8 +33,18 @@ def free_port() -> int:
 
 # ----------------------------------------------------------------------------- shared set-ups
 def loss_cases() -> dict:
-    from medssl.losses import (BarlowTwinsLoss, DecoupledNTXentLoss, EpsSupConLoss, EpsSupInfoNCELoss, ExponentialLoss,
-                               NTXentLoss, SupConLoss, ThresholdLoss, VICRegLoss, YAwareLoss)
+    from medssl.losses import (
+        BarlowTwinsLoss,
+        DecoupledNTXentLoss,
+        EpsSupConLoss,
+        EpsSupInfoNCELoss,
+        ExponentialLoss,
+        NTXentLoss,
+        SupConLoss,
+        ThresholdLoss,
+        VICRegLoss,
+        YAwareLoss,
+    )
 
     return {  # name: (loss, label kind)
         "yaware": (YAwareLoss(sigma=5.0), "age"),

@@ -418,3 +418,13 @@ def test_smoke_with_evaluation_prints_no_sklearn_warning(tmp_path, monkeypatch, 
     assert code == 0, error
     sklearn = [str(warning.message) for warning in caught if "sklearn" in warning.filename]
     assert sklearn == []
+
+
+def test_a_setting_added_to_medssl_since_the_checkpoint_does_not_block_its_resume():
+    from medssl.train.engine import resume_differences
+
+    saved = "train:\n  lr: 0.1\n"
+    refused, allowed = resume_differences(saved, "train:\n  lr: 0.1\n  new_knob: 3\n")
+    assert refused == [] and allowed == ["train.new_knob: None -> 3"]
+    refused, _ = resume_differences(saved, "train:\n  lr: 0.2\n  new_knob: 3\n")
+    assert refused == ["train.lr: 0.1 -> 0.2"]

@@ -229,7 +229,8 @@ def resume_differences(saved_yaml: str, current_yaml: str) -> tuple[list[str], l
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
             change = f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-            (allowed if key.startswith(RESUMABLE_CHANGES) else refused).append(change)
+            # a key the saved recipe lacks is a setting added to medssl since: not the user's change
+            (allowed if key.startswith(RESUMABLE_CHANGES) or key not in saved else refused).append(change)
     return refused, allowed
 
 

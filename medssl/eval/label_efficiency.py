@@ -25,6 +25,7 @@ from medssl.config import Recipe
 from medssl.errors import RecipeError
 from medssl.eval.finetune import finetune_encoder
 from medssl.eval.plots import save_figure
+from medssl.eval.score import TEST_SPLITS
 from medssl.files import atomic_write_text
 
 ALL = "all"
@@ -87,7 +88,8 @@ def curve_rows(results: dict, encoder: str, size: int | None) -> list[dict]:
 def plot_label_efficiency(table: pd.DataFrame, path: Path) -> Path:
     """ROC AUC (or MAE for regression) against labelled subjects, one panel per test split."""
     metric = "roc_auc" if (table["metric"] == "roc_auc").any() else "mae"
-    splits = sorted(table["split"].unique())
+    splits = [split for split in TEST_SPLITS if split in set(table["split"])]
+    sizes = sorted(table["n_train"].unique())
     figure = Figure(figsize=(5 * len(splits), 4))
     for axis, split in zip(figure.subplots(1, len(splits), squeeze=False)[0], splits):
         for encoder, rows in table[(table["split"] == split) & (table["metric"] == metric)].groupby("encoder"):
@@ -96,5 +98,7 @@ def plot_label_efficiency(table: pd.DataFrame, path: Path) -> Path:
         if metric == "roc_auc":
             axis.axhline(0.5, color="grey", linestyle=":", label="chance")
         axis.set(xscale="log", xlabel="labelled training subjects", ylabel=metric.replace("_", " "), title=split)
+        axis.set_xticks(sizes, [str(size) for size in sizes])
+        axis.minorticks_off()
         axis.legend()
     return save_figure(figure, path)

@@ -2,17 +2,106 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medssl.losses.kernels import check_kernel, label_kernel
-from medssl.losses.layout import check_temperature, contrastive_batch, masked_logsumexp, mean_over_anchors
+from medssl.losses.layout import ContrastiveBatch, check_temperature, contrastive_batch, masked_logsumexp, mean_over_anchors
 
 
 def strictly_smaller_counts(w: Tensor) -> Tensor:
     """counts[j, k] = #{m : w_jm < w_jk}, the row ranks of w with ties sharing the lowest rank."""
     sorted_w, order = w.sort(dim=1)
     return torch.empty_like(order).scatter_(1, order, torch.searchsorted(sorted_w, sorted_w))
+
+
+def weight_order(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row of the (N, N) weights in ascending order, and the size of each weight's tie groups.
+
+    Returns:
+        ``(order, smaller, larger)``: ``w[a, order[a]]`` is ascending; ``smaller[a, b]`` =
+        #{b' : w_ab' < w_ab}, so the first ``smaller[a, b]`` entries of ``order[a]`` are exactly
+        the subjects strictly less similar to a than b is; ``larger[a, b]`` = #{b' : w_ab' > w_ab},
+        the same for ``order[a].flip()`` and strictly more similar subjects.
+    """
+    # Non-negative floats order like their bit patterns, and integers sort faster on CPU.
+    keys = w.view(torch.int32 if w.dtype == torch.float32 else torch.int64)
+    sorted_keys, order = keys.sort(dim=1)
+    smaller = torch.empty_like(order).scatter_(1, order, _group_starts(sorted_keys))
+    larger = torch.empty_like(order).scatter_(1, order.flip(1), _group_starts(sorted_keys.flip(1)))
+    return order, smaller, larger
+
+
+def _group_starts(sorted_rows: Tensor) -> Tensor:
+    """For each entry of rows sorted either way, the position where its run of equal values starts."""
+    position = torch.arange(sorted_rows.shape[1], device=sorted_rows.device).expand_as(sorted_rows)
+    new_run = F.pad(sorted_rows[:, 1:] != sorted_rows[:, :-1], (1, 0), value=True)
+    return torch.where(new_run, position, 0).cummax(dim=1).values
+
+
+def _sums_before(values: Tensor, order: Tensor, counts: Tensor) -> Tensor:
+    """out[v, a, b] = sum of values[v, a, order[a, k]] over k < counts[a, b]; values is (V, N, N)."""
+    cumulative = F.pad(values.gather(2, order.expand(values.shape)).cumsum(dim=2), (1, 0))
+    return cumulative.gather(2, counts.expand(values.shape))
+
+
+class _ThresholdLinear(torch.autograd.Function):
+    """Per-anchor threshold losses l_i from s, with exp(s - 1/tau) summed in linear scale.
+
+    w_it depends on the subjects of i and t only, so exp(s_it) is summed over the views of each
+    subject, accumulated along the anchor subject's weight order and read back at the start of
+    each tie group: O(n N) beyond the n x n similarities, no n x n sort. The anchor's own subject
+    has the largest weight K(0), so its sum (which holds s_ii) is never read. The gradient has a
+    closed form, with the same sums taken the other way (strictly larger weights):
+
+        dl_i/ds_ik = (1/W_i) [ e_ik (w_ik/D_ik + sum_{j != i, w_ij > w_ik} w_ij/D_ij) - w_ik ],
+        e = exp(s - 1/tau), D_ij = e_ij + sum_{t != i, w_it < w_ij} e_it, W_i = sum_{j != i} w_ij,
+
+    which needs a third of the n x n passes that autograd takes through the same steps.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, w: Tensor, order: Tensor, smaller: Tensor, larger: Tensor, temperature: float) -> Tensor:
+        n_subjects = w.shape[0]
+        n_views = s.shape[0] // n_subjects
+        e = (s - 1.0 / temperature).exp_()
+        blocks = e.view(n_views, n_subjects, n_views, n_subjects)  # (view of i, subject of i, view of j, subject of j)
+        denominator = _sums_before(blocks.sum(dim=2), order, smaller).unsqueeze(2) + blocks
+        log_ratio = denominator.log().view_as(s).sub_(s)  # log(D_ij / e_ij) - 1/tau
+        log_ratio.diagonal().zero_()
+        total_weight = (w.sum(dim=1) * n_views - w.diagonal()).repeat(n_views)
+        ctx.save_for_backward(e, denominator, w, order.flip(1), larger, total_weight)
+        weighted = (log_ratio.view_as(blocks).sum(dim=2) * w).sum(dim=2).view(-1)
+        return weighted / total_weight + 1.0 / temperature
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
+        e, denominator, w, descending, larger, total_weight = ctx.saved_tensors
+        scale = (grad_loss / total_weight).view(denominator.shape[0], -1, 1, 1) * w[None, :, None, :]
+        q = scale / denominator
+        q.view_as(e).diagonal().zero_()
+        grad = (_sums_before(q.sum(dim=2), descending, larger).unsqueeze(2) + q).mul_(e.view_as(q)).sub_(scale)
+        grad = grad.view_as(e)
+        grad.diagonal().zero_()
+        return grad, None, None, None, None, None
+
+
+def _threshold_log_scale(s: Tensor, w: Tensor, order: Tensor, smaller: Tensor, temperature: float) -> Tensor:
+    """The same per-anchor losses as :class:`_ThresholdLinear` with log-sum-exps throughout.
+
+    For small tau, where exp(s - 1/tau) may underflow; autograd takes the gradient.
+    """
+    n_subjects = w.shape[0]
+    n_views = s.shape[0] // n_subjects
+    blocks = s.view(n_views, n_subjects, n_views, n_subjects)
+    summed = blocks.logsumexp(dim=2).gather(2, order.expand(n_views, -1, -1)).logcumsumexp(dim=2)
+    less = F.pad(summed, (1, 0), value=float("-inf")).gather(2, smaller.expand(n_views, -1, -1))
+    log_probability = (blocks - torch.logaddexp(blocks, less.unsqueeze(2))).view_as(s)
+    weights = w.repeat(n_views, n_views).fill_diagonal_(0.0)
+    return -(weights * log_probability).sum(dim=1) / weights.sum(dim=1)
 
 
 class ThresholdLoss(nn.Module):
@@ -26,8 +115,9 @@ class ThresholdLoss(nn.Module):
 
         l_i = - (1 / sum_{j != i} w_ij) sum_{j != i} w_ij [ s_ij - log( exp(s_ij) + sum_{t != i, w_it < w_ij} exp(s_it) ) ]
 
-    Each row is sorted by w and the denominators are cumulative log-sum-exps, so the cost is
-    O(n^2 log n) time and O(n^2) memory rather than an n x n x n tensor.
+    The weights depend on the subjects only: each row of the N x N subject weights is sorted
+    once and the denominators are cumulative sums along that order, so the cost is
+    O(n^2 + N^2 log N) time and O(n^2) memory rather than an n x n x n tensor.
 
     ``reference_code=True`` computes what the authors' code computes instead, one denominator
     per anchor:
@@ -70,28 +160,25 @@ class ThresholdLoss(nn.Module):
         """
         batch = contrastive_batch(z, y, self.temperature, loss_name=type(self).__name__, labels_required=True)
         s = batch.similarities
+        if self.reference_code:
+            return self._reference_code(s, batch)
+        labels = batch.labels[: len(s) // batch.n_views].to(s.dtype)
+        w = label_kernel(labels, labels, self.kernel, self.sigma)
+        order, smaller, larger = weight_order(w)
+        # s - 1/tau lies in [-2/tau, 0]; linear-scale sums are safe while its exp stays normal.
+        if 2.0 / self.temperature < 0.75 * -math.log(torch.finfo(s.dtype).tiny):
+            return mean_over_anchors(_ThresholdLinear.apply(s, w, order, smaller, larger, self.temperature))
+        return mean_over_anchors(_threshold_log_scale(s, w, order, smaller, self.temperature))
+
+    def _reference_code(self, s: Tensor, batch: ContrastiveBatch) -> Tensor:
         labels = batch.labels.to(s.dtype)
         w = label_kernel(labels, labels, self.kernel, self.sigma)
-        if self.reference_code:
-            weights = w.masked_fill(~batch.not_self, 0.0)
-            counts = strictly_smaller_counts(w).T  # counts[i, j] = #{k : w_jk < w_ji}
-            included = batch.not_self & (counts > 0)
-            log_denominator = masked_logsumexp(s + counts.to(s.dtype).log(), included)
-            per_anchor = log_denominator - (weights * s).sum(dim=1) / weights.sum(dim=1)
-            return mean_over_anchors(per_anchor, valid=included.any(dim=1))
-
-        # Sort each row by w with the anchor itself last, and drop it: it is in no denominator.
-        sorted_w, order = w.masked_fill(~batch.not_self, float("inf")).sort(dim=1)
-        sorted_w, order = sorted_w[:, :-1].contiguous(), order[:, :-1]
-        sorted_s = s.gather(1, order)
-        log_cumulative = sorted_s.logcumsumexp(dim=1)
-        # The tie group of j starts after the weights strictly below w_ij; its sum ends there.
-        group_start = torch.searchsorted(sorted_w, sorted_w)
-        log_before = log_cumulative.gather(1, (group_start - 1).clamp(min=0))
-        log_strictly_less = torch.where(group_start > 0, log_before, float("-inf"))
-        log_probability = sorted_s - torch.logaddexp(sorted_s, log_strictly_less)
-        per_anchor = -(sorted_w * log_probability).sum(dim=1) / sorted_w.sum(dim=1)
-        return mean_over_anchors(per_anchor)
+        weights = w.masked_fill(~batch.not_self, 0.0)
+        counts = strictly_smaller_counts(w).T  # counts[i, j] = #{k : w_jk < w_ji}
+        included = batch.not_self & (counts > 0)
+        log_denominator = masked_logsumexp(s + counts.to(s.dtype).log(), included)
+        per_anchor = log_denominator - (weights * s).sum(dim=1) / weights.sum(dim=1)
+        return mean_over_anchors(per_anchor, valid=included.any(dim=1))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, sigma={self.sigma}, kernel={self.kernel!r}, reference_code={self.reference_code}"

@@ -193,7 +193,7 @@ def peer_table(args: argparse.Namespace) -> None:
             for n_subjects in sizes:
                 z = torch.randn(2 * n_subjects, args.dim, generator=generator).to(dtype).requires_grad_()
                 y = torch.rand(n_subjects, generator=generator) * 80 + 10
-                ours_fn, peer_fn = (lambda z: ours(z, y)), (lambda z: peer(z, y))
+                ours_fn, peer_fn = (lambda z, f=ours, y=y: f(z, y)), (lambda z, f=peer, y=y: f(z, y))
                 seconds(ours_fn, z), seconds(peer_fn, z)  # warm-up
                 repeats = args.repeats if n_subjects <= 256 else max(3, args.repeats // 3)
                 ours_s, peer_s, ratio = paired_times(ours_fn, peer_fn, z, repeats)
@@ -217,9 +217,9 @@ def loop_table(args: argparse.Namespace) -> None:
         for name, loss, loop, kind in CASES:
             y = labels[kind]
             loss(z, y).backward()  # warm-up
-            vectorised = forward_backward_seconds(lambda z: loss(z, y), z, args.repeats)
-            few = forward_backward_seconds(lambda z: loop(z, y, range(k)), z, args.loop_repeats)
-            more = forward_backward_seconds(lambda z: loop(z, y, range(2 * k)), z, args.loop_repeats)
+            vectorised = forward_backward_seconds(lambda z, f=loss, y=y: f(z, y), z, args.repeats)
+            few = forward_backward_seconds(lambda z, f=loop, y=y: f(z, y, range(k)), z, args.loop_repeats)
+            more = forward_backward_seconds(lambda z, f=loop, y=y: f(z, y, range(2 * k)), z, args.loop_repeats)
             looped = few + max(more - few, 0.0) * (n - k) / k
             print(f"{name:<32} {n_subjects:>5} {vectorised * 1e3:>14.1f} {looped:>14.1f} {looped / vectorised:>9.0f}x", flush=True)
 

@@ -131,7 +131,7 @@ def contrastive_batch(
     n = z.shape[0]
     dtype = compute_dtype(z)
     z = F.normalize(z.to(dtype), dim=1)
-    similarities = z @ z.T / temperature
+    similarities = (z / temperature) @ z.T  # scaling z is an n x D pass, scaling s an n x n one
     labels = y.repeat(n_views) if y is not None else None
     subjects = torch.arange(n // n_views, device=z.device).repeat(n_views)
     not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)

@@ -18,21 +18,22 @@ def strictly_smaller_counts(w: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, torch.searchsorted(sorted_w, sorted_w))
 
 
-def weight_order(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Each row of the (N, N) weights in ascending order, and the size of each weight's tie groups.
+def weight_order(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each row of the (N, N) weights in ascending and descending order, and the tie groups.
 
     Returns:
-        ``(order, smaller, larger)``: ``w[a, order[a]]`` is ascending; ``smaller[a, b]`` =
-        #{b' : w_ab' < w_ab}, so the first ``smaller[a, b]`` entries of ``order[a]`` are exactly
-        the subjects strictly less similar to a than b is; ``larger[a, b]`` = #{b' : w_ab' > w_ab},
-        the same for ``order[a].flip()`` and strictly more similar subjects.
+        ``(ascending, smaller, descending, larger)``: ``w[a, ascending[a]]`` is ascending and
+        ``smaller[a, b]`` = #{b' : w_ab' < w_ab}, so the first ``smaller[a, b]`` entries of
+        ``ascending[a]`` are exactly the subjects strictly less similar to a than b is;
+        ``descending`` and ``larger[a, b]`` = #{b' : w_ab' > w_ab} are the same the other way.
     """
     # Non-negative floats order like their bit patterns, and integers sort faster on CPU.
     keys = w.view(torch.int32 if w.dtype == torch.float32 else torch.int64)
     sorted_keys, order = keys.sort(dim=1)
+    descending = order.flip(1)
     smaller = torch.empty_like(order).scatter_(1, order, _group_starts(sorted_keys))
-    larger = torch.empty_like(order).scatter_(1, order.flip(1), _group_starts(sorted_keys.flip(1)))
-    return order, smaller, larger
+    larger = torch.empty_like(order).scatter_(1, descending, _group_starts(sorted_keys.flip(1)))
+    return order, smaller, descending, larger
 
 
 def _group_starts(sorted_rows: Tensor) -> Tensor:
@@ -60,20 +61,23 @@ class _ThresholdLinear(torch.autograd.Function):
         dl_i/ds_ik = (1/W_i) [ e_ik (w_ik/D_ik + sum_{j != i, w_ij > w_ik} w_ij/D_ij) - w_ik ],
         e = exp(s - 1/tau), D_ij = e_ij + sum_{t != i, w_it < w_ij} e_it, W_i = sum_{j != i} w_ij,
 
-    which needs a third of the n x n passes that autograd takes through the same steps.
+    which takes about half the n x n passes and intermediates that autograd would through the
+    same steps (the loss is memory-bound at these sizes).
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, w: Tensor, order: Tensor, smaller: Tensor, larger: Tensor, temperature: float) -> Tensor:
+    def forward(
+        ctx, s: Tensor, w: Tensor, ascending: Tensor, smaller: Tensor, descending: Tensor, larger: Tensor, temperature: float
+    ) -> Tensor:
         n_subjects = w.shape[0]
         n_views = s.shape[0] // n_subjects
         e = (s - 1.0 / temperature).exp_()
         blocks = e.view(n_views, n_subjects, n_views, n_subjects)  # (view of i, subject of i, view of j, subject of j)
-        denominator = _sums_before(blocks.sum(dim=2), order, smaller).unsqueeze(2) + blocks
+        denominator = _sums_before(blocks.sum(dim=2), ascending, smaller).unsqueeze(2) + blocks
         log_ratio = denominator.log().view_as(s).sub_(s)  # log(D_ij / e_ij) - 1/tau
         log_ratio.diagonal().zero_()
         total_weight = (w.sum(dim=1) * n_views - w.diagonal()).repeat(n_views)
-        ctx.save_for_backward(e, denominator, w, order.flip(1), larger, total_weight)
+        ctx.save_for_backward(e, denominator, w, descending, larger, total_weight)
         weighted = (log_ratio.view_as(blocks).sum(dim=2) * w).sum(dim=2).view(-1)
         return weighted / total_weight + 1.0 / temperature
 
@@ -86,7 +90,7 @@ class _ThresholdLinear(torch.autograd.Function):
         grad = (_sums_before(q.sum(dim=2), descending, larger).unsqueeze(2) + q).mul_(e.view_as(q)).sub_(scale)
         grad = grad.view_as(e)
         grad.diagonal().zero_()
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def _threshold_log_scale(s: Tensor, w: Tensor, order: Tensor, smaller: Tensor, temperature: float) -> Tensor:
@@ -164,11 +168,11 @@ class ThresholdLoss(nn.Module):
             return self._reference_code(s, batch)
         labels = batch.labels[: len(s) // batch.n_views].to(s.dtype)
         w = label_kernel(labels, labels, self.kernel, self.sigma)
-        order, smaller, larger = weight_order(w)
+        ascending, smaller, descending, larger = weight_order(w)
         # s - 1/tau lies in [-2/tau, 0]; linear-scale sums are safe while its exp stays normal.
         if 2.0 / self.temperature < 0.75 * -math.log(torch.finfo(s.dtype).tiny):
-            return mean_over_anchors(_ThresholdLinear.apply(s, w, order, smaller, larger, self.temperature))
-        return mean_over_anchors(_threshold_log_scale(s, w, order, smaller, self.temperature))
+            return mean_over_anchors(_ThresholdLinear.apply(s, w, ascending, smaller, descending, larger, self.temperature))
+        return mean_over_anchors(_threshold_log_scale(s, w, ascending, smaller, self.temperature))
 
     def _reference_code(self, s: Tensor, batch: ContrastiveBatch) -> Tensor:
         labels = batch.labels.to(s.dtype)

@@ -18,45 +18,39 @@ def strictly_smaller_counts(w: Tensor) -> Tensor:
     return torch.empty_like(order).scatter_(1, order, torch.searchsorted(sorted_w, sorted_w))
 
 
-def weight_order(w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Each row of the (N, N) weights in ascending and descending order, and the tie groups.
+def dense_ranks(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Row-wise dense ranks of the (N, N) weights: equal weights share a rank, with no gaps.
 
     Returns:
-        ``(ascending, smaller, descending, larger)``: ``w[a, ascending[a]]`` is ascending and
-        ``smaller[a, b]`` = #{b' : w_ab' < w_ab}, so the first ``smaller[a, b]`` entries of
-        ``ascending[a]`` are exactly the subjects strictly less similar to a than b is;
-        ``descending`` and ``larger[a, b]`` = #{b' : w_ab' > w_ab} are the same the other way.
+        ``(ranks, reversed_ranks, order)``: ``ranks[a, b]`` = #{distinct values w_ab' < w_ab},
+        ``reversed_ranks[a, b]`` = #{distinct values w_ab' > w_ab}, and ``order`` sorts each row
+        ascending.
     """
     # Non-negative floats order like their bit patterns, and integers sort faster on CPU.
-    keys = w.view(torch.int32 if w.dtype == torch.float32 else torch.int64)
-    sorted_keys, order = keys.sort(dim=1)
-    descending = order.flip(1)
-    smaller = torch.empty_like(order).scatter_(1, order, _group_starts(sorted_keys))
-    larger = torch.empty_like(order).scatter_(1, descending, _group_starts(sorted_keys.flip(1)))
-    return order, smaller, descending, larger
+    sorted_keys, order = w.view(torch.int32 if w.dtype == torch.float32 else torch.int64).sort(dim=1)
+    sorted_ranks = F.pad(sorted_keys[:, 1:] != sorted_keys[:, :-1], (1, 0)).cumsum(dim=1)
+    ranks = torch.empty_like(order).scatter_(1, order, sorted_ranks)
+    return ranks, sorted_ranks[:, -1:] - ranks, order
 
 
-def _group_starts(sorted_rows: Tensor) -> Tensor:
-    """For each entry of rows sorted either way, the position where its run of equal values starts."""
-    position = torch.arange(sorted_rows.shape[1], device=sorted_rows.device).expand_as(sorted_rows)
-    new_run = F.pad(sorted_rows[:, 1:] != sorted_rows[:, :-1], (1, 0), value=True)
-    return torch.where(new_run, position, 0).cummax(dim=1).values
+def _sums_below(values: Tensor, ranks: Tensor) -> Tensor:
+    """out[..., a, b] = sum of values[..., a, b'] over b' with ranks[a, b'] < ranks[a, b].
 
-
-def _sums_before(values: Tensor, order: Tensor, counts: Tensor) -> Tensor:
-    """out[v, a, b] = sum of values[v, a, order[a, k]] over k < counts[a, b]; values is (V, N, N)."""
-    cumulative = F.pad(values.gather(2, order.expand(values.shape)).cumsum(dim=2), (1, 0))
-    return cumulative.gather(2, counts.expand(values.shape))
+    Summing per rank, then cumulatively over ranks, keeps equal weights out of each other's sums.
+    """
+    ranks = ranks.expand(values.shape)
+    per_rank = torch.zeros_like(values).scatter_add_(-1, ranks, values)
+    return F.pad(per_rank.cumsum(dim=-1)[..., :-1], (1, 0)).gather(-1, ranks)
 
 
 class _ThresholdLinear(torch.autograd.Function):
     """Per-anchor threshold losses l_i from s, with exp(s - 1/tau) summed in linear scale.
 
     w_it depends on the subjects of i and t only, so exp(s_it) is summed over the views of each
-    subject, accumulated along the anchor subject's weight order and read back at the start of
-    each tie group: O(n N) beyond the n x n similarities, no n x n sort. The anchor's own subject
-    has the largest weight K(0), so its sum (which holds s_ii) is never read. The gradient has a
-    closed form, with the same sums taken the other way (strictly larger weights):
+    subject and then over the subjects of each lower rank of the anchor subject's weights:
+    O(n N) beyond the n x n similarities, no n x n sort. The anchor's own subject has the
+    largest weight K(0), so its sum (which holds s_ii) is never read. The gradient has a closed
+    form, with the same sums taken the other way (strictly larger weights):
 
         dl_i/ds_ik = (1/W_i) [ e_ik (w_ik/D_ik + sum_{j != i, w_ij > w_ik} w_ij/D_ij) - w_ik ],
         e = exp(s - 1/tau), D_ij = e_ij + sum_{t != i, w_it < w_ij} e_it, W_i = sum_{j != i} w_ij,
@@ -66,40 +60,39 @@ class _ThresholdLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, s: Tensor, w: Tensor, ascending: Tensor, smaller: Tensor, descending: Tensor, larger: Tensor, temperature: float
-    ) -> Tensor:
+    def forward(ctx, s: Tensor, w: Tensor, ranks: Tensor, reversed_ranks: Tensor, temperature: float) -> Tensor:
         n_subjects = w.shape[0]
         n_views = s.shape[0] // n_subjects
         e = (s - 1.0 / temperature).exp_()
         blocks = e.view(n_views, n_subjects, n_views, n_subjects)  # (view of i, subject of i, view of j, subject of j)
-        denominator = _sums_before(blocks.sum(dim=2), ascending, smaller).unsqueeze(2) + blocks
+        denominator = _sums_below(blocks.sum(dim=2), ranks).unsqueeze(2) + blocks
         log_ratio = denominator.log().view_as(s).sub_(s)  # log(D_ij / e_ij) - 1/tau
         log_ratio.diagonal().zero_()
         total_weight = (w.sum(dim=1) * n_views - w.diagonal()).repeat(n_views)
-        ctx.save_for_backward(e, denominator, w, descending, larger, total_weight)
+        ctx.save_for_backward(e, denominator, w, reversed_ranks, total_weight)
         weighted = (log_ratio.view_as(blocks).sum(dim=2) * w).sum(dim=2).view(-1)
         return weighted / total_weight + 1.0 / temperature
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        e, denominator, w, descending, larger, total_weight = ctx.saved_tensors
+        e, denominator, w, reversed_ranks, total_weight = ctx.saved_tensors
         scale = (grad_loss / total_weight).view(denominator.shape[0], -1, 1, 1) * w[None, :, None, :]
         q = scale / denominator
         q.view_as(e).diagonal().zero_()
-        grad = (_sums_before(q.sum(dim=2), descending, larger).unsqueeze(2) + q).mul_(e.view_as(q)).sub_(scale)
+        grad = (_sums_below(q.sum(dim=2), reversed_ranks).unsqueeze(2) + q).mul_(e.view_as(q)).sub_(scale)
         grad = grad.view_as(e)
         grad.diagonal().zero_()
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
-def _threshold_log_scale(s: Tensor, w: Tensor, order: Tensor, smaller: Tensor, temperature: float) -> Tensor:
+def _threshold_log_scale(s: Tensor, w: Tensor, ranks: Tensor, order: Tensor, temperature: float) -> Tensor:
     """The same per-anchor losses as :class:`_ThresholdLinear` with log-sum-exps throughout.
 
     For small tau, where exp(s - 1/tau) may underflow; autograd takes the gradient.
     """
     n_subjects = w.shape[0]
     n_views = s.shape[0] // n_subjects
+    smaller = _sums_below(torch.ones_like(w), ranks).long()  # #{b' : w_ab' < w_ab}: where a tie group starts
     blocks = s.view(n_views, n_subjects, n_views, n_subjects)
     summed = blocks.logsumexp(dim=2).gather(2, order.expand(n_views, -1, -1)).logcumsumexp(dim=2)
     less = F.pad(summed, (1, 0), value=float("-inf")).gather(2, smaller.expand(n_views, -1, -1))
@@ -119,8 +112,8 @@ class ThresholdLoss(nn.Module):
 
         l_i = - (1 / sum_{j != i} w_ij) sum_{j != i} w_ij [ s_ij - log( exp(s_ij) + sum_{t != i, w_it < w_ij} exp(s_it) ) ]
 
-    The weights depend on the subjects only: each row of the N x N subject weights is sorted
-    once and the denominators are cumulative sums along that order, so the cost is
+    The weights depend on the subjects only: each row of the N x N subject weights is ranked
+    once and the denominators are cumulative sums over those ranks, so the cost is
     O(n^2 + N^2 log N) time and O(n^2) memory rather than an n x n x n tensor.
 
     ``reference_code=True`` computes what the authors' code computes instead, one denominator
@@ -168,11 +161,11 @@ class ThresholdLoss(nn.Module):
             return self._reference_code(s, batch)
         labels = batch.labels[: len(s) // batch.n_views].to(s.dtype)
         w = label_kernel(labels, labels, self.kernel, self.sigma)
-        ascending, smaller, descending, larger = weight_order(w)
+        ranks, reversed_ranks, order = dense_ranks(w)
         # s - 1/tau lies in [-2/tau, 0]; linear-scale sums are safe while its exp stays normal.
         if 2.0 / self.temperature < 0.75 * -math.log(torch.finfo(s.dtype).tiny):
-            return mean_over_anchors(_ThresholdLinear.apply(s, w, ascending, smaller, descending, larger, self.temperature))
-        return mean_over_anchors(_threshold_log_scale(s, w, ascending, smaller, self.temperature))
+            return mean_over_anchors(_ThresholdLinear.apply(s, w, ranks, reversed_ranks, self.temperature))
+        return mean_over_anchors(_threshold_log_scale(s, w, ranks, order, self.temperature))
 
     def _reference_code(self, s: Tensor, batch: ContrastiveBatch) -> Tensor:
         labels = batch.labels.to(s.dtype)

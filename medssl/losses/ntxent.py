@@ -46,8 +46,11 @@ class NTXentLoss(nn.Module):
         """
         batch = contrastive_batch(z, y, self.temperature, loss_name=type(self).__name__, labels_required=False)
         s = batch.similarities
-        # s is this call's own tensor: blanking the diagonal in place saves an n x n copy.
-        s.diagonal().fill_(float("-inf"))
+        # The anchor is in no denominator. s is this call's own tensor and no backward reads it,
+        # so its diagonal is blanked in place and out of autograd's sight: the softmax puts zero
+        # mass, hence zero gradient, on -inf entries, and recording the fill would copy n x n.
+        with torch.no_grad():
+            s.diagonal().fill_(float("-inf"))
         other_views = other_view_rows(len(s), batch.n_views, s.device)
         if batch.n_views == 2:
             # cross_entropy fuses the log-softmax and the pick of the one positive.

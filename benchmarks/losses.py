@@ -194,7 +194,8 @@ def peer_table(args: argparse.Namespace) -> None:
                 z = torch.randn(2 * n_subjects, args.dim, generator=generator).to(dtype).requires_grad_()
                 y = torch.rand(n_subjects, generator=generator) * 80 + 10
                 ours_fn, peer_fn = (lambda z, f=ours, y=y: f(z, y)), (lambda z, f=peer, y=y: f(z, y))
-                seconds(ours_fn, z), seconds(peer_fn, z)  # warm-up
+                for _ in range(2):  # warm-up
+                    seconds(ours_fn, z), seconds(peer_fn, z)
                 repeats = args.repeats if n_subjects <= 256 else max(3, args.repeats // 3)
                 ours_s, peer_s, ratio = paired_times(ours_fn, peer_fn, z, repeats)
                 dtype_name = str(dtype).removeprefix("torch.")
@@ -229,7 +230,7 @@ def main() -> None:
     parser.add_argument("--against", choices=("peers", "loops"), default="peers", help="what each loss is timed against")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="loops: numbers of subjects N (two views each)")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension D")
-    parser.add_argument("--repeats", type=int, default=15, help="runs per timing (median); a third of it from N = 1024 on (peers)")
+    parser.add_argument("--repeats", type=int, default=21, help="runs per timing (median); a third of it from N = 1024 on (peers)")
     parser.add_argument("--loop-repeats", type=int, default=3, help="runs per loop timing (median)")
     parser.add_argument("--loop-anchors", type=int, default=8, help="k: the loops are timed on k and 2k anchors")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")

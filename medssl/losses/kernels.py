@@ -38,7 +38,8 @@ def label_kernel(y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5
         sigma: bandwidth, in label units.
 
     Returns:
-        (n, m) tensor, float32 (float64 when either input is float64).
+        (n, m) tensor, float32 (float64 when either input is float64). Gaussian and rbf values
+        that would fall below the smallest normal number are 0 (see :func:`exp_or_zero`).
 
     Example:
         >>> ages = torch.tensor([30.0, 32.0, 60.0])

@@ -60,7 +60,7 @@ class ExponentialLoss(nn.Module):
         if self.reference_code:
             # The authors' code subtracts the row maximum, the self-similarity 1/tau.
             s = s - 1.0 / self.temperature
-        weights = pair_weights(batch.labels[: len(s) // batch.n_views], batch.n_views, self.kernel, self.sigma, s.dtype)
+        weights = pair_weights(batch.subject_labels, batch.n_views, self.kernel, self.sigma, s.dtype)
         attraction = (weights * s).sum(dim=1) / weights.sum(dim=1)
         # The diagonal of 1 - w is wrong (w_ii is zeroed), but the anchor is masked out anyway.
         repulsion = (s * (1.0 - weights)).masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)

@@ -49,6 +49,13 @@ class ContrastiveBatch:
         return (self.subjects[:, None] == self.subjects[None, :]) & self.not_self
 
     @property
+    def subject_labels(self) -> Tensor:
+        """(N,) labels, one per subject: what label kernels are computed on before tiling."""
+        if self.labels is None:
+            raise LossInputError("label-weighted losses need labels y, got None")
+        return self.labels[: len(self.labels) // self.n_views]
+
+    @property
     def same_label(self) -> Tensor:
         """(n, n) bool: j != i has the label of i (SupCon positives)."""
         if self.labels is None:

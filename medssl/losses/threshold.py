@@ -159,7 +159,7 @@ class ThresholdLoss(nn.Module):
         s = batch.similarities
         if self.reference_code:
             return self._reference_code(s, batch)
-        labels = batch.labels[: len(s) // batch.n_views].to(s.dtype)
+        labels = batch.subject_labels.to(s.dtype)
         w = label_kernel(labels, labels, self.kernel, self.sigma)
         ranks, reversed_ranks, order = dense_ranks(w)
         # s - 1/tau lies in [-2/tau, 0]; linear-scale sums are safe while its exp stays normal.

@@ -51,7 +51,7 @@ class YAwareLoss(nn.Module):
         """
         batch = contrastive_batch(z, y, self.temperature, loss_name=type(self).__name__, labels_required=True)
         s = batch.similarities
-        weights = pair_weights(batch.labels[: len(s) // batch.n_views], batch.n_views, self.kernel, self.sigma, s.dtype)
+        weights = pair_weights(batch.subject_labels, batch.n_views, self.kernel, self.sigma, s.dtype)
         attraction = (weights * s).sum(dim=1) / weights.sum(dim=1)
         log_denominator = s.masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)
         return mean_over_anchors(log_denominator - attraction)

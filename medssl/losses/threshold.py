@@ -168,10 +168,11 @@ class ThresholdLoss(nn.Module):
         return mean_over_anchors(_threshold_log_scale(s, w, ranks, order, self.temperature))
 
     def _reference_code(self, s: Tensor, batch: ContrastiveBatch) -> Tensor:
-        labels = batch.labels.to(s.dtype)
+        labels = batch.subject_labels.to(s.dtype)
         w = label_kernel(labels, labels, self.kernel, self.sigma)
-        weights = w.masked_fill(~batch.not_self, 0.0)
-        counts = strictly_smaller_counts(w).T  # counts[i, j] = #{k : w_jk < w_ji}
+        weights = w.repeat(batch.n_views, batch.n_views).fill_diagonal_(0.0)
+        # counts[i, j] = #{k : w_jk < w_ji}: k runs over V copies of each subject.
+        counts = (strictly_smaller_counts(w).T * batch.n_views).repeat(batch.n_views, batch.n_views)
         included = batch.not_self & (counts > 0)
         log_denominator = masked_logsumexp(s + counts.to(s.dtype).log(), included)
         per_anchor = log_denominator - (weights * s).sum(dim=1) / weights.sum(dim=1)

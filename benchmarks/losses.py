@@ -196,7 +196,7 @@ def peer_table(args: argparse.Namespace) -> None:
                 ours_fn, peer_fn = (lambda z, f=ours, y=y: f(z, y)), (lambda z, f=peer, y=y: f(z, y))
                 for _ in range(2):  # warm-up
                     seconds(ours_fn, z), seconds(peer_fn, z)
-                repeats = args.repeats if n_subjects <= 256 else max(3, args.repeats // 3)
+                repeats = args.repeats if n_subjects <= 1024 else max(3, args.repeats // 3)
                 ours_s, peer_s, ratio = paired_times(ours_fn, peer_fn, z, repeats)
                 dtype_name = str(dtype).removeprefix("torch.")
                 print(f"{name:<28} {dtype_name:>8} {2 * n_subjects:>5} {ours_s * 1e3:>10.1f} {peer_s * 1e3:>10.1f} {ratio:>6.2f}", flush=True)
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--against", choices=("peers", "loops"), default="peers", help="what each loss is timed against")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="loops: numbers of subjects N (two views each)")
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension D")
-    parser.add_argument("--repeats", type=int, default=21, help="runs per timing (median); a third of it from N = 1024 on (peers)")
+    parser.add_argument("--repeats", type=int, default=21, help="runs per timing (median); a third of it from N = 2048 on (peers)")
     parser.add_argument("--loop-repeats", type=int, default=3, help="runs per loop timing (median)")
     parser.add_argument("--loop-anchors", type=int, default=8, help="k: the loops are timed on k and 2k anchors")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")

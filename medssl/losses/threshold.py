@@ -38,9 +38,10 @@ def _sums_below(values: Tensor, ranks: Tensor) -> Tensor:
 
     Summing per rank, then cumulatively over ranks, keeps equal weights out of each other's sums.
     """
-    ranks = ranks.expand(values.shape)
-    per_rank = torch.zeros_like(values).scatter_add_(-1, ranks, values)
-    return F.pad(per_rank.cumsum(dim=-1)[..., :-1], (1, 0)).gather(-1, ranks)
+    # Slot r + 1 holds the sum of rank r, so the cumulative sum at slot r is over ranks below r.
+    per_rank = values.new_zeros(*values.shape[:-1], values.shape[-1] + 1)
+    per_rank.scatter_add_(-1, (ranks + 1).expand(values.shape), values)
+    return per_rank.cumsum(dim=-1).gather(-1, ranks.expand(values.shape))
 
 
 class _ThresholdLinear(torch.autograd.Function):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medssl.losses.layout import LossInputError, compute_dtype, view_major
@@ -61,7 +62,12 @@ class BarlowTwinsLoss(nn.Module):
 
 
 def _standardize(z: Tensor, eps: float) -> Tensor:
-    return (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)
+    """(z - mean) / sqrt(biased var + eps) per dimension over the batch.
+
+    ``batch_norm`` in training mode without running statistics or affine parameters computes
+    exactly this in one fused pass (and backward), about twice as fast as the written-out form.
+    """
+    return F.batch_norm(z, None, None, training=True, eps=eps)
 
 
 def _two_views(z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from medssl.losses.kernels import check_kernel, label_kernel
+from medssl.losses.kernels import check_kernel, pair_weights
 from medssl.losses.layout import check_temperature, contrastive_batch, mean_over_anchors
 
 
@@ -60,11 +60,10 @@ class ExponentialLoss(nn.Module):
         if self.reference_code:
             # The authors' code subtracts the row maximum, the self-similarity 1/tau.
             s = s - 1.0 / self.temperature
-        labels = batch.labels.to(s.dtype)
-        w = label_kernel(labels, labels, self.kernel, self.sigma)
-        weights = w.masked_fill(~batch.not_self, 0.0)
+        weights = pair_weights(batch.subject_labels, batch.n_views, self.kernel, self.sigma, s.dtype)
         attraction = (weights * s).sum(dim=1) / weights.sum(dim=1)
-        repulsion = (s * (1.0 - w)).masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)
+        # The diagonal of 1 - w is wrong (w_ii is zeroed), but the anchor is masked out anyway.
+        repulsion = (s * (1.0 - weights)).masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)
         return mean_over_anchors(repulsion - attraction)
 
     def extra_repr(self) -> str:

@@ -49,6 +49,13 @@ class ContrastiveBatch:
         return (self.subjects[:, None] == self.subjects[None, :]) & self.not_self
 
     @property
+    def subject_labels(self) -> Tensor:
+        """(N,) labels, one per subject: what label kernels are computed on before tiling."""
+        if self.labels is None:
+            raise LossInputError("label-weighted losses need labels y, got None")
+        return self.labels[: len(self.labels) // self.n_views]
+
+    @property
     def same_label(self) -> Tensor:
         """(n, n) bool: j != i has the label of i (SupCon positives)."""
         if self.labels is None:
@@ -131,7 +138,7 @@ def contrastive_batch(
     n = z.shape[0]
     dtype = compute_dtype(z)
     z = F.normalize(z.to(dtype), dim=1)
-    similarities = z @ z.T / temperature
+    similarities = (z / temperature) @ z.T  # scaling z is an n x D pass, scaling s an n x n one
     labels = y.repeat(n_views) if y is not None else None
     subjects = torch.arange(n // n_views, device=z.device).repeat(n_views)
     not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medssl.losses.layout import check_temperature, contrastive_batch, masked_mean, mean_over_anchors
+from medssl.losses.layout import check_temperature, contrastive_batch, mean_over_anchors
 
 
 class NTXentLoss(nn.Module):
@@ -44,9 +46,22 @@ class NTXentLoss(nn.Module):
         """
         batch = contrastive_batch(z, y, self.temperature, loss_name=type(self).__name__, labels_required=False)
         s = batch.similarities
-        log_denominator = s.masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)
-        per_anchor = log_denominator - masked_mean(s, batch.other_views)
-        return mean_over_anchors(per_anchor)
+        # The anchor is in no denominator. s is this call's own tensor and no backward reads it,
+        # so its diagonal is blanked in place and out of autograd's sight: the softmax puts zero
+        # mass, hence zero gradient, on -inf entries, and recording the fill would copy n x n.
+        with torch.no_grad():
+            s.diagonal().fill_(float("-inf"))
+        other_views = other_view_rows(len(s), batch.n_views, s.device)
+        if batch.n_views == 2:
+            # cross_entropy fuses the log-softmax and the pick of the one positive.
+            return F.cross_entropy(s, other_views[:, 0])
+        return mean_over_anchors(s.logsumexp(dim=1) - s.gather(1, other_views).mean(dim=1))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
+
+
+def other_view_rows(n: int, n_views: int, device: torch.device) -> Tensor:
+    """(n, V-1) rows of the other views of each row's subject, in a view-major batch of n rows."""
+    offsets = torch.arange(1, n_views, device=device) * (n // n_views)
+    return (torch.arange(n, device=device)[:, None] + offsets) % n

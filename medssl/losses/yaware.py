@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from medssl.losses.kernels import check_kernel, label_kernel
+from medssl.losses.kernels import check_kernel, pair_weights
 from medssl.losses.layout import check_temperature, contrastive_batch, mean_over_anchors
 
 
@@ -51,8 +51,7 @@ class YAwareLoss(nn.Module):
         """
         batch = contrastive_batch(z, y, self.temperature, loss_name=type(self).__name__, labels_required=True)
         s = batch.similarities
-        labels = batch.labels.to(s.dtype)
-        weights = label_kernel(labels, labels, self.kernel, self.sigma).masked_fill(~batch.not_self, 0.0)
+        weights = pair_weights(batch.subject_labels, batch.n_views, self.kernel, self.sigma, s.dtype)
         attraction = (weights * s).sum(dim=1) / weights.sum(dim=1)
         log_denominator = s.masked_fill(~batch.not_self, float("-inf")).logsumexp(dim=1)
         return mean_over_anchors(log_denominator - attraction)

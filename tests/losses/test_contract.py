@@ -60,6 +60,19 @@ def test_loss_is_a_finite_float32_scalar_for_bfloat16_input_close_to_float32(nam
 
 
 @pytest.mark.parametrize("name", LOSSES)
+def test_bfloat16_input_is_computed_as_its_float32_copy_in_value_and_gradient(name):
+    build, kind = LOSSES[name]
+    z, y = embeddings(16, dim=32, dtype=torch.bfloat16, seed=6), labels(kind, 16)
+    upcast = z.detach().float().requires_grad_()
+    loss = build()
+    low, high = loss(z, y), loss(upcast, y)
+    (low_gradient,) = torch.autograd.grad(low, z)
+    (high_gradient,) = torch.autograd.grad(high, upcast)
+    torch.testing.assert_close(low, high, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(low_gradient, high_gradient.bfloat16(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("case", ["identical", "opposite"])
 def test_extreme_similarities_give_finite_value_and_gradient(name, case):
     build, kind = LOSSES[name]

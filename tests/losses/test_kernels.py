@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from medssl.losses import LossInputError, label_kernel
+from medssl.losses.kernels import exp_or_zero, pair_weights
 
 
 def test_kernels_take_their_textbook_values_one_sigma_apart():
@@ -38,3 +39,21 @@ def test_unknown_kernel_is_a_loss_input_error():
 def test_non_positive_sigma_is_a_value_error():
     with pytest.raises(ValueError, match="sigma=0"):
         label_kernel(torch.zeros(2), torch.zeros(2), "rbf", 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_or_zero_is_exp_down_to_the_smallest_normal_number_and_zero_below(dtype):
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([0.0, -1.0, -80.0, math.log(tiny) + 1e-3, math.log(tiny) - 1e-3, -120.0, -1000.0], dtype=dtype)
+    result = exp_or_zero(x)
+    normal = x >= math.log(tiny)
+    torch.testing.assert_close(result[normal], x[normal].exp(), rtol=0, atol=0)
+    assert torch.all(result[~normal] == 0) and torch.all(x.exp()[~normal] < tiny)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "rbf", "cauchy"])
+def test_pair_weights_tile_the_subject_kernel_over_views_with_a_zero_diagonal(kernel):
+    y = torch.tensor([20.0, 35.0, 50.0, 51.0, 90.0])
+    repeated = y.repeat(3)
+    expected = label_kernel(repeated, repeated, kernel, 2.0).fill_diagonal_(0.0)
+    assert torch.equal(pair_weights(y, 3, kernel, 2.0, torch.float32), expected)

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,6 +28,29 @@ def test_threshold_keeps_equal_weights_out_of_each_others_denominator():
     y = torch.tensor([35, 40, 45, 50] * 3, dtype=torch.float64)
     loss = ThresholdLoss(temperature=0.1, sigma=5.0, kernel="rbf")
     assert_same_value_and_gradient(lambda z: loss(z, y), lambda z: threshold_loop(z, y, 0.1, 5.0, "rbf"), z)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.002])
+def test_threshold_matches_loop_in_linear_and_log_scale_with_three_views(temperature):
+    # tau = 0.002 is below the range where exp(s - 1/tau) stays normal even in float64, so the
+    # log-scale path runs; tied weights from repeated labels on both.
+    z = embeddings(6, n_views=3, seed=4)
+    y = torch.tensor([30, 40, 30, 50, 40, 35], dtype=torch.float64)
+    loss = ThresholdLoss(temperature=temperature, sigma=5.0, kernel="rbf")
+    reference = lambda z: threshold_loop(z, y, temperature, 5.0, "rbf")  # noqa: E731
+    assert_same_value_and_gradient(lambda z: loss(z, y), reference, z)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.02])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_threshold_in_low_precision_matches_float64_within_float32_rounding(dtype, temperature):
+    # At tau = 0.02 float32 takes the log-scale path and float64 the linear one.
+    z, y = embeddings(64, seed=5), ages(64, seed=5)
+    loss = ThresholdLoss(temperature=temperature)
+    expected = loss(z.detach().to(dtype).double(), y)
+    value = loss(z.detach().to(dtype), y)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_threshold_of_a_batch_with_one_label_is_zero():
@@ -67,11 +88,9 @@ def test_threshold_runs_forward_and_backward_on_4096_embeddings_in_quadratic_mem
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(2048, 2, 32, generator=generator).requires_grad_()
     y = torch.rand(2048, generator=generator) * 80 + 10
-    start = time.perf_counter()
     loss = ThresholdLoss()(z, y)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
-    assert time.perf_counter() - start < 30
 
 
 def test_threshold_reference_code_runs_on_4096_embeddings_in_quadratic_memory():

@@ -127,11 +127,11 @@ def test_patients_lose_grey_matter_only_around_the_hippocampi() -> None:
     control_gm = synthetic._subject_tissues(grid, 40.0, male=True, patient=False, rng=np.random.default_rng(1))[0]
     patient_gm = synthetic._subject_tissues(grid, 40.0, male=True, patient=True, rng=np.random.default_rng(1))[0]
     loss = control_gm - patient_gm
-    assert loss.min() > -1e-6 and 0.0005 < loss.sum() / control_gm.sum() < 0.02
+    assert loss.min() > -1e-6 and 0.005 < loss.sum() / control_gm.sum() < 0.05
     distance = np.min([np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0)
                        for h in synthetic.HIPPOCAMPI_MM], axis=0)
     assert distance[np.unravel_index(loss.argmax(), loss.shape)] < 12.0
-    assert loss[distance > 40.0].max() < 0.01 * loss.max()
+    assert loss[distance > 50.0].max() < 0.01 * loss.max()
 
 
 def test_a_ventricle_proxy_correlates_with_age_within_sites(table: pd.DataFrame, volumes: np.ndarray) -> None:

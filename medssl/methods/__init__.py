@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from medssl.config import Recipe
 from medssl.losses import (
@@ -30,6 +31,27 @@ from medssl.models import Encoder, ProjectionHead, build_encoder
 
 # Methods whose loss needs the recipe's label column.
 LABEL_METHODS = {"yaware", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon", "supervised"}
+# Methods that train on one view per subject (the others on views.n_views, at least 2).
+SINGLE_VIEW_METHODS = {"deepcluster"}
+# Methods whose per-epoch step (DeepCluster's clustering of the whole cohort) runs on one process.
+SINGLE_PROCESS_METHODS = {"deepcluster"}
+
+
+@dataclass(frozen=True)
+class MethodNeeds:
+    """What a method asks of the engine before it is built: the engine reads these, never a method name."""
+
+    name: str
+    label: bool
+    views: int
+    distributed: bool
+
+
+def method_needs(recipe: Recipe) -> MethodNeeds:
+    """The needs of the recipe's method (label column, views per subject, DDP support)."""
+    name = recipe.method.name
+    views = 1 if name in SINGLE_VIEW_METHODS else max(recipe.views.n_views, 2)
+    return MethodNeeds(name, name in LABEL_METHODS, views, name not in SINGLE_PROCESS_METHODS)
 
 
 def _embedding_method(make_loss: Callable, uses_label: bool = False, monitors_collapse: bool = False):
@@ -81,5 +103,5 @@ def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
     return METHODS[recipe.method.name](recipe, encoder if encoder is not None else build_encoder_for(recipe))
 
 
-__all__ = ["LABEL_METHODS", "METHODS", "Method", "BYOL", "SimSiam", "DINO", "DeepCluster", "EmbeddingLossMethod", "SupervisedMethod",
+__all__ = ["LABEL_METHODS", "METHODS", "MethodNeeds", "method_needs", "Method", "BYOL", "SimSiam", "DINO", "DeepCluster", "EmbeddingLossMethod", "SupervisedMethod",
            "build_method", "build_encoder_for", "fold_views", "unfold_views"]

@@ -60,6 +60,12 @@ class Method(nn.Module):
         # Under DDP the engine replaces this by an all-gather with gradients (rows = subjects).
         self.gather = keep_local
 
+    @property
+    def has_projection(self) -> bool:
+        """Whether the method projects features into an embedding (alignment, uniformity and
+        collapse are measured on it); False for a bare encoder or a supervised output."""
+        return not isinstance(self.head, nn.Identity)
+
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """(B, V, C, D, H, W) views -> (B, V, d) projected embeddings."""
         z = self.head(self.encoder(fold_views(views)))

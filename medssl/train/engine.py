@@ -38,7 +38,7 @@ from medssl.data.synthetic import embedded_cohort
 from medssl.data.views import MultiViewDataset, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.files import atomic_write_text, remove_stale_temporaries
-from medssl.methods import LABEL_METHODS, Method, build_method
+from medssl.methods import Method, build_method, method_needs
 from medssl.models import save_encoder
 from medssl.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from medssl.train.distributed import (
@@ -270,8 +270,9 @@ class Trainer:
         self.dist: DistributedContext = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.dist.enabled and self.recipe.method.name == "deepcluster":
-            raise RecipeError("method.name = 'deepcluster' runs on one process: launch it without torchrun")
+        self.needs = method_needs(self.recipe)
+        if self.dist.enabled and not self.needs.distributed:
+            raise RecipeError(f"method.name = {self.needs.name!r} runs on one process: launch it without torchrun")
 
     def say(self, message: str) -> None:
         self.notes.append(message)
@@ -291,17 +292,16 @@ class Trainer:
         if recipe.data.max_subjects is not None:
             train = train.head(recipe.data.max_subjects)
         self.train_cohort = train
-        label = recipe.data.label if recipe.method.name in LABEL_METHODS else None
-        if recipe.method.name in LABEL_METHODS and label is None:
-            raise RecipeError(f"method.name = {recipe.method.name!r} needs a label: set data.label (e.g. age)")
+        label = recipe.data.label if self.needs.label else None
+        if self.needs.label and label is None:
+            raise RecipeError(f"method.name = {self.needs.name!r} needs a label: set data.label (e.g. age)")
         self.label_encoder = label_encoder_for(train, label)
         shape = recipe.data.volume_shape
         if not shape:
             check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
         # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
         preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
-        n_views = max(recipe.views.n_views, 2) if recipe.method.name != "deepcluster" else 1
-        self.dataset = MultiViewDataset(train.subjects(), build_view_transform(recipe.views), n_views=n_views,
+        self.dataset = MultiViewDataset(train.subjects(), build_view_transform(recipe.views), n_views=self.needs.views,
                                         preprocess=preprocess, label_key=label, label_encoder=self.label_encoder)
         batch_size = recipe.train.batch_size
         per_process = len(train) // self.dist.world_size
@@ -473,7 +473,7 @@ class Trainer:
     def diagnostic_batch(self) -> torch.Tensor | None:
         """A fixed batch of two augmented views of held-out subjects (internal test, else train),
         drawn once, on which alignment, uniformity and collapse are measured every epoch."""
-        if isinstance(self.method.head, torch.nn.Identity):
+        if not self.method.has_projection:
             return None
         held_out = self.cohort.subset("internal_test")
         cohort = held_out if len(held_out) >= 2 else self.train_cohort

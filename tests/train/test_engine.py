@@ -310,3 +310,24 @@ def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_budget():
     assert resolved.model.encoder == "alexnet" and resolved.model.widths is None
     resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.widths=[8,16,32,64]"]))
     assert resolved.model.encoder == "resnet18" and resolved.model.widths == [8, 16, 32, 64]
+
+
+def test_the_engine_names_no_method():
+    from pathlib import Path
+
+    import medssl.train
+    from medssl.config import METHOD_NAMES
+
+    sources = {path.name: path.read_text() for path in Path(medssl.train.__file__).parent.glob("*.py")}
+    named = [(file, name) for file, text in sources.items() for name in METHOD_NAMES
+             if f'"{name}"' in text or f"'{name}'" in text]
+    assert named == []
+
+
+def test_method_needs_say_label_views_and_processes():
+    from medssl.methods import method_needs
+
+    assert method_needs(load_recipe("deepcluster")).views == 1 and not method_needs(load_recipe("deepcluster")).distributed
+    needs = method_needs(load_recipe("yaware_age"))
+    assert needs.label and needs.views == 2 and needs.distributed
+    assert not method_needs(load_recipe("simclr")).label

@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medssl.errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def shipped_recipes_dir() -> Path:
+    """Folder of the shipped recipes: inside the package once installed from a wheel, else the checkout's ``recipes/``."""
+    package_dir = Path(__file__).resolve().parent
+    # pyproject.toml maps the repository's recipes/ into the wheel as medssl/recipes.
+    installed = package_dir / "recipes"
+    return installed if installed.is_dir() else package_dir.parent / "recipes"
+
+
+RECIPES_DIR = shipped_recipes_dir()
 
 
 class Section(BaseModel):

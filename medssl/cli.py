@@ -327,7 +327,7 @@ def data_inspect(
 
     if Path(source).is_dir():
         recipe = load_recipe("yaware_age", overrides or [])
-        cohort = load_cohort(Path(source), openbhb_modality=recipe.data.openbhb_modality)
+        cohort = load_cohort(Path(source), openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks)
     else:
         recipe = load_recipe(source, overrides or [])
         cohort = open_cohort(recipe, console)
@@ -389,7 +389,8 @@ def data_cache(
         if len(edges) not in (1, 3) or min(edges) < 1:
             raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64")
         volume_shape = edges * 3 if len(edges) == 1 else edges
-    source = load_cohort(cohort, openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw")
+    source = load_cohort(cohort, openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw",
+                         openbhb_masks=resolved.data.openbhb_masks if resolved else None)
     with Progress(console=console) as progress:
         task = progress.add_task(f"caching {len(source)} volumes", total=len(source))
         cache_cohort(source, out, volume_shape=volume_shape, dtype=dtype, num_workers=workers,

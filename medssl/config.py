@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medssl.errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+def shipped_recipes_dir() -> Path:
+    """Folder of the shipped recipes: inside the package once installed from a wheel, else the checkout's ``recipes/``."""
+    package_dir = Path(__file__).resolve().parent
+    # pyproject.toml maps the repository's recipes/ into the wheel as medssl/recipes.
+    installed = package_dir / "recipes"
+    return installed if installed.is_dir() else package_dir.parent / "recipes"
+
+
+RECIPES_DIR = shipped_recipes_dir()
 
 
 class Section(BaseModel):
@@ -42,12 +51,13 @@ class SyntheticCohortConfig(Section):
 
 
 class DataConfig(Section):
-    root: Path | None = Field(None, description="Cohort folder: NIfTI volumes + participants table, an OpenBHB download, or a `medssl data cache` folder; null uses the embedded synthetic cohort.")
+    root: Path | None = Field(None, description="Cohort folder: NIfTI volumes + participants table, an OpenBHB download or challenge kit, or a `medssl data cache` folder; null uses the embedded synthetic cohort.")
     label: str | None = Field("age", description="Participants column used as the label y of label-aware losses (null: none).")
     volume_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="Resize every volume to this (D, H, W) before augmentation; null keeps the stored shape.")
     max_subjects: int | None = Field(None, ge=2, description="Use at most this many training subjects (null: all).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     openbhb_modality: Literal["quasiraw", "vbm"] = Field("quasiraw", description="OpenBHB downloads: volumes to read, quasiraw (1x182x218x182, 1 mm) or vbm (CAT12 grey matter, 1x121x145x121, 1.5 mm).")
+    openbhb_masks: Path | None = Field(None, description="OpenBHB challenge kit: folder of its two mask images (cat12vbm_space-MNI152_desc-gm_TPM.nii.gz, quasiraw_space-MNI152_desc-brain_T1w.nii.gz) that unmask its rows; null: data.root.")
     synthetic: SyntheticCohortConfig = Field(default_factory=SyntheticCohortConfig, description="Embedded synthetic cohort used when root is null.")
 
 

@@ -27,3 +27,34 @@ def test_score_a_submission_reproduces_the_published_challenge_score():
     scores = dict(line.split() for line in out.splitlines() if not line.startswith("L_c"))
     expected = float(scores["bacc_site"]) ** 0.3 * float(scores["mae_external"])
     assert abs(float(scores["challenge_score"]) - expected) < 5e-3  # printed with 3 decimals
+
+
+def fake_slurm(bin_dir: Path, record: Path) -> None:
+    """srun runs its command once per node (SLURM_NODEID 0, 1); scontrol names two nodes; torchrun records its arguments."""
+    bin_dir.mkdir()
+    scripts = {
+        "scontrol": 'printf "gpu-a\\ngpu-b\\n"',
+        "srun": 'shift; for node in 0 1; do SLURM_NODEID=$node "$@" || exit 1; done',
+        "torchrun": f'echo "$*" >> {record}',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+
+
+def test_slurm_example_starts_one_c10d_torchrun_agent_per_node_with_the_recipe(tmp_path):
+    import os
+
+    record = tmp_path / "torchrun_calls"
+    fake_slurm(tmp_path / "bin", record)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-b]",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "77", "SLURM_GPUS_ON_NODE": "4", "RECIPE": "recipes/simclr.yaml"}
+    result = subprocess.run(["bash", str(EXAMPLES / "slurm_pretrain.sbatch"), "train.epochs=3"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = record.read_text().splitlines()
+    assert len(calls) == 2
+    for node, call in enumerate(calls):
+        assert (f"--nnodes 2 --nproc-per-node 4 --node-rank {node} --rdzv-backend c10d --rdzv-endpoint gpu-a:29500 "
+                f"--rdzv-id 77 -m medssl pretrain recipes/simclr.yaml --out runs/simclr-77 data.root=/shared/openbhb "
+                f"train.epochs=3") == call

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN
 from medssl.data.cohort import Cohort
+from medssl.data.openbhb_kit import KIT_COLUMNS
 from medssl.data.views import VolumeDataset, resize_transform
 from medssl.errors import CohortError
 from medssl.files import atomic_write_text, replacing
@@ -84,7 +85,8 @@ def cache_cohort(cohort: Cohort, out: str | Path, volume_shape: Sequence[int] | 
                 on_volume(index + 1, len(dataset))
         array.flush()
         del array
-    table = cohort.table.copy()
+    # The cache holds unmasked volumes: the challenge kit's unmasking columns no longer apply.
+    table = cohort.table.drop(columns=list(KIT_COLUMNS), errors="ignore")
     table["path"] = ARRAY_NAME
     table[ARRAY_ROW_COLUMN] = np.arange(len(table))
     info = {"spacing": list(spacing), "shape": list(first.shape), "dtype": dtype, "source": str(cohort.root),

@@ -8,7 +8,8 @@ relative to the cohort folder). Without ``path``, the volume is found as
 A ``path`` ending in ``.npy`` is a NumPy array read memory-mapped, with the optional
 ``array_row`` column giving the subject's row in a stacked array (see ``data.arrays``;
 ``medssl data cache`` writes such cohorts). A folder holding OpenBHB as downloaded
-(``train/``, ``val/``... see ``data.openbhb``) is recognised and read the same way.
+(``train/``, ``val/``... see ``data.openbhb``) or the OpenBHB challenge kit (``data/train.npy``...
+see ``data.openbhb_kit``) is recognised and read the same way.
 
 Validation happens once, on load, so that a long run never fails at hour three on a
 missing file: every error names the file, the column or the participant and says what
@@ -35,6 +36,7 @@ import torchio as tio
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN, array_image, check_array_volume, is_array_path, row_or_none
 from medssl.data.openbhb import is_openbhb_folder, openbhb_table
+from medssl.data.openbhb_kit import KIT_BLOCK_COLUMN, KIT_MASKS_COLUMN, is_kit_folder, kit_image, kit_table, kit_volume_shape
 from medssl.errors import CohortError
 
 REQUIRED_COLUMNS = ("participant_id", "age", "sex", "site")
@@ -77,6 +79,10 @@ class Cohort:
         cohorts); None for NIfTI cohorts or mixed shapes. Lets a cached cohort skip resampling."""
         if len(self.table) == 0 or not all(is_array_path(path) for path in self.table["path"]):
             return None
+        if KIT_BLOCK_COLUMN in self.table:
+            shapes = {kit_volume_shape(block, masks)[1:]
+                      for block, masks in zip(self.table[KIT_BLOCK_COLUMN], self.table[KIT_MASKS_COLUMN])}
+            return shapes.pop() if len(shapes) == 1 else None
         rows = self.table[ARRAY_ROW_COLUMN] if ARRAY_ROW_COLUMN in self.table else [None] * len(self.table)
         shapes = {check_array_volume(path, row_or_none(row), pid)[1:]
                   for pid, path, row in zip(self.table["participant_id"], self.table["path"], rows)}
@@ -88,7 +94,10 @@ class Cohort:
         for row in self.table.itertuples(index=False):
             fields = row._asdict()
             path, array_row = fields.pop("path"), row_or_none(fields.pop(ARRAY_ROW_COLUMN, None))
-            if is_array_path(path):
+            kit_block, kit_masks = fields.pop(KIT_BLOCK_COLUMN, None), fields.pop(KIT_MASKS_COLUMN, None)
+            if isinstance(kit_block, str):
+                image = kit_image(path, array_row, kit_block, kit_masks)
+            elif is_array_path(path):
                 image = array_image(path, array_row)
             else:
                 image = tio.ScalarImage(path, reader=partial(read_nifti_volume, participant_id=str(fields["participant_id"])))
@@ -215,14 +224,19 @@ def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
     return table
 
 
-def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: str = "quasiraw") -> Cohort:
+def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: str = "quasiraw",
+                openbhb_masks: str | Path | None = None) -> Cohort:
     """Load and validate the cohort in ``root``; raise :class:`CohortError` on the first problem.
 
-    ``openbhb_modality`` (quasiraw or vbm) picks the volumes of an OpenBHB download.
+    ``openbhb_modality`` (quasiraw or vbm) picks the volumes of an OpenBHB download or of the
+    challenge kit, whose masks are in ``openbhb_masks`` (None: the kit's root).
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise CohortError(f"{root}: cohort folder does not exist")
+    if is_kit_folder(root):
+        table, source = kit_table(root, modality=openbhb_modality, masks=openbhb_masks)  # rows checked there
+        return Cohort(root, validate_table(table, source).reset_index(drop=True))
     if is_openbhb_folder(root):
         table, source = openbhb_table(root, modality=openbhb_modality)  # paths checked there
         return Cohort(root, validate_table(table, source).reset_index(drop=True))

@@ -129,7 +129,7 @@ def open_cohort(recipe: Recipe, console: Console | None = None) -> Cohort:
     root = recipe.data.root
     if root is None:
         root = embedded_cohort(recipe.data.synthetic, progress=console is not None)
-    return load_cohort(root, openbhb_modality=recipe.data.openbhb_modality)
+    return load_cohort(root, openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks)
 
 
 def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | None:

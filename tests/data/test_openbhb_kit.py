@@ -1,0 +1,167 @@
+"""The OpenBHB challenge kit's layout: data/{train,test}.{tsv,npy} rows of six blocks, volumes unmasked on the fly.
+
+A tiny kit is written by the kit's rule with tiny masks: the volume blocks' sizes come from the
+masks, the surface and ROI blocks keep their real sizes (about 5 MB per row, written sparsely).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medssl.config import Recipe
+from medssl.data.arrays import open_array
+from medssl.data.cache import cache_cohort
+from medssl.data.cohort import load_cohort
+from medssl.data.openbhb_kit import FEATURE_BLOCK_SIZES, KIT_COLUMNS, KIT_MASKS, kit_masks
+from medssl.errors import CohortError
+
+VBM_SHAPE, QUASIRAW_SHAPE = (5, 6, 4), (6, 4, 5)
+N_TRAIN, N_TEST = 4, 4
+
+
+def mask_image(shape: tuple[int, int, int], seed: int, threshold: float) -> np.ndarray:
+    """Float64 mask values; a few exactly at the threshold (dropped: the rule is strictly greater)."""
+    values = np.random.default_rng(seed).random(shape)
+    values[values < 0.3] = 0.0
+    values.flat[::7] = threshold
+    return values
+
+
+def kept_in_c_order(values: np.ndarray, threshold: float) -> list[tuple[int, int, int]]:
+    """Kept voxel indices, enumerated in C order (last axis fastest), as the kit's masking stores them."""
+    return [index for index in np.ndindex(values.shape) if values[index] > threshold]
+
+
+def volume(seed: int, shape: tuple[int, int, int]) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32) + 3
+
+
+def write_kit(root: Path, extra_columns: int = 0, masks_folder: Path | None = None) -> dict:
+    """A kit with masks, train (4 rows) and test (2 internal, 2 external) parts; returns what it holds."""
+    masks_folder = masks_folder or root
+    masks_folder.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    mask_values = {"vbm": mask_image(VBM_SHAPE, 0, 0.05), "quasiraw": mask_image(QUASIRAW_SHAPE, 1, 0.0)}
+    kept = {}
+    for block, values in mask_values.items():
+        nib.save(nib.Nifti1Image(values, np.eye(4)), masks_folder / KIT_MASKS[block].file)
+        kept[block] = kept_in_c_order(values, KIT_MASKS[block].threshold)
+    row_length = len(kept["vbm"]) + len(kept["quasiraw"]) + sum(FEATURE_BLOCK_SIZES.values()) + extra_columns
+    volumes = {}
+    for part, n_rows in (("train", N_TRAIN), ("test", N_TEST)):
+        table = pd.DataFrame({"age": np.linspace(10, 70, n_rows), "site": [1, 2, np.nan, np.nan] if part == "test" else [1, 2, 1, 2],
+                              "split": ["internal_test"] * 2 + ["external_test"] * 2 if part == "test" else ["train"] * n_rows})
+        table.to_csv(root / "data" / f"{part}.tsv", sep="\t", index=False)
+        array = np.lib.format.open_memmap(root / "data" / f"{part}.npy", mode="w+", dtype=np.float32, shape=(n_rows, row_length))
+        for row in range(n_rows):
+            seed = 100 * (part == "test") + row
+            vbm, quasiraw = volume(seed, VBM_SHAPE), volume(seed + 50, QUASIRAW_SHAPE)
+            values = [vbm[index] for index in kept["vbm"]] + [quasiraw[index] for index in kept["quasiraw"]]
+            array[row, :len(values)] = values
+            array[row, len(values):] = np.nan  # surface and ROI blocks: never part of a volume
+            volumes[part, row] = {"vbm": vbm, "quasiraw": quasiraw}
+        array.flush()
+        del array
+    return {"kept": kept, "volumes": volumes, "row_length": row_length}
+
+
+def unmasked(original: np.ndarray, kept: list[tuple[int, int, int]]) -> np.ndarray:
+    expected = np.zeros_like(original)
+    for index in kept:
+        expected[index] = original[index]
+    return expected
+
+
+@pytest.mark.parametrize("modality", ["vbm", "quasiraw"])
+def test_each_row_is_unmasked_into_the_volume_of_the_chosen_block(tmp_path, modality):
+    kit = write_kit(tmp_path / "kit")
+    cohort = load_cohort(tmp_path / "kit", openbhb_modality=modality)
+    assert len(cohort) == N_TRAIN + N_TEST
+    subjects = cohort.subjects()
+    for position, (part, row) in enumerate([("train", r) for r in range(N_TRAIN)] + [("test", r) for r in range(N_TEST)]):
+        expected = unmasked(kit["volumes"][part, row][modality], kit["kept"][modality])
+        assert torch.equal(subjects[position]["image"].data[0], torch.from_numpy(expected)), (part, row)
+    assert cohort.stored_shape() == (VBM_SHAPE if modality == "vbm" else QUASIRAW_SHAPE)
+
+
+def test_kit_tables_become_cohort_splits_with_external_sites_named_external(tmp_path):
+    write_kit(tmp_path / "kit")
+    table = load_cohort(tmp_path / "kit").table
+    assert list(table["split"]) == ["train"] * N_TRAIN + ["internal_test"] * 2 + ["external_test"] * 2
+    assert list(table["site"]) == ["1", "2", "1", "2", "1", "2", "external", "external"]
+    assert table["participant_id"].is_unique and table["participant_id"].iloc[N_TRAIN] == "test-0"
+    assert list(table["array_row"]) == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_rows_are_read_memory_mapped_and_only_when_used(tmp_path):
+    write_kit(tmp_path / "kit")
+    cohort = load_cohort(tmp_path / "kit", openbhb_modality="vbm")
+    assert isinstance(open_array(cohort.table["path"][0]), np.memmap)
+    subjects = cohort.subjects()
+    assert not any(subject["image"]._loaded for subject in subjects)
+    subjects[1]["image"].load()
+    assert not subjects[2]["image"]._loaded
+
+
+def test_mask_rule_keeps_vbm_above_0_05_and_quasiraw_above_0_strictly(tmp_path):
+    kit = write_kit(tmp_path / "kit")
+    masks = kit_masks(str(tmp_path / "kit"))
+    for block, shape in (("vbm", VBM_SHAPE), ("quasiraw", QUASIRAW_SHAPE)):
+        assert masks[block].shape == shape
+        assert sorted(map(tuple, np.argwhere(masks[block]))) == kit["kept"][block]
+        assert 0 < len(kit["kept"][block]) < np.prod(shape)
+
+
+def test_a_wrong_row_length_is_one_error_naming_the_layout_and_its_blocks(tmp_path):
+    kit = write_kit(tmp_path / "kit", extra_columns=1)
+    with pytest.raises(CohortError) as error:
+        load_cohort(tmp_path / "kit", openbhb_modality="vbm")
+    message = str(error.value)
+    assert "\n" not in message and "train.npy" in message
+    assert f"expected ({N_TRAIN}, {kit['row_length'] - 1})" in message
+    for block in ("vbm", "quasiraw", "xhemi 1,310,736", "vbm_roi 284", "desikan_roi 476", "destrieux_roi 1,036"):
+        assert block in message
+    assert KIT_MASKS["vbm"].file in message and "> 0.05" in message
+
+
+def test_masks_are_found_where_data_openbhb_masks_says(tmp_path):
+    from medssl.train.engine import open_cohort
+
+    kit = write_kit(tmp_path / "kit", masks_folder=tmp_path / "masks")
+    with pytest.raises(CohortError, match=r"vbm mask is missing.*data\.openbhb_masks"):
+        open_cohort(Recipe(data={"root": tmp_path / "kit"}))
+    recipe = Recipe(data={"root": tmp_path / "kit", "openbhb_masks": tmp_path / "masks", "openbhb_modality": "quasiraw"})
+    first = open_cohort(recipe).subjects()[0]["image"].data[0]
+    assert torch.equal(first, torch.from_numpy(unmasked(kit["volumes"]["train", 0]["quasiraw"], kit["kept"]["quasiraw"])))
+
+
+def test_a_cache_of_a_kit_holds_the_unmasked_volumes_and_reads_back_without_the_kit(tmp_path):
+    kit = write_kit(tmp_path / "kit")
+    cache = cache_cohort(load_cohort(tmp_path / "kit", openbhb_modality="vbm"), tmp_path / "cache")
+    cached = load_cohort(cache)
+    assert not set(KIT_COLUMNS) & set(cached.table.columns)
+    volume_of_row_5 = cached.subjects()[5]["image"].data[0]  # the test part's second row
+    assert torch.equal(volume_of_row_5, torch.from_numpy(unmasked(kit["volumes"]["test", 1]["vbm"], kit["kept"]["vbm"])))
+
+
+def test_cli_prints_a_wrong_row_length_in_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    from medssl import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=400, soft_wrap=True))  # a long line is not wrapped
+    write_kit(tmp_path / "kit", extra_columns=-1)
+    monkeypatch.setattr(sys, "argv", ["medssl", "data", "cache", str(tmp_path / "kit"), str(tmp_path / "cache")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("error: ") and error.strip().count("\n") == 0 and "destrieux_roi" in error
+    assert not (tmp_path / "cache" / "participants.tsv").exists()

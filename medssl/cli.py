@@ -259,13 +259,16 @@ def benchmark(
 
 
 @app.command()
-def leaderboard(bench_dir: Path = typer.Argument(..., help="Benchmark folder (the --out of medssl benchmark).")) -> None:
+def leaderboard(
+    bench_dir: Path = typer.Argument(..., help="Benchmark folder (the --out of medssl benchmark)."),
+    reference: Optional[list[str]] = typer.Option(None, "--reference", help="Also compare every method with this row (repeatable), e.g. control_yaware_shuffled."),
+) -> None:
     """Rebuild a benchmark's leaderboard.{md,json,csv,png} from its finished runs."""
     from rich.markdown import Markdown
 
-    from medssl.eval.leaderboard import write_leaderboard
+    from medssl.eval.leaderboard import REFERENCES, write_leaderboard
 
-    paths = write_leaderboard(bench_dir)
+    paths = write_leaderboard(bench_dir, references=(*REFERENCES, *(reference or [])))
     console.print(Markdown(paths["md"].read_text()))
     console.print(f"Written {', '.join(str(path) for path in paths.values())}")
 

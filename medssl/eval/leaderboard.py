@@ -208,7 +208,7 @@ def read_benchmark_predictions(path: str | Path) -> pd.DataFrame:
 
 
 def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall_time_s: float | None = None,
-                      n_resamples: int = 2000, seed: int = 0) -> dict[str, Path]:
+                      n_resamples: int = 2000, seed: int = 0, references: tuple[str, ...] = REFERENCES) -> dict[str, Path]:
     """Collect the finished runs of ``bench_dir`` and write ``leaderboard.{md,json,csv,png}`` into it.
 
     Args:
@@ -216,6 +216,7 @@ def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall
         command: the command line that produced it, for the report (default: the one in ``benchmark.json``).
         wall_time_s: wall time of the benchmark command, for the report (None: not measured).
         n_resamples, seed: of the paired bootstrap (:func:`paired_differences`).
+        references: rows every method is compared with (e.g. add a control recipe's name).
 
     Returns:
         the written files by extension (``md``, ``json``, ``csv``, ``png``).
@@ -223,7 +224,7 @@ def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall
     bench_dir = Path(bench_dir)
     runs = collect_runs(bench_dir)
     table = leaderboard(runs)
-    differences = paired_differences(runs, n_resamples=n_resamples, seed=seed)
+    differences = paired_differences(runs, references=references, n_resamples=n_resamples, seed=seed)
     header = _report_header(bench_dir, command, wall_time_s, n_resamples)
     paths = {extension: bench_dir / f"leaderboard.{extension}" for extension in ("md", "json", "csv", "png")}
     table.to_csv(paths["csv"], index=False)

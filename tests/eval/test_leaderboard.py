@@ -206,3 +206,14 @@ def test_a_folder_without_finished_runs_is_an_error(tmp_path):
     (tmp_path / "runs" / "simclr" / "seed0").mkdir(parents=True)
     with pytest.raises(EvaluationError, match="no finished run"):
         collect_runs(tmp_path)
+
+
+def test_an_extra_reference_such_as_a_control_is_compared_with_every_other_method(bench):
+    from medssl.eval.leaderboard import REFERENCES
+
+    paths = write_leaderboard(bench, n_resamples=200, references=(*REFERENCES, "better"))
+    rows = pd.DataFrame(json.loads(paths["json"].read_text())["differences"])
+    against_better = rows[rows["reference"] == "better"]
+    assert set(against_better["method"]) == {"simclr"}
+    mae = against_better[against_better["metric"] == "mae_internal"].iloc[0]
+    assert mae["difference"] > 0  # simclr's errors are one year larger than better's on average

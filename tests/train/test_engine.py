@@ -310,3 +310,16 @@ def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_budget():
     assert resolved.model.encoder == "alexnet" and resolved.model.widths is None
     resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.widths=[8,16,32,64]"]))
     assert resolved.model.encoder == "resnet18" and resolved.model.widths == [8, 16, 32, 64]
+
+
+def test_resume_restores_the_fp16_loss_scale_of_the_checkpoint(tmp_path, monkeypatch):
+    # fp16 loss scaling runs only on CUDA in the engine; an enabled CPU GradScaler stands in for it.
+    real = torch.amp.GradScaler
+    scales = iter([2.0**7, 2.0**3])  # the first run's initial scale, then a different one for the resumed run
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real("cpu", init_scale=next(scales)))
+    run_dir = tmp_path / "run"
+    pretrain(quick_recipe("simclr", "train.device=cpu", "train.epochs=1"), run_dir)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["scaler"]["scale"] == 2.0**7
+    resumed = Trainer(quick_recipe("simclr", "train.device=cpu", "train.epochs=2"), run_dir)
+    resumed.run(resume=True)
+    assert resumed.scaler.get_scale() == 2.0**7

@@ -19,7 +19,8 @@ precision (fp32, bf16, fp16) with optional ``+cl`` (channels_last_3d) and ``+ckp
   small synthetic cohort cached at the shape by ``medssl data cache``, fed the same pre-loaded
   batch (as in ``train_step.py``). Overhead = engine time / bare time - 1 (goal <= 10 %).
 - **GFLOP/s**: FLOPs of one bare step counted by ``torch.utils.flop_counter.FlopCounterMode``
-  divided by the bare step time, against the **conv3d peak** of the same run: ResNet-18's
+  divided by the bare step time (with ``+ckpt`` the recomputed forward counts too), against
+  the **conv3d peak** of the same run: ResNet-18's
   layer-1 convolution (64 -> 64 channels, 3^3 kernel, a quarter of the volume edge) forward +
   backward in the same mode.
 - **supply**: volumes/s of the recipe's TorchIO views read by the engine's DataLoader with
@@ -384,9 +385,11 @@ def run_steps(args, workdir: Path) -> list[dict]:
             for encoder in args.encoders:
                 for mode in map(Mode.parse, args.modes):
                     row = measure_step(args, encoder, shape, mode, batch, root, workdir)
-                    key = (tuple(shape), mode.precision, mode.channels_last)
+                    # against the peak of the precision that ran (the engine may fall back to fp32)
+                    ran = Mode(row["precision_run"], mode.channels_last, False)
+                    key = (tuple(shape), ran)
                     if key not in peaks:
-                        peaks[key] = conv_peak(shape, mode, torch.device(args.device), args.repeats)
+                        peaks[key] = conv_peak(shape, ran, torch.device(args.device), args.repeats)
                     row["conv_peak_gflop_per_s"] = peaks[key]
                     row["pct_of_conv_peak"] = 100 * row["gflop_per_s"] / peaks[key]
                     if batch in supplies:

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -291,7 +291,7 @@ def run_probe(spec: dict) -> dict:
     command = [sys.executable, __file__, "--probe", json.dumps(spec)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     if result.returncode != 0:
-        return {"error": (result.stderr.strip().splitlines() or ["exit status %d" % result.returncode])[-1]}
+        return {"error": (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -325,7 +325,7 @@ def measure_losses(args) -> list[dict]:
         z = torch.randn(n // VIEWS, VIEWS, 128, device=device, requires_grad=True)
         y = torch.rand(n // VIEWS, device=device) * 60 + 20
         losses = {"NTXentLoss": NTXentLoss(), "YAwareLoss": YAwareLoss()}
-        steps = {name: (lambda loss=loss: loss(z, y).backward()) for name, loss in losses.items()}
+        steps = {name: (lambda loss=loss, z=z, y=y: loss(z, y).backward()) for name, loss in losses.items()}
         for step in steps.values():
             step()  # warm-up
         times: dict[str, list[float]] = {name: [] for name in steps}

@@ -120,3 +120,10 @@ def test_budget_overrides_also_set_the_embedded_budget_unless_it_is_overridden_t
     with pytest.raises(RecipeError, match=r"'train.epochs' = 'x'") as error:
         load_recipe("simclr", ["train.epochs=x"])
     assert "embedded" not in str(error.value)  # a bad value is reported once
+
+
+def test_activation_checkpointing_is_off_by_default_and_refused_for_alexnet():
+    assert load_recipe("yaware_age").model.activation_checkpointing is False
+    assert load_recipe("yaware_age", ["model.activation_checkpointing=true"]).model.activation_checkpointing is True
+    with pytest.raises(RecipeError, match="only ResNets and DenseNet121 support it"):
+        load_recipe("yaware_age", ["model.encoder=alexnet", "model.activation_checkpointing=true"])

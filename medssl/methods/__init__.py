@@ -95,7 +95,8 @@ METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
 
 def build_encoder_for(recipe: Recipe) -> Encoder:
     model = recipe.model
-    return build_encoder(model.encoder, in_channels=model.in_channels, conv1_stride=model.conv1_stride, widths=model.widths)
+    return build_encoder(model.encoder, in_channels=model.in_channels, conv1_stride=model.conv1_stride, widths=model.widths,
+                         activation_checkpointing=model.activation_checkpointing)
 
 
 def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:

@@ -21,12 +21,16 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from monai.networks import nets
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from medssl.errors import CheckpointError
 from medssl.files import atomic_torch_save, atomic_write_text
@@ -114,23 +118,83 @@ def build_network(spec: EncoderSpec) -> nn.Module:
     return network
 
 
-class Encoder(nn.Module):
-    """A 3D backbone mapping (B, C, D, H, W) volumes to (B, feature_dim) features."""
+def checkpoint_units(network: nn.Module) -> list[nn.Module]:
+    """The stages whose activations activation checkpointing drops and recomputes: a ResNet's
+    four stages, DenseNet's dense blocks and transitions (where nearly all activation memory
+    is); none for other networks. The stem stays stored: recomputing it would cost a pass
+    at full resolution for the memory of one layer."""
+    if isinstance(network, nets.ResNet):
+        return [network.layer1, network.layer2, network.layer3, network.layer4]
+    if isinstance(network, nets.DenseNet):
+        return [module for name, module in network.features.named_children() if name.startswith(("denseblock", "transition"))]
+    return []
 
-    def __init__(self, spec: EncoderSpec):
+
+@contextmanager
+def _frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics as they are across the block.
+
+    The recomputation in backward runs BatchNorm in training mode a second time, which would
+    move the running statistics twice per step; an update with checkpointing must equal one
+    without.
+    """
+    saved = [(buffer, buffer.clone()) for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)
+             for buffer in norm.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        for buffer, value in saved:
+            buffer.copy_(value)
+
+
+def _checkpointed_forward(unit: nn.Module, forward, *args: torch.Tensor) -> torch.Tensor:
+    return checkpoint(forward, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), _frozen_norm_statistics(unit)))
+
+
+@contextmanager
+def activations_recomputed(units: list[nn.Module]) -> Iterator[None]:
+    """Within the block, each unit's forward runs under ``torch.utils.checkpoint`` (non-reentrant).
+
+    The units' own ``forward`` is shadowed for the block only, so the MONAI network, its
+    state-dict keys and ``encoder.pt`` stay exactly as without checkpointing.
+    """
+    for unit in units:
+        unit.forward = partial(_checkpointed_forward, unit, type(unit).forward.__get__(unit))
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.__dict__.pop("forward", None)
+
+
+class Encoder(nn.Module):
+    """A 3D backbone mapping (B, C, D, H, W) volumes to (B, feature_dim) features.
+
+    With ``activation_checkpointing``, training forwards (module in training mode, gradients
+    enabled) keep only the inputs of each stage (:func:`checkpoint_units`) and recompute the
+    rest in backward: less memory per volume for about one more forward pass of time.
+    """
+
+    def __init__(self, spec: EncoderSpec, activation_checkpointing: bool = False):
         super().__init__()
         self.spec = spec
         self.feature_dim = spec.feature_dim
         self.network = build_network(spec)
+        self.activation_checkpointing = activation_checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            with activations_recomputed(checkpoint_units(self.network)):
+                return self.network(x).flatten(1)
         return self.network(x).flatten(1)
 
 
 def build_encoder(name: str = "resnet18", in_channels: int = 1, conv1_stride: int = 2,
-                  widths: list[int] | None = None) -> Encoder:
-    """Build an encoder by name (see :data:`ENCODER_NAMES`), optionally a narrow ResNet (``widths``)."""
-    return Encoder(encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths))
+                  widths: list[int] | None = None, activation_checkpointing: bool = False) -> Encoder:
+    """Build an encoder by name (see :data:`ENCODER_NAMES`), optionally a narrow ResNet (``widths``)
+    and with activation checkpointing in training (see :class:`Encoder`)."""
+    spec = encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths)
+    return Encoder(spec, activation_checkpointing=activation_checkpointing)
 
 
 def save_encoder(encoder: Encoder, path: str | Path) -> tuple[Path, Path]:

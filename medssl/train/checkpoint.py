@@ -13,9 +13,12 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, *, method: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, step: int, recipe_yaml: str) -> Path:
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, step: int, recipe_yaml: str,
+                    scaler: torch.amp.GradScaler | None = None) -> Path:
     """Everything needed to continue: weights of every network, optimiser and scheduler
-    state, the torch RNG state, and the number of completed epochs and steps."""
+    state, the torch RNG state, the number of completed epochs and steps, and the fp16
+    loss scale (``scaler``, when enabled: a resume that restarted from the initial scale
+    would skip steps the uninterrupted run takes)."""
     state = {
         "version": CHECKPOINT_VERSION,
         "method": method.state_dict(),
@@ -27,6 +30,8 @@ def save_checkpoint(path: str | Path, *, method: torch.nn.Module, optimizer: tor
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "recipe": recipe_yaml,
     }
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     return atomic_torch_save(state, path)
 
 
@@ -47,3 +52,10 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["rng_cpu"])
     if state["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+def restore_scaler(state: dict, scaler: torch.amp.GradScaler) -> None:
+    """Load the checkpoint's loss scale into an enabled ``scaler``; checkpoints of fp32/bf16
+    runs and those written before medssl saved it hold none, and the scaler keeps its initial scale."""
+    if state.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])

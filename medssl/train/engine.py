@@ -40,7 +40,7 @@ from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.files import atomic_write_text, remove_stale_temporaries
 from medssl.methods import Method, build_method, method_needs
 from medssl.models import save_encoder
-from medssl.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from medssl.train.checkpoint import load_checkpoint, restore_rng, restore_scaler, save_checkpoint
 from medssl.train.distributed import (
     DistributedContext,
     barrier,
@@ -427,7 +427,7 @@ class Trainer:
                 step = self.run_epoch(epoch, step, total_steps, diagnostic_views)
                 if main and ((epoch + 1) % recipe.train.checkpoint_every == 0 or epoch + 1 == recipe.train.epochs):
                     save_checkpoint(checkpoint_path, method=self.method, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    epoch=epoch + 1, step=step, recipe_yaml=recipe_yaml)
+                                    epoch=epoch + 1, step=step, recipe_yaml=recipe_yaml, scaler=self.scaler)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
             # Every process leaves only once the last checkpoint is on disk (a resume may follow at once).
@@ -463,6 +463,7 @@ class Trainer:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            restore_scaler(state, self.scaler)
         except (RuntimeError, ValueError, KeyError) as exc:
             detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
             raise CheckpointError(f"{checkpoint_path}: does not fit the recipe's {recipe.model.encoder} / {recipe.method.name} "

@@ -73,3 +73,56 @@ def test_load_encoder_errors_are_clear(tmp_path):
 def test_unknown_encoder_name_lists_the_choices():
     with pytest.raises(CheckpointError, match="expected one of resnet18"):
         build_encoder("vit")
+
+
+def saved_activation_bytes(encoder, x) -> int:
+    """Bytes autograd keeps from the forward pass for the backward pass."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        encoder(x).square().sum().backward()
+    return total
+
+
+def one_sgd_step(encoder, x) -> dict[str, torch.Tensor]:
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=0.1)
+    encoder.train()
+    encoder(x).square().mean().backward()
+    optimizer.step()
+    return {key: value.detach().clone() for key, value in encoder.state_dict().items()}
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 16), ("densenet121", 32)])
+def test_activation_checkpointing_gives_the_same_update_and_running_statistics(name, size):
+    x = torch.randn(2, 1, size, size, size)
+    torch.manual_seed(0)
+    plain = build_encoder(name)
+    torch.manual_seed(0)
+    checkpointed = build_encoder(name, activation_checkpointing=True)
+    expected, actual = one_sgd_step(plain, x), one_sgd_step(checkpointed, x)
+    assert expected.keys() == actual.keys()  # encoder.pt keeps MONAI's keys
+    for key, value in expected.items():
+        # BatchNorm buffers included: the recomputation in backward must not update them a second time
+        assert torch.allclose(actual[key].float(), value.float(), rtol=1e-4, atol=1e-6), key
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 16), ("densenet121", 32)])
+def test_activation_checkpointing_keeps_fewer_activations_for_backward(name, size):
+    x = torch.randn(2, 1, size, size, size)
+    plain = saved_activation_bytes(build_encoder(name).train(), x)
+    checkpointed = saved_activation_bytes(build_encoder(name, activation_checkpointing=True).train(), x)
+    assert checkpointed < 0.6 * plain
+
+
+def test_activation_checkpointing_is_off_outside_training_and_leaves_no_trace():
+    encoder = build_encoder("resnet18", activation_checkpointing=True).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    assert saved_activation_bytes(encoder, x) == saved_activation_bytes(build_encoder("resnet18").eval(), x)
+    encoder.train()
+    encoder(x).sum().backward()
+    assert all("forward" not in stage.__dict__ for stage in encoder.network.children())

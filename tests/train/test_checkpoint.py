@@ -10,7 +10,7 @@ from torch import nn
 
 import medssl.files
 from medssl.errors import CheckpointError, OutputError
-from medssl.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, restore_rng, save_checkpoint
+from medssl.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, restore_rng, restore_scaler, save_checkpoint
 
 
 def tiny_training_state():
@@ -118,3 +118,41 @@ def test_checkpoint_holding_arbitrary_python_objects_is_refused(tmp_path):
 def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+
+
+def scaler_after_steps(overflows: int) -> torch.amp.GradScaler:
+    """An fp16 loss scaler (on CPU, which torch.amp supports) whose scale and growth tracker
+    have moved: one step without overflow, then ``overflows`` steps whose gradients overflow."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
+    weight = nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    for value in [1.0] + [float("inf")] * overflows:
+        scaler.scale((weight * value).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    return scaler
+
+
+def test_fp16_loss_scale_round_trips_through_the_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    method, optimizer, scheduler = tiny_training_state()
+    scaler = scaler_after_steps(overflows=2)
+    assert scaler.get_scale() == 2.0**10  # halved twice: the state differs from a fresh scaler's
+    save_checkpoint(path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=1, step=3, recipe_yaml="", scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
+    restore_scaler(load_checkpoint(path), fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.get_scale() == 2.0**10
+
+
+def test_checkpoints_without_a_loss_scale_leave_the_scaler_at_its_initial_scale(tmp_path):
+    path = tmp_path / "last.pt"
+    method, optimizer, scheduler = tiny_training_state()
+    disabled = torch.amp.GradScaler("cpu", enabled=False)  # fp32 / bf16 runs
+    save_checkpoint(path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=1, step=3, recipe_yaml="", scaler=disabled)
+    state = load_checkpoint(path)
+    assert "scaler" not in state
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    restore_scaler(state, scaler)
+    assert scaler.get_scale() == 2.0**12

@@ -331,3 +331,16 @@ def test_method_needs_say_label_views_and_processes():
     needs = method_needs(load_recipe("yaware_age"))
     assert needs.label and needs.views == 2 and needs.distributed
     assert not method_needs(load_recipe("simclr")).label
+
+
+def test_resume_restores_the_fp16_loss_scale_of_the_checkpoint(tmp_path, monkeypatch):
+    # fp16 loss scaling runs only on CUDA in the engine; an enabled CPU GradScaler stands in for it.
+    real = torch.amp.GradScaler
+    scales = iter([2.0**7, 2.0**3])  # the first run's initial scale, then a different one for the resumed run
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real("cpu", init_scale=next(scales)))
+    run_dir = tmp_path / "run"
+    pretrain(quick_recipe("simclr", "train.device=cpu", "train.epochs=1"), run_dir)
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["scaler"]["scale"] == 2.0**7
+    resumed = Trainer(quick_recipe("simclr", "train.device=cpu", "train.epochs=2"), run_dir)
+    resumed.run(resume=True)
+    assert resumed.scaler.get_scale() == 2.0**7

@@ -8,6 +8,7 @@ reported as an :class:`~medssl.errors.OutputError` naming the file, never as a t
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
 from medssl.errors import OutputError
@@ -126,3 +128,17 @@ def remove_stale_temporaries(*folders: str | Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN and infinities as None and numpy scalars as Python numbers, so that
+    ``json.dumps`` writes strict JSON (``NaN`` is not JSON)."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -36,7 +36,14 @@ import torchio as tio
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN, array_image, check_array_volume, is_array_path, row_or_none
 from medssl.data.openbhb import is_openbhb_folder, openbhb_table
-from medssl.data.openbhb_kit import KIT_BLOCK_COLUMN, KIT_MASKS_COLUMN, is_kit_folder, kit_image, kit_table, kit_volume_shape
+from medssl.data.openbhb_kit import (
+    KIT_BLOCK_COLUMN,
+    KIT_MASKS_COLUMN,
+    is_kit_folder,
+    kit_image,
+    kit_table,
+    kit_volume_shape,
+)
 from medssl.errors import CohortError
 
 REQUIRED_COLUMNS = ("participant_id", "age", "sex", "site")

@@ -65,10 +65,9 @@ from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError, TrainingError
 from medssl.eval.features import extract_features
-from medssl.eval.probes import _roc_auc, is_continuous
-from medssl.eval.report import _json_ready
+from medssl.eval.probes import is_continuous, roc_auc
 from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
-from medssl.files import atomic_write_text
+from medssl.files import atomic_write_text, json_ready
 from medssl.methods import build_encoder_for
 from medssl.models import Encoder, encoder_spec, load_encoder
 from medssl.train.engine import (
@@ -109,7 +108,7 @@ def classification_metrics(y_true: Iterable, probabilities: np.ndarray, classes:
     labels = np.asarray(classes, dtype=object)
     predicted = labels[np.argmax(probabilities, axis=1)] if len(y_true) else labels[:0]
     return {
-        "roc_auc": _roc_auc(y_true, probabilities, labels) if len(y_true) else float("nan"),
+        "roc_auc": roc_auc(y_true, probabilities, labels) if len(y_true) else float("nan"),
         "balanced_accuracy": balanced_accuracy(y_true, predicted) if len(y_true) else float("nan"),
         "n": int(len(y_true)),
     }
@@ -804,7 +803,7 @@ class FineTuner:
             "sites": {split: sorted(table.loc[table["split"] == split, "site"].astype(str).unique()) for split in ("train", *TEST_SPLITS)},
             "cohort": str(self.cohort.root),
         }
-        return _json_ready({"settings": settings, "summary": summary, "runs": runs, "notes": self.notes})
+        return json_ready({"settings": settings, "summary": summary, "runs": runs, "notes": self.notes})
 
     def write(self, out_dir: Path, results: dict, predictions: pd.DataFrame, history: pd.DataFrame) -> None:
         from medssl.eval.plots import plot_age_predictions, plot_roc_curves

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -43,6 +42,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
 
 from medssl.eval.score import EvaluationError
+from medssl.files import json_ready
 
 METRICS = {
     "mae_internal": "MAE internal",
@@ -230,7 +230,7 @@ def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall
     table.to_csv(paths["csv"], index=False)
     report = {**header, "n_sites": runs.n_sites, "notes": runs.notes,
               "leaderboard": table.to_dict(orient="records"), "differences": differences.to_dict(orient="records")}
-    paths["json"].write_text(json.dumps(_json_ready(report), indent=2))
+    paths["json"].write_text(json.dumps(json_ready(report), indent=2))
     paths["md"].write_text(_markdown(header, table, differences, runs))
     plot_leaderboard(table, paths["png"], n_sites=runs.n_sites)
     return paths
@@ -469,14 +469,3 @@ def _duration(seconds: float | None) -> str:
     return "not measured" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def _json_ready(value):
-    """NaN becomes null and numpy scalars Python numbers, so the JSON is strict."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

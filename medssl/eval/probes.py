@@ -337,13 +337,13 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
         probe = classification_probe(min(INNER_FOLDS, int(train_counts.max())), seed, inner=inner)
         probe.fit(features[train_idx], labels[train_idx])
         per_fold["balanced_accuracy"].append(balanced_accuracy(labels[test_idx], probe.predict(features[test_idx])))
-        per_fold["roc_auc"].append(_roc_auc(labels[test_idx], probe.predict_proba(features[test_idx]), probe.classes_))
+        per_fold["roc_auc"].append(roc_auc(labels[test_idx], probe.predict_proba(features[test_idx]), probe.classes_))
     if not per_fold["balanced_accuracy"]:
         return {}, "no fold whose training part holds two classes, target skipped"
     return per_fold, f"{skipped} fold(s) with a single training class left out" if skipped else ""
 
 
-def _roc_auc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
+def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
     """Binary AUC, or the macro one-vs-rest mean over classes present in ``y_true`` and ``classes``."""
     if len(classes) == 2:
         positive = y_true == classes[1]

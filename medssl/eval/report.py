@@ -47,6 +47,7 @@ from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
 from medssl.eval.score import EvaluationError, as_labels
+from medssl.files import json_ready
 
 # The trained encoder, then the baselines every report carries: a randomly initialised
 # encoder of the same architecture ("baseline"), the intensity-statistics probe and the
@@ -158,7 +159,7 @@ def evaluate_representation(
         "n_features": int(matrices["pretrained"].shape[1]),
         "n_sites": int(n_sites),
     }
-    results = _json_ready(results)
+    results = json_ready(results)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     pd.concat(long_tables, ignore_index=True).to_csv(out_dir / "metrics.csv", index=False)
     return results
@@ -238,19 +239,6 @@ def _long_table(name: str, challenge: dict | None, cv_tables: list[pd.DataFrame]
     long = pd.concat([frame for frame in frames if not frame.empty], ignore_index=True)
     long.insert(0, "representation", name)
     return long
-
-
-def _json_ready(value):
-    """NaN and infinities become null; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _ordered_rows(results: dict, names: list[str]) -> list[tuple[str, str, str]]:

@@ -17,7 +17,9 @@ One run, for one seed:
    class-weighted cross-entropy (or an L1 loss on the standardised target for regression);
    the epoch of lowest validation loss is kept (early stopping with ``finetune.patience``);
 3. the kept model predicts both test splits: ROC AUC and balanced accuracy for
-   classification, MAE and R^2 for regression.
+   classification, MAE and R^2 for regression;
+4. the trivial baselines are scored on the same splits (:func:`baseline_metrics`): the
+   constant predictor and a linear probe on intensity percentiles.
 
 Modes: ``linear`` (frozen encoder in eval mode, so not even BatchNorm statistics move: a
 linear probe), ``full`` (everything at ``finetune.lr``), ``lower_lr`` (the encoder at
@@ -27,7 +29,7 @@ without augmentation the features are computed once, standardised with the fit p
 statistics (as the probes of ``medssl evaluate`` are) and only the head is trained on them:
 seconds instead of minutes on a CPU.
 
-Files written to the run folder: ``finetune.json`` (settings, summary, every run, notes),
+Files written to the run folder: ``finetune.json`` (settings, summary, baselines, every run, notes),
 ``finetune.csv`` (one row per seed and test split, then ``mean`` and ``std`` rows),
 ``predictions.csv`` (every test subject, every seed), ``history.csv`` (losses per epoch),
 ``roc_internal_test.png`` / ``roc_external_test.png`` (``predictions_<split>.png`` for
@@ -64,8 +66,8 @@ from medssl.config import FinetuneConfig, Recipe, dump_recipe, load_recipe
 from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError, TrainingError
-from medssl.eval.features import extract_features
-from medssl.eval.probes import is_continuous, roc_auc
+from medssl.eval.features import IntensityStatistics, extract_features
+from medssl.eval.probes import classification_probe, is_continuous, quiet_fits, regression_probe, roc_auc
 from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text, json_ready
 from medssl.methods import build_encoder_for
@@ -599,6 +601,40 @@ def split_cohort(cohort: Cohort, target: Target, fraction: float, seed: int, max
     return parts
 
 
+def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: Parts, target: Target) -> dict:
+    """The trivial baselines on one seed's splits: ``constant`` (the training part's class
+    frequencies, or its mean) and ``intensity`` (a linear probe on intensity percentiles,
+    :class:`~medssl.eval.features.IntensityStatistics`, fitted on the fit and validation parts).
+
+    Returns ``{baseline: {test split: metrics}}``, metrics as the fine-tuned model's.
+    """
+    train = pd.concat([parts.fit.table, parts.validation.table], ignore_index=True)
+    rows = [position_of[pid] for pid in train["participant_id"]]
+    truth = target.values(train)
+    classification = target.task == "classification"
+    probe = classification_probe() if classification else regression_probe()
+    with quiet_fits(intensity):
+        probe.fit(intensity[rows], truth if classification else truth.astype(float))
+    results: dict = {"constant": {}, "intensity": {}}
+    for name in TEST_SPLITS:
+        part = getattr(parts, name)
+        if not len(part):
+            continue
+        tested = intensity[[position_of[pid] for pid in part.table["participant_id"]]]
+        values = target.values(part.table)
+        if classification:
+            frequencies = np.array([(truth == label).mean() for label in target.classes])
+            order = [list(probe.classes_).index(label) if label in probe.classes_ else None for label in target.classes]
+            scores = probe.predict_proba(tested)
+            probabilities = np.column_stack([scores[:, k] if k is not None else np.zeros(len(tested)) for k in order])
+            results["constant"][name] = classification_metrics(values, np.tile(frequencies, (len(values), 1)), target.classes)
+            results["intensity"][name] = classification_metrics(values, probabilities, target.classes)
+        else:
+            results["constant"][name] = regression_metrics(values, np.full(len(values), truth.astype(float).mean()))
+            results["intensity"][name] = regression_metrics(values, probe.predict(tested))
+    return results
+
+
 def check_input_size(encoder: Encoder, dataset: VolumeDataset, recipe: Recipe, device: torch.device) -> None:
     sample = dataset[0]["volume"][None].to(device)
     was_training = encoder.training
@@ -722,6 +758,7 @@ class FineTuner:
                 run[name] = regression_metrics(truth, predicted)
                 rows["prediction"] = predicted
             predictions.append(rows)
+        run["baselines"] = baseline_metrics(self.intensity, self.position_of, parts, self.target)
         history = [{"seed": seed, **entry} for entry in result.history]
         return run, pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(), history
 
@@ -737,6 +774,8 @@ class FineTuner:
             self.say("the cohort has no external_test subjects: only the internal test is reported.")
         self.position_of = {pid: position for position, pid in enumerate(self.cohort.table["participant_id"])}
         self.features, self.input_checked = None, False
+        self.intensity = extract_features(IntensityStatistics(), self.cohort, recipe, description="intensity statistics",
+                                          console=self.console).astype(np.float64)
         self.check_precision()
         if self.mode == "linear" and not config.augment:
             encoder = self.pretrained.to(self.device)
@@ -784,6 +823,10 @@ class FineTuner:
             if scored:
                 summary[name] = {metric: mean_std([entry[metric] for entry in scored]) for metric in metrics}
                 summary[name]["n"] = scored[0]["n"]
+        baselines = {baseline: {name: {metric: mean_std([run["baselines"][baseline][name][metric] for run in runs])
+                                       for metric in metrics}
+                                for name in TEST_SPLITS if all(name in run["baselines"][baseline] for run in runs)}
+                     for baseline in ("constant", "intensity")}
         for name, entry in summary.items():
             if entry.get("roc_auc", {}).get("n_seeds", 1) < len(runs):
                 self.notes.append(f"{name}: ROC AUC undefined for some seeds (a single class among its subjects)")
@@ -803,7 +846,7 @@ class FineTuner:
             "sites": {split: sorted(table.loc[table["split"] == split, "site"].astype(str).unique()) for split in ("train", *TEST_SPLITS)},
             "cohort": str(self.cohort.root),
         }
-        return json_ready({"settings": settings, "summary": summary, "runs": runs, "notes": self.notes})
+        return json_ready({"settings": settings, "summary": summary, "baselines": baselines, "runs": runs, "notes": self.notes})
 
     def write(self, out_dir: Path, results: dict, predictions: pd.DataFrame, history: pd.DataFrame) -> None:
         from medssl.eval.plots import plot_age_predictions, plot_roc_curves
@@ -863,20 +906,24 @@ def print_finetune_report(results: dict, console: Console | None = None, notes: 
     encoder = settings["encoder"] or "none (from scratch)"
     view = Table(title=f"Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}",
                  title_justify="left")
-    for header in ("split", "n", "metric", f"mean ± std ({len(settings['seeds'])} seeds)"):
+    baselines = results.get("baselines") or {}
+    for header in ("split", "n", "metric", f"mean ± std ({len(settings['seeds'])} seeds)", *(f"{name} baseline" for name in baselines)):
         view.add_column(header, justify="right" if header != "split" and header != "metric" else "left")
     view.add_column("per seed")
     for split, entry in results["summary"].items():
         for metric, value in entry.items():
             if not isinstance(value, dict):
                 continue
-            mean, std = value["mean"], value["std"]
-            text = "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+            references = [_mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
             seeds = ", ".join("-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}" for run in results["runs"])
-            view.add_row(split, str(entry.get("n", "")), metric, text, seeds)
+            view.add_row(split, str(entry.get("n", "")), metric, _mean_std_text(value), *references, seeds)
     console.print(view)
     for note in results.get("notes", []) if notes else []:
         console.print(f"[dim]{note}[/dim]", highlight=False)
+
+
+def _mean_std_text(value: dict | None) -> str:
+    return "-" if not value or value.get("mean") is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
 def finetune_encoder(recipe: Recipe, encoder: str | Path | None, out_dir: str | Path, console: Console | None = None) -> dict:

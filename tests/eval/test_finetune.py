@@ -423,3 +423,13 @@ def test_train_sizes_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--train-sizes '3,all'" in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_reports_carry_the_constant_and_intensity_baselines_on_the_same_splits(tmp_path, tiny_cohort):
+    results = finetune_encoder(tiny_recipe(tiny_cohort, seeds=[0, 1]), None, tmp_path / "out")
+    baselines = results["baselines"]
+    assert set(baselines) == {"constant", "intensity"}
+    for split in ("internal_test", "external_test"):
+        assert baselines["constant"][split]["roc_auc"]["mean"] == pytest.approx(0.5)  # one score for everyone
+        assert 0.0 <= baselines["intensity"][split]["roc_auc"]["mean"] <= 1.0
+    assert all(set(run["baselines"]["intensity"]) == {"internal_test", "external_test"} for run in results["runs"])

@@ -65,6 +65,9 @@ def label_efficiency(recipe: Recipe, encoder: str | Path, sizes: list[int | None
                 sized.finetune.train_size = size
                 results = finetune_encoder(sized, source, folder, console=console)
             rows.extend(curve_rows(results, name, size))
+            if name == "scratch":  # the trivial baselines, on the scratch runs' splits
+                for baseline, summary in (results.get("baselines") or {}).items():
+                    rows.extend(curve_rows({**results, "summary": summary}, f"{baseline} baseline", size))
     table = pd.DataFrame(rows)
     atomic_write_text(out_dir / "label_efficiency.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "label_efficiency.json", table.to_json(orient="records", indent=2))

@@ -402,7 +402,8 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "label_efficiency.csv")
-    assert set(table["encoder"]) == {"pretrained", "scratch"} and set(table["train_size"].astype(str)) == {"6", "all"}
+    assert set(table["encoder"]) == {"pretrained", "scratch", "constant baseline", "intensity baseline"}
+    assert set(table["train_size"].astype(str)) == {"6", "all"}
     assert set(table["split"]) == {"internal_test", "external_test"}
     six = table[(table["train_size"].astype(str) == "6")]
     assert (six["n_train"] == 6).all()

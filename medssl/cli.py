@@ -280,8 +280,9 @@ def recipes(fields: bool = typer.Option(False, "--fields", help="List every reci
 
     if fields:
         view = Table(title="Recipe fields")
-        for column in ("key", "default", "description"):
-            view.add_column(column)
+        view.add_column("key", no_wrap=True)  # a key path is what a user copies: never cut or folded
+        view.add_column("default", overflow="fold")
+        view.add_column("description", ratio=1)
         for key, default, description in field_docs():
             view.add_row(key, default, description)
         console.print(view)

@@ -411,8 +411,17 @@ def field_docs(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[
             rows.extend(field_docs(annotation, prefix=f"{key}."))
         else:
             default = field.get_default(call_default_factory=True)
-            rows.append((key, repr(default), field.description or ""))
+            rows.append((key, yaml_value(default), field.description or ""))
     return rows
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as a recipe would write it: ``null``, ``[0.6, 1.0]``, ``true`` (not Python's None, tuples, True)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, Path):
+        value = str(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def smoke_recipe(recipe: Recipe) -> Recipe:

@@ -100,9 +100,9 @@ def test_print_report_shows_pretrained_and_baseline_side_by_side(report):
     console = Console(record=True, width=160)
     print_report(results, console=console)
     text = console.export_text()
-    header = next(line for line in text.splitlines() if "pretrained" in line)
-    assert header.index("pretrained") < header.index("random init")
-    assert "challenge_score" in text and "leave_site_out" in text
+    header = next(line for line in text.splitlines() if "trained" in line and "random" in line)
+    assert header.index("trained") < header.index("random")
+    assert "challenge_score" in text and "site-out" in text
     assert f"{results['pretrained']['mae_external']:.3f}" in text
 
 
@@ -140,3 +140,13 @@ def test_reference_baselines_get_their_own_entries_and_the_constant_one_predicts
     print_report(results, console=console)
     text = console.export_text()
     assert "training mean" in text and "intensity stats" in text
+
+
+def test_the_printed_report_fits_80_columns_without_cutting_a_name(report):
+    results, _ = report
+    console = Console(record=True, width=80)
+    print_report(results, console=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    assert "mae_external" in text and "sex BAcc" in text and f"{results['baseline']['mae_external']:.3f}" in text

@@ -127,3 +127,11 @@ def test_activation_checkpointing_is_off_by_default_and_refused_for_alexnet():
     assert load_recipe("yaware_age", ["model.activation_checkpointing=true"]).model.activation_checkpointing is True
     with pytest.raises(RecipeError, match="only ResNets and DenseNet121 support it"):
         load_recipe("yaware_age", ["model.encoder=alexnet", "model.activation_checkpointing=true"])
+
+
+def test_field_defaults_are_listed_as_yaml_a_recipe_accepts():
+    from medssl.config import field_docs
+
+    defaults = {key: default for key, default, _ in field_docs()}
+    assert defaults["data.root"] == "null" and defaults["views.crop.scale"] == "[0.6, 1.0]"
+    assert defaults["eval.after_pretrain"] == "true" and defaults["method.kernel"] == "rbf"

@@ -197,11 +197,15 @@ def score(
     site_pred_col: str = typer.Option("site_pred", help="Column of predicted sites (or prefix of per-site probability columns)."),
 ) -> None:
     """Challenge metrics (MAE internal/external, site BAcc, L_c, RAMP combined) from a CSV of predictions."""
-    from medssl.eval.score import read_predictions, score_predictions
+    from medssl.eval.score import UnseenSiteWarning, read_predictions, score_predictions
 
     columns = dict(id_col=id_col, split_col=split_col, site_col=site_col, age_col=age_col, age_pred_col=age_pred_col, site_pred_col=site_pred_col)
     table = read_predictions(predictions, **columns)
-    metrics = score_predictions(table, n_sites=n_sites, **columns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnseenSiteWarning)
+        metrics = score_predictions(table, n_sites=n_sites, **columns)
+    for warning in caught:
+        console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     view = Table(title=f"Challenge metrics: {predictions.name}")
     view.add_column("metric")
     view.add_column("value", justify="right")

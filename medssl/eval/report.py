@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from rich.table import Table
 from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
-from medssl.eval.score import EvaluationError, as_labels
+from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
 from medssl.files import json_ready
 
 # The trained encoder, then the baselines every report carries: a randomly initialised
@@ -137,7 +138,10 @@ def evaluate_representation(
         challenge = None
         if not challenge_reason:
             try:
-                challenge = challenge_protocol(matrix, table, seed=seed)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", UnseenSiteWarning)
+                    challenge = challenge_protocol(matrix, table, seed=seed)
+                notes.extend(f"challenge: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning)
             except EvaluationError as error:
                 notes.append(f"challenge: {error}, protocol skipped")
         if challenge is not None:

@@ -164,6 +164,7 @@ def score_predictions(
     internal = internal_rows[internal_rows | external_rows]
     external = ~internal
 
+    _warn_unseen_internal_sites(table, splits, site_col, source)
     if n_sites is None:
         train_sites = table.loc[(splits == "train").to_numpy(), site_col]
         if train_sites.empty:
@@ -189,6 +190,24 @@ def score_predictions(
         "r2_external": r2(true_age[external], pred_age[external]),
         "chance_bacc": 1.0 / n_sites,
     }
+
+
+class UnseenSiteWarning(UserWarning):
+    """Internal-test subjects at a site no training subject comes from: they are external in all but name."""
+
+
+def _warn_unseen_internal_sites(table: pd.DataFrame, splits: pd.Series, site_col: str, source: str) -> None:
+    train = (splits == "train").to_numpy()
+    if not train.any():
+        return
+    seen = set(as_labels(table.loc[train, site_col]))
+    internal = table.loc[(splits == "internal_test").to_numpy(), site_col].dropna()
+    unseen = sorted(set(as_labels(internal)) - seen)
+    if unseen:
+        count = int(as_labels(internal).isin(unseen).sum())
+        warnings.warn(f"{source}: {count} internal_test subject(s) at site(s) never seen in training "
+                      f"({', '.join(map(str, unseen[:5]))}): internal MAE and site BAcc count them as known sites",
+                      UnseenSiteWarning, stacklevel=3)
 
 
 def read_predictions(

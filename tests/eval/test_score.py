@@ -234,3 +234,24 @@ def test_read_predictions_refuses_unknown_formats_and_missing_files(tmp_path):
 
 def test_evaluation_errors_are_medssl_errors():
     assert issubclass(EvaluationError, MedsslError)
+
+
+def test_internal_test_subjects_at_a_site_never_trained_on_are_warned_about(tmp_path):
+    import warnings
+
+    from medssl.eval.score import UnseenSiteWarning
+
+    table = pd.DataFrame({
+        "participant_id": [f"s{i}" for i in range(6)],
+        "split": ["train", "train", "internal_test", "internal_test", "external_test", "external_test"],
+        "site": ["A", "A", "A", "Z", "E", "E"],
+        "age": [20.0, 30.0, 40.0, 50.0, 60.0, 70.0],
+        "age_pred": [20.0, 30.0, 41.0, 52.0, 60.0, 70.0],
+        "site_pred": ["A", "A", "A", "A", "A", "A"],
+    })
+    with pytest.warns(UnseenSiteWarning, match="1 internal_test subject.*Z"):
+        score_predictions(table)
+    seen = table.assign(site=["A", "Z", "A", "Z", "E", "E"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenSiteWarning)
+        score_predictions(seen)

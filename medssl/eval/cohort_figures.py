@@ -14,7 +14,7 @@ is judged by these, never by how one method fares on it:
   AUC over site-stratified folds: the ceiling a representation can approach.
 
 Example:
-    >>> figures = inspect_cohort(load_cohort("/tmp/cohort"), ViewsConfig())
+    >>> figures = inspect_cohort(load_cohort("/tmp/cohort"), Recipe())
     >>> figures["scanner_ranges"]["all_external_inside"]
     True
 """

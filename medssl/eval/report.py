@@ -35,24 +35,31 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
-from medssl.eval.score import EvaluationError, as_labels
+from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
+from medssl.files import json_ready
 
 # The trained encoder, then the baselines every report carries: a randomly initialised
 # encoder of the same architecture ("baseline"), the intensity-statistics probe and the
 # training-mean predictor (the probes fitted on a constant feature).
 REPRESENTATIONS = ("pretrained", "baseline", "intensity", "mean")
-DISPLAY_NAMES = {"pretrained": "pretrained", "baseline": "random init", "intensity": "intensity stats", "mean": "training mean"}
+# Short names for the printed table, so that it fits 80 columns without cutting a name.
+PROTOCOL_NAMES = {"site_stratified": "site-strat.", "leave_site_out": "site-out"}
+METRIC_NAMES = {"balanced_accuracy": "BAcc", "roc_auc": "ROC AUC"}
+DISPLAY_NAMES = {"pretrained": "trained encoder", "baseline": "random init", "intensity": "intensity stats",
+                 "mean": "training mean"}
 CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
 CV_PROTOCOLS = ("site_stratified", "leave_site_out")
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
@@ -131,7 +138,10 @@ def evaluate_representation(
         challenge = None
         if not challenge_reason:
             try:
-                challenge = challenge_protocol(matrix, table, seed=seed)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", UnseenSiteWarning)
+                    challenge = challenge_protocol(matrix, table, seed=seed)
+                notes.extend(f"challenge: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning)
             except EvaluationError as error:
                 notes.append(f"challenge: {error}, protocol skipped")
         if challenge is not None:
@@ -173,17 +183,19 @@ def print_report(results: dict, console: Console | None = None) -> None:
     names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
     if not names:
         raise EvaluationError("results: no 'pretrained' or 'baseline' entry to print")
-    table = Table(title="medssl evaluation", title_justify="left")
-    for header in ("protocol", "target", "metric"):
-        table.add_column(header)
+    table = Table(title="medssl evaluation", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("protocol", "metric"):
+        table.add_column(header, no_wrap=True)  # names stay whole at 80 columns
     for name in names:
-        table.add_column(DISPLAY_NAMES.get(name, name), justify="right")
+        table.add_column(DISPLAY_NAMES.get(name, name), justify="right", min_width=9)
 
     for key in _ordered_rows(results, names):
         cells = [_cell(results[name], key) for name in names]
         better = _better(key, [value for value, _ in cells])
         texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells)]
-        table.add_row(*key, *texts)
+        # a challenge metric names its target (mae_internal: age); a CV metric needs it
+        name = key[2] if key[0] == "challenge" else f"{key[1]} {METRIC_NAMES.get(key[2], key[2])}"
+        table.add_row(PROTOCOL_NAMES.get(key[0], key[0]), name, *texts)
     console.print(table)
     notes: dict[str, list[str]] = {}
     for name in names:
@@ -240,7 +252,6 @@ def _long_table(name: str, challenge: dict | None, cv_tables: list[pd.DataFrame]
     return long
 
 
-
 def _ordered_rows(results: dict, names: list[str]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for name in names:
@@ -261,7 +272,7 @@ def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
     if not summary or summary.get("mean") is None or _is_nan(summary["mean"]):
         return None, "-"
     std = summary.get("std")
-    spread = "" if std is None or _is_nan(std) else f" ± {std:.3f}"
+    spread = "" if std is None or _is_nan(std) else f"\n± {std:.3f}"  # its own line: numbers stay whole at 80 columns
     return summary["mean"], f"{summary['mean']:.3f}{spread}"
 
 

@@ -336,6 +336,8 @@ def data_inspect(
     if Path(source).is_dir():
         recipe = load_recipe("yaware_age", overrides or [])
         cohort = load_cohort(Path(source), openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks)
+    elif "/" in source and not source.endswith((".yaml", ".yml")):
+        raise CohortError(f"{source}: no such cohort folder (give a cohort folder or a recipe)")
     else:
         recipe = load_recipe(source, overrides or [])
         cohort = open_cohort(recipe, console)

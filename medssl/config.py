@@ -272,9 +272,16 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
         else:
             value = item.get("input")
             problems.append(f"'{key}' = {value!r}: {item['msg']}")
-    # An override of train.epochs also sets train.embedded.epochs: report a bad value once.
-    problems = [problem for problem in problems if problem.replace(".embedded.", ".", 1) == problem
-                or problem.replace(".embedded.", ".", 1) not in problems]
+    # An override of train.epochs (model.widths) also sets train.embedded.epochs (.widths): report a bad value once.
+    sources = {f"'{'.'.join(twin)}'": f"'{'.'.join(key)}'" for key, twin in MODEL_TWINS.items()}
+
+    def own_key(problem: str) -> str:
+        for twin, key in sources.items():
+            if problem.startswith(twin):
+                return key + problem[len(twin):]
+        return problem.replace(".embedded.", ".", 1)
+
+    problems = [problem for problem in problems if own_key(problem) == problem or own_key(problem) not in problems]
     return f"{_blame(source, keys, overrides or [])}: " + "; ".join(problems)
 
 

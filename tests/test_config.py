@@ -135,3 +135,9 @@ def test_field_defaults_are_listed_as_yaml_a_recipe_accepts():
     defaults = {key: default for key, default, _ in field_docs()}
     assert defaults["data.root"] == "null" and defaults["views.crop.scale"] == "[0.6, 1.0]"
     assert defaults["eval.after_pretrain"] == "true" and defaults["method.kernel"] == "rbf"
+
+
+def test_a_bad_model_override_is_reported_once_not_again_for_its_embedded_twin():
+    with pytest.raises(RecipeError) as error:
+        load_recipe("yaware_age", ["model.widths=[8,8]"])
+    assert str(error.value).count("at least 4 items") == 1 and "'model.widths'" in str(error.value)

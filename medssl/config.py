@@ -416,8 +416,8 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
         loc, method = _without_union_tag(item["loc"])
         key = ".".join(str(part) for part in loc) or "<root>"
         if item["type"] == "union_tag_invalid":  # pydantic names the section; the user wrote its name
-            key = f"{key}.name"
-            problems.append(f"'{key}' = {item['ctx']['tag']!r}: expected one of {', '.join(map(repr, METHOD_NAMES))}")
+            key, written = f"{key}.name", item["input"].get("name")
+            problems.append(f"'{key}' = {written!r}: expected one of {', '.join(map(repr, METHOD_NAMES))}")
         elif item["type"] == "extra_forbidden" and method is not None:
             unknown_method_keys.setdefault(method, []).append(key)
         elif item["type"] == "extra_forbidden":

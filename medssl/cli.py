@@ -280,22 +280,43 @@ def leaderboard(
 @app.command()
 def recipes(fields: bool = typer.Option(False, "--fields", help="List every recipe field with its default and meaning.")) -> None:
     """List the shipped recipes (or, with --fields, every recipe key)."""
-    from medssl.config import field_docs, shipped_recipes
+    from medssl.config import shipped_recipes
 
     if fields:
-        view = Table(title="Recipe fields")
-        view.add_column("key", no_wrap=True)  # a key path is what a user copies: never cut or folded
-        view.add_column("default", overflow="fold")
-        view.add_column("description", ratio=1)
-        for key, default, description in field_docs():
-            view.add_row(key, default, description)
-        console.print(view)
+        _print_fields()
         return
     view = Table(title="Shipped recipes (medssl pretrain recipes/<name>.yaml)")
     view.add_column("name", style="bold")
     view.add_column("description")
     for name, description in shipped_recipes():
         view.add_row(name, description)
+    console.print(view)
+
+
+def _fields_table(title: str) -> Table:
+    view = Table(title=title)
+    view.add_column("key", no_wrap=True)  # a key path is what a user copies: never cut or folded
+    view.add_column("default", overflow="fold")
+    view.add_column("description", ratio=1, overflow="fold")
+    return view
+
+
+def _print_fields() -> None:
+    """Every recipe key; the method section as one block per method, since its keys depend on method.name."""
+    from medssl.config import DEFAULT_METHOD, METHOD_SECTIONS, field_docs
+
+    view = _fields_table("Recipe fields")
+    for key, default, description in field_docs():
+        if not key.startswith("method ("):
+            view.add_row(key, default, description)
+    console.print(view)
+    view = _fields_table(f"The method section: method.name (default {DEFAULT_METHOD}), then that method's own keys")
+    for name, section in METHOD_SECTIONS.items():
+        view.add_section()
+        view.add_row(f"method.name: {name}", "", (section.__doc__ or "").splitlines()[0], style="bold")
+        for key, default, description in field_docs(section):
+            if key != "name":
+                view.add_row(f"  {key}", default, description)
     console.print(view)
 
 

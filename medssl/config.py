@@ -15,10 +15,10 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from medssl.errors import RecipeError
 
@@ -136,39 +136,186 @@ class ModelConfig(Section):
 
 
 # ----------------------------------------------------------------------------- method
-METHOD_NAMES = (
-    "yaware", "simclr", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon",
-    "decoupled", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "deepcluster", "supervised",
-)
+# One section per method, told apart by ``method.name``: a method has only the keys it reads.
+# Knobs that several methods share are typed once here and given a default per method.
+METHOD_NAME_FIELD = Field(description="The method; the other keys of the section are its own.")
+Temperature = Annotated[float, Field(gt=0, description="Softmax temperature tau of the contrastive loss.")]
+Sigma = Annotated[float, Field(gt=0, description="Bandwidth of the label kernel (label units, e.g. years).")]
+Kernel = Annotated[Literal["gaussian", "rbf", "cauchy"], Field(description="Kernel on labels that weighs how much two subjects count as positives.")]
+ReferenceCode = Annotated[bool, Field(description="Compute what the authors' code computes instead of the paper's formula.")]
+Eps = Annotated[float, Field(description="Margin epsilon between positive and negative similarities.")]
+ShuffleLabels = Annotated[bool, Field(description="Permute the labels within each batch. A deliberately broken control, to check that a benchmark can tell.")]
+EmaMomentum = Annotated[float, Field(ge=0, le=1, description="Base EMA momentum of the target network, raised to 1 along a cosine over the run.")]
+PredictorHiddenDim = Annotated[int, Field(ge=1, description="Hidden width of the predictor on top of the projection head.")]
 
 
-class MethodConfig(Section):
-    name: Literal[METHOD_NAMES] = Field("yaware", description="Training objective: " + ", ".join(METHOD_NAMES) + ".")  # type: ignore[valid-type]
-    temperature: float = Field(0.1, gt=0, description="Softmax temperature tau of contrastive losses.")
-    sigma: float = Field(5.0, gt=0, description="Bandwidth of the label kernel (label units, e.g. years).")
-    kernel: Literal["gaussian", "rbf", "cauchy"] = Field("rbf", description="Kernel on labels of y-aware, threshold and exponential losses.")
-    reference_code: bool = Field(False, description="Threshold/exponential: compute what the authors' code computes instead of the paper's formula.")
-    eps: float = Field(0.0, description="Margin epsilon of eps-SupInfoNCE / eps-SupCon.")
-    lambd: float = Field(5e-3, ge=0, description="Barlow Twins off-diagonal weight.")
-    sim_weight: float = Field(25.0, ge=0, description="VICReg invariance weight (lambda).")
-    var_weight: float = Field(25.0, ge=0, description="VICReg variance weight (mu).")
-    cov_weight: float = Field(1.0, ge=0, description="VICReg covariance weight (nu).")
-    vicreg_form: Literal["authors", "paper_sum"] = Field("authors", description="VICReg: 'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).")
-    momentum: float = Field(0.996, ge=0, le=1, description="BYOL/DINO base EMA momentum of the target/teacher network.")
-    predictor_hidden_dim: int = Field(512, ge=1, description="BYOL/SimSiam predictor hidden width.")
-    teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature (sharpening), reached after the warm-up.")
-    warmup_teacher_temperature: float = Field(0.04, gt=0, description="DINO teacher temperature of the first epoch, raised linearly to teacher_temperature.")
-    warmup_teacher_temperature_epochs: int = Field(0, ge=0, description="DINO epochs of the teacher-temperature warm-up (at most train.epochs; DINO's ViT recipes: 30).")
-    center_momentum: float = Field(0.9, ge=0, le=1, description="DINO EMA momentum of the teacher centre.")
-    out_dim: int = Field(4096, ge=2, description="DINO prototypes (output dimension of the DINO head).")
-    local_crops: int = Field(4, ge=0, description="DINO local crops per subject, besides the 2 global views.")
-    local_crop_scale: tuple[float, float] = Field((0.3, 0.5), description="DINO local crop edge as a fraction of the volume edge.")
-    clusters: int = Field(100, ge=2, description="DeepCluster k of k-means.")
-    pca_dim: int = Field(256, ge=2, description="DeepCluster PCA dimension (whitened) before k-means.")
-    kmeans_iters: int = Field(20, ge=1, description="DeepCluster k-means iterations.")
-    task: Literal["regression", "classification"] = Field("regression", description="supervised: L1 regression of data.label, or cross-entropy classification.")
-    classes: int = Field(2, ge=2, description="supervised classification: number of classes of data.label.")
-    shuffle_labels: bool = Field(False, description="Label-aware losses: permute the labels within each batch. A deliberately broken control, to check that a benchmark can tell.")
+class MethodSection(Section):
+    """Base of every method's section; ``smoke()`` is the section shrunk for ``--smoke``."""
+
+    def smoke(self) -> MethodSection:
+        return self.model_copy()
+
+    @classmethod
+    def method_name(cls) -> str:
+        return cls.model_fields["name"].default
+
+
+class YAwareConfig(MethodSection):
+    """y-aware InfoNCE (Dufumier et al., MICCAI 2021): positives weighted by a kernel on the label."""
+
+    name: Annotated[Literal["yaware"], METHOD_NAME_FIELD] = "yaware"
+    temperature: Temperature = 0.1
+    sigma: Sigma = 5.0
+    kernel: Kernel = "rbf"
+    shuffle_labels: ShuffleLabels = False
+
+
+class ThresholdConfig(MethodSection):
+    """Threshold loss L^thr (Barbano et al., ISBI 2023): negatives farther in label than the positive repel."""
+
+    name: Annotated[Literal["threshold"], METHOD_NAME_FIELD] = "threshold"
+    temperature: Temperature = 0.1
+    sigma: Sigma = 5.0
+    kernel: Kernel = "rbf"
+    reference_code: ReferenceCode = False
+    shuffle_labels: ShuffleLabels = False
+
+
+class ExponentialConfig(MethodSection):
+    """Exponential loss L^exp (Barbano et al., ISBI 2023): negatives repel in proportion to label distance."""
+
+    name: Annotated[Literal["exponential"], METHOD_NAME_FIELD] = "exponential"
+    temperature: Temperature = 0.1
+    sigma: Sigma = 5.0
+    kernel: Kernel = "rbf"
+    reference_code: ReferenceCode = False
+    shuffle_labels: ShuffleLabels = False
+
+
+class SimCLRConfig(MethodSection):
+    """SimCLR's NT-Xent (Chen et al., ICML 2020): the other view of the same subject is the positive."""
+
+    name: Annotated[Literal["simclr"], METHOD_NAME_FIELD] = "simclr"
+    temperature: Temperature = 0.1
+
+
+class DecoupledConfig(MethodSection):
+    """Decoupled contrastive learning (Yeh et al., ECCV 2022): NT-Xent without the positive in the denominator."""
+
+    name: Annotated[Literal["decoupled"], METHOD_NAME_FIELD] = "decoupled"
+    temperature: Temperature = 0.1
+
+
+class SupConConfig(MethodSection):
+    """SupCon (Khosla et al., NeurIPS 2020): subjects of the same class are positives."""
+
+    name: Annotated[Literal["supcon"], METHOD_NAME_FIELD] = "supcon"
+    temperature: Temperature = 0.1
+    shuffle_labels: ShuffleLabels = False
+
+
+class EpsSupInfoNCEConfig(MethodSection):
+    """eps-SupInfoNCE (Barbano et al., ICLR 2023): each positive beats every negative by a margin eps."""
+
+    name: Annotated[Literal["eps_supinfonce"], METHOD_NAME_FIELD] = "eps_supinfonce"
+    temperature: Temperature = 0.1
+    eps: Eps = 0.0
+    shuffle_labels: ShuffleLabels = False
+
+
+class EpsSupConConfig(MethodSection):
+    """eps-SupCon (Barbano et al., ICLR 2023): SupCon with a margin eps on the negatives."""
+
+    name: Annotated[Literal["eps_supcon"], METHOD_NAME_FIELD] = "eps_supcon"
+    temperature: Temperature = 0.1
+    eps: Eps = 0.0
+    shuffle_labels: ShuffleLabels = False
+
+
+class BarlowTwinsConfig(MethodSection):
+    """Barlow Twins (Zbontar et al., ICML 2021): the cross-correlation of the two views driven to the identity."""
+
+    name: Annotated[Literal["barlow_twins"], METHOD_NAME_FIELD] = "barlow_twins"
+    lambd: float = Field(5e-3, ge=0, description="Weight of the off-diagonal (redundancy reduction) term.")
+
+
+class VICRegConfig(MethodSection):
+    """VICReg (Bardes et al., ICLR 2022): invariance, variance and covariance terms."""
+
+    name: Annotated[Literal["vicreg"], METHOD_NAME_FIELD] = "vicreg"
+    sim_weight: float = Field(25.0, ge=0, description="Invariance weight (lambda).")
+    var_weight: float = Field(25.0, ge=0, description="Variance weight (mu).")
+    cov_weight: float = Field(1.0, ge=0, description="Covariance weight (nu).")
+    vicreg_form: Literal["authors", "paper_sum"] = Field("authors", description="'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).")
+
+
+class BYOLConfig(MethodSection):
+    """BYOL (Grill et al., NeurIPS 2020): a predictor regresses an EMA target network's projection."""
+
+    name: Annotated[Literal["byol"], METHOD_NAME_FIELD] = "byol"
+    momentum: EmaMomentum = 0.996
+    predictor_hidden_dim: PredictorHiddenDim = 512
+
+
+class SimSiamConfig(MethodSection):
+    """SimSiam (Chen & He, CVPR 2021): BYOL without the EMA target, a stop-gradient instead."""
+
+    name: Annotated[Literal["simsiam"], METHOD_NAME_FIELD] = "simsiam"
+    predictor_hidden_dim: PredictorHiddenDim = 512
+
+
+class DINOConfig(MethodSection):
+    """DINO (Caron et al., ICCV 2021): a student matches an EMA teacher's centred, sharpened outputs across crops."""
+
+    name: Annotated[Literal["dino"], METHOD_NAME_FIELD] = "dino"
+    temperature: float = Field(0.1, gt=0, description="Student softmax temperature.")
+    teacher_temperature: float = Field(0.04, gt=0, description="Teacher temperature (sharpening), reached after the warm-up.")
+    warmup_teacher_temperature: float = Field(0.04, gt=0, description="Teacher temperature of the first epoch, raised linearly to teacher_temperature.")
+    warmup_teacher_temperature_epochs: int = Field(0, ge=0, description="Epochs of the teacher-temperature warm-up (at most train.epochs; DINO's ViT recipes: 30).")
+    center_momentum: float = Field(0.9, ge=0, le=1, description="EMA momentum of the teacher centre.")
+    momentum: EmaMomentum = 0.996
+    out_dim: int = Field(4096, ge=2, description="Prototypes (output dimension of the DINO head).")
+    local_crops: int = Field(4, ge=0, description="Local crops per subject, cut from the 2 global views.")
+    local_crop_scale: tuple[float, float] = Field((0.3, 0.5), description="Local crop edge as a fraction of the volume edge.")
+
+    def smoke(self) -> DINOConfig:
+        return self.model_copy(update={"out_dim": min(self.out_dim, 64), "local_crops": min(self.local_crops, 2)})
+
+
+class DeepClusterConfig(MethodSection):
+    """DeepCluster (Caron et al., ECCV 2018): k-means pseudo-labels of the features, re-clustered every epoch."""
+
+    name: Annotated[Literal["deepcluster"], METHOD_NAME_FIELD] = "deepcluster"
+    clusters: int = Field(100, ge=2, description="k of k-means.")
+    pca_dim: int = Field(256, ge=2, description="PCA dimension (whitened) before k-means.")
+    kmeans_iters: int = Field(20, ge=1, description="k-means iterations.")
+
+    def smoke(self) -> DeepClusterConfig:
+        return self.model_copy(update={"clusters": min(self.clusters, 3), "pca_dim": min(self.pca_dim, 8)})
+
+
+class SupervisedConfig(MethodSection):
+    """Supervised baseline: the encoder trained end-to-end on data.label (Dufumier et al., NeuroImage 2022)."""
+
+    name: Annotated[Literal["supervised"], METHOD_NAME_FIELD] = "supervised"
+    task: Literal["regression", "classification"] = Field("regression", description="L1 regression of data.label, or cross-entropy classification.")
+    classes: int = Field(2, ge=2, description="Classification: number of classes of data.label.")
+
+
+METHOD_SECTIONS: dict[str, type[MethodSection]] = {section.method_name(): section for section in (
+    YAwareConfig, SimCLRConfig, ThresholdConfig, ExponentialConfig, SupConConfig, EpsSupInfoNCEConfig, EpsSupConConfig,
+    DecoupledConfig, BYOLConfig, SimSiamConfig, BarlowTwinsConfig, VICRegConfig, DINOConfig, DeepClusterConfig, SupervisedConfig,
+)}
+METHOD_NAMES = tuple(METHOD_SECTIONS)
+DEFAULT_METHOD = "yaware"
+
+
+def _default_method_name(raw: Any) -> Any:
+    """A method section without ``name`` is the default method's."""
+    return {"name": DEFAULT_METHOD, **raw} if isinstance(raw, dict) and "name" not in raw else raw
+
+
+MethodConfig = Annotated[Union[tuple(METHOD_SECTIONS.values())], Field(discriminator="name"), BeforeValidator(_default_method_name)]  # noqa: UP007
 
 
 # ----------------------------------------------------------------------------- train
@@ -251,7 +398,7 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: MethodConfig = Field(default_factory=YAwareConfig, description="Training objective: method.name and that method's own keys.")
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning on a labelled cohort (`medssl finetune`).")
@@ -264,14 +411,26 @@ class Recipe(Section):
 # ----------------------------------------------------------------------------- loading
 def _format_validation_error(source: str, error: ValidationError, overrides: list[str] | None = None) -> str:
     problems, keys = [], []
+    unknown_method_keys: dict[str, list[str]] = {}
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        keys.append(key)
-        if item["type"] == "extra_forbidden":
+        loc, method = _without_union_tag(item["loc"])
+        key = ".".join(str(part) for part in loc) or "<root>"
+        if item["type"] == "union_tag_invalid":  # pydantic names the section; the user wrote its name
+            key, written = f"{key}.name", item["input"].get("name")
+            problems.append(f"'{key}' = {written!r}: expected one of {', '.join(map(repr, METHOD_NAMES))}")
+        elif item["type"] == "extra_forbidden" and method is not None:
+            unknown_method_keys.setdefault(method, []).append(key)
+        elif item["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         else:
             value = item.get("input")
             problems.append(f"'{key}' = {value!r}: {item['msg']}")
+        keys.append(key)
+    for method, unknown in unknown_method_keys.items():
+        listed = ", ".join(f"'{key}'" for key in unknown)
+        own = ", ".join(METHOD_SECTIONS[method].model_fields)
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})"
+                        + _method_switch_hint(unknown, overrides or []))
     # An override of train.epochs (model.widths) also sets train.embedded.epochs (.widths): report a bad value once.
     sources = {f"'{'.'.join(twin)}'": f"'{'.'.join(key)}'" for key, twin in MODEL_TWINS.items()}
 
@@ -283,6 +442,22 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
 
     problems = [problem for problem in problems if own_key(problem) == problem or own_key(problem) not in problems]
     return f"{_blame(source, keys, overrides or [])}: " + "; ".join(problems)
+
+
+def _without_union_tag(loc: tuple) -> tuple[tuple, str | None]:
+    """pydantic puts the method's name into the location (``method.simclr.sigma``): the key is ``method.sigma``."""
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_SECTIONS:
+        return (loc[0], *loc[2:]), loc[1]
+    return tuple(loc), None
+
+
+def _method_switch_hint(unknown: list[str], overrides: list[str]) -> str:
+    """``method.name=X`` on the command line keeps the recipe's other method keys, which X may not have."""
+    switch = next((text for text in overrides if text.split("=", 1)[0].strip() == "method.name"), None)
+    if switch is None or any(text.split("=", 1)[0].strip() in unknown for text in overrides):
+        return ""
+    name = switch.split("=", 1)[1].strip()
+    return f"; to change the method on the command line, replace its whole section: 'method={{name: {name}}}'"
 
 
 def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
@@ -371,9 +546,38 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
 def recipe_from_dict(raw: dict, source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
     """Validate ``raw``; errors name ``source``, or the command-line ``overrides`` that caused them."""
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(trim_flat_method_section(raw))
     except ValidationError as exc:
         raise RecipeError(_format_validation_error(source, exc, overrides)) from None
+
+
+# The single method section of medssl's earlier versions held every method's keys, and the
+# recipe.yaml of each run dumped them all. These keys were in it from the start ...
+FLAT_METHOD_SECTION_MARKERS = frozenset({
+    "name", "temperature", "sigma", "kernel", "reference_code", "eps", "lambd", "sim_weight", "var_weight", "cov_weight",
+    "momentum", "predictor_hidden_dim", "teacher_temperature", "center_momentum", "out_dim", "local_crops",
+    "local_crop_scale", "clusters", "pca_dim", "kmeans_iters",
+})
+# ... and these were added later.
+FLAT_METHOD_SECTION_KEYS = FLAT_METHOD_SECTION_MARKERS | {
+    "vicreg_form", "warmup_teacher_temperature", "warmup_teacher_temperature_epochs", "task", "classes", "shuffle_labels"}
+
+
+def trim_flat_method_section(raw: dict) -> dict:
+    """``raw`` with a flat method section (a run's recipe.yaml written before each method had its
+    own section) cut down to the keys of the method it names: the others did nothing in that run.
+
+    A method section is flat when it holds every key the flat section always had; a recipe
+    written by hand never does, so its unknown keys are still refused.
+    """
+    method = raw.get("method")
+    if not isinstance(method, dict) or not FLAT_METHOD_SECTION_MARKERS <= method.keys():
+        return raw
+    section = METHOD_SECTIONS.get(method.get("name") or DEFAULT_METHOD)
+    if section is None:
+        return raw
+    kept = {key: value for key, value in method.items() if key in section.model_fields or key not in FLAT_METHOD_SECTION_KEYS}
+    return {**raw, "method": kept}
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -409,17 +613,34 @@ def shipped_recipes() -> list[tuple[str, str]]:
 
 
 def field_docs(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, description) of every leaf field, for ``--help`` style listings."""
+    """(key path, default, description) of every leaf field, for ``--help`` style listings.
+
+    The keys of a section that depends on its ``name`` (the method) carry that name:
+    ``method (simclr).temperature``.
+    """
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(field_docs(annotation, prefix=f"{key}."))
+        sections = _section_models(field.annotation)
+        if len(sections) == 1:
+            rows.extend(field_docs(sections[0], prefix=f"{key}."))
+        elif sections:
+            for section in sections:
+                rows.extend(field_docs(section, prefix=f"{key} ({section.model_fields['name'].default})."))
         else:
             default = field.get_default(call_default_factory=True)
             rows.append((key, yaml_value(default), field.description or ""))
     return rows
+
+
+def _section_models(annotation: Any) -> list[type[BaseModel]]:
+    """The section model(s) of a field: one for a plain section, several for a union on ``name``, none for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    members = get_args(annotation) if get_origin(annotation) is Union else ()
+    if members and all(isinstance(member, type) and issubclass(member, BaseModel) for member in members):
+        return list(members)
+    return []
 
 
 def yaml_value(value: Any) -> str:
@@ -453,12 +674,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     smoke.finetune.max_steps_per_epoch = 2
     smoke.finetune.seeds = smoke.finetune.seeds[:2]
     smoke.finetune.embedded = FinetuneEmbeddedConfig(epochs=1, batch_size=4)
-    if smoke.method.name == "deepcluster":
-        smoke.method.clusters = 3
-        smoke.method.pca_dim = 8
-    if smoke.method.name == "dino":
-        smoke.method.out_dim = 64
-        smoke.method.local_crops = 2
+    smoke.method = smoke.method.smoke()
     smoke.model.head.hidden_dim = min(smoke.model.head.hidden_dim, 64)
     smoke.model.head.out_dim = min(smoke.model.head.out_dim, 32)
     return smoke

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
+from typing import get_args
+
 import pytest
 import yaml
 
 from medssl.config import (
+    METHOD_NAMES,
+    METHOD_SECTIONS,
+    DINOConfig,
+    MethodSection,
     Recipe,
     dump_recipe,
     field_docs,
@@ -13,6 +21,7 @@ from medssl.config import (
     load_recipe,
     shipped_recipes,
     smoke_recipe,
+    trim_flat_method_section,
 )
 from medssl.errors import RecipeError
 
@@ -43,8 +52,14 @@ def test_out_of_range_value_is_rejected(tmp_path):
 
 def test_unknown_method_lists_the_choices(tmp_path):
     path = write(tmp_path, "method:\n  name: mocov9\n")
-    with pytest.raises(RecipeError, match=r"'method.name' = 'mocov9'.*'yaware'"):
+    with pytest.raises(RecipeError, match=r"'method.name' = 'mocov9': expected one of 'yaware', 'simclr', .*'supervised'$"):
         load_recipe(path)
+
+
+def test_a_method_section_without_a_name_is_the_default_method(tmp_path):
+    recipe = load_recipe(write(tmp_path, "method:\n  sigma: 3.0\n"))
+    assert recipe.method.name == "yaware" and recipe.method.sigma == 3.0
+    assert Recipe().method.name == "yaware"
 
 
 def test_overrides_set_nested_values_and_are_validated(tmp_path):
@@ -134,10 +149,135 @@ def test_field_defaults_are_listed_as_yaml_a_recipe_accepts():
 
     defaults = {key: default for key, default, _ in field_docs()}
     assert defaults["data.root"] == "null" and defaults["views.crop.scale"] == "[0.6, 1.0]"
-    assert defaults["eval.after_pretrain"] == "true" and defaults["method.kernel"] == "rbf"
+    assert defaults["eval.after_pretrain"] == "true" and defaults["method (yaware).kernel"] == "rbf"
 
 
 def test_a_bad_model_override_is_reported_once_not_again_for_its_embedded_twin():
     with pytest.raises(RecipeError) as error:
         load_recipe("yaware_age", ["model.widths=[8,8]"])
     assert str(error.value).count("at least 4 items") == 1 and "'model.widths'" in str(error.value)
+
+
+# ----------------------------------------------------------------------------- per-method sections
+def test_a_key_the_method_does_not_have_is_refused_naming_it_and_the_method_keys(tmp_path):
+    with pytest.raises(RecipeError) as error:
+        load_recipe("simclr", ["method.sigma=3"])
+    assert str(error.value) == ("command-line override method.sigma=3: unknown key 'method.sigma' for method 'simclr' "
+                                "(its keys: name, temperature)")
+    path = write(tmp_path, "method: {name: dino, sigma: 3, kernel: rbf}\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: unknown keys 'method.sigma', 'method.kernel' for method 'dino' "
+                                          r"\(its keys: name, temperature, teacher_temperature, "):
+        load_recipe(path)
+
+
+def test_the_cli_refuses_a_key_of_another_method_in_one_line_with_exit_code_2(monkeypatch, capsys):
+    from medssl import cli
+
+    monkeypatch.setattr(sys, "argv", ["medssl", "pretrain", "recipes/simclr.yaml", "method.sigma=3"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in error
+    assert "unknown key 'method.sigma' for method 'simclr' (its keys: name, temperature)" in error
+
+
+def test_switching_method_on_the_command_line_says_how_when_the_recipe_keys_do_not_fit():
+    with pytest.raises(RecipeError, match=r"unknown keys 'method.kernel', 'method.sigma' for method 'simclr'.*"
+                                          r"replace its whole section: 'method=\{name: simclr\}'"):
+        load_recipe("yaware_age", ["method.name=simclr"])
+    assert load_recipe("yaware_age", ["method={name: simclr}"]).method.name == "simclr"
+
+
+def changed_values(section: type[MethodSection]) -> dict:
+    """A value other than the default for every key of ``section`` but its name."""
+    values = {}
+    for key, field in section.model_fields.items():
+        default = field.default
+        if key == "name":
+            continue
+        if isinstance(default, bool):
+            values[key] = not default
+        elif isinstance(default, int):
+            values[key] = default + 1
+        elif isinstance(default, float):
+            values[key] = default / 2 if default else 0.5
+        elif isinstance(default, tuple):
+            values[key] = tuple(value / 2 for value in default)
+        else:  # a choice: another one
+            values[key] = next(choice for choice in get_args(field.annotation) if choice != default)
+    return values
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_every_method_section_round_trips_through_dump_and_load(name, tmp_path):
+    section = METHOD_SECTIONS[name]
+    recipe = Recipe(method={"name": name, **changed_values(section)})
+    dumped = yaml.safe_load(dump_recipe(recipe))["method"]
+    assert list(dumped) == list(section.model_fields)  # its own keys, every one, and no other method's
+    again = load_recipe(write(tmp_path, dump_recipe(recipe)))
+    assert type(again.method) is section and again == recipe
+    assert again.method != section()  # the changed values came back, not the defaults
+
+
+def test_fields_lists_each_method_keys_in_its_own_block(monkeypatch):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from medssl import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=200))  # descriptions on one line each
+    result = CliRunner().invoke(cli.app, ["recipes", "--fields"])
+    assert result.exit_code == 0, result.output
+    blocks = result.output.split("method.name: ")[1:]
+    named = {block.split()[0]: block for block in blocks}
+    assert list(named) == list(METHOD_NAMES)
+    for name, block in named.items():
+        keys = {line.split("│")[1].strip() for line in block.splitlines()[1:] if line.count("│") >= 3}
+        assert keys - {""} == set(METHOD_SECTIONS[name].model_fields) - {"name"}, name
+    assert "Student softmax temperature." in named["dino"] and "sigma" not in named["simclr"]
+
+
+def test_field_docs_name_the_method_of_each_method_key():
+    rows = {key: default for key, default, _ in field_docs()}
+    assert rows["method (dino).out_dim"] == "4096" and rows["method (deepcluster).clusters"] == "100"
+    assert "method (simclr).sigma" not in rows and "method.sigma" not in rows
+    assert all(f"method ({name}).name" in rows for name in METHOD_NAMES)
+
+
+def test_smoke_recipe_names_no_method_and_lets_each_method_shrink_itself():
+    source = inspect.getsource(smoke_recipe)
+    assert [name for name in METHOD_NAMES if f'"{name}"' in source or f"'{name}'" in source] == []
+    assert "method.name" not in source
+    dino, deepcluster = smoke_recipe(load_recipe("dino")).method, smoke_recipe(load_recipe("deepcluster")).method
+    assert (dino.out_dim, dino.local_crops) == (64, 2) and (deepcluster.clusters, deepcluster.pca_dim) == (3, 8)
+    assert smoke_recipe(load_recipe("dino", ["method.local_crops=0"])).method.local_crops == 0  # shrunk, never grown
+    assert smoke_recipe(load_recipe("threshold_age")).method == load_recipe("threshold_age").method
+
+
+# The method section of a simclr run's recipe.yaml written while medssl had one flat section.
+FLAT_SIMCLR_SECTION = {
+    "name": "simclr", "temperature": 0.2, "sigma": 5.0, "kernel": "rbf", "reference_code": False, "eps": 0.0, "lambd": 0.005,
+    "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0, "vicreg_form": "authors", "momentum": 0.996,
+    "predictor_hidden_dim": 512, "teacher_temperature": 0.04, "warmup_teacher_temperature": 0.04,
+    "warmup_teacher_temperature_epochs": 0, "center_momentum": 0.9, "out_dim": 4096, "local_crops": 4,
+    "local_crop_scale": [0.3, 0.5], "clusters": 100, "pca_dim": 256, "kmeans_iters": 20, "task": "regression", "classes": 2,
+    "shuffle_labels": False,
+}
+
+
+def test_a_run_recipe_with_the_former_flat_method_section_still_loads(tmp_path):
+    raw = yaml.safe_load(dump_recipe(load_recipe("simclr")))
+    path = write(tmp_path, yaml.safe_dump({**raw, "method": FLAT_SIMCLR_SECTION}))
+    assert load_recipe(path) == load_recipe("simclr", ["method.temperature=0.2"])
+    # Versions before vicreg_form, the DINO warm-up, supervised and the control dumped fewer keys.
+    older = {key: value for key, value in FLAT_SIMCLR_SECTION.items() if key not in {"vicreg_form", "task", "shuffle_labels"}}
+    assert trim_flat_method_section({"method": older}) == {"method": {"name": "simclr", "temperature": 0.2}}
+    dino = trim_flat_method_section({"method": {**FLAT_SIMCLR_SECTION, "name": "dino", "out_dim": 64}})["method"]
+    assert set(dino) == set(DINOConfig.model_fields) and dino["out_dim"] == 64 and dino["temperature"] == 0.2
+
+
+def test_a_hand_written_method_section_with_foreign_keys_is_still_refused(tmp_path):
+    some = {key: FLAT_SIMCLR_SECTION[key] for key in ("name", "temperature", "sigma", "clusters", "out_dim")}
+    assert trim_flat_method_section({"method": some}) == {"method": some}
+    with pytest.raises(RecipeError, match="unknown keys 'method.sigma', 'method.clusters', 'method.out_dim'"):
+        load_recipe(write(tmp_path, yaml.safe_dump({"method": some}, sort_keys=False)))

@@ -1,14 +1,38 @@
 """Methods: how an encoder, a head, views and a loss combine into a training objective.
 
-``build_method(recipe)`` is the only place that maps a method name to its constructor.
+``METHODS`` is the table of methods, one entry per method: its recipe section (a model in
+``medssl.config``), the function that builds it from that section, and what it asks of the
+engine (a label column, how many views per subject, whether it runs under DDP). The engine
+reads these through :func:`method_needs` and :func:`build_method` and never a method's name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from medssl.config import Recipe
+from torch import nn
+
+from medssl.config import (
+    BarlowTwinsConfig,
+    BYOLConfig,
+    DecoupledConfig,
+    DeepClusterConfig,
+    DINOConfig,
+    EpsSupConConfig,
+    EpsSupInfoNCEConfig,
+    ExponentialConfig,
+    MethodSection,
+    Recipe,
+    SimCLRConfig,
+    SimSiamConfig,
+    SupConConfig,
+    SupervisedConfig,
+    ThresholdConfig,
+    VICRegConfig,
+    YAwareConfig,
+)
 from medssl.losses import (
     BarlowTwinsLoss,
     DecoupledNTXentLoss,
@@ -21,20 +45,67 @@ from medssl.losses import (
     VICRegLoss,
     YAwareLoss,
 )
-from medssl.methods.base import Method, fold_views, unfold_views
-from medssl.methods.bootstrap import BYOL, SimSiam
+from medssl.methods.base import Method, fold_views, projection_head, unfold_views
+from medssl.methods.bootstrap import BYOL, SimSiam, build_byol, build_simsiam
 from medssl.methods.contrastive import EmbeddingLossMethod
-from medssl.methods.deepcluster import DeepCluster
-from medssl.methods.dino import DINO
-from medssl.methods.supervised import SupervisedMethod
-from medssl.models import Encoder, ProjectionHead, build_encoder
+from medssl.methods.deepcluster import DeepCluster, build_deepcluster
+from medssl.methods.dino import DINO, build_dino
+from medssl.methods.supervised import SupervisedMethod, build_supervised
+from medssl.models import Encoder, build_encoder
 
-# Methods whose loss needs the recipe's label column.
-LABEL_METHODS = {"yaware", "threshold", "exponential", "supcon", "eps_supinfonce", "eps_supcon", "supervised"}
-# Methods that train on one view per subject (the others on views.n_views, at least 2).
-SINGLE_VIEW_METHODS = {"deepcluster"}
-# Methods whose per-epoch step (DeepCluster's clustering of the whole cohort) runs on one process.
-SINGLE_PROCESS_METHODS = {"deepcluster"}
+# "augmented": views.n_views views of each subject, each drawn with the recipe's views section.
+# "global": DINO's 2 global views, drawn the same way; the method cuts its local crops from them.
+ViewKind = Literal["augmented", "global"]
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One method: its recipe section, how it is built from that section, and what it asks of the engine."""
+
+    config: type[MethodSection]
+    build: Callable[[Any, Recipe, Encoder], Method]  # (its section, the recipe, the encoder) -> the method
+    label: bool = False  # trains on the recipe's data.label
+    views: int | None = None  # views per subject; None: views.n_views, at least 2
+    view_kind: ViewKind = "augmented"
+    distributed: bool = True  # False: its per-epoch step (DeepCluster's clustering) runs on one process only
+
+    @property
+    def name(self) -> str:
+        return self.config.method_name()
+
+
+def embedding_loss(config: type[MethodSection], make_loss: Callable[[Any], nn.Module], label: bool = False,
+                   monitors_collapse: bool = False) -> MethodEntry:
+    """The entry of a method that is one loss on the (N, V, d) projections of every view
+    (:class:`EmbeddingLossMethod`); ``make_loss`` builds the loss from the method's section."""
+
+    def build(section: Any, recipe: Recipe, encoder: Encoder) -> Method:
+        return EmbeddingLossMethod(encoder, projection_head(recipe.model.head, encoder), make_loss(section), uses_label=label,
+                                   monitors_collapse=monitors_collapse, shuffle_labels=label and section.shuffle_labels)
+
+    return MethodEntry(config, build, label=label)
+
+
+METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
+    embedding_loss(YAwareConfig, lambda m: YAwareLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel), label=True),
+    embedding_loss(SimCLRConfig, lambda m: NTXentLoss(temperature=m.temperature)),
+    embedding_loss(ThresholdConfig, lambda m: ThresholdLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel,
+                                                            reference_code=m.reference_code), label=True),
+    embedding_loss(ExponentialConfig, lambda m: ExponentialLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel,
+                                                                reference_code=m.reference_code), label=True),
+    embedding_loss(SupConConfig, lambda m: SupConLoss(temperature=m.temperature), label=True),
+    embedding_loss(EpsSupInfoNCEConfig, lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), label=True),
+    embedding_loss(EpsSupConConfig, lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), label=True),
+    embedding_loss(DecoupledConfig, lambda m: DecoupledNTXentLoss(temperature=m.temperature)),
+    embedding_loss(BarlowTwinsConfig, lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
+    embedding_loss(VICRegConfig, lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight,
+                                                      form=m.vicreg_form), monitors_collapse=True),
+    MethodEntry(BYOLConfig, build_byol),
+    MethodEntry(SimSiamConfig, build_simsiam),
+    MethodEntry(DINOConfig, build_dino, views=2, view_kind="global"),
+    MethodEntry(DeepClusterConfig, build_deepcluster, views=1, distributed=False),
+    MethodEntry(SupervisedConfig, build_supervised, label=True),
+)}
 
 
 @dataclass(frozen=True)
@@ -45,52 +116,14 @@ class MethodNeeds:
     label: bool
     views: int
     distributed: bool
+    view_kind: ViewKind = "augmented"
 
 
 def method_needs(recipe: Recipe) -> MethodNeeds:
-    """The needs of the recipe's method (label column, views per subject, DDP support)."""
-    name = recipe.method.name
-    views = 1 if name in SINGLE_VIEW_METHODS else max(recipe.views.n_views, 2)
-    return MethodNeeds(name, name in LABEL_METHODS, views, name not in SINGLE_PROCESS_METHODS)
-
-
-def _embedding_method(make_loss: Callable, uses_label: bool = False, monitors_collapse: bool = False):
-    def build(recipe: Recipe, encoder: Encoder) -> Method:
-        head = _head(recipe, encoder)
-        return EmbeddingLossMethod(encoder, head, make_loss(recipe.method), uses_label, monitors_collapse,
-                                   shuffle_labels=uses_label and recipe.method.shuffle_labels)
-    return build
-
-
-def _head(recipe: Recipe, encoder: Encoder) -> ProjectionHead:
-    config = recipe.model.head
-    return ProjectionHead(encoder.feature_dim, config.hidden_dim, config.out_dim, config.layers, config.batch_norm)
-
-
-METHODS: dict[str, Callable[[Recipe, Encoder], Method]] = {
-    "simclr": _embedding_method(lambda m: NTXentLoss(temperature=m.temperature)),
-    "decoupled": _embedding_method(lambda m: DecoupledNTXentLoss(temperature=m.temperature)),
-    "yaware": _embedding_method(lambda m: YAwareLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel), uses_label=True),
-    "threshold": _embedding_method(lambda m: ThresholdLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code), uses_label=True),
-    "exponential": _embedding_method(lambda m: ExponentialLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code), uses_label=True),
-    "supcon": _embedding_method(lambda m: SupConLoss(temperature=m.temperature), uses_label=True),
-    "eps_supinfonce": _embedding_method(lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), uses_label=True),
-    "eps_supcon": _embedding_method(lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), uses_label=True),
-    "barlow_twins": _embedding_method(lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
-    "vicreg": _embedding_method(lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight, form=m.vicreg_form), monitors_collapse=True),
-    "byol": lambda r, e: BYOL(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim, momentum=r.method.momentum),
-    "simsiam": lambda r, e: SimSiam(e, _head(r, e), predictor_hidden_dim=r.method.predictor_hidden_dim),
-    "dino": lambda r, e: DINO(e, hidden_dim=r.model.head.hidden_dim, out_dim=r.method.out_dim, n_local_crops=r.method.local_crops,
-                              local_crop_scale=r.method.local_crop_scale, momentum=r.method.momentum,
-                              student_temperature=r.method.temperature, teacher_temperature=r.method.teacher_temperature,
-                              center_momentum=r.method.center_momentum, warmup_teacher_temperature=r.method.warmup_teacher_temperature,
-                              # The embedded budget may shorten the run below the warm-up.
-                              warmup_teacher_temperature_epochs=min(r.method.warmup_teacher_temperature_epochs, r.train.epochs),
-                              epochs=r.train.epochs),
-    "supervised": lambda r, e: SupervisedMethod(e, task=r.method.task, classes=r.method.classes),
-    "deepcluster": lambda r, e: DeepCluster(e, clusters=r.method.clusters, pca_dim=r.method.pca_dim,
-                                            kmeans_iters=r.method.kmeans_iters, seed=r.train.seed),
-}
+    """The needs of the recipe's method (label column, views per subject and their kind, DDP support)."""
+    entry = METHODS[recipe.method.name]
+    views = entry.views if entry.views is not None else max(recipe.views.n_views, 2)
+    return MethodNeeds(entry.name, entry.label, views, entry.distributed, entry.view_kind)
 
 
 def build_encoder_for(recipe: Recipe) -> Encoder:
@@ -100,9 +133,10 @@ def build_encoder_for(recipe: Recipe) -> Encoder:
 
 
 def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
-    """The method the recipe names, around ``encoder`` (a fresh one from the recipe if None)."""
-    return METHODS[recipe.method.name](recipe, encoder if encoder is not None else build_encoder_for(recipe))
+    """The method the recipe names, built from its section around ``encoder`` (a fresh one from the recipe if None)."""
+    return METHODS[recipe.method.name].build(recipe.method, recipe, encoder if encoder is not None else build_encoder_for(recipe))
 
 
-__all__ = ["LABEL_METHODS", "METHODS", "MethodNeeds", "method_needs", "Method", "BYOL", "SimSiam", "DINO", "DeepCluster", "EmbeddingLossMethod", "SupervisedMethod",
-           "build_method", "build_encoder_for", "fold_views", "unfold_views"]
+__all__ = ["METHODS", "MethodEntry", "MethodNeeds", "method_needs", "embedding_loss", "Method", "BYOL", "SimSiam", "DINO",
+           "DeepCluster", "EmbeddingLossMethod", "SupervisedMethod", "build_method", "build_encoder_for", "fold_views",
+           "unfold_views", "projection_head"]

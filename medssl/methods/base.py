@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl.config import HeadConfig
 from medssl.losses import alignment, uniformity
 from medssl.models import Encoder, ProjectionHead
 
@@ -21,6 +22,11 @@ def fold_views(views: torch.Tensor) -> torch.Tensor:
 def unfold_views(z: torch.Tensor, n_views: int) -> torch.Tensor:
     """(V*B, d) view-major -> (B, V, d)."""
     return z.reshape(n_views, -1, z.shape[-1]).transpose(0, 1)
+
+
+def projection_head(config: HeadConfig, encoder: Encoder) -> ProjectionHead:
+    """The projection head the recipe's ``model.head`` describes, on top of ``encoder``'s features."""
+    return ProjectionHead(encoder.feature_dim, config.hidden_dim, config.out_dim, config.layers, config.batch_norm)
 
 
 def keep_local(tensor: torch.Tensor) -> torch.Tensor:
@@ -51,6 +57,10 @@ class Method(nn.Module):
     clustering). The engine knows nothing else about a method.
     """
 
+    # Whether the method projects features into an embedding (alignment, uniformity and
+    # collapse are measured on it); False for a method that trains a classifier or regressor.
+    has_projection = True
+    # Whether the engine warns when the embedding collapses (methods without negatives).
     monitors_collapse = False
 
     def __init__(self, encoder: Encoder, head: ProjectionHead):
@@ -59,12 +69,6 @@ class Method(nn.Module):
         self.head = head
         # Under DDP the engine replaces this by an all-gather with gradients (rows = subjects).
         self.gather = keep_local
-
-    @property
-    def has_projection(self) -> bool:
-        """Whether the method projects features into an embedding (alignment, uniformity and
-        collapse are measured on it); False for a bare encoder or a supervised output."""
-        return not isinstance(self.head, nn.Identity)
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """(B, V, C, D, H, W) views -> (B, V, d) projected embeddings."""

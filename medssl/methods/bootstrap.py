@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from medssl.config import BYOLConfig, Recipe, SimSiamConfig
 from medssl.losses import BYOLLoss, SimSiamLoss
-from medssl.methods.base import Method, fold_views
+from medssl.methods.base import Method, fold_views, projection_head
 from medssl.methods.ema import cosine_momentum, ema_update, make_target
 from medssl.models import Encoder, ProjectionHead
 
@@ -63,3 +64,12 @@ class SimSiam(Method):
         z = self.embed(batch["views"])
         z1, z2 = z[:, 0], z[:, 1]
         return self.loss(self.predictor(z1), self.predictor(z2), z1, z2), {}
+
+
+def build_byol(section: BYOLConfig, recipe: Recipe, encoder: Encoder) -> BYOL:
+    return BYOL(encoder, projection_head(recipe.model.head, encoder), predictor_hidden_dim=section.predictor_hidden_dim,
+                momentum=section.momentum)
+
+
+def build_simsiam(section: SimSiamConfig, recipe: Recipe, encoder: Encoder) -> SimSiam:
+    return SimSiam(encoder, projection_head(recipe.model.head, encoder), predictor_hidden_dim=section.predictor_hidden_dim)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl.config import DeepClusterConfig, Recipe
 from medssl.methods.base import Method
 from medssl.methods.clustering import (
     ClusterUniformSampler,
@@ -30,6 +31,8 @@ class DeepCluster(Method):
     Example:
         >>> method = DeepCluster(build_encoder("resnet18"), clusters=100)
     """
+
+    has_projection = False
 
     def __init__(self, encoder: Encoder, clusters: int = 100, pca_dim: int = 256, kmeans_iters: int = 20, seed: int = 0):
         super().__init__(encoder, nn.Identity())
@@ -72,3 +75,8 @@ class DeepCluster(Method):
         loss = F.cross_entropy(logits.float(), targets)
         accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
         return loss, {"cluster_accuracy": accuracy}
+
+
+def build_deepcluster(section: DeepClusterConfig, recipe: Recipe, encoder: Encoder) -> DeepCluster:
+    return DeepCluster(encoder, clusters=section.clusters, pca_dim=section.pca_dim, kmeans_iters=section.kmeans_iters,
+                       seed=recipe.train.seed)

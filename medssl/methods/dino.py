@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medssl.config import DINOConfig, Recipe
 from medssl.losses import DINOLoss
 from medssl.methods.base import Method, fold_views, unfold_views
 from medssl.methods.ema import cosine_momentum, ema_update, make_target
@@ -101,3 +102,13 @@ class DINO(Method):
         # ``step`` steps are done; the next one (0-based index ``step``) lies in this epoch.
         epoch = min(step * self.epochs // total_steps, self.epochs - 1)
         self.scheduled_teacher_temperature.fill_(float(self.teacher_temperatures[epoch]))
+
+
+def build_dino(section: DINOConfig, recipe: Recipe, encoder: Encoder) -> DINO:
+    return DINO(encoder, hidden_dim=recipe.model.head.hidden_dim, out_dim=section.out_dim, n_local_crops=section.local_crops,
+                local_crop_scale=section.local_crop_scale, momentum=section.momentum, student_temperature=section.temperature,
+                teacher_temperature=section.teacher_temperature, center_momentum=section.center_momentum,
+                warmup_teacher_temperature=section.warmup_teacher_temperature,
+                # The embedded budget may shorten the run below the warm-up.
+                warmup_teacher_temperature_epochs=min(section.warmup_teacher_temperature_epochs, recipe.train.epochs),
+                epochs=recipe.train.epochs)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl.config import Recipe, SupervisedConfig
 from medssl.errors import RecipeError
 from medssl.methods.base import Method, fold_views
 from medssl.models import Encoder
@@ -30,6 +31,8 @@ class SupervisedMethod(Method):
         >>> method = SupervisedMethod(build_encoder("resnet18"), task="regression")
         >>> loss, logs = method.training_loss({"views": views, "label": ages})
     """
+
+    has_projection = False
 
     def __init__(self, encoder: Encoder, task: str = "regression", classes: int = 2):
         super().__init__(encoder, nn.Identity())
@@ -66,3 +69,7 @@ class SupervisedMethod(Method):
         center = labels.median()
         self.label_center.copy_(center)
         self.label_scale.copy_((labels - center).abs().mean().clamp_min(1e-3))
+
+
+def build_supervised(section: SupervisedConfig, recipe: Recipe, encoder: Encoder) -> SupervisedMethod:
+    return SupervisedMethod(encoder, task=section.task, classes=section.classes)

@@ -109,7 +109,7 @@ def pretrain(
     quiet = os.environ.get("RANK", "0") != "0"
     if not quiet:  # other ranks would see the folder rank 0 is creating
         check_run_folder(run_dir, resume=resume, overwrite=overwrite)
-    from medssl.train.engine import pretrain as run_pretrain
+    from medssl.pipeline import pretrain as run_pretrain
 
     try:
         with _quiet_sklearn(smoke):
@@ -131,7 +131,7 @@ def evaluate(
     from medssl.config import apply_overrides, load_recipe, recipe_from_dict
     from medssl.eval.run import evaluate_encoder
     from medssl.models import load_encoder
-    from medssl.train.engine import apply_embedded_budget, open_cohort, resolve_device
+    from medssl.train.setup import apply_embedded_budget, open_cohort, resolve_device
 
     encoder_path = source / "encoder.pt" if source.is_dir() else source
     run_dir = encoder_path.parent
@@ -331,7 +331,7 @@ def data_inspect(
     from medssl.config import load_recipe
     from medssl.data.cohort import load_cohort
     from medssl.eval.cohort_figures import inspect_cohort
-    from medssl.train.engine import open_cohort
+    from medssl.train.setup import open_cohort
 
     if Path(source).is_dir():
         recipe = load_recipe("yaware_age", overrides or [])

@@ -72,7 +72,7 @@ from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text, json_ready
 from medssl.methods import build_encoder_for
 from medssl.models import Encoder, encoder_spec, load_encoder
-from medssl.train.engine import (
+from medssl.train.setup import (
     apply_embedded_budget,
     bf16_conv_hazards,
     make_optimizer,

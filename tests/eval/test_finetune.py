@@ -467,6 +467,20 @@ def test_cli_finetune_resume_of_a_finished_run_reads_every_seed_back(tmp_path):
     assert "epoch 1/" not in again.output  # nothing trained again
 
 
+def test_ctrl_c_during_finetune_prints_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    import medssl.eval.finetune
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medssl.eval.finetune, "finetune_encoder", interrupted)
+    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", "none", "--out", str(tmp_path / "ft")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == f"interrupted: rerun with --resume --out {tmp_path / 'ft'} to continue from the last checkpoint"
+
+
 # ----------------------------------------------------------------------------- label efficiency
 def test_train_size_keeps_that_many_training_subjects_a_new_draw_per_seed(tiny_cohort):
     cohort = load_cohort(tiny_cohort)

@@ -5,7 +5,7 @@ Run by hand from the repository root:
     python benchmarks/loader.py                     # 64 subjects of 32^3, workers 0/1/2, NIfTI and cached
     python benchmarks/loader.py --shape 64 --workers 0 2 4 --epochs 4
 
-Supply: the engine's own ``DataLoader`` (``Trainer.loader``: epoch-seeded views, persistent
+Supply: the engine's own ``DataLoader`` (``EpochLoader``: epoch-seeded views, persistent
 workers) over the train split of a synthetic cohort stored at ``--stored-shape`` and
 trained at ``--shape`` (``data.volume_shape``), with SimCLR-style views (crop-resize p=1,
 cutout p=1, flip p=0.5, z-score), two views per subject, read from NIfTI files (resampled
@@ -39,21 +39,22 @@ from medssl.config import Recipe  # noqa: E402
 from medssl.data.cache import cache_cohort  # noqa: E402
 from medssl.data.cohort import load_cohort  # noqa: E402
 from medssl.data.synthetic import synthesize_cohort  # noqa: E402
-from medssl.train.engine import Trainer  # noqa: E402
+from medssl.methods import method_needs  # noqa: E402
+from medssl.train.distributed import DistributedContext  # noqa: E402
+from medssl.train.pretraining import Notes, pretraining_data  # noqa: E402
 
 
 def supply(root: Path, workers: int, epochs: int, batch: int, shape: int, workdir: Path) -> tuple[float, int]:
     recipe = Recipe(data={"root": str(root), "num_workers": workers, "label": None, "volume_shape": [shape] * 3},
                     views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}, "flip": {"p": 0.5}}, method={"name": "simclr"},
                     train={"batch_size": batch, "device": "cpu"})
-    trainer = Trainer(recipe, workdir / f"run-{workers}")
-    trainer.build_data()
+    loader = pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None).loader
     times, volumes = [], 0
     for epoch in range(epochs):
         started = time.perf_counter()
-        volumes = sum(int(b["views"].shape[0] * b["views"].shape[1]) for b in trainer.loader(epoch, None))
+        volumes = sum(int(b["views"].shape[0] * b["views"].shape[1]) for b in loader.epoch(epoch))
         times.append(time.perf_counter() - started)
-    trainer._loader = None  # stop the persistent workers
+    loader.close()  # stop the persistent workers
     return volumes / statistics.median(times[1:]), volumes
 
 
@@ -82,8 +83,8 @@ def main() -> None:
         class Step:
             encoder, shape, batch, precision = "resnet18", args.shape, args.batch, "fp32"
 
-        trainer, batch = build(Step, workdir / "demand")
-        time_engine(trainer, batch, 2, 0)
+        pretraining, batch = build(Step, workdir / "demand")
+        time_engine(pretraining, batch, 2, 0)
         step_volumes = batch["views"].shape[0] * batch["views"].shape[1]
         # Rounds over every setting, so that bursts of load from other jobs hit all of them alike.
         speeds: dict = {setting[::2]: [] for setting in settings}
@@ -92,10 +93,9 @@ def main() -> None:
             for name, root, workers in settings:
                 speed, volumes_per_epoch = supply(root, workers, args.epochs, args.batch, args.shape, workdir)
                 speeds[(name, workers)].append(speed)
-            demands.append(args.steps * step_volumes / time_engine(trainer, batch, args.steps, round_ + 1))
+            demands.append(args.steps * step_volumes / time_engine(pretraining, batch, args.steps, round_ + 1))
             print(f"round {round_ + 1}: " + ", ".join(f"{name} w{workers} {values[-1]:.0f}" for (name, workers), values in speeds.items())
                   + f"; demand {demands[-1]:.1f} volumes/s", flush=True)
-        trainer.log.close()
         demand = statistics.median(demands)
         rows = [(name, workers, statistics.median(values)) for (name, workers), values in speeds.items()]
     print(f"\n{volumes_per_epoch} volumes/epoch ({args.subjects} subjects, train split), stored {args.stored_shape}^3, trained at "

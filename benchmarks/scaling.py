@@ -12,7 +12,8 @@ memory-mapped .npy of that many rows. Each (source, size) trains one epoch throu
 engine (``pretrain``: y-aware, batch 16 x 2 views, Adam, no evaluation) in a fresh
 Python process, which reports:
 
-- epoch time (``Trainer.run_epoch``) and volumes per epoch (2 views per subject);
+- epoch time (from the start of the run to the end of its one epoch, checkpoint included) and
+  volumes per epoch (2 views per subject);
 - peak RSS (``VmHWM``) and, sampled every 20 ms, peak anonymous RSS (``RssAnon``: what the
   process allocated itself; pages of a memory-mapped file count in RSS while mapped, but the
   kernel can drop them at any time, so ``RssAnon`` is the honest "memory used").
@@ -48,11 +49,12 @@ def status_kb(field: str) -> int:
 
 def child(root: str, size: int, encoder: str, batch: int) -> None:
     """One epoch on ``size`` subjects; prints one JSON line."""
-    import medssl.train.engine as engine
     from medssl.config import Recipe
+    from medssl.train.pretraining import build_pretraining, run_pretraining
 
     peak_anon = [status_kb("RssAnon")]
     done = threading.Event()
+    epoch_seconds: list[float] = []
 
     def sample() -> None:
         while not done.wait(0.02):
@@ -62,20 +64,12 @@ def child(root: str, size: int, encoder: str, batch: int) -> None:
     recipe = Recipe(name="scaling", data={"root": root, "max_subjects": size, "label": "age"}, model={"encoder": encoder},
                     views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}}, method={"name": "yaware"},
                     train={"epochs": 1, "batch_size": batch, "device": "cpu"}, eval={"after_pretrain": False})
-    trainer = engine.Trainer(recipe, Path(tempfile.mkdtemp()) / "run")
-    epoch_seconds = []
-    run_epoch = trainer.run_epoch
-
-    def timed(*args, **kwargs):
-        started = time.perf_counter()
-        result = run_epoch(*args, **kwargs)
-        epoch_seconds.append(time.perf_counter() - started)
-        return result
-
-    trainer.run_epoch = timed
-    trainer.run()
+    pretraining = build_pretraining(recipe, Path(tempfile.mkdtemp()) / "run")
+    started = time.perf_counter()
+    run_pretraining(pretraining, on_epoch_end=lambda epoch: epoch_seconds.append(time.perf_counter() - started))
     done.set()
-    print(json.dumps({"size": size, "volumes": trainer.steps_per_epoch * trainer.batch_size * 2, "epoch_s": epoch_seconds[0],
+    volumes = pretraining.trainer.schedule.steps_per_epoch * pretraining.data.loader.batch_size * 2
+    print(json.dumps({"size": size, "volumes": volumes, "epoch_s": epoch_seconds[0],
                       "peak_rss_mb": status_kb("VmHWM") / 1024, "peak_anon_mb": max(peak_anon[0], status_kb("RssAnon")) / 1024,
                       "threads": torch.get_num_threads()}))
 

@@ -3,7 +3,7 @@
 Run by hand from the repository root (the defaults are the OpenBHB shapes, VBM and quasi-raw;
 they take hours on a CPU):
 
-    python benchmarks/throughput.py --shape 24,28,24 --batch 1 --steps 1 --repeats 2   # quick check
+    python benchmarks/throughput.py --shape 24,28,24 --batch 2 --steps 1 --repeats 2   # quick check
     python benchmarks/throughput.py --shape 121,145,121 --batch 4 8 --json out.json      # OpenBHB VBM
     python benchmarks/throughput.py --device cuda --modes bf16+cl fp16+cl --batch 8      # one GPU
     python benchmarks/throughput.py --shape 24,28,24 --modes fp32 fp32+ckpt              # checkpointing cost
@@ -15,7 +15,7 @@ precision (fp32, bf16, fp16) with optional ``+cl`` (channels_last_3d) and ``+ckp
 
 - **bare**: a hand-written loop, ``loss(head(encoder(x))).backward(); opt.step(); opt.zero_grad()``
   under autocast (and a GradScaler for fp16), on a copy of the engine's networks and optimiser.
-- **engine**: ``Trainer.run_epoch`` of a Trainer built from ``--recipe`` (default yaware_age) on a
+- **engine**: ``Trainer.run_epoch`` of the trainer ``build_pretraining`` makes of ``--recipe`` (default yaware_age) on a
   small synthetic cohort cached at the shape by ``medssl data cache``, fed the same pre-loaded
   batch (as in ``train_step.py``). Overhead = engine time / bare time - 1 (goal <= 10 %).
 - **GFLOP/s**: FLOPs of one bare step counted by ``torch.utils.flop_counter.FlopCounterMode``
@@ -55,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_step import machine  # noqa: E402
+from train_step import machine, timed_trainer  # noqa: E402
 
 from medssl.config import load_recipe  # noqa: E402
 from medssl.data.cache import cache_cohort  # noqa: E402
@@ -64,8 +64,8 @@ from medssl.data.synthetic import synthesize_cohort  # noqa: E402
 from medssl.losses import NTXentLoss, YAwareLoss  # noqa: E402
 from medssl.methods import fold_views, unfold_views  # noqa: E402
 from medssl.models import ProjectionHead, build_encoder  # noqa: E402
-from medssl.train.engine import Trainer, make_optimizer  # noqa: E402
-from medssl.train.metrics_log import MetricsLog  # noqa: E402
+from medssl.train.pretraining import Pretraining, build_pretraining  # noqa: E402
+from medssl.train.setup import make_optimizer  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VIEWS = 2  # views per subject in every recipe measured here
@@ -120,11 +120,11 @@ class BareStep:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def bare_from(trainer: Trainer, batch: dict) -> BareStep:
+def bare_from(pretraining: Pretraining, batch: dict) -> BareStep:
     """The bare loop on its own copy of the engine's networks, loss and optimiser settings."""
-    method = trainer.method
+    method, trainer = pretraining.method, pretraining.trainer
     encoder, head, loss = copy.deepcopy(method.encoder), copy.deepcopy(method.head), copy.deepcopy(method.loss)
-    optimizer = make_optimizer(list(encoder.parameters()) + list(head.parameters()), trainer.recipe)
+    optimizer = make_optimizer(list(encoder.parameters()) + list(head.parameters()), pretraining.recipe)
     labels = batch["label"].to(trainer.device) if getattr(method, "uses_label", False) else None
     return BareStep(encoder, head, loss, optimizer, batch["views"].to(trainer.device), labels, trainer.precision, trainer.device)
 
@@ -138,26 +138,19 @@ def make_cache(workdir: Path, shape: tuple[int, ...], subjects: int) -> Path:
     return cache_cohort(load_cohort(nifti), workdir / f"cache-{name}", volume_shape=list(shape))
 
 
-def engine_trainer(args, encoder: str, mode: Mode, batch: int, root: Path, run_dir: Path, workers: int = 0) -> Trainer:
+def engine_recipe(args, encoder: str, mode: Mode, batch: int, root: Path, workers: int = 0):
     overrides = [f"data.root={root}", f"data.num_workers={workers}", f"model.encoder={encoder}",
                  f"model.activation_checkpointing={str(mode.checkpointing).lower()}", f"train.batch_size={batch}",
                  "train.epochs=1", f"train.precision={mode.precision}", f"train.channels_last={str(mode.channels_last).lower()}",
                  f"train.device={args.device}", "eval.after_pretrain=false"]
-    trainer = Trainer(load_recipe(args.recipe, overrides), run_dir, console=None)
-    trainer.build_data()
-    return trainer
+    return load_recipe(args.recipe, overrides)
 
 
-def engine_step_timer(trainer: Trainer, batch: dict, steps: int):
+def engine_step_timer(pretraining: Pretraining, batch: dict, steps: int):
     """``run_epoch`` over ``steps`` copies of one batch, progress bar rendered to /dev/null (as train_step.py)."""
-    from rich.console import Console
-
-    trainer.console = Console(file=open(os.devnull, "w"), force_terminal=True)
-    trainer.loader = lambda epoch, sampler: [batch] * steps
-    trainer.steps_per_epoch = steps
-    trainer.end_of_epoch = lambda *args, **kwargs: None
+    trainer = timed_trainer(pretraining, batch, steps)
     epochs = iter(range(1, 10**6))
-    return lambda: trainer.run_epoch(next(epochs), 0, 10**9, None)
+    return lambda: trainer.run_epoch(next(epochs), 0, 10**9)
 
 
 def count_flops(function) -> int:
@@ -189,38 +182,43 @@ def conv_peak(shape, mode: Mode, device: torch.device, repeats: int) -> float:
 
 def loader_supply(args, shape, batch: int, root: Path, workdir: Path) -> float:
     """Volumes/s the engine's DataLoader delivers (recipe views, ``--workers`` workers), first epoch dropped."""
-    trainer = engine_trainer(args, "resnet18", Mode("fp32", False, False), batch, root, workdir / "supply", workers=args.workers)
+    from medssl.methods import method_needs
+    from medssl.train.distributed import DistributedContext
+    from medssl.train.pretraining import Notes, pretraining_data
+
+    recipe = engine_recipe(args, "resnet18", Mode("fp32", False, False), batch, root, workers=args.workers)
+    loader = pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device(args.device), Notes(None, True), None).loader
     times, volumes = [], 0
     for epoch in range(args.loader_epochs + 1):
         started = time.perf_counter()
-        volumes = sum(int(b["views"].shape[0] * b["views"].shape[1]) for b in trainer.loader(epoch, None))
+        volumes = sum(int(b["views"].shape[0] * b["views"].shape[1]) for b in loader.epoch(epoch))
         times.append(time.perf_counter() - started)
-    trainer._loader = None  # stops the persistent workers
+    loader.close()  # stops the persistent workers
     return volumes / statistics.median(times[1:])
 
 
 def measure_step(args, encoder: str, shape, mode: Mode, batch: int, root: Path, workdir: Path) -> dict:
     """Bare vs. engine volumes/s (interleaved repeats, medians), FLOPs of one step."""
-    trainer = engine_trainer(args, encoder, mode, batch, root, workdir / "run")
-    trainer.build_model()
-    trainer.log = MetricsLog(workdir / "run", enabled=True)
-    data = next(iter(trainer.loader(0, None)))
-    bare = bare_from(trainer, data)
+    pretraining = build_pretraining(engine_recipe(args, encoder, mode, batch, root), workdir / "run")
+    trainer = pretraining.trainer
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    data = next(iter(pretraining.data.loader.epoch(0)))
+    pretraining.data.loader.close()
+    bare = bare_from(pretraining, data)
     flops = count_flops(bare)  # also the bare loop's warm-up
-    engine_step_timer(trainer, data, 1)()  # warm-up
-    engine = engine_step_timer(trainer, data, args.steps)
+    engine_step_timer(pretraining, data, 1)()  # warm-up
+    engine = engine_step_timer(pretraining, data, args.steps)
     bare_times, engine_times = [], []
     for _ in range(args.repeats):
         bare_times.append(timed(bare, trainer.device, args.steps))
         engine_times.append(timed(engine, trainer.device))
-    trainer.log.close()
     volumes = batch * VIEWS * args.steps
     row = {"encoder": encoder, "shape": list(shape), "mode": mode_name(mode), "batch": batch, "volumes_per_step": batch * VIEWS,
            "precision_run": trainer.precision, "bare_volumes_per_s": volumes / statistics.median(bare_times),
            "engine_volumes_per_s": volumes / statistics.median(engine_times), "gflop_per_step": flops / 1e9}
     row["engine_overhead_pct"] = 100 * (statistics.median(engine_times) / statistics.median(bare_times) - 1)
     row["gflop_per_s"] = row["gflop_per_step"] * row["bare_volumes_per_s"] / row["volumes_per_step"]
-    del trainer, bare, engine
+    del pretraining, trainer, bare, engine
     gc.collect()
     return row
 

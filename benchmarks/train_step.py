@@ -8,7 +8,8 @@ Run by hand from the repository root:
 Both sides train the same encoder + projection head with the same y-aware loss and Adam on
 the same pre-loaded tensors (no data loading on either side):
 
-- **engine**: ``Trainer.run_epoch`` fed a list of identical batches -- autocast context,
+- **engine**: ``Trainer.run_epoch`` of a trainer built by ``build_pretraining``, handed a
+  loader that serves one pre-loaded batch again and again -- autocast context,
   ``Method`` forward (view folding, gather hook, loss), finiteness check, backward,
   gradient-norm computation and check, optimiser and scheduler steps, EMA hook, one
   ``metrics.csv`` row + TensorBoard scalars + progress-bar update per step (to /dev/null).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
 import statistics
@@ -38,8 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from medssl.config import Recipe  # noqa: E402
 from medssl.data.synthetic import synthesize_cohort  # noqa: E402
 from medssl.methods import fold_views  # noqa: E402
-from medssl.train.engine import Trainer, make_optimizer  # noqa: E402
 from medssl.train.metrics_log import MetricsLog  # noqa: E402
+from medssl.train.pretraining import Pretraining, build_pretraining  # noqa: E402
+from medssl.train.setup import make_optimizer  # noqa: E402
+from medssl.train.trainer import Trainer  # noqa: E402
 
 
 def machine() -> str:
@@ -55,31 +59,54 @@ def machine() -> str:
             f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
 
 
-def build(args, workdir: Path) -> tuple[Trainer, dict]:
+class RepeatedBatch:
+    """A loader part serving one pre-loaded batch ``steps`` times per epoch: the step without data loading."""
+
+    def __init__(self, batch: dict, steps: int):
+        self.batch, self.steps = batch, steps
+
+    def epoch(self, epoch: int, sampler=None) -> list[dict]:
+        return [self.batch] * self.steps
+
+    def close(self) -> None:
+        pass
+
+
+def timed_trainer(pretraining: Pretraining, batch: dict, steps: int) -> Trainer:
+    """The pre-training trainer's parts, fed ``batch`` ``steps`` times an epoch, without the per-epoch
+    diagnostics; progress bar rendered to /dev/null, metrics written as in a run."""
+    from rich.console import Console
+
+    built = pretraining.trainer
+    trainer = Trainer(built.objective, built.optimizer, RepeatedBatch(batch, steps), built.run_dir,
+                      dataclasses.replace(built.schedule, steps_per_epoch=steps), scheduler=built.scheduler,
+                      device=built.device, precision=built.precision, model=built.model,
+                      console=Console(file=open(os.devnull, "w"), force_terminal=True))
+    trainer.log = MetricsLog(built.run_dir, enabled=True)
+    return trainer
+
+
+def build(args, workdir: Path) -> tuple[Pretraining, dict]:
     cohort = synthesize_cohort(workdir / "cohort", subjects=max(2 * args.batch, 16), sites=4, external_sites=0,
                                shape=args.shape, seed=0)
     recipe = Recipe(data={"root": str(cohort), "label": "age"}, model={"encoder": args.encoder},
                     views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}}, method={"name": "yaware"},
                     train={"batch_size": args.batch, "epochs": 1, "device": "cpu", "precision": args.precision},
                     eval={"after_pretrain": False})
-    trainer = Trainer(recipe, workdir / "run", console=None)
-    trainer.build_data()
-    trainer.build_model()
-    trainer.log = MetricsLog(workdir / "run", enabled=True)
-    batch = next(iter(trainer.loader(0, None)))
-    return trainer, batch
+    pretraining = build_pretraining(recipe, workdir / "run")
+    (workdir / "run").mkdir(parents=True, exist_ok=True)
+    batch = next(iter(pretraining.data.loader.epoch(0)))
+    pretraining.data.loader.close()
+    return pretraining, batch
 
 
-def time_engine(trainer: Trainer, batch: dict, steps: int, epoch: int) -> float:
-    from rich.console import Console
-
-    trainer.console = Console(file=open(os.devnull, "w"), force_terminal=True)  # progress bar rendered, output dropped
-    trainer.loader = lambda epoch, sampler: [batch] * steps
-    trainer.steps_per_epoch = steps
-    trainer.end_of_epoch = lambda *args, **kwargs: None
+def time_engine(pretraining: Pretraining, batch: dict, steps: int, epoch: int) -> float:
+    trainer = timed_trainer(pretraining, batch, steps)
     started = time.perf_counter()
-    trainer.run_epoch(epoch, epoch * steps, 10**9, None)
-    return time.perf_counter() - started
+    trainer.run_epoch(epoch, epoch * steps, 10**9)
+    elapsed = time.perf_counter() - started
+    trainer.log.close()
+    return elapsed
 
 
 def time_bare(encoder, head, loss_fn, optimizer, batch: dict, steps: int) -> float:
@@ -109,22 +136,21 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, batch = build(args, Path(tmp))
-        method = trainer.method
+        pretraining, batch = build(args, Path(tmp))
+        method = pretraining.method
         # The bare loop trains its own copy of the same networks and loss.
         bare_encoder, bare_head, bare_loss = copy.deepcopy(method.encoder), copy.deepcopy(method.head), copy.deepcopy(method.loss)
-        bare_optimizer = make_optimizer(list(bare_encoder.parameters()) + list(bare_head.parameters()), trainer.recipe)
+        bare_optimizer = make_optimizer(list(bare_encoder.parameters()) + list(bare_head.parameters()), pretraining.recipe)
         volumes = batch["views"].shape[0] * batch["views"].shape[1]
         # warm-up (allocator, oneDNN primitive caches) on both sides
-        time_engine(trainer, batch, 2, 0)
+        time_engine(pretraining, batch, 2, 0)
         time_bare(bare_encoder, bare_head, bare_loss, bare_optimizer, batch, 2)
         engine_times, bare_times = [], []
         for repeat in range(args.repeats):
-            engine_times.append(time_engine(trainer, batch, args.steps, repeat + 1))
+            engine_times.append(time_engine(pretraining, batch, args.steps, repeat + 1))
             bare_times.append(time_bare(bare_encoder, bare_head, bare_loss, bare_optimizer, batch, args.steps))
             print(f"repeat {repeat + 1}: engine {args.steps * volumes / engine_times[-1]:6.1f} vol/s, "
                   f"bare {args.steps * volumes / bare_times[-1]:6.1f} vol/s", flush=True)
-        trainer.log.close()
     engine_speed = args.steps * volumes / statistics.median(engine_times)
     bare_speed = args.steps * volumes / statistics.median(bare_times)
     print(f"\n{args.encoder}, {args.batch} subjects x 2 views of {args.shape}^3 ({volumes} volumes/step), {args.precision}, "

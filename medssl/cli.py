@@ -2,7 +2,7 @@
 
     medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume | --overwrite] [--smoke]
     medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
-    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--overwrite] [--smoke]
+    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--resume | --overwrite] [--smoke]
     medssl score predictions.csv [--json out.json]
     medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
     medssl leaderboard BENCHMARK_DIR
@@ -109,7 +109,7 @@ def pretrain(
     quiet = os.environ.get("RANK", "0") != "0"
     if not quiet:  # other ranks would see the folder rank 0 is creating
         check_run_folder(run_dir, resume=resume, overwrite=overwrite)
-    from medssl.train.engine import pretrain as run_pretrain
+    from medssl.pipeline import pretrain as run_pretrain
 
     try:
         with _quiet_sklearn(smoke):
@@ -131,7 +131,7 @@ def evaluate(
     from medssl.config import apply_overrides, load_recipe, recipe_from_dict
     from medssl.eval.run import evaluate_encoder
     from medssl.models import load_encoder
-    from medssl.train.engine import apply_embedded_budget, open_cohort, resolve_device
+    from medssl.train.setup import apply_embedded_budget, open_cohort, resolve_device
 
     encoder_path = source / "encoder.pt" if source.is_dir() else source
     run_dir = encoder_path.parent
@@ -156,6 +156,7 @@ def finetune(
     encoder: str = typer.Option(..., "--encoder", help="Pre-trained encoder.pt, or a run folder holding it; 'none' trains from scratch (the baseline)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the fine-tuning in --out: finished seeds are kept, an interrupted one continues from its checkpoint."),
     smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
     train_sizes: Optional[str] = typer.Option(None, "--train-sizes", help="Label efficiency: fine-tune the encoder and a from-scratch network on this many labelled subjects each, e.g. 20,50,100,all; rerun to resume."),
@@ -170,6 +171,8 @@ def finetune(
     if smoke:
         resolved = _smoke(resolved, overrides)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
+    if resume and out is None:
+        raise RecipeError("--resume needs --out: the folder of the fine-tuning to continue")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
     if train_sizes is not None:
         if encoder.lower() == "none":
@@ -179,9 +182,12 @@ def finetune(
             label_efficiency(resolved, encoder, sizes, run_dir, console=console)
         console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
         return
-    check_run_folder(run_dir, overwrite=overwrite, can_resume=False)
-    with _quiet_sklearn(smoke):
-        finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console)
+    check_run_folder(run_dir, resume=resume, overwrite=overwrite)
+    try:
+        with _quiet_sklearn(smoke):
+            finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console, resume=resume)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
 
 
 @app.command()
@@ -352,7 +358,7 @@ def data_inspect(
     from medssl.config import load_recipe
     from medssl.data.cohort import load_cohort
     from medssl.eval.cohort_figures import inspect_cohort
-    from medssl.train.engine import open_cohort
+    from medssl.train.setup import open_cohort
 
     if Path(source).is_dir():
         recipe = load_recipe("yaware_age", overrides or [])
@@ -431,7 +437,7 @@ def data_cache(
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a pre-training run: carries the folder to resume."""
+    """Ctrl-C during a pre-training or fine-tuning run: carries the folder to resume."""
 
     def __init__(self, run_dir: Path):
         super().__init__(str(run_dir))

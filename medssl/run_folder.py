@@ -12,7 +12,7 @@ from medssl.errors import MedsslError
 # What pretrain and finetune write: --overwrite removes these and nothing else, so a mistyped
 # --out pointing at a folder of the user's own files loses none of them.
 RUN_ARTEFACTS = ("recipe.yaml", "metrics.csv", "tensorboard", "checkpoints", "encoder.pt", "encoder.json", "loss.png",
-                 "eval", "finetune.json", "finetune.csv", "predictions.csv", "history.csv",
+                 "eval", "finetune.json", "finetune.csv", "predictions.csv", "history.csv", "seeds",
                  "roc_*.png", "predictions_*.png")
 
 

@@ -141,12 +141,12 @@ def test_data_cache_refuses_a_half_truncated_volume(tiny_cohort, tmp_path, monke
 
 # ----------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
-    from medssl.train import engine
+    import medssl.pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "pretrain", interrupted)
+    monkeypatch.setattr(medssl.pipeline, "pretrain", interrupted)
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run")
     assert code == 130
     assert error.strip().splitlines() == [f"interrupted: rerun with --resume --out {tmp_path / 'run'} to continue from the last checkpoint"]
@@ -421,7 +421,7 @@ def test_smoke_with_evaluation_prints_no_sklearn_warning(tmp_path, monkeypatch, 
 
 
 def test_a_setting_added_to_medssl_since_the_checkpoint_does_not_block_its_resume():
-    from medssl.train.engine import resume_differences
+    from medssl.train.checkpoint import resume_differences
 
     saved = "train:\n  lr: 0.1\n"
     refused, allowed = resume_differences(saved, "train:\n  lr: 0.1\n  new_knob: 3\n")

@@ -115,7 +115,7 @@ def _find_tables(root: Path) -> list[tuple[str | None, Path]]:
     return tables
 
 
-def _bare_id(participant_id: str) -> str:
+def bare_id(participant_id: str) -> str:
     text = str(participant_id)
     text = text[4:] if text.startswith("sub-") else text
     return text[:-2] if text.endswith(".0") else text  # ids read as floats by other tools
@@ -151,9 +151,9 @@ def read_participants(root: Path) -> tuple[pd.DataFrame, str]:
         table["site"] = table["siteXacq"]
     if "site" in table.columns:
         # 12.0 and 12 are the same site; read as text by the cohort layer.
-        table["site"] = table["site"].map(lambda value: _bare_id(value) if pd.notna(value) else value)
+        table["site"] = table["site"].map(lambda value: bare_id(value) if pd.notna(value) else value)
         table["split"] = _assign_splits(table, part, source)
-    table["participant_id"] = table["participant_id"].map(_bare_id)
+    table["participant_id"] = table["participant_id"].map(bare_id)
     return table, source
 
 

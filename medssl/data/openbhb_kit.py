@@ -47,7 +47,7 @@ import torch
 import torchio as tio
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN, open_array, spacing_of
-from medssl.data.openbhb import _bare_id
+from medssl.data.openbhb import bare_id
 from medssl.errors import CohortError
 
 KIT_BLOCK_COLUMN = "kit_block"
@@ -153,7 +153,7 @@ def _medssl_columns(table: pd.DataFrame, part: str) -> pd.DataFrame:
     if "sex" not in table.columns:
         table["sex"] = "unknown"
     # The kit blanks the external test sites: the challenge keeps them secret.
-    table["site"] = table["site"].map(lambda value: _bare_id(value) if pd.notna(value) else EXTERNAL_SITE)
+    table["site"] = table["site"].map(lambda value: bare_id(value) if pd.notna(value) else EXTERNAL_SITE)
     if part == "train":
         table["split"] = "train"
     return table

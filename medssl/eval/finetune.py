@@ -29,11 +29,19 @@ without augmentation the features are computed once, standardised with the fit p
 statistics (as the probes of ``medssl evaluate`` are) and only the head is trained on them:
 seconds instead of minutes on a CPU.
 
+Training is pre-training's :class:`~medssl.train.trainer.Trainer` with a head objective
+(``medssl.train.finetuning``): the same autocast, loss scaling, finiteness and gradient-norm
+checks, progress bars, ``metrics.csv`` and atomic checkpoints. This module is the protocol
+around it: splits, targets, metrics, baselines and the report.
+
 Files written to the run folder: ``finetune.json`` (settings, summary, baselines, every run, notes),
 ``finetune.csv`` (one row per seed and test split, then ``mean`` and ``std`` rows),
 ``predictions.csv`` (every test subject, every seed), ``history.csv`` (losses per epoch),
 ``roc_internal_test.png`` / ``roc_external_test.png`` (``predictions_<split>.png`` for
-regression) and the resolved ``recipe.yaml``.
+regression), the resolved ``recipe.yaml``, and per seed ``seeds/seed<k>/`` (``metrics.csv``,
+``tensorboard/``, ``checkpoints/last.pt`` while it trains, ``result.json`` once done). A run
+interrupted at any point continues with ``resume=True`` (``medssl finetune ... --resume``)
+and ends with the results of an uninterrupted one.
 
 Example:
     >>> from medssl.config import load_recipe
@@ -49,15 +57,16 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -65,27 +74,45 @@ from torch.utils.data import DataLoader, Dataset
 from medssl.config import FinetuneConfig, Recipe, dump_recipe, load_recipe
 from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
-from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError, TrainingError
-from medssl.eval.features import IntensityStatistics, extract_features
+from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError
+from medssl.eval.features import IntensityStatistics
 from medssl.eval.probes import classification_probe, is_continuous, quiet_fits, regression_probe, roc_auc
 from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text, json_ready
 from medssl.methods import build_encoder_for
 from medssl.models import Encoder, encoder_spec, load_encoder
-from medssl.train.engine import (
+from medssl.models.features import extract_features
+from medssl.train.checkpoint import resumable_checkpoint, resume_differences
+from medssl.train.finetuning import (
+    EarlyStopping,
+    FinetuneModel,
+    HeadObjective,
+    LabelledInputs,
+    TargetLoss,
+    class_weights,
+    finetune_optimizer,
+    predict,
+    validation_loss,
+)
+from medssl.train.loading import EpochLoader
+from medssl.train.setup import (
     apply_embedded_budget,
-    bf16_conv_hazards,
-    make_optimizer,
+    check_input_size,
     open_cohort,
     resolve_device,
+    safe_precision,
     seed_everything,
 )
+from medssl.train.trainer import Schedule, Trainer
 
-MODES = ("linear", "full", "lower_lr", "scratch")
 CLASSIFICATION_METRICS = ("roc_auc", "balanced_accuracy")
 REGRESSION_METRICS = ("mae", "r2")
 MISSING_TEXT = {"", "nan", "none", "n/a", "na"}  # how a missing label looks once the cohort loader made it text
-IMPROVEMENT = 1e-6  # a validation loss must drop by more than this to count as better
+SEEDS_FOLDER = "seeds"            # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
+SEED_RESULT = "result.json"       # a finished seed's run, predictions and history, read back on --resume
+# Settings a resumed fine-tuning may change: how far to go, how many seeds, how to read the data.
+FINETUNE_RESUMABLE = ("name", "description", "data.num_workers", "eval.", "method.", "train.epochs", "train.embedded.",
+                      "train.checkpoint_every", "finetune.epochs", "finetune.embedded.epochs", "finetune.seeds")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -300,59 +327,7 @@ def check_no_leakage(parts: dict[str, pd.DataFrame], group_col: str = "participa
                               f"(check the 'split' column of the participants table)")
 
 
-# ----------------------------------------------------------------------------- model
-class FinetuneModel(nn.Module):
-    """An encoder with a linear head: (B, C, D, H, W) volumes -> (B, n_outputs) scores.
-
-    With ``freeze_encoder`` the encoder gets no gradient and stays in eval mode even when
-    the model trains, so its BatchNorm statistics do not move either: a linear probe.
-
-    Example:
-        >>> model = FinetuneModel(build_encoder("resnet18"), n_outputs=2, freeze_encoder=True)
-        >>> model(torch.zeros(2, 1, 16, 16, 16)).shape
-        torch.Size([2, 2])
-    """
-
-    def __init__(self, encoder: Encoder, n_outputs: int, freeze_encoder: bool = False):
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.feature_dim, n_outputs)
-        self.freeze_encoder = freeze_encoder
-        if freeze_encoder:
-            encoder.requires_grad_(False)
-
-    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            features = self.encoder(volumes)
-        return self.head(features)
-
-    def train(self, mode: bool = True) -> "FinetuneModel":
-        super().train(mode)
-        if self.freeze_encoder:
-            self.encoder.eval()
-        return self
-
-
-def build_optimizer(model: FinetuneModel, recipe: Recipe, mode: str) -> torch.optim.Optimizer:
-    """The recipe's optimiser (``train.optimizer``, weight decay...) with two parameter groups.
-
-    ``param_groups[0]`` ("head") runs at ``finetune.lr``; ``param_groups[1]`` ("encoder")
-    at the same rate in modes ``full`` and ``scratch``, at ``lr * encoder_lr_factor`` in
-    ``lower_lr``, and does not exist in ``linear``.
-    """
-    if mode not in MODES:
-        raise RecipeError(f"finetune.mode = {mode!r}: expected one of {', '.join(MODES)}")
-    settings = recipe.model_copy(deep=True)
-    settings.train.lr = recipe.finetune.lr
-    optimizer = make_optimizer(model.head.parameters(), settings)
-    optimizer.param_groups[0]["name"] = "head"
-    if mode != "linear":
-        factor = recipe.finetune.encoder_lr_factor if mode == "lower_lr" else 1.0
-        optimizer.add_param_group({"params": [p for p in model.encoder.parameters() if p.requires_grad],
-                                   "lr": recipe.finetune.lr * factor, "name": "encoder"})
-    return optimizer
-
-
+# ----------------------------------------------------------------------------- encoder
 def pretraining_differences(source: str | Path, recipe: Recipe) -> list[str]:
     """Input settings of the pre-training run (its ``recipe.yaml``, when beside the encoder)
     that differ from the fine-tuning recipe: the encoder still loads, but sees other inputs."""
@@ -398,23 +373,6 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> Encoder:
 
 
 # ----------------------------------------------------------------------------- data
-class LabelledInputs(Dataset):
-    """``(input, target)`` pairs from a :class:`VolumeDataset` (volumes) or a tensor (cached features)."""
-
-    def __init__(self, inputs: VolumeDataset | torch.Tensor, targets: torch.Tensor):
-        if len(inputs) != len(targets):
-            raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
-        self.inputs = inputs
-        self.targets = targets
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        item = self.inputs[index]
-        return (item["volume"] if isinstance(item, dict) else item), self.targets[index]
-
-
 def volume_dataset(part: Cohort, recipe: Recipe, augment: bool) -> VolumeDataset:
     """Volumes of a cohort part, normalised (and resized) as in pre-training; random views if ``augment``."""
     preprocess = resize_transform(recipe.data.volume_shape) if recipe.data.volume_shape else None
@@ -422,136 +380,10 @@ def volume_dataset(part: Cohort, recipe: Recipe, augment: bool) -> VolumeDataset
     return VolumeDataset(part.subjects(), transform, preprocess=preprocess)
 
 
-def make_loader(dataset: Dataset, batch_size: int, recipe: Recipe, shuffle: bool = False, seed: int = 0,
-                device: torch.device | None = None) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    # A last batch of one subject breaks BatchNorm in training: drop it (shuffled, so a different one each epoch).
-    drop_last = shuffle and len(dataset) % batch_size == 1 and len(dataset) > 1
-    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle, drop_last=drop_last,
-                      generator=generator, num_workers=recipe.data.num_workers, worker_init_fn=seed_worker,
-                      pin_memory=device is not None and device.type == "cuda")
-
-
-# ----------------------------------------------------------------------------- training
-def autocast(precision: str, device: torch.device):
-    """The engine's autocast rule: bf16/fp16 autocast on the device, fp32 untouched."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
-
-
-class TargetLoss(nn.Module):
-    """Cross-entropy (optionally class-weighted) for classification; L1 for a (standardised) regression target.
-
-    ``forward(outputs, targets)``: outputs (B, n_outputs); targets (B,) class indices or values.
-    """
-
-    def __init__(self, task: str, weights: torch.Tensor | None = None):
-        super().__init__()
-        self.task = task
-        self.register_buffer("weights", weights)
-
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.task == "regression":
-            return nn.functional.l1_loss(outputs[:, 0], targets)
-        return nn.functional.cross_entropy(outputs, targets, weight=self.weights)
-
-
-def class_weights(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Inverse class frequencies n / (k n_c), scikit-learn's "balanced" weights (absent classes count as 1)."""
-    counts = torch.bincount(targets, minlength=n_classes).float().clamp(min=1)
-    return len(targets) / (n_classes * counts)
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` did: per-epoch losses, the kept epoch and the learning rate of each group."""
-
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = float("nan")
-    epochs_run: int = 0
-    learning_rates: dict[str, float] = field(default_factory=dict)
-
-
-def fit(forward: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, train_loader: DataLoader,
-        val_loader: DataLoader, *, epochs: int, patience: int, device: torch.device, precision: str = "fp32",
-        grad_clip: float | None = None, max_steps_per_epoch: int | None = None, train_mode: nn.Module | None = None,
-        progress: Progress | None = None, description: str = "fine-tuning") -> FitResult:
-    """Train ``forward`` with early stopping on the validation loss; the best epoch's weights are restored.
-
-    Args:
-        forward: maps a batch of inputs to outputs (the whole model, or its head on cached features).
-        train_mode: module switched between train and eval mode around each epoch (default ``forward``).
-    """
-    train_mode = train_mode if train_mode is not None else forward
-    result = FitResult(learning_rates={group.get("name", str(k)): group["lr"] for k, group in enumerate(optimizer.param_groups)})
-    steps = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
-    task = progress.add_task(description, total=epochs * steps, loss="-", val="-") if progress is not None else None
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    loss_fn = loss_fn.to(device)
-    done = 0
-    # as in the engine: fp16 on CUDA needs loss scaling, bf16 and fp32 do not
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and device.type == "cuda")
-    best_state, best_loss, waited = None, math.inf, 0
-    for epoch in range(epochs):
-        train_mode.train()
-        losses = []
-        for step, (inputs, targets) in enumerate(train_loader):
-            if step >= steps:
-                break
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast(precision, device):
-                outputs = forward(inputs)
-            loss = loss_fn(outputs.float(), targets)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{description}, epoch {epoch + 1}, step {step + 1}: the loss is {loss.item()}; "
-                                    "lower finetune.lr, set train.grad_clip or use train.precision fp32")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(loss.item())
-            done += 1
-            if progress is not None:
-                progress.update(task, advance=1, loss=f"{loss.item():.4f}")
-        train_mode.eval()
-        outputs, targets = predict(forward, val_loader, device, precision, with_targets=True)
-        val_loss = float(loss_fn(outputs.to(device), targets.to(device)))
-        result.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                               "val_loss": val_loss})
-        result.epochs_run = epoch + 1
-        if val_loss < best_loss - IMPROVEMENT:
-            best_loss, waited = val_loss, 0
-            result.best_epoch, result.best_val_loss = epoch + 1, val_loss
-            best_state = {key: value.detach().clone() for key, value in forward.state_dict().items()}
-        else:
-            waited += 1
-        if progress is not None:
-            progress.update(task, val=f"{val_loss:.4f} (best epoch {result.best_epoch})")
-        if waited >= patience:
-            if progress is not None:
-                progress.update(task, total=done)
-            break
-    if best_state is not None:
-        forward.load_state_dict(best_state)
-    train_mode.eval()
-    return result
-
-
-@torch.no_grad()
-def predict(forward: nn.Module, loader: DataLoader, device: torch.device, precision: str = "fp32",
-            with_targets: bool = False):
-    """Float32 outputs (n, n_outputs) of ``forward`` over ``loader`` (and the targets, on the CPU)."""
-    outputs, targets = [], []
-    for inputs, target in loader:
-        with autocast(precision, device):
-            outputs.append(forward(inputs.to(device, non_blocking=True)).float().cpu())
-        targets.append(target)
-    outputs = torch.cat(outputs) if outputs else torch.zeros(0, 1)
-    return (outputs, torch.cat(targets)) if with_targets else outputs
+def make_loader(dataset: Dataset, batch_size: int, recipe: Recipe, device: torch.device | None = None) -> DataLoader:
+    """The batches of a part that is predicted, not trained on: in order, all of them."""
+    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=False, num_workers=recipe.data.num_workers,
+                      worker_init_fn=seed_worker, pin_memory=device is not None and device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -635,18 +467,20 @@ def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: 
     return results
 
 
-def check_input_size(encoder: Encoder, dataset: VolumeDataset, recipe: Recipe, device: torch.device) -> None:
-    sample = dataset[0]["volume"][None].to(device)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            encoder(sample)
-    except RuntimeError as exc:
-        raise RecipeError(f"model.encoder = {recipe.model.encoder!r} cannot take volumes of shape {tuple(sample.shape[2:])} "
-                          f"({str(exc).splitlines()[0]}); use larger volumes (data.volume_shape)") from None
-    finally:
-        encoder.train(was_training)
+@dataclass
+class SeedRun:
+    """What one seed trains and tests on: its parts, targets (standardised for regression, with the
+    ``scale`` undoing it), the model and the network the objective calls (the model, or its head on
+    cached features), and the inputs of every part."""
+
+    seed: int
+    parts: Parts
+    model: FinetuneModel
+    network: nn.Module
+    targets: dict[str, torch.Tensor]
+    scale: tuple[float, float]
+    inputs: dict[str, Dataset | torch.Tensor]
+    loaders: dict[str, DataLoader] = field(default_factory=dict)
 
 
 class FineTuner:
@@ -667,6 +501,8 @@ class FineTuner:
             self.say(f"--encoder none: training from scratch (every weight at finetune.lr); finetune.mode = {config.mode!r} is ignored.")
         self.device = resolve_device(self.recipe.train.device)
         self.precision = self.recipe.train.precision
+        # What a seed's checkpoint must agree with to be resumed: the recipe and the encoder trained.
+        self.settings_yaml = dump_recipe(self.recipe) + yaml.safe_dump({"encoder": str(self.encoder_source or "none")})
 
     def say(self, message: str) -> None:
         self.notes.append(message)
@@ -698,7 +534,8 @@ class FineTuner:
         weighted = self.target.task == "classification" and self.recipe.finetune.class_weighting
         return TargetLoss(self.target.task, class_weights(fit_targets, self.target.n_outputs) if weighted else None)
 
-    def run_seed(self, seed: int, progress: Progress | None) -> tuple[dict, pd.DataFrame, list[dict]]:
+    def prepare_seed(self, seed: int) -> SeedRun:
+        """Split, model, targets and inputs of one seed (every draw seeded by ``seed``)."""
         config = self.recipe.finetune
         seed_everything(seed)
         parts = split_cohort(self.cohort, self.target, config.val_fraction, seed, self.recipe.data.max_subjects,
@@ -710,60 +547,106 @@ class FineTuner:
             fit_values = targets["fit"]
             scale = (float(fit_values.mean()), float(fit_values.std()) if len(fit_values) > 1 and float(fit_values.std()) > 0 else 1.0)
             targets = {name: (values - scale[0]) / scale[1] for name, values in targets.items()}
-
         if self.features is not None:  # frozen encoder, no augmentation: train the head on cached features
             inputs = {name: self.features[[self.position_of[pid] for pid in part.table["participant_id"]]]
                       for name, part in parts.as_dict().items()}
             # standardised with fit-part statistics, as scikit-learn probes are (StandardScaler in the pipeline)
             mean, std = inputs["fit"].mean(dim=0), inputs["fit"].std(dim=0, unbiased=False).clamp(min=1e-6)
-            inputs = {name: (values - mean) / std for name, values in inputs.items()}
-            forward: nn.Module = model.head
-        else:
-            inputs = {name: volume_dataset(part, self.recipe, augment=config.augment and name == "fit")
-                      for name, part in parts.as_dict().items()}
-            forward = model
-            if not self.input_checked:
-                check_input_size(model.encoder, inputs["validation"], self.recipe, self.device)
-                self.input_checked = True
-        loaders = {name: make_loader(LabelledInputs(inputs[name], targets[name]), config.batch_size, self.recipe,
-                                     shuffle=name == "fit", seed=seed, device=self.device)
-                   for name, part in parts.as_dict().items() if len(part)}
-        optimizer = build_optimizer(model, self.recipe, self.mode)
-        result = fit(forward, optimizer, self.loss_function(targets["fit"]), loaders["fit"], loaders["validation"],
-                     epochs=config.epochs, patience=config.patience, device=self.device, precision=self.precision,
-                     grad_clip=self.recipe.train.grad_clip, max_steps_per_epoch=config.max_steps_per_epoch,
-                     train_mode=model, progress=progress, description=f"seed {seed}")
+            return SeedRun(seed, parts, model, model.head, targets, scale, {name: (values - mean) / std for name, values in inputs.items()})
+        inputs = {name: volume_dataset(part, self.recipe, augment=config.augment and name == "fit")
+                  for name, part in parts.as_dict().items()}
+        if not self.input_checked:
+            check_input_size(model.encoder, inputs["validation"][0]["volume"][None].to(self.device), self.recipe.model.encoder)
+            self.input_checked = True
+        return SeedRun(seed, parts, model, model, targets, scale, inputs)
 
-        run = {"seed": seed, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-               "best_val_loss": result.best_val_loss, "n_fit": len(parts.fit), "n_validation": len(parts.validation),
-               "learning_rates": result.learning_rates}
+    def seed_trainer(self, run: SeedRun, seed_dir: Path) -> Trainer:
+        """The trainer of one seed: the head objective on the fit part, early stopping on the validation part."""
+        config = self.recipe.finetune
+        datasets = {name: LabelledInputs(run.inputs[name], run.targets[name]) for name, part in run.parts.as_dict().items() if len(part)}
+        fit_part, batch_size = datasets.pop("fit"), min(config.batch_size, len(run.parts.fit))
+        # A last batch of one subject breaks BatchNorm in training: drop it (shuffled, so a different one each epoch).
+        loader = EpochLoader(fit_part, batch_size, seed=run.seed, num_workers=self.recipe.data.num_workers,
+                             pin_memory=self.device.type == "cuda", drop_last=len(fit_part) % batch_size == 1 and len(fit_part) > 1)
+        run.loaders = {name: make_loader(dataset, config.batch_size, self.recipe, self.device) for name, dataset in datasets.items()}
+        loss = self.loss_function(run.targets["fit"]).to(self.device)
+        stopping = EarlyStopping(partial(validation_loss, run.network, loss, run.loaders["validation"], self.device, self.precision),
+                                 run.network, config.patience)
+        steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+        schedule = Schedule(epochs=config.epochs, steps_per_epoch=steps, grad_clip=self.recipe.train.grad_clip, seed=run.seed,
+                            lr_key="finetune.lr", label=f"seed {run.seed}, ")
+        return Trainer(HeadObjective(run.network, loss), finetune_optimizer(run.model, self.recipe, self.mode), loader, seed_dir,
+                       schedule, device=self.device, precision=self.precision, console=self.console,
+                       recipe_yaml=self.settings_yaml, early_stopping=stopping, name=f"{self.recipe.model.encoder} fine-tuning")
+
+    def run_seed(self, seed: int, seed_dir: Path, resume_from: dict | None = None,
+                 on_epoch_end: Callable[[int], None] | None = None) -> tuple[dict, pd.DataFrame, list[dict]]:
+        """Train and test one seed in ``seed_dir`` (from a checkpoint state if given); keep its results there."""
+        run = self.prepare_seed(seed)
+        trainer = self.seed_trainer(run, seed_dir)
+        result = trainer.run(resume_from, on_epoch_end)
+        stopping = trainer.early_stopping
+        summary = {"seed": seed, "best_epoch": stopping.best_epoch, "epochs_run": result.epochs_done,
+                   "best_val_loss": stopping.best_loss if stopping.best_epoch else float("nan"),
+                   "n_fit": len(run.parts.fit), "n_validation": len(run.parts.validation),
+                   "learning_rates": {group.get("name", str(k)): group["lr"] for k, group in enumerate(trainer.optimizer.param_groups)}}
+        summary, predictions = self.test_seed(run, summary)
+        history = [{"seed": seed, **entry} for entry in stopping.history]
+        atomic_write_text(seed_dir / SEED_RESULT, json.dumps(json_ready(
+            {"settings": self.settings_yaml, "run": summary, "predictions": predictions.to_dict("records"),
+             "dtypes": predictions.dtypes.astype(str).to_dict(), "history": history})))
+        # The results are kept: the checkpoint (weights, optimiser, best weights) is no longer needed.
+        trainer.checkpoint_path.unlink(missing_ok=True)
+        return summary, predictions, history
+
+    def test_seed(self, run: SeedRun, summary: dict) -> tuple[dict, pd.DataFrame]:
+        """Metrics of the kept model on both test splits, its predictions, and the baselines on the same splits."""
         predictions = []
         for name in TEST_SPLITS:
-            part = getattr(parts, name)
+            part = getattr(run.parts, name)
             if not len(part):
-                run[name] = None
+                summary[name] = None
                 continue
-            outputs = predict(forward, loaders[name], self.device, self.precision).numpy()
+            outputs = predict(run.network, run.loaders[name], self.device, self.precision).numpy()
             rows = part.table[["participant_id", "site", "split", self.target.column]].copy()
-            rows.insert(0, "seed", seed)
+            rows.insert(0, "seed", run.seed)
             truth = self.target.values(part.table)
             if self.target.task == "classification":
                 probabilities = torch.softmax(torch.from_numpy(outputs), dim=1).numpy()
-                run[name] = classification_metrics(truth, probabilities, self.target.classes)
+                summary[name] = classification_metrics(truth, probabilities, self.target.classes)
                 rows["prediction"] = np.asarray(self.target.classes, dtype=object)[probabilities.argmax(axis=1)]
                 for column, label in enumerate(self.target.classes):
                     rows[f"prob_{label}"] = probabilities[:, column]
             else:
-                predicted = outputs[:, 0] * scale[1] + scale[0]
-                run[name] = regression_metrics(truth, predicted)
+                predicted = outputs[:, 0] * run.scale[1] + run.scale[0]
+                summary[name] = regression_metrics(truth, predicted)
                 rows["prediction"] = predicted
             predictions.append(rows)
-        run["baselines"] = baseline_metrics(self.intensity, self.position_of, parts, self.target)
-        history = [{"seed": seed, **entry} for entry in result.history]
-        return run, pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame(), history
+        summary["baselines"] = baseline_metrics(self.intensity, self.position_of, run.parts, self.target)
+        return summary, pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
 
     # -------------------------------------------------------------- all seeds
-    def run(self, out_dir: Path) -> dict:
+    def resumable_seeds(self, out_dir: Path) -> dict[int, dict]:
+        """Per seed, what an earlier run left: ``{"result": ...}`` of a finished seed or ``{"checkpoint": state}``;
+        refused (before anything is written) when it was trained with other settings."""
+        found = {}
+        for seed in self.recipe.finetune.seeds:
+            seed_dir = out_dir / SEEDS_FOLDER / f"seed{seed}"
+            if (seed_dir / SEED_RESULT).is_file():
+                saved = json.loads((seed_dir / SEED_RESULT).read_text())
+                refused, _ = resume_differences(saved["settings"], self.settings_yaml, FINETUNE_RESUMABLE)
+                if refused:
+                    raise CheckpointError(f"{seed_dir / SEED_RESULT}: was fine-tuned with other settings ({'; '.join(refused)}); "
+                                          "resume with that run's recipe and --encoder, or start a new --out")
+                found[seed] = {"result": saved}
+            elif (seed_dir / "checkpoints" / "last.pt").is_file():
+                state, _ = resumable_checkpoint(seed_dir / "checkpoints" / "last.pt", self.settings_yaml, self.recipe.finetune.epochs,
+                                                "finetune.epochs", FINETUNE_RESUMABLE)
+                found[seed] = {"checkpoint": state}
+        return found
+
+    def prepare(self) -> None:
+        """Open the cohort, resolve the target, score intensities once; cache frozen features in mode linear."""
         recipe, config = self.recipe, self.recipe.finetune
         self.cohort = open_cohort(recipe, self.console)
         self.target = resolve_target(self.cohort.table, config)
@@ -779,26 +662,33 @@ class FineTuner:
         self.check_precision()
         if self.mode == "linear" and not config.augment:
             encoder = self.pretrained.to(self.device)
-            check_input_size(encoder, volume_dataset(self.cohort.head(1), recipe, augment=False), recipe, self.device)
+            check_input_size(encoder, volume_dataset(self.cohort.head(1), recipe, augment=False)[0]["volume"][None].to(self.device),
+                             recipe.model.encoder)
             self.input_checked = True
             self.features = torch.from_numpy(extract_features(encoder, self.cohort, recipe, device=self.device,
                                                               batch_size=config.batch_size, description="frozen features",
                                                               console=self.console))
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "recipe.yaml", dump_recipe(recipe))
 
+    def run(self, out_dir: Path, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> dict:
+        """Every seed (finished ones of a resumed run are read back), then the summary and the files."""
+        out_dir = Path(out_dir)
+        earlier = self.resumable_seeds(out_dir) if resume else {}
+        self.prepare()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "recipe.yaml", dump_recipe(self.recipe))
         runs, predictions, history = [], [], []
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
-                            TimeElapsedColumn(), console=self.console, disable=self.console is None)
         started = time.perf_counter()
-        with progress:
-            for seed in config.seeds:
-                run, rows, steps = self.run_seed(seed, progress)
-                runs.append(run)
-                predictions.append(rows)
-                history.extend(steps)
+        for seed in self.recipe.finetune.seeds:
+            saved = earlier.get(seed, {}).get("result")
+            if saved is not None:  # in its own column types: float32 probabilities print as they did
+                rows = pd.DataFrame(saved["predictions"], columns=list(saved["dtypes"])).astype(saved["dtypes"])
+                run, steps = saved["run"], saved["history"]
+            else:
+                run, rows, steps = self.run_seed(seed, out_dir / SEEDS_FOLDER / f"seed{seed}",
+                                                 earlier.get(seed, {}).get("checkpoint"), on_epoch_end)
+            runs.append(run)
+            predictions.append(rows)
+            history.extend(steps)
         results = self.summarise(runs, time.perf_counter() - started)
         self.write(out_dir, results, pd.concat(predictions, ignore_index=True), pd.DataFrame(history))
         return results
@@ -808,11 +698,9 @@ class FineTuner:
             return
         encoder = self.pretrained if self.pretrained is not None else build_encoder_for(self.recipe)
         sample = volume_dataset(self.cohort.head(1), self.recipe, augment=False)[0]["volume"][None]
-        hazards = bf16_conv_hazards(encoder.eval(), sample)
-        if hazards:
-            self.say(f"train.precision = 'bf16' falls back to fp32: on CPU, 3x3x3 convolutions with depth-2 inputs "
-                     f"({', '.join(hazards[:3])}) get wrong bf16 gradients in this torch version.")
-            self.precision = "fp32"
+        self.precision, note = safe_precision(self.precision, self.device, encoder, sample)
+        if note:
+            self.say(note)
 
     def summarise(self, runs: list[dict], seconds: float) -> dict:
         config = self.recipe.finetune
@@ -914,23 +802,28 @@ def print_finetune_report(results: dict, console: Console | None = None, notes: 
         for metric, value in entry.items():
             if not isinstance(value, dict):
                 continue
-            references = [_mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
+            references = [mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
             seeds = ", ".join("-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}" for run in results["runs"])
-            view.add_row(split, str(entry.get("n", "")), metric, _mean_std_text(value), *references, seeds)
+            view.add_row(split, str(entry.get("n", "")), metric, mean_std_text(value), *references, seeds)
     console.print(view)
     for note in results.get("notes", []) if notes else []:
         console.print(f"[dim]{note}[/dim]", highlight=False)
 
 
-def _mean_std_text(value: dict | None) -> str:
+def mean_std_text(value: dict | None) -> str:
     return "-" if not value or value.get("mean") is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
-def finetune_encoder(recipe: Recipe, encoder: str | Path | None, out_dir: str | Path, console: Console | None = None) -> dict:
+def finetune_encoder(recipe: Recipe, encoder: str | Path | None, out_dir: str | Path, console: Console | None = None,
+                     resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Fine-tune ``encoder`` (an ``encoder.pt``, a run folder, or None/"none" for from scratch)
-    with the recipe's ``finetune`` section; write and return the results (see the module docstring)."""
+    with the recipe's ``finetune`` section; write and return the results (see the module docstring).
+
+    With ``resume``, seeds finished in ``out_dir`` are read back and an interrupted one continues
+    from its last checkpoint: the results equal those of an uninterrupted run. ``on_epoch_end(epoch)``
+    runs after every epoch of every seed."""
     tuner = FineTuner(recipe, encoder, console=console)
-    results = tuner.run(Path(out_dir))
+    results = tuner.run(Path(out_dir), resume=resume, on_epoch_end=on_epoch_end)
     if console is not None:
         print_finetune_report(results, console, notes=False)
         console.print(f"Fine-tuning results written to {out_dir}")

@@ -5,7 +5,7 @@ et al., MICCAI 2021, Fig. 3): for each training-set size, the pre-trained encode
 same network trained from scratch are fine-tuned with every seed of the recipe (each seed
 draws its own site- and class-stratified subset), and scored on the internal and external
 test splits. Each (size, encoder) pair is one ordinary ``medssl finetune`` result folder, so
-a killed run resumes by skipping the folders already finished.
+a killed run resumes by skipping the folders already finished and resuming the interrupted one.
 
 Files in ``out_dir``: ``<encoder>-n<size>/`` (``finetune.json`` ...), ``label_efficiency.csv``
 (one row per size, encoder, split and metric: mean, std, n_seeds), ``label_efficiency.json``
@@ -63,7 +63,7 @@ def label_efficiency(recipe: Recipe, encoder: str | Path, sizes: list[int | None
                     console.print(f"[bold]{name}, {size_name(size)} training subjects[/]")
                 sized = recipe.model_copy(deep=True)
                 sized.finetune.train_size = size
-                results = finetune_encoder(sized, source, folder, console=console)
+                results = finetune_encoder(sized, source, folder, console=console, resume=folder.is_dir())
             rows.extend(curve_rows(results, name, size))
             if name == "scratch":  # the trivial baselines, on the scratch runs' splits
                 for baseline, summary in (results.get("baselines") or {}).items():

@@ -10,9 +10,10 @@ from rich.console import Console
 
 from medssl.config import Recipe
 from medssl.data.cohort import Cohort
-from medssl.eval.features import IntensityStatistics, extract_features
+from medssl.eval.features import IntensityStatistics
 from medssl.eval.report import evaluate_representation, print_report
 from medssl.methods import build_encoder_for
+from medssl.models.features import extract_features
 
 
 def random_encoder(recipe: Recipe) -> torch.nn.Module:

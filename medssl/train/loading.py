@@ -24,7 +24,9 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+
+from medssl.data.views import seed_worker
 
 
 def item_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
@@ -104,3 +106,66 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return 0 if self.sampler is None else len(self.sampler)  # type: ignore[arg-type]
+
+
+class EpochLoader:
+    """The batches of each epoch: shuffled indices (or a method's own sampler), views seeded by
+    (seed, epoch, subject), so a resumed run sees what an uninterrupted one saw.
+
+    One ``DataLoader`` serves every epoch, so worker processes persist across epochs; memory
+    is pinned on GPU so host-to-device copies overlap compute (``non_blocking``).
+
+    Args:
+        dataset: map-style dataset of dict items (``MultiViewDataset``, or fine-tuning inputs).
+        batch_size: items per batch (per process under DDP).
+        seed: the run's seed: shuffles by (seed, epoch), views by :func:`item_seed`.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin batches (for a CUDA device).
+        drop_last: drop the last incomplete batch.
+        world_size, rank: the DDP process group; each process reads its share of the indices.
+
+    Example:
+        >>> loader = EpochLoader(dataset, batch_size=8, seed=0)
+        >>> for batch in loader.epoch(3):             # the batches of epoch 3
+        ...     ...
+        >>> loader.close()                            # ends persistent workers
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, pin_memory: bool = False,
+                 drop_last: bool = True, world_size: int = 1, rank: int = 0):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.drop_last = drop_last
+        self.world_size = world_size
+        self.rank = rank
+        self.keys = EpochSampler()
+        self.loader: DataLoader | None = None
+
+    def __len__(self) -> int:
+        """Batches of an epoch with the default sampler."""
+        per_process = len(self.dataset) // self.world_size  # type: ignore[arg-type]
+        return per_process // self.batch_size if self.drop_last else -(-per_process // self.batch_size)
+
+    def epoch(self, epoch: int, sampler: Sampler | None = None) -> DataLoader:
+        """The loader of ``epoch``: ``sampler``'s indices, else a reshuffle seeded by (seed, epoch)."""
+        if sampler is None:
+            if self.world_size > 1:
+                sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
+                                             seed=self.seed, drop_last=True)
+                sampler.set_epoch(epoch)
+            else:
+                sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        if self.loader is None:
+            self.loader = DataLoader(EpochSeededDataset(self.dataset, self.seed), batch_size=self.batch_size,
+                                     sampler=self.keys, drop_last=self.drop_last, num_workers=self.num_workers,
+                                     worker_init_fn=seed_worker, pin_memory=self.pin_memory,
+                                     persistent_workers=self.num_workers > 0)
+        self.keys.set_epoch(epoch, sampler)
+        return self.loader
+
+    def close(self) -> None:
+        """End the persistent workers (a later :meth:`epoch` starts new ones)."""
+        self.loader = None

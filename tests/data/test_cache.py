@@ -56,14 +56,17 @@ def test_cached_row_out_of_range_names_the_array_and_the_valid_rows(tiny_cohort,
 
 
 def test_engine_reads_a_cache_at_the_recipe_shape_without_resampling(tiny_cohort, tmp_path):
-    from medssl.train.engine import Trainer
+    import torch
+
+    from medssl.methods import method_needs
+    from medssl.train.distributed import DistributedContext
+    from medssl.train.pretraining import Notes, pretraining_data
 
     out = cache_cohort(load_cohort(tiny_cohort), tmp_path / "cache", volume_shape=[12, 12, 12])
     recipe = Recipe(data={"root": str(out), "volume_shape": [12, 12, 12]}, method={"name": "simclr"})
-    trainer = Trainer(recipe, tmp_path / "run")
-    trainer.build_data()
-    assert trainer.dataset.preprocess is None
-    assert trainer.dataset[0]["views"].shape == (2, 1, 12, 12, 12)
+    data = pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None)
+    assert data.dataset.preprocess is None
+    assert data.dataset[0]["views"].shape == (2, 1, 12, 12, 12)
 
 
 def test_data_cache_command_writes_a_cohort_with_the_given_shape(tiny_cohort, tmp_path):

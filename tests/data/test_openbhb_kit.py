@@ -132,7 +132,7 @@ def test_a_wrong_row_length_is_one_error_naming_the_layout_and_its_blocks(tmp_pa
 
 
 def test_masks_are_found_where_data_openbhb_masks_says(tmp_path):
-    from medssl.train.engine import open_cohort
+    from medssl.train.setup import open_cohort
 
     kit = write_kit(tmp_path / "kit", masks_folder=tmp_path / "masks")
     with pytest.raises(CohortError, match=r"vbm mask is missing.*data\.openbhb_masks"):

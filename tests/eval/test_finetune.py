@@ -1,10 +1,11 @@
 """Fine-tuning: splits without leaks, metrics on hand-worked cases, encoder loading errors,
-the four modes on a tiny cohort, and `medssl finetune --smoke` end to end."""
+the four modes on a tiny cohort, resume, and `medssl finetune --smoke` end to end."""
 
 from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -17,16 +18,10 @@ from medssl.config import Recipe, load_recipe, smoke_recipe
 from medssl.data.cohort import load_cohort
 from medssl.errors import CheckpointError, CohortError, RecipeError
 from medssl.eval.finetune import (
-    FinetuneModel,
     FineTuner,
-    LabelledInputs,
-    TargetLoss,
-    build_optimizer,
     check_no_leakage,
-    class_weights,
     classification_metrics,
     finetune_encoder,
-    fit,
     load_pretrained_encoder,
     make_loader,
     mean_std,
@@ -38,6 +33,18 @@ from medssl.eval.finetune import (
 )
 from medssl.eval.plots import plot_roc_curves
 from medssl.models import build_encoder, save_encoder
+from medssl.train.finetuning import (
+    EarlyStopping,
+    FinetuneModel,
+    HeadObjective,
+    LabelledInputs,
+    TargetLoss,
+    class_weights,
+    finetune_optimizer,
+    validation_loss,
+)
+from medssl.train.loading import EpochLoader
+from medssl.train.trainer import Schedule, Trainer
 
 
 def clinical_table(seed: int = 0) -> pd.DataFrame:
@@ -166,6 +173,8 @@ def test_mean_std_over_seeds_uses_the_sample_std_and_skips_undefined_runs():
 def test_class_weights_are_inverse_frequencies():
     weights = class_weights(torch.tensor([0, 0, 0, 1]), 2)
     assert weights.tolist() == pytest.approx([4 / 6, 2.0])
+    # a class absent from the fit part has no term in the loss; its weight changes nothing
+    assert class_weights(torch.tensor([0, 0, 2]), 3).tolist() == pytest.approx([0.75, 1.0, 1.5])
 
 
 # ----------------------------------------------------------------------------- targets
@@ -218,7 +227,16 @@ def test_cli_prints_an_encoder_error_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- modes
-def train_briefly(tiny_cohort, mode: str, augment: bool = False):
+def head_trainer(network, loss, fit_data, validation_loader, run_dir, epochs: int, patience: int, optimizer,
+                 steps: int | None = None) -> Trainer:
+    """The trainer ``FineTuner`` builds for a seed: the head objective, early stopping on the validation loss."""
+    loader = EpochLoader(fit_data, 4, drop_last=len(fit_data) % 4 == 1)
+    stopping = EarlyStopping(partial(validation_loss, network, loss, validation_loader, torch.device("cpu")), network, patience)
+    return Trainer(HeadObjective(network, loss), optimizer, loader, run_dir, Schedule(epochs=epochs, steps_per_epoch=steps or len(loader)),
+                   early_stopping=stopping)
+
+
+def train_briefly(tiny_cohort, tmp_path, mode: str, augment: bool = False):
     """Two steps of fine-tuning a fresh resnet18 in ``mode``; returns the model, its encoder state before, the optimiser."""
     recipe = tiny_recipe(tiny_cohort, mode=mode if mode != "scratch" else "full", augment=augment)
     recipe.views.noise.p = 1.0
@@ -229,46 +247,47 @@ def train_briefly(tiny_cohort, mode: str, augment: bool = False):
     model = FinetuneModel(build_encoder("resnet18"), target.n_outputs, freeze_encoder=mode == "linear")
     before = {key: value.clone() for key, value in model.encoder.state_dict().items()}
     head_before = model.head.weight.detach().clone()
-    loaders = {name: make_loader(LabelledInputs(volume_dataset(part, recipe, augment and name == "fit"), target.encode(part.table)),
-                                 4, recipe, shuffle=name == "fit")
-               for name, part in (("fit", parts.fit), ("validation", parts.validation))}
-    optimizer = build_optimizer(model, recipe, mode)
-    result = fit(model, optimizer, TargetLoss("classification", class_weights(target.encode(parts.fit.table), 2)),
-                 loaders["fit"], loaders["validation"], epochs=1, patience=1, device=torch.device("cpu"), max_steps_per_epoch=2)
-    return model, before, head_before, optimizer, result
+    fit_data, validation = (LabelledInputs(volume_dataset(part, recipe, augment and name == "fit"), target.encode(part.table))
+                            for name, part in (("fit", parts.fit), ("validation", parts.validation)))
+    optimizer = finetune_optimizer(model, recipe, mode)
+    trainer = head_trainer(model, TargetLoss("classification", class_weights(target.encode(parts.fit.table), 2)), fit_data,
+                           make_loader(validation, 4, recipe), tmp_path / mode, epochs=1, patience=1, optimizer=optimizer, steps=2)
+    result = trainer.run()
+    return model, before, head_before, optimizer, result, trainer
 
 
 def changed(model: FinetuneModel, before: dict) -> list[str]:
     return [key for key, value in model.encoder.state_dict().items() if not torch.equal(value, before[key])]
 
 
-def test_linear_probe_leaves_every_encoder_weight_and_statistic_unchanged(tiny_cohort):
-    model, before, head_before, optimizer, result = train_briefly(tiny_cohort, "linear", augment=True)
+def test_linear_probe_leaves_every_encoder_weight_and_statistic_unchanged(tiny_cohort, tmp_path):
+    model, before, head_before, optimizer, result, trainer = train_briefly(tiny_cohort, tmp_path, "linear", augment=True)
     assert changed(model, before) == []  # BatchNorm running statistics included
     assert not torch.equal(model.head.weight, head_before)
     assert [group["name"] for group in optimizer.param_groups] == ["head"]
-    assert result.epochs_run == 1 and result.best_epoch == 1
+    assert result.epochs_done == 1 and trainer.early_stopping.best_epoch == 1
+    steps = pd.read_csv(tmp_path / "linear" / "metrics.csv").query("kind == 'step'")
+    assert len(steps) == 2 and steps["grad_norm"].map(math.isfinite).all()  # the trainer's step: norm measured, logged
 
 
-def test_full_fine_tuning_changes_the_encoder_at_the_head_learning_rate(tiny_cohort):
-    model, before, head_before, optimizer, _ = train_briefly(tiny_cohort, "full")
+def test_full_fine_tuning_changes_the_encoder_at_the_head_learning_rate(tiny_cohort, tmp_path):
+    model, before, head_before, optimizer, _, _ = train_briefly(tiny_cohort, tmp_path, "full")
     assert any("conv" in key and "weight" in key for key in changed(model, before))
     assert not torch.equal(model.head.weight, head_before)
     rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert rates == {"head": 1e-2, "encoder": 1e-2}
 
 
-def test_lower_lr_puts_the_encoder_in_its_own_group_at_the_smaller_rate(tiny_cohort):
-    model, before, _, optimizer, result = train_briefly(tiny_cohort, "lower_lr")
+def test_lower_lr_puts_the_encoder_in_its_own_group_at_the_smaller_rate(tiny_cohort, tmp_path):
+    model, before, _, optimizer, _, _ = train_briefly(tiny_cohort, tmp_path, "lower_lr")
     head, encoder = optimizer.param_groups
     assert head["name"] == "head" and head["lr"] == pytest.approx(1e-2)
     assert encoder["name"] == "encoder" and encoder["lr"] == pytest.approx(1e-3)
     assert {id(p) for p in encoder["params"]} == {id(p) for p in model.encoder.parameters()}
-    assert result.learning_rates == {"head": pytest.approx(1e-2), "encoder": pytest.approx(1e-3)}
     assert changed(model, before)
 
 
-def test_scratch_baseline_trains_a_fresh_seeded_encoder_at_the_full_rate(tiny_cohort):
+def test_scratch_baseline_trains_a_fresh_seeded_encoder_at_the_full_rate(tiny_cohort, tmp_path):
     tuner = FineTuner(tiny_recipe(tiny_cohort, mode="lower_lr"), "none")
     assert tuner.mode == "scratch" and tuner.pretrained is None
     assert any("from scratch" in note for note in tuner.notes)
@@ -276,22 +295,25 @@ def test_scratch_baseline_trains_a_fresh_seeded_encoder_at_the_full_rate(tiny_co
     first, again, other = tuner.new_model(0), tuner.new_model(0), tuner.new_model(1)
     assert torch.equal(first.encoder.network.conv1.weight, again.encoder.network.conv1.weight)
     assert not torch.equal(first.encoder.network.conv1.weight, other.encoder.network.conv1.weight)
-    rates = [group["lr"] for group in build_optimizer(first, tuner.recipe, tuner.mode).param_groups]
+    rates = [group["lr"] for group in finetune_optimizer(first, tuner.recipe, tuner.mode).param_groups]
     assert rates == [1e-2, 1e-2]
-    model, before, _, _, _ = train_briefly(tiny_cohort, "scratch")
+    model, before, _, _, _, _ = train_briefly(tiny_cohort, tmp_path, "scratch")
     assert changed(model, before)
 
 
-def test_early_stopping_keeps_the_epoch_of_lowest_validation_loss():
+def test_early_stopping_keeps_the_epoch_of_lowest_validation_loss(tmp_path):
     torch.manual_seed(0)
     features, labels = torch.randn(12, 4), torch.tensor([0, 1] * 6)
     head = torch.nn.Linear(4, 2)
-    loader = torch.utils.data.DataLoader(list(zip(features, labels)), batch_size=4)
+    data = LabelledInputs(features, labels)
     optimizer = torch.optim.SGD(head.parameters(), lr=50.0)  # large steps: the validation loss goes up and down
-    result = fit(head, optimizer, TargetLoss("classification"), loader, loader, epochs=6, patience=2, device=torch.device("cpu"))
-    losses = [entry["val_loss"] for entry in result.history]
-    assert result.best_epoch == int(np.argmin(losses)) + 1
-    assert result.epochs_run == min(6, result.best_epoch + 2)
+    trainer = head_trainer(head, TargetLoss("classification"), data, torch.utils.data.DataLoader(data, batch_size=4),
+                           tmp_path / "run", epochs=6, patience=2, optimizer=optimizer)
+    result = trainer.run()
+    stopping = trainer.early_stopping
+    losses = [entry["val_loss"] for entry in stopping.history]
+    assert stopping.best_epoch == int(np.argmin(losses)) + 1
+    assert result.epochs_done == min(6, stopping.best_epoch + 2)
     with torch.no_grad():
         final = torch.nn.functional.cross_entropy(head(features), labels).item()
     assert final == pytest.approx(min(losses), rel=1e-5)
@@ -377,6 +399,86 @@ def test_pretraining_run_with_other_inputs_gives_a_warning(tmp_path, tiny_cohort
     assert "'minmax'" in notes[0] and "(32, 32, 32)" in notes[1]
     recipe.views.normalize, recipe.data.volume_shape = "minmax", [32, 32, 32]
     assert pretraining_differences(tmp_path / "encoder.pt", recipe) == []
+
+
+# ----------------------------------------------------------------------------- resume
+class Killed(Exception):
+    pass
+
+
+def killed_at_epoch_end(number: int):
+    """Raise after the ``number``-th epoch of the whole run (all seeds), once its checkpoint is written."""
+    calls = []
+
+    def on_epoch_end(epoch):
+        calls.append(epoch)
+        if len(calls) == number:
+            raise Killed
+    return on_epoch_end
+
+
+def resumable_recipe(tiny_cohort) -> Recipe:
+    """Full fine-tuning of a narrow network on augmented views, two seeds of three epochs, no early stop."""
+    recipe = tiny_recipe(tiny_cohort, seeds=[0, 1], epochs=3, patience=5, augment=True)
+    recipe.model.widths = [4, 8, 8, 8]
+    recipe.views.noise.p = 1.0
+    return recipe
+
+
+def test_fine_tuning_killed_mid_seed_resumes_to_the_results_of_a_straight_run(tmp_path, tiny_cohort):
+    recipe = resumable_recipe(tiny_cohort)
+    straight = finetune_encoder(recipe, None, tmp_path / "straight")
+    with pytest.raises(Killed):  # seed 0 done, seed 1 stopped after its second epoch
+        finetune_encoder(recipe, None, tmp_path / "killed", on_epoch_end=killed_at_epoch_end(5))
+    assert (tmp_path / "killed" / "seeds" / "seed0" / "result.json").is_file()
+    assert torch.load(tmp_path / "killed" / "seeds" / "seed1" / "checkpoints" / "last.pt", weights_only=True)["epochs_done"] == 2
+    resumed = finetune_encoder(recipe, None, tmp_path / "killed", resume=True)
+    assert resumed["runs"] == straight["runs"]
+    for name in ("predictions.csv", "history.csv", "finetune.csv"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "straight" / name).read_text(), name
+    assert not (tmp_path / "killed" / "seeds" / "seed1" / "checkpoints" / "last.pt").exists()  # results kept instead
+    metrics = pd.read_csv(tmp_path / "killed" / "seeds" / "seed1" / "metrics.csv")
+    assert list(metrics.query("kind == 'epoch'")["epoch"]) == [0, 1, 2] and "val_loss" in metrics
+
+
+def test_resuming_a_fine_tuning_with_other_settings_is_refused_naming_them(tmp_path, tiny_cohort):
+    recipe = resumable_recipe(tiny_cohort)
+    with pytest.raises(Killed):
+        finetune_encoder(recipe, None, tmp_path / "run", on_epoch_end=killed_at_epoch_end(1))
+    before = (tmp_path / "run" / "recipe.yaml").read_text()
+    recipe.finetune.lr = 0.5
+    with pytest.raises(CheckpointError, match=r"seed0.*last\.pt: does not fit the recipe.*finetune\.lr: 0\.01 -> 0\.5"):
+        finetune_encoder(recipe, None, tmp_path / "run", resume=True)
+    save_encoder(build_encoder("resnet18", widths=[4, 8, 8, 8]), tmp_path / "pre" / "encoder.pt")
+    recipe.finetune.lr = 1e-2
+    with pytest.raises(CheckpointError, match=r"encoder: 'none' -> "):
+        finetune_encoder(recipe, tmp_path / "pre", tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "recipe.yaml").read_text() == before
+
+
+def test_cli_finetune_resume_of_a_finished_run_reads_every_seed_back(tmp_path):
+    out = tmp_path / "out"
+    command = ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", "none", "--smoke", "--out", str(out)]
+    assert CliRunner().invoke(app, command).exit_code == 0
+    first = json.loads((out / "finetune.json").read_text())
+    again = CliRunner().invoke(app, [*command, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "finetune.json").read_text())["runs"] == first["runs"]
+    assert "epoch 1/" not in again.output  # nothing trained again
+
+
+def test_ctrl_c_during_finetune_prints_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    import medssl.eval.finetune
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medssl.eval.finetune, "finetune_encoder", interrupted)
+    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", "none", "--out", str(tmp_path / "ft")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == f"interrupted: rerun with --resume --out {tmp_path / 'ft'} to continue from the last checkpoint"
 
 
 # ----------------------------------------------------------------------------- label efficiency

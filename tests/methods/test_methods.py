@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import medssl.methods.bootstrap
 import medssl.methods.dino
@@ -17,14 +18,21 @@ from medssl.methods.clustering import ClusterUniformSampler
 from medssl.methods.dino import DINO, teacher_temperature_schedule
 from medssl.methods.ema import cosine_momentum
 from medssl.models import build_encoder
-from medssl.train import engine
-from medssl.train.engine import Trainer, pretrain
+from medssl.pipeline import pretrain
+from medssl.train.pretraining import build_pretraining, run_pretraining
+from medssl.train.setup import apply_embedded_budget
 
 
 def quick_recipe(name: str, *overrides: str):
     """A shipped recipe at smoke size on the small 3D AlexNet, without evaluation, then ``overrides``."""
     smoke = smoke_recipe(load_recipe(name)).model_dump(mode="json")
     return recipe_from_dict(apply_overrides(smoke, ["model.encoder=alexnet", "eval.after_pretrain=false", *overrides]))
+
+
+def seeded_method(recipe):
+    """The recipe's method as pretrain builds it (seeded, embedded budget applied), for recording hooks."""
+    torch.manual_seed(recipe.train.seed)
+    return build_method(apply_embedded_budget(recipe)[0])
 
 
 def epoch_rows(run_dir) -> pd.DataFrame:
@@ -37,32 +45,29 @@ def epoch_rows(run_dir) -> pd.DataFrame:
 def deepcluster_run(tmp_path_factory):
     """Two DeepCluster epochs, recording what each epoch's preparation did to the classifier,
     the optimiser state and the sampler, and which subjects the steps trained on."""
-    trainer = Trainer(quick_recipe("deepcluster", "train.epochs=2"), tmp_path_factory.mktemp("deepcluster") / "run")
+    recipe = quick_recipe("deepcluster", "train.epochs=2")
     record = {"trained": [], "prepared": [], "optimizer_state": [], "samplers": [], "indices": []}
+    method = seeded_method(recipe)
+    prepare, training_loss = method.prepare_epoch, method.training_loss
 
-    def build_model_and_record():
-        Trainer.build_model(trainer)
-        method = trainer.method
-        prepare, training_loss = method.prepare_epoch, method.training_loss
+    def recording_prepare(epoch, context):
+        sampler = prepare(epoch, context)
+        optimizer = context.trainer.optimizer
+        record["prepared"].append(method.classifier.weight.detach().clone())
+        record["optimizer_state"].append({name: optimizer.state[parameter] for name, parameter in method.named_parameters()
+                                          if optimizer.state.get(parameter)})
+        record["samplers"].append(sampler)
+        record["indices"].append([])
+        return sampler
 
-        def recording_prepare(epoch, context):
-            sampler = prepare(epoch, context)
-            record["prepared"].append(method.classifier.weight.detach().clone())
-            record["optimizer_state"].append({name: trainer.optimizer.state[parameter] for name, parameter in method.named_parameters()
-                                              if trainer.optimizer.state.get(parameter)})
-            record["samplers"].append(sampler)
-            record["indices"].append([])
-            return sampler
+    def recording_loss(batch):
+        record["indices"][-1].extend(batch["index"].tolist())
+        return training_loss(batch)
 
-        def recording_loss(batch):
-            record["indices"][-1].extend(batch["index"].tolist())
-            return training_loss(batch)
-
-        method.prepare_epoch, method.training_loss = recording_prepare, recording_loss
-
-    trainer.build_model = build_model_and_record
-    trainer.run(on_epoch_end=lambda epoch: record["trained"].append(trainer.method.classifier.weight.detach().clone()))
-    return trainer, record
+    method.prepare_epoch, method.training_loss = recording_prepare, recording_loss
+    pretraining = build_pretraining(recipe, tmp_path_factory.mktemp("deepcluster") / "run", method=method)
+    run_pretraining(pretraining, on_epoch_end=lambda epoch: record["trained"].append(method.classifier.weight.detach().clone()))
+    return pretraining, record
 
 
 def test_deepcluster_reinitialises_the_top_layer_at_every_epoch(deepcluster_run):
@@ -83,24 +88,24 @@ def test_deepcluster_forgets_the_optimiser_state_of_the_top_layer_only(deepclust
 
 
 def test_deepcluster_logs_cluster_sizes_and_nmi_between_successive_assignments(deepcluster_run):
-    trainer, _ = deepcluster_run
-    rows = epoch_rows(trainer.run_dir)
-    k = trainer.recipe.method.clusters
+    pretraining, _ = deepcluster_run
+    rows = epoch_rows(pretraining.trainer.run_dir)
+    k = pretraining.recipe.method.clusters
     for column in ("clusters_min", "clusters_max", "clusters_mean", "clusters_empty"):
         assert rows[column].notna().all(), column
     assert (rows["clusters_empty"] == 0).all()  # empty clusters are re-filled before training
-    assert (rows["clusters_mean"] == len(trainer.train_cohort) / k).all()
+    assert (rows["clusters_mean"] == len(pretraining.data.train_cohort) / k).all()
     assert np.isnan(rows["nmi_previous"][0]) and 0.0 <= rows["nmi_previous"][1] <= 1.0
-    steps = pd.read_csv(trainer.run_dir / "metrics.csv").query("kind == 'step'")
+    steps = pd.read_csv(pretraining.trainer.run_dir / "metrics.csv").query("kind == 'step'")
     assert steps["cluster_accuracy"].between(0, 1).all()
 
 
 def test_deepcluster_trains_on_the_cluster_uniform_sampler_of_each_epoch(deepcluster_run):
-    trainer, record = deepcluster_run
+    pretraining, record = deepcluster_run
     for sampler, seen in zip(record["samplers"], record["indices"]):
         assert isinstance(sampler, ClusterUniformSampler)
         assert seen == list(sampler)[: len(seen)]
-        assert len(seen) == trainer.steps_per_epoch * trainer.batch_size
+        assert len(seen) == pretraining.trainer.schedule.steps_per_epoch * pretraining.data.loader.batch_size
 
 
 def test_deepcluster_assignments_of_the_last_epoch_survive_a_checkpoint():
@@ -127,27 +132,22 @@ def run_recording_targets(recipe, run_dir, monkeypatch, module, target_prefixes)
         original_ema(target, online, momentum)
 
     monkeypatch.setattr(module, "ema_update", recording_ema)
-    original_step = Trainer.optimizer_step
+    method = seeded_method(recipe)
+    state = method.state_dict()
+    # target_encoder.* / teacher_head.* start as copies of encoder.* / head.*
+    assert all(torch.equal(value, state[name.split("_", 1)[1]]) for name, value in state.items() if name.startswith(target_prefixes))
+    initial = {name: value.clone() for name, value in state.items() if name.startswith(target_prefixes)}
 
-    def recording_step(self, epoch, step):
-        steps.append({name: parameter.grad is not None for name, parameter in self.method.named_parameters()})
-        return original_step(self, epoch, step)
+    def record_gradients(optimizer, args, kwargs):
+        steps.append({name: parameter.grad is not None for name, parameter in method.named_parameters()})
 
-    monkeypatch.setattr(Trainer, "optimizer_step", recording_step)
-    initial = {}
-
-    def build_and_record(recipe, encoder=None):
-        method = build_method(recipe, encoder)
-        state = method.state_dict()
-        # target_encoder.* / teacher_head.* start as copies of encoder.* / head.*
-        assert all(torch.equal(value, state[name.split("_", 1)[1]]) for name, value in state.items() if name.startswith(target_prefixes))
-        initial.update({name: value.clone() for name, value in state.items() if name.startswith(target_prefixes)})
-        return method
-
-    monkeypatch.setattr(engine, "build_method", build_and_record)
-    trainer = Trainer(recipe, run_dir)
-    trainer.run()
-    return trainer, momenta, steps, initial
+    hook = register_optimizer_step_pre_hook(record_gradients)
+    try:
+        pretraining = build_pretraining(recipe, run_dir, method=method)
+        run_pretraining(pretraining)
+    finally:
+        hook.remove()
+    return pretraining, momenta, steps, initial
 
 
 @pytest.mark.parametrize("name, module, targets, onlines", [
@@ -156,8 +156,8 @@ def run_recording_targets(recipe, run_dir, monkeypatch, module, target_prefixes)
 ])
 def test_target_network_gets_no_gradient_and_follows_the_cosine_momentum_schedule(tmp_path, monkeypatch, name, module, targets, onlines):
     recipe = quick_recipe(name, "train.epochs=2", "method.momentum=0.5")
-    trainer, momenta, steps, initial = run_recording_targets(recipe, tmp_path / "run", monkeypatch, module, targets)
-    total = 2 * trainer.steps_per_epoch
+    pretraining, momenta, steps, initial = run_recording_targets(recipe, tmp_path / "run", monkeypatch, module, targets)
+    total = 2 * pretraining.trainer.schedule.steps_per_epoch
     assert len(steps) == total == 4
     for grads in steps:
         assert not any(has_grad for param, has_grad in grads.items() if param.startswith(targets))
@@ -166,9 +166,9 @@ def test_target_network_gets_no_gradient_and_follows_the_cosine_momentum_schedul
     expected = [cosine_momentum(step, total, 0.5) for step in range(1, total + 1)]
     assert momenta == pytest.approx([m for m in expected for _ in range(2)])
     assert momenta[-1] == 1.0 and momenta[0] > 0.5
-    method = trainer.method
+    method = pretraining.method
     assert not any(p.requires_grad for n, p in method.named_parameters() if n.startswith(targets))
-    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    optimised = {id(p) for group in pretraining.trainer.optimizer.param_groups for p in group["params"]}
     assert not any(id(p) in optimised for n, p in method.named_parameters() if n.startswith(targets))
     # the targets moved towards the online networks, which started from the same weights
     final = method.state_dict()
@@ -178,11 +178,11 @@ def test_target_network_gets_no_gradient_and_follows_the_cosine_momentum_schedul
 
 
 def test_dino_teacher_centre_is_updated_and_checkpointed(tmp_path):
-    trainer = Trainer(quick_recipe("dino", "train.max_steps_per_epoch=1"), tmp_path / "run")
-    trainer.run()
+    pretraining = build_pretraining(quick_recipe("dino", "train.max_steps_per_epoch=1"), tmp_path / "run")
+    run_pretraining(pretraining)
     centre = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["method"]["loss.center"]
     assert centre.abs().sum() > 0
-    assert torch.equal(centre, trainer.method.loss.center)
+    assert torch.equal(centre, pretraining.method.loss.center)
 
 
 def authors_teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs):
@@ -238,7 +238,7 @@ def test_dino_teacher_temperature_resumes_from_the_checkpoint(tmp_path, monkeypa
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(recipe, tmp_path / "killed").run(on_epoch_end=stop_after_first_epoch)
+        pretrain(recipe, tmp_path / "killed", on_epoch_end=stop_after_first_epoch)
     checkpoint = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["method"]["scheduled_teacher_temperature"].item() == pytest.approx(0.055, abs=1e-15)
     pretrain(recipe, tmp_path / "killed", resume=True)

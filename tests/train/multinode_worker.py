@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from tiny import step_recipe, tiny_method  # this script's folder is first on sys.path
 
-import medssl.train.engine as engine
+from medssl.train.pretraining import train_encoder
 
 if __name__ == "__main__":
     cohort, out, local_batch = sys.argv[1:]
     torch.set_num_threads(1)  # two processes share the test machine's cores
-    engine.build_method = tiny_method
-    engine.pretrain(step_recipe(cohort, int(local_batch)), Path(out))
+    torch.manual_seed(0)  # the weights a recipe of seed 0 starts from (tiny.initial_state)
+    train_encoder(step_recipe(cohort, int(local_batch)), Path(out), method=tiny_method(None))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from medssl.config import Recipe
-from medssl.train.engine import make_optimizer
 from medssl.train.lars import LARS
+from medssl.train.setup import make_optimizer
 
 
 def weight_and_bias():

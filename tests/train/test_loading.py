@@ -5,25 +5,25 @@ from __future__ import annotations
 import torch
 
 from medssl.config import Recipe
-from medssl.train.engine import Trainer
-from medssl.train.loading import EpochSampler, EpochSeededDataset
+from medssl.methods import method_needs
+from medssl.train.distributed import DistributedContext
+from medssl.train.loading import EpochLoader, EpochSampler, EpochSeededDataset
+from medssl.train.pretraining import Notes, TrainingData, pretraining_data
 
 
-def trainer_for(cohort, tmp_path, workers: int) -> Trainer:
+def data_for(cohort, workers: int) -> TrainingData:
     recipe = Recipe(data={"root": str(cohort), "max_subjects": 8, "num_workers": workers, "label": None},
                     views={"crop": {"p": 1.0}, "noise": {"p": 1.0}, "flip": {"p": 0.5}}, method={"name": "simclr"},
                     train={"batch_size": 4, "device": "cpu"})
-    trainer = Trainer(recipe, tmp_path / f"run{workers}")
-    trainer.build_data()
-    return trainer
+    return pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None)
 
 
-def views_by_subject(trainer: Trainer, epoch: int) -> dict[int, torch.Tensor]:
-    return {int(index): views for batch in trainer.loader(epoch, None) for index, views in zip(batch["index"], batch["views"])}
+def views_by_subject(loader: EpochLoader, epoch: int) -> dict[int, torch.Tensor]:
+    return {int(index): views for batch in loader.epoch(epoch) for index, views in zip(batch["index"], batch["views"])}
 
 
 def test_views_depend_on_seed_epoch_and_subject_not_on_the_number_of_workers(tiny_cohort, tmp_path):
-    serial, parallel = trainer_for(tiny_cohort, tmp_path, 0), trainer_for(tiny_cohort, tmp_path, 2)
+    serial, parallel = data_for(tiny_cohort, 0).loader, data_for(tiny_cohort, 2).loader
     for epoch in (0, 1):
         expected, got = views_by_subject(serial, epoch), views_by_subject(parallel, epoch)
         assert expected.keys() == got.keys() and len(expected) == 8
@@ -33,14 +33,15 @@ def test_views_depend_on_seed_epoch_and_subject_not_on_the_number_of_workers(tin
 
 
 def test_one_loader_with_persistent_workers_serves_every_epoch(tiny_cohort, tmp_path):
-    trainer = trainer_for(tiny_cohort, tmp_path, 2)
-    loader = trainer.loader(0, None)
-    assert loader.persistent_workers and trainer.loader(1, None) is loader
-    assert trainer_for(tiny_cohort, tmp_path, 0).loader(0, None).pin_memory is False  # pinned only for CUDA
+    loader = data_for(tiny_cohort, 2).loader
+    first = loader.epoch(0)
+    assert first.persistent_workers and loader.epoch(1) is first
+    assert data_for(tiny_cohort, 0).loader.epoch(0).pin_memory is False  # pinned only for CUDA
+    loader.close()
 
 
 def test_a_subject_drawn_twice_in_an_epoch_gets_new_views(tiny_cohort, tmp_path):
-    dataset = EpochSeededDataset(trainer_for(tiny_cohort, tmp_path, 0).dataset, seed=0)
+    dataset = EpochSeededDataset(data_for(tiny_cohort, 0).dataset, seed=0)
     keys = EpochSampler()
     keys.set_epoch(0, [3, 3])
     first, second = (dataset[key]["views"] for key in keys)

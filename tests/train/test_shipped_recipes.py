@@ -12,7 +12,8 @@ import yaml
 
 from medssl.config import RECIPES_DIR, list_recipe_names, load_recipe, smoke_recipe
 from medssl.models import load_encoder
-from medssl.train.engine import apply_embedded_budget, pretrain
+from medssl.pipeline import pretrain
+from medssl.train.setup import apply_embedded_budget
 
 
 def pretraining_recipes() -> list[str]:

@@ -1,4 +1,7 @@
-"""The training engine end to end on tiny runs: resume, determinism, precision, failures, budgets, collapse."""
+"""Pre-training from a recipe end to end on tiny runs: resume, determinism, precision, failures, budgets, collapse.
+
+Where a test needs an unusual method (a broken loss, a collapsed head), it builds one and
+hands it to ``pretrain``, as a user with their own method would."""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ from torch import nn
 from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.methods import build_method
-from medssl.train import engine
-from medssl.train.engine import COLLAPSE_RATIO, Trainer, bf16_conv_hazards, pretrain
+from medssl.pipeline import pretrain
+from medssl.train.pretraining import build_pretraining
+from medssl.train.setup import apply_embedded_budget, bf16_conv_hazards, embedded_epochs
+from medssl.train.trainer import COLLAPSE_RATIO
 
 
 def quick_recipe(name: str = "simclr", *overrides: str):
@@ -50,22 +55,24 @@ def stop_after_first_epoch(epoch: int) -> None:
         raise Interrupted
 
 
-def patch_loss(monkeypatch, transform):
-    """Make every method built by the engine return ``transform(loss, call_number)`` as its loss."""
+def seeded_method(recipe):
+    """The recipe's method as ``pretrain`` would build it: seeded, with the embedded budget's encoder."""
+    torch.manual_seed(recipe.train.seed)
+    return build_method(apply_embedded_budget(recipe)[0])
 
-    def build(recipe, encoder=None):
-        method = build_method(recipe, encoder)
-        original, calls = method.training_loss, []
 
-        def training_loss(batch):
-            loss, logs = original(batch)
-            calls.append(1)
-            return transform(loss, len(calls)), logs
+def method_with_loss(recipe, transform):
+    """The recipe's method, whose loss is ``transform(loss, call_number)``."""
+    method = seeded_method(recipe)
+    original, calls = method.training_loss, []
 
-        method.training_loss = training_loss
-        return method
+    def training_loss(batch):
+        loss, logs = original(batch)
+        calls.append(1)
+        return transform(loss, len(calls)), logs
 
-    monkeypatch.setattr(engine, "build_method", build)
+    method.training_loss = training_loss
+    return method
 
 
 # ----------------------------------------------------------------------------- resume
@@ -92,23 +99,23 @@ def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a
     assert list(metrics(resumed, "epoch")["epoch"]) == [0, 1]
 
 
-def test_run_killed_in_the_middle_of_an_epoch_drops_its_rows_and_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
+def test_run_killed_in_the_middle_of_an_epoch_drops_its_rows_and_resumes_from_the_last_checkpoint(tmp_path):
     recipe = quick_recipe("simclr", "train.epochs=2")
     pretrain(recipe, tmp_path / "straight")
-    original = Trainer.optimizer_step
+    method = seeded_method(recipe)
+    after_step = method.after_step
 
-    def killed_at_step_four(self, epoch, step):
-        norm = original(self, epoch, step)
-        if step == 3:
+    def killed_after_step_four(step, total_steps):
+        after_step(step, total_steps)
+        if step == 4:  # the last step of the second epoch, before its checkpoint
             raise KeyboardInterrupt
-        return norm
 
-    monkeypatch.setattr(Trainer, "optimizer_step", killed_at_step_four)
+    method.after_step = killed_after_step_four
     with pytest.raises(KeyboardInterrupt):
-        pretrain(recipe, tmp_path / "killed")
+        pretrain(recipe, tmp_path / "killed", method=method)
     partial = pd.read_csv(tmp_path / "killed" / "metrics.csv")
     assert (partial["epoch"] == 1).any()  # a row of the unfinished epoch was written
-    monkeypatch.setattr(Trainer, "optimizer_step", original)
+    assert torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=True)["epochs_done"] == 1
 
     pretrain(recipe, tmp_path / "killed", resume=True)
     assert_same_state(method_state(tmp_path / "straight"), method_state(tmp_path / "killed"))
@@ -160,25 +167,28 @@ def test_bf16_conv_hazards_names_3x3x3_convolutions_that_see_depth_two():
 
 def test_bf16_on_cpu_falls_back_to_fp32_with_a_note_when_a_hazard_exists(tmp_path):
     # 16^3 volumes reach the AlexNet's last 3x3x3 convolutions with depth 2
-    trainer = Trainer(quick_recipe("simclr", "train.precision=bf16", "train.device=cpu", "train.max_steps_per_epoch=1"), tmp_path / "run")
-    result = trainer.run()
-    assert trainer.precision == "fp32"
+    pretraining = build_pretraining(quick_recipe("simclr", "train.precision=bf16", "train.device=cpu", "train.max_steps_per_epoch=1"),
+                                    tmp_path / "run")
+    assert pretraining.trainer.precision == "fp32"
+    result = pretraining.trainer.run()
     assert any("falls back to fp32" in note and "features." in note for note in result.notes)
     assert math.isfinite(result.last_loss)
 
 
 # ----------------------------------------------------------------------------- failures
-def test_non_finite_loss_stops_with_a_training_error_naming_epoch_and_step(tmp_path, monkeypatch):
-    patch_loss(monkeypatch, lambda loss, call: loss * float("nan") if call == 2 else loss)
+def test_non_finite_loss_stops_with_a_training_error_naming_epoch_and_step(tmp_path):
+    recipe = quick_recipe("simclr")
+    method = method_with_loss(recipe, lambda loss, call: loss * float("nan") if call == 2 else loss)
     with pytest.raises(TrainingError, match=r"epoch 1, step 2: the loss is nan; lower train.lr"):
-        pretrain(quick_recipe("simclr"), tmp_path / "run")
+        pretrain(recipe, tmp_path / "run", method=method)
 
 
-def test_non_finite_gradient_stops_with_a_training_error_naming_epoch_and_step(tmp_path, monkeypatch):
+def test_non_finite_gradient_stops_with_a_training_error_naming_epoch_and_step(tmp_path):
     # sqrt has an infinite derivative at 0: the loss value is unchanged, its gradient is not finite
-    patch_loss(monkeypatch, lambda loss, call: loss + torch.sqrt(loss - loss.detach()))
+    recipe = quick_recipe("simclr")
+    method = method_with_loss(recipe, lambda loss, call: loss + torch.sqrt(loss - loss.detach()))
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: non-finite gradient norm"):
-        pretrain(quick_recipe("simclr"), tmp_path / "run")
+        pretrain(recipe, tmp_path / "run", method=method)
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -196,19 +206,14 @@ def test_accumulating_more_batches_than_an_epoch_has_is_a_recipe_error(tmp_path)
         pretrain(quick_recipe("simclr", "train.accumulate=3"), tmp_path / "run")
 
 
-def test_gradient_clipping_bounds_the_update_of_plain_sgd(tmp_path, monkeypatch):
-    initial = {}
-
-    def build(recipe, encoder=None):
-        method = build_method(recipe, encoder)
-        initial.update({key: value.detach().clone() for key, value in method.named_parameters()})
-        return method
-
-    monkeypatch.setattr(engine, "build_method", build)
+def test_gradient_clipping_bounds_the_update_of_plain_sgd(tmp_path):
     clip = 1e-3
     run = tmp_path / "run"
-    pretrain(quick_recipe("simclr", "train.optimizer=sgd", "train.momentum=0", "train.weight_decay=0", "train.lr=1.0",
-                          f"train.grad_clip={clip}", "train.max_steps_per_epoch=1"), run)
+    recipe = quick_recipe("simclr", "train.optimizer=sgd", "train.momentum=0", "train.weight_decay=0", "train.lr=1.0",
+                          f"train.grad_clip={clip}", "train.max_steps_per_epoch=1")
+    method = seeded_method(recipe)
+    initial = {key: value.detach().clone() for key, value in method.named_parameters()}
+    pretrain(recipe, run, method=method)
     final = method_state(run)
     update = torch.sqrt(sum(((final[key] - value) ** 2).sum() for key, value in initial.items()))
     assert metrics(run, "step")["grad_norm"].iloc[0] > 10 * clip  # the logged norm is the one before clipping
@@ -262,34 +267,29 @@ class ConstantHead(nn.Module):
         return self.value.expand(features.shape[0], -1) + 0 * features[:, :1]
 
 
-@pytest.fixture
-def constant_heads(monkeypatch):
-    """Every method the engine builds projects all volumes to one constant embedding."""
-    def build(recipe, encoder=None):
-        method = build_method(recipe, encoder)
-        method.head = ConstantHead(recipe.model.head.out_dim)
-        return method
-
-    monkeypatch.setattr(engine, "build_method", build)
+def collapsed_method(recipe):
+    """The recipe's method projecting all volumes to one constant embedding."""
+    method = seeded_method(recipe)
+    method.head = ConstantHead(recipe.model.head.out_dim)
+    return method
 
 
-def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path, constant_heads):
+def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path):
     stream = io.StringIO()
-    result = pretrain(quick_recipe("vicreg", "train.max_steps_per_epoch=1"), tmp_path / "run",
-                      console=Console(file=stream, width=300))
+    recipe = quick_recipe("vicreg", "train.max_steps_per_epoch=1")
+    result = pretrain(recipe, tmp_path / "run", console=Console(file=stream, width=300), method=collapsed_method(recipe))
     assert metrics(tmp_path / "run", "epoch")["embedding_std"].iloc[-1] < 1e-6
     assert "epoch 1: embeddings are collapsing" in stream.getvalue()
     assert any("collapsing" in note for note in result.notes)
 
 
-def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path, constant_heads):
-    result = pretrain(quick_recipe("simclr", "train.max_steps_per_epoch=1"), tmp_path / "run")
+def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path):
+    recipe = quick_recipe("simclr", "train.max_steps_per_epoch=1")
+    result = pretrain(recipe, tmp_path / "run", method=collapsed_method(recipe))
     assert not any("collapsing" in note for note in result.notes)
 
 
 def test_embedded_budget_runs_its_steps_in_whole_epochs_and_scales_the_warm_up():
-    from medssl.train.engine import apply_embedded_budget, embedded_epochs
-
     recipe = load_recipe("vicreg", ["train.embedded.lr=0.001"])  # real data: 10 warm-up epochs of 300
     resolved, note = apply_embedded_budget(recipe)
     assert resolved.model.encoder == "resnet18" and resolved.model.widths == [16, 32, 64, 128]
@@ -304,8 +304,6 @@ def test_embedded_budget_runs_its_steps_in_whole_epochs_and_scales_the_warm_up()
 
 
 def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_budget():
-    from medssl.train.engine import apply_embedded_budget
-
     resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.encoder=alexnet"]))
     assert resolved.model.encoder == "alexnet" and resolved.model.widths is None
     resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.widths=[8,16,32,64]"]))
@@ -331,16 +329,3 @@ def test_method_needs_say_label_views_and_processes():
     needs = method_needs(load_recipe("yaware_age"))
     assert needs.label and needs.views == 2 and needs.distributed
     assert not method_needs(load_recipe("simclr")).label
-
-
-def test_resume_restores_the_fp16_loss_scale_of_the_checkpoint(tmp_path, monkeypatch):
-    # fp16 loss scaling runs only on CUDA in the engine; an enabled CPU GradScaler stands in for it.
-    real = torch.amp.GradScaler
-    scales = iter([2.0**7, 2.0**3])  # the first run's initial scale, then a different one for the resumed run
-    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real("cpu", init_scale=next(scales)))
-    run_dir = tmp_path / "run"
-    pretrain(quick_recipe("simclr", "train.device=cpu", "train.epochs=1"), run_dir)
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["scaler"]["scale"] == 2.0**7
-    resumed = Trainer(quick_recipe("simclr", "train.device=cpu", "train.epochs=2"), run_dir)
-    resumed.run(resume=True)
-    assert resumed.scaler.get_scale() == 2.0**7

@@ -1,0 +1,202 @@
+"""What pre-training, fine-tuning and evaluation all set up the same way: device, seeds,
+precision, optimiser and schedule, the embedded budget and the recipe's cohort.
+
+Both ``medssl.train`` (which builds trainers) and ``medssl.eval`` (which fine-tunes and
+evaluates encoders) import these, so each rule exists once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+
+from medssl.config import Recipe
+from medssl.data.cohort import Cohort, load_cohort
+from medssl.data.synthetic import embedded_cohort
+from medssl.errors import RecipeError
+from medssl.train.lars import LARS
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists twenty device types, most of which medssl never runs on
+        raise RecipeError(f"train.device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type not in ("cpu", "cuda"):
+        raise RecipeError(f"train.device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"train.device = {name!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    return device
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16/fp16 autocast on ``device``; fp32 runs untouched."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
+
+
+def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
+    """When no cohort is given, train on the embedded synthetic cohort with its budget:
+    batch size, learning rate and encoder of ``train.embedded`` (epochs follow from its
+    steps once the cohort is open, see :func:`embedded_epochs`)."""
+    if not recipe.uses_embedded_cohort:
+        return recipe, None
+    budget = recipe.train.embedded
+    resolved = recipe.model_copy(deep=True)
+    if budget.epochs is not None:
+        resolved.train.epochs = budget.epochs
+    resolved.train.batch_size = budget.batch_size
+    if budget.lr is not None:
+        resolved.train.lr = budget.lr
+    if budget.encoder is not None:
+        resolved.model = resolved.model.model_copy(update={"encoder": budget.encoder, "widths": budget.widths})
+    synthetic = recipe.data.synthetic
+    length = f"{budget.epochs} epochs" if budget.epochs is not None else f"{budget.steps} steps"
+    widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
+    note = (f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
+            f"{synthetic.shape}^3 voxels) with its budget: {resolved.model.encoder}{widths}, {length} of batch {budget.batch_size}.")
+    return resolved, note
+
+
+def embedded_epochs(recipe: Recipe, original_epochs: int, steps_per_epoch: int) -> None:
+    """Set the epochs of an embedded run from its budget's steps, scaling the warm-up with them.
+
+    The warm-up keeps the share of the run it has in the recipe's real-data schedule (10 of
+    100 epochs stays a tenth), so schedules scale with the budget actually run.
+    """
+    budget = recipe.train.embedded
+    if not recipe.uses_embedded_cohort or budget.epochs is not None:
+        return
+    epochs = max(1, math.ceil(budget.steps / max(steps_per_epoch, 1)))
+    if recipe.train.warmup_epochs:
+        recipe.train.warmup_epochs = min(epochs - 1, round(recipe.train.warmup_epochs * epochs / original_epochs))
+    recipe.train.epochs = epochs
+
+
+def open_cohort(recipe: Recipe, console: Console | None = None) -> Cohort:
+    """The recipe's cohort: ``data.root``, or the embedded synthetic cohort (generated once, cached)."""
+    root = recipe.data.root
+    if root is None:
+        root = embedded_cohort(recipe.data.synthetic, progress=console is not None)
+    return load_cohort(root, openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks)
+
+
+def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | None:
+    """Map a categorical label column (sex, diagnosis, site) to integers; None for numeric ones."""
+    if label is None:
+        return None
+    if label not in cohort.table.columns:
+        raise RecipeError(f"data.label = {label!r}: no such column in the participants table (columns: {', '.join(cohort.table.columns)})")
+    values = cohort.table[label]
+    if values.isna().any():
+        raise RecipeError(f"data.label = {label!r}: the column has missing values")
+    # pandas >= 3 reads text columns as StringDtype, which numpy cannot interpret: ask pandas.
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return None
+    return {value: index for index, value in enumerate(sorted(values.astype(str).unique()))}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up, then constant, cosine or per-epoch step decay."""
+    train = recipe.train
+    total = max(train.epochs * steps_per_epoch, 1)
+    warmup = train.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if train.scheduler == "cosine":
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        if train.scheduler == "step":
+            return train.step_gamma ** (step // steps_per_epoch)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(parameters: Iterable[torch.nn.Parameter], recipe: Recipe, lr: float | None = None) -> torch.optim.Optimizer:
+    """The recipe's ``train.optimizer`` over the parameters that require a gradient, at ``lr``
+    (default ``train.lr``)."""
+    train = recipe.train
+    lr = train.lr if lr is None else lr
+    parameters = [p for p in parameters if p.requires_grad]
+    # One fused kernel per step instead of ~10 passes over the weights: 7x faster on CPU for
+    # ResNet-18's 33M weights (benchmarks/README.md), also the fastest path on CUDA.
+    fused = bool(parameters) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+    if train.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=train.weight_decay, fused=fused or None)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=train.weight_decay, fused=fused or None)
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "lars":
+        return LARS(parameters, lr=lr, weight_decay=train.weight_decay, momentum=train.momentum)
+    raise RecipeError(f"train.optimizer = {train.optimizer!r}: expected adam, adamw, sgd or lars")
+
+
+def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]:
+    """Conv3d layers with a 3x3x3 kernel whose input has depth 2.
+
+    torch 2.13 on CPU computes wrong weight gradients for such bf16 convolutions, so
+    :func:`safe_precision` falls back to float32 when this returns anything.
+    """
+    hazards: list[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv3d) and tuple(module.kernel_size) == (3, 3, 3):
+            def record(module, inputs, output, name=name):
+                if inputs[0].shape[2] == 2:
+                    hazards.append(name)
+            hooks.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return hazards
+
+
+def safe_precision(precision: str, device: torch.device, network: torch.nn.Module, sample: torch.Tensor) -> tuple[str, str | None]:
+    """``precision``, or fp32 with a note when bf16 on CPU would hit :func:`bf16_conv_hazards`."""
+    if precision != "bf16" or device.type != "cpu":
+        return precision, None
+    was_training = network.training
+    network.eval()
+    try:
+        hazards = bf16_conv_hazards(network, sample)
+    finally:
+        network.train(was_training)
+    if not hazards:
+        return precision, None
+    return "fp32", (f"train.precision = 'bf16' falls back to fp32: on CPU, 3x3x3 convolutions with depth-2 inputs "
+                    f"({', '.join(hazards[:3])}) get wrong bf16 gradients in this torch version.")
+
+
+def check_input_size(encoder: torch.nn.Module, sample: torch.Tensor, encoder_name: str) -> None:
+    """Refuse volumes too small for the encoder (its pooling would reach zero size) in one line."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            encoder(sample)
+    except RuntimeError as exc:
+        raise RecipeError(f"model.encoder = {encoder_name!r} cannot take volumes of shape {tuple(sample.shape[2:])} "
+                          f"({str(exc).splitlines()[0]}); use larger volumes (data.volume_shape)") from None
+    finally:
+        encoder.train(was_training)

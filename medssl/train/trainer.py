@@ -1,0 +1,347 @@
+"""One training loop for every objective, handed its parts as MONAI's ``SupervisedTrainer`` is.
+
+A :class:`Trainer` builds nothing: it is given the objective (a pre-training ``Method``, or a
+head on an encoder for fine-tuning), the optimiser and scheduler, the epoch loader, the run
+folder, the precision and device. It owns the training step -- autocast, loss scaling, the
+finiteness of the loss, the gradient norm (checked, optionally clipped), the optimiser and
+scheduler steps -- and what surrounds it: gradient accumulation, ``metrics.csv`` and
+TensorBoard, the progress bar, per-epoch diagnostics and the collapse warning, atomic
+checkpoints and bit-identical resume.
+
+The objective is an ``nn.Module`` with:
+
+- ``forward(batch) -> (loss, logs)``: the scalar loss of a batch (a dict of tensors) and
+  floats to log;
+- ``prepare_epoch(epoch, context) -> sampler | None`` (see :class:`EpochContext`) and
+  ``after_step(step, total_steps)``, hooks that may do nothing;
+- ``monitors_collapse`` and, when the trainer is given ``diagnostic_views``,
+  ``diagnostics(views) -> dict``.
+
+Each epoch reseeds every random generator from (seed, epoch), and the loader draws the views
+of a subject from (seed, epoch, subject), so a run resumed from its last checkpoint ends with
+the same weights as an uninterrupted one.
+
+Example:
+    >>> trainer = Trainer(method, optimizer, EpochLoader(dataset, batch_size=8), "runs/x",
+    ...                   Schedule(epochs=10, steps_per_epoch=len(dataset) // 8))
+    >>> result = trainer.run()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from medssl.errors import CheckpointError, TrainingError
+from medssl.files import atomic_write_text, remove_stale_temporaries
+from medssl.train.checkpoint import restore_rng, restore_scaler, save_checkpoint
+from medssl.train.distributed import DistributedContext, barrier, reduce_mean
+from medssl.train.loading import EpochLoader
+from medssl.train.metrics_log import MetricsLog
+from medssl.train.setup import autocast, seed_everything
+
+COLLAPSE_RATIO = 0.1  # embedding std below 10% of a uniform spread's 1/sqrt(d) means collapse
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    epochs_done: int
+    first_loss: float
+    last_loss: float
+    evaluation: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    main_process: bool = True
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a trainer runs and how it steps.
+
+    Args:
+        epochs: epochs of the run (fewer if early stopping ends it).
+        steps_per_epoch: optimiser steps per epoch.
+        accumulate: micro-batches per optimiser step.
+        grad_clip: clip the gradient norm to this (None: the norm is still logged and checked).
+        seed: the run's seed; epoch ``e`` runs under seed ``seed * 1000 + e``.
+        checkpoint_every: write ``checkpoints/last.pt`` every this many epochs (and after the last).
+        lr_key: the recipe key a non-finite loss or gradient advises to lower.
+        label: prefix of progress bars and error messages (``"seed 1, "``).
+    """
+
+    epochs: int
+    steps_per_epoch: int
+    accumulate: int = 1
+    grad_clip: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 1
+    lr_key: str = "train.lr"
+    label: str = ""
+
+
+class EpochContext:
+    """What an objective's ``prepare_epoch`` may use: features of the training cohort, the
+    optimiser's state, and the epoch's log row."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.logs: dict[str, float] = {}
+
+    def extract_features(self, encoder: nn.Module) -> np.ndarray:
+        if self.trainer.feature_extractor is None:
+            raise TrainingError("the objective clusters features of the training cohort: hand the trainer extract_features")
+        return self.trainer.feature_extractor(encoder)
+
+    def forget_optimizer_state(self, parameters: Iterable[nn.Parameter]) -> None:
+        for parameter in parameters:
+            self.trainer.optimizer.state.pop(parameter, None)
+
+    def log(self, values: dict[str, float]) -> None:
+        self.logs.update(values)
+
+
+class Trainer:
+    """Train ``objective`` with ``optimizer`` on the batches of ``loader``; see the module docstring.
+
+    Args:
+        objective: the module whose ``forward(batch)`` returns ``(loss, logs)``.
+        optimizer: steps the objective's trainable parameters.
+        loader: an :class:`~medssl.train.loading.EpochLoader` (``epoch(e, sampler)``, ``close()``).
+        run_dir: the run folder (``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``).
+        schedule: epochs, steps, accumulation, clipping, seed.
+        scheduler: stepped after every optimiser step (None: constant learning rate).
+        device, precision: where and in which autocast precision (fp32, bf16, fp16) to train.
+        scaler: the fp16 loss scaler (default: enabled for fp16 on CUDA).
+        model: the objective as called in training, e.g. wrapped in DistributedDataParallel
+            (default ``objective``).
+        dist: this process's place in the process group.
+        console: where notes and progress bars go (None: nowhere); ``notes`` collects the notes.
+        run_files: texts written into ``run_dir`` once the run starts (``recipe.yaml``).
+        recipe_yaml: the settings stored in the checkpoint, compared on resume.
+        extract_features: ``encoder -> (n, d)`` features of the training cohort, for objectives
+            that cluster them (``EpochContext.extract_features``).
+        diagnostic_views: a fixed (B, 2, C, D, H, W) batch on which ``diagnostics`` run every epoch.
+        early_stopping: validated after every epoch; may end the run and restores its best weights.
+        name: what the objective is, in the message of a checkpoint that does not fit it.
+    """
+
+    def __init__(self, objective: nn.Module, optimizer: torch.optim.Optimizer, loader: EpochLoader, run_dir: str | Path,
+                 schedule: Schedule, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
+                 scaler: torch.amp.GradScaler | None = None, model: nn.Module | None = None,
+                 dist: DistributedContext | None = None, console: Console | None = None, notes: list[str] | None = None,
+                 run_files: dict[str, str] | None = None, recipe_yaml: str = "",
+                 extract_features: Callable[[nn.Module], np.ndarray] | None = None,
+                 diagnostic_views: torch.Tensor | None = None, early_stopping=None, name: str = "objective"):
+        self.objective, self.optimizer, self.scheduler, self.loader = objective, optimizer, scheduler, loader
+        self.run_dir, self.schedule = Path(run_dir), schedule
+        self.device, self.precision = torch.device(device), precision
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler(
+            "cuda", enabled=precision == "fp16" and self.device.type == "cuda")
+        self.model = model if model is not None else objective
+        self.dist = dist if dist is not None else DistributedContext()
+        self.console, self.notes = console, notes if notes is not None else []
+        self.run_files, self.recipe_yaml = run_files or {}, recipe_yaml
+        self.feature_extractor, self.diagnostic_views = extract_features, diagnostic_views
+        self.early_stopping, self.name = early_stopping, name
+        self.log: MetricsLog | None = None
+
+    def say(self, message: str) -> None:
+        self.notes.append(message)
+        if self.console is not None and self.dist.is_main:
+            self.console.print(message)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    # -------------------------------------------------------------- run
+    def run(self, resume_from: dict | None = None, on_epoch_end: Callable[[int], None] | None = None) -> RunResult:
+        """Train from scratch, or from the checkpoint state ``resume_from``; ``on_epoch_end(epoch)``
+        runs after each epoch's checkpoint."""
+        schedule, main = self.schedule, self.dist.is_main
+        seed_everything(schedule.seed)
+        # A checkpoint that does not fit the objective is refused before the folder is touched.
+        epochs_done, step = self.restore(resume_from) if resume_from is not None else (0, 0)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir, self.checkpoint_path.parent)
+            for name, text in self.run_files.items():
+                atomic_write_text(self.run_dir / name, text)
+        # purge_step: TensorBoard drops the events of steps the resumed run is about to redo.
+        self.log = MetricsLog(self.run_dir, enabled=main, purge_step=step + 1 if resume_from is not None else None)
+        if resume_from is not None:
+            self.log.truncate_after(epochs_done)
+            self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}).")
+        try:
+            epochs_done, step = self.run_epochs(epochs_done, step, on_epoch_end)
+            # Every process leaves only once the last checkpoint is on disk (a resume may follow at once).
+            barrier(self.dist)
+        finally:
+            self.log.close()
+            self.loader.close()  # ends persistent workers
+        if self.early_stopping is not None:
+            self.early_stopping.restore_best()
+        return RunResult(self.run_dir, epochs_done, *self.loss_range(), notes=self.notes, main_process=main)
+
+    def run_epochs(self, epochs_done: int, step: int, on_epoch_end: Callable[[int], None] | None) -> tuple[int, int]:
+        schedule = self.schedule
+        total_steps = schedule.epochs * schedule.steps_per_epoch
+        for epoch in range(epochs_done, schedule.epochs):
+            if self.stopped:
+                break
+            step = self.run_epoch(epoch, step, total_steps)
+            epochs_done = epoch + 1
+            if self.dist.is_main and (epochs_done % schedule.checkpoint_every == 0 or epochs_done == schedule.epochs
+                                      or self.stopped):
+                self.save_checkpoint(epochs_done, step)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        return epochs_done, step
+
+    @property
+    def stopped(self) -> bool:
+        return self.early_stopping is not None and self.early_stopping.stopped
+
+    def save_checkpoint(self, epochs_done: int, step: int) -> None:
+        extra = {"early_stopping": self.early_stopping.state_dict()} if self.early_stopping is not None else None
+        save_checkpoint(self.checkpoint_path, method=self.objective, optimizer=self.optimizer, scheduler=self.scheduler,
+                        epoch=epochs_done, step=step, recipe_yaml=self.recipe_yaml, scaler=self.scaler, extra=extra)
+
+    def restore(self, state: dict) -> tuple[int, int]:
+        """Load weights, optimiser, scheduler, loss scale, early stopping and RNG state; return (epochs done, step)."""
+        try:
+            self.objective.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            restore_scaler(state, self.scaler)
+            if self.early_stopping is not None:
+                self.early_stopping.load_state_dict(state["early_stopping"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
+            raise CheckpointError(f"{self.checkpoint_path}: does not fit the recipe's {self.name} model ({detail}); "
+                                  "resume with the recipe of that run or use another --out") from None
+        restore_rng(state)
+        return int(state["epochs_done"]), int(state["step"])
+
+    # -------------------------------------------------------------- one epoch
+    def run_epoch(self, epoch: int, step: int, total_steps: int) -> int:
+        """Train one epoch from optimiser step ``step``; return the step reached."""
+        schedule = self.schedule
+        seed_everything(schedule.seed * 1000 + epoch)
+        context = EpochContext(self)
+        self.objective.train()
+        sampler = self.objective.prepare_epoch(epoch, context)
+        losses: list[float] = []
+        progress = self.progress_bar()
+        task = progress.add_task(f"{schedule.label}epoch {epoch + 1}/{schedule.epochs}", total=schedule.steps_per_epoch,
+                                 loss="-", lr="-", speed="-")
+        with progress:
+            started = time.perf_counter()
+            for micro, batch in enumerate(self.loader.epoch(epoch, sampler)):
+                if micro >= schedule.steps_per_epoch * schedule.accumulate:
+                    break
+                loss, extra = self.forward_backward(batch, micro, epoch, step)
+                losses.append(loss)
+                if (micro + 1) % schedule.accumulate:
+                    continue
+                grad_norm = self.optimizer_step(epoch, step)
+                step += 1
+                self.objective.after_step(step, total_steps)
+                speed = batch_volumes(batch) * schedule.accumulate * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                step_loss = reduce_mean(float(np.mean(losses[-schedule.accumulate:])), self.dist, self.device)
+                self.log.log("step", epoch, step, loss=step_loss, lr=lr, volumes_per_s=speed, grad_norm=grad_norm, **extra)
+                progress.update(task, advance=1, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.1f}")
+                started = time.perf_counter()
+        self.end_of_epoch(epoch, step, losses, context)
+        return step
+
+    def forward_backward(self, batch: dict, micro: int, epoch: int, step: int) -> tuple[float, dict]:
+        """Loss of one micro-batch, checked finite, and its scaled gradient (summed over the accumulated ones)."""
+        accumulate = self.schedule.accumulate
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        # Under DDP, gradients are all-reduced only on the micro-batch that ends an optimiser step.
+        syncing = (micro + 1) % accumulate == 0 or not self.dist.enabled
+        with nullcontext() if syncing else self.model.no_sync():
+            with autocast(self.precision, self.device):
+                loss, extra = self.model(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{self.schedule.label}epoch {epoch + 1}, step {step + 1}: the loss is {loss.item()}; "
+                                    f"{self.advice}")
+            self.scaler.scale(loss / accumulate).backward()
+        return loss.item(), extra
+
+    @property
+    def advice(self) -> str:
+        return f"lower {self.schedule.lr_key}, set train.grad_clip or use train.precision fp32"
+
+    def optimizer_step(self, epoch: int, step: int) -> float:
+        """Unscale, measure (and clip) the gradient norm, refuse a non-finite one, step; return the norm."""
+        self.scaler.unscale_(self.optimizer)
+        clip = self.schedule.grad_clip
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if clip is None:  # the norm is still logged and checked, without a pass rescaling every gradient by 1
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
+        if not torch.isfinite(grad_norm):
+            raise TrainingError(f"{self.schedule.label}epoch {epoch + 1}, step {step + 1}: non-finite gradient norm "
+                                f"({grad_norm.item()}); {self.advice}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return float(grad_norm)
+
+    def end_of_epoch(self, epoch: int, step: int, losses: list[float], context: EpochContext) -> None:
+        """The epoch's row: the objective's logs, diagnostics, mean loss, validation; the collapse warning."""
+        self.objective.eval()
+        values = dict(context.logs)
+        if self.diagnostic_views is not None:
+            with autocast(self.precision, self.device):
+                values.update(self.objective.diagnostics(self.diagnostic_views.to(self.device)))
+        self.objective.train()
+        values["loss"] = reduce_mean(float(np.mean(losses)) if losses else float("nan"), self.dist, self.device)
+        if self.early_stopping is not None:
+            values.update(self.early_stopping.update(epoch, values["loss"]))
+        self.log.log("epoch", epoch, step, **values)
+        ratio = values.get("embedding_std_ratio")
+        if self.objective.monitors_collapse and ratio is not None and ratio < COLLAPSE_RATIO:
+            self.say(f"[yellow]warning:[/] epoch {epoch + 1}: embeddings are collapsing (per-dimension std is "
+                     f"{ratio:.3f} x 1/sqrt(d)); check the learning rate, the predictor and the augmentations.")
+
+    def progress_bar(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[speed]} vol/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console, disable=self.console is None or not self.dist.is_main, transient=False,
+        )
+
+    def loss_range(self) -> tuple[float, float]:
+        """The mean loss of the first and of the last epoch (NaN before any)."""
+        table = self.log.table() if self.log is not None else None
+        epochs = table[table["kind"] == "epoch"]["loss"].astype(float) if table is not None and len(table) else []
+        if len(epochs) == 0:
+            return float("nan"), float("nan")
+        return float(epochs.iloc[0]), float(epochs.iloc[-1])
+
+
+def batch_volumes(batch: dict) -> int:
+    """Volumes in a batch: subjects x views of pre-training, else the items of fine-tuning."""
+    views = batch.get("views")
+    if views is not None:
+        return int(views.shape[0] * views.shape[1])
+    return len(next(iter(batch.values())))

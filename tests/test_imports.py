@@ -1,0 +1,116 @@
+"""Imports go one way along the data path: cli -> eval -> train -> methods -> models, losses -> data -> config.
+
+Every ``import`` of every medssl module is read from its source (function-level imports
+included) and checked against the rank of the packages: a module imports only from packages
+of a lower rank, or from its own package. ``medssl.errors`` and ``medssl.files`` are below
+everything; the command line, the benchmark runner and the pretrain pipeline sit on top.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import medssl
+
+PACKAGE = Path(medssl.__file__).parent
+
+RANKS = {
+    "medssl": 0,  # the package itself: its version
+    "medssl.errors": 0,
+    "medssl.files": 1,
+    "medssl.config": 2,
+    "medssl.data": 3,
+    "medssl.models": 4,
+    "medssl.losses": 4,
+    "medssl.methods": 5,
+    "medssl.train": 6,
+    "medssl.eval": 7,
+    "medssl.pipeline": 8,
+    "medssl.benchmark": 8,
+    "medssl.run_folder": 8,
+    "medssl.cli": 9,
+    "medssl.__main__": 10,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str:
+    """The entry of RANKS a module belongs to (its longest prefix)."""
+    candidates = [name for name in RANKS if module == name or module.startswith(name + ".")]
+    if not candidates:
+        raise AssertionError(f"{module}: not in the rank table of tests/test_imports.py")
+    return max(candidates, key=len)
+
+
+def medssl_imports(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, imported module, imported names) of every medssl import in the file, wherever it is."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, []) for alias in node.names if alias.name.split(".")[0] == "medssl"]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "medssl" and node.level == 0:
+            found.append((node.lineno, node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def direction_problems(path: Path) -> list[str]:
+    importer = module_name(path)
+    own = layer(importer)
+    problems = []
+    for line, imported, _ in medssl_imports(path):
+        target = layer(imported)
+        if target != own and RANKS[target] >= RANKS[own]:
+            problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported} "
+                            f"({own} rank {RANKS[own]} -> {target} rank {RANKS[target]})")
+    return problems
+
+
+def test_every_medssl_module_is_in_the_rank_table():
+    assert {layer(module_name(path)) for path in sources()} <= set(RANKS)
+
+
+def test_imports_go_one_way_along_the_data_path():
+    assert [problem for path in sources() for problem in direction_problems(path)] == []
+
+
+def test_no_private_name_is_imported_from_another_module():
+    private = [f"{path.relative_to(PACKAGE.parent)}:{line}: {name} from {imported}"
+               for path in sources() for line, imported, names in medssl_imports(path)
+               for name in names if name.startswith("_") and imported != module_name(path)]
+    assert private == []
+
+
+@pytest.mark.parametrize("upward, module, rank", [
+    ("from medssl.eval.run import evaluate_encoder", "medssl.train.pretraining", "train rank 6 -> medssl.eval rank 7"),
+    ("import medssl.train.trainer", "medssl.methods.base", "methods rank 5 -> medssl.train rank 6"),
+    ("from medssl.losses import NTXentLoss", "medssl.models.heads", "models rank 4 -> medssl.losses rank 4"),
+])
+def test_the_check_catches_an_upward_import_also_inside_a_function(tmp_path, monkeypatch, upward, module, rank):
+    path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    planted = tmp_path / "medssl" / path.relative_to(PACKAGE)
+    planted.parent.mkdir(parents=True)
+    planted.write_text(f"def late():\n    {upward}\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "medssl")
+    problems = direction_problems(planted)
+    assert len(problems) == 1 and rank in problems[0]
+
+
+def test_training_runs_without_loading_the_evaluation_package():
+    code = ("import sys, medssl.train.pretraining, medssl.train.finetuning; "
+            "print(sorted(m for m in sys.modules if m.startswith('medssl.eval')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    assert result.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from medssl.config import trim_flat_method_section
 from medssl.errors import CheckpointError, RecipeError
 from medssl.files import atomic_torch_save
 
@@ -83,7 +84,9 @@ def resume_differences(saved_yaml: str, current_yaml: str,
                        resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> tuple[list[str], list[str]]:
     """``KEY: SAVED -> NOW`` for every recipe key that differs, split into (refused, allowed):
     allowed are the keys starting with one of ``resumable``."""
-    saved, current = flatten(yaml.safe_load(saved_yaml) or {}), flatten(yaml.safe_load(current_yaml) or {})
+    # A run saved while medssl had one flat method section compares by its method's own keys.
+    saved = flatten(trim_flat_method_section(yaml.safe_load(saved_yaml) or {}))
+    current = flatten(yaml.safe_load(current_yaml) or {})
     refused, allowed = [], []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):

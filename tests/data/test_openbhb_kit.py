@@ -194,6 +194,18 @@ def test_the_kits_folds_file_gives_the_evaluation_folds_over_its_train_rows(tmp_
     assert challenge_folds(table, tmp_path / "kit", None) == []
 
 
+def test_the_kits_folds_file_names_the_same_subjects_in_a_cache_of_the_kit(tmp_path):
+    write_kit(tmp_path / "kit")
+    folds_file = write_kit_folds(tmp_path / "kit", KIT_FOLDS)
+    kit = load_cohort(tmp_path / "kit", openbhb_modality="vbm")
+    cached = load_cohort(cache_cohort(kit, tmp_path / "cache"))
+    assert challenge_folds(cached.table, cached.root, "auto") == []  # the cache is no kit: the file is named
+    for in_kit, in_cache in zip(challenge_folds(kit.table, kit.root, "auto"), challenge_folds(cached.table, cached.root, folds_file)):
+        for part in ("train", "internal_test", "external_test"):
+            ids = kit.table["participant_id"].iloc[getattr(in_kit, part)]
+            assert list(cached.table["participant_id"].iloc[getattr(in_cache, part)]) == list(ids)
+
+
 @pytest.mark.parametrize("fold0, named", [
     ({"train": [0, 1], "internal_test": [3], "external_test": [4]}, "fold0.external_test holds 4"),
     ({"train": [0, 1], "internal_test": [3]}, "fold0.external_test is missing"),

@@ -235,7 +235,7 @@ def read_kit_folds(path: str | Path, n_train_rows: int) -> dict[str, dict[str, n
     file, the fold and the part when the file is not that layout: a missing or empty part, a
     value that is not a row number below ``n_train_rows``, a row twice in one fold.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     expected = (f'expected {{"fold0": {{"train": [...], "internal_test": [...], "external_test": [...]}}, ...}} '
                 f"with row numbers 0..{n_train_rows - 1} of the {n_train_rows} train rows")
     try:

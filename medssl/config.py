@@ -360,6 +360,7 @@ class EvalConfig(Section):
     baseline: bool = Field(True, description="Also evaluate a randomly initialised encoder of the same architecture.")
     batch_size: int = Field(16, ge=1, description="Volumes per batch during feature extraction.")
     targets: list[str] = Field(default_factory=lambda: ["age", "sex"], description="Participants columns probed by the cross-validation.")
+    folds_file: str | None = Field("auto", description="Challenge folds scored with the challenge protocol, in the OpenBHB challenge kit's cv_splits_indices.json layout (fold -> train / internal_test / external_test row numbers of the cohort's train rows); auto: the kit's own file when data.root is a challenge kit that ships one; null: none.")
 
 
 # ----------------------------------------------------------------------------- finetune

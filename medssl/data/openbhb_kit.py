@@ -28,6 +28,11 @@ row, ``kit_block`` and ``kit_masks`` tell :func:`kit_image` how to unmask it. Th
 tables carry no participant id or sex: ids are ``train-<row>`` / ``test-<row>`` and sex is
 ``unknown`` when absent; external sites, withheld by the kit, are ``external``.
 
+The kit also ships ``cv_splits_indices.json`` at its root: the challenge's cross-validation,
+``{"fold0": {"train": [...], "internal_test": [...], "external_test": [...]}, ...}``, row
+numbers of ``data/train.tsv``; each fold holds out whole sites as ``external_test`` and some
+subjects of the remaining sites as ``internal_test``. :func:`read_kit_folds` reads and checks it.
+
 Example:
     >>> table, source = kit_table("/data/brain_age_with_site_removal", modality="vbm")
     >>> kit_image(table["path"][0], 0, "vbm", table["kit_masks"][0]).data.shape
@@ -36,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -54,6 +60,8 @@ KIT_BLOCK_COLUMN = "kit_block"
 KIT_MASKS_COLUMN = "kit_masks"
 KIT_COLUMNS = (KIT_BLOCK_COLUMN, KIT_MASKS_COLUMN)
 KIT_PARTS = ("train", "test")
+KIT_FOLDS_FILE = "cv_splits_indices.json"
+FOLD_PARTS = ("train", "internal_test", "external_test")
 EXTERNAL_SITE = "external"
 
 
@@ -217,3 +225,46 @@ def kit_image(path: str | Path, row: int, block: str, masks_folder: str) -> tio.
 def kit_volume_shape(block: str, masks_folder: str) -> tuple[int, int, int, int]:
     """(C, D, H, W) of the unmasked volumes of ``block``."""
     return (1, *kit_masks(masks_folder)[block].shape)
+
+
+def read_kit_folds(path: str | Path, n_train_rows: int) -> dict[str, dict[str, np.ndarray]]:
+    """The folds of a ``cv_splits_indices.json``: ``{fold: {part: row numbers}}``, in the file's order.
+
+    Row numbers count the rows of the kit's ``data/train.tsv`` (the cohort's ``train`` rows, in
+    table order), of which there are ``n_train_rows``. Raises :class:`CohortError` naming the
+    file, the fold and the part when the file is not that layout: a missing or empty part, a
+    value that is not a row number below ``n_train_rows``, a row twice in one fold.
+    """
+    path = Path(path).expanduser()
+    expected = (f'expected {{"fold0": {{"train": [...], "internal_test": [...], "external_test": [...]}}, ...}} '
+                f"with row numbers 0..{n_train_rows - 1} of the {n_train_rows} train rows")
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CohortError(f"{path}: folds file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CohortError(f"{path}: cannot be read as JSON ({exc}); {expected}") from None
+    if not isinstance(content, dict) or not content or not all(isinstance(fold, dict) for fold in content.values()):
+        raise CohortError(f"{path}: not a set of folds; {expected}")
+    return {name: _fold_rows(path, name, fold, n_train_rows, expected) for name, fold in content.items()}
+
+
+def _fold_rows(path: Path, name: str, fold: dict, n_train_rows: int, expected: str) -> dict[str, np.ndarray]:
+    rows, seen = {}, set()
+    for part in FOLD_PARTS:
+        values = fold.get(part)
+        if not isinstance(values, list) or not values:
+            problem = "missing" if values is None else "empty" if values == [] else "not a list"
+            raise CohortError(f"{path}: {name}.{part} is {problem}; {expected}")
+        wrong = next((value for value in values if isinstance(value, bool) or not isinstance(value, int)
+                      or not 0 <= value < n_train_rows), None)
+        if wrong is not None:
+            raise CohortError(f"{path}: {name}.{part} holds {json.dumps(wrong)}; {expected}")
+        unique, counts = np.unique(values, return_counts=True)
+        repeated = seen.intersection(values) | set(unique[counts > 1].tolist())
+        if repeated:
+            raise CohortError(f"{path}: row {min(repeated)} is twice in {name} (in {part}); "
+                              "expected each row in at most one part of a fold")
+        seen.update(values)
+        rows[part] = np.asarray(values, dtype=np.int64)
+    return rows

@@ -7,23 +7,36 @@ folds hold out whole sites, so a probe is tested on scanners it never saw (does 
 representation generalise across sites?). Both return a list of ``(train_idx, test_idx)``
 pairs of row positions, the format scikit-learn's ``cv=`` arguments accept.
 
+The OpenBHB challenge kit fixes its own folds (``cv_splits_indices.json``, see
+``medssl.data.openbhb_kit``): each has a training part, an internal test of the same sites and
+an external test of held-out sites. :func:`challenge_folds` maps them onto the table and
+:func:`score_challenge_folds` runs the challenge protocol once per fold.
+
 Example:
     >>> folds = site_stratified_folds(table, n_folds=5, seed=0)
     >>> train_idx, test_idx = folds[0]
     >>> held_out_sites = leave_site_out_folds(table)          # one fold per site
+    >>> kit = challenge_folds(table, "/data/brain_age_with_site_removal", "auto")
+    >>> summary = score_challenge_folds(features, table, kit, partial(challenge_protocol, seed=0))
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, LeaveOneGroupOut, StratifiedKFold
 
-from medssl.eval.score import EvaluationError, as_labels
+from medssl.data.openbhb_kit import FOLD_PARTS, KIT_FOLDS_FILE, is_kit_folder, read_kit_folds
+from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
+# What each challenge fold reports, and the target each metric is about.
+CHALLENGE_FOLD_METRICS = {"mae_internal": "age", "mae_external": "age", "bacc_site": "site", "challenge_score": "age+site"}
 
 
 def site_stratified_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0, stratify: str | None = "site") -> Folds:
@@ -94,3 +107,80 @@ def _labels(table: pd.DataFrame, column: str) -> pd.Series:
 def _check_n_folds(n_folds: int, available: int, what: str) -> None:
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= available:
         raise EvaluationError(f"n_folds: got {n_folds!r}, expected an integer between 2 and the number of {what} ({available})")
+
+
+@dataclass(frozen=True)
+class ChallengeFold:
+    """One fold of the challenge kit's cross-validation: table row positions of its three parts."""
+
+    name: str
+    train: np.ndarray
+    internal_test: np.ndarray
+    external_test: np.ndarray
+
+
+def challenge_folds(table: pd.DataFrame, root: str | Path | None, folds_file: str | Path | None) -> list[ChallengeFold]:
+    """The challenge kit's folds over ``table`` (``eval.folds_file``); empty when there are none.
+
+    Args:
+        table: participants table; the folds' row numbers count its ``train`` rows in order
+            (the kit's ``data/train.tsv`` rows, as ``medssl.data.openbhb_kit`` lists them).
+        root: the cohort folder, where ``"auto"`` looks for the kit's ``cv_splits_indices.json``.
+        folds_file: a folds file, ``"auto"`` (the kit's own, when ``root`` is a kit that ships
+            one) or None (no folds).
+    """
+    if folds_file == "auto":
+        kit_file = Path(root) / KIT_FOLDS_FILE if root is not None else None
+        if kit_file is None or not is_kit_folder(root) or not kit_file.is_file():
+            return []
+        folds_file = kit_file
+    if folds_file is None:
+        return []
+    splits = table["split"].astype(str).to_numpy() if "split" in table.columns else np.full(len(table), "train")
+    train_positions = np.flatnonzero(splits == "train")
+    folds = read_kit_folds(folds_file, len(train_positions))
+    return [ChallengeFold(name, *(train_positions[rows[part]] for part in FOLD_PARTS)) for name, rows in folds.items()]
+
+
+def score_challenge_folds(features: np.ndarray, table: pd.DataFrame, folds: list[ChallengeFold],
+                          protocol: Callable[[np.ndarray, pd.DataFrame], dict]) -> pd.DataFrame:
+    """Run the challenge ``protocol`` once per fold and summarise its scores over the folds.
+
+    Each fold's rows are handed to ``protocol`` with the ``split`` of their part (``train``,
+    ``internal_test``, ``external_test``), as the kit's ``get_cv`` hands its folds to the
+    challenge's estimators. ``protocol(features, table)`` is
+    ``medssl.eval.probes.challenge_protocol`` with its settings bound.
+
+    Returns:
+        the long table of :func:`medssl.eval.probes.cross_validate_probes` (``protocol`` is
+        ``kit_folds``; ``mean``, ``std`` with ddof 0 and ``n_folds`` over the folds) for the
+        metrics of ``CHALLENGE_FOLD_METRICS``; ``attrs["per_fold"]`` holds one row per fold,
+        ``attrs["notes"]`` the folds' warnings and skipped folds.
+    """
+    scores, notes = [], []
+    for fold in folds:
+        parts = (fold.train, fold.internal_test, fold.external_test)
+        positions = np.concatenate(parts)
+        fold_table = table.iloc[positions].reset_index(drop=True)
+        fold_table["split"] = np.repeat(FOLD_PARTS, [len(part) for part in parts])
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnseenSiteWarning)
+                result = protocol(features[positions], fold_table)
+        except EvaluationError as error:
+            notes.append(f"kit_folds: {fold.name}: {error}, fold skipped")
+            continue
+        notes.extend(f"kit_folds: {fold.name}: {warning.message}" for warning in caught
+                     if issubclass(warning.category, UnseenSiteWarning))
+        scores.append({"fold": fold.name, **{metric: result[metric] for metric in CHALLENGE_FOLD_METRICS}})
+    per_fold = pd.DataFrame(scores, columns=["fold", *CHALLENGE_FOLD_METRICS])
+    rows = []
+    for metric, target in CHALLENGE_FOLD_METRICS.items():
+        values = per_fold[metric].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        rows.append({"protocol": "kit_folds", "target": target, "metric": metric,
+                     "mean": values.mean() if values.size else np.nan,
+                     "std": values.std() if values.size else np.nan, "n_folds": int(values.size)})
+    summary = pd.DataFrame(rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds"])
+    summary.attrs.update(per_fold=per_fold, notes=notes)
+    return summary

@@ -7,7 +7,8 @@ features of a randomly initialised encoder, the baseline every pre-training must
 2. leave-site-out CV of the same probes (unseen scanners; the ``site`` target is left out,
    its classes never occur in training);
 3. the OpenBHB challenge protocol, when the table has ``train``, ``internal_test`` and
-   ``external_test`` rows.
+   ``external_test`` rows;
+4. the challenge protocol on each of the challenge kit's folds, when given (``kit_folds``).
 
 Both CV protocols run on every row of the table and share their folds between the
 representations, so the comparison is paired.
@@ -24,7 +25,8 @@ Files written to ``out_dir``:
 - ``predictions.csv`` (and ``predictions_baseline.csv``): the challenge protocol's
   predictions, ready for ``score_predictions``; without test splits, the out-of-fold age
   predictions of the site-stratified CV, with a ``fold`` column;
-- ``age_predictions.png`` and ``embedding.png`` for the pre-trained representation.
+- ``age_predictions.png`` and ``embedding.png`` for the pre-trained representation;
+- ``kit_folds.csv``: the challenge scores of every kit fold and representation, when folds are given.
 
 Example:
     >>> results = evaluate_representation(features, table, "runs/yaware/eval", baseline_features=random_features)
@@ -37,6 +39,7 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +48,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
+from medssl.eval.folds import ChallengeFold, leave_site_out_folds, score_challenge_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
 from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
@@ -56,12 +59,12 @@ from medssl.files import json_ready
 # training-mean predictor (the probes fitted on a constant feature).
 REPRESENTATIONS = ("pretrained", "baseline", "intensity", "mean")
 # Short names for the printed table, so that it fits 80 columns without cutting a name.
-PROTOCOL_NAMES = {"site_stratified": "site-strat.", "leave_site_out": "site-out"}
+PROTOCOL_NAMES = {"site_stratified": "site-strat.", "leave_site_out": "site-out", "kit_folds": "kit folds"}
 METRIC_NAMES = {"balanced_accuracy": "BAcc", "roc_auc": "ROC AUC"}
 DISPLAY_NAMES = {"pretrained": "trained encoder", "baseline": "random init", "intensity": "intensity stats",
                  "mean": "training mean"}
 CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
-CV_PROTOCOLS = ("site_stratified", "leave_site_out")
+CV_PROTOCOLS = ("site_stratified", "leave_site_out", "kit_folds")
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
 HIGHER_IS_BETTER = {"r2", "r2_internal", "r2_external", "balanced_accuracy", "roc_auc"}
 CHALLENGE_REPORT_KEYS = (*CHALLENGE_KEYS, "r2_internal", "r2_external", "chance_bacc")
@@ -79,6 +82,7 @@ def evaluate_representation(
     baseline_features: np.ndarray | None = None,
     reference_features: dict[str, np.ndarray] | None = None,
     seed: int = 0,
+    challenge_folds: Sequence[ChallengeFold] = (),
 ) -> dict:
     """Run every evaluation protocol on ``features`` (and ``baseline_features``) and write the report.
 
@@ -94,6 +98,8 @@ def evaluate_representation(
             ``mean``: a constant column, whose probes predict the training mean and the
             majority class), each evaluated with the same folds and probes.
         seed: seed of the folds and of the probes.
+        challenge_folds: the challenge kit's folds (:func:`medssl.eval.folds.challenge_folds`),
+            each scored with the challenge protocol.
 
     Returns:
         the content of ``metrics.json``.
@@ -123,7 +129,7 @@ def evaluate_representation(
         shared_notes.append(f"challenge: {challenge_reason}, protocol skipped")
 
     results: dict = {}
-    long_tables = []
+    long_tables, per_fold = [], []
     for name, matrix in matrices.items():
         notes = list(shared_notes)
         cv_tables = [cross_validate_probes(matrix, table, targets, folds=stratified, protocol="site_stratified", seed=seed)]
@@ -132,6 +138,9 @@ def evaluate_representation(
                 cross_validate_probes(matrix, table, site_out_targets, folds=site_out, protocol="leave_site_out", seed=seed,
                                       group_inner_by="site")
             )
+        if challenge_folds:
+            cv_tables.append(score_challenge_folds(matrix, table, list(challenge_folds), partial(challenge_protocol, seed=seed)))
+            per_fold.append(cv_tables[-1].attrs["per_fold"].assign(representation=name))
         for cv_table in cv_tables:
             notes.extend(cv_table.attrs.get("notes", []))
 
@@ -171,6 +180,8 @@ def evaluate_representation(
     results = json_ready(results)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     pd.concat(long_tables, ignore_index=True).to_csv(out_dir / "metrics.csv", index=False)
+    if per_fold:
+        pd.concat(per_fold, ignore_index=True).to_csv(out_dir / "kit_folds.csv", index=False)
     return results
 
 
@@ -283,7 +294,7 @@ def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None
     or bad depending on whether site information is wanted (the challenge wants it low).
     """
     protocol, target, metric = key
-    undirected = protocol != "challenge" and target == "site"
+    undirected = protocol not in ("challenge", "kit_folds") and target == "site"
     if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or undirected:
         return None
     if metric in LOWER_IS_BETTER:

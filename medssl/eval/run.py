@@ -11,6 +11,7 @@ from rich.console import Console
 from medssl.config import Recipe
 from medssl.data.cohort import Cohort
 from medssl.eval.features import IntensityStatistics
+from medssl.eval.folds import challenge_folds
 from medssl.eval.report import evaluate_representation, print_report
 from medssl.methods import build_encoder_for
 from medssl.models.features import extract_features
@@ -29,6 +30,7 @@ def evaluate_encoder(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, o
     With ``recipe.eval.baseline``, the report also carries the random-init encoder, the
     intensity-statistics probe and the training-mean predictor, on the same folds.
     """
+    kit_folds = challenge_folds(cohort.table, cohort.root, recipe.eval.folds_file)  # a bad file fails before extraction
     encoder = encoder.to(device)
     features = extract_features(encoder, cohort, recipe, device=device, description="features (pre-trained)", console=console)
     baseline, references = None, None
@@ -39,7 +41,7 @@ def evaluate_encoder(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, o
         references = {"intensity": intensity, "mean": np.zeros((len(cohort), 1))}
     results = evaluate_representation(features, cohort.table, Path(out_dir), folds=recipe.eval.folds,
                                       targets=tuple(recipe.eval.targets), baseline_features=baseline,
-                                      reference_features=references, seed=recipe.train.seed)
+                                      reference_features=references, seed=recipe.train.seed, challenge_folds=kit_folds)
     if console is not None:
         print_report(results, console=console)
         console.print(f"Evaluation written to {out_dir}")

@@ -6,6 +6,7 @@ masks, the surface and ROI blocks keep their real sizes (about 5 MB per row, wri
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from medssl.config import Recipe
 from medssl.data.arrays import open_array
 from medssl.data.cache import cache_cohort
 from medssl.data.cohort import load_cohort
-from medssl.data.openbhb_kit import FEATURE_BLOCK_SIZES, KIT_COLUMNS, KIT_MASKS, kit_masks
+from medssl.data.openbhb_kit import FEATURE_BLOCK_SIZES, KIT_COLUMNS, KIT_FOLDS_FILE, KIT_MASKS, kit_masks
 from medssl.errors import CohortError
+from medssl.eval.folds import challenge_folds
 
 VBM_SHAPE, QUASIRAW_SHAPE = (5, 6, 4), (6, 4, 5)
 N_TRAIN, N_TEST = 4, 4
@@ -165,3 +167,79 @@ def test_cli_prints_a_wrong_row_length_in_one_line_and_exits_2(tmp_path, monkeyp
     assert exit_info.value.code == 2
     assert error.startswith("error: ") and error.strip().count("\n") == 0 and "destrieux_roi" in error
     assert not (tmp_path / "cache" / "participants.tsv").exists()
+
+
+def write_kit_folds(root: Path, folds: dict) -> Path:
+    path = root / KIT_FOLDS_FILE
+    path.write_text(json.dumps(folds))
+    return path
+
+
+KIT_FOLDS = {"fold0": {"train": [0, 1], "internal_test": [3], "external_test": [2]},
+             "fold1": {"train": [2, 3], "internal_test": [1], "external_test": [0]}}
+
+
+def test_the_kits_folds_file_gives_the_evaluation_folds_over_its_train_rows(tmp_path):
+    write_kit(tmp_path / "kit")
+    table = load_cohort(tmp_path / "kit").table
+    assert challenge_folds(table, tmp_path / "kit", "auto") == []  # a kit without the file: no folds
+    write_kit_folds(tmp_path / "kit", KIT_FOLDS)
+    folds = challenge_folds(table, tmp_path / "kit", "auto")
+    assert [fold.name for fold in folds] == ["fold0", "fold1"]
+    for fold, rows in zip(folds, KIT_FOLDS.values()):
+        for part in ("train", "internal_test", "external_test"):
+            positions = getattr(fold, part)
+            assert list(positions) == rows[part]  # the kit's train rows come first, in train.tsv order
+            assert set(table["split"].iloc[positions]) == {"train"}
+    assert challenge_folds(table, tmp_path / "kit", None) == []
+
+
+def test_the_kits_folds_file_names_the_same_subjects_in_a_cache_of_the_kit(tmp_path):
+    write_kit(tmp_path / "kit")
+    folds_file = write_kit_folds(tmp_path / "kit", KIT_FOLDS)
+    kit = load_cohort(tmp_path / "kit", openbhb_modality="vbm")
+    cached = load_cohort(cache_cohort(kit, tmp_path / "cache"))
+    assert challenge_folds(cached.table, cached.root, "auto") == []  # the cache is no kit: the file is named
+    for in_kit, in_cache in zip(challenge_folds(kit.table, kit.root, "auto"), challenge_folds(cached.table, cached.root, folds_file)):
+        for part in ("train", "internal_test", "external_test"):
+            ids = kit.table["participant_id"].iloc[getattr(in_kit, part)]
+            assert list(cached.table["participant_id"].iloc[getattr(in_cache, part)]) == list(ids)
+
+
+@pytest.mark.parametrize("fold0, named", [
+    ({"train": [0, 1], "internal_test": [3], "external_test": [4]}, "fold0.external_test holds 4"),
+    ({"train": [0, 1], "internal_test": [3]}, "fold0.external_test is missing"),
+    ({"train": [0, 1], "internal_test": [], "external_test": [2]}, "fold0.internal_test is empty"),
+    ({"train": [0, 1], "internal_test": ["3"], "external_test": [2]}, 'fold0.internal_test holds "3"'),
+    ({"train": [0, 1], "internal_test": [1], "external_test": [2]}, "row 1 is twice in fold0"),
+])
+def test_a_malformed_folds_file_is_one_error_naming_the_file_the_fold_and_the_layout(tmp_path, fold0, named):
+    write_kit(tmp_path / "kit")
+    path = write_kit_folds(tmp_path / "kit", {"fold0": fold0})
+    table = load_cohort(tmp_path / "kit").table
+    with pytest.raises(CohortError) as error:
+        challenge_folds(table, tmp_path / "kit", "auto")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: ") and named in message
+    if "twice" not in named:
+        assert '"internal_test": [...]' in message and f"0..{N_TRAIN - 1}" in message
+
+
+def test_cli_evaluate_on_a_kit_with_a_malformed_folds_file_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    from medssl import cli
+    from medssl.models import build_encoder, save_encoder
+
+    monkeypatch.setattr(cli, "console", Console(width=400, soft_wrap=True))
+    write_kit(tmp_path / "kit")
+    write_kit_folds(tmp_path / "kit", {"fold0": {"train": [0, 1], "internal_test": [3], "external_test": [9]}})
+    save_encoder(build_encoder("resnet18", widths=[4, 8, 8, 8]), tmp_path / "run" / "encoder.pt")
+    monkeypatch.setattr(sys, "argv", ["medssl", "evaluate", str(tmp_path / "run"), "--cohort", str(tmp_path / "kit")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("error: ") and error.strip().count("\n") == 0
+    assert KIT_FOLDS_FILE in error and "fold0.external_test holds 9" in error
+    assert not (tmp_path / "run" / "eval" / "metrics.json").exists()

@@ -1,8 +1,13 @@
+import json
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from medssl.eval import leave_site_out_folds, site_stratified_folds
+from medssl.eval import evaluate_representation, leave_site_out_folds, site_stratified_folds
+from medssl.eval.folds import challenge_folds, score_challenge_folds
+from medssl.eval.probes import challenge_protocol
 from medssl.eval.score import EvaluationError
 
 
@@ -113,3 +118,77 @@ def test_leave_site_out_folds_need_two_sites_and_at_most_one_fold_per_site():
         leave_site_out_folds(participants({"A": 10}))
     with pytest.raises(EvaluationError, match="number of sites"):
         leave_site_out_folds(participants({"A": 10, "B": 10}), n_folds=3)
+
+
+def kit_cohort(n_per_site: int = 12) -> tuple[pd.DataFrame, np.ndarray]:
+    """Five sites; test rows interleaved with the train rows; features that carry age and a site offset."""
+    table = participants({site: n_per_site for site in ("A", "B", "C", "D", "E")})
+    table["split"] = np.where(np.arange(len(table)) % 4 == 3, "internal_test", "train")
+    rng = np.random.default_rng(1)
+    site_offsets = pd.get_dummies(table["site"]).to_numpy(dtype=float)
+    features = np.column_stack([table["age"] / 10, site_offsets, rng.normal(size=(len(table), 3))])
+    return table, features
+
+
+def write_folds(path, train_rows: int, n_folds: int = 3) -> dict:
+    """Folds in the kit's layout over the train rows: one site (a fifth of the rows, in order) external per fold."""
+    rows = np.arange(train_rows)
+    folds = {}
+    for fold in range(n_folds):
+        external = rows[(rows * 5 // train_rows) == fold]
+        rest = np.setdiff1d(rows, external)
+        folds[f"fold{fold}"] = {"train": rest[rest % 5 != fold].tolist(), "internal_test": rest[rest % 5 == fold].tolist(),
+                                "external_test": external.tolist()}
+    path.write_text(json.dumps(folds))
+    return folds
+
+
+def test_challenge_folds_count_the_train_rows_of_the_table_in_order(tmp_path):
+    table, _ = kit_cohort()
+    train_positions = np.flatnonzero(table["split"] == "train")
+    written = write_folds(tmp_path / "folds.json", len(train_positions))
+    folds = challenge_folds(table, None, tmp_path / "folds.json")
+    assert [fold.name for fold in folds] == list(written)
+    for fold, rows in zip(folds, written.values()):
+        for part in ("train", "internal_test", "external_test"):
+            assert list(getattr(fold, part)) == list(train_positions[rows[part]])
+    assert challenge_folds(table, tmp_path, "auto") == []  # not a challenge kit: no folds of its own
+
+
+def test_each_challenge_fold_is_scored_by_the_challenge_protocol_on_its_own_parts(tmp_path):
+    table, features = kit_cohort()
+    write_folds(tmp_path / "folds.json", int((table["split"] == "train").sum()))
+    folds = challenge_folds(table, None, tmp_path / "folds.json")
+    summary = score_challenge_folds(features, table, folds, partial(challenge_protocol, seed=0))
+    per_fold = summary.attrs["per_fold"]
+    assert list(per_fold["fold"]) == ["fold0", "fold1", "fold2"]
+    for fold, row in zip(folds, per_fold.itertuples()):
+        parts = {"train": fold.train, "internal_test": fold.internal_test, "external_test": fold.external_test}
+        fold_table = pd.concat([table.iloc[rows].assign(split=part) for part, rows in parts.items()], ignore_index=True)
+        expected = challenge_protocol(features[np.concatenate(list(parts.values()))], fold_table, seed=0)
+        assert row.mae_internal == pytest.approx(expected["mae_internal"])
+        assert row.mae_external == pytest.approx(expected["mae_external"])
+        assert row.bacc_site == pytest.approx(expected["bacc_site"])
+        assert row.challenge_score == pytest.approx(expected["challenge_score"])
+    assert row.mae_internal < 5  # age is in the features: the probe finds it
+    for metric in ("mae_internal", "mae_external", "bacc_site", "challenge_score"):
+        line = summary[summary["metric"] == metric].iloc[0]
+        assert line["protocol"] == "kit_folds" and line["n_folds"] == 3
+        assert line["mean"] == pytest.approx(per_fold[metric].mean())
+        assert line["std"] == pytest.approx(per_fold[metric].std(ddof=0))
+
+
+def test_the_report_carries_the_challenge_folds_next_to_the_other_protocols(tmp_path):
+    table, features = kit_cohort()
+    write_folds(tmp_path / "folds.json", int((table["split"] == "train").sum()))
+    folds = challenge_folds(table, None, tmp_path / "folds.json")
+    results = evaluate_representation(features, table, tmp_path / "eval", folds=2, targets=("age",),
+                                      baseline_features=features[::-1].copy(), challenge_folds=folds)
+    for name in ("pretrained", "baseline"):
+        assert results[name]["kit_folds"]["age"]["mae_external"]["n_folds"] == 3
+    per_fold = pd.read_csv(tmp_path / "eval" / "kit_folds.csv")
+    assert len(per_fold) == 6 and set(per_fold["representation"]) == {"pretrained", "baseline"}
+    pretrained = per_fold[per_fold["representation"] == "pretrained"]
+    assert results["pretrained"]["kit_folds"]["site"]["bacc_site"]["mean"] == pytest.approx(pretrained["bacc_site"].mean())
+    long = pd.read_csv(tmp_path / "eval" / "metrics.csv")
+    assert len(long[long["protocol"] == "kit_folds"]) == 8

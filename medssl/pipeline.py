@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from medssl.config import Recipe
+from medssl.eval.folds import challenge_folds
 from medssl.eval.plots import plot_loss_curve
 from medssl.eval.run import evaluate_encoder
 from medssl.methods import Method
@@ -33,6 +34,8 @@ def pretrain(recipe: Recipe, run_dir: str | Path, resume: bool = False, console:
     """Pre-train the recipe's encoder with its method (or ``method``), then plot the loss and,
     with ``eval.after_pretrain``, evaluate the encoder on the whole cohort (main process only)."""
     pretraining = build_pretraining(recipe, run_dir, resume=resume, console=console, method=method)
+    if pretraining.recipe.eval.after_pretrain:  # a bad folds file is refused now, not after the training
+        challenge_folds(pretraining.data.cohort.table, pretraining.data.cohort.root, pretraining.recipe.eval.folds_file)
     result = run_pretraining(pretraining, on_epoch_end)
     if not result.main_process:
         return result

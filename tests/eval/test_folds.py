@@ -192,3 +192,16 @@ def test_the_report_carries_the_challenge_folds_next_to_the_other_protocols(tmp_
     assert results["pretrained"]["kit_folds"]["site"]["bacc_site"]["mean"] == pytest.approx(pretrained["bacc_site"].mean())
     long = pd.read_csv(tmp_path / "eval" / "metrics.csv")
     assert len(long[long["protocol"] == "kit_folds"]) == 8
+
+
+def test_pretrain_refuses_a_bad_folds_file_before_training(tmp_path):
+    from medssl.config import load_recipe, smoke_recipe
+    from medssl.errors import CohortError
+    from medssl.pipeline import pretrain
+
+    folds_file = tmp_path / "folds.json"
+    folds_file.write_text(json.dumps([{"train": [0, 1], "internal_test": [10**6], "external_test": []}]))
+    recipe = smoke_recipe(load_recipe("simclr", [f"eval.folds_file={folds_file}"]))
+    with pytest.raises(CohortError, match="folds.json"):
+        pretrain(recipe, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

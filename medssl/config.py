@@ -329,6 +329,8 @@ class EmbeddedBudgetConfig(Section):
     lr: float | None = Field(None, gt=0, description="Learning rate on the embedded cohort (null keeps train.lr).")
     encoder: EncoderName | None = Field("resnet18", description="Encoder on the embedded cohort (null keeps model.encoder).")
     widths: list[int] | None = Field(default_factory=lambda: list(NARROW_RESNET_WIDTHS), min_length=4, max_length=4, description="ResNet stage widths on the embedded cohort (null: the network's own).")
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field("fp32", description="Autocast precision on the embedded cohort (null keeps train.precision): its 32^3 volumes reach the depth-2 convolutions that bf16 gets wrong on CPU.")
+    channels_last: bool | None = Field(False, description="channels_last_3d on the embedded cohort (null keeps train.channels_last).")
 
 
 class TrainConfig(Section):

@@ -64,6 +64,10 @@ def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
         resolved.train.lr = budget.lr
     if budget.encoder is not None:
         resolved.model = resolved.model.model_copy(update={"encoder": budget.encoder, "widths": budget.widths})
+    if budget.precision is not None:
+        resolved.train.precision = budget.precision
+    if budget.channels_last is not None:
+        resolved.train.channels_last = budget.channels_last
     synthetic = recipe.data.synthetic
     length = f"{budget.epochs} epochs" if budget.epochs is not None else f"{budget.steps} steps"
     widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
@@ -172,10 +176,24 @@ def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]
     return hazards
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); True when torch cannot tell."""
+    # torch exposes the check only as an operator of its oneDNN backend, without a public wrapper.
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return True
+
+
 def safe_precision(precision: str, device: torch.device, network: torch.nn.Module, sample: torch.Tensor) -> tuple[str, str | None]:
-    """``precision``, or fp32 with a note when bf16 on CPU would hit :func:`bf16_conv_hazards`."""
+    """``precision``, or fp32 with a note when bf16 on CPU would be slow (no native bf16
+    instructions) or wrong (:func:`bf16_conv_hazards`)."""
     if precision != "bf16" or device.type != "cpu":
         return precision, None
+    if not cpu_has_native_bf16():
+        return "fp32", ("train.precision = 'bf16' falls back to fp32: this CPU has no native bfloat16 instructions "
+                        "(AVX512-BF16 or AMX), on which bf16 convolutions run several times slower than fp32.")
     was_training = network.training
     network.eval()
     try:

@@ -50,7 +50,7 @@ class SupConLoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D).
+            z: (N, V, D) embeddings, V >= 1.
             y: (N,) class labels, repeated over views.
 
         Returns:
@@ -91,7 +91,7 @@ class EpsSupInfoNCELoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D).
+            z: (N, V, D) embeddings, V >= 1.
             y: (N,) class labels, repeated over views.
 
         Returns:
@@ -137,7 +137,7 @@ class EpsSupConLoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D).
+            z: (N, V, D) embeddings, V >= 1.
             y: (N,) class labels, repeated over views.
 
         Returns:

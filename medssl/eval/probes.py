@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -318,7 +318,7 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
             inner = site_grouped_splits(groups[train_idx]) if groups is not None else None
             probe = regression_probe(inner).fit(features[train_idx], target[train_idx])
             predicted = probe.predict(features[test_idx])
-            per_fold["mae"].append(float(np.mean(np.abs(predicted - target[test_idx]))))
+            per_fold["mae"].append(float(mean_absolute_error(target[test_idx], predicted)))
             per_fold["r2"].append(r2(target[test_idx], predicted))
         return per_fold, "" if per_fold["mae"] else "no fold with training and test rows, target skipped"
 
@@ -344,7 +344,12 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
 
 
 def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
-    """Binary AUC, or the macro one-vs-rest mean over classes present in ``y_true`` and ``classes``."""
+    """Binary AUC, or the macro one-vs-rest mean over classes present in ``y_true`` and ``classes``.
+
+    The multi-class mean is taken here rather than by ``roc_auc_score(..., multi_class="ovr")``,
+    which raises when a class of the probe is absent from the test fold (routine with
+    site-grouped folds) and needs probabilities summing to 1 over the classes of ``y_true``.
+    """
     if len(classes) == 2:
         positive = y_true == classes[1]
         return float(roc_auc_score(positive, probabilities[:, 1])) if 0 < positive.sum() < len(y_true) else float("nan")

@@ -316,10 +316,11 @@ def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None
     undirected = protocol != "challenge" and target == "site"
     if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or undirected:
         return None
+    scores = np.array(values, dtype=float)
     if metric in LOWER_IS_BETTER:
-        return int(np.argmin(values))
+        return int(np.argmin(scores))
     if metric in HIGHER_IS_BETTER:
-        return int(np.argmax(values))
+        return int(np.argmax(scores))
     return None
 
 

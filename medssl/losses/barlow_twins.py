@@ -71,9 +71,9 @@ class _BarlowTwins(torch.autograd.Function):
     A^T B G^T / N = C G^T. Why by hand: the three float32 D x N x D products are the floor of the
     loss, and autograd through ``batch_norm``, the casts and the view split adds about as much
     again in N x D passes; this does one cast in, one batch_norm, three products and two fused
-    passes out (1.6x faster on bfloat16 input at 2N = 2048 on a 2-core AMD EPYC). There is no CPU
-    product of bfloat16 inputs into a float32 result in torch 2.13, and a bfloat16 one would round
-    C, so the products stay in float32.
+    passes out. There is no CPU product of bfloat16 inputs into a float32 result in torch 2.13
+    (``torch.mm(..., out_dtype=)`` is CUDA-only), and a bfloat16 result would round C, so the
+    products stay in float32.
     """
 
     @staticmethod
@@ -103,10 +103,9 @@ class _BarlowTwins(torch.autograd.Function):
         c_times_g = c * g
         inverse_std_a, inverse_std_b = inverse_std.view(2, dim)
         a, b = standardized.view(n_subjects, 2, dim).unbind(1)
-        grad = torch.empty(n_subjects, 2, dim, dtype=standardized.dtype, device=standardized.device)
+        # The last pass writes the input's dtype directly: no float32 gradient to cast afterwards.
+        grad = torch.empty(n_subjects, 2, dim, dtype=ctx.input_dtype, device=standardized.device)
         grad_a, grad_b = grad.unbind(1)
-        torch.mm(b, g.T * inverse_std_a, out=grad_a)
-        grad_a.addcmul_(a, c_times_g.sum(dim=1) * inverse_std_a, value=-1.0)
-        torch.mm(a, g * inverse_std_b, out=grad_b)
-        grad_b.addcmul_(b, c_times_g.sum(dim=0) * inverse_std_b, value=-1.0)
-        return grad.to(ctx.input_dtype), None, None
+        torch.addcmul(torch.mm(b, g.T * inverse_std_a), a, c_times_g.sum(dim=1) * inverse_std_a, value=-1.0, out=grad_a)
+        torch.addcmul(torch.mm(a, g * inverse_std_b), b, c_times_g.sum(dim=0) * inverse_std_b, value=-1.0, out=grad_b)
+        return grad, None, None

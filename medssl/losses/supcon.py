@@ -20,7 +20,7 @@ from medssl.losses.layout import (
 )
 
 
-def _class_batch(loss: nn.Module, z: Tensor, y: Tensor) -> ContrastiveBatch:
+def _class_batch(loss: SupConLoss | EpsSupInfoNCELoss | EpsSupConLoss, z: Tensor, y: Tensor | None) -> ContrastiveBatch:
     # One view is enough when the classes provide positives.
     return contrastive_batch(z, y, loss.temperature, loss_name=type(loss).__name__, labels_required=True, min_views=1)
 

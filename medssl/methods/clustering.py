@@ -142,24 +142,24 @@ def fix_empty_clusters(
         New (assignments int64, centroids float32); the inputs are not modified.
     """
     x = _as_feature_matrix(features)
-    assignments = _as_assignments(assignments).copy()
+    labels = _as_assignments(assignments).copy()
     centroids = np.array(_to_numpy(centroids), dtype=np.float32)
     rng = np.random.default_rng(rng)
     k = centroids.shape[0]
-    if assignments.shape[0] != x.shape[0] or centroids.ndim != 2 or centroids.shape[1] != x.shape[1]:
+    if labels.shape[0] != x.shape[0] or centroids.ndim != 2 or centroids.shape[1] != x.shape[1]:
         raise ValueError(
             f"expected features (n, d), assignments (n,), centroids (k, d), got {x.shape}, "
-            f"{assignments.shape}, {centroids.shape}"
+            f"{labels.shape}, {centroids.shape}"
         )
     if k > x.shape[0]:
         raise RecipeError(f"method.clusters: {k} clusters cannot all be non-empty with {x.shape[0]} samples")
-    if assignments.size and (assignments.min() < 0 or assignments.max() >= k):
-        raise ValueError(f"assignments must lie in [0, {k}), got values in [{assignments.min()}, {assignments.max()}]")
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"assignments must lie in [0, {k}), got values in [{labels.min()}, {labels.max()}]")
 
-    sizes = np.bincount(assignments, minlength=k)
+    sizes = np.bincount(labels, minlength=k)
     for empty in np.flatnonzero(sizes == 0):
         source = rng.choice(np.flatnonzero(sizes >= 2))
-        members = np.flatnonzero(assignments == source)
+        members = np.flatnonzero(labels == source)
         delta = _tiny_perturbation(centroids[source], rng)
         # Nearer to c + delta than to c - delta  <=>  <x - c, delta> > 0.
         to_empty = (x[members] - centroids[source]) @ delta > 0
@@ -168,10 +168,10 @@ def fix_empty_clusters(
             to_empty[rng.permutation(members.size)[: members.size // 2]] = True
         centroids[empty] = centroids[source] + delta
         centroids[source] = centroids[source] - delta
-        assignments[members[to_empty]] = empty
+        labels[members[to_empty]] = empty
         sizes[empty] = int(to_empty.sum())
         sizes[source] -= sizes[empty]
-    return assignments, centroids
+    return labels, centroids
 
 
 class ClusterUniformSampler(Sampler[int]):

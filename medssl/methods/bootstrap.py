@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medssl.losses import BYOLLoss, SimSiamLoss
-from medssl.methods.base import Method, fold_views, unfold_views
+from medssl.methods.base import Method, fold_views
 from medssl.methods.ema import cosine_momentum, ema_update, make_target
 from medssl.models import Encoder, ProjectionHead
 
@@ -35,7 +35,7 @@ class BYOL(Method):
         p1, p2 = self.predictor(z[:, 0]), self.predictor(z[:, 1])
         with torch.no_grad():
             target = self.target_head(self.target_encoder(fold_views(views[:, :2])))
-        return self.loss(torch.stack([p1, p2], dim=1), unfold_views(target, 2)), {}
+        return self.loss(torch.stack([p1, p2], dim=1), torch.stack(target.chunk(2), dim=1)), {}
 
     def after_step(self, step: int, total_steps: int) -> None:
         momentum = cosine_momentum(step, total_steps, self.base_momentum)

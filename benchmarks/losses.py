@@ -7,7 +7,7 @@ Run by hand from the repository root:
 
 ``--against peers`` (the default) prints, for 2N = 512 and 2048 embeddings of D = 128 (and 4096
 for the threshold loss), in float32 and bfloat16, the time ratio medssl / peer of
-``loss(z).backward()``: NT-Xent and Barlow Twins against lightly's formulas (written out below,
+``loss(z).backward()`` on z of shape (N, 2, D): NT-Xent and Barlow Twins against lightly's formulas (written out below,
 as lightly 1.5 computes them, since lightly is not a dependency), y-aware and exponential
 against a plain dense implementation of the same formula, ThresholdLoss against YAwareLoss.
 Each repeat times the two in alternating order; the ratio is the median of the paired ratios.
@@ -109,7 +109,8 @@ def lightly_barlow_twins(z_a: torch.Tensor, z_b: torch.Tensor, lambda_param: flo
 
 
 def dense_parts(z: torch.Tensor, y: torch.Tensor, sigma: float, kernel: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Similarities (float32), kernel weights on the repeated labels and the self mask, written plainly."""
+    """Similarities (float32) of the view-major rows, kernel weights on the repeated labels and the self mask, written plainly."""
+    z = z.transpose(0, 1).flatten(0, 1)  # (N, V, D) -> (V*N, D)
     n = z.shape[0]
     z = F.normalize(z.float(), dim=1)
     s = z @ z.T / TAU
@@ -141,7 +142,8 @@ def dense_exponential(z: torch.Tensor, y: torch.Tensor, sigma: float = 2.0, kern
 
 
 def two_views(peer: Callable) -> Callable:
-    return lambda z, y: peer(*z.chunk(2))
+    """A peer taking two (N, D) views, called on medssl's (N, 2, D) input."""
+    return lambda z, y: peer(z[:, 0], z[:, 1])
 
 
 # name, medssl loss(z, y), peer(z, y), numbers of subjects N
@@ -190,8 +192,10 @@ def peer_table(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
         for name, ours, peer, sizes in PEERS:
+            if args.only and not name.startswith(args.only):
+                continue
             for n_subjects in sizes:
-                z = torch.randn(2 * n_subjects, args.dim, generator=generator).to(dtype).requires_grad_()
+                z = torch.randn(n_subjects, 2, args.dim, generator=generator).to(dtype).requires_grad_()
                 y = torch.rand(n_subjects, generator=generator) * 80 + 10
                 ours_fn, peer_fn = (lambda z, f=ours, y=y: f(z, y)), (lambda z, f=peer, y=y: f(z, y))
                 for _ in range(2):  # warm-up
@@ -233,6 +237,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21, help="runs per timing (median); a third of it from N = 2048 on (peers)")
     parser.add_argument("--loop-repeats", type=int, default=3, help="runs per loop timing (median)")
     parser.add_argument("--loop-anchors", type=int, default=8, help="k: the loops are timed on k and 2k anchors")
+    parser.add_argument("--only", default=None, help="peers: only the rows whose name starts with this (e.g. BarlowTwinsLoss)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:

@@ -49,7 +49,8 @@ def main() -> None:
     while step < args.steps:
         for batch in loader:
             v = batch["views"]                                   # (B, 2, 1, D, H, W)
-            z = head(encoder(v.transpose(0, 1).flatten(0, 1)))   # (2B, d), view-major
+            z = head(encoder(v.transpose(0, 1).flatten(0, 1)))   # (2B, d): all first views, then all second
+            z = z.unflatten(0, (2, -1)).transpose(0, 1)          # (B, 2, d), as every embedding loss takes it
             loss = loss_fn(z, batch["label"])
             optimizer.zero_grad()
             loss.backward()

@@ -475,7 +475,7 @@ def main() -> None:
     except typer.TyperException as error:  # usage errors, shown as typer shows them
         from typer import rich_utils
 
-        rich_utils.rich_format_error(error)
+        rich_utils.rich_format_error(error)  # type: ignore[arg-type]  # usage errors are click exceptions
         sys.exit(error.exit_code)
     if code == 130:  # typer's answer to a Ctrl-C outside a training run
         stderr.print("interrupted", highlight=False)

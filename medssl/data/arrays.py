@@ -80,7 +80,7 @@ def volume_shape(array_shape: tuple[int, ...], row: int | None, path: str | Path
     if len(shape) != 4:
         expected = "(N, C, D, H, W) or (N, D, H, W) with one row per subject" if row is not None else "(C, D, H, W), (D, H, W) or (1, 1, D, H, W)"
         raise CohortError(f"{path}: array of shape {tuple(array_shape)} does not hold 3-D volumes (expected {expected})")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def check_array_volume(path: str | Path, row: int | None, participant_id: str) -> tuple[int, int, int, int]:
@@ -101,7 +101,8 @@ def spacing_of(path: str | Path, shape: tuple[int, ...]) -> tuple[float, float, 
             return tuple(float(value) for value in spacing)  # type: ignore[return-value]
         except (ValueError, KeyError, TypeError) as exc:
             raise CohortError(f"{sidecar}: expected {{\"spacing\": [sx, sy, sz]}} ({exc})") from None
-    edge = KNOWN_SPACINGS.get(tuple(shape[-3:]), 1.0)
+    depth, height, width = shape[-3:]
+    edge = KNOWN_SPACINGS.get((depth, height, width), 1.0)
     return (edge, edge, edge)
 
 

@@ -25,8 +25,10 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import torchio as tio
 from torch.utils.data import DataLoader
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN
@@ -103,5 +105,6 @@ def _spacing(dataset: VolumeDataset, preprocess) -> tuple[float, float, float]:
     loaded.load()
     if preprocess is not None:
         loaded = preprocess(loaded)
-    return tuple(float(value) for value in loaded["image"].spacing)  # type: ignore[return-value]
+    spacing_i, spacing_j, spacing_k = cast(tio.Image, loaded["image"]).spacing
+    return float(spacing_i), float(spacing_j), float(spacing_k)
 

@@ -27,12 +27,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
 import torchio as tio
+from nibabel.arrayproxy import ArrayProxy
+from nibabel.spatialimages import SpatialImage
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN, array_image, check_array_volume, is_array_path, row_or_none
 from medssl.data.openbhb import is_openbhb_folder, openbhb_table
@@ -103,6 +106,8 @@ class Cohort:
             path, array_row = fields.pop("path"), row_or_none(fields.pop(ARRAY_ROW_COLUMN, None))
             kit_block, kit_masks = fields.pop(KIT_BLOCK_COLUMN, None), fields.pop(KIT_MASKS_COLUMN, None)
             if isinstance(kit_block, str):
+                if array_row is None:
+                    raise CohortError(f"{path}: a challenge-kit row of participant {fields.get('participant_id')} has no {ARRAY_ROW_COLUMN}")
                 image = kit_image(path, array_row, kit_block, kit_masks)
             elif is_array_path(path):
                 image = array_image(path, array_row)
@@ -149,9 +154,9 @@ def check_volume(path: Path, participant_id: str) -> tuple[int, ...]:
     a truncated ``.nii.gz`` can only be told by decompressing it, which
     :func:`read_nifti_volume` does when the volume is used."""
     try:
-        image = nib.load(str(path))
+        image = cast(SpatialImage, nib.load(str(path)))
         shape = tuple(int(size) for size in image.shape)
-        needed = int(image.dataobj.offset) + int(np.prod(shape)) * image.get_data_dtype().itemsize
+        needed = int(cast(ArrayProxy, image.dataobj).offset) + int(np.prod(shape)) * image.get_data_dtype().itemsize
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise CohortError(f"{path}: unreadable or corrupt NIfTI for participant {participant_id} ({_first_line(exc)})") from None
     spatial = tuple(size for size in shape[3:] if size != 1)
@@ -171,7 +176,7 @@ def read_nifti_volume(path: str | Path, participant_id: str) -> tuple[torch.Tens
     ``.nii.gz`` with zeros and returns it without a word; nibabel raises, and the error names
     the participant."""
     try:
-        image = nib.load(str(path), mmap=False)
+        image = cast(SpatialImage, nib.load(str(path), mmap=False))
         data = image.get_fdata(dtype=np.float32)
     except Exception as exc:  # EOFError for a cut gzip stream, OSError for a short .nii, zlib.error...
         raise CohortError(f"{path}: participant {participant_id}: truncated or corrupt NIfTI ({_first_line(exc)})") from None
@@ -199,7 +204,7 @@ def check_same_shape(cohort: Cohort) -> None:
                               "to resample every volume to one shape")
 
 
-def validate_table(table: pd.DataFrame, source: Path) -> pd.DataFrame:
+def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
@@ -242,11 +247,11 @@ def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: 
     if not root.is_dir():
         raise CohortError(f"{root}: cohort folder does not exist")
     if is_kit_folder(root):
-        table, source = kit_table(root, modality=openbhb_modality, masks=openbhb_masks)  # rows checked there
-        return Cohort(root, validate_table(table, source).reset_index(drop=True))
+        table, kit_source = kit_table(root, modality=openbhb_modality, masks=openbhb_masks)  # rows checked there
+        return Cohort(root, validate_table(table, kit_source).reset_index(drop=True))
     if is_openbhb_folder(root):
-        table, source = openbhb_table(root, modality=openbhb_modality)  # paths checked there
-        return Cohort(root, validate_table(table, source).reset_index(drop=True))
+        table, openbhb_source = openbhb_table(root, modality=openbhb_modality)  # paths checked there
+        return Cohort(root, validate_table(table, openbhb_source).reset_index(drop=True))
     source = find_table(root)
     table = validate_table(read_table(source), source)
     rows = table[ARRAY_ROW_COLUMN] if ARRAY_ROW_COLUMN in table else [None] * len(table)
@@ -257,9 +262,10 @@ def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: 
             if not path.is_file():
                 raise CohortError(f"{source}: participant {participant_id}: volume file {path} does not exist")
         else:
-            path = _find_volume(root, participant_id)
-            if path is None:
+            found = _find_volume(root, participant_id)
+            if found is None:
                 raise CohortError(f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)")
+            path = found
         if is_array_path(path):
             check_array_volume(path, row_or_none(array_row), participant_id)
         elif check_headers:

@@ -102,7 +102,7 @@ def _find_tables(root: Path) -> list[tuple[str | None, Path]]:
     for name in ("participants.tsv", "participants.csv"):
         if (root / name).is_file():
             return [(None, root / name)]
-    tables = []
+    tables: list[tuple[str | None, Path]] = []
     for part in ("train", "val"):
         for folder in (root / part / f"{part}_labels", root / f"{part}_labels", root / part):
             found = [folder / name for name in ("participants.tsv", "participants.csv") if (folder / name).is_file()]

@@ -476,20 +476,35 @@ def synthesize_cohort(out_dir: str | Path, subjects: int = 256, sites: int = 8, 
         >>> pd.read_csv(folder / "participants.tsv", sep="\\t").shape
         (16, 6)
     """
-    from rich.progress import track
-
     _check_sizes(subjects, sites, external_sites, shape)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cohort_stream, sites_stream, subjects_stream = np.random.SeedSequence(seed % 2**64).spawn(3)
     scanners = _draw_scanners(np.random.default_rng(sites_stream), sites, external_sites)
     table = _demographics(np.random.default_rng(cohort_stream), scanners, subjects, external_sites, diagnosis)
-    subject_streams = subjects_stream.spawn(subjects)
+    _write_volumes(out_dir, table, scanners, subjects_stream.spawn(subjects), shape, diagnosis, progress)
+    table.drop(columns="site_index").to_csv(out_dir / TABLE_NAME, sep="\t", index=False)
+    description = {
+        "generator": __name__,
+        "version": GENERATOR_VERSION,
+        "config": _config_dict(subjects, sites, external_sites, shape, diagnosis, seed),
+        "diagnosis_effect": _diagnosis_effect() if diagnosis else None,
+        "voxel_size_mm": FIELD_OF_VIEW_MM / shape,
+        "sites": _site_descriptions(table, scanners, external_sites),
+    }
+    (out_dir / MARKER_NAME).write_text(json.dumps(description, indent=2) + "\n")
+    return out_dir
+
+
+def _write_volumes(out_dir: Path, table: pd.DataFrame, scanners: list[_Scanner],
+                   subject_streams: list[np.random.SeedSequence], shape: int, diagnosis: bool, progress: bool) -> None:
+    """Render and save every subject's volume, each from its own random stream."""
+    from rich.progress import track
 
     grid = _grid(shape)
-    site_bias = {}
-    rows = track(table.itertuples(index=False), total=subjects, disable=not progress,
-                 description=f"Synthesising {subjects} brains ({shape}^3)")
+    site_bias: dict[int, np.ndarray] = {}
+    rows = track(table.itertuples(index=False), total=len(table), disable=not progress,
+                 description=f"Synthesising {len(table)} brains ({shape}^3)")
     for row, stream in zip(rows, subject_streams):
         scanner = scanners[row.site_index]
         if row.site_index not in site_bias:
@@ -499,22 +514,15 @@ def synthesize_cohort(out_dir: str | Path, subjects: int = 256, sites: int = 8, 
                                  patient, stream)
         nib.save(nib.Nifti1Image(volume, grid.affine), out_dir / row.path)
 
-    table.drop(columns="site_index").to_csv(out_dir / TABLE_NAME, sep="\t", index=False)
-    description = {
-        "generator": __name__,
-        "version": GENERATOR_VERSION,
-        "config": _config_dict(subjects, sites, external_sites, shape, diagnosis, seed),
-        "diagnosis_effect": _diagnosis_effect() if diagnosis else None,
-        "voxel_size_mm": FIELD_OF_VIEW_MM / shape,
-        "sites": [
-            {"site": f"site-{index:02d}", "external": index >= sites - external_sites,
-             "subjects": int((table["site_index"] == index).sum()),
-             **{key: value for key, value in asdict(scanner).items() if key != "bias_pattern"}}
-            for index, scanner in enumerate(scanners)
-        ],
-    }
-    (out_dir / MARKER_NAME).write_text(json.dumps(description, indent=2) + "\n")
-    return out_dir
+
+def _site_descriptions(table: pd.DataFrame, scanners: list[_Scanner], external_sites: int) -> list[dict]:
+    """Each site's name, role, size and scanner signature, for ``cohort.json``."""
+    return [
+        {"site": f"site-{index:02d}", "external": index >= len(scanners) - external_sites,
+         "subjects": int((table["site_index"] == index).sum()),
+         **{key: value for key, value in asdict(scanner).items() if key != "bias_pattern"}}
+        for index, scanner in enumerate(scanners)
+    ]
 
 
 def _diagnosis_effect() -> dict:

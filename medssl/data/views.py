@@ -32,6 +32,7 @@ import copy
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -65,10 +66,10 @@ class Cutout(IntensityTransform):
         self.args_names = ["start", "size"]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        box = tuple(slice(first, first + edge) for first, edge in zip(self.start, self.size))
+        box = (slice(None), *(slice(first, first + edge) for first, edge in zip(self.start, self.size)))
         for image in self.get_images(subject):
             data = image.data.clone()
-            data[(slice(None), *box)] = 0
+            data[box] = 0
             image.set_data(data)
         return subject
 
@@ -138,9 +139,9 @@ class CropResize(SpatialTransform):
         self.args_names = ["start", "size", "target_shape"]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
-        box = tuple(slice(first, first + edge) for first, edge in zip(self.start, self.size))
+        box = (slice(None), *(slice(first, first + edge) for first, edge in zip(self.start, self.size)))
         for image in self.get_images(subject):
-            patch = image.data[(slice(None), *box)]
+            patch = image.data[box]
             if isinstance(image, tio.LabelMap):
                 resized = F.interpolate(patch[None].float(), size=self.target_shape, mode="nearest")
             else:
@@ -229,10 +230,11 @@ class RandomBlurVoxels(tio.RandomBlur):
         images = self.get_images_dict(subject)
         if not images:
             return subject
-        std_mm = {
-            name: tuple(std * spacing for std, spacing in zip(self.get_params(self.std_ranges), image.spacing))
-            for name, image in images.items()
-        }
+        std_mm = {}
+        for name, image in images.items():  # one draw per image, in the subject's order
+            std_i, std_j, std_k = self.get_params(self.std_ranges)
+            spacing_i, spacing_j, spacing_k = image.spacing
+            std_mm[name] = (std_i * spacing_i, std_j * spacing_j, std_k * spacing_k)
         return tio.Blur(std=std_mm, **self._get_base_args())(subject)
 
 
@@ -299,7 +301,8 @@ def resize_transform(shape: Sequence[int]) -> tio.Resize:
     values = list(shape)
     if len(values) != 3 or not all(isinstance(value, (int, np.integer)) and value > 0 for value in values):
         raise RecipeError(f"data.volume_shape = {values!r}: expected three positive integers (D, H, W)")
-    return tio.Resize(tuple(int(value) for value in values), image_interpolation="linear")
+    depth, height, width = (int(value) for value in values)
+    return tio.Resize((depth, height, width), image_interpolation="linear")
 
 
 def build_view_transform(config: ViewsConfig, include_normalization: bool = True) -> tio.Compose:
@@ -327,23 +330,23 @@ def build_view_transform(config: ViewsConfig, include_normalization: bool = True
     if normalization is not None:
         steps["normalize"] = normalization
     if config.crop.p > 0:
-        steps["crop"] = RandomCropResize(scale=tuple(config.crop.scale), p=config.crop.p)
+        steps["crop"] = RandomCropResize(scale=config.crop.scale, p=config.crop.p)
     if config.flip.p > 0 and config.flip.axes:
         steps["flip"] = tio.RandomFlip(axes=tuple(config.flip.axes), flip_probability=config.flip.p)
     if config.affine.p > 0:
         steps["affine"] = RandomAffineVoxels(
-            scales=tuple(config.affine.scale),
+            scales=config.affine.scale,
             degrees=config.affine.degrees,
             translation=config.affine.translation,
             isotropic=True,
             p=config.affine.p,
         )
     if config.cutout.p > 0:
-        steps["cutout"] = RandomCutout(size=tuple(config.cutout.size), p=config.cutout.p)
+        steps["cutout"] = RandomCutout(size=config.cutout.size, p=config.cutout.p)
     if config.blur.p > 0:
-        steps["blur"] = RandomBlurVoxels(std=tuple(config.blur.std), p=config.blur.p)
+        steps["blur"] = RandomBlurVoxels(std=config.blur.std, p=config.blur.p)
     if config.noise.p > 0:
-        steps["noise"] = tio.RandomNoise(mean=0.0, std=tuple(config.noise.std), p=config.noise.p)
+        steps["noise"] = tio.RandomNoise(mean=0.0, std=config.noise.std, p=config.noise.p)
     return tio.Compose(steps)
 
 
@@ -394,7 +397,7 @@ def _encode_label(subject: tio.Subject, index: int, key: str, encoder: Mapping[s
     who = subject.get("participant_id", f"item {index}")
     if key not in subject:
         raise CohortError(f"participant {who}: no label '{key}' (subject keys: {', '.join(map(str, subject.keys()))})")
-    value = subject[key]
+    value: Any = subject[key]  # a table cell: text or a number
     if isinstance(value, str):
         if encoder is None:
             raise CohortError(f"participant {who}: label '{key}' = {value!r} is text; pass label_encoder, e.g. {{{value!r}: 0}}")
@@ -405,6 +408,21 @@ def _encode_label(subject: tio.Subject, index: int, key: str, encoder: Mapping[s
         return float(value)
     except (TypeError, ValueError):
         raise CohortError(f"participant {who}: label '{key}' = {value!r} is not a number") from None
+
+
+class ViewsItem(TypedDict):
+    """An item of :class:`MultiViewDataset`."""
+
+    views: torch.Tensor  # (V, C, D, H, W) float32
+    label: torch.Tensor  # () float32, NaN without a label column
+    index: int
+
+
+class VolumeItem(TypedDict):
+    """An item of :class:`VolumeDataset`."""
+
+    volume: torch.Tensor  # (C, D, H, W) float32
+    index: int
 
 
 class MultiViewDataset(Dataset):
@@ -466,7 +484,7 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.subjects)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, index: int) -> ViewsItem:
         subject = _load_subject(self.subjects[index], self.preprocess)
         views = [self.transform(subject)[self.image_key].data for _ in range(self.n_views)]
         return {"views": torch.stack(views).float(), "label": self.labels[index].clone(), "index": int(index)}
@@ -505,8 +523,9 @@ class VolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.subjects)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, index: int) -> VolumeItem:
         subject = _load_subject(self.subjects[index], self.preprocess)
         if self.transform is not None:
             subject = self.transform(subject)
-        return {"volume": subject[self.image_key].data.float(), "index": int(index)}
+        image = cast(tio.Image, subject[self.image_key])
+        return {"volume": image.data.float(), "index": int(index)}

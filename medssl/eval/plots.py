@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
+from sklearn.metrics import mean_absolute_error
 from sklearn.preprocessing import StandardScaler
 
 from medssl.eval.probes import check_features, single_thread_if_small
@@ -68,7 +69,7 @@ def plot_age_predictions(
     pred_age = rows[age_pred_col].to_numpy(dtype=float)
     for group in sorted(groups.unique()):
         mask = (groups == group).to_numpy()
-        mae = np.mean(np.abs(pred_age[mask] - true_age[mask]))
+        mae = mean_absolute_error(true_age[mask], pred_age[mask])
         axes.scatter(true_age[mask], pred_age[mask], s=14, alpha=0.7, label=f"{group} (n={mask.sum()}, MAE {mae:.2f})")
     low = float(min(true_age.min(), pred_age.min()))
     high = float(max(true_age.max(), pred_age.max()))

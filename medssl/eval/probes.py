@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -218,41 +218,11 @@ def challenge_protocol(
     """
     features = check_features(features, table)
     table = table.reset_index(drop=True)
-    for column in (split_col, site_col, age_col):
-        if column not in table.columns:
-            raise EvaluationError(f"participants table: missing column {column!r}, needed by the challenge protocol")
-    splits = table[split_col].astype(str)
-    unknown = sorted(set(splits) - set(SPLITS))
-    if unknown:
-        raise EvaluationError(
-            f"participants table: column {split_col!r} has unknown value {unknown[0]!r}; expected one of {', '.join(SPLITS)}"
-        )
+    splits, sites, ages = _challenge_columns(table, split_col, site_col, age_col)
     train = (splits == "train").to_numpy()
     test = splits.isin(TEST_SPLITS).to_numpy()
-    sites = as_labels(table[site_col]).to_numpy()
-    ages = pd.to_numeric(table[age_col], errors="coerce").to_numpy(dtype=float)
-    if np.isnan(ages[train | test]).any() or table[site_col][train | test].isna().any():
-        raise EvaluationError(f"participants table: missing {age_col!r} or {site_col!r} values in train or test rows")
-    site_counts = pd.Series(sites[train]).value_counts()
-    if len(site_counts) < 2 or site_counts.max() < 2:
-        raise EvaluationError(
-            "participants table: the challenge protocol needs train rows from at least 2 sites, one of them "
-            f"with 2 subjects or more (got {int(train.sum())} rows from {len(site_counts)} sites)"
-        )
-
-    scaler = [("scale", StandardScaler())] if standardize else []
-    age_probe = GridSearchCV(
-        Pipeline([*scaler, ("ridge", Ridge())]),
-        {"ridge__alpha": CHALLENGE_ALPHAS},
-        cv=min(CHALLENGE_FOLDS, int(train.sum())),
-        scoring="r2",
-    )
-    site_probe = GridSearchCV(
-        Pipeline([*scaler, ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed))]),
-        {"logistic__C": CHALLENGE_CS},
-        cv=max(2, min(CHALLENGE_FOLDS, int(site_counts.max()))),
-        scoring="balanced_accuracy",
-    )
+    n_train_sites, largest_site = _check_training_sites(sites[train])
+    age_probe, site_probe = _challenge_probes(int(train.sum()), largest_site, seed, standardize)
     with quiet_fits(features):
         age_probe.fit(features[train], ages[train])
         site_probe.fit(features[train], sites[train])
@@ -266,7 +236,7 @@ def challenge_protocol(
     predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
     scores = score_predictions(
         predictions, id_col=id_col, split_col=split_col, site_col=site_col, age_col=age_col,
-        n_sites=len(site_counts), source="challenge protocol",
+        n_sites=n_train_sites, source="challenge protocol",
     )
     return {
         **scores,
@@ -275,6 +245,53 @@ def challenge_protocol(
         "n_train": int(train.sum()),
         "predictions": predictions,
     }
+
+
+def _challenge_columns(table: pd.DataFrame, split_col: str, site_col: str, age_col: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Splits (text), sites (labels) and ages of every row, refused when the train or test rows lack any."""
+    for column in (split_col, site_col, age_col):
+        if column not in table.columns:
+            raise EvaluationError(f"participants table: missing column {column!r}, needed by the challenge protocol")
+    splits = table[split_col].astype(str)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise EvaluationError(
+            f"participants table: column {split_col!r} has unknown value {unknown[0]!r}; expected one of {', '.join(SPLITS)}"
+        )
+    used = splits.isin(SPLITS).to_numpy()
+    ages = pd.to_numeric(table[age_col], errors="coerce").to_numpy(dtype=float)
+    if np.isnan(ages[used]).any() or table[site_col][used].isna().any():
+        raise EvaluationError(f"participants table: missing {age_col!r} or {site_col!r} values in train or test rows")
+    return splits, as_labels(table[site_col]).to_numpy(), ages
+
+
+def _check_training_sites(train_sites: np.ndarray) -> tuple[int, int]:
+    """(number of training sites, subjects of the largest), refused when the site probe cannot be fitted."""
+    site_counts = pd.Series(train_sites).value_counts()
+    if len(site_counts) < 2 or site_counts.max() < 2:
+        raise EvaluationError(
+            "participants table: the challenge protocol needs train rows from at least 2 sites, one of them "
+            f"with 2 subjects or more (got {len(train_sites)} rows from {len(site_counts)} sites)"
+        )
+    return len(site_counts), int(site_counts.max())
+
+
+def _challenge_probes(n_train: int, largest_site: int, seed: int, standardize: bool) -> tuple[GridSearchCV, GridSearchCV]:
+    """The kit's age and site probes, with as many inner folds (up to 5) as the training rows allow."""
+    scaler = [("scale", StandardScaler())] if standardize else []
+    age_probe = GridSearchCV(
+        Pipeline([*scaler, ("ridge", Ridge())]),
+        {"ridge__alpha": CHALLENGE_ALPHAS},
+        cv=min(CHALLENGE_FOLDS, n_train),
+        scoring="r2",
+    )
+    site_probe = GridSearchCV(
+        Pipeline([*scaler, ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed))]),
+        {"logistic__C": CHALLENGE_CS},
+        cv=max(2, min(CHALLENGE_FOLDS, largest_site)),
+        scoring="balanced_accuracy",
+    )
+    return age_probe, site_probe
 
 
 def single_thread_if_small(features: np.ndarray | None) -> threadpool_limits:
@@ -318,7 +335,7 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
             inner = site_grouped_splits(groups[train_idx]) if groups is not None else None
             probe = regression_probe(inner).fit(features[train_idx], target[train_idx])
             predicted = probe.predict(features[test_idx])
-            per_fold["mae"].append(float(np.mean(np.abs(predicted - target[test_idx]))))
+            per_fold["mae"].append(float(mean_absolute_error(target[test_idx], predicted)))
             per_fold["r2"].append(r2(target[test_idx], predicted))
         return per_fold, "" if per_fold["mae"] else "no fold with training and test rows, target skipped"
 
@@ -344,7 +361,12 @@ def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: i
 
 
 def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
-    """Binary AUC, or the macro one-vs-rest mean over classes present in ``y_true`` and ``classes``."""
+    """Binary AUC, or the macro one-vs-rest mean over classes present in ``y_true`` and ``classes``.
+
+    The multi-class mean is taken here rather than by ``roc_auc_score(..., multi_class="ovr")``,
+    which raises when a class of the probe is absent from the test fold (routine with
+    site-grouped folds) and needs probabilities summing to 1 over the classes of ``y_true``.
+    """
     if len(classes) == 2:
         positive = y_true == classes[1]
         return float(roc_auc_score(positive, probabilities[:, 1])) if 0 < positive.sum() < len(y_true) else float("nan")

@@ -39,7 +39,11 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
+<<<<<<< HEAD
 from functools import partial
+=======
+from dataclasses import dataclass, field
+>>>>>>> conventions
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +52,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+<<<<<<< HEAD
 from medssl.eval.folds import ChallengeFold, leave_site_out_folds, score_challenge_folds, site_stratified_folds
+=======
+from medssl.eval.folds import Folds, leave_site_out_folds, site_stratified_folds
+>>>>>>> conventions
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
 from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
@@ -104,33 +112,16 @@ def evaluate_representation(
     Returns:
         the content of ``metrics.json``.
     """
-    matrices = {"pretrained": check_features(features, table, "features")}
-    if baseline_features is not None:
-        matrices["baseline"] = check_features(baseline_features, table, "baseline_features")
-    for name, reference in (reference_features or {}).items():
-        matrices[name] = check_features(reference, table, f"reference_features[{name!r}]")
+    matrices = _checked_matrices(features, table, baseline_features, reference_features)
     table = table.reset_index(drop=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    shared_notes: list[str] = []
-    stratified = site_stratified_folds(table, n_folds=folds, seed=seed)
-    n_sites = as_labels(table["site"]).nunique()
-    if n_sites >= 2:
-        site_out = leave_site_out_folds(table, n_folds=folds if n_sites > folds else None)
-    else:
-        site_out = None
-        shared_notes.append("leave_site_out: a single site, protocol skipped")
-    site_out_targets = [target for target in targets if target != "site"]
-    if len(site_out_targets) < len(targets) and site_out is not None:
-        shared_notes.append("leave_site_out: target 'site' skipped (held-out sites are never seen in training)")
-    challenge_reason = _challenge_skip_reason(table)
-    if challenge_reason:
-        shared_notes.append(f"challenge: {challenge_reason}, protocol skipped")
+    protocols = _plan_protocols(table, folds, targets, seed)
 
     results: dict = {}
     long_tables, per_fold = [], []
     for name, matrix in matrices.items():
+<<<<<<< HEAD
         notes = list(shared_notes)
         cv_tables = [cross_validate_probes(matrix, table, targets, folds=stratified, protocol="site_stratified", seed=seed)]
         if site_out is not None:
@@ -158,24 +149,25 @@ def evaluate_representation(
         else:
             predictions = _out_of_fold_table(matrix, table, stratified)
 
+=======
+        cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed)
+        predictions = challenge.pop("predictions") if challenge is not None else _out_of_fold_table(matrix, table, protocols.stratified)
+>>>>>>> conventions
         results[name] = _representation_entry(challenge, cv_tables, notes)
         long_tables.append(_long_table(name, challenge, cv_tables))
         suffix = "" if name == "pretrained" else f"_{name}"
         predictions.to_csv(out_dir / f"predictions{suffix}.csv", index=False)
         if name == "pretrained":
-            title = None if challenge is not None else f"Out-of-fold predictions, site-stratified {folds}-fold CV"
-            if predictions["age_pred"].notna().any():
-                plot_age_predictions(predictions, out_dir / "age_predictions.png", title=title)
-            plot_embedding(matrix, table, out_dir / "embedding.png", seed=seed)
+            _plot_pretrained(matrix, table, predictions, out_dir, None if challenge is not None else folds, seed)
 
     results["settings"] = {
         "folds": folds,
-        "leave_site_out_folds": None if site_out is None else len(site_out),
+        "leave_site_out_folds": None if protocols.site_out is None else len(protocols.site_out),
         "targets": list(targets),
         "seed": seed,
         "n_subjects": len(table),
         "n_features": int(matrices["pretrained"].shape[1]),
-        "n_sites": int(n_sites),
+        "n_sites": protocols.n_sites,
     }
     results = json_ready(results)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -183,6 +175,78 @@ def evaluate_representation(
     if per_fold:
         pd.concat(per_fold, ignore_index=True).to_csv(out_dir / "kit_folds.csv", index=False)
     return results
+
+
+def _plot_pretrained(matrix: np.ndarray, table: pd.DataFrame, predictions: pd.DataFrame, out_dir: Path,
+                     out_of_fold_folds: int | None, seed: int) -> None:
+    """Age predictions (of the challenge protocol, or out-of-fold of a K-fold CV) and the 2-D embedding."""
+    title = None if out_of_fold_folds is None else f"Out-of-fold predictions, site-stratified {out_of_fold_folds}-fold CV"
+    if predictions["age_pred"].notna().any():
+        plot_age_predictions(predictions, out_dir / "age_predictions.png", title=title)
+    plot_embedding(matrix, table, out_dir / "embedding.png", seed=seed)
+
+
+@dataclass
+class _Protocols:
+    """The folds every representation shares, and why a protocol or target is skipped."""
+
+    stratified: Folds
+    site_out: Folds | None
+    site_out_targets: list[str]
+    challenge_skip_reason: str
+    n_sites: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _checked_matrices(features: np.ndarray, table: pd.DataFrame, baseline_features: np.ndarray | None,
+                      reference_features: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    matrices = {"pretrained": check_features(features, table, "features")}
+    if baseline_features is not None:
+        matrices["baseline"] = check_features(baseline_features, table, "baseline_features")
+    for name, reference in (reference_features or {}).items():
+        matrices[name] = check_features(reference, table, f"reference_features[{name!r}]")
+    return matrices
+
+
+def _plan_protocols(table: pd.DataFrame, folds: int, targets: Sequence[str], seed: int) -> _Protocols:
+    n_sites = int(as_labels(table["site"]).nunique())
+    site_out = leave_site_out_folds(table, n_folds=folds if n_sites > folds else None) if n_sites >= 2 else None
+    protocols = _Protocols(
+        stratified=site_stratified_folds(table, n_folds=folds, seed=seed),
+        site_out=site_out,
+        site_out_targets=[target for target in targets if target != "site"],
+        challenge_skip_reason=_challenge_skip_reason(table),
+        n_sites=n_sites,
+    )
+    if site_out is None:
+        protocols.notes.append("leave_site_out: a single site, protocol skipped")
+    elif len(protocols.site_out_targets) < len(targets):
+        protocols.notes.append("leave_site_out: target 'site' skipped (held-out sites are never seen in training)")
+    if protocols.challenge_skip_reason:
+        protocols.notes.append(f"challenge: {protocols.challenge_skip_reason}, protocol skipped")
+    return protocols
+
+
+def _run_protocols(matrix: np.ndarray, table: pd.DataFrame, protocols: _Protocols, targets: Sequence[str],
+                   seed: int) -> tuple[list[pd.DataFrame], dict | None, list[str]]:
+    """Both CV protocols and the challenge protocol on one representation: CV tables, challenge scores, notes."""
+    notes = list(protocols.notes)
+    cv_tables = [cross_validate_probes(matrix, table, targets, folds=protocols.stratified, protocol="site_stratified", seed=seed)]
+    if protocols.site_out is not None:
+        cv_tables.append(cross_validate_probes(matrix, table, protocols.site_out_targets, folds=protocols.site_out,
+                                               protocol="leave_site_out", seed=seed, group_inner_by="site"))
+    for cv_table in cv_tables:
+        notes.extend(cv_table.attrs.get("notes", []))
+    challenge = None
+    if not protocols.challenge_skip_reason:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UnseenSiteWarning)
+                challenge = challenge_protocol(matrix, table, seed=seed)
+            notes.extend(f"challenge: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning)
+        except EvaluationError as error:
+            notes.append(f"challenge: {error}, protocol skipped")
+    return cv_tables, challenge, notes
 
 
 def print_report(results: dict, console: Console | None = None) -> None:
@@ -297,10 +361,11 @@ def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None
     undirected = protocol not in ("challenge", "kit_folds") and target == "site"
     if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or undirected:
         return None
+    scores = np.array(values, dtype=float)
     if metric in LOWER_IS_BETTER:
-        return int(np.argmin(values))
+        return int(np.argmin(scores))
     if metric in HIGHER_IS_BETTER:
-        return int(np.argmax(values))
+        return int(np.argmax(scores))
     return None
 
 

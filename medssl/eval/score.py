@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score, r2_score
+from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score
 
 from medssl.errors import MedsslError
 
@@ -133,49 +133,29 @@ def score_predictions(
     table = table.reset_index(drop=True)  # row labels become row numbers, for the messages
     _require_columns(table, [split_col, site_col, age_col, age_pred_col], source)
     site_pred_source = _site_prediction_columns(table, site_pred_col, source)
-
-    splits = table[split_col]
-    _check_no_missing(splits, split_col, table, id_col, source)
-    unknown = sorted(set(splits.astype(str)) - set(SPLITS))
-    if unknown:
-        raise EvaluationError(
-            f"{source}: column {split_col!r} has unknown value {unknown[0]!r}; expected one of {', '.join(SPLITS)}"
-        )
-    splits = splits.astype(str)
-    internal_rows = (splits == "internal_test").to_numpy()
-    external_rows = (splits == "external_test").to_numpy()
-    for name, rows in (("internal_test", internal_rows), ("external_test", external_rows)):
-        if not rows.any():
-            raise EvaluationError(
-                f"{source}: no {name} rows in column {split_col!r}; both internal_test and external_test rows are needed"
-            )
-    scored = table[internal_rows | external_rows]
+    splits = _checked_splits(table, split_col, id_col, source)
+    tested = splits.isin(TEST_SPLITS).to_numpy()
+    scored = table[tested]
     for column in [age_col, age_pred_col, site_col, *site_pred_source]:
         _check_no_missing(scored[column], column, table, id_col, source)
-    true_age = _numeric(scored[age_col], age_col, table, id_col, source)
-    negative = true_age < 0
-    if negative.any():  # a sign error upstream; its MAE would look plausible
-        label = scored.index[np.argmax(negative)]
-        raise EvaluationError(f"{source}: column {age_col!r} has {true_age[np.argmax(negative)]:g} for "
-                              f"{_row_name(table, label, id_col)}; expected a true age >= 0")
+    true_age = _true_ages(scored, age_col, table, id_col, source)
     pred_age = _numeric(scored[age_pred_col], age_pred_col, table, id_col, source)
     true_site = as_labels(scored[site_col]).to_numpy()
     pred_site = _predicted_sites(scored, site_pred_col, site_pred_source, table, id_col, source)
-    internal = internal_rows[internal_rows | external_rows]
-    external = ~internal
+    internal = (splits[tested] == "internal_test").to_numpy()
 
     _warn_unseen_internal_sites(table, splits, site_col, source)
     if n_sites is None:
-        train_sites = table.loc[(splits == "train").to_numpy(), site_col]
-        if train_sites.empty:
-            raise EvaluationError(
-                f"{source}: no train rows to count the training sites; pass n_sites (64 for OpenBHB)"
-            )
-        _check_no_missing(train_sites, site_col, table, id_col, source)
-        n_sites = int(as_labels(train_sites).nunique())
+        n_sites = _count_training_sites(table, splits, site_col, id_col, source)
+    return _challenge_scores(true_age, pred_age, true_site, pred_site, internal, n_sites)
 
-    mae_internal = float(np.mean(np.abs(true_age[internal] - pred_age[internal])))
-    mae_external = float(np.mean(np.abs(true_age[external] - pred_age[external])))
+
+def _challenge_scores(true_age: np.ndarray, pred_age: np.ndarray, true_site: np.ndarray, pred_site: np.ndarray,
+                      internal: np.ndarray, n_sites: int) -> dict:
+    """The scores of :func:`score_predictions` from the test rows' values; ``internal`` marks the internal ones."""
+    external = ~internal
+    mae_internal = float(mean_absolute_error(true_age[internal], pred_age[internal]))
+    mae_external = float(mean_absolute_error(true_age[external], pred_age[external]))
     bacc_site = balanced_accuracy(true_site[internal], pred_site[internal])
     return {
         "mae_internal": mae_internal,
@@ -190,6 +170,42 @@ def score_predictions(
         "r2_external": r2(true_age[external], pred_age[external]),
         "chance_bacc": 1.0 / n_sites,
     }
+
+
+def _checked_splits(table: pd.DataFrame, split_col: str, id_col: str, source: str) -> pd.Series:
+    """The split column as text, refused unless every value is a known split and both test splits occur."""
+    splits = table[split_col]
+    _check_no_missing(splits, split_col, table, id_col, source)
+    unknown = sorted(set(splits.astype(str)) - set(SPLITS))
+    if unknown:
+        raise EvaluationError(
+            f"{source}: column {split_col!r} has unknown value {unknown[0]!r}; expected one of {', '.join(SPLITS)}"
+        )
+    splits = splits.astype(str)
+    for name in TEST_SPLITS:
+        if not (splits == name).any():
+            raise EvaluationError(
+                f"{source}: no {name} rows in column {split_col!r}; both internal_test and external_test rows are needed"
+            )
+    return splits
+
+
+def _true_ages(scored: pd.DataFrame, age_col: str, table: pd.DataFrame, id_col: str, source: str) -> np.ndarray:
+    true_age = _numeric(scored[age_col], age_col, table, id_col, source)
+    negative = true_age < 0
+    if negative.any():  # a sign error upstream; its MAE would look plausible
+        label = scored.index[np.argmax(negative)]
+        raise EvaluationError(f"{source}: column {age_col!r} has {true_age[np.argmax(negative)]:g} for "
+                              f"{_row_name(table, label, id_col)}; expected a true age >= 0")
+    return true_age
+
+
+def _count_training_sites(table: pd.DataFrame, splits: pd.Series, site_col: str, id_col: str, source: str) -> int:
+    train_sites = table.loc[(splits == "train").to_numpy(), site_col]
+    if train_sites.empty:
+        raise EvaluationError(f"{source}: no train rows to count the training sites; pass n_sites (64 for OpenBHB)")
+    _check_no_missing(train_sites, site_col, table, id_col, source)
+    return int(as_labels(train_sites).nunique())
 
 
 class UnseenSiteWarning(UserWarning):

@@ -1,8 +1,29 @@
-"""Self-supervised losses. Each is a small ``nn.Module`` called as ``loss(z, y=None)``.
+"""Self-supervised losses, each a small ``nn.Module``, called in one of two ways.
 
-``z`` holds N subjects in V views, either (N*V, D) view-major (rows v*N .. v*N+N-1 are view v)
-or (N, V, D); labels ``y`` have shape (N,). Every contrastive loss L2-normalises ``z``
-itself and returns a 0-dim float32 tensor (float64 for float64 input).
+**Embedding losses**, ``loss(z, y=None)``: NTXentLoss, DecoupledNTXentLoss, YAwareLoss,
+ThresholdLoss, ExponentialLoss, SupConLoss, EpsSupInfoNCELoss, EpsSupConLoss, BarlowTwinsLoss,
+VICRegLoss.
+
+- ``z``: (N, V, D) embeddings of N subjects in V views, always three-dimensional (a 2-D ``z``
+  is refused; two (N, D) views are ``torch.stack([z1, z2], dim=1)``). Barlow Twins and VICReg
+  need V = 2, the others V >= 2 (the class-label losses V >= 1).
+- ``y``: (N,) labels, one per subject (repeated over its views inside the loss), or None.
+  The label losses require it; NT-Xent, decoupled NT-Xent, Barlow Twins and VICReg ignore it,
+  so a method can call every embedding loss alike.
+
+**Prediction losses**, ``loss(predictions, targets)``: BYOLLoss, SimSiamLoss, DINOLoss.
+
+- ``predictions``: (N, V_p, D), what the trained branch outputs for each view (BYOL's and
+  SimSiam's predictor, DINO's student head).
+- ``targets``: (N, V_t, D), what the other branch outputs (BYOL's target network, SimSiam's
+  projector, DINO's teacher), for the first V_t views of ``predictions`` in the same order.
+  Targets receive no gradient (each loss detaches them).
+- Each prediction is scored against the targets of the *other* views only. BYOL and SimSiam
+  take V_p = V_t = 2; DINO V_p >= V_t, the extra student views being local crops.
+
+Every loss returns a 0-dim tensor, float32 for float32, bfloat16 or float16 input (computed in
+float32) and float64 for float64 input. The contrastive losses L2-normalise ``z`` themselves.
+``alignment`` and ``uniformity`` are diagnostics, not losses: they take (N, D) tensors.
 """
 
 from medssl.losses.barlow_twins import BarlowTwinsLoss

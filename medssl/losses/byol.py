@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medssl.losses.layout import LossInputError, compute_dtype
+from medssl.losses.layout import check_predictions_and_targets, compute_dtype
 
 
 class BYOLLoss(nn.Module):
@@ -26,24 +26,25 @@ class BYOLLoss(nn.Module):
 
     Example:
         >>> loss_fn = BYOLLoss()
-        >>> p1, p2 = torch.randn(8, 128), torch.randn(8, 128)  # online predictor, views 1 and 2
-        >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)  # target projector, views 1 and 2
-        >>> loss = loss_fn(p1, p2, z1, z2)
+        >>> predictions = torch.randn(8, 2, 128)  # online predictor, views 1 and 2
+        >>> targets = torch.randn(8, 2, 128)      # target projector, views 1 and 2
+        >>> loss = loss_fn(predictions, targets)
     """
 
-    def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    def forward(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """Compute the symmetrised BYOL loss.
 
         Args:
-            p1: (N, D) online predictor output for view 1.
-            p2: (N, D) online predictor output for view 2.
-            z1: (N, D) target projection of view 1 (no gradient flows into it).
-            z2: (N, D) target projection of view 2 (no gradient flows into it).
+            predictions: (N, 2, D) online predictor outputs p1, p2 of views 1 and 2.
+            targets: (N, 2, D) target projections z1', z2' of views 1 and 2 (no gradient
+                flows into them).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        _check_pairs(p1, p2, z1, z2, loss_name="BYOLLoss")
+        check_predictions_and_targets(predictions, targets, loss_name="BYOLLoss", n_views=2)
+        p1, p2 = predictions.unbind(1)
+        z1, z2 = targets.unbind(1)
         return _normalized_squared_error(p1, z2) + _normalized_squared_error(p2, z1)
 
 
@@ -52,9 +53,3 @@ def _normalized_squared_error(prediction: Tensor, target: Tensor) -> Tensor:
     prediction = F.normalize(prediction.to(dtype), dim=-1)
     target = F.normalize(target.detach().to(dtype), dim=-1)
     return (2.0 - 2.0 * (prediction * target).sum(dim=-1)).mean()
-
-
-def _check_pairs(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, loss_name: str) -> None:
-    shapes = [tuple(t.shape) for t in (p1, p2, z1, z2)]
-    if len(set(shapes)) != 1 or p1.dim() != 2 or not all(t.is_floating_point() for t in (p1, p2, z1, z2)):
-        raise LossInputError(f"{loss_name}: expected floating-point p1, p2, z1, z2 of one shape (N, D), got shapes {shapes}")

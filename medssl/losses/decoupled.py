@@ -36,8 +36,8 @@ class DecoupledNTXentLoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major (a 2-D z without y is read as 2 views) or (N, V, D).
-            y: ignored, except that a 2-D z takes N = len(y) from it.
+            z: (N, V, D) embeddings, V >= 2.
+            y: ignored (the loss uses no labels).
 
         Returns:
             0-dim float32 tensor (float64 for float64 z).

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medssl.losses.layout import LossInputError, compute_dtype
+from medssl.losses.layout import LossInputError, compute_dtype, outside_autocast
 
 
 def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
@@ -50,5 +50,6 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
     z = F.normalize(z.to(compute_dtype(z)), dim=1)
     i, j = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     # ||a - b||^2 = 2 - 2 <a, b> on the sphere, whose gradient stays finite for equal points.
-    squared = (2.0 - 2.0 * (z @ z.T)[i, j]).clamp(min=0.0)
+    with outside_autocast(z):
+        squared = (2.0 - 2.0 * (z @ z.T)[i, j]).clamp(min=0.0)
     return torch.logsumexp(-t * squared, dim=0) - math.log(len(i))

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medssl.losses.layout import LossInputError, compute_dtype
+from medssl.losses.layout import LossInputError, check_predictions_and_targets, compute_dtype, outside_autocast
 
 
 class DINOLoss(nn.Module):
@@ -38,8 +38,8 @@ class DINOLoss(nn.Module):
 
     Example:
         >>> loss_fn = DINOLoss(out_dim=4096)
-        >>> student_out = torch.randn(8, 6, 4096)  # 2 global + 4 local crops
-        >>> teacher_out = torch.randn(8, 2, 4096)  # the 2 global crops
+        >>> student_out = torch.randn(8, 6, 4096)  # predictions: 2 global + 4 local crops
+        >>> teacher_out = torch.randn(8, 2, 4096)  # targets: the 2 global crops
         >>> loss = loss_fn(student_out, teacher_out)
     """
 
@@ -66,25 +66,28 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(out_dim))
 
-    def forward(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
+    def forward(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """Compute the loss, then update the centre (in training mode).
 
         Args:
-            student_out: (N, V_s, K) student head outputs; views 0..V_t-1 are the global
+            predictions: (N, V_s, K) student head outputs; views 0..V_t-1 are the global
                 crops the teacher saw, in the same order, the rest are local crops.
-            teacher_out: (N, V_t, K) teacher head outputs for the global crops.
+            targets: (N, V_t, K) teacher head outputs for the global crops (detached here).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        self._check_shapes(student_out, teacher_out)
-        dtype = compute_dtype(student_out)
-        teacher_out = teacher_out.detach().to(dtype)
-        log_p_student = F.log_softmax(student_out.to(dtype) / self.student_temperature, dim=-1)
-        p_teacher = F.softmax((teacher_out - self.center.to(dtype)) / self.teacher_temperature, dim=-1)
-
-        # cross_entropy[a, b] = mean over the batch of H(teacher view a, student view b)
-        cross_entropy = -torch.einsum("nak,nbk->ab", p_teacher, log_p_student) / student_out.shape[0]
+        check_predictions_and_targets(predictions, targets, loss_name="DINOLoss")
+        if predictions.shape[-1] != self.out_dim:
+            raise LossInputError(f"DINOLoss: expected K = out_dim = {self.out_dim} outputs per view, got shapes "
+                                 f"{tuple(predictions.shape)} and {tuple(targets.shape)}")
+        dtype = compute_dtype(predictions)
+        teacher_out = targets.detach().to(dtype)
+        with outside_autocast(predictions):
+            log_p_student = F.log_softmax(predictions.to(dtype) / self.student_temperature, dim=-1)
+            p_teacher = F.softmax((teacher_out - self.center.to(dtype)) / self.teacher_temperature, dim=-1)
+            # cross_entropy[a, b] = mean over the batch of H(teacher view a, student view b)
+            cross_entropy = -torch.einsum("nak,nbk->ab", p_teacher, log_p_student) / predictions.shape[0]
         num_teacher_views, num_student_views = cross_entropy.shape
         other_crop = ~torch.eye(num_teacher_views, num_student_views, dtype=torch.bool, device=cross_entropy.device)
         loss = cross_entropy[other_crop].mean()
@@ -108,17 +111,3 @@ class DINOLoss(nn.Module):
             dist.all_reduce(count)
         batch_center = (batch_center / count).to(self.center.dtype)
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
-
-    def _check_shapes(self, student_out: Tensor, teacher_out: Tensor) -> None:
-        if student_out.dim() != 3 or teacher_out.dim() != 3:
-            raise LossInputError(
-                "DINOLoss: expected student_out (N, V_s, K) and teacher_out (N, V_t, K), got "
-                f"{tuple(student_out.shape)} and {tuple(teacher_out.shape)}"
-            )
-        n_s, v_s, k_s = student_out.shape
-        n_t, v_t, k_t = teacher_out.shape
-        if n_s != n_t or k_s != k_t or k_s != self.out_dim or v_s < v_t or v_s < 2:
-            raise LossInputError(
-                f"DINOLoss: expected student_out (N, V_s, {self.out_dim}) and teacher_out (N, V_t, {self.out_dim}) "
-                f"with V_s >= V_t and V_s >= 2, got {tuple(student_out.shape)} and {tuple(teacher_out.shape)}"
-            )

@@ -1,11 +1,9 @@
-"""What every contrastive loss does to its input before the formula: layout, labels, masks.
+"""What every loss does to its input before the formula: shapes, layout, labels, masks.
 
-A batch of N subjects seen in V views arrives either as ``(n, D)`` view-major rows (rows
-``v*N .. v*N + N-1`` are view ``v`` of subjects ``0 .. N-1``, as ``torch.cat([z1, z2])``) or as
-``(N, V, D)``. A 2-D ``z`` takes N from ``len(y)`` when labels are given and otherwise is read
-as two views. To train on embeddings gathered across processes, gather the ``(N, V, D)``
-layout (stacking subjects on dim 0 keeps it valid); concatenating per-process view-major
-blocks does not give a view-major batch.
+Embeddings arrive as ``(N, V, D)``: N subjects, V views, D dimensions. The contrastive
+losses lay them out view-major internally (row ``v*N + k`` is view ``v`` of subject ``k``).
+To train on embeddings gathered across processes, gather along dim 0 (subjects): the result
+is again ``(N, V, D)``.
 """
 
 from __future__ import annotations
@@ -77,40 +75,78 @@ def compute_dtype(z: Tensor) -> torch.dtype:
 def view_major(
     z: Tensor, y: Tensor | Sequence[float] | None = None, *, loss_name: str = "loss", min_views: int = 2
 ) -> tuple[Tensor, Tensor | None, int]:
-    """Bring ``z`` to view-major ``(n, D)`` and check ``y`` against it.
+    """Check ``z`` and ``y`` and lay ``z`` out view-major.
 
     Args:
-        z: (n, D) view-major or (N, V, D) embeddings.
+        z: (N, V, D) embeddings.
         y: (N,) labels or None.
         loss_name: named in error messages.
         min_views: the fewest views the loss can use.
 
     Returns:
-        ``(z, y, n_views)`` with z of shape (N*V, D) and y a (N,) tensor on z's device (or None).
+        ``(z, y, n_views)`` with z of shape (V*N, D), view-major, and y a (N,) tensor on z's
+        device (or None).
     """
+    z, y = check_embeddings(z, y, loss_name=loss_name, min_views=min_views)
+    n_subjects, n_views, dim = z.shape
+    return z.transpose(0, 1).reshape(n_views * n_subjects, dim), y, n_views
+
+
+def check_embeddings(
+    z: Tensor, y: Tensor | Sequence[float] | None = None, *, loss_name: str = "loss", min_views: int = 2
+) -> tuple[Tensor, Tensor | None]:
+    """Raise :class:`LossInputError` unless ``z`` is (N, V, D) floating point with N >= 1 and
+    V >= ``min_views``, and ``y`` is None or N labels; return ``y`` as a tensor on z's device."""
     if not isinstance(z, Tensor) or not z.is_floating_point():
         raise LossInputError(f"{loss_name}: z must be a floating-point tensor, got {type(z).__name__} {getattr(z, 'dtype', '')}")
+    if z.ndim != 3:
+        hint = " (for two (N, D) views: torch.stack([z1, z2], dim=1))" if z.ndim == 2 else ""
+        raise LossInputError(f"{loss_name}: z must have shape (N, V, D) (subjects, views, dim), got shape {tuple(z.shape)}{hint}")
+    n_subjects, n_views, _ = z.shape
     if y is not None:
         y = torch.as_tensor(y, device=z.device)
         if y.ndim != 1:
             raise LossInputError(f"{loss_name}: y must have shape (N,), got shape {tuple(y.shape)}")
-    if z.ndim == 3:
-        n_subjects, n_views, dim = z.shape
-        if y is not None and len(y) != n_subjects:
+        if len(y) != n_subjects:
             raise LossInputError(f"{loss_name}: y has {len(y)} labels but z of shape {tuple(z.shape)} holds N={n_subjects} subjects")
-        z = z.transpose(0, 1).reshape(n_views * n_subjects, dim)
-    elif z.ndim == 2:
-        n = z.shape[0]
-        n_subjects = len(y) if y is not None else n // 2
-        if n_subjects == 0 or n % n_subjects != 0 or (y is None and n % 2 != 0):
-            expected = f"a multiple of len(y)={len(y)}" if y is not None else "even (a 2-D z without y is read as 2 views)"
-            raise LossInputError(f"{loss_name}: z has {n} rows, expected {expected}")
-        n_views = n // n_subjects
-    else:
-        raise LossInputError(f"{loss_name}: z must have shape (n, D) or (N, V, D), got shape {tuple(z.shape)}")
     if n_subjects == 0 or n_views < min_views:
         raise LossInputError(f"{loss_name}: needs at least {min_views} views of at least 1 subject, got N={n_subjects}, V={n_views}")
-    return z, y, n_views
+    return z, y
+
+
+def two_views(z: Tensor, *, loss_name: str) -> tuple[Tensor, Tensor]:
+    """(N, 2, D) -> the two (N, D) views, float32 (float64 kept), for losses defined on a pair."""
+    check_embeddings(z, loss_name=loss_name)
+    if z.shape[1] != 2:
+        raise LossInputError(f"{loss_name}: compares exactly 2 views, got z of shape {tuple(z.shape)}")
+    z = z.to(compute_dtype(z))
+    return z[:, 0], z[:, 1]
+
+
+def check_predictions_and_targets(predictions: Tensor, targets: Tensor, *, loss_name: str, n_views: int | None = None) -> None:
+    """Raise :class:`LossInputError` unless both are floating-point (N, V, D) tensors of one N and
+    D, with V_p = V_t = ``n_views`` or, when it is None, V_p >= V_t and V_p >= 2."""
+    tensors = (predictions, targets)
+    if not all(isinstance(t, Tensor) and t.is_floating_point() and t.ndim == 3 for t in tensors):
+        got = " and ".join(f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__ for t in tensors)
+        raise LossInputError(f"{loss_name}: expected floating-point predictions and targets of shape (N, V, D), got {got}")
+    (n_p, v_p, d_p), (n_t, v_t, d_t) = predictions.shape, targets.shape
+    views_fit = v_p == v_t == n_views if n_views is not None else v_t <= v_p and v_p >= 2
+    if n_p != n_t or d_p != d_t or not views_fit:
+        views = f"V_p = V_t = {n_views}" if n_views is not None else "V_p >= V_t and V_p >= 2"
+        raise LossInputError(
+            f"{loss_name}: expected predictions (N, V_p, D) and targets (N, V_t, D) with {views}, "
+            f"got {tuple(predictions.shape)} and {tuple(targets.shape)}"
+        )
+
+
+def outside_autocast(z: Tensor) -> torch.autocast:
+    """A context in which autocast is off on z's device.
+
+    Why: a training step runs the loss inside bfloat16/float16 autocast, which would run the
+    losses' float32 products (similarities, cross-correlations) in the low precision.
+    """
+    return torch.autocast(device_type=z.device.type, enabled=False)
 
 
 def contrastive_batch(
@@ -125,7 +161,7 @@ def contrastive_batch(
     """Check the input, L2-normalise, and build similarities and masks once.
 
     Args:
-        z: (n, D) view-major or (N, V, D) embeddings, any float dtype.
+        z: (N, V, D) embeddings, any float dtype.
         y: (N,) labels, or None.
         temperature: tau of s_ij = <z_i, z_j> / tau.
         loss_name: named in error messages.
@@ -137,8 +173,9 @@ def contrastive_batch(
     z, y, n_views = view_major(z, y, loss_name=loss_name, min_views=min_views)
     n = z.shape[0]
     dtype = compute_dtype(z)
-    z = F.normalize(z.to(dtype), dim=1)
-    similarities = (z / temperature) @ z.T  # scaling z is an n x D pass, scaling s an n x n one
+    with outside_autocast(z):
+        z = F.normalize(z.to(dtype), dim=1)
+        similarities = (z / temperature) @ z.T  # scaling z is an n x D pass, scaling s an n x n one
     labels = y.repeat(n_views) if y is not None else None
     subjects = torch.arange(n // n_views, device=z.device).repeat(n_views)
     not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medssl.losses.layout import LossInputError, compute_dtype
+from medssl.losses.layout import check_predictions_and_targets, compute_dtype
 
 
 class SimSiamLoss(nn.Module):
@@ -21,26 +21,24 @@ class SimSiamLoss(nn.Module):
 
     Example:
         >>> loss_fn = SimSiamLoss()
-        >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)  # projector, views 1 and 2
+        >>> z = torch.randn(8, 2, 128)  # projector, views 1 and 2
         >>> predictor = torch.nn.Linear(128, 128)
-        >>> loss = loss_fn(predictor(z1), predictor(z2), z1, z2)
+        >>> loss = loss_fn(predictor(z), z)
     """
 
-    def forward(self, p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    def forward(self, predictions: Tensor, targets: Tensor) -> Tensor:
         """Compute the symmetrised SimSiam loss.
 
         Args:
-            p1: (N, D) predictor output for view 1.
-            p2: (N, D) predictor output for view 2.
-            z1: (N, D) projection of view 1 (detached here).
-            z2: (N, D) projection of view 2 (detached here).
+            predictions: (N, 2, D) predictor outputs p1, p2 of views 1 and 2.
+            targets: (N, 2, D) projections z1, z2 of views 1 and 2 (detached here).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        shapes = [tuple(t.shape) for t in (p1, p2, z1, z2)]
-        if len(set(shapes)) != 1 or p1.dim() != 2 or not all(t.is_floating_point() for t in (p1, p2, z1, z2)):
-            raise LossInputError(f"SimSiamLoss: expected floating-point p1, p2, z1, z2 of one shape (N, D), got shapes {shapes}")
+        check_predictions_and_targets(predictions, targets, loss_name="SimSiamLoss", n_views=2)
+        p1, p2 = predictions.unbind(1)
+        z1, z2 = targets.unbind(1)
         return -0.5 * _cosine(p1, z2) - 0.5 * _cosine(p2, z1)
 
 

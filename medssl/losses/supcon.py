@@ -20,7 +20,7 @@ from medssl.losses.layout import (
 )
 
 
-def _class_batch(loss: nn.Module, z: Tensor, y: Tensor) -> ContrastiveBatch:
+def _class_batch(loss: SupConLoss | EpsSupInfoNCELoss | EpsSupConLoss, z: Tensor, y: Tensor | None) -> ContrastiveBatch:
     # One view is enough when the classes provide positives.
     return contrastive_batch(z, y, loss.temperature, loss_name=type(loss).__name__, labels_required=True, min_views=1)
 
@@ -50,7 +50,7 @@ class SupConLoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D).
+            z: (N, V, D) embeddings, V >= 1.
             y: (N,) class labels, repeated over views.
 
         Returns:
@@ -91,7 +91,7 @@ class EpsSupInfoNCELoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D).
+            z: (N, V, D) embeddings, V >= 1.
             y: (N,) class labels, repeated over views.
 
         Returns:
@@ -137,7 +137,7 @@ class EpsSupConLoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D).
+            z: (N, V, D) embeddings, V >= 1.
             y: (N,) class labels, repeated over views.
 
         Returns:

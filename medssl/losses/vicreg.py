@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medssl.losses.layout import LossInputError, compute_dtype, view_major
+from medssl.losses.layout import LossInputError, outside_autocast, two_views
 
 VICRegForm = Literal["authors", "paper_sum"]
 VICREG_FORMS: tuple[str, ...] = ("authors", "paper_sum")
@@ -48,7 +48,7 @@ class VICRegLoss(nn.Module):
     Example:
         >>> loss_fn = VICRegLoss(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
         >>> z1, z2 = torch.randn(16, 256), torch.randn(16, 256)
-        >>> loss = loss_fn(torch.cat([z1, z2]))  # or loss_fn(torch.stack([z1, z2], dim=1))
+        >>> loss = loss_fn(torch.stack([z1, z2], dim=1))
     """
 
     variance_eps = 1e-4
@@ -70,24 +70,24 @@ class VICRegLoss(nn.Module):
         """Compute the loss.
 
         Args:
-            z: (2N, D) embeddings, view-major (rows 0..N-1 view 1, N..2N-1 view 2),
-                or (N, 2, D).
-            y: ignored (the loss uses no labels), except that a 2-D z takes N = len(y) from it.
+            z: (N, 2, D) embeddings of the two views.
+            y: ignored (the loss uses no labels).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        z1, z2 = _two_views(z, y)
+        z1, z2 = two_views(z, loss_name="VICRegLoss")
         n = z1.shape[0]
         if n < 2:
             raise LossInputError(f"VICRegLoss: estimates variances over the batch and needs N >= 2 subjects, got {n}")
-        invariance = F.mse_loss(z1, z2)
-        variance = self._variance(z1) + self._variance(z2)
+        with outside_autocast(z):
+            invariance = F.mse_loss(z1, z2)
+            variance = self._variance(z1) + self._variance(z2)
+            covariance = _covariance(z1) + _covariance(z2)
         if self.form == "authors":
             variance = variance / 2
         else:
             invariance = invariance * z1.shape[1]
-        covariance = _covariance(z1) + _covariance(z2)
         return self.sim_weight * invariance + self.var_weight * variance + self.cov_weight * covariance
 
     def _variance(self, z: Tensor) -> Tensor:
@@ -105,10 +105,3 @@ def _covariance(z: Tensor) -> Tensor:
     cov = centered.T @ centered / (n - 1)
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
 
-
-def _two_views(z: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(2N, D) view-major or (N, 2, D) -> two (N, D) tensors, float32 (float64 kept)."""
-    z, _, n_views = view_major(z, y, loss_name="VICRegLoss")
-    if n_views != 2:
-        raise LossInputError(f"VICRegLoss: compares exactly 2 views, got {n_views}")
-    return z.to(compute_dtype(z)).chunk(2)

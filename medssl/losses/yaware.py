@@ -43,7 +43,7 @@ class YAwareLoss(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """
         Args:
-            z: (n, D) view-major with n a multiple of N, or (N, V, D), V >= 2.
+            z: (N, V, D) embeddings, V >= 2.
             y: (N,) labels, repeated over views.
 
         Returns:

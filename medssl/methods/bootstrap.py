@@ -36,8 +36,7 @@ class BYOL(Method):
         p1, p2 = self.predictor(z[:, 0]), self.predictor(z[:, 1])
         with torch.no_grad():
             target = self.target_head(self.target_encoder(fold_views(views[:, :2])))
-            t1, t2 = target.chunk(2)
-        return self.loss(p1, p2, t1, t2), {}
+        return self.loss(torch.stack([p1, p2], dim=1), torch.stack(target.chunk(2), dim=1)), {}
 
     def after_step(self, step: int, total_steps: int) -> None:
         momentum = cosine_momentum(step, total_steps, self.base_momentum)
@@ -63,7 +62,7 @@ class SimSiam(Method):
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         z = self.embed(batch["views"])
         z1, z2 = z[:, 0], z[:, 1]
-        return self.loss(self.predictor(z1), self.predictor(z2), z1, z2), {}
+        return self.loss(torch.stack([self.predictor(z1), self.predictor(z2)], dim=1), z[:, :2]), {}
 
 
 def build_byol(section: BYOLConfig, recipe: Recipe, encoder: Encoder) -> BYOL:

@@ -25,7 +25,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
 from sklearn.metrics import normalized_mutual_info_score
+from sklearn.preprocessing import normalize as normalize_rows
 from torch.utils.data import Sampler
 
 from medssl.errors import RecipeError, TrainingError
@@ -36,15 +38,22 @@ ArrayLike = np.ndarray | torch.Tensor
 def pca_whiten(features: ArrayLike, dim: int = 256, eps: float = 1e-5, normalize: bool = True) -> np.ndarray:
     """Project on the leading principal components, whiten, then L2-normalise each row.
 
-    The features are centred and projected on the top min(dim, n_samples, n_features)
-    eigenvectors of their sample covariance (divided by n - 1); each component is divided
-    by sqrt(eigenvalue + eps), so the projected features have (nearly) identity covariance,
-    and each row is finally scaled to unit L2 norm.
+    The features are centred and projected on the top min(dim, n_samples, n_features) principal
+    axes (scikit-learn's ``PCA`` with the exact SVD solver: deterministic signs, components by
+    decreasing variance); each component is divided by sqrt(variance + eps), variances divided by
+    n - 1, so the projected features have (nearly) identity covariance, and each row is finally
+    scaled to unit L2 norm (``sklearn.preprocessing.normalize``).
+
+    Whitening divides by sqrt(variance + eps) itself rather than through ``PCA(whiten=True)``:
+    scikit-learn floors that scale at machine epsilon, which blows the rounding noise of a
+    zero-variance direction (a channel that is 0 for every subject, or more components than the
+    n - 1 the centred data span) up to unit variance, and k-means would then cluster noise; with
+    eps such components stay near 0 (faiss' ``PCAMatrix`` has the same ``epsilon``).
 
     Args:
         features: (n_samples, n_features) features, one row per subject.
         dim: number of principal components kept (256 in DeepCluster).
-        eps: added to the eigenvalues, so directions of (near) zero variance stay finite.
+        eps: added to the component variances, so directions of (near) zero variance stay small.
         normalize: L2-normalise the rows of the whitened features (False returns them
             whitened only).
 
@@ -57,14 +66,10 @@ def pca_whiten(features: ArrayLike, dim: int = 256, eps: float = 1e-5, normalize
         raise ValueError(f"PCA needs at least 2 samples, got {n}")
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
-    kept = min(dim, n, d)
-    centered = x - x.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered / (n - 1))
-    leading = np.argsort(eigenvalues)[::-1][:kept]
-    eigenvalues = np.clip(eigenvalues[leading], 0.0, None)
-    whitened = centered @ eigenvectors[:, leading] / np.sqrt(eigenvalues + eps)
+    pca = PCA(n_components=min(dim, n, d), svd_solver="full").fit(x)
+    whitened = pca.transform(x) / np.sqrt(pca.explained_variance_ + eps)
     if normalize:
-        whitened /= np.maximum(np.linalg.norm(whitened, axis=1, keepdims=True), 1e-12)
+        whitened = normalize_rows(whitened)
     return np.ascontiguousarray(whitened, dtype=np.float32)
 
 
@@ -137,24 +142,24 @@ def fix_empty_clusters(
         New (assignments int64, centroids float32); the inputs are not modified.
     """
     x = _as_feature_matrix(features)
-    assignments = _as_assignments(assignments).copy()
+    labels = _as_assignments(assignments).copy()
     centroids = np.array(_to_numpy(centroids), dtype=np.float32)
     rng = np.random.default_rng(rng)
     k = centroids.shape[0]
-    if assignments.shape[0] != x.shape[0] or centroids.ndim != 2 or centroids.shape[1] != x.shape[1]:
+    if labels.shape[0] != x.shape[0] or centroids.ndim != 2 or centroids.shape[1] != x.shape[1]:
         raise ValueError(
             f"expected features (n, d), assignments (n,), centroids (k, d), got {x.shape}, "
-            f"{assignments.shape}, {centroids.shape}"
+            f"{labels.shape}, {centroids.shape}"
         )
     if k > x.shape[0]:
         raise RecipeError(f"method.clusters: {k} clusters cannot all be non-empty with {x.shape[0]} samples")
-    if assignments.size and (assignments.min() < 0 or assignments.max() >= k):
-        raise ValueError(f"assignments must lie in [0, {k}), got values in [{assignments.min()}, {assignments.max()}]")
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"assignments must lie in [0, {k}), got values in [{labels.min()}, {labels.max()}]")
 
-    sizes = np.bincount(assignments, minlength=k)
+    sizes = np.bincount(labels, minlength=k)
     for empty in np.flatnonzero(sizes == 0):
         source = rng.choice(np.flatnonzero(sizes >= 2))
-        members = np.flatnonzero(assignments == source)
+        members = np.flatnonzero(labels == source)
         delta = _tiny_perturbation(centroids[source], rng)
         # Nearer to c + delta than to c - delta  <=>  <x - c, delta> > 0.
         to_empty = (x[members] - centroids[source]) @ delta > 0
@@ -163,10 +168,10 @@ def fix_empty_clusters(
             to_empty[rng.permutation(members.size)[: members.size // 2]] = True
         centroids[empty] = centroids[source] + delta
         centroids[source] = centroids[source] - delta
-        assignments[members[to_empty]] = empty
+        labels[members[to_empty]] = empty
         sizes[empty] = int(to_empty.sum())
         sizes[source] -= sizes[empty]
-    return assignments, centroids
+    return labels, centroids
 
 
 class ClusterUniformSampler(Sampler[int]):

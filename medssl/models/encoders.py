@@ -26,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.networks import nets
@@ -89,7 +90,8 @@ def encoder_spec(name: str, in_channels: int = 1, conv1_stride: int = 2, widths:
     budget, 16 times fewer weights and about 10 times faster on a CPU.
     """
     if name in RESNET_LAYERS:
-        kwargs = {"spatial_dims": 3, "n_input_channels": in_channels, "conv1_t_stride": conv1_stride, "feed_forward": False}
+        kwargs: dict[str, Any] = {"spatial_dims": 3, "n_input_channels": in_channels, "conv1_t_stride": conv1_stride,
+                                  "feed_forward": False}
         expansion = 4 if name == "resnet50" else 1
         if widths is None:
             return EncoderSpec(name, name, kwargs, 512 * expansion)

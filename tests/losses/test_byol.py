@@ -28,9 +28,13 @@ def random_pairs(n=6, d=5, seed=0, dtype=torch.float64):
     return [torch.randn(n, d, generator=generator, dtype=dtype) for _ in range(4)]
 
 
+def stacked(a, b):
+    return torch.stack([a, b], dim=1)
+
+
 def test_byol_matches_transcription_in_value_and_gradient():
     p1, p2, z1, z2 = [t.requires_grad_() for t in random_pairs()]
-    loss = BYOLLoss()(p1, p2, z1, z2)
+    loss = BYOLLoss()(stacked(p1, p2), stacked(z1, z2))
     grads = torch.autograd.grad(loss, (p1, p2))
     expected = slow_byol(p1, p2, z1.detach(), z2.detach())
     expected_grads = torch.autograd.grad(expected, (p1, p2))
@@ -43,27 +47,31 @@ def test_byol_matches_transcription_in_value_and_gradient():
 def test_byol_pairs_each_prediction_with_the_other_views_target():
     p1, p2, _, _ = random_pairs()
     # The predictions equal the targets of the *other* view, up to scale: the loss is 0.
-    assert BYOLLoss()(p1, p2, 3.0 * p2, 0.5 * p1).item() == pytest.approx(0.0, abs=1e-6)
-    assert BYOLLoss()(p1, p2, -p2, -p1).item() == pytest.approx(8.0, abs=1e-6)
-    assert BYOLLoss()(p1, p2, p1, p2).item() > 0.1
+    predictions = stacked(p1, p2)
+    assert BYOLLoss()(predictions, stacked(3.0 * p2, 0.5 * p1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert BYOLLoss()(predictions, stacked(-p2, -p1)).item() == pytest.approx(8.0, abs=1e-6)
+    assert BYOLLoss()(predictions, predictions).item() > 0.1
 
 
 def test_byol_target_inputs_receive_no_gradient():
     p1, p2, z1, z2 = [t.requires_grad_() for t in random_pairs()]
-    BYOLLoss()(p1, p2, z1, z2).backward()
+    BYOLLoss()(stacked(p1, p2), stacked(z1, z2)).backward()
     assert z1.grad is None and z2.grad is None
     assert p1.grad.abs().sum() > 0 and p2.grad.abs().sum() > 0
 
 
 def test_byol_computes_bfloat16_inputs_in_float32():
     pairs = random_pairs(n=16, d=32, dtype=torch.float32)
-    loss_bf16 = BYOLLoss()(*[t.bfloat16() for t in pairs])
-    loss_fp32 = BYOLLoss()(*[t.bfloat16().float() for t in pairs])
+    predictions, targets = stacked(*pairs[:2]), stacked(*pairs[2:])
+    loss_bf16 = BYOLLoss()(predictions.bfloat16(), targets.bfloat16())
+    loss_fp32 = BYOLLoss()(predictions.bfloat16().float(), targets.bfloat16().float())
     assert loss_bf16.dtype == torch.float32 and loss_bf16.dim() == 0
     assert math.isclose(loss_bf16.item(), loss_fp32.item(), rel_tol=1e-6)
 
 
-def test_byol_rejects_mismatched_shapes():
+def test_byol_rejects_mismatched_shapes_and_other_view_counts():
     p1, p2, z1, z2 = random_pairs()
-    with pytest.raises(LossInputError, match="BYOLLoss"):
-        BYOLLoss()(p1, p2, z1[:3], z2)
+    with pytest.raises(LossInputError, match="BYOLLoss: expected predictions"):
+        BYOLLoss()(stacked(p1, p2), stacked(z1[:3], z2[:3]))
+    with pytest.raises(LossInputError, match="V_p = V_t = 2"):
+        BYOLLoss()(torch.stack([p1, p2, p1], dim=1), torch.stack([z1, z2, z1], dim=1))

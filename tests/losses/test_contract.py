@@ -4,13 +4,19 @@ import pytest
 import torch
 
 from medssl.losses import (
+    BarlowTwinsLoss,
+    BYOLLoss,
     DecoupledNTXentLoss,
+    DINOLoss,
     EpsSupConLoss,
     EpsSupInfoNCELoss,
     ExponentialLoss,
+    LossInputError,
     NTXentLoss,
+    SimSiamLoss,
     SupConLoss,
     ThresholdLoss,
+    VICRegLoss,
     YAwareLoss,
 )
 
@@ -39,13 +45,12 @@ def labels(kind, n_subjects):
 
 
 @pytest.mark.parametrize("name", LOSSES)
-def test_view_major_and_subject_view_layouts_give_the_same_value(name):
+def test_two_dimensional_embeddings_are_refused_with_the_shape_to_pass(name):
     build, kind = LOSSES[name]
-    z, y = embeddings(8, n_views=3), labels(kind, 8)
-    loss = build()
-    flat = torch.cat([z[:, 0], z[:, 1], z[:, 2]])
-    y_for_flat = y if y is not None else torch.arange(8)  # tells the 2-D layout that N = 8
-    torch.testing.assert_close(loss(flat, y_for_flat), loss(z, y))
+    z, y = embeddings(8).detach(), labels(kind, 8)
+    flat = torch.cat([z[:, 0], z[:, 1]])
+    with pytest.raises(LossInputError, match=r"z must have shape \(N, V, D\).*torch.stack\(\[z1, z2\], dim=1\)"):
+        build()(flat, y)
 
 
 @pytest.mark.parametrize("name", LOSSES)
@@ -111,3 +116,38 @@ def test_loss_is_invariant_to_the_scale_of_the_embeddings(name):
     z, y = embeddings(6).detach(), labels(kind, 6)
     loss = build()
     torch.testing.assert_close(loss(10 * z, y), loss(z, y))
+
+
+# Every embedding loss, the two-view ones included, and every prediction loss.
+EMBEDDING_LOSSES = {**LOSSES, "barlow_twins": (BarlowTwinsLoss, None), "vicreg": (VICRegLoss, None)}
+PREDICTION_LOSSES = {"byol": BYOLLoss, "simsiam": SimSiamLoss, "dino": lambda: DINOLoss(out_dim=32)}
+
+
+@pytest.mark.parametrize("name", EMBEDDING_LOSSES)
+def test_embedding_loss_inside_bfloat16_autocast_computes_what_it_computes_outside(name):
+    # A training step runs the loss inside autocast, which would otherwise take the products to bfloat16.
+    build, kind = EMBEDDING_LOSSES[name]
+    z, y = embeddings(16, dim=32, dtype=torch.float32, seed=3).detach().bfloat16(), labels(kind, 16)
+    loss = build()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss(z, y)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, loss(z, y), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PREDICTION_LOSSES)
+def test_prediction_loss_inside_bfloat16_autocast_computes_what_it_computes_outside(name):
+    predictions = embeddings(8, dim=32, dtype=torch.float32, seed=4).detach().bfloat16()
+    targets = embeddings(8, dim=32, dtype=torch.float32, seed=5).detach().bfloat16()
+    loss = PREDICTION_LOSSES[name]().eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss(predictions, targets)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, loss(predictions, targets), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", PREDICTION_LOSSES)
+def test_prediction_loss_refuses_two_dimensional_inputs(name):
+    p = torch.randn(8, 32)
+    with pytest.raises(LossInputError, match=r"predictions and targets of shape \(N, V, D\)"):
+        PREDICTION_LOSSES[name]()(p, p)

@@ -97,5 +97,5 @@ def test_dino_computes_bfloat16_inputs_in_float32():
 
 def test_dino_rejects_fewer_student_than_teacher_views():
     student, teacher = outputs(v_s=2, v_t=3)
-    with pytest.raises(LossInputError, match="V_s >= V_t"):
+    with pytest.raises(LossInputError, match="V_p >= V_t"):
         DINOLoss(out_dim=7)(student, teacher)

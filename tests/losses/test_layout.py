@@ -13,9 +13,12 @@ def test_view_major_puts_each_view_of_all_subjects_in_a_block():
     torch.testing.assert_close(flat, torch.cat([z[:, 0], z[:, 1]]))
 
 
-def test_view_major_takes_the_number_of_subjects_from_the_labels():
-    _, y, n_views = view_major(torch.randn(12, 4), torch.arange(4))
-    assert n_views == 3 and y.tolist() == [0, 1, 2, 3]
+def test_labels_do_not_change_how_embeddings_are_read():
+    z = torch.randn(4, 3, 8)
+    without, _, views_without = view_major(z)
+    with_labels, y, views_with = view_major(z, torch.arange(4))
+    assert views_without == views_with == 3 and y.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(with_labels, without)
 
 
 def test_loss_input_error_is_a_medssl_value_error():
@@ -33,14 +36,11 @@ def test_labels_of_the_wrong_length_are_rejected_for_3d_embeddings():
         YAwareLoss()(torch.randn(4, 2, 8), torch.ones(3))
 
 
-def test_rows_not_a_multiple_of_the_labels_are_rejected():
-    with pytest.raises(LossInputError, match="z has 10 rows, expected a multiple of len\\(y\\)=4"):
-        YAwareLoss()(torch.randn(10, 8), torch.ones(4))
-
-
-def test_odd_rows_without_labels_are_rejected_as_two_views():
-    with pytest.raises(LossInputError, match="read as 2 views"):
-        NTXentLoss()(torch.randn(7, 8))
+@pytest.mark.parametrize("labels", [None, torch.ones(4), torch.ones(8)])
+def test_two_dimensional_embeddings_are_refused_whatever_the_labels(labels):
+    # (8, D) could be 8 subjects x 1 view or 4 x 2: the loss does not guess from len(y).
+    with pytest.raises(LossInputError, match=r"NTXentLoss: z must have shape \(N, V, D\).*got shape \(8, 16\)"):
+        NTXentLoss()(torch.randn(8, 16), labels)
 
 
 def test_single_view_is_rejected_by_losses_that_need_two():
@@ -48,7 +48,7 @@ def test_single_view_is_rejected_by_losses_that_need_two():
         YAwareLoss()(torch.randn(4, 1, 8), torch.ones(4))
 
 
-@pytest.mark.parametrize("shape", [(8,), (2, 2, 2, 8)])
+@pytest.mark.parametrize("shape", [(8,), (8, 8), (2, 2, 2, 8)])
 def test_embeddings_of_other_ranks_are_rejected(shape):
     with pytest.raises(LossInputError, match="must have shape"):
         NTXentLoss()(torch.randn(*shape))

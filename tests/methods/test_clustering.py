@@ -50,6 +50,23 @@ def test_pca_whiten_normalises_rows_and_caps_dimension_at_sample_count():
     assert few_samples.shape == (20, 20) and np.isfinite(few_samples).all()
 
 
+def test_pca_whiten_keeps_zero_variance_directions_near_zero():
+    # A channel that is constant for every subject (a dead ReLU unit) gives a component of rounding
+    # noise only; whitening without eps would scale that noise up to unit variance.
+    features = correlated_features().astype(np.float64)
+    features[:, 3] = 0.0
+    features[:, 7] = 2.5
+    whitened = pca_whiten(features, dim=12, normalize=False)
+    np.testing.assert_allclose(np.cov(whitened[:, :10], rowvar=False), np.eye(10), atol=1e-3)
+    assert np.abs(whitened[:, 10:]).max() < 1e-6
+
+
+def test_pca_whiten_then_kmeans_recovers_well_separated_clusters():
+    features, truth = make_blobs(400, 32, centers=5, cluster_std=0.5, center_box=(-20, 20), random_state=3)
+    assignments, _, _ = kmeans(pca_whiten(features, dim=8), 5, iterations=20, seed=0, backend="sklearn")
+    assert normalized_mutual_info(assignments, truth) == pytest.approx(1.0)
+
+
 def test_pca_whiten_accepts_torch_tensors():
     features = correlated_features()
     np.testing.assert_allclose(pca_whiten(torch.from_numpy(features), dim=4), pca_whiten(features, dim=4), atol=1e-6)

@@ -39,11 +39,8 @@ import json
 import math
 import warnings
 from collections.abc import Sequence
-<<<<<<< HEAD
-from functools import partial
-=======
 from dataclasses import dataclass, field
->>>>>>> conventions
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +49,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-<<<<<<< HEAD
-from medssl.eval.folds import ChallengeFold, leave_site_out_folds, score_challenge_folds, site_stratified_folds
-=======
-from medssl.eval.folds import Folds, leave_site_out_folds, site_stratified_folds
->>>>>>> conventions
+from medssl.eval.folds import ChallengeFold, Folds, leave_site_out_folds, score_challenge_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
 from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
@@ -117,42 +110,14 @@ def evaluate_representation(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     protocols = _plan_protocols(table, folds, targets, seed)
+    protocols.challenge_folds = list(challenge_folds)
 
     results: dict = {}
     long_tables, per_fold = [], []
     for name, matrix in matrices.items():
-<<<<<<< HEAD
-        notes = list(shared_notes)
-        cv_tables = [cross_validate_probes(matrix, table, targets, folds=stratified, protocol="site_stratified", seed=seed)]
-        if site_out is not None:
-            cv_tables.append(
-                cross_validate_probes(matrix, table, site_out_targets, folds=site_out, protocol="leave_site_out", seed=seed,
-                                      group_inner_by="site")
-            )
-        if challenge_folds:
-            cv_tables.append(score_challenge_folds(matrix, table, list(challenge_folds), partial(challenge_protocol, seed=seed)))
-            per_fold.append(cv_tables[-1].attrs["per_fold"].assign(representation=name))
-        for cv_table in cv_tables:
-            notes.extend(cv_table.attrs.get("notes", []))
-
-        challenge = None
-        if not challenge_reason:
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", UnseenSiteWarning)
-                    challenge = challenge_protocol(matrix, table, seed=seed)
-                notes.extend(f"challenge: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning)
-            except EvaluationError as error:
-                notes.append(f"challenge: {error}, protocol skipped")
-        if challenge is not None:
-            predictions = challenge.pop("predictions")
-        else:
-            predictions = _out_of_fold_table(matrix, table, stratified)
-
-=======
         cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed)
+        per_fold.extend(cv_table.attrs["per_fold"].assign(representation=name) for cv_table in cv_tables if "per_fold" in cv_table.attrs)
         predictions = challenge.pop("predictions") if challenge is not None else _out_of_fold_table(matrix, table, protocols.stratified)
->>>>>>> conventions
         results[name] = _representation_entry(challenge, cv_tables, notes)
         long_tables.append(_long_table(name, challenge, cv_tables))
         suffix = "" if name == "pretrained" else f"_{name}"
@@ -196,6 +161,7 @@ class _Protocols:
     challenge_skip_reason: str
     n_sites: int
     notes: list[str] = field(default_factory=list)
+    challenge_folds: list[ChallengeFold] = field(default_factory=list)
 
 
 def _checked_matrices(features: np.ndarray, table: pd.DataFrame, baseline_features: np.ndarray | None,
@@ -229,12 +195,14 @@ def _plan_protocols(table: pd.DataFrame, folds: int, targets: Sequence[str], see
 
 def _run_protocols(matrix: np.ndarray, table: pd.DataFrame, protocols: _Protocols, targets: Sequence[str],
                    seed: int) -> tuple[list[pd.DataFrame], dict | None, list[str]]:
-    """Both CV protocols and the challenge protocol on one representation: CV tables, challenge scores, notes."""
+    """Both CV protocols, the challenge kit's folds and the challenge protocol on one representation: CV tables, challenge scores, notes."""
     notes = list(protocols.notes)
     cv_tables = [cross_validate_probes(matrix, table, targets, folds=protocols.stratified, protocol="site_stratified", seed=seed)]
     if protocols.site_out is not None:
         cv_tables.append(cross_validate_probes(matrix, table, protocols.site_out_targets, folds=protocols.site_out,
                                                protocol="leave_site_out", seed=seed, group_inner_by="site"))
+    if protocols.challenge_folds:
+        cv_tables.append(score_challenge_folds(matrix, table, protocols.challenge_folds, partial(challenge_protocol, seed=seed)))
     for cv_table in cv_tables:
         notes.extend(cv_table.attrs.get("notes", []))
     challenge = None

@@ -303,6 +303,30 @@ def test_embedded_budget_runs_its_steps_in_whole_epochs_and_scales_the_warm_up()
     assert resolved.train.epochs == 3
 
 
+def test_the_embedded_budget_runs_bf16_recipes_in_fp32_unless_the_command_line_asks():
+    recipe = load_recipe("simclr")  # real data: bf16 + channels_last_3d
+    assert (recipe.train.precision, recipe.train.channels_last) == ("bf16", True)
+    resolved, _ = apply_embedded_budget(recipe)
+    assert (resolved.train.precision, resolved.train.channels_last) == ("fp32", False)
+    resolved, _ = apply_embedded_budget(load_recipe("simclr", ["train.precision=bf16", "train.channels_last=true"]))
+    assert (resolved.train.precision, resolved.train.channels_last) == ("bf16", True)
+    kept, _ = apply_embedded_budget(load_recipe("simclr", ["train.embedded.precision=null"]))
+    assert kept.train.precision == "bf16"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_a_note(monkeypatch):
+    import medssl.train.setup as setup
+
+    network = nn.Conv3d(1, 1, 3, padding=1)
+    sample = torch.zeros(1, 1, 4, 4, 4)
+    monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: True)
+    assert setup.safe_precision("bf16", torch.device("cpu"), network, sample) == ("bf16", None)
+    monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: False)
+    precision, note = setup.safe_precision("bf16", torch.device("cpu"), network, sample)
+    assert precision == "fp32" and "no native bfloat16" in note
+    assert setup.safe_precision("fp32", torch.device("cpu"), network, sample) == ("fp32", None)
+
+
 def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_budget():
     resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.encoder=alexnet"]))
     assert resolved.model.encoder == "alexnet" and resolved.model.widths is None

@@ -217,6 +217,7 @@ def measure_step(args, encoder: str, shape, mode: Mode, batch: int, root: Path, 
            "precision_run": trainer.precision, "bare_volumes_per_s": volumes / statistics.median(bare_times),
            "engine_volumes_per_s": volumes / statistics.median(engine_times), "gflop_per_step": flops / 1e9}
     row["engine_overhead_pct"] = 100 * (statistics.median(engine_times) / statistics.median(bare_times) - 1)
+    row["bare_seconds"], row["engine_seconds"] = bare_times, engine_times  # each repeat, to judge the noise
     row["gflop_per_s"] = row["gflop_per_step"] * row["bare_volumes_per_s"] / row["volumes_per_step"]
     del pretraining, trainer, bare, engine
     gc.collect()

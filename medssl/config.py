@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -149,10 +149,13 @@ EmaMomentum = Annotated[float, Field(ge=0, le=1, description="Base EMA momentum 
 PredictorHiddenDim = Annotated[int, Field(ge=1, description="Hidden width of the predictor on top of the projection head.")]
 
 
+SectionT = TypeVar("SectionT", bound="MethodSection")
+
+
 class MethodSection(Section):
     """Base of every method's section; ``smoke()`` is the section shrunk for ``--smoke``."""
 
-    def smoke(self) -> MethodSection:
+    def smoke(self: SectionT) -> SectionT:
         return self.model_copy()
 
     @classmethod
@@ -302,11 +305,6 @@ class SupervisedConfig(MethodSection):
     classes: int = Field(2, ge=2, description="Classification: number of classes of data.label.")
 
 
-METHOD_SECTIONS: dict[str, type[MethodSection]] = {section.method_name(): section for section in (
-    YAwareConfig, SimCLRConfig, ThresholdConfig, ExponentialConfig, SupConConfig, EpsSupInfoNCEConfig, EpsSupConConfig,
-    DecoupledConfig, BYOLConfig, SimSiamConfig, BarlowTwinsConfig, VICRegConfig, DINOConfig, DeepClusterConfig, SupervisedConfig,
-)}
-METHOD_NAMES = tuple(METHOD_SECTIONS)
 DEFAULT_METHOD = "yaware"
 
 
@@ -315,7 +313,17 @@ def _default_method_name(raw: Any) -> Any:
     return {"name": DEFAULT_METHOD, **raw} if isinstance(raw, dict) and "name" not in raw else raw
 
 
-MethodConfig = Annotated[Union[tuple(METHOD_SECTIONS.values())], Field(discriminator="name"), BeforeValidator(_default_method_name)]  # noqa: UP007
+# Spelled out (not built from a tuple) so that type checkers see every member; typing.Union, not `|`,
+# because field_docs recognises the union by get_origin(...) is Union.
+MethodConfig = Annotated[
+    Union[  # noqa: UP007
+        YAwareConfig, SimCLRConfig, ThresholdConfig, ExponentialConfig, SupConConfig, EpsSupInfoNCEConfig, EpsSupConConfig,
+        DecoupledConfig, BYOLConfig, SimSiamConfig, BarlowTwinsConfig, VICRegConfig, DINOConfig, DeepClusterConfig, SupervisedConfig,
+    ],
+    Field(discriminator="name"), BeforeValidator(_default_method_name),
+]
+METHOD_SECTIONS: dict[str, type[MethodSection]] = {section.method_name(): section for section in get_args(get_args(MethodConfig)[0])}
+METHOD_NAMES = tuple(METHOD_SECTIONS)
 
 
 # ----------------------------------------------------------------------------- train
@@ -465,7 +473,7 @@ def _method_switch_hint(unknown: list[str], overrides: list[str]) -> str:
 
 def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
     """The command line when every bad key was set there (the recipe file is not at fault), else ``source``."""
-    by_key = {}
+    by_key: dict[str, str] = {}
     for text in overrides:
         path = [part for part in text.split("=", 1)[0].strip().split(".") if part]
         for target in (path, _embedded_twin(path)):
@@ -476,7 +484,7 @@ def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
                 for key in keys}
     if None in culprits or not culprits:
         return source
-    return "command-line override " + ", ".join(sorted(culprits))
+    return "command-line override " + ", ".join(sorted(text for text in culprits if text is not None))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -495,7 +503,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 # Keys of another section that the embedded budget replaces.
-MODEL_TWINS = {("model", "encoder"): ["train", "embedded", "encoder"], ("model", "widths"): ["train", "embedded", "widths"]}
+MODEL_TWINS: dict[tuple[str, ...], list[str]] = {("model", "encoder"): ["train", "embedded", "encoder"], ("model", "widths"): ["train", "embedded", "widths"]}
 
 
 def _embedded_twin(path: list[str]) -> list[str] | None:

@@ -40,6 +40,7 @@ def pretrain(recipe: Recipe, run_dir: str | Path, resume: bool = False, console:
     if not result.main_process:
         return result
     run_dir = Path(run_dir)
+    assert pretraining.trainer.log is not None, "the trainer's run opened its metrics log"
     table = pretraining.trainer.log.table()
     if len(table):
         plot_loss_curve(table[table["kind"] == "step"], run_dir / "loss.png")

@@ -45,12 +45,14 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
 import torchio as tio
+from nibabel.spatialimages import SpatialImage
 
 from medssl.data.arrays import ARRAY_ROW_COLUMN, open_array, spacing_of
 from medssl.data.openbhb import bare_id
@@ -108,7 +110,7 @@ def _read_masks(folder: str, _stamps: tuple) -> dict[str, np.ndarray]:
                               f"without it (set data.openbhb_masks to the folder holding {KIT_MASKS['vbm'].file} and "
                               f"{KIT_MASKS['quasiraw'].file})")
         try:
-            image = nib.load(path).get_fdata()
+            image = cast(SpatialImage, nib.load(path)).get_fdata()  # a mask file is a NIfTI volume
         except Exception as exc:  # nibabel raises many types for a broken file
             raise CohortError(f"{path}: the {block} mask cannot be read ({str(exc).splitlines()[0]})") from None
         # Compared in float64, as the kit does: a voxel stored as float32 0.05 is just above 0.05 and kept.
@@ -250,7 +252,8 @@ def read_kit_folds(path: str | Path, n_train_rows: int) -> dict[str, dict[str, n
 
 
 def _fold_rows(path: Path, name: str, fold: dict, n_train_rows: int, expected: str) -> dict[str, np.ndarray]:
-    rows, seen = {}, set()
+    rows: dict[str, np.ndarray] = {}
+    seen: set[int] = set()
     for part in FOLD_PARTS:
         values = fold.get(part)
         if not isinstance(values, list) or not values:

@@ -25,6 +25,7 @@ class IntensityStatistics(torch.nn.Module):
     """
 
     feature_dim = len(INTENSITY_PERCENTILES)
+    quantiles: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(self, percentiles: tuple[float, ...] = INTENSITY_PERCENTILES):
         super().__init__()

@@ -57,7 +57,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -382,7 +382,9 @@ def volume_dataset(part: Cohort, recipe: Recipe, augment: bool) -> VolumeDataset
 
 def make_loader(dataset: Dataset, batch_size: int, recipe: Recipe, device: torch.device | None = None) -> DataLoader:
     """The batches of a part that is predicted, not trained on: in order, all of them."""
-    return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=False, num_workers=recipe.data.num_workers,
+    # torch types Dataset without __len__; the map-style datasets here all have one
+    size = len(dataset)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=min(batch_size, size), shuffle=False, num_workers=recipe.data.num_workers,
                       worker_init_fn=seed_worker, pin_memory=device is not None and device.type == "cuda")
 
 
@@ -479,12 +481,17 @@ class SeedRun:
     network: nn.Module
     targets: dict[str, torch.Tensor]
     scale: tuple[float, float]
-    inputs: dict[str, Dataset | torch.Tensor]
+    inputs: Mapping[str, Dataset | torch.Tensor]
     loaders: dict[str, DataLoader] = field(default_factory=dict)
 
 
 class FineTuner:
     """Runs the protocol of the module docstring for one recipe and one encoder. Use :func:`finetune_encoder`."""
+
+    # set by prepare(): the frozen encoder's features of the cohort (linear probe without augmentation),
+    # and whether the encoder has been shown a volume of the cohort's size
+    features: torch.Tensor | None
+    input_checked: bool
 
     def __init__(self, recipe: Recipe, encoder_source: str | Path | None, console: Console | None = None):
         self.console = console
@@ -500,7 +507,7 @@ class FineTuner:
         if self.encoder_source is None and config.mode != "full":
             self.say(f"--encoder none: training from scratch (every weight at finetune.lr); finetune.mode = {config.mode!r} is ignored.")
         self.device = resolve_device(self.recipe.train.device)
-        self.precision = self.recipe.train.precision
+        self.precision: str = self.recipe.train.precision  # safe_precision may fall back to fp32
         # What a seed's checkpoint must agree with to be resumed: the recipe and the encoder trained.
         self.settings_yaml = dump_recipe(self.recipe) + yaml.safe_dump({"encoder": str(self.encoder_source or "none")})
 
@@ -548,11 +555,11 @@ class FineTuner:
             scale = (float(fit_values.mean()), float(fit_values.std()) if len(fit_values) > 1 and float(fit_values.std()) > 0 else 1.0)
             targets = {name: (values - scale[0]) / scale[1] for name, values in targets.items()}
         if self.features is not None:  # frozen encoder, no augmentation: train the head on cached features
-            inputs = {name: self.features[[self.position_of[pid] for pid in part.table["participant_id"]]]
-                      for name, part in parts.as_dict().items()}
+            features = {name: self.features[[self.position_of[pid] for pid in part.table["participant_id"]]]
+                        for name, part in parts.as_dict().items()}
             # standardised with fit-part statistics, as scikit-learn probes are (StandardScaler in the pipeline)
-            mean, std = inputs["fit"].mean(dim=0), inputs["fit"].std(dim=0, unbiased=False).clamp(min=1e-6)
-            return SeedRun(seed, parts, model, model.head, targets, scale, {name: (values - mean) / std for name, values in inputs.items()})
+            mean, std = features["fit"].mean(dim=0), features["fit"].std(dim=0, unbiased=False).clamp(min=1e-6)
+            return SeedRun(seed, parts, model, model.head, targets, scale, {name: (values - mean) / std for name, values in features.items()})
         inputs = {name: volume_dataset(part, self.recipe, augment=config.augment and name == "fit")
                   for name, part in parts.as_dict().items()}
         if not self.input_checked:
@@ -661,6 +668,7 @@ class FineTuner:
                                           console=self.console).astype(np.float64)
         self.check_precision()
         if self.mode == "linear" and not config.augment:
+            assert self.pretrained is not None, "mode linear is set only with a pre-trained encoder"
             encoder = self.pretrained.to(self.device)
             check_input_size(encoder, volume_dataset(self.cohort.head(1), recipe, augment=False)[0]["volume"][None].to(self.device),
                              recipe.model.encoder)

@@ -130,10 +130,9 @@ def challenge_folds(table: pd.DataFrame, root: str | Path | None, folds_file: st
             one) or None (no folds).
     """
     if folds_file == "auto":
-        kit_file = Path(root) / KIT_FOLDS_FILE if root is not None else None
-        if kit_file is None or not is_kit_folder(root) or not kit_file.is_file():
+        if root is None or not is_kit_folder(root) or not (Path(root) / KIT_FOLDS_FILE).is_file():
             return []
-        folds_file = kit_file
+        folds_file = Path(root) / KIT_FOLDS_FILE
     if folds_file is None:
         return []
     splits = table["split"].astype(str).to_numpy() if "split" in table.columns else np.full(len(table), "train")

@@ -113,7 +113,8 @@ def evaluate_representation(
     protocols.challenge_folds = list(challenge_folds)
 
     results: dict = {}
-    long_tables, per_fold = [], []
+    long_tables: list[pd.DataFrame] = []
+    per_fold: list[pd.DataFrame] = []
     for name, matrix in matrices.items():
         cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed)
         per_fold.extend(cv_table.attrs["per_fold"].assign(representation=name) for cv_table in cv_tables if "per_fold" in cv_table.attrs)

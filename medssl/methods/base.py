@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,17 @@ def batch_statistics(module: nn.Module) -> Iterator[None]:
                 getattr(norm, name).copy_(value)
 
 
+class EpochServices(Protocol):
+    """What the training loop offers ``Method.prepare_epoch`` (``medssl.train.trainer.EpochContext``):
+    features of the training cohort, the optimiser's state, and the epoch's log row."""
+
+    def extract_features(self, encoder: nn.Module) -> np.ndarray: ...
+
+    def forget_optimizer_state(self, parameters: Iterable[nn.Parameter]) -> None: ...
+
+    def log(self, values: dict[str, float]) -> None: ...
+
+
 class Method(nn.Module):
     """An encoder, a projection head and a loss: ``training_loss(batch)`` returns the loss.
 
@@ -63,7 +76,7 @@ class Method(nn.Module):
     # Whether the engine warns when the embedding collapses (methods without negatives).
     monitors_collapse = False
 
-    def __init__(self, encoder: Encoder, head: ProjectionHead):
+    def __init__(self, encoder: Encoder, head: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -85,7 +98,7 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (``step`` counts from 1)."""
 
-    def prepare_epoch(self, epoch: int, context: EpochContext) -> torch.utils.data.Sampler | None:  # noqa: F821
+    def prepare_epoch(self, epoch: int, context: EpochServices) -> torch.utils.data.Sampler | None:
         """Called before each epoch; may return the sampler of that epoch."""
         return None
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medssl.config import DeepClusterConfig, Recipe
-from medssl.methods.base import Method
+from medssl.methods.base import EpochServices, Method
 from medssl.methods.clustering import (
     ClusterUniformSampler,
     cluster_size_stats,
@@ -33,6 +33,7 @@ class DeepCluster(Method):
     """
 
     has_projection = False
+    assignments: torch.Tensor  # a buffer: the cluster of every training subject, this epoch
 
     def __init__(self, encoder: Encoder, clusters: int = 100, pca_dim: int = 256, kmeans_iters: int = 20, seed: int = 0):
         super().__init__(encoder, nn.Identity())
@@ -44,7 +45,7 @@ class DeepCluster(Method):
         self.register_buffer("assignments", torch.zeros(0, dtype=torch.long), persistent=False)
         self.previous_assignments: np.ndarray | None = None
 
-    def prepare_epoch(self, epoch: int, context) -> torch.utils.data.Sampler:
+    def prepare_epoch(self, epoch: int, context: EpochServices) -> torch.utils.data.Sampler:
         features = context.extract_features(self.encoder)
         reduced = pca_whiten(features, dim=self.pca_dim)
         k = min(self.clusters, len(reduced))

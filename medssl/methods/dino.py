@@ -65,6 +65,7 @@ class DINO(Method):
     """
 
     monitors_collapse = True
+    scheduled_teacher_temperature: torch.Tensor  # a buffer (register_buffer in __init__)
 
     def __init__(self, encoder: Encoder, hidden_dim: int = 512, out_dim: int = 4096, n_local_crops: int = 4,
                  local_crop_scale: tuple[float, float] = (0.3, 0.5), momentum: float = 0.996,

@@ -33,6 +33,9 @@ class SupervisedMethod(Method):
     """
 
     has_projection = False
+    # buffers (register_buffer in __init__)
+    label_center: torch.Tensor
+    label_scale: torch.Tensor
 
     def __init__(self, encoder: Encoder, task: str = "regression", classes: int = 2):
         super().__init__(encoder, nn.Identity())

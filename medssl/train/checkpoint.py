@@ -87,7 +87,8 @@ def resume_differences(saved_yaml: str, current_yaml: str,
     # A run saved while medssl had one flat method section compares by its method's own keys.
     saved = flatten(trim_flat_method_section(yaml.safe_load(saved_yaml) or {}))
     current = flatten(yaml.safe_load(current_yaml) or {})
-    refused, allowed = [], []
+    refused: list[str] = []
+    allowed: list[str] = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
             change = f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"

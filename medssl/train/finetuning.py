@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medssl.config import Recipe
 from medssl.errors import RecipeError
+from medssl.models import Encoder
 from medssl.train.setup import autocast, make_optimizer
 
 MODES = ("linear", "full", "lower_lr", "scratch")
@@ -47,7 +48,7 @@ class FinetuneModel(nn.Module):
         torch.Size([2, 2])
     """
 
-    def __init__(self, encoder: nn.Module, n_outputs: int, freeze_encoder: bool = False):
+    def __init__(self, encoder: Encoder, n_outputs: int, freeze_encoder: bool = False):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.feature_dim, n_outputs)
@@ -72,6 +73,8 @@ class TargetLoss(nn.Module):
 
     ``forward(outputs, targets)``: outputs (B, n_outputs); targets (B,) class indices or values.
     """
+
+    weights: torch.Tensor | None  # a buffer (register_buffer in __init__)
 
     def __init__(self, task: str, weights: torch.Tensor | None = None):
         super().__init__()
@@ -157,12 +160,13 @@ class LabelledInputs(Dataset):
 def predict(network: nn.Module, loader: DataLoader, device: torch.device, precision: str = "fp32",
             with_targets: bool = False):
     """Float32 outputs (n, n_outputs) of ``network`` over ``loader`` (and the targets, on the CPU)."""
-    outputs, targets = [], []
+    batch_outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     for batch in loader:
         with autocast(precision, device):
-            outputs.append(network(batch["inputs"].to(device, non_blocking=True)).float().cpu())
+            batch_outputs.append(network(batch["inputs"].to(device, non_blocking=True)).float().cpu())
         targets.append(batch["target"])
-    outputs = torch.cat(outputs) if outputs else torch.zeros(0, 1)
+    outputs = torch.cat(batch_outputs) if batch_outputs else torch.zeros(0, 1)
     return (outputs, torch.cat(targets)) if with_targets else outputs
 
 

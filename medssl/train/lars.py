@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ class LARS(torch.optim.Optimizer):
     def __init__(self, parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
                  momentum: float = 0.9, eta: float = 0.001) -> None:
         parameters = list(parameters)
-        groups = [{"params": [p for p in parameters if p.ndim > 1]},
+        groups: list[dict[str, Any]] = [{"params": [p for p in parameters if p.ndim > 1]},
                   {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0, "adapt": False}]
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, adapt=True)
         super().__init__([group for group in groups if group["params"]], defaults)

@@ -98,7 +98,7 @@ class EpochSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         if self.sampler is None:
             raise RuntimeError("EpochSampler: call set_epoch(epoch, sampler) before iterating")
-        epoch, seen = self.epoch, Counter()
+        epoch, seen = self.epoch, Counter[int]()
         for index in self.sampler:
             index = int(index)
             yield epoch, index, seen[index]
@@ -157,7 +157,8 @@ class EpochLoader:
                                              seed=self.seed, drop_last=True)
                 sampler.set_epoch(epoch)
             else:
-                sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+                # torch types Dataset without __len__; the map-style datasets here all have one
+                sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))  # type: ignore[arg-type]
         if self.loader is None:
             self.loader = DataLoader(EpochSeededDataset(self.dataset, self.seed), batch_size=self.batch_size,
                                      sampler=self.keys, drop_last=self.drop_last, num_workers=self.num_workers,

@@ -127,7 +127,8 @@ def prepared_method(recipe: Recipe, method: Method | None, sample: torch.Tensor,
         method = build_method(recipe)
     method = method.to(device)
     if recipe.train.channels_last:
-        method.to(memory_format=torch.channels_last_3d)
+        # torch's stubs omit to()'s memory_format keyword, which Module.to documents and accepts
+        method.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     check_input_size(method.encoder, sample, recipe.model.encoder)
     precision, note = safe_precision(recipe.train.precision, device, method.encoder, sample)
     if note:

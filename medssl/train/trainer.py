@@ -34,12 +34,15 @@ from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Sampler
 
 from medssl.errors import CheckpointError, TrainingError
 from medssl.files import atomic_write_text, remove_stale_temporaries
@@ -109,6 +112,18 @@ class EpochContext:
         self.logs.update(values)
 
 
+class ObjectiveHooks(Protocol):
+    """What the trainer calls on its objective besides ``nn.Module``'s own methods (see the module docstring)."""
+
+    monitors_collapse: bool
+
+    def prepare_epoch(self, epoch: int, context: EpochContext) -> Sampler | None: ...
+
+    def after_step(self, step: int, total_steps: int) -> None: ...
+
+    def diagnostics(self, views: torch.Tensor) -> dict[str, float]: ...
+
+
 class Trainer:
     """Train ``objective`` with ``optimizer`` on the batches of ``loader``; see the module docstring.
 
@@ -143,6 +158,8 @@ class Trainer:
                  extract_features: Callable[[nn.Module], np.ndarray] | None = None,
                  diagnostic_views: torch.Tensor | None = None, early_stopping=None, name: str = "objective"):
         self.objective, self.optimizer, self.scheduler, self.loader = objective, optimizer, scheduler, loader
+        # The same module, typed by its hooks: nn.Module types its other attributes as tensors or submodules.
+        self.hooks = cast(ObjectiveHooks, objective)
         self.run_dir, self.schedule = Path(run_dir), schedule
         self.device, self.precision = torch.device(device), precision
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler(
@@ -241,8 +258,9 @@ class Trainer:
         seed_everything(schedule.seed * 1000 + epoch)
         context = EpochContext(self)
         self.objective.train()
-        sampler = self.objective.prepare_epoch(epoch, context)
+        sampler = self.hooks.prepare_epoch(epoch, context)
         losses: list[float] = []
+        assert self.log is not None, "run() opens the metrics log"
         progress = self.progress_bar()
         task = progress.add_task(f"{schedule.label}epoch {epoch + 1}/{schedule.epochs}", total=schedule.steps_per_epoch,
                                  loss="-", lr="-", speed="-")
@@ -257,7 +275,7 @@ class Trainer:
                     continue
                 grad_norm = self.optimizer_step(epoch, step)
                 step += 1
-                self.objective.after_step(step, total_steps)
+                self.hooks.after_step(step, total_steps)
                 speed = batch_volumes(batch) * schedule.accumulate * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
                 step_loss = reduce_mean(float(np.mean(losses[-schedule.accumulate:])), self.dist, self.device)
@@ -273,7 +291,8 @@ class Trainer:
         batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
         # Under DDP, gradients are all-reduced only on the micro-batch that ends an optimiser step.
         syncing = (micro + 1) % accumulate == 0 or not self.dist.enabled
-        with nullcontext() if syncing else self.model.no_sync():
+        # not syncing only under DDP, where the model is the DistributedDataParallel wrapper
+        with nullcontext() if syncing else cast(DistributedDataParallel, self.model).no_sync():
             with autocast(self.precision, self.device):
                 loss, extra = self.model(batch)
             if not torch.isfinite(loss):
@@ -311,14 +330,15 @@ class Trainer:
         values = dict(context.logs)
         if self.diagnostic_views is not None:
             with autocast(self.precision, self.device):
-                values.update(self.objective.diagnostics(self.diagnostic_views.to(self.device)))
+                values.update(self.hooks.diagnostics(self.diagnostic_views.to(self.device)))
         self.objective.train()
         values["loss"] = reduce_mean(float(np.mean(losses)) if losses else float("nan"), self.dist, self.device)
         if self.early_stopping is not None:
             values.update(self.early_stopping.update(epoch, values["loss"]))
+        assert self.log is not None, "run() opens the metrics log"
         self.log.log("epoch", epoch, step, **values)
         ratio = values.get("embedding_std_ratio")
-        if self.objective.monitors_collapse and ratio is not None and ratio < COLLAPSE_RATIO:
+        if self.hooks.monitors_collapse and ratio is not None and ratio < COLLAPSE_RATIO:
             self.say(f"[yellow]warning:[/] epoch {epoch + 1}: embeddings are collapsing (per-dimension std is "
                      f"{ratio:.3f} x 1/sqrt(d)); check the learning rate, the predictor and the augmentations.")
 
@@ -333,7 +353,9 @@ class Trainer:
     def loss_range(self) -> tuple[float, float]:
         """The mean loss of the first and of the last epoch (NaN before any)."""
         table = self.log.table() if self.log is not None else None
-        epochs = table[table["kind"] == "epoch"]["loss"].astype(float) if table is not None and len(table) else []
+        if table is None or not len(table):
+            return float("nan"), float("nan")
+        epochs = table[table["kind"] == "epoch"]["loss"].astype(float)
         if len(epochs) == 0:
             return float("nan"), float("nan")
         return float(epochs.iloc[0]), float(epochs.iloc[-1])

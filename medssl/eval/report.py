@@ -126,15 +126,26 @@ def evaluate_representation(
         if name == "pretrained":
             _plot_pretrained(matrix, table, predictions, out_dir, None if challenge is not None else folds, seed)
 
-    results["settings"] = {
+    results["settings"] = _settings(protocols, folds, targets, seed, table, matrices["pretrained"])
+    return _write_metrics(out_dir, results, long_tables, per_fold)
+
+
+def _settings(protocols: _Protocols, folds: int, targets: Sequence[str], seed: int, table: pd.DataFrame,
+              features: np.ndarray) -> dict:
+    """The ``settings`` entry of metrics.json: what the figures were computed with."""
+    return {
         "folds": folds,
         "leave_site_out_folds": None if protocols.site_out is None else len(protocols.site_out),
         "targets": list(targets),
         "seed": seed,
         "n_subjects": len(table),
-        "n_features": int(matrices["pretrained"].shape[1]),
+        "n_features": int(features.shape[1]),
         "n_sites": protocols.n_sites,
     }
+
+
+def _write_metrics(out_dir: Path, results: dict, long_tables: list[pd.DataFrame], per_fold: list[pd.DataFrame]) -> dict:
+    """Write metrics.json, metrics.csv (and kit_folds.csv); return the JSON-ready results."""
     results = json_ready(results)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     pd.concat(long_tables, ignore_index=True).to_csv(out_dir / "metrics.csv", index=False)

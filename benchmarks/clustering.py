@@ -58,7 +58,9 @@ def main() -> None:
         f"({gpus} GPU), scikit-learn {sklearn.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"| {'k':>5} | {'faiss (s)':>9} | {'sklearn (s)':>11} | {'sklearn / faiss':>15} | {'inertia faiss / sklearn':>23} |")
+    print(
+        f"| {'k':>5} | {'faiss (s)':>9} | {'sklearn (s)':>11} | {'sklearn / faiss':>15} | {'inertia faiss / sklearn':>23} |"
+    )
     print(f"|{'-' * 7}|{'-' * 11}|{'-' * 13}|{'-' * 17}|{'-' * 25}|")
     for k in args.ks:
         faiss_time, faiss_inertia = median_time(features, k, "faiss", args.iterations, args.repeats)

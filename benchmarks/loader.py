@@ -45,10 +45,15 @@ from medssl.train.pretraining import Notes, pretraining_data  # noqa: E402
 
 
 def supply(root: Path, workers: int, epochs: int, batch: int, shape: int, workdir: Path) -> tuple[float, int]:
-    recipe = Recipe(data={"root": str(root), "num_workers": workers, "label": None, "volume_shape": [shape] * 3},
-                    views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}, "flip": {"p": 0.5}}, method={"name": "simclr"},
-                    train={"batch_size": batch, "device": "cpu"})
-    loader = pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None).loader
+    recipe = Recipe(
+        data={"root": str(root), "num_workers": workers, "label": None, "volume_shape": [shape] * 3},
+        views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}, "flip": {"p": 0.5}},
+        method={"name": "simclr"},
+        train={"batch_size": batch, "device": "cpu"},
+    )
+    loader = pretraining_data(
+        recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None
+    ).loader
     times, volumes = [], 0
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -75,10 +80,15 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        nifti = synthesize_cohort(workdir / "nifti", subjects=args.subjects, sites=4, external_sites=0, shape=args.stored_shape, seed=0)
+        nifti = synthesize_cohort(
+            workdir / "nifti", subjects=args.subjects, sites=4, external_sites=0, shape=args.stored_shape, seed=0
+        )
         cached = cache_cohort(load_cohort(nifti), workdir / "cached", volume_shape=[args.shape] * 3)
-        settings = [(name, root, workers) for name, root in (("NIfTI (.nii.gz)", nifti), ("cached (.npy memmap)", cached))
-                    for workers in args.workers]
+        settings = [
+            (name, root, workers)
+            for name, root in (("NIfTI (.nii.gz)", nifti), ("cached (.npy memmap)", cached))
+            for workers in args.workers
+        ]
 
         class Step:
             encoder, shape, batch, precision = "resnet18", args.shape, args.batch, "fp32"
@@ -94,12 +104,18 @@ def main() -> None:
                 speed, volumes_per_epoch = supply(root, workers, args.epochs, args.batch, args.shape, workdir)
                 speeds[(name, workers)].append(speed)
             demands.append(args.steps * step_volumes / time_engine(pretraining, batch, args.steps, round_ + 1))
-            print(f"round {round_ + 1}: " + ", ".join(f"{name} w{workers} {values[-1]:.0f}" for (name, workers), values in speeds.items())
-                  + f"; demand {demands[-1]:.1f} volumes/s", flush=True)
+            print(
+                f"round {round_ + 1}: "
+                + ", ".join(f"{name} w{workers} {values[-1]:.0f}" for (name, workers), values in speeds.items())
+                + f"; demand {demands[-1]:.1f} volumes/s",
+                flush=True,
+            )
         demand = statistics.median(demands)
         rows = [(name, workers, statistics.median(values)) for (name, workers), values in speeds.items()]
-    print(f"\n{volumes_per_epoch} volumes/epoch ({args.subjects} subjects, train split), stored {args.stored_shape}^3, trained at "
-          f"{args.shape}^3, batch {args.batch}; demand = engine step, resnet18: {demand:.1f} volumes/s")
+    print(
+        f"\n{volumes_per_epoch} volumes/epoch ({args.subjects} subjects, train split), stored {args.stored_shape}^3, trained at "
+        f"{args.shape}^3, batch {args.batch}; demand = engine step, resnet18: {demand:.1f} volumes/s"
+    )
     print("| source | workers | volumes/s | supply / demand |")
     print("|--------|---------|-----------|-----------------|")
     for name, workers, speed in rows:

@@ -57,7 +57,12 @@ CASES: list[tuple[str, torch.nn.Module, Callable, str]] = [
     ("NTXentLoss", NTXentLoss(), lambda z, y, a: reference.ntxent_loop(z, anchors=a), "none"),
     ("DecoupledNTXentLoss", DecoupledNTXentLoss(), lambda z, y, a: reference.decoupled_loop(z, anchors=a), "none"),
     ("YAwareLoss", YAwareLoss(), lambda z, y, a: reference.yaware_loop(z, y, anchors=a), "age"),
-    ("ThresholdLoss", ThresholdLoss(), lambda z, y, a: reference.threshold_loop(z, y, anchors=a, literal_inner=False), "age"),
+    (
+        "ThresholdLoss",
+        ThresholdLoss(),
+        lambda z, y, a: reference.threshold_loop(z, y, anchors=a, literal_inner=False),
+        "age",
+    ),
     (
         "ThresholdLoss(reference_code)",
         ThresholdLoss(reference_code=True),
@@ -72,8 +77,18 @@ CASES: list[tuple[str, torch.nn.Module, Callable, str]] = [
         "age",
     ),
     ("SupConLoss", SupConLoss(), lambda z, y, a: reference.supcon_loop(z, y, anchors=a), "class"),
-    ("EpsSupInfoNCELoss", EpsSupInfoNCELoss(eps=0.25), lambda z, y, a: reference.eps_supinfonce_loop(z, y, eps=0.25, anchors=a), "class"),
-    ("EpsSupConLoss", EpsSupConLoss(eps=0.25), lambda z, y, a: reference.eps_supcon_loop(z, y, eps=0.25, anchors=a), "class"),
+    (
+        "EpsSupInfoNCELoss",
+        EpsSupInfoNCELoss(eps=0.25),
+        lambda z, y, a: reference.eps_supinfonce_loop(z, y, eps=0.25, anchors=a),
+        "class",
+    ),
+    (
+        "EpsSupConLoss",
+        EpsSupConLoss(eps=0.25),
+        lambda z, y, a: reference.eps_supcon_loop(z, y, eps=0.25, anchors=a),
+        "class",
+    ),
 ]
 
 
@@ -108,7 +123,9 @@ def lightly_barlow_twins(z_a: torch.Tensor, z_b: torch.Tensor, lambda_param: flo
     return torch.diagonal(c).add(-1).pow(2).sum() + lambda_param * off_diagonal.pow(2).sum()
 
 
-def dense_parts(z: torch.Tensor, y: torch.Tensor, sigma: float, kernel: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def dense_parts(
+    z: torch.Tensor, y: torch.Tensor, sigma: float, kernel: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Similarities (float32) of the view-major rows, kernel weights on the repeated labels and the self mask, written plainly."""
     z = z.transpose(0, 1).flatten(0, 1)  # (N, V, D) -> (V*N, D)
     n = z.shape[0]
@@ -203,11 +220,16 @@ def peer_table(args: argparse.Namespace) -> None:
                 repeats = args.repeats if n_subjects <= 1024 else max(3, args.repeats // 3)
                 ours_s, peer_s, ratio = paired_times(ours_fn, peer_fn, z, repeats)
                 dtype_name = str(dtype).removeprefix("torch.")
-                print(f"{name:<28} {dtype_name:>8} {2 * n_subjects:>5} {ours_s * 1e3:>10.1f} {peer_s * 1e3:>10.1f} {ratio:>6.2f}", flush=True)
+                print(
+                    f"{name:<28} {dtype_name:>8} {2 * n_subjects:>5} {ours_s * 1e3:>10.1f} {peer_s * 1e3:>10.1f} {ratio:>6.2f}",
+                    flush=True,
+                )
 
 
 def loop_table(args: argparse.Namespace) -> None:
-    print(f"loop times: extrapolated from the first {args.loop_anchors} and {2 * args.loop_anchors} anchors to all n = 2N")
+    print(
+        f"loop times: extrapolated from the first {args.loop_anchors} and {2 * args.loop_anchors} anchors to all n = 2N"
+    )
     print(f"{'loss':<32} {'N':>5} {'vectorised ms':>14} {'loop s (est.)':>14} {'speed-up':>10}")
     generator = torch.Generator().manual_seed(0)
     for n_subjects in args.sizes:
@@ -226,18 +248,29 @@ def loop_table(args: argparse.Namespace) -> None:
             few = forward_backward_seconds(lambda z, f=loop, y=y, k=k: f(z, y, range(k)), z, args.loop_repeats)
             more = forward_backward_seconds(lambda z, f=loop, y=y, k=k: f(z, y, range(2 * k)), z, args.loop_repeats)
             looped = few + max(more - few, 0.0) * (n - k) / k
-            print(f"{name:<32} {n_subjects:>5} {vectorised * 1e3:>14.1f} {looped:>14.1f} {looped / vectorised:>9.0f}x", flush=True)
+            print(
+                f"{name:<32} {n_subjects:>5} {vectorised * 1e3:>14.1f} {looped:>14.1f} {looped / vectorised:>9.0f}x",
+                flush=True,
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--against", choices=("peers", "loops"), default="peers", help="what each loss is timed against")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024], help="loops: numbers of subjects N (two views each)")
+    parser.add_argument(
+        "--against", choices=("peers", "loops"), default="peers", help="what each loss is timed against"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[256, 1024], help="loops: numbers of subjects N (two views each)"
+    )
     parser.add_argument("--dim", type=int, default=128, help="embedding dimension D")
-    parser.add_argument("--repeats", type=int, default=21, help="runs per timing (median); a third of it from N = 2048 on (peers)")
+    parser.add_argument(
+        "--repeats", type=int, default=21, help="runs per timing (median); a third of it from N = 2048 on (peers)"
+    )
     parser.add_argument("--loop-repeats", type=int, default=3, help="runs per loop timing (median)")
     parser.add_argument("--loop-anchors", type=int, default=8, help="k: the loops are timed on k and 2k anchors")
-    parser.add_argument("--only", default=None, help="peers: only the rows whose name starts with this (e.g. BarlowTwinsLoss)")
+    parser.add_argument(
+        "--only", default=None, help="peers: only the rows whose name starts with this (e.g. BarlowTwinsLoss)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:

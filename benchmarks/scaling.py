@@ -61,17 +61,32 @@ def child(root: str, size: int, encoder: str, batch: int) -> None:
             peak_anon[0] = max(peak_anon[0], status_kb("RssAnon"))
 
     threading.Thread(target=sample, daemon=True).start()
-    recipe = Recipe(name="scaling", data={"root": root, "max_subjects": size, "label": "age"}, model={"encoder": encoder},
-                    views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}}, method={"name": "yaware"},
-                    train={"epochs": 1, "batch_size": batch, "device": "cpu"}, eval={"after_pretrain": False})
+    recipe = Recipe(
+        name="scaling",
+        data={"root": root, "max_subjects": size, "label": "age"},
+        model={"encoder": encoder},
+        views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}},
+        method={"name": "yaware"},
+        train={"epochs": 1, "batch_size": batch, "device": "cpu"},
+        eval={"after_pretrain": False},
+    )
     pretraining = build_pretraining(recipe, Path(tempfile.mkdtemp()) / "run")
     started = time.perf_counter()
     run_pretraining(pretraining, on_epoch_end=lambda epoch: epoch_seconds.append(time.perf_counter() - started))
     done.set()
     volumes = pretraining.trainer.schedule.steps_per_epoch * pretraining.data.loader.batch_size * 2
-    print(json.dumps({"size": size, "volumes": volumes, "epoch_s": epoch_seconds[0],
-                      "peak_rss_mb": status_kb("VmHWM") / 1024, "peak_anon_mb": max(peak_anon[0], status_kb("RssAnon")) / 1024,
-                      "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "size": size,
+                "volumes": volumes,
+                "epoch_s": epoch_seconds[0],
+                "peak_rss_mb": status_kb("VmHWM") / 1024,
+                "peak_anon_mb": max(peak_anon[0], status_kb("RssAnon")) / 1024,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def cohorts(workdir: Path, sizes: list[int], unique: int, shape: int) -> dict[tuple[str, int], Path]:
@@ -121,25 +136,42 @@ def main() -> None:
         print(f"cohorts written in {time.perf_counter() - started:.0f} s", flush=True)
         results = []
         for (source, size), root in roots.items():
-            command = [sys.executable, __file__, "--encoder", args.encoder, "--batch", str(args.batch), "--child", str(root), str(size)]
+            command = [
+                sys.executable,
+                __file__,
+                "--encoder",
+                args.encoder,
+                "--batch",
+                str(args.batch),
+                "--child",
+                str(root),
+                str(size),
+            ]
             command += ["--threads", str(args.threads)] if args.threads else []
             output = subprocess.run(command, capture_output=True, text=True, env={**os.environ}, check=True).stdout
             result = json.loads(output.strip().splitlines()[-1])
             results.append((source, result))
-            print(f"{source:12s} {size:5d} subjects: {result['volumes']} volumes in {result['epoch_s']:.1f} s, "
-                  f"peak RSS {result['peak_rss_mb']:.0f} MB, peak anon {result['peak_anon_mb']:.0f} MB", flush=True)
+            print(
+                f"{source:12s} {size:5d} subjects: {result['volumes']} volumes in {result['epoch_s']:.1f} s, "
+                f"peak RSS {result['peak_rss_mb']:.0f} MB, peak anon {result['peak_anon_mb']:.0f} MB",
+                flush=True,
+            )
     print(f"\n{args.encoder}, {args.shape}^3, batch {args.batch} x 2 views, 1 epoch per run, fresh process per run")
     print("| source | subjects | volumes/epoch | epoch (s) | ms / volume | peak RSS (MB) | peak RssAnon (MB) |")
     print("|--------|----------|---------------|-----------|-------------|---------------|-------------------|")
     for source, result in results:
-        print(f"| {source} | {result['size']} | {result['volumes']} | {result['epoch_s']:.1f} | "
-              f"{1000 * result['epoch_s'] / result['volumes']:.1f} | {result['peak_rss_mb']:.0f} | {result['peak_anon_mb']:.0f} |")
+        print(
+            f"| {source} | {result['size']} | {result['volumes']} | {result['epoch_s']:.1f} | "
+            f"{1000 * result['epoch_s'] / result['volumes']:.1f} | {result['peak_rss_mb']:.0f} | {result['peak_anon_mb']:.0f} |"
+        )
     for source in dict.fromkeys(source for source, _ in results):
         rows = [result for name, result in results if name == source]
         small, large = rows[0], rows[-1]
-        print(f"{source}: {large['volumes'] / small['volumes']:.0f}x the volumes -> {large['epoch_s'] / small['epoch_s']:.1f}x the epoch "
-              f"time, {large['peak_anon_mb'] / small['peak_anon_mb']:.2f}x the peak anonymous memory, "
-              f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x the peak RSS")
+        print(
+            f"{source}: {large['volumes'] / small['volumes']:.0f}x the volumes -> {large['epoch_s'] / small['epoch_s']:.1f}x the epoch "
+            f"time, {large['peak_anon_mb'] / small['peak_anon_mb']:.2f}x the peak anonymous memory, "
+            f"{large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x the peak RSS"
+        )
 
 
 if __name__ == "__main__":

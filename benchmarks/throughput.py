@@ -126,7 +126,9 @@ def bare_from(pretraining: Pretraining, batch: dict) -> BareStep:
     encoder, head, loss = copy.deepcopy(method.encoder), copy.deepcopy(method.head), copy.deepcopy(method.loss)
     optimizer = make_optimizer(list(encoder.parameters()) + list(head.parameters()), pretraining.recipe)
     labels = batch["label"].to(trainer.device) if getattr(method, "uses_label", False) else None
-    return BareStep(encoder, head, loss, optimizer, batch["views"].to(trainer.device), labels, trainer.precision, trainer.device)
+    return BareStep(
+        encoder, head, loss, optimizer, batch["views"].to(trainer.device), labels, trainer.precision, trainer.device
+    )
 
 
 def make_cache(workdir: Path, shape: tuple[int, ...], subjects: int) -> Path:
@@ -139,10 +141,18 @@ def make_cache(workdir: Path, shape: tuple[int, ...], subjects: int) -> Path:
 
 
 def engine_recipe(args, encoder: str, mode: Mode, batch: int, root: Path, workers: int = 0):
-    overrides = [f"data.root={root}", f"data.num_workers={workers}", f"model.encoder={encoder}",
-                 f"model.activation_checkpointing={str(mode.checkpointing).lower()}", f"train.batch_size={batch}",
-                 "train.epochs=1", f"train.precision={mode.precision}", f"train.channels_last={str(mode.channels_last).lower()}",
-                 f"train.device={args.device}", "eval.after_pretrain=false"]
+    overrides = [
+        f"data.root={root}",
+        f"data.num_workers={workers}",
+        f"model.encoder={encoder}",
+        f"model.activation_checkpointing={str(mode.checkpointing).lower()}",
+        f"train.batch_size={batch}",
+        "train.epochs=1",
+        f"train.precision={mode.precision}",
+        f"train.channels_last={str(mode.channels_last).lower()}",
+        f"train.device={args.device}",
+        "eval.after_pretrain=false",
+    ]
     return load_recipe(args.recipe, overrides)
 
 
@@ -187,7 +197,9 @@ def loader_supply(args, shape, batch: int, root: Path, workdir: Path) -> float:
     from medssl.train.pretraining import Notes, pretraining_data
 
     recipe = engine_recipe(args, "resnet18", Mode("fp32", False, False), batch, root, workers=args.workers)
-    loader = pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device(args.device), Notes(None, True), None).loader
+    loader = pretraining_data(
+        recipe, method_needs(recipe), DistributedContext(), torch.device(args.device), Notes(None, True), None
+    ).loader
     times, volumes = [], 0
     for epoch in range(args.loader_epochs + 1):
         started = time.perf_counter()
@@ -213,9 +225,17 @@ def measure_step(args, encoder: str, shape, mode: Mode, batch: int, root: Path, 
         bare_times.append(timed(bare, trainer.device, args.steps))
         engine_times.append(timed(engine, trainer.device))
     volumes = batch * VIEWS * args.steps
-    row = {"encoder": encoder, "shape": list(shape), "mode": mode_name(mode), "batch": batch, "volumes_per_step": batch * VIEWS,
-           "precision_run": trainer.precision, "bare_volumes_per_s": volumes / statistics.median(bare_times),
-           "engine_volumes_per_s": volumes / statistics.median(engine_times), "gflop_per_step": flops / 1e9}
+    row = {
+        "encoder": encoder,
+        "shape": list(shape),
+        "mode": mode_name(mode),
+        "batch": batch,
+        "volumes_per_step": batch * VIEWS,
+        "precision_run": trainer.precision,
+        "bare_volumes_per_s": volumes / statistics.median(bare_times),
+        "engine_volumes_per_s": volumes / statistics.median(engine_times),
+        "gflop_per_step": flops / 1e9,
+    }
     row["engine_overhead_pct"] = 100 * (statistics.median(engine_times) / statistics.median(bare_times) - 1)
     row["bare_seconds"], row["engine_seconds"] = bare_times, engine_times  # each repeat, to judge the noise
     row["gflop_per_s"] = row["gflop_per_step"] * row["bare_volumes_per_s"] / row["volumes_per_step"]
@@ -288,7 +308,12 @@ def probe(spec: dict) -> dict:
 
 def run_probe(spec: dict) -> dict:
     command = [sys.executable, __file__, "--probe", json.dumps(spec)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -302,8 +327,11 @@ def measure_memory(args, encoder: str, shape, mode: Mode) -> dict:
     if any("error" in result for result in probes):
         return {"memory_error": next(result["error"] for result in probes if "error" in result)}
     peaks = [result["peak"] for result in probes]
-    row = {"peak_mb": [peak / 2**20 for peak in peaks], "step_mb": [(r["peak"] - r["before"]) / 2**20 for r in probes],
-           "memory_batches": [small, large]}
+    row = {
+        "peak_mb": [peak / 2**20 for peak in peaks],
+        "step_mb": [(r["peak"] - r["before"]) / 2**20 for r in probes],
+        "memory_batches": [small, large],
+    }
     per_volume = (peaks[1] - peaks[0]) / ((large - small) * VIEWS)
     if per_volume < 2**20:
         # At tiny shapes the peak is set by batch-independent parts (optimiser step, workspaces).
@@ -311,8 +339,13 @@ def measure_memory(args, encoder: str, shape, mode: Mode) -> dict:
         return row
     fixed = peaks[0] - per_volume * small * VIEWS
     fits = int((args.memory_gb * 2**30 - fixed) // per_volume)
-    return {**row, "mb_per_volume": per_volume / 2**20, "fixed_mb": fixed / 2**20,
-            "max_volumes_in_budget": fits, "max_batch_in_budget": fits // VIEWS}
+    return {
+        **row,
+        "mb_per_volume": per_volume / 2**20,
+        "fixed_mb": fixed / 2**20,
+        "max_volumes_in_budget": fits,
+        "max_batch_in_budget": fits // VIEWS,
+    }
 
 
 # ----------------------------------------------------------------------------- losses
@@ -333,24 +366,37 @@ def measure_losses(args) -> list[dict]:
                 times[name].append(timed(step, device))
         for name in steps:
             memory = run_probe({"kind": "loss", "device": args.device, "loss": name, "n": n})
-            rows.append({"loss": name, "n": n, "ms": 1000 * statistics.median(times[name]),
-                         "memory_mb": (memory["peak"] - memory["before"]) / 2**20 if "peak" in memory else None})
+            rows.append(
+                {
+                    "loss": name,
+                    "n": n,
+                    "ms": 1000 * statistics.median(times[name]),
+                    "memory_mb": (memory["peak"] - memory["before"]) / 2**20 if "peak" in memory else None,
+                }
+            )
     return rows
 
 
 # ----------------------------------------------------------------------------- report
 def print_steps(rows: list[dict]) -> None:
-    print("\n| encoder | shape | mode | batch (vol) | bare vol/s | engine vol/s | overhead | GFLOP/s | % conv peak "
-          "| supply vol/s | supply/demand | MB/volume | max batch in budget |")
+    print(
+        "\n| encoder | shape | mode | batch (vol) | bare vol/s | engine vol/s | overhead | GFLOP/s | % conv peak "
+        "| supply vol/s | supply/demand | MB/volume | max batch in budget |"
+    )
     print("|" + "---|" * 13)
     for r in rows:
         mode = r["mode"] + ("" if r["precision_run"] == r["mode"].split("+")[0] else f" (ran {r['precision_run']})")
-        memory = (f"{r['mb_per_volume']:.0f} | {r['max_batch_in_budget']}" if "mb_per_volume" in r
-                  else ("| " if "memory_error" not in r else "error | ") + r.get("memory_error", "-"))
-        print(f"| {r['encoder']} | {'x'.join(map(str, r['shape']))} | {mode} | {r['batch']} ({r['volumes_per_step']}) "
-              f"| {r['bare_volumes_per_s']:.2f} | {r['engine_volumes_per_s']:.2f} | {r['engine_overhead_pct']:+.1f} % "
-              f"| {r['gflop_per_s']:.1f} | {r['pct_of_conv_peak']:.0f} % | {r.get('supply_volumes_per_s', float('nan')):.1f} "
-              f"| {r.get('supply_over_demand', float('nan')):.1f}x | {memory} |")
+        memory = (
+            f"{r['mb_per_volume']:.0f} | {r['max_batch_in_budget']}"
+            if "mb_per_volume" in r
+            else ("| " if "memory_error" not in r else "error | ") + r.get("memory_error", "-")
+        )
+        print(
+            f"| {r['encoder']} | {'x'.join(map(str, r['shape']))} | {mode} | {r['batch']} ({r['volumes_per_step']}) "
+            f"| {r['bare_volumes_per_s']:.2f} | {r['engine_volumes_per_s']:.2f} | {r['engine_overhead_pct']:+.1f} % "
+            f"| {r['gflop_per_s']:.1f} | {r['pct_of_conv_peak']:.0f} % | {r.get('supply_volumes_per_s', float('nan')):.1f} "
+            f"| {r.get('supply_over_demand', float('nan')):.1f}x | {memory} |"
+        )
 
 
 def checkpointing_costs(rows: list[dict]) -> list[dict]:
@@ -361,16 +407,27 @@ def checkpointing_costs(rows: list[dict]) -> list[dict]:
         plain = index.get((encoder, shape, mode.replace("+ckpt", ""), batch))
         if "+ckpt" not in mode or plain is None:
             continue
-        cost = {"encoder": encoder, "shape": list(shape), "mode": mode, "batch": batch,
-                "time_ratio": plain["bare_volumes_per_s"] / r["bare_volumes_per_s"]}
+        cost = {
+            "encoder": encoder,
+            "shape": list(shape),
+            "mode": mode,
+            "batch": batch,
+            "time_ratio": plain["bare_volumes_per_s"] / r["bare_volumes_per_s"],
+        }
         if "mb_per_volume" in r and "mb_per_volume" in plain:
             cost["memory_per_volume_ratio"] = r["mb_per_volume"] / plain["mb_per_volume"]
             cost["max_batch_in_budget"] = [plain["max_batch_in_budget"], r["max_batch_in_budget"]]
         costs.append(cost)
-        print(f"activation checkpointing, {encoder} {'x'.join(map(str, shape))} {mode} batch {batch}: "
-              f"time per step x{cost['time_ratio']:.2f}"
-              + (f", memory per volume x{cost['memory_per_volume_ratio']:.2f}, largest batch in budget "
-                 f"{cost['max_batch_in_budget'][0]} -> {cost['max_batch_in_budget'][1]}" if "max_batch_in_budget" in cost else ""))
+        print(
+            f"activation checkpointing, {encoder} {'x'.join(map(str, shape))} {mode} batch {batch}: "
+            f"time per step x{cost['time_ratio']:.2f}"
+            + (
+                f", memory per volume x{cost['memory_per_volume_ratio']:.2f}, largest batch in budget "
+                f"{cost['max_batch_in_budget'][0]} -> {cost['max_batch_in_budget'][1]}"
+                if "max_batch_in_budget" in cost
+                else ""
+            )
+        )
     return costs
 
 
@@ -403,23 +460,47 @@ def run_steps(args, workdir: Path) -> list[dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=lambda text: tuple(int(v) for v in text.split(",")), nargs="+",
-                        default=[(121, 145, 121), (182, 218, 182)], help="D,H,W volume shapes (default: OpenBHB VBM and quasi-raw).")
+    parser.add_argument(
+        "--shape",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        nargs="+",
+        default=[(121, 145, 121), (182, 218, 182)],
+        help="D,H,W volume shapes (default: OpenBHB VBM and quasi-raw).",
+    )
     parser.add_argument("--encoders", nargs="+", default=["resnet18", "densenet121"])
-    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16+cl"], help="fp32|bf16|fp16 [+cl: channels_last_3d] [+ckpt: activation checkpointing].")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fp32", "bf16+cl"],
+        help="fp32|bf16|fp16 [+cl: channels_last_3d] [+ckpt: activation checkpointing].",
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[4], help="Subjects per step (2 views each).")
     parser.add_argument("--steps", type=int, default=2, help="Steps per timed repeat.")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--recipe", default="yaware_age", help="Recipe of the engine and the loader's views (an embedding-loss method).")
+    parser.add_argument(
+        "--recipe", default="yaware_age", help="Recipe of the engine and the loader's views (an embedding-loss method)."
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the supply measurement.")
     parser.add_argument("--loader-epochs", type=int, default=2, help="Timed loader epochs (after one dropped).")
     parser.add_argument("--no-loader", action="store_true", help="Skip the loader supply.")
-    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="Measure step memory in subprocesses.")
-    parser.add_argument("--memory-batches", type=int, nargs=2, default=[1, 2], help="Two batch sizes (subjects) of the memory probes.")
-    parser.add_argument("--memory-gb", type=float, default=24.0, help="Memory budget of the largest-batch extrapolation.")
+    parser.add_argument(
+        "--memory", action=argparse.BooleanOptionalAction, default=True, help="Measure step memory in subprocesses."
+    )
+    parser.add_argument(
+        "--memory-batches", type=int, nargs=2, default=[1, 2], help="Two batch sizes (subjects) of the memory probes."
+    )
+    parser.add_argument(
+        "--memory-gb", type=float, default=24.0, help="Memory budget of the largest-batch extrapolation."
+    )
     parser.add_argument("--no-steps", action="store_true", help="Only the losses (--losses).")
-    parser.add_argument("--losses", type=int, nargs="*", default=[], help="2N sizes of the NTXentLoss / YAwareLoss measurement (e.g. 8192).")
+    parser.add_argument(
+        "--losses",
+        type=int,
+        nargs="*",
+        default=[],
+        help="2N sizes of the NTXentLoss / YAwareLoss measurement (e.g. 8192).",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
     parser.add_argument("--json", type=Path, default=None, help="Also write every figure to this JSON file.")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
@@ -443,9 +524,13 @@ def main() -> None:
         report["checkpointing"] = checkpointing_costs(report["steps"])
     if args.losses:
         report["losses"] = measure_losses(args)
-        print(f"\n| loss | 2N | forward + backward ms | memory MB | ({args.device}, fp32, 128-d, medians of {args.repeats})")
+        print(
+            f"\n| loss | 2N | forward + backward ms | memory MB | ({args.device}, fp32, 128-d, medians of {args.repeats})"
+        )
         for r in report["losses"]:
-            print(f"| {r['loss']} | {r['n']} | {r['ms']:.1f} | {r['memory_mb'] if r['memory_mb'] is None else round(r['memory_mb'])} |")
+            print(
+                f"| {r['loss']} | {r['n']} | {r['ms']:.1f} | {r['memory_mb'] if r['memory_mb'] is None else round(r['memory_mb'])} |"
+            )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
         print(f"wrote {args.json}")

@@ -55,8 +55,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"nproc {os.cpu_count()}, {model}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
+    return (
+        f"nproc {os.cpu_count()}, {model}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 class RepeatedBatch:
@@ -78,21 +80,34 @@ def timed_trainer(pretraining: Pretraining, batch: dict, steps: int) -> Trainer:
     from rich.console import Console
 
     built = pretraining.trainer
-    trainer = Trainer(built.objective, built.optimizer, RepeatedBatch(batch, steps), built.run_dir,
-                      dataclasses.replace(built.schedule, steps_per_epoch=steps), scheduler=built.scheduler,
-                      device=built.device, precision=built.precision, model=built.model,
-                      console=Console(file=open(os.devnull, "w"), force_terminal=True))
+    trainer = Trainer(
+        built.objective,
+        built.optimizer,
+        RepeatedBatch(batch, steps),
+        built.run_dir,
+        dataclasses.replace(built.schedule, steps_per_epoch=steps),
+        scheduler=built.scheduler,
+        device=built.device,
+        precision=built.precision,
+        model=built.model,
+        console=Console(file=open(os.devnull, "w"), force_terminal=True),
+    )
     trainer.log = MetricsLog(built.run_dir, enabled=True)
     return trainer
 
 
 def build(args, workdir: Path) -> tuple[Pretraining, dict]:
-    cohort = synthesize_cohort(workdir / "cohort", subjects=max(2 * args.batch, 16), sites=4, external_sites=0,
-                               shape=args.shape, seed=0)
-    recipe = Recipe(data={"root": str(cohort), "label": "age"}, model={"encoder": args.encoder},
-                    views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}}, method={"name": "yaware"},
-                    train={"batch_size": args.batch, "epochs": 1, "device": "cpu", "precision": args.precision},
-                    eval={"after_pretrain": False})
+    cohort = synthesize_cohort(
+        workdir / "cohort", subjects=max(2 * args.batch, 16), sites=4, external_sites=0, shape=args.shape, seed=0
+    )
+    recipe = Recipe(
+        data={"root": str(cohort), "label": "age"},
+        model={"encoder": args.encoder},
+        views={"crop": {"p": 1.0}, "cutout": {"p": 1.0}},
+        method={"name": "yaware"},
+        train={"batch_size": args.batch, "epochs": 1, "device": "cpu", "precision": args.precision},
+        eval={"after_pretrain": False},
+    )
     pretraining = build_pretraining(recipe, workdir / "run")
     (workdir / "run").mkdir(parents=True, exist_ok=True)
     batch = next(iter(pretraining.data.loader.epoch(0)))
@@ -139,8 +154,14 @@ def main() -> None:
         pretraining, batch = build(args, Path(tmp))
         method = pretraining.method
         # The bare loop trains its own copy of the same networks and loss.
-        bare_encoder, bare_head, bare_loss = copy.deepcopy(method.encoder), copy.deepcopy(method.head), copy.deepcopy(method.loss)
-        bare_optimizer = make_optimizer(list(bare_encoder.parameters()) + list(bare_head.parameters()), pretraining.recipe)
+        bare_encoder, bare_head, bare_loss = (
+            copy.deepcopy(method.encoder),
+            copy.deepcopy(method.head),
+            copy.deepcopy(method.loss),
+        )
+        bare_optimizer = make_optimizer(
+            list(bare_encoder.parameters()) + list(bare_head.parameters()), pretraining.recipe
+        )
         volumes = batch["views"].shape[0] * batch["views"].shape[1]
         # warm-up (allocator, oneDNN primitive caches) on both sides
         time_engine(pretraining, batch, 2, 0)
@@ -149,12 +170,17 @@ def main() -> None:
         for repeat in range(args.repeats):
             engine_times.append(time_engine(pretraining, batch, args.steps, repeat + 1))
             bare_times.append(time_bare(bare_encoder, bare_head, bare_loss, bare_optimizer, batch, args.steps))
-            print(f"repeat {repeat + 1}: engine {args.steps * volumes / engine_times[-1]:6.1f} vol/s, "
-                  f"bare {args.steps * volumes / bare_times[-1]:6.1f} vol/s", flush=True)
+            print(
+                f"repeat {repeat + 1}: engine {args.steps * volumes / engine_times[-1]:6.1f} vol/s, "
+                f"bare {args.steps * volumes / bare_times[-1]:6.1f} vol/s",
+                flush=True,
+            )
     engine_speed = args.steps * volumes / statistics.median(engine_times)
     bare_speed = args.steps * volumes / statistics.median(bare_times)
-    print(f"\n{args.encoder}, {args.batch} subjects x 2 views of {args.shape}^3 ({volumes} volumes/step), {args.precision}, "
-          f"{args.steps} steps x {args.repeats} repeats (medians)")
+    print(
+        f"\n{args.encoder}, {args.batch} subjects x 2 views of {args.shape}^3 ({volumes} volumes/step), {args.precision}, "
+        f"{args.steps} steps x {args.repeats} repeats (medians)"
+    )
     print("| path   | volumes/s | s/step |")
     print("|--------|-----------|--------|")
     print(f"| bare   | {bare_speed:9.1f} | {volumes / bare_speed:6.3f} |")

@@ -31,7 +31,9 @@ def main() -> None:
     torch.manual_seed(0)
 
     # Cohort: the embedded synthetic one (generated once into the cache), or load_cohort("/your/cohort").
-    cohort = load_cohort(embedded_cohort(SyntheticCohortConfig(subjects=args.subjects, sites=4, external_sites=1, shape=args.shape)))
+    cohort = load_cohort(
+        embedded_cohort(SyntheticCohortConfig(subjects=args.subjects, sites=4, external_sites=1, shape=args.shape))
+    )
     train = cohort.subset("train")
 
     # Views: two random TorchIO views per subject, cutout of a quarter of each edge.
@@ -48,9 +50,9 @@ def main() -> None:
     step = 0
     while step < args.steps:
         for batch in loader:
-            v = batch["views"]                                   # (B, 2, 1, D, H, W)
-            z = head(encoder(v.transpose(0, 1).flatten(0, 1)))   # (2B, d): all first views, then all second
-            z = z.unflatten(0, (2, -1)).transpose(0, 1)          # (B, 2, d), as every embedding loss takes it
+            v = batch["views"]  # (B, 2, 1, D, H, W)
+            z = head(encoder(v.transpose(0, 1).flatten(0, 1)))  # (2B, d): all first views, then all second
+            z = z.unflatten(0, (2, -1)).transpose(0, 1)  # (B, 2, d), as every embedding loss takes it
             loss = loss_fn(z, batch["label"])
             optimizer.zero_grad()
             loss.backward()

@@ -22,13 +22,24 @@ from medssl.eval import challenge_score, read_predictions, score_predictions
 def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
-    for split, sites in (("train", ["a", "b", "c", "d"]), ("internal_test", ["a", "b", "c", "d"]), ("external_test", ["x"])):
+    for split, sites in (
+        ("train", ["a", "b", "c", "d"]),
+        ("internal_test", ["a", "b", "c", "d"]),
+        ("external_test", ["x"]),
+    ):
         for index in range(40):
             site = sites[index % len(sites)]
             age = rng.uniform(10, 80)
-            rows.append({"participant_id": f"{split}-{index}", "split": split, "site": site, "age": age,
-                         "age_pred": age + rng.normal(0, 3 if split != "external_test" else 5),
-                         "site_pred": site if rng.random() < 0.4 else rng.choice(sites)})
+            rows.append(
+                {
+                    "participant_id": f"{split}-{index}",
+                    "split": split,
+                    "site": site,
+                    "age": age,
+                    "age_pred": age + rng.normal(0, 3 if split != "external_test" else 5),
+                    "site_pred": site if rng.random() < 0.4 else rng.choice(sites),
+                }
+            )
     path = Path(tempfile.mkdtemp()) / "predictions.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
 

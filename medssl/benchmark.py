@@ -91,13 +91,26 @@ def recipe_folder(recipe: str) -> str:
 def planned_runs(recipes: Sequence[str], seeds: Sequence[int], out_dir: str | Path) -> list[BenchmarkRun]:
     """Every (recipe, seed), seed by seed, so a stopped benchmark has whole seeds to compare."""
     runs_dir = Path(out_dir) / "runs"
-    return [BenchmarkRun(recipe, seed, runs_dir / recipe_folder(recipe) / f"seed{seed}") for seed in seeds for recipe in recipes]
+    return [
+        BenchmarkRun(recipe, seed, runs_dir / recipe_folder(recipe) / f"seed{seed}")
+        for seed in seeds
+        for recipe in recipes
+    ]
 
 
 def pretrain_command(run: BenchmarkRun, overrides: Sequence[str] = (), smoke: bool = False) -> list[str]:
     """The ``medssl pretrain`` command of a run; ``--resume`` when its folder exists (a killed attempt)."""
-    command = [sys.executable, "-m", "medssl", "pretrain", run.recipe, f"train.seed={run.seed}", *overrides,
-               "--out", str(run.run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "medssl",
+        "pretrain",
+        run.recipe,
+        f"train.seed={run.seed}",
+        *overrides,
+        "--out",
+        str(run.run_dir),
+    ]
     if run.run_dir.exists():
         command.append("--resume")
     if smoke:
@@ -114,10 +127,26 @@ def run_pretrain_process(command: list[str], log: Path, env: dict) -> int:
         return subprocess.call(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
 
 
-def benchmark_command(recipes: Sequence[str], seeds: Sequence[int], out_dir: str | Path, overrides: Sequence[str] = (),
-                      jobs: int = 1, devices: Sequence[str] | None = None, smoke: bool = False) -> str:
+def benchmark_command(
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    overrides: Sequence[str] = (),
+    jobs: int = 1,
+    devices: Sequence[str] | None = None,
+    smoke: bool = False,
+) -> str:
     """The ``medssl benchmark`` command line that reproduces a request, for the report."""
-    parts = ["medssl", "benchmark", "--recipes", ",".join(recipes), "--seeds", ",".join(map(str, seeds)), "--out", str(out_dir)]
+    parts = [
+        "medssl",
+        "benchmark",
+        "--recipes",
+        ",".join(recipes),
+        "--seeds",
+        ",".join(map(str, seeds)),
+        "--out",
+        str(out_dir),
+    ]
     parts += ["--jobs", str(jobs)] if jobs > 1 else []
     parts += ["--devices", ",".join(devices)] if devices else []
     parts += ["--smoke"] if smoke else []
@@ -131,31 +160,51 @@ def check_request(recipes: Sequence[str], seeds: Sequence[int], overrides: Seque
     if len({recipe_folder(recipe) for recipe in recipes}) < len(recipes):
         raise BenchmarkError(f"--recipes {','.join(recipes)}: a recipe is listed twice")
     if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
-        raise BenchmarkError(f"--seeds {','.join(map(str, seeds))}: expected distinct non-negative integers, e.g. 0,1,2")
+        raise BenchmarkError(
+            f"--seeds {','.join(map(str, seeds))}: expected distinct non-negative integers, e.g. 0,1,2"
+        )
     for override in overrides:
         key = ".".join(parse_override(override)[0])
         if key in RESERVED_OVERRIDES:
             raise BenchmarkError(f"override {override}: the benchmark sets {key} from --seeds")
     for recipe in recipes:
         if not load_recipe(recipe, list(overrides)).eval.after_pretrain:  # also raises RecipeError on a bad key
-            raise BenchmarkError(f"recipe {recipe}: eval.after_pretrain is false; the leaderboard needs each run's evaluation")
+            raise BenchmarkError(
+                f"recipe {recipe}: eval.after_pretrain is false; the leaderboard needs each run's evaluation"
+            )
 
 
-def record_benchmark(out_dir: str | Path, recipes: Sequence[str], seeds: Sequence[int], overrides: Sequence[str],
-                     smoke: bool, command: str) -> dict:
+def record_benchmark(
+    out_dir: str | Path,
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    smoke: bool,
+    command: str,
+) -> dict:
     """Write ``benchmark.json``; refuse a folder whose benchmark has other overrides (or smoke setting).
 
     More recipes or seeds than before extend the benchmark: the file lists them all.
     """
     path = Path(out_dir) / BENCHMARK_FILE
-    request = {"recipes": list(recipes), "seeds": list(seeds), "overrides": list(overrides), "smoke": smoke, "command": command}
+    request = {
+        "recipes": list(recipes),
+        "seeds": list(seeds),
+        "overrides": list(overrides),
+        "smoke": smoke,
+        "command": command,
+    }
     if path.is_file():
         previous = json.loads(path.read_text())
         if (previous.get("overrides"), previous.get("smoke")) != (request["overrides"], smoke):
             asked = shlex.join([*overrides, *(["--smoke"] if smoke else [])]) or "none"
-            held = shlex.join([*previous.get("overrides", []), *(["--smoke"] if previous.get("smoke") else [])]) or "none"
-            raise BenchmarkError(f"{path}: this folder's benchmark has overrides {held}, got {asked}; "
-                                 "rerun with the same overrides or choose another --out")
+            held = (
+                shlex.join([*previous.get("overrides", []), *(["--smoke"] if previous.get("smoke") else [])]) or "none"
+            )
+            raise BenchmarkError(
+                f"{path}: this folder's benchmark has overrides {held}, got {asked}; "
+                "rerun with the same overrides or choose another --out"
+            )
         request["recipes"] = list(dict.fromkeys([*previous.get("recipes", []), *recipes]))
         request["seeds"] = list(dict.fromkeys([*previous.get("seeds", []), *seeds]))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,9 +212,18 @@ def record_benchmark(out_dir: str | Path, recipes: Sequence[str], seeds: Sequenc
     return request
 
 
-def run_benchmark(recipes: Sequence[str] | None = None, seeds: Sequence[int] = DEFAULT_SEEDS, out_dir: str | Path = "benchmark",
-                  overrides: Sequence[str] = (), jobs: int = 1, devices: Sequence[str] | None = None, smoke: bool = False,
-                  console: Console | None = None, run_one: RunOne | None = None, n_resamples: int = 2000) -> BenchmarkResult:
+def run_benchmark(
+    recipes: Sequence[str] | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    out_dir: str | Path = "benchmark",
+    overrides: Sequence[str] = (),
+    jobs: int = 1,
+    devices: Sequence[str] | None = None,
+    smoke: bool = False,
+    console: Console | None = None,
+    run_one: RunOne | None = None,
+    n_resamples: int = 2000,
+) -> BenchmarkResult:
     """Pre-train and evaluate every (recipe, seed) not yet finished, then write the leaderboard.
 
     Args:
@@ -193,16 +251,20 @@ def run_benchmark(recipes: Sequence[str] | None = None, seeds: Sequence[int] = D
     console = console or Console(quiet=True)
     result = BenchmarkResult(runs=planned_runs(recipes, seeds, out_dir))
     todo = [run for run in result.runs if not run.finished]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         task = progress.add_task("benchmark runs", total=len(result.runs), completed=len(result.runs) - len(todo))
 
         def on_done(run: BenchmarkRun, failure: str | None, seconds: float) -> None:
             _add_run_time(out_dir, run, seconds)
             if failure is not None:
                 result.failed.append(run)
-                progress.console.print(f"[red]failed:[/] {recipe_folder(run.recipe)} seed {run.seed} ({failure}); log: {run.log}",
-                                        highlight=False, soft_wrap=True)
+                progress.console.print(
+                    f"[red]failed:[/] {recipe_folder(run.recipe)} seed {run.seed} ({failure}); log: {run.log}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             progress.advance(task)
 
         _execute(todo, overrides, smoke, jobs, devices, run_one or run_pretrain_process, on_done)
@@ -211,8 +273,15 @@ def run_benchmark(recipes: Sequence[str] | None = None, seeds: Sequence[int] = D
     return result
 
 
-def _execute(todo: list[BenchmarkRun], overrides: list[str], smoke: bool, jobs: int, devices: Sequence[str] | None,
-             run_one: RunOne, on_done: Callable[[BenchmarkRun, str | None, float], None]) -> None:
+def _execute(
+    todo: list[BenchmarkRun],
+    overrides: list[str],
+    smoke: bool,
+    jobs: int,
+    devices: Sequence[str] | None,
+    run_one: RunOne,
+    on_done: Callable[[BenchmarkRun, str | None, float], None],
+) -> None:
     """Run ``todo``, ``jobs`` at a time; ``on_done`` is called in this thread after each run."""
     free_slots: queue.Queue[int] = queue.Queue()  # FIFO: devices are handed out in turn
     for slot in range(jobs):
@@ -239,7 +308,9 @@ def _execute(todo: list[BenchmarkRun], overrides: list[str], smoke: bool, jobs: 
             raise
 
 
-def _attempt(run: BenchmarkRun, overrides: list[str], smoke: bool, env: dict, run_one: RunOne) -> tuple[str | None, float]:
+def _attempt(
+    run: BenchmarkRun, overrides: list[str], smoke: bool, env: dict, run_one: RunOne
+) -> tuple[str | None, float]:
     """(why the run failed or None, seconds it took)."""
     command = pretrain_command(run, overrides, smoke)
     started = time.monotonic()
@@ -273,7 +344,9 @@ def _add_run_time(out_dir: Path, run: BenchmarkRun, seconds: float) -> None:
     path.write_text(json.dumps(times, indent=2))
 
 
-def _leaderboard_if_any(out_dir: Path, command: str, wall_time_s: float, n_resamples: int, console: Console) -> dict[str, Path] | None:
+def _leaderboard_if_any(
+    out_dir: Path, command: str, wall_time_s: float, n_resamples: int, console: Console
+) -> dict[str, Path] | None:
     if not any((out_dir / "runs").glob("*/seed*/eval/metrics.json")):
         console.print("No finished run: no leaderboard.")
         return None

@@ -1,15 +1,15 @@
 """The ``medssl`` command line.
 
-    medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume | --overwrite] [--smoke]
-    medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
-    medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--resume | --overwrite] [--smoke]
-    medssl score predictions.csv [--json out.json]
-    medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
-    medssl leaderboard BENCHMARK_DIR
-    medssl recipes [--fields]
-    medssl data synth OUT --subjects N --sites S --shape 64
-    medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K]
-    medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
+medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume | --overwrite] [--smoke]
+medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
+medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--resume | --overwrite] [--smoke]
+medssl score predictions.csv [--json out.json]
+medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
+medssl leaderboard BENCHMARK_DIR
+medssl recipes [--fields]
+medssl data synth OUT --subjects N --sites S --shape 64
+medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K]
+medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ from rich.table import Table
 from medssl.errors import CohortError, MedsslError, RecipeError
 from medssl.run_folder import check_run_folder
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Self-supervised pre-training of 3D encoders on medical images, with OpenBHB-style evaluation.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Self-supervised pre-training of 3D encoders on medical images, with OpenBHB-style evaluation.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts, memory-mapped caches.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -49,8 +53,11 @@ def _run_dir(name: str, out: Optional[Path], resume: bool) -> Path:
     if resume:
         # Only <name>-<date>-<time>: "simclr-*" would also match the runs of "simclr-smoke".
         pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
-        previous = sorted(path.parent.parent for path in runs.glob(f"{name}-*/checkpoints/last.pt")
-                          if pattern.fullmatch(path.parent.parent.name))
+        previous = sorted(
+            path.parent.parent
+            for path in runs.glob(f"{name}-*/checkpoints/last.pt")
+            if pattern.fullmatch(path.parent.parent.name)
+        )
         if previous:
             return previous[-1]
     return runs / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -61,7 +68,13 @@ def _smoke(recipe, overrides: list[str]):
     from medssl.config import apply_overrides, recipe_from_dict, smoke_recipe
 
     smoke = smoke_recipe(recipe)
-    return recipe_from_dict(apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke", overrides=overrides) if overrides else smoke
+    return (
+        recipe_from_dict(
+            apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke", overrides=overrides
+        )
+        if overrides
+        else smoke
+    )
 
 
 @contextmanager
@@ -79,8 +92,17 @@ def _launch_torchrun(devices: int) -> None:
     arguments = [arg for arg in sys.argv[1:] if not arg.startswith("--devices")]
     if "--devices" in sys.argv:
         index = sys.argv.index("--devices")
-        arguments = sys.argv[1:index] + sys.argv[index + 2:]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}", "-m", "medssl", *arguments]
+        arguments = sys.argv[1:index] + sys.argv[index + 2 :]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "medssl",
+        *arguments,
+    ]
     console.print(f"Launching {devices} processes: {' '.join(command[2:])}")
     raise typer.Exit(subprocess.call(command))
 
@@ -90,10 +112,20 @@ def pretrain(
     recipe: str = typer.Argument(..., help="Recipe YAML path or shipped recipe name (see `medssl recipes`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (latest run of the recipe without --out)."),
-    smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
-    devices: int = typer.Option(1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, encoder, eval)."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the run folder's last checkpoint (latest run of the recipe without --out).",
+    ),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."
+    ),
+    devices: int = typer.Option(
+        1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, encoder, eval)."
+    ),
 ) -> None:
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
     from medssl.config import load_recipe
@@ -117,14 +149,18 @@ def pretrain(
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
     if not quiet:
-        console.print(f"Done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}")
+        console.print(
+            f"Done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}"
+        )
 
 
 @app.command()
 def evaluate(
     source: Path = typer.Argument(..., help="A run folder (with recipe.yaml and encoder.pt) or an encoder.pt file."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    cohort: Optional[Path] = typer.Option(None, "--cohort", help="Cohort folder to evaluate on (default: the run's cohort)."),
+    cohort: Optional[Path] = typer.Option(
+        None, "--cohort", help="Cohort folder to evaluate on (default: the run's cohort)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default <run>/eval)."),
 ) -> None:
     """OpenBHB-style evaluation: site-stratified and leave-site-out CV probes, the challenge score, plots."""
@@ -146,20 +182,43 @@ def evaluate(
         recipe.data.root = cohort
     recipe, _ = apply_embedded_budget(recipe)
     target = out or run_dir / "eval"
-    evaluate_encoder(encoder, open_cohort(recipe, console), recipe, target, device=resolve_device(recipe.train.device), console=console)
+    evaluate_encoder(
+        encoder,
+        open_cohort(recipe, console),
+        recipe,
+        target,
+        device=resolve_device(recipe.train.device),
+        console=console,
+    )
 
 
 @app.command()
 def finetune(
     recipe: str = typer.Argument(..., help="Fine-tuning recipe YAML path or shipped name (e.g. finetune_diagnosis)."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    encoder: str = typer.Option(..., "--encoder", help="Pre-trained encoder.pt, or a run folder holding it; 'none' trains from scratch (the baseline)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."),
+    encoder: str = typer.Option(
+        ...,
+        "--encoder",
+        help="Pre-trained encoder.pt, or a run folder holding it; 'none' trains from scratch (the baseline).",
+    ),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the fine-tuning in --out: finished seeds are kept, an interrupted one continues from its checkpoint."),
-    smoke: bool = typer.Option(False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the fine-tuning in --out: finished seeds are kept, an interrupted one continues from its checkpoint.",
+    ),
+    smoke: bool = typer.Option(
+        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
-    train_sizes: Optional[str] = typer.Option(None, "--train-sizes", help="Label efficiency: fine-tune the encoder and a from-scratch network on this many labelled subjects each, e.g. 20,50,100,all; rerun to resume."),
+    train_sizes: Optional[str] = typer.Option(
+        None,
+        "--train-sizes",
+        help="Label efficiency: fine-tune the encoder and a from-scratch network on this many labelled subjects each, e.g. 20,50,100,all; rerun to resume.",
+    ),
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
@@ -176,7 +235,9 @@ def finetune(
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
     if train_sizes is not None:
         if encoder.lower() == "none":
-            raise RecipeError("--train-sizes compares a pre-trained encoder with training from scratch: give --encoder PATH")
+            raise RecipeError(
+                "--train-sizes compares a pre-trained encoder with training from scratch: give --encoder PATH"
+            )
         sizes = parse_train_sizes(train_sizes)
         with _quiet_sklearn(smoke):
             label_efficiency(resolved, encoder, sizes, run_dir, console=console)
@@ -185,7 +246,9 @@ def finetune(
     check_run_folder(run_dir, resume=resume, overwrite=overwrite)
     try:
         with _quiet_sklearn(smoke):
-            finetune_encoder(resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console, resume=resume)
+            finetune_encoder(
+                resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console, resume=resume
+            )
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
 
@@ -194,18 +257,29 @@ def finetune(
 def score(
     predictions: Path = typer.Argument(..., help="CSV/TSV with participant_id, split, site, age, age_pred, site_pred."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
-    n_sites: Optional[int] = typer.Option(None, "--n-sites", help="Training sites for ramp_combined (default: distinct sites of the train rows)."),
+    n_sites: Optional[int] = typer.Option(
+        None, "--n-sites", help="Training sites for ramp_combined (default: distinct sites of the train rows)."
+    ),
     id_col: str = typer.Option("participant_id", help="Column of subject ids."),
     split_col: str = typer.Option("split", help="Column of splits (train, internal_test, external_test)."),
     site_col: str = typer.Option("site", help="Column of true sites."),
     age_col: str = typer.Option("age", help="Column of true ages."),
     age_pred_col: str = typer.Option("age_pred", help="Column of predicted ages."),
-    site_pred_col: str = typer.Option("site_pred", help="Column of predicted sites (or prefix of per-site probability columns)."),
+    site_pred_col: str = typer.Option(
+        "site_pred", help="Column of predicted sites (or prefix of per-site probability columns)."
+    ),
 ) -> None:
     """Challenge metrics (MAE internal/external, site BAcc, L_c, RAMP combined) from a CSV of predictions."""
     from medssl.eval.score import UnseenSiteWarning, read_predictions, score_predictions
 
-    columns = dict(id_col=id_col, split_col=split_col, site_col=site_col, age_col=age_col, age_pred_col=age_pred_col, site_pred_col=site_pred_col)
+    columns = dict(
+        id_col=id_col,
+        split_col=split_col,
+        site_col=site_col,
+        age_col=age_col,
+        age_pred_col=age_pred_col,
+        site_pred_col=site_pred_col,
+    )
     table = read_predictions(predictions, **columns)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnseenSiteWarning)
@@ -246,11 +320,17 @@ def _seed_list(text: str) -> list[int]:
 @app.command()
 def benchmark(
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Applied to every run."),
-    recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipes (default: every pre-training recipe)."),
+    recipes: Optional[str] = typer.Option(
+        None, "--recipes", help="Comma-separated recipes (default: every pre-training recipe)."
+    ),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: one run per recipe and seed."),
-    out: Path = typer.Option(Path("benchmark"), "--out", help="Benchmark folder; rerun the same command to continue a stopped benchmark."),
+    out: Path = typer.Option(
+        Path("benchmark"), "--out", help="Benchmark folder; rerun the same command to continue a stopped benchmark."
+    ),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Runs at once, each with CPUs // jobs threads."),
-    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated GPU ids handed to the runs in turn, e.g. 0,1."),
+    devices: Optional[str] = typer.Option(
+        None, "--devices", help="Comma-separated GPU ids handed to the runs in turn, e.g. 0,1."
+    ),
     smoke: bool = typer.Option(False, "--smoke", help="Smoke runs (seconds each), to check the set-up."),
 ) -> None:
     """Pre-train and evaluate recipes x seeds on one cohort; leaderboard with baselines, mean ± sd and paired CIs."""
@@ -259,8 +339,16 @@ def benchmark(
     recipe_names = _comma_list(recipes, "--recipes") if recipes else None
     device_ids = _comma_list(devices, "--devices") if devices else None
     try:
-        result = run_benchmark(recipe_names, _seed_list(seeds), out, overrides or [], jobs=jobs, devices=device_ids,
-                               smoke=smoke, console=console)
+        result = run_benchmark(
+            recipe_names,
+            _seed_list(seeds),
+            out,
+            overrides or [],
+            jobs=jobs,
+            devices=device_ids,
+            smoke=smoke,
+            console=console,
+        )
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: rerun the same command to continue where it stopped")
         raise typer.Exit(130) from None
@@ -271,7 +359,9 @@ def benchmark(
 @app.command()
 def leaderboard(
     bench_dir: Path = typer.Argument(..., help="Benchmark folder (the --out of medssl benchmark)."),
-    reference: Optional[list[str]] = typer.Option(None, "--reference", help="Also compare every method with this row (repeatable), e.g. control_yaware_shuffled."),
+    reference: Optional[list[str]] = typer.Option(
+        None, "--reference", help="Also compare every method with this row (repeatable), e.g. control_yaware_shuffled."
+    ),
 ) -> None:
     """Rebuild a benchmark's leaderboard.{md,json,csv,png} from its finished runs."""
     from rich.markdown import Markdown
@@ -284,7 +374,9 @@ def leaderboard(
 
 
 @app.command()
-def recipes(fields: bool = typer.Option(False, "--fields", help="List every recipe field with its default and meaning.")) -> None:
+def recipes(
+    fields: bool = typer.Option(False, "--fields", help="List every recipe field with its default and meaning."),
+) -> None:
     """List the shipped recipes (or, with --fields, every recipe key)."""
     from medssl.config import shipped_recipes
 
@@ -331,9 +423,13 @@ def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the cohort into."),
     subjects: int = typer.Option(640, min=4, help="Number of subjects."),
     sites: int = typer.Option(24, min=2, help="Number of sites."),
-    external_sites: Optional[int] = typer.Option(None, min=0, help="Sites held out as the external test set (default sites / 6, at least 1, at most sites - 1)."),
+    external_sites: Optional[int] = typer.Option(
+        None, min=0, help="Sites held out as the external test set (default sites / 6, at least 1, at most sites - 1)."
+    ),
     shape: int = typer.Option(32, min=8, max=256, help="Edge of the cubic volumes in voxels."),
-    diagnosis: bool = typer.Option(False, "--diagnosis", help="Add a patient/control diagnosis (hippocampal grey-matter loss)."),
+    diagnosis: bool = typer.Option(
+        False, "--diagnosis", help="Add a patient/control diagnosis (hippocampal grey-matter loss)."
+    ),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Write a synthetic multi-site brain cohort (NIfTI volumes + participants.tsv)."""
@@ -342,15 +438,28 @@ def data_synth(
     if external_sites is None:
         external_sites = min(max(1, sites // 6), sites - 1)  # at least one site must stay internal
     elif external_sites >= sites:
-        raise CohortError(f"--external-sites {external_sites}: expected 0 to {sites - 1}, at least one of the {sites} sites must stay internal")
-    path = synthesize_cohort(out, subjects=subjects, sites=sites, external_sites=external_sites, shape=shape,
-                             diagnosis=diagnosis, seed=seed, progress=True)
+        raise CohortError(
+            f"--external-sites {external_sites}: expected 0 to {sites - 1}, at least one of the {sites} sites must stay internal"
+        )
+    path = synthesize_cohort(
+        out,
+        subjects=subjects,
+        sites=sites,
+        external_sites=external_sites,
+        shape=shape,
+        diagnosis=diagnosis,
+        seed=seed,
+        progress=True,
+    )
     console.print(f"Wrote {subjects} subjects from {sites} sites to {path}")
 
 
 @data_app.command("inspect")
 def data_inspect(
-    source: str = typer.Argument("yaware_age", help="A cohort folder, or a recipe whose cohort to inspect (default: the embedded cohort of yaware_age)."),
+    source: str = typer.Argument(
+        "yaware_age",
+        help="A cohort folder, or a recipe whose cohort to inspect (default: the embedded cohort of yaware_age).",
+    ),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
@@ -362,7 +471,9 @@ def data_inspect(
 
     if Path(source).is_dir():
         recipe = load_recipe("yaware_age", overrides or [])
-        cohort = load_cohort(Path(source), openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks)
+        cohort = load_cohort(
+            Path(source), openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks
+        )
     elif "/" in source and not source.endswith((".yaml", ".yml")):
         raise CohortError(f"{source}: no such cohort folder (give a cohort folder or a recipe)")
     else:
@@ -379,33 +490,55 @@ def _print_cohort_figures(figures: dict) -> None:
     console.print(f"[bold]{figures['cohort']}[/]: {figures['subjects']} subjects, {figures['sites']} sites")
     ranges = figures["scanner_ranges"]
     if ranges is not None:
-        view = Table(title=f"Scanner parameters: {ranges['training_sites']} training sites vs {ranges['external_sites']} external",
-                     title_justify="left")
+        view = Table(
+            title=f"Scanner parameters: {ranges['training_sites']} training sites vs {ranges['external_sites']} external",
+            title_justify="left",
+        )
         for column in ("parameter", "training min", "training max", "external sites", "inside"):
             view.add_column(column)
         for row in ranges["parameters"]:
-            view.add_row(row["parameter"], f"{row['train_min']:.3g}", f"{row['train_max']:.3g}",
-                         ", ".join(f"{value:.3g}" for value in row["external"]), "yes" if row["inside"] else "[red]no[/]")
+            view.add_row(
+                row["parameter"],
+                f"{row['train_min']:.3g}",
+                f"{row['train_max']:.3g}",
+                ", ".join(f"{value:.3g}" for value in row["external"]),
+                "yes" if row["inside"] else "[red]no[/]",
+            )
         console.print(view)
     probes = Table(title="Trivial probes, challenge protocol (lower is better)", title_justify="left")
     for column in ("probe", "age MAE internal", "age MAE external", "site BAcc", "chance BAcc", "L_c"):
         probes.add_column(column)
     for name, scores in figures["probes"].items():
-        probes.add_row(name.replace("_", " "), *(f"{scores[key]:.3f}" for key in
-                                                 ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")))
+        probes.add_row(
+            name.replace("_", " "),
+            *(
+                f"{scores[key]:.3f}"
+                for key in ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")
+            ),
+        )
     console.print(probes)
     oracle = figures["diagnosis_oracle"]
     if oracle is not None:
-        console.print(f"Diagnosis oracle (effect map read-out + age, {oracle['folds']}-fold site-stratified CV): "
-                      f"ROC AUC {oracle['roc_auc']:.3f}")
+        console.print(
+            f"Diagnosis oracle (effect map read-out + age, {oracle['folds']}-fold site-stratified CV): "
+            f"ROC AUC {oracle['roc_auc']:.3f}"
+        )
 
 
 @data_app.command("cache")
 def data_cache(
-    cohort: Path = typer.Argument(..., help="Cohort folder to cache (NIfTI + participants table, or an OpenBHB download)."),
+    cohort: Path = typer.Argument(
+        ..., help="Cohort folder to cache (NIfTI + participants table, or an OpenBHB download)."
+    ),
     out: Path = typer.Argument(..., help="Folder to write participants.tsv + volumes.npy into (use it as data.root)."),
-    shape: Optional[str] = typer.Option(None, "--shape", help="Resample to D,H,W (or one edge for a cube), e.g. 64 or 64,76,64; default: the recipe's data.volume_shape, else the stored shape."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Take data.volume_shape and data.openbhb_modality from this recipe."),
+    shape: Optional[str] = typer.Option(
+        None,
+        "--shape",
+        help="Resample to D,H,W (or one edge for a cube), e.g. 64 or 64,76,64; default: the recipe's data.volume_shape, else the stored shape.",
+    ),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help="Take data.volume_shape and data.openbhb_modality from this recipe."
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="Stored type: float32, or float16 for half the disk."),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes reading and resampling volumes in parallel."),
 ) -> None:
@@ -426,12 +559,21 @@ def data_cache(
         if len(edges) not in (1, 3) or min(edges) < 1:
             raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64")
         volume_shape = edges * 3 if len(edges) == 1 else edges
-    source = load_cohort(cohort, openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw",
-                         openbhb_masks=resolved.data.openbhb_masks if resolved else None)
+    source = load_cohort(
+        cohort,
+        openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw",
+        openbhb_masks=resolved.data.openbhb_masks if resolved else None,
+    )
     with Progress(console=console) as progress:
         task = progress.add_task(f"caching {len(source)} volumes", total=len(source))
-        cache_cohort(source, out, volume_shape=volume_shape, dtype=dtype, num_workers=workers,
-                     on_volume=lambda done, total: progress.update(task, completed=done))
+        cache_cohort(
+            source,
+            out,
+            volume_shape=volume_shape,
+            dtype=dtype,
+            num_workers=workers,
+            on_volume=lambda done, total: progress.update(task, completed=done),
+        )
     shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
     console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype}) in {out}: set data.root: {out}")
 
@@ -461,8 +603,12 @@ def main() -> None:
         stderr.print(f"[bold red]error:[/] {_error_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Interrupted as interrupted:
-        stderr.print(f"interrupted: rerun with --resume --out {interrupted.run_dir} to continue from the last checkpoint",
-                     highlight=False, soft_wrap=True, markup=False)
+        stderr.print(
+            f"interrupted: rerun with --resume --out {interrupted.run_dir} to continue from the last checkpoint",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
         sys.exit(130)
     except OSError as error:  # a write that no medssl code expected to fail: still one line naming the path
         from medssl.files import output_error

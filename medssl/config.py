@@ -46,35 +46,61 @@ class SyntheticCohortConfig(Section):
     sites: int = Field(24, ge=2, description="Number of acquisition sites (scanners).")
     external_sites: int = Field(4, ge=0, description="Sites held out entirely as the external test set.")
     shape: int = Field(32, ge=8, le=256, description="Edge length of the cubic synthetic volumes (voxels).")
-    diagnosis: bool = Field(False, description="Add a binary diagnosis: patients lose grey matter around both hippocampi.")
+    diagnosis: bool = Field(
+        False, description="Add a binary diagnosis: patients lose grey matter around both hippocampi."
+    )
     seed: int = Field(0, description="Seed of the generator; the same seed gives the same cohort.")
 
 
 class DataConfig(Section):
-    root: Path | None = Field(None, description="Cohort folder: NIfTI volumes + participants table, an OpenBHB download or challenge kit, or a `medssl data cache` folder; null uses the embedded synthetic cohort.")
-    label: str | None = Field("age", description="Participants column used as the label y of label-aware losses (null: none).")
-    volume_shape: list[int] | None = Field(None, min_length=3, max_length=3, description="Resize every volume to this (D, H, W) before augmentation; null keeps the stored shape.")
+    root: Path | None = Field(
+        None,
+        description="Cohort folder: NIfTI volumes + participants table, an OpenBHB download or challenge kit, or a `medssl data cache` folder; null uses the embedded synthetic cohort.",
+    )
+    label: str | None = Field(
+        "age", description="Participants column used as the label y of label-aware losses (null: none)."
+    )
+    volume_shape: list[int] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="Resize every volume to this (D, H, W) before augmentation; null keeps the stored shape.",
+    )
     max_subjects: int | None = Field(None, ge=2, description="Use at most this many training subjects (null: all).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    openbhb_modality: Literal["quasiraw", "vbm"] = Field("quasiraw", description="OpenBHB downloads: volumes to read, quasiraw (1x182x218x182, 1 mm) or vbm (CAT12 grey matter, 1x121x145x121, 1.5 mm).")
-    openbhb_masks: Path | None = Field(None, description="OpenBHB challenge kit: folder of its two mask images (cat12vbm_space-MNI152_desc-gm_TPM.nii.gz, quasiraw_space-MNI152_desc-brain_T1w.nii.gz) that unmask its rows; null: data.root.")
-    synthetic: SyntheticCohortConfig = Field(default_factory=SyntheticCohortConfig, description="Embedded synthetic cohort used when root is null.")
+    openbhb_modality: Literal["quasiraw", "vbm"] = Field(
+        "quasiraw",
+        description="OpenBHB downloads: volumes to read, quasiraw (1x182x218x182, 1 mm) or vbm (CAT12 grey matter, 1x121x145x121, 1.5 mm).",
+    )
+    openbhb_masks: Path | None = Field(
+        None,
+        description="OpenBHB challenge kit: folder of its two mask images (cat12vbm_space-MNI152_desc-gm_TPM.nii.gz, quasiraw_space-MNI152_desc-brain_T1w.nii.gz) that unmask its rows; null: data.root.",
+    )
+    synthetic: SyntheticCohortConfig = Field(
+        default_factory=SyntheticCohortConfig, description="Embedded synthetic cohort used when root is null."
+    )
 
 
 # ----------------------------------------------------------------------------- views
 class CropConfig(Section):
     p: float = Field(0.0, ge=0, le=1, description="Probability of a random crop resized back to full size.")
-    scale: tuple[float, float] = Field((0.6, 1.0), description="Range of the crop edge as a fraction of the volume edge.")
+    scale: tuple[float, float] = Field(
+        (0.6, 1.0), description="Range of the crop edge as a fraction of the volume edge."
+    )
 
 
 class CutoutConfig(Section):
     p: float = Field(0.0, ge=0, le=1, description="Probability of zeroing a random box (cutout).")
-    size: tuple[float, float] = Field((0.25, 0.25), description="Range of the box edge as a fraction of the volume edge.")
+    size: tuple[float, float] = Field(
+        (0.25, 0.25), description="Range of the box edge as a fraction of the volume edge."
+    )
 
 
 class FlipConfig(Section):
     p: float = Field(0.0, ge=0, le=1, description="Probability of a flip along each spatial axis.")
-    axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes that may be flipped (0 = left-right for RAS volumes).")
+    axes: list[int] = Field(
+        default_factory=lambda: [0], description="Spatial axes that may be flipped (0 = left-right for RAS volumes)."
+    )
 
 
 class BlurConfig(Section):
@@ -84,7 +110,9 @@ class BlurConfig(Section):
 
 class NoiseConfig(Section):
     p: float = Field(0.0, ge=0, le=1, description="Probability of additive Gaussian noise.")
-    std: tuple[float, float] = Field((0.0, 0.1), description="Range of the noise standard deviation (normalised intensities).")
+    std: tuple[float, float] = Field(
+        (0.0, 0.1), description="Range of the noise standard deviation (normalised intensities)."
+    )
 
 
 class AffineConfig(Section):
@@ -96,7 +124,9 @@ class AffineConfig(Section):
 
 class ViewsConfig(Section):
     n_views: int = Field(2, ge=1, description="Augmented views drawn per subject.")
-    normalize: Literal["zscore", "minmax", "none"] = Field("zscore", description="Intensity normalisation applied before augmentation.")
+    normalize: Literal["zscore", "minmax", "none"] = Field(
+        "zscore", description="Intensity normalisation applied before augmentation."
+    )
     crop: CropConfig = Field(default_factory=CropConfig, description="Random crop then resize back.")
     cutout: CutoutConfig = Field(default_factory=CutoutConfig, description="Zero a random box.")
     flip: FlipConfig = Field(default_factory=FlipConfig, description="Random flips.")
@@ -118,20 +148,36 @@ NARROW_RESNET_WIDTHS = [16, 32, 64, 128]
 
 
 class ModelConfig(Section):
-    encoder: EncoderName = Field("resnet18", description="3D backbone (MONAI networks; alexnet is medssl's 3D AlexNet).")
-    widths: list[int] | None = Field(None, min_length=4, max_length=4, description="ResNet stage widths (MONAI's block_inplanes; null: 64, 128, 256, 512).")
+    encoder: EncoderName = Field(
+        "resnet18", description="3D backbone (MONAI networks; alexnet is medssl's 3D AlexNet)."
+    )
+    widths: list[int] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="ResNet stage widths (MONAI's block_inplanes; null: 64, 128, 256, 512).",
+    )
     in_channels: int = Field(1, ge=1, description="Input channels of the volumes.")
-    conv1_stride: int = Field(2, ge=1, le=2, description="Stride of the ResNet stem convolution (MONAI's default 1 costs 8x the compute).")
+    conv1_stride: int = Field(
+        2, ge=1, le=2, description="Stride of the ResNet stem convolution (MONAI's default 1 costs 8x the compute)."
+    )
     head: HeadConfig = Field(default_factory=HeadConfig, description="Projection head on top of the encoder features.")
-    activation_checkpointing: bool = Field(False, description="Recompute the encoder's stage activations in backward instead of storing them (ResNets, DenseNet121): less memory per volume (DenseNet121 at 32^3: 0.72x), more time per step (1.3-1.4x on CPU).")
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute the encoder's stage activations in backward instead of storing them (ResNets, DenseNet121): less memory per volume (DenseNet121 at 32^3: 0.72x), more time per step (1.3-1.4x on CPU).",
+    )
 
     @model_validator(mode="after")
     def _widths_need_a_resnet(self) -> ModelConfig:
         if self.widths is not None and not self.encoder.startswith("resnet"):
-            raise ValueError(f"model.widths is set but model.encoder = {self.encoder!r}: only ResNets take stage widths")
+            raise ValueError(
+                f"model.widths is set but model.encoder = {self.encoder!r}: only ResNets take stage widths"
+            )
         # AlexNet3D's single Sequential of layers has no stages to checkpoint; silently doing nothing would mislead.
         if self.activation_checkpointing and self.encoder == "alexnet":
-            raise ValueError("model.activation_checkpointing is set but model.encoder = 'alexnet': only ResNets and DenseNet121 support it")
+            raise ValueError(
+                "model.activation_checkpointing is set but model.encoder = 'alexnet': only ResNets and DenseNet121 support it"
+            )
         return self
 
 
@@ -141,12 +187,27 @@ class ModelConfig(Section):
 METHOD_NAME_FIELD = Field(description="The method; the other keys of the section are its own.")
 Temperature = Annotated[float, Field(gt=0, description="Softmax temperature tau of the contrastive loss.")]
 Sigma = Annotated[float, Field(gt=0, description="Bandwidth of the label kernel (label units, e.g. years).")]
-Kernel = Annotated[Literal["gaussian", "rbf", "cauchy"], Field(description="Kernel on labels that weighs how much two subjects count as positives.")]
-ReferenceCode = Annotated[bool, Field(description="Compute what the authors' code computes instead of the paper's formula.")]
+Kernel = Annotated[
+    Literal["gaussian", "rbf", "cauchy"],
+    Field(description="Kernel on labels that weighs how much two subjects count as positives."),
+]
+ReferenceCode = Annotated[
+    bool, Field(description="Compute what the authors' code computes instead of the paper's formula.")
+]
 Eps = Annotated[float, Field(description="Margin epsilon between positive and negative similarities.")]
-ShuffleLabels = Annotated[bool, Field(description="Permute the labels within each batch. A deliberately broken control, to check that a benchmark can tell.")]
-EmaMomentum = Annotated[float, Field(ge=0, le=1, description="Base EMA momentum of the target network, raised to 1 along a cosine over the run.")]
-PredictorHiddenDim = Annotated[int, Field(ge=1, description="Hidden width of the predictor on top of the projection head.")]
+ShuffleLabels = Annotated[
+    bool,
+    Field(
+        description="Permute the labels within each batch. A deliberately broken control, to check that a benchmark can tell."
+    ),
+]
+EmaMomentum = Annotated[
+    float,
+    Field(ge=0, le=1, description="Base EMA momentum of the target network, raised to 1 along a cosine over the run."),
+]
+PredictorHiddenDim = Annotated[
+    int, Field(ge=1, description="Hidden width of the predictor on top of the projection head.")
+]
 
 
 SectionT = TypeVar("SectionT", bound="MethodSection")
@@ -249,7 +310,10 @@ class VICRegConfig(MethodSection):
     sim_weight: float = Field(25.0, ge=0, description="Invariance weight (lambda).")
     var_weight: float = Field(25.0, ge=0, description="Variance weight (mu).")
     cov_weight: float = Field(1.0, ge=0, description="Covariance weight (nu).")
-    vicreg_form: Literal["authors", "paper_sum"] = Field("authors", description="'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).")
+    vicreg_form: Literal["authors", "paper_sum"] = Field(
+        "authors",
+        description="'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).",
+    )
 
 
 class BYOLConfig(MethodSection):
@@ -272,14 +336,22 @@ class DINOConfig(MethodSection):
 
     name: Annotated[Literal["dino"], METHOD_NAME_FIELD] = "dino"
     temperature: float = Field(0.1, gt=0, description="Student softmax temperature.")
-    teacher_temperature: float = Field(0.04, gt=0, description="Teacher temperature (sharpening), reached after the warm-up.")
-    warmup_teacher_temperature: float = Field(0.04, gt=0, description="Teacher temperature of the first epoch, raised linearly to teacher_temperature.")
-    warmup_teacher_temperature_epochs: int = Field(0, ge=0, description="Epochs of the teacher-temperature warm-up (at most train.epochs; DINO's ViT recipes: 30).")
+    teacher_temperature: float = Field(
+        0.04, gt=0, description="Teacher temperature (sharpening), reached after the warm-up."
+    )
+    warmup_teacher_temperature: float = Field(
+        0.04, gt=0, description="Teacher temperature of the first epoch, raised linearly to teacher_temperature."
+    )
+    warmup_teacher_temperature_epochs: int = Field(
+        0, ge=0, description="Epochs of the teacher-temperature warm-up (at most train.epochs; DINO's ViT recipes: 30)."
+    )
     center_momentum: float = Field(0.9, ge=0, le=1, description="EMA momentum of the teacher centre.")
     momentum: EmaMomentum = 0.996
     out_dim: int = Field(4096, ge=2, description="Prototypes (output dimension of the DINO head).")
     local_crops: int = Field(4, ge=0, description="Local crops per subject, cut from the 2 global views.")
-    local_crop_scale: tuple[float, float] = Field((0.3, 0.5), description="Local crop edge as a fraction of the volume edge.")
+    local_crop_scale: tuple[float, float] = Field(
+        (0.3, 0.5), description="Local crop edge as a fraction of the volume edge."
+    )
 
     def smoke(self) -> DINOConfig:
         return self.model_copy(update={"out_dim": min(self.out_dim, 64), "local_crops": min(self.local_crops, 2)})
@@ -301,7 +373,9 @@ class SupervisedConfig(MethodSection):
     """Supervised baseline: the encoder trained end-to-end on data.label (Dufumier et al., NeuroImage 2022)."""
 
     name: Annotated[Literal["supervised"], METHOD_NAME_FIELD] = "supervised"
-    task: Literal["regression", "classification"] = Field("regression", description="L1 regression of data.label, or cross-entropy classification.")
+    task: Literal["regression", "classification"] = Field(
+        "regression", description="L1 regression of data.label, or cross-entropy classification."
+    )
     classes: int = Field(2, ge=2, description="Classification: number of classes of data.label.")
 
 
@@ -317,12 +391,28 @@ def _default_method_name(raw: Any) -> Any:
 # because field_docs recognises the union by get_origin(...) is Union.
 MethodConfig = Annotated[
     Union[  # noqa: UP007
-        YAwareConfig, SimCLRConfig, ThresholdConfig, ExponentialConfig, SupConConfig, EpsSupInfoNCEConfig, EpsSupConConfig,
-        DecoupledConfig, BYOLConfig, SimSiamConfig, BarlowTwinsConfig, VICRegConfig, DINOConfig, DeepClusterConfig, SupervisedConfig,
+        YAwareConfig,
+        SimCLRConfig,
+        ThresholdConfig,
+        ExponentialConfig,
+        SupConConfig,
+        EpsSupInfoNCEConfig,
+        EpsSupConConfig,
+        DecoupledConfig,
+        BYOLConfig,
+        SimSiamConfig,
+        BarlowTwinsConfig,
+        VICRegConfig,
+        DINOConfig,
+        DeepClusterConfig,
+        SupervisedConfig,
     ],
-    Field(discriminator="name"), BeforeValidator(_default_method_name),
+    Field(discriminator="name"),
+    BeforeValidator(_default_method_name),
 ]
-METHOD_SECTIONS: dict[str, type[MethodSection]] = {section.method_name(): section for section in get_args(get_args(MethodConfig)[0])}
+METHOD_SECTIONS: dict[str, type[MethodSection]] = {
+    section.method_name(): section for section in get_args(get_args(MethodConfig)[0])
+}
 METHOD_NAMES = tuple(METHOD_SECTIONS)
 
 
@@ -332,24 +422,45 @@ class EmbeddedBudgetConfig(Section):
     for every method to converge on a laptop CPU (the recipe's own settings are for real data)."""
 
     steps: int = Field(500, ge=1, description="Optimiser steps on the embedded cohort (rounded up to whole epochs).")
-    epochs: int | None = Field(None, ge=1, description="Epochs on the embedded cohort instead of steps (null: from steps).")
+    epochs: int | None = Field(
+        None, ge=1, description="Epochs on the embedded cohort instead of steps (null: from steps)."
+    )
     batch_size: int = Field(32, ge=2, description="Batch size (subjects) on the embedded cohort.")
     lr: float | None = Field(None, gt=0, description="Learning rate on the embedded cohort (null keeps train.lr).")
-    encoder: EncoderName | None = Field("resnet18", description="Encoder on the embedded cohort (null keeps model.encoder).")
-    widths: list[int] | None = Field(default_factory=lambda: list(NARROW_RESNET_WIDTHS), min_length=4, max_length=4, description="ResNet stage widths on the embedded cohort (null: the network's own).")
-    precision: Literal["fp32", "bf16", "fp16"] | None = Field("fp32", description="Autocast precision on the embedded cohort (null keeps train.precision): its 32^3 volumes reach the depth-2 convolutions that bf16 gets wrong on CPU.")
-    channels_last: bool | None = Field(False, description="channels_last_3d on the embedded cohort (null keeps train.channels_last).")
+    encoder: EncoderName | None = Field(
+        "resnet18", description="Encoder on the embedded cohort (null keeps model.encoder)."
+    )
+    widths: list[int] | None = Field(
+        default_factory=lambda: list(NARROW_RESNET_WIDTHS),
+        min_length=4,
+        max_length=4,
+        description="ResNet stage widths on the embedded cohort (null: the network's own).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+        "fp32",
+        description="Autocast precision on the embedded cohort (null keeps train.precision): its 32^3 volumes reach the depth-2 convolutions that bf16 gets wrong on CPU.",
+    )
+    channels_last: bool | None = Field(
+        False, description="channels_last_3d on the embedded cohort (null keeps train.channels_last)."
+    )
 
 
 class TrainConfig(Section):
     epochs: int = Field(50, ge=1, description="Passes over the training cohort.")
     batch_size: int = Field(64, ge=2, description="Subjects per step (each seen in views.n_views views).")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole cohort).")
-    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field("adam", description="Optimiser; lars: SGD with a layer-wise trust ratio, biases and norms excluded (medssl.train.lars).")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Stop an epoch after this many steps (null: the whole cohort)."
+    )
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = Field(
+        "adam",
+        description="Optimiser; lars: SGD with a layer-wise trust ratio, biases and norms excluded (medssl.train.lars).",
+    )
     lr: float = Field(1e-4, gt=0, description="Base learning rate.")
     weight_decay: float = Field(5e-5, ge=0, description="Weight decay.")
     momentum: float = Field(0.9, ge=0, le=1, description="SGD momentum.")
-    scheduler: Literal["none", "cosine", "step"] = Field("none", description="Learning-rate schedule over the steps of the run.")
+    scheduler: Literal["none", "cosine", "step"] = Field(
+        "none", description="Learning-rate schedule over the steps of the run."
+    )
     warmup_epochs: int = Field(0, ge=0, description="Linear warm-up epochs before the schedule.")
     step_gamma: float = Field(0.9, gt=0, le=1, description="Decay factor per epoch of the step schedule.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value (null: no clipping).")
@@ -360,7 +471,10 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of every random number generator.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda[:k]'.")
     checkpoint_every: int = Field(1, ge=1, description="Write checkpoints/last.pt every this many epochs.")
-    embedded: EmbeddedBudgetConfig = Field(default_factory=EmbeddedBudgetConfig, description="Smaller budget applied when the embedded synthetic cohort is used.")
+    embedded: EmbeddedBudgetConfig = Field(
+        default_factory=EmbeddedBudgetConfig,
+        description="Smaller budget applied when the embedded synthetic cohort is used.",
+    )
 
 
 # ----------------------------------------------------------------------------- eval
@@ -369,8 +483,13 @@ class EvalConfig(Section):
     folds: int = Field(5, ge=2, description="Folds of the site-stratified cross-validation.")
     baseline: bool = Field(True, description="Also evaluate a randomly initialised encoder of the same architecture.")
     batch_size: int = Field(16, ge=1, description="Volumes per batch during feature extraction.")
-    targets: list[str] = Field(default_factory=lambda: ["age", "sex"], description="Participants columns probed by the cross-validation.")
-    folds_file: str | None = Field("auto", description="Challenge folds scored with the challenge protocol, in the OpenBHB challenge kit's cv_splits_indices.json layout (fold -> train / internal_test / external_test row numbers of the cohort's train rows); auto: the kit's own file when data.root is a challenge kit that ships one; null: none.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["age", "sex"], description="Participants columns probed by the cross-validation."
+    )
+    folds_file: str | None = Field(
+        "auto",
+        description="Challenge folds scored with the challenge protocol, in the OpenBHB challenge kit's cv_splits_indices.json layout (fold -> train / internal_test / external_test row numbers of the cohort's train rows); auto: the kit's own file when data.root is a challenge kit that ships one; null: none.",
+    )
 
 
 # ----------------------------------------------------------------------------- finetune
@@ -386,21 +505,56 @@ class FinetuneConfig(Section):
     """
 
     target: str = Field("diagnosis", description="Participants column to predict (e.g. diagnosis, age).")
-    task: Literal["auto", "classification", "regression"] = Field("auto", description="auto: regression for a numeric column with fractional values or more than 10 distinct values, else classification.")
-    positive_class: str | None = Field(None, description="Class counted as positive by binary ROC AUC and ROC curves (null: the last class in sorted order).")
-    mode: Literal["linear", "full", "lower_lr"] = Field("full", description="linear: frozen encoder (probe); full: everything at finetune.lr; lower_lr: encoder at lr x encoder_lr_factor.")
-    encoder_lr_factor: float = Field(0.1, gt=0, le=1, description="Encoder learning rate as a fraction of finetune.lr in mode lower_lr.")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="auto: regression for a numeric column with fractional values or more than 10 distinct values, else classification.",
+    )
+    positive_class: str | None = Field(
+        None,
+        description="Class counted as positive by binary ROC AUC and ROC curves (null: the last class in sorted order).",
+    )
+    mode: Literal["linear", "full", "lower_lr"] = Field(
+        "full",
+        description="linear: frozen encoder (probe); full: everything at finetune.lr; lower_lr: encoder at lr x encoder_lr_factor.",
+    )
+    encoder_lr_factor: float = Field(
+        0.1, gt=0, le=1, description="Encoder learning rate as a fraction of finetune.lr in mode lower_lr."
+    )
     epochs: int = Field(50, ge=1, description="Maximum passes over the training part.")
-    patience: int = Field(10, ge=1, description="Stop after this many epochs without a lower validation loss; the best epoch's weights are kept.")
+    patience: int = Field(
+        10,
+        ge=1,
+        description="Stop after this many epochs without a lower validation loss; the best epoch's weights are kept.",
+    )
     lr: float = Field(1e-4, gt=0, description="Learning rate of the head (and of the encoder in mode full).")
     batch_size: int = Field(16, ge=2, description="Subjects per step.")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="Stop an epoch after this many steps (null: the whole training part).")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="One run per seed (head init, validation split, batch order); results are mean +- std over them.")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the train split held out, site-stratified, for early stopping.")
-    train_size: int | None = Field(None, ge=4, description="Labelled training subjects used (validation part included), drawn per seed, stratified by site and class (null: all).")
-    class_weighting: bool = Field(True, description="Weight the cross-entropy by inverse class frequency of the training part.")
-    augment: bool = Field(False, description="Train on random views from the recipe's views section (false: the non-augmented eval transform).")
-    embedded: FinetuneEmbeddedConfig = Field(default_factory=FinetuneEmbeddedConfig, description="Smaller budget applied when the embedded synthetic cohort is used.")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Stop an epoch after this many steps (null: the whole training part)."
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="One run per seed (head init, validation split, batch order); results are mean +- std over them.",
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of the train split held out, site-stratified, for early stopping."
+    )
+    train_size: int | None = Field(
+        None,
+        ge=4,
+        description="Labelled training subjects used (validation part included), drawn per seed, stratified by site and class (null: all).",
+    )
+    class_weighting: bool = Field(
+        True, description="Weight the cross-entropy by inverse class frequency of the training part."
+    )
+    augment: bool = Field(
+        False,
+        description="Train on random views from the recipe's views section (false: the non-augmented eval transform).",
+    )
+    embedded: FinetuneEmbeddedConfig = Field(
+        default_factory=FinetuneEmbeddedConfig,
+        description="Smaller budget applied when the embedded synthetic cohort is used.",
+    )
 
 
 class Recipe(Section):
@@ -409,10 +563,14 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     views: ViewsConfig = Field(default_factory=ViewsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=YAwareConfig, description="Training objective: method.name and that method's own keys.")
+    method: MethodConfig = Field(
+        default_factory=YAwareConfig, description="Training objective: method.name and that method's own keys."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning on a labelled cohort (`medssl finetune`).")
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Fine-tuning on a labelled cohort (`medssl finetune`)."
+    )
 
     @property
     def uses_embedded_cohort(self) -> bool:
@@ -440,15 +598,17 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
     for method, unknown in unknown_method_keys.items():
         listed = ", ".join(f"'{key}'" for key in unknown)
         own = ", ".join(METHOD_SECTIONS[method].model_fields)
-        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})"
-                        + _method_switch_hint(unknown, overrides or []))
+        problems.append(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})"
+            + _method_switch_hint(unknown, overrides or [])
+        )
     # An override of train.epochs (model.widths) also sets train.embedded.epochs (.widths): report a bad value once.
     sources = {f"'{'.'.join(twin)}'": f"'{'.'.join(key)}'" for key, twin in MODEL_TWINS.items()}
 
     def own_key(problem: str) -> str:
         for twin, key in sources.items():
             if problem.startswith(twin):
-                return key + problem[len(twin):]
+                return key + problem[len(twin) :]
         return problem.replace(".embedded.", ".", 1)
 
     problems = [problem for problem in problems if own_key(problem) == problem or own_key(problem) not in problems]
@@ -480,8 +640,10 @@ def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
             if target:
                 by_key.setdefault(".".join(target), text)
     # A bad key inside an overridden section (data={...}) is that override's fault too.
-    culprits = {next((text for key_path, text in by_key.items() if key == key_path or key.startswith(key_path + ".")), None)
-                for key in keys}
+    culprits = {
+        next((text for key_path, text in by_key.items() if key == key_path or key.startswith(key_path + ".")), None)
+        for key in keys
+    }
     if None in culprits or not culprits:
         return source
     return "command-line override " + ", ".join(sorted(text for text in culprits if text is not None))
@@ -503,7 +665,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 # Keys of another section that the embedded budget replaces.
-MODEL_TWINS: dict[tuple[str, ...], list[str]] = {("model", "encoder"): ["train", "embedded", "encoder"], ("model", "widths"): ["train", "embedded", "widths"]}
+MODEL_TWINS: dict[tuple[str, ...], list[str]] = {
+    ("model", "encoder"): ["train", "embedded", "encoder"],
+    ("model", "widths"): ["train", "embedded", "widths"],
+}
 
 
 def _embedded_twin(path: list[str]) -> list[str] | None:
@@ -564,14 +729,39 @@ def recipe_from_dict(raw: dict, source: str = "recipe", overrides: list[str] | N
 
 # The single method section of medssl's earlier versions held every method's keys, and the
 # recipe.yaml of each run dumped them all. These keys were in it from the start ...
-FLAT_METHOD_SECTION_MARKERS = frozenset({
-    "name", "temperature", "sigma", "kernel", "reference_code", "eps", "lambd", "sim_weight", "var_weight", "cov_weight",
-    "momentum", "predictor_hidden_dim", "teacher_temperature", "center_momentum", "out_dim", "local_crops",
-    "local_crop_scale", "clusters", "pca_dim", "kmeans_iters",
-})
+FLAT_METHOD_SECTION_MARKERS = frozenset(
+    {
+        "name",
+        "temperature",
+        "sigma",
+        "kernel",
+        "reference_code",
+        "eps",
+        "lambd",
+        "sim_weight",
+        "var_weight",
+        "cov_weight",
+        "momentum",
+        "predictor_hidden_dim",
+        "teacher_temperature",
+        "center_momentum",
+        "out_dim",
+        "local_crops",
+        "local_crop_scale",
+        "clusters",
+        "pca_dim",
+        "kmeans_iters",
+    }
+)
 # ... and these were added later.
 FLAT_METHOD_SECTION_KEYS = FLAT_METHOD_SECTION_MARKERS | {
-    "vicreg_form", "warmup_teacher_temperature", "warmup_teacher_temperature_epochs", "task", "classes", "shuffle_labels"}
+    "vicreg_form",
+    "warmup_teacher_temperature",
+    "warmup_teacher_temperature_epochs",
+    "task",
+    "classes",
+    "shuffle_labels",
+}
 
 
 def trim_flat_method_section(raw: dict) -> dict:
@@ -587,7 +777,11 @@ def trim_flat_method_section(raw: dict) -> dict:
     section = METHOD_SECTIONS.get(method.get("name") or DEFAULT_METHOD)
     if section is None:
         return raw
-    kept = {key: value for key, value in method.items() if key in section.model_fields or key not in FLAT_METHOD_SECTION_KEYS}
+    kept = {
+        key: value
+        for key, value in method.items()
+        if key in section.model_fields or key not in FLAT_METHOD_SECTION_KEYS
+    }
     return {**raw, "method": kept}
 
 
@@ -599,7 +793,9 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}")
+        raise RecipeError(
+            f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}"
+        )
     raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, overrides or [])
     return recipe_from_dict(raw, source=str(path), overrides=overrides)
@@ -668,8 +864,14 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     smoke = recipe.model_copy(deep=True)
     # DenseNet121 downsamples 32-fold: 32^3 is the smallest volume it accepts.
     shape = 32 if recipe.model.encoder == "densenet121" else 16
-    smoke.data.synthetic = SyntheticCohortConfig(subjects=16, sites=4, external_sites=1, shape=shape,
-                                                 diagnosis=recipe.data.synthetic.diagnosis, seed=recipe.data.synthetic.seed)
+    smoke.data.synthetic = SyntheticCohortConfig(
+        subjects=16,
+        sites=4,
+        external_sites=1,
+        shape=shape,
+        diagnosis=recipe.data.synthetic.diagnosis,
+        seed=recipe.data.synthetic.seed,
+    )
     if smoke.data.root is not None:
         smoke.data.volume_shape = [shape] * 3
     smoke.data.num_workers = 0

@@ -32,9 +32,13 @@ def output_error(error: OSError, path: str | Path) -> OutputError | None:
     if error.errno in NO_SPACE:
         folder = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
         free = shutil.disk_usage(folder).free / 2**20
-        return OutputError(f"no space left on device writing {path} ({free:.0f} MB free there); free some space and rerun")
+        return OutputError(
+            f"no space left on device writing {path} ({free:.0f} MB free there); free some space and rerun"
+        )
     if error.errno in NOT_WRITABLE:
-        return OutputError(f"cannot write {path}: {error.strerror or os.strerror(error.errno)}; choose a writable folder")
+        return OutputError(
+            f"cannot write {path}: {error.strerror or os.strerror(error.errno)}; choose a writable folder"
+        )
     return None
 
 

@@ -29,8 +29,14 @@ from medssl.train.pretraining import build_pretraining, run_pretraining
 from medssl.train.trainer import RunResult
 
 
-def pretrain(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Console | None = None,
-             on_epoch_end: Callable[[int], None] | None = None, method: Method | None = None) -> RunResult:
+def pretrain(
+    recipe: Recipe,
+    run_dir: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    method: Method | None = None,
+) -> RunResult:
     """Pre-train the recipe's encoder with its method (or ``method``), then plot the loss and,
     with ``eval.after_pretrain``, evaluate the encoder on the whole cohort (main process only)."""
     pretraining = build_pretraining(recipe, run_dir, resume=resume, console=console, method=method)
@@ -45,6 +51,12 @@ def pretrain(recipe: Recipe, run_dir: str | Path, resume: bool = False, console:
     if len(table):
         plot_loss_curve(table[table["kind"] == "step"], run_dir / "loss.png")
     if pretraining.recipe.eval.after_pretrain:
-        result.evaluation = evaluate_encoder(pretraining.method.encoder, pretraining.data.cohort, pretraining.recipe,
-                                             run_dir / "eval", device=pretraining.trainer.device, console=console)
+        result.evaluation = evaluate_encoder(
+            pretraining.method.encoder,
+            pretraining.data.cohort,
+            pretraining.recipe,
+            run_dir / "eval",
+            device=pretraining.trainer.device,
+            console=console,
+        )
     return result

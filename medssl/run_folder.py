@@ -11,9 +11,23 @@ from medssl.errors import MedsslError
 
 # What pretrain and finetune write: --overwrite removes these and nothing else, so a mistyped
 # --out pointing at a folder of the user's own files loses none of them.
-RUN_ARTEFACTS = ("recipe.yaml", "metrics.csv", "tensorboard", "checkpoints", "encoder.pt", "encoder.json", "loss.png",
-                 "eval", "finetune.json", "finetune.csv", "predictions.csv", "history.csv", "seeds",
-                 "roc_*.png", "predictions_*.png")
+RUN_ARTEFACTS = (
+    "recipe.yaml",
+    "metrics.csv",
+    "tensorboard",
+    "checkpoints",
+    "encoder.pt",
+    "encoder.json",
+    "loss.png",
+    "eval",
+    "finetune.json",
+    "finetune.csv",
+    "predictions.csv",
+    "history.csv",
+    "seeds",
+    "roc_*.png",
+    "predictions_*.png",
+)
 
 
 def run_artefacts(run_dir: Path) -> list[Path]:
@@ -36,5 +50,6 @@ def check_run_folder(run_dir: Path, *, resume: bool = False, overwrite: bool = F
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         return
     options = "rerun with --resume to continue it, " if can_resume else ""
-    raise MedsslError(f"{run_dir}: the folder already holds a run; {options}choose a new --out, "
-                      "or add --overwrite to replace it")
+    raise MedsslError(
+        f"{run_dir}: the folder already holds a run; {options}choose a new --out, or add --overwrite to replace it"
+    )

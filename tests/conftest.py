@@ -36,5 +36,12 @@ def tiny_cohort(tmp_path_factory) -> Path:
     """16 subjects, 4 sites (1 external), 16^3 volumes, with a diagnosis column."""
     from medssl.data.synthetic import synthesize_cohort
 
-    return synthesize_cohort(tmp_path_factory.mktemp("cohort") / "tiny", subjects=16, sites=4, external_sites=1,
-                             shape=16, diagnosis=True, seed=0)
+    return synthesize_cohort(
+        tmp_path_factory.mktemp("cohort") / "tiny",
+        subjects=16,
+        sites=4,
+        external_sites=1,
+        shape=16,
+        diagnosis=True,
+        seed=0,
+    )

@@ -27,10 +27,23 @@ def finished_run(run_dir: Path, seed: int) -> None:
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     splits = ["train"] * 4 + ["internal_test"] * 4 + ["external_test"] * 2
-    table = pd.DataFrame({"participant_id": [f"sub-{index}" for index in range(10)], "split": splits,
-                          "site": ["s0", "s1"] * 4 + ["s2"] * 2, "age": np.linspace(20, 70, 10)})
-    entry = {"mae_internal": 5.0 + seed, "mae_external": 7.0, "bacc_site": 0.5, "challenge_score": 5.7, "ramp_combined": None,
-             "site_stratified": {"age": {"mae": {"mean": 6.0, "std": 0.5, "n_folds": 2}}}, "leave_site_out": {}}
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{index}" for index in range(10)],
+            "split": splits,
+            "site": ["s0", "s1"] * 4 + ["s2"] * 2,
+            "age": np.linspace(20, 70, 10),
+        }
+    )
+    entry = {
+        "mae_internal": 5.0 + seed,
+        "mae_external": 7.0,
+        "bacc_site": 0.5,
+        "challenge_score": 5.7,
+        "ramp_combined": None,
+        "site_stratified": {"age": {"mae": {"mean": 6.0, "std": 0.5, "n_folds": 2}}},
+        "leave_site_out": {},
+    }
     (eval_dir / "metrics.json").write_text(json.dumps({"pretrained": entry, "baseline": entry, "settings": {}}))
     test = table["split"] != "train"
     table["age_pred"] = np.where(test, table["age"] + 3.0 + seed, np.nan)
@@ -67,7 +80,9 @@ class FakePretrain:
         return 0
 
     def runs(self) -> list[str]:
-        return [f"{Path(c[c.index('--out') + 1]).parent.name}/{Path(c[c.index('--out') + 1]).name}" for c in self.commands]
+        return [
+            f"{Path(c[c.index('--out') + 1]).parent.name}/{Path(c[c.index('--out') + 1]).name}" for c in self.commands
+        ]
 
     def resumed(self) -> list[str]:
         return [run for run, command in zip(self.runs(), self.commands) if "--resume" in command]
@@ -130,7 +145,9 @@ def test_a_failed_run_is_reported_in_one_line_and_the_others_go_on(tmp_path):
     assert len(fake.commands) == 4
     assert [run.name for run in result.failed] == ["simclr/seed1"]
     failure_lines = [line for line in console.export_text().splitlines() if line.startswith("failed")]
-    assert failure_lines == [f"failed: simclr seed 1 (exit code 1); log: {tmp_path / 'runs' / 'simclr' / 'seed1' / 'log.txt'}"]
+    assert failure_lines == [
+        f"failed: simclr seed 1 (exit code 1); log: {tmp_path / 'runs' / 'simclr' / 'seed1' / 'log.txt'}"
+    ]
     assert (tmp_path / "leaderboard.md").is_file()
 
 
@@ -147,7 +164,9 @@ def test_parallel_jobs_split_the_cpus_and_hand_out_devices_in_turn(tmp_path):
 def test_benchmark_json_records_the_request(tmp_path):
     run_benchmark(["simclr"], [0], tmp_path, overrides=["train.epochs=1"], n_resamples=50, run_one=FakePretrain())
     recorded = json.loads((tmp_path / "benchmark.json").read_text())
-    assert recorded["recipes"] == ["simclr"] and recorded["seeds"] == [0] and recorded["overrides"] == ["train.epochs=1"]
+    assert (
+        recorded["recipes"] == ["simclr"] and recorded["seeds"] == [0] and recorded["overrides"] == ["train.epochs=1"]
+    )
     assert recorded["command"] == f"medssl benchmark --recipes simclr --seeds 0 --out {tmp_path} train.epochs=1"
 
 
@@ -169,8 +188,11 @@ def test_a_rerun_with_other_overrides_is_refused_before_any_run(tmp_path):
 
 def test_the_cli_refuses_a_mismatching_rerun_with_exit_2_and_one_line(tmp_path, monkeypatch, capsys):
     run_benchmark(["simclr"], [0], tmp_path, overrides=["train.epochs=1"], n_resamples=50, run_one=FakePretrain())
-    monkeypatch.setattr(sys, "argv", ["medssl", "benchmark", "--recipes", "simclr", "--seeds", "0", "--out", str(tmp_path),
-                                      "train.epochs=2"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["medssl", "benchmark", "--recipes", "simclr", "--seeds", "0", "--out", str(tmp_path), "train.epochs=2"],
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     error = capsys.readouterr().err
@@ -178,13 +200,16 @@ def test_the_cli_refuses_a_mismatching_rerun_with_exit_2_and_one_line(tmp_path, 
     assert error.startswith("error:") and "benchmark.json" in error and len(error.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("arguments", "error"), [
-    ({"recipes": ["simclr"], "seeds": [0], "overrides": ["train.seed=4"]}, BenchmarkError),
-    ({"recipes": ["simclr"], "seeds": [0, 0]}, BenchmarkError),
-    ({"recipes": ["no_such_recipe"], "seeds": [0]}, RecipeError),
-    ({"recipes": ["simclr"], "seeds": [0], "overrides": ["train.epoks=1"]}, RecipeError),
-    ({"recipes": ["simclr"], "seeds": [0], "overrides": ["eval.after_pretrain=false"]}, BenchmarkError),
-])
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        ({"recipes": ["simclr"], "seeds": [0], "overrides": ["train.seed=4"]}, BenchmarkError),
+        ({"recipes": ["simclr"], "seeds": [0, 0]}, BenchmarkError),
+        ({"recipes": ["no_such_recipe"], "seeds": [0]}, RecipeError),
+        ({"recipes": ["simclr"], "seeds": [0], "overrides": ["train.epoks=1"]}, RecipeError),
+        ({"recipes": ["simclr"], "seeds": [0], "overrides": ["eval.after_pretrain=false"]}, BenchmarkError),
+    ],
+)
 def test_requests_every_run_would_fail_are_refused_up_front(tmp_path, arguments, error):
     fake = FakePretrain()
     with pytest.raises(error):
@@ -195,14 +220,18 @@ def test_requests_every_run_would_fail_are_refused_up_front(tmp_path, arguments,
 def test_the_cli_exits_1_when_a_run_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "console", recording_console())
     monkeypatch.setattr(benchmark_module, "run_pretrain_process", FakePretrain(fail=("simclr/seed0",)))
-    result = CliRunner().invoke(cli.app, ["benchmark", "--recipes", "simclr,yaware_age", "--seeds", "0", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli.app, ["benchmark", "--recipes", "simclr,yaware_age", "--seeds", "0", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "failed: simclr seed 0" in cli.console.export_text()
 
 
 def test_the_cli_tells_how_to_continue_an_interrupted_benchmark(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(benchmark_module, "run_pretrain_process", FakePretrain(kill_at=0))
-    monkeypatch.setattr(sys, "argv", ["medssl", "benchmark", "--recipes", "simclr", "--seeds", "0", "--out", str(tmp_path)])
+    monkeypatch.setattr(
+        sys, "argv", ["medssl", "benchmark", "--recipes", "simclr", "--seeds", "0", "--out", str(tmp_path)]
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 130
@@ -226,7 +255,9 @@ def test_a_real_smoke_benchmark_through_the_cli_writes_the_leaderboard(tmp_path,
     """2 recipes x 2 seeds of real ``medssl pretrain --smoke`` processes (about a minute on 2 cores)."""
     monkeypatch.setattr(cli, "console", recording_console())
     out = tmp_path / "bench"
-    result = CliRunner().invoke(cli.app, ["benchmark", "--recipes", ",".join(RECIPES), "--seeds", "0,1", "--out", str(out), "--smoke"])
+    result = CliRunner().invoke(
+        cli.app, ["benchmark", "--recipes", ",".join(RECIPES), "--seeds", "0,1", "--out", str(out), "--smoke"]
+    )
     logs = {path.parent.name: path.read_text()[-2000:] for path in out.glob("runs/*/seed*/log.txt")}
     assert result.exit_code == 0, (result.output, logs)
     for extension in ("md", "json", "csv", "png"):
@@ -237,7 +268,10 @@ def test_a_real_smoke_benchmark_through_the_cli_writes_the_leaderboard(tmp_path,
     assert (table["n_seeds"] == 2).all()
     assert table["mae_internal_mean"].notna().all()
     report = json.loads((out / "leaderboard.json").read_text())
-    assert {(row["method"], row["reference"]) for row in report["differences"]} >= {("yaware_age", "random init"), ("yaware_age", "simclr")}
+    assert {(row["method"], row["reference"]) for row in report["differences"]} >= {
+        ("yaware_age", "random init"),
+        ("yaware_age", "simclr"),
+    }
 
     rebuilt = CliRunner().invoke(cli.app, ["leaderboard", str(out)])
     assert rebuilt.exit_code == 0, rebuilt.output

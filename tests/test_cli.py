@@ -64,8 +64,19 @@ def test_recipes_fields_lists_every_key_with_its_default():
 def smoke_run(tmp_path_factory):
     """`medssl pretrain simclr --smoke --out DIR train.epochs=2 ...`, run once for the module."""
     run_dir = tmp_path_factory.mktemp("cli") / "smoke"
-    result = runner.invoke(cli.app, ["pretrain", "simclr", "--smoke", "--out", str(run_dir), "train.epochs=2",
-                                     "train.max_steps_per_epoch=1", *FAST])
+    result = runner.invoke(
+        cli.app,
+        [
+            "pretrain",
+            "simclr",
+            "--smoke",
+            "--out",
+            str(run_dir),
+            "train.epochs=2",
+            "train.max_steps_per_epoch=1",
+            *FAST,
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     return run_dir, result.output
 
@@ -90,7 +101,9 @@ def test_evaluate_on_a_smoke_run_writes_eval_metrics(smoke_run, tmp_path):
     out = tmp_path / "eval"
     invoke("evaluate", run_dir, "eval.baseline=false", "--out", out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"} <= set(metrics["pretrained"])
+    assert {"mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"} <= set(
+        metrics["pretrained"]
+    )
 
 
 def test_pretrain_resume_without_out_continues_the_latest_run_of_the_recipe(tmp_path, monkeypatch):
@@ -107,7 +120,12 @@ def test_pretrain_resume_without_out_continues_the_latest_run_of_the_recipe(tmp_
 
 def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in ("simclr-20250101-120000", "simclr-20250102-120000", "simclr-smoke-20250103-120000", "simclr_v2-20250104-120000"):
+    for name in (
+        "simclr-20250101-120000",
+        "simclr-20250102-120000",
+        "simclr-smoke-20250103-120000",
+        "simclr_v2-20250104-120000",
+    ):
         (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
         (tmp_path / "runs" / name / "checkpoints" / "last.pt").touch()
     (tmp_path / "runs" / "simclr-20250105-120000").mkdir()  # no checkpoint: not resumable
@@ -117,13 +135,16 @@ def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
     assert cli._run_dir("simclr", tmp_path / "mine", resume=True) == tmp_path / "mine"
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["pretrain", "simclr", "train.epochs=abc"], "'train.epochs' = 'abc'"),
-    (["pretrain", "simclr", "train.epochz=2"], "unknown key 'train.epochz'"),
-    (["pretrain", "simclr", "train.epochs"], "override 'train.epochs': expected KEY.PATH=VALUE"),
-    (["pretrain", "no/such/recipe.yaml"], "recipe 'no/such/recipe.yaml' not found"),
-    (["pretrain", "simclr", "--smoke", "method.name=mocov9"], "'method.name' = 'mocov9'"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["pretrain", "simclr", "train.epochs=abc"], "'train.epochs' = 'abc'"),
+        (["pretrain", "simclr", "train.epochz=2"], "unknown key 'train.epochz'"),
+        (["pretrain", "simclr", "train.epochs"], "override 'train.epochs': expected KEY.PATH=VALUE"),
+        (["pretrain", "no/such/recipe.yaml"], "recipe 'no/such/recipe.yaml' not found"),
+        (["pretrain", "simclr", "--smoke", "method.name=mocov9"], "'method.name' = 'mocov9'"),
+    ],
+)
 def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, capsys, arguments, message):
     code, error = run_main(monkeypatch, capsys, *arguments)
     assert code == 2
@@ -133,14 +154,24 @@ def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, ca
 
 # ----------------------------------------------------------------------------- score
 def test_score_writes_the_challenge_metrics_to_json(tmp_path):
-    table = pd.DataFrame({
-        "participant_id": [f"sub-{i:02d}" for i in range(7)],
-        "split": ["train", "train", "internal_test", "internal_test", "internal_test", "external_test", "external_test"],
-        "site": ["A", "B", "A", "B", "B", "C", "C"],
-        "age": [25.0, 35.0, 20.0, 30.0, 40.0, 50.0, 70.0],
-        "age_pred": [25.0, 35.0, 22.0, 30.0, 40.0, 53.0, 70.0],
-        "site_pred": ["A", "B", "A", "A", "B", "A", "B"],
-    })
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:02d}" for i in range(7)],
+            "split": [
+                "train",
+                "train",
+                "internal_test",
+                "internal_test",
+                "internal_test",
+                "external_test",
+                "external_test",
+            ],
+            "site": ["A", "B", "A", "B", "B", "C", "C"],
+            "age": [25.0, 35.0, 20.0, 30.0, 40.0, 50.0, 70.0],
+            "age_pred": [25.0, 35.0, 22.0, 30.0, 40.0, 53.0, 70.0],
+            "site_pred": ["A", "B", "A", "A", "B", "A", "B"],
+        }
+    )
     table.to_csv(tmp_path / "predictions.csv", index=False)
     out = tmp_path / "scores" / "out.json"
     output = invoke("score", tmp_path / "predictions.csv", "--json", out).output
@@ -163,7 +194,20 @@ def test_data_synth_writes_nifti_volumes_and_a_participants_table(tmp_path):
 
 
 def test_data_synth_with_every_site_external_exits_with_code_2(tmp_path, monkeypatch, capsys):
-    code, error = run_main(monkeypatch, capsys, "data", "synth", tmp_path / "cohort", "--subjects", "8", "--sites", "2",
-                           "--external-sites", "2", "--shape", "16")
+    code, error = run_main(
+        monkeypatch,
+        capsys,
+        "data",
+        "synth",
+        tmp_path / "cohort",
+        "--subjects",
+        "8",
+        "--sites",
+        "2",
+        "--external-sites",
+        "2",
+        "--shape",
+        "16",
+    )
     assert code == 2 and "--external-sites 2: expected 0 to 1" in error
     assert not (tmp_path / "cohort").exists()

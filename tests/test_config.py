@@ -52,7 +52,9 @@ def test_out_of_range_value_is_rejected(tmp_path):
 
 def test_unknown_method_lists_the_choices(tmp_path):
     path = write(tmp_path, "method:\n  name: mocov9\n")
-    with pytest.raises(RecipeError, match=r"'method.name' = 'mocov9': expected one of 'yaware', 'simclr', .*'supervised'$"):
+    with pytest.raises(
+        RecipeError, match=r"'method.name' = 'mocov9': expected one of 'yaware', 'simclr', .*'supervised'$"
+    ):
         load_recipe(path)
 
 
@@ -87,8 +89,19 @@ def test_missing_recipe_lists_shipped_names():
 
 def test_every_shipped_recipe_validates_and_round_trips():
     names = list_recipe_names()
-    assert {"yaware_age", "simclr", "threshold_age", "exp_age", "supcon_sex", "deepcluster", "byol", "simsiam",
-            "barlow_twins", "vicreg", "dino"} <= set(names)
+    assert {
+        "yaware_age",
+        "simclr",
+        "threshold_age",
+        "exp_age",
+        "supcon_sex",
+        "deepcluster",
+        "byol",
+        "simsiam",
+        "barlow_twins",
+        "vicreg",
+        "dino",
+    } <= set(names)
     for name in names:
         recipe = load_recipe(name)
         again = Recipe.model_validate(yaml.safe_load(dump_recipe(recipe)))
@@ -111,7 +124,11 @@ def test_yaware_recipe_carries_the_paper_settings():
 def test_every_field_is_documented():
     rows = field_docs()
     assert len(rows) > 50
-    undocumented = [key for key, _, description in rows if not description and key not in {"data", "views", "model", "method", "train", "eval"}]
+    undocumented = [
+        key
+        for key, _, description in rows
+        if not description and key not in {"data", "views", "model", "method", "train", "eval"}
+    ]
     assert undocumented == []
 
 
@@ -162,11 +179,16 @@ def test_a_bad_model_override_is_reported_once_not_again_for_its_embedded_twin()
 def test_a_key_the_method_does_not_have_is_refused_naming_it_and_the_method_keys(tmp_path):
     with pytest.raises(RecipeError) as error:
         load_recipe("simclr", ["method.sigma=3"])
-    assert str(error.value) == ("command-line override method.sigma=3: unknown key 'method.sigma' for method 'simclr' "
-                                "(its keys: name, temperature)")
+    assert str(error.value) == (
+        "command-line override method.sigma=3: unknown key 'method.sigma' for method 'simclr' "
+        "(its keys: name, temperature)"
+    )
     path = write(tmp_path, "method: {name: dino, sigma: 3, kernel: rbf}\n")
-    with pytest.raises(RecipeError, match=r"recipe.yaml: unknown keys 'method.sigma', 'method.kernel' for method 'dino' "
-                                          r"\(its keys: name, temperature, teacher_temperature, "):
+    with pytest.raises(
+        RecipeError,
+        match=r"recipe.yaml: unknown keys 'method.sigma', 'method.kernel' for method 'dino' "
+        r"\(its keys: name, temperature, teacher_temperature, ",
+    ):
         load_recipe(path)
 
 
@@ -182,8 +204,11 @@ def test_the_cli_refuses_a_key_of_another_method_in_one_line_with_exit_code_2(mo
 
 
 def test_switching_method_on_the_command_line_says_how_when_the_recipe_keys_do_not_fit():
-    with pytest.raises(RecipeError, match=r"unknown keys 'method.kernel', 'method.sigma' for method 'simclr'.*"
-                                          r"replace its whole section: 'method=\{name: simclr\}'"):
+    with pytest.raises(
+        RecipeError,
+        match=r"unknown keys 'method.kernel', 'method.sigma' for method 'simclr'.*"
+        r"replace its whole section: 'method=\{name: simclr\}'",
+    ):
         load_recipe("yaware_age", ["method.name=simclr"])
     assert load_recipe("yaware_age", ["method={name: simclr}"]).method.name == "simclr"
 
@@ -256,11 +281,31 @@ def test_smoke_recipe_names_no_method_and_lets_each_method_shrink_itself():
 
 # The method section of a simclr run's recipe.yaml written while medssl had one flat section.
 FLAT_SIMCLR_SECTION = {
-    "name": "simclr", "temperature": 0.2, "sigma": 5.0, "kernel": "rbf", "reference_code": False, "eps": 0.0, "lambd": 0.005,
-    "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0, "vicreg_form": "authors", "momentum": 0.996,
-    "predictor_hidden_dim": 512, "teacher_temperature": 0.04, "warmup_teacher_temperature": 0.04,
-    "warmup_teacher_temperature_epochs": 0, "center_momentum": 0.9, "out_dim": 4096, "local_crops": 4,
-    "local_crop_scale": [0.3, 0.5], "clusters": 100, "pca_dim": 256, "kmeans_iters": 20, "task": "regression", "classes": 2,
+    "name": "simclr",
+    "temperature": 0.2,
+    "sigma": 5.0,
+    "kernel": "rbf",
+    "reference_code": False,
+    "eps": 0.0,
+    "lambd": 0.005,
+    "sim_weight": 25.0,
+    "var_weight": 25.0,
+    "cov_weight": 1.0,
+    "vicreg_form": "authors",
+    "momentum": 0.996,
+    "predictor_hidden_dim": 512,
+    "teacher_temperature": 0.04,
+    "warmup_teacher_temperature": 0.04,
+    "warmup_teacher_temperature_epochs": 0,
+    "center_momentum": 0.9,
+    "out_dim": 4096,
+    "local_crops": 4,
+    "local_crop_scale": [0.3, 0.5],
+    "clusters": 100,
+    "pca_dim": 256,
+    "kmeans_iters": 20,
+    "task": "regression",
+    "classes": 2,
     "shuffle_labels": False,
 }
 
@@ -270,7 +315,9 @@ def test_a_run_recipe_with_the_former_flat_method_section_still_loads(tmp_path):
     path = write(tmp_path, yaml.safe_dump({**raw, "method": FLAT_SIMCLR_SECTION}))
     assert load_recipe(path) == load_recipe("simclr", ["method.temperature=0.2"])
     # Versions before vicreg_form, the DINO warm-up, supervised and the control dumped fewer keys.
-    older = {key: value for key, value in FLAT_SIMCLR_SECTION.items() if key not in {"vicreg_form", "task", "shuffle_labels"}}
+    older = {
+        key: value for key, value in FLAT_SIMCLR_SECTION.items() if key not in {"vicreg_form", "task", "shuffle_labels"}
+    }
     assert trim_flat_method_section({"method": older}) == {"method": {"name": "simclr", "temperature": 0.2}}
     dino = trim_flat_method_section({"method": {**FLAT_SIMCLR_SECTION, "name": "dino", "out_dim": 64}})["method"]
     assert set(dino) == set(DINOConfig.model_fields) and dino["out_dim"] == 64 and dino["temperature"] == 0.2

@@ -16,7 +16,9 @@ def run_example(name: str, *args: str) -> str:
 
 
 def test_custom_training_loop_prints_a_finite_loss_per_step():
-    out = run_example("custom_training_loop.py", "--steps", "2", "--shape", "16", "--subjects", "16", "--batch-size", "4")
+    out = run_example(
+        "custom_training_loop.py", "--steps", "2", "--shape", "16", "--subjects", "16", "--batch-size", "4"
+    )
     losses = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("step")]
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
 
@@ -47,14 +49,28 @@ def test_slurm_example_starts_one_c10d_torchrun_agent_per_node_with_the_recipe(t
 
     record = tmp_path / "torchrun_calls"
     fake_slurm(tmp_path / "bin", record)
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-b]",
-           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "77", "SLURM_GPUS_ON_NODE": "4", "RECIPE": "recipes/simclr.yaml"}
-    result = subprocess.run(["bash", str(EXAMPLES / "slurm_pretrain.sbatch"), "train.epochs=3"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "gpu-[a-b]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_ID": "77",
+        "SLURM_GPUS_ON_NODE": "4",
+        "RECIPE": "recipes/simclr.yaml",
+    }
+    result = subprocess.run(
+        ["bash", str(EXAMPLES / "slurm_pretrain.sbatch"), "train.epochs=3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     calls = record.read_text().splitlines()
     assert len(calls) == 2
     for node, call in enumerate(calls):
-        assert (f"--nnodes 2 --nproc-per-node 4 --node-rank {node} --rdzv-backend c10d --rdzv-endpoint gpu-a:29500 "
-                f"--rdzv-id 77 -m medssl pretrain recipes/simclr.yaml --out runs/simclr-77 data.root=/shared/openbhb "
-                f"train.epochs=3") == call
+        assert (
+            f"--nnodes 2 --nproc-per-node 4 --node-rank {node} --rdzv-backend c10d --rdzv-endpoint gpu-a:29500 "
+            f"--rdzv-id 77 -m medssl pretrain recipes/simclr.yaml --out runs/simclr-77 data.root=/shared/openbhb "
+            f"train.epochs=3"
+        ) == call

@@ -38,8 +38,11 @@ def one_line_error(error: str) -> str:
 
 def tree_digest(root: Path) -> dict[str, str]:
     """SHA-256 of every file under ``root``, hidden ones included, by relative path."""
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,9 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------- reusing a run folder
-def test_pretrain_into_a_finished_run_folder_without_resume_exits_2_and_changes_nothing(finished_run, monkeypatch, capsys):
+def test_pretrain_into_a_finished_run_folder_without_resume_exits_2_and_changes_nothing(
+    finished_run, monkeypatch, capsys
+):
     before = tree_digest(finished_run)
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", finished_run, *FAST)
     assert code == 2
@@ -73,7 +78,9 @@ def test_pretrain_overwrite_replaces_a_finished_run(tmp_path, monkeypatch, capsy
 
 
 def test_pretrain_resume_and_overwrite_together_exit_2(tmp_path, monkeypatch, capsys):
-    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path, "--resume", "--overwrite")
+    code, error = run_main(
+        monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path, "--resume", "--overwrite"
+    )
     assert code == 2 and "--resume" in one_line_error(error) and "--overwrite" in error
 
 
@@ -82,7 +89,9 @@ def test_finetune_into_a_used_folder_exits_2_and_changes_nothing(tmp_path, monke
     out.mkdir()
     (out / "finetune.json").write_text("{}")
     before = tree_digest(out)
-    code, error = run_main(monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out)
+    code, error = run_main(
+        monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out
+    )
     assert code == 2 and str(out) in one_line_error(error) and "--overwrite" in error
     assert tree_digest(out) == before
 
@@ -107,15 +116,18 @@ def truncated_cohort(tiny_cohort: Path, target: Path, suffix: str) -> tuple[Path
             table.loc[table["participant_id"] == participant, "path"] = str(volume.relative_to(target))
             table.to_csv(target / "participants.tsv", sep="\t", index=False)
     data = volume.read_bytes()
-    volume.write_bytes(data[:len(data) // 2])
+    volume.write_bytes(data[: len(data) // 2])
     return target, participant, volume
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
-def test_pretrain_refuses_a_half_truncated_volume_naming_participant_and_file(tiny_cohort, tmp_path, monkeypatch, capsys, suffix):
+def test_pretrain_refuses_a_half_truncated_volume_naming_participant_and_file(
+    tiny_cohort, tmp_path, monkeypatch, capsys, suffix
+):
     root, participant, volume = truncated_cohort(tiny_cohort, tmp_path / "cohort", suffix)
-    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run",
-                           f"data.root={root}", *FAST)
+    code, error = run_main(
+        monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", f"data.root={root}", *FAST
+    )
     assert code == 2
     assert participant in one_line_error(error) and f"{volume.name}:" in error and "truncated" in error
 
@@ -123,8 +135,17 @@ def test_pretrain_refuses_a_half_truncated_volume_naming_participant_and_file(ti
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
 def test_evaluate_refuses_a_half_truncated_volume(finished_run, tiny_cohort, tmp_path, monkeypatch, capsys, suffix):
     root, participant, volume = truncated_cohort(tiny_cohort, tmp_path / "cohort", suffix)
-    code, error = run_main(monkeypatch, capsys, "evaluate", finished_run, "eval.baseline=false",
-                           "--cohort", root, "--out", tmp_path / "eval")
+    code, error = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        finished_run,
+        "eval.baseline=false",
+        "--cohort",
+        root,
+        "--out",
+        tmp_path / "eval",
+    )
     assert code == 2
     assert participant in one_line_error(error) and f"{volume.name}:" in error and "truncated" in error
     assert not (tmp_path / "eval" / "metrics.json").exists()
@@ -149,7 +170,9 @@ def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, mon
     monkeypatch.setattr(medssl.pipeline, "pretrain", interrupted)
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run")
     assert code == 130
-    assert error.strip().splitlines() == [f"interrupted: rerun with --resume --out {tmp_path / 'run'} to continue from the last checkpoint"]
+    assert error.strip().splitlines() == [
+        f"interrupted: rerun with --resume --out {tmp_path / 'run'} to continue from the last checkpoint"
+    ]
 
 
 def test_usage_errors_still_print_typer_usage_and_exit_2(monkeypatch, capsys):
@@ -167,8 +190,19 @@ def run_copy(finished_run, tmp_path) -> Path:
 
 def test_resume_with_a_changed_training_setting_is_refused_naming_the_key(run_copy, monkeypatch, capsys):
     before = tree_digest(run_copy)
-    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume",
-                           *FAST, "train.weight_decay=0.5", "train.seed=7")
+    code, error = run_main(
+        monkeypatch,
+        capsys,
+        "pretrain",
+        "simclr",
+        "--smoke",
+        "--out",
+        run_copy,
+        "--resume",
+        *FAST,
+        "train.weight_decay=0.5",
+        "train.seed=7",
+    )
     assert code == 2
     assert "train.weight_decay" in one_line_error(error) and "train.seed" in error and "train.epochs" not in error
     assert tree_digest(run_copy) == before
@@ -179,7 +213,9 @@ def test_resume_with_more_epochs_trains_them_and_records_them_in_recipe_yaml(run
 
     from medssl.config import load_recipe
 
-    code, _ = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
+    code, _ = run_main(
+        monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2"
+    )
     assert code == 0
     assert load_recipe(run_copy / "recipe.yaml").train.epochs == 2
     table = pd.read_csv(run_copy / "metrics.csv")
@@ -271,34 +307,49 @@ def test_a_read_only_medssl_cache_is_one_line_naming_the_folder(read_only, tmp_p
 
 def test_evaluate_into_a_read_only_out_is_one_line(finished_run, read_only, tmp_path, monkeypatch, capsys):
     locked = read_only(tmp_path / "locked")
-    code, error = run_main(monkeypatch, capsys, "evaluate", finished_run, "eval.baseline=false", "--out", locked / "eval")
+    code, error = run_main(
+        monkeypatch, capsys, "evaluate", finished_run, "eval.baseline=false", "--out", locked / "eval"
+    )
     assert_refused_naming(code, error, locked / "eval")
 
 
 def test_data_synth_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):
     locked = read_only(tmp_path / "locked")
-    code, error = run_main(monkeypatch, capsys, "data", "synth", locked / "cohort", "--subjects", "8", "--sites", "2", "--shape", "8")
+    code, error = run_main(
+        monkeypatch, capsys, "data", "synth", locked / "cohort", "--subjects", "8", "--sites", "2", "--shape", "8"
+    )
     assert_refused_naming(code, error, locked / "cohort")
 
 
 def test_score_json_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    pd.DataFrame({"participant_id": ["a", "b", "c", "d"], "split": ["train", "train", "internal_test", "external_test"],
-                  "site": ["A", "B", "A", "C"], "age": [20.0, 30.0, 40.0, 50.0], "age_pred": [21.0, 30.0, 41.0, 52.0],
-                  "site_pred": ["A", "B", "A", "A"]}).to_csv(tmp_path / "predictions.csv", index=False)
+    pd.DataFrame(
+        {
+            "participant_id": ["a", "b", "c", "d"],
+            "split": ["train", "train", "internal_test", "external_test"],
+            "site": ["A", "B", "A", "C"],
+            "age": [20.0, 30.0, 40.0, 50.0],
+            "age_pred": [21.0, 30.0, 41.0, 52.0],
+            "site_pred": ["A", "B", "A", "A"],
+        }
+    ).to_csv(tmp_path / "predictions.csv", index=False)
     locked = read_only(tmp_path / "locked")
     code, error = run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv", "--json", locked / "out.json")
     assert_refused_naming(code, error, locked)
 
 
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_survives(run_copy, monkeypatch, capsys):
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_survives(
+    run_copy, monkeypatch, capsys
+):
     from medssl import files
 
     checkpoint = run_copy / "checkpoints" / "last.pt"
     before = checkpoint.read_bytes()
     monkeypatch.setattr(files, "open_for_writing", lambda path: open("/dev/full", "wb"))  # every write: ENOSPC
-    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
+    code, error = run_main(
+        monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2"
+    )
     assert code == 2
     assert one_line_error(error).startswith(f"error: no space left on device writing {checkpoint} (")
     assert checkpoint.read_bytes() == before
@@ -308,7 +359,9 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint
 def test_a_killed_checkpoint_write_leaves_a_temporary_file_that_the_next_run_removes(run_copy, monkeypatch, capsys):
     stale = run_copy / "checkpoints" / ".last.pt.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
-    code, _ = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2")
+    code, _ = run_main(
+        monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2"
+    )
     assert code == 0 and not stale.exists()
 
 
@@ -340,17 +393,35 @@ def test_data_cache_and_score_json_follow_the_umask(group_umask, tiny_cohort, tm
     assert run_main(monkeypatch, capsys, "data", "cache", tiny_cohort, tmp_path / "cache", "--shape", "8")[0] == 0
     for name in ("volumes.npy", "volumes.json", "participants.tsv"):
         assert mode(tmp_path / "cache" / name) == group_umask, name
-    pd.DataFrame({"participant_id": ["a", "b", "c", "d"], "split": ["train", "train", "internal_test", "external_test"],
-                  "site": ["A", "B", "A", "C"], "age": [20.0, 30.0, 40.0, 50.0], "age_pred": [21.0, 30.0, 41.0, 52.0],
-                  "site_pred": ["A", "B", "A", "A"]}).to_csv(tmp_path / "predictions.csv", index=False)
+    pd.DataFrame(
+        {
+            "participant_id": ["a", "b", "c", "d"],
+            "split": ["train", "train", "internal_test", "external_test"],
+            "site": ["A", "B", "A", "C"],
+            "age": [20.0, 30.0, 40.0, 50.0],
+            "age_pred": [21.0, 30.0, 41.0, 52.0],
+            "site_pred": ["A", "B", "A", "A"],
+        }
+    ).to_csv(tmp_path / "predictions.csv", index=False)
     assert run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv", "--json", tmp_path / "out.json")[0] == 0
     assert mode(tmp_path / "out.json") == group_umask
 
 
 def test_finetune_results_follow_the_umask(group_umask, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ft"
-    code, error = run_main(monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out,
-                           "model.encoder=alexnet", "finetune.seeds=[0]")
+    code, error = run_main(
+        monkeypatch,
+        capsys,
+        "finetune",
+        "finetune_diagnosis",
+        "--smoke",
+        "--encoder",
+        "none",
+        "--out",
+        out,
+        "model.encoder=alexnet",
+        "finetune.seeds=[0]",
+    )
     assert code == 0, error
     for name in ("finetune.json", "finetune.csv", "predictions.csv", "recipe.yaml"):
         assert mode(out / name) == group_umask, name
@@ -358,11 +429,15 @@ def test_finetune_results_follow_the_umask(group_umask, tmp_path, monkeypatch, c
 
 # ----------------------------------------------------------------------------- smaller bad inputs
 def test_an_unknown_device_is_one_line_naming_train_device(tmp_path, monkeypatch, capsys):
-    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", "train.device=tpu")
+    code, error = run_main(
+        monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", "train.device=tpu"
+    )
     assert code == 2 and "train.device = 'tpu'" in one_line_error(error) and "cpu" in error
 
 
-def test_volumes_of_different_shapes_name_a_file_and_suggest_data_volume_shape(tiny_cohort, tmp_path, monkeypatch, capsys):
+def test_volumes_of_different_shapes_name_a_file_and_suggest_data_volume_shape(
+    tiny_cohort, tmp_path, monkeypatch, capsys
+):
     import shutil
 
     import nibabel as nib
@@ -374,8 +449,17 @@ def test_volumes_of_different_shapes_name_a_file_and_suggest_data_volume_shape(t
     participant = table.loc[table["split"] == "train", "participant_id"].iloc[-1]
     (volume,) = root.rglob(f"{participant}*.nii.gz")
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 16, 16), np.float32), np.eye(4)), volume)
-    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--out", tmp_path / "run", f"data.root={root}", *FAST,
-                           "train.epochs=1")
+    code, error = run_main(
+        monkeypatch,
+        capsys,
+        "pretrain",
+        "simclr",
+        "--out",
+        tmp_path / "run",
+        f"data.root={root}",
+        *FAST,
+        "train.epochs=1",
+    )
     assert code == 2
     assert volume.name in one_line_error(error) and participant in error and "data.volume_shape" in error
 
@@ -383,9 +467,16 @@ def test_volumes_of_different_shapes_name_a_file_and_suggest_data_volume_shape(t
 def test_score_refuses_negative_true_ages_naming_the_participant(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    pd.DataFrame({"participant_id": ["a", "b", "c", "d"], "split": ["train", "train", "internal_test", "external_test"],
-                  "site": ["A", "B", "A", "C"], "age": [20.0, 30.0, -40.0, 50.0], "age_pred": [21.0, 30.0, 41.0, 52.0],
-                  "site_pred": ["A", "B", "A", "A"]}).to_csv(tmp_path / "predictions.csv", index=False)
+    pd.DataFrame(
+        {
+            "participant_id": ["a", "b", "c", "d"],
+            "split": ["train", "train", "internal_test", "external_test"],
+            "site": ["A", "B", "A", "C"],
+            "age": [20.0, 30.0, -40.0, 50.0],
+            "age_pred": [21.0, 30.0, 41.0, 52.0],
+            "site_pred": ["A", "B", "A", "A"],
+        }
+    ).to_csv(tmp_path / "predictions.csv", index=False)
     code, error = run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv")
     assert code == 2 and "-40" in one_line_error(error) and "participant c" in error
 
@@ -406,7 +497,10 @@ def test_a_missing_age_is_reported_without_a_numpy_repr(tiny_cohort, tmp_path, m
 def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe_file(monkeypatch, capsys):
     code, error = run_main(monkeypatch, capsys, "pretrain", "recipes/simclr.yaml", "train.epochs=abc")
     assert code == 2
-    assert one_line_error(error).startswith("error: command-line override train.epochs=abc:") and "simclr.yaml" not in error
+    assert (
+        one_line_error(error).startswith("error: command-line override train.epochs=abc:")
+        and "simclr.yaml" not in error
+    )
 
 
 def test_smoke_with_evaluation_prints_no_sklearn_warning(tmp_path, monkeypatch, capsys):
@@ -414,7 +508,9 @@ def test_smoke_with_evaluation_prints_no_sklearn_warning(tmp_path, monkeypatch, 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", "model.encoder=alexnet")
+        code, error = run_main(
+            monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run", "model.encoder=alexnet"
+        )
     assert code == 0, error
     sklearn = [str(warning.message) for warning in caught if "sklearn" in warning.filename]
     assert sklearn == []

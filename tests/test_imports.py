@@ -57,7 +57,12 @@ def medssl_imports(path: Path) -> list[tuple[int, str, list[str]]]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name, []) for alias in node.names if alias.name.split(".")[0] == "medssl"]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "medssl" and node.level == 0:
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.split(".")[0] == "medssl"
+            and node.level == 0
+        ):
             found.append((node.lineno, node.module, [alias.name for alias in node.names]))
     return found
 
@@ -73,8 +78,10 @@ def direction_problems(path: Path) -> list[str]:
     for line, imported, _ in medssl_imports(path):
         target = layer(imported)
         if target != own and RANKS[target] >= RANKS[own]:
-            problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported} "
-                            f"({own} rank {RANKS[own]} -> {target} rank {RANKS[target]})")
+            problems.append(
+                f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported} "
+                f"({own} rank {RANKS[own]} -> {target} rank {RANKS[target]})"
+            )
     return problems
 
 
@@ -87,17 +94,28 @@ def test_imports_go_one_way_along_the_data_path():
 
 
 def test_no_private_name_is_imported_from_another_module():
-    private = [f"{path.relative_to(PACKAGE.parent)}:{line}: {name} from {imported}"
-               for path in sources() for line, imported, names in medssl_imports(path)
-               for name in names if name.startswith("_") and imported != module_name(path)]
+    private = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {name} from {imported}"
+        for path in sources()
+        for line, imported, names in medssl_imports(path)
+        for name in names
+        if name.startswith("_") and imported != module_name(path)
+    ]
     assert private == []
 
 
-@pytest.mark.parametrize("upward, module, rank", [
-    ("from medssl.eval.run import evaluate_encoder", "medssl.train.pretraining", "train rank 6 -> medssl.eval rank 7"),
-    ("import medssl.train.trainer", "medssl.methods.base", "methods rank 5 -> medssl.train rank 6"),
-    ("from medssl.losses import NTXentLoss", "medssl.models.heads", "models rank 4 -> medssl.losses rank 4"),
-])
+@pytest.mark.parametrize(
+    "upward, module, rank",
+    [
+        (
+            "from medssl.eval.run import evaluate_encoder",
+            "medssl.train.pretraining",
+            "train rank 6 -> medssl.eval rank 7",
+        ),
+        ("import medssl.train.trainer", "medssl.methods.base", "methods rank 5 -> medssl.train rank 6"),
+        ("from medssl.losses import NTXentLoss", "medssl.models.heads", "models rank 4 -> medssl.losses rank 4"),
+    ],
+)
 def test_the_check_catches_an_upward_import_also_inside_a_function(tmp_path, monkeypatch, upward, module, rank):
     path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
     planted = tmp_path / "medssl" / path.relative_to(PACKAGE)
@@ -109,8 +127,11 @@ def test_the_check_catches_an_upward_import_also_inside_a_function(tmp_path, mon
 
 
 def test_training_runs_without_loading_the_evaluation_package():
-    code = ("import sys, medssl.train.pretraining, medssl.train.finetuning; "
-            "print(sorted(m for m in sys.modules if m.startswith('medssl.eval')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=PACKAGE.parent)
+    code = (
+        "import sys, medssl.train.pretraining, medssl.train.finetuning; "
+        "print(sorted(m for m in sys.modules if m.startswith('medssl.eval')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    )
     assert result.stdout.strip() == "[]"

@@ -52,8 +52,12 @@ def build_wheel(out_dir: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("medssl", "recipes"):
         shutil.copytree(ROOT / name, source / name, ignore=ignore)
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out_dir), str(source)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out_dir), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = out_dir.glob("medssl-*.whl")
     return wheel
@@ -67,10 +71,18 @@ def test_wheel_ships_every_recipe_and_medssl_finds_them_outside_a_checkout(tmp_p
         archive.extractall(tmp_path / "site")
     assert recipes and shipped == recipes
     # Imported from the unpacked wheel, as after a non-editable install, from a folder with no recipes/.
-    code = "from medssl.config import RECIPES_DIR, list_recipe_names, load_recipe; " \
-           "print(RECIPES_DIR); print(','.join(list_recipe_names())); print(load_recipe('yaware_age').method.name)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    code = (
+        "from medssl.config import RECIPES_DIR, list_recipe_names, load_recipe; "
+        "print(RECIPES_DIR); print(','.join(list_recipe_names())); print(load_recipe('yaware_age').method.name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     recipes_dir, names, method = result.stdout.split()
     assert Path(recipes_dir) == tmp_path / "site" / "medssl" / "recipes"

@@ -78,8 +78,14 @@ def volume_shape(array_shape: tuple[int, ...], row: int | None, path: str | Path
     if len(shape) == 3:
         shape = (1, *shape)
     if len(shape) != 4:
-        expected = "(N, C, D, H, W) or (N, D, H, W) with one row per subject" if row is not None else "(C, D, H, W), (D, H, W) or (1, 1, D, H, W)"
-        raise CohortError(f"{path}: array of shape {tuple(array_shape)} does not hold 3-D volumes (expected {expected})")
+        expected = (
+            "(N, C, D, H, W) or (N, D, H, W) with one row per subject"
+            if row is not None
+            else "(C, D, H, W), (D, H, W) or (1, 1, D, H, W)"
+        )
+        raise CohortError(
+            f"{path}: array of shape {tuple(array_shape)} does not hold 3-D volumes (expected {expected})"
+        )
     return shape
 
 
@@ -87,8 +93,10 @@ def check_array_volume(path: str | Path, row: int | None, participant_id: str) -
     """Read the array header only; return the volume's (C, D, H, W) or raise a :class:`CohortError`."""
     array = open_array(path)
     if row is not None and not 0 <= row < array.shape[0]:
-        raise CohortError(f"{path}: participant {participant_id}: {ARRAY_ROW_COLUMN} {row} is out of range "
-                          f"(the array holds {array.shape[0]} volumes, rows 0..{array.shape[0] - 1})")
+        raise CohortError(
+            f"{path}: participant {participant_id}: {ARRAY_ROW_COLUMN} {row} is out of range "
+            f"(the array holds {array.shape[0]} volumes, rows 0..{array.shape[0] - 1})"
+        )
     return volume_shape(array.shape, row, path)
 
 
@@ -100,7 +108,7 @@ def spacing_of(path: str | Path, shape: tuple[int, ...]) -> tuple[float, float, 
             spacing = json.loads(sidecar.read_text())["spacing"]
             return tuple(float(value) for value in spacing)  # type: ignore[return-value]
         except (ValueError, KeyError, TypeError) as exc:
-            raise CohortError(f"{sidecar}: expected {{\"spacing\": [sx, sy, sz]}} ({exc})") from None
+            raise CohortError(f'{sidecar}: expected {{"spacing": [sx, sy, sz]}} ({exc})') from None
     depth, height, width = shape[-3:]
     edge = KNOWN_SPACINGS.get((depth, height, width), 1.0)
     return (edge, edge, edge)

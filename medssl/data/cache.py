@@ -42,8 +42,14 @@ ARRAY_NAME = "volumes.npy"
 DTYPES = ("float32", "float16")
 
 
-def cache_cohort(cohort: Cohort, out: str | Path, volume_shape: Sequence[int] | None = None, dtype: str = "float32",
-                 num_workers: int = 0, on_volume: Callable[[int, int], None] | None = None) -> Path:
+def cache_cohort(
+    cohort: Cohort,
+    out: str | Path,
+    volume_shape: Sequence[int] | None = None,
+    dtype: str = "float32",
+    num_workers: int = 0,
+    on_volume: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write ``cohort`` (resampled to ``volume_shape`` when given) as a memory-mapped cohort in ``out``.
 
     Args:
@@ -79,9 +85,11 @@ def cache_cohort(cohort: Cohort, out: str | Path, volume_shape: Sequence[int] | 
             volume = batch["volume"][0]
             if tuple(volume.shape) != tuple(first.shape):
                 participant = cohort.table["participant_id"].iloc[index]
-                raise CohortError(f"{cohort.table['path'].iloc[index]}: participant {participant}: volume of shape "
-                                  f"{tuple(volume.shape)} (C, D, H, W), expected {tuple(first.shape)} like the first volume; "
-                                  f"give a shape to resample every volume to (--shape D,H,W)")
+                raise CohortError(
+                    f"{cohort.table['path'].iloc[index]}: participant {participant}: volume of shape "
+                    f"{tuple(volume.shape)} (C, D, H, W), expected {tuple(first.shape)} like the first volume; "
+                    f"give a shape to resample every volume to (--shape D,H,W)"
+                )
             array[index] = volume.numpy().astype(dtype, copy=False)
             if on_volume is not None:
                 on_volume(index + 1, len(dataset))
@@ -91,8 +99,13 @@ def cache_cohort(cohort: Cohort, out: str | Path, volume_shape: Sequence[int] | 
     table = cohort.table.drop(columns=list(KIT_COLUMNS), errors="ignore")
     table["path"] = ARRAY_NAME
     table[ARRAY_ROW_COLUMN] = np.arange(len(table))
-    info = {"spacing": list(spacing), "shape": list(first.shape), "dtype": dtype, "source": str(cohort.root),
-            "volume_shape": list(volume_shape) if volume_shape else None}
+    info = {
+        "spacing": list(spacing),
+        "shape": list(first.shape),
+        "dtype": dtype,
+        "source": str(cohort.root),
+        "volume_shape": list(volume_shape) if volume_shape else None,
+    }
     atomic_write_text(out / "volumes.json", json.dumps(info, indent=2))
     # The table last: a cache interrupted earlier has none and is not mistaken for a complete one.
     atomic_write_text(out / "participants.tsv", table.to_csv(sep="\t", index=False))
@@ -107,4 +120,3 @@ def _spacing(dataset: VolumeDataset, preprocess) -> tuple[float, float, float]:
         loaded = preprocess(loaded)
     spacing_i, spacing_j, spacing_k = cast(tio.Image, loaded["image"]).spacing
     return float(spacing_i), float(spacing_j), float(spacing_k)
-

@@ -90,12 +90,16 @@ class Cohort:
         if len(self.table) == 0 or not all(is_array_path(path) for path in self.table["path"]):
             return None
         if KIT_BLOCK_COLUMN in self.table:
-            shapes = {kit_volume_shape(block, masks)[1:]
-                      for block, masks in zip(self.table[KIT_BLOCK_COLUMN], self.table[KIT_MASKS_COLUMN])}
+            shapes = {
+                kit_volume_shape(block, masks)[1:]
+                for block, masks in zip(self.table[KIT_BLOCK_COLUMN], self.table[KIT_MASKS_COLUMN])
+            }
             return shapes.pop() if len(shapes) == 1 else None
         rows = self.table[ARRAY_ROW_COLUMN] if ARRAY_ROW_COLUMN in self.table else [None] * len(self.table)
-        shapes = {check_array_volume(path, row_or_none(row), pid)[1:]
-                  for pid, path, row in zip(self.table["participant_id"], self.table["path"], rows)}
+        shapes = {
+            check_array_volume(path, row_or_none(row), pid)[1:]
+            for pid, path, row in zip(self.table["participant_id"], self.table["path"], rows)
+        }
         return shapes.pop() if len(shapes) == 1 else None
 
     def subjects(self) -> list[tio.Subject]:
@@ -107,12 +111,16 @@ class Cohort:
             kit_block, kit_masks = fields.pop(KIT_BLOCK_COLUMN, None), fields.pop(KIT_MASKS_COLUMN, None)
             if isinstance(kit_block, str):
                 if array_row is None:
-                    raise CohortError(f"{path}: a challenge-kit row of participant {fields.get('participant_id')} has no {ARRAY_ROW_COLUMN}")
+                    raise CohortError(
+                        f"{path}: a challenge-kit row of participant {fields.get('participant_id')} has no {ARRAY_ROW_COLUMN}"
+                    )
                 image = kit_image(path, array_row, kit_block, kit_masks)
             elif is_array_path(path):
                 image = array_image(path, array_row)
             else:
-                image = tio.ScalarImage(path, reader=partial(read_nifti_volume, participant_id=str(fields["participant_id"])))
+                image = tio.ScalarImage(
+                    path, reader=partial(read_nifti_volume, participant_id=str(fields["participant_id"]))
+                )
             subjects.append(tio.Subject(image=image, **fields))
         return subjects
 
@@ -129,7 +137,9 @@ def read_table(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, sep=separator, dtype={"participant_id": str, "site": str})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise CohortError(f"{path}: cannot be read as a {'TSV' if separator == chr(9) else 'CSV'} table ({exc})") from None
+        raise CohortError(
+            f"{path}: cannot be read as a {'TSV' if separator == chr(9) else 'CSV'} table ({exc})"
+        ) from None
 
 
 def _find_volume(root: Path, participant_id: str) -> Path | None:
@@ -158,14 +168,18 @@ def check_volume(path: Path, participant_id: str) -> tuple[int, ...]:
         shape = tuple(int(size) for size in image.shape)
         needed = int(cast(ArrayProxy, image.dataobj).offset) + int(np.prod(shape)) * image.get_data_dtype().itemsize
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise CohortError(f"{path}: unreadable or corrupt NIfTI for participant {participant_id} ({_first_line(exc)})") from None
+        raise CohortError(
+            f"{path}: unreadable or corrupt NIfTI for participant {participant_id} ({_first_line(exc)})"
+        ) from None
     spatial = tuple(size for size in shape[3:] if size != 1)
     if len(shape) < 3 or spatial:
         raise CohortError(f"{path}: expected a 3-D volume for participant {participant_id}, got shape {shape}")
     size = path.stat().st_size
     if str(path).endswith(".nii") and size < needed:
-        raise CohortError(f"{path}: truncated NIfTI for participant {participant_id}: {size} bytes on disk, "
-                          f"its header describes {needed}")
+        raise CohortError(
+            f"{path}: truncated NIfTI for participant {participant_id}: {size} bytes on disk, "
+            f"its header describes {needed}"
+        )
     return shape[:3]
 
 
@@ -179,7 +193,9 @@ def read_nifti_volume(path: str | Path, participant_id: str) -> tuple[torch.Tens
         image = cast(SpatialImage, nib.load(str(path), mmap=False))
         data = image.get_fdata(dtype=np.float32)
     except Exception as exc:  # EOFError for a cut gzip stream, OSError for a short .nii, zlib.error...
-        raise CohortError(f"{path}: participant {participant_id}: truncated or corrupt NIfTI ({_first_line(exc)})") from None
+        raise CohortError(
+            f"{path}: participant {participant_id}: truncated or corrupt NIfTI ({_first_line(exc)})"
+        ) from None
     # nibabel returns Fortran order; C order makes every later copy and transform several times faster
     return torch.from_numpy(np.ascontiguousarray(data.reshape(data.shape[:3]))), image.affine
 
@@ -199,16 +215,20 @@ def check_same_shape(cohort: Cohort) -> None:
         if first is None:
             first = (path, shape)
         elif shape != first[1]:
-            raise CohortError(f"{path}: participant {participant_id}: volume of shape {shape}, unlike {Path(first[0]).name} "
-                              f"{first[1]}; set data.volume_shape (e.g. data.volume_shape=[{', '.join(map(str, first[1]))}]) "
-                              "to resample every volume to one shape")
+            raise CohortError(
+                f"{path}: participant {participant_id}: volume of shape {shape}, unlike {Path(first[0]).name} "
+                f"{first[1]}; set data.volume_shape (e.g. data.volume_shape=[{', '.join(map(str, first[1]))}]) "
+                "to resample every volume to one shape"
+            )
 
 
 def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
-        raise CohortError(f"{source}: missing column '{missing[0]}' (required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, table.columns))})")
+        raise CohortError(
+            f"{source}: missing column '{missing[0]}' (required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, table.columns))})"
+        )
     table = table.copy()
     for column in ("participant_id", "sex", "site"):
         blank = table[column].isna()
@@ -222,7 +242,9 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
     if bad_age.any():
         row = table[bad_age].iloc[0]
-        raise CohortError(f"{source}: participant {row['participant_id']}: age {_plain(row['age'])!r} is not a non-negative number")
+        raise CohortError(
+            f"{source}: participant {row['participant_id']}: age {_plain(row['age'])!r} is not a non-negative number"
+        )
     table["age"] = age.astype(float)
     if "split" not in table.columns:
         table["split"] = "train"
@@ -230,14 +252,20 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     unknown = ~table["split"].isin(SPLITS)
     if unknown.any():
         row = table[unknown].iloc[0]
-        raise CohortError(f"{source}: participant {row['participant_id']}: split {_plain(row['split'])!r} is not one of {', '.join(SPLITS)}")
+        raise CohortError(
+            f"{source}: participant {row['participant_id']}: split {_plain(row['split'])!r} is not one of {', '.join(SPLITS)}"
+        )
     if "diagnosis" in table.columns:
         table["diagnosis"] = table["diagnosis"].astype(str)
     return table
 
 
-def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: str = "quasiraw",
-                openbhb_masks: str | Path | None = None) -> Cohort:
+def load_cohort(
+    root: str | Path,
+    check_headers: bool = True,
+    openbhb_modality: str = "quasiraw",
+    openbhb_masks: str | Path | None = None,
+) -> Cohort:
     """Load and validate the cohort in ``root``; raise :class:`CohortError` on the first problem.
 
     ``openbhb_modality`` (quasiraw or vbm) picks the volumes of an OpenBHB download or of the
@@ -256,7 +284,9 @@ def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: 
     table = validate_table(read_table(source), source)
     rows = table[ARRAY_ROW_COLUMN] if ARRAY_ROW_COLUMN in table else [None] * len(table)
     paths = []
-    for participant_id, relative, array_row in zip(table["participant_id"], table["path"] if "path" in table else [None] * len(table), rows):
+    for participant_id, relative, array_row in zip(
+        table["participant_id"], table["path"] if "path" in table else [None] * len(table), rows
+    ):
         if isinstance(relative, str) and relative:
             path = (root / relative) if not Path(relative).is_absolute() else Path(relative)
             if not path.is_file():
@@ -264,7 +294,9 @@ def load_cohort(root: str | Path, check_headers: bool = True, openbhb_modality: 
         else:
             found = _find_volume(root, participant_id)
             if found is None:
-                raise CohortError(f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)")
+                raise CohortError(
+                    f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)"
+                )
             path = found
         if is_array_path(path):
             check_array_volume(path, row_or_none(array_row), participant_id)

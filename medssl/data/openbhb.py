@@ -83,7 +83,9 @@ def is_openbhb_folder(root: str | Path) -> bool:
                 header = stream.readline().rstrip("\r\n")
             if "path" in [column.strip('"') for column in header.split("\t" if name.endswith(".tsv") else ",")]:
                 return False
-    markers = ["train", "val", "train_labels", "val_labels"] + [f"{part}_{name}" for part in ("train", "val") for name in MODALITIES]
+    markers = ["train", "val", "train_labels", "val_labels"] + [
+        f"{part}_{name}" for part in ("train", "val") for name in MODALITIES
+    ]
     if any((root / marker).is_dir() for marker in markers):
         return True
     return any(root.glob("*_quasiraw.npy")) or any(root.glob("*_vbm.npy")) or any(root.glob("sub-*_preproc-*.npy"))
@@ -110,8 +112,10 @@ def _find_tables(root: Path) -> list[tuple[str | None, Path]]:
                 tables.append((part, found[0]))
                 break
     if not tables:
-        raise CohortError(f"{root}: no OpenBHB participants table (expected participants.tsv, "
-                          f"or train/train_labels/participants.tsv and val/val_labels/participants.tsv)")
+        raise CohortError(
+            f"{root}: no OpenBHB participants table (expected participants.tsv, "
+            f"or train/train_labels/participants.tsv and val/val_labels/participants.tsv)"
+        )
     return tables
 
 
@@ -126,10 +130,14 @@ def _assign_splits(table: pd.DataFrame, parts: pd.Series, source: str) -> pd.Ser
     if "split" in table.columns and table["split"].notna().all():
         return table["split"].astype(str)
     if parts.isna().any():
-        raise CohortError(f"{source}: no 'split' column; expected split = train, internal_test or external_test per participant")
+        raise CohortError(
+            f"{source}: no 'split' column; expected split = train, internal_test or external_test per participant"
+        )
     train_sites = set(table.loc[parts == "train", "site"])
     internal = table["site"].isin(train_sites)
-    return pd.Series(np.where(parts == "train", "train", np.where(internal, "internal_test", "external_test")), index=table.index)
+    return pd.Series(
+        np.where(parts == "train", "train", np.where(internal, "internal_test", "external_test")), index=table.index
+    )
 
 
 def read_participants(root: Path) -> tuple[pd.DataFrame, str]:
@@ -163,7 +171,7 @@ def _index_subject_files(root: Path, suffix: str) -> dict[str, Path]:
     for folder, _, files in os.walk(root):
         for name in files:
             if name.startswith("sub-") and name.endswith("_" + suffix):
-                found.setdefault(name[4:-len(suffix) - 1], Path(folder) / name)
+                found.setdefault(name[4 : -len(suffix) - 1], Path(folder) / name)
     return found
 
 
@@ -181,7 +189,12 @@ def _find_stacked(root: Path, group: str, modality: str) -> Path | None:
 
 def _stacked_paths(root: Path, table: pd.DataFrame, modality: str, source: str) -> tuple[list, list] | None:
     """Paths and rows from stacked per-split arrays, or None when there are none."""
-    groups = [("train", ("train",)), ("val", TEST_SPLITS), ("internal_test", ("internal_test",)), ("external_test", ("external_test",))]
+    groups = [
+        ("train", ("train",)),
+        ("val", TEST_SPLITS),
+        ("internal_test", ("internal_test",)),
+        ("external_test", ("external_test",)),
+    ]
     paths: list = [None] * len(table)
     rows: list = [np.nan] * len(table)
     any_found = False
@@ -195,9 +208,11 @@ def _stacked_paths(root: Path, table: pd.DataFrame, modality: str, source: str) 
         any_found = True
         array = open_array(array_path)
         if array.shape[0] != len(members):
-            raise CohortError(f"{array_path}: holds {array.shape[0]} volumes (shape {tuple(array.shape)}) but {source} "
-                              f"lists {len(members)} participants with split {' or '.join(splits)}; expected one volume "
-                              f"per row, in table order")
+            raise CohortError(
+                f"{array_path}: holds {array.shape[0]} volumes (shape {tuple(array.shape)}) but {source} "
+                f"lists {len(members)} participants with split {' or '.join(splits)}; expected one volume "
+                f"per row, in table order"
+            )
         volume_shape(array.shape, 0, array_path)
         for row, index in enumerate(members):
             paths[index], rows[index] = str(array_path), row
@@ -216,15 +231,19 @@ def openbhb_table(root: str | Path, modality: str = "quasiraw") -> tuple[pd.Data
     root = Path(root).expanduser().resolve()
     table, source = read_participants(root)
     if "split" not in table.columns:
-        raise CohortError(f"{source}: missing column 'site' (or 'siteXacq'), needed to tell internal from external test sites")
+        raise CohortError(
+            f"{source}: missing column 'site' (or 'siteXacq'), needed to tell internal from external test sites"
+        )
     stacked = _stacked_paths(root, table, modality, source)
     if stacked is not None:
         paths, rows = stacked
         missing = [i for i, path in enumerate(paths) if path is None]
         if missing:
             split = table["split"].iloc[missing[0]]
-            raise CohortError(f"{root}: no stacked {modality} array for the {len(missing)} participants with split {split} "
-                              f"(expected {split}_{modality}.npy or {PART_OF_SPLIT[split]}_{modality}.npy)")
+            raise CohortError(
+                f"{root}: no stacked {modality} array for the {len(missing)} participants with split {split} "
+                f"(expected {split}_{modality}.npy or {PART_OF_SPLIT[split]}_{modality}.npy)"
+            )
     else:
         spec = MODALITIES[modality]
         found = table["participant_id"].map(_index_subject_files(root, spec.suffix))
@@ -235,16 +254,21 @@ def openbhb_table(root: str | Path, modality: str = "quasiraw") -> tuple[pd.Data
         for part in ("train", "val"):
             in_part = parts == part
             if in_part.any() and found[in_part].isna().all():
-                warnings.warn(f"{root}: no {modality} volume of OpenBHB's {part} part is present; "
-                              f"its {int(in_part.sum())} participants are left out", stacklevel=2)
+                warnings.warn(
+                    f"{root}: no {modality} volume of OpenBHB's {part} part is present; "
+                    f"its {int(in_part.sum())} participants are left out",
+                    stacklevel=2,
+                )
                 keep &= ~in_part
         table, found = table[keep], found[keep]
         if found.isna().any():
             first = table[found.isna()].iloc[0]
             pid, part = first["participant_id"], PART_OF_SPLIT[first["split"]]
-            raise CohortError(f"{root}: no {modality} volume for participant {pid} ({int(found.isna().sum())} missing in all); "
-                              f"expected a file sub-{pid}_{spec.suffix}, e.g. in {part}/derivatives/sub-{pid}/ses-1/ "
-                              f"or {part}/{part}_{modality}/")
+            raise CohortError(
+                f"{root}: no {modality} volume for participant {pid} ({int(found.isna().sum())} missing in all); "
+                f"expected a file sub-{pid}_{spec.suffix}, e.g. in {part}/derivatives/sub-{pid}/ses-1/ "
+                f"or {part}/{part}_{modality}/"
+            )
         paths = [str(path) for path in found]
         rows = [np.nan] * len(table)
     table = table.reset_index(drop=True)
@@ -264,6 +288,8 @@ def check_shapes(table: pd.DataFrame) -> tuple[int, int, int, int]:
         if expected is None:
             expected, first = shape, path
         elif shape != expected:
-            raise CohortError(f"{path}: participant {participant_id}: volume of shape {shape} (C, D, H, W), expected "
-                              f"{expected} like {first}")
+            raise CohortError(
+                f"{path}: participant {participant_id}: volume of shape {shape} (C, D, H, W), expected "
+                f"{expected} like {first}"
+            )
     return expected  # type: ignore[return-value]

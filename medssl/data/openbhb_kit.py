@@ -106,9 +106,11 @@ def _read_masks(folder: str, _stamps: tuple) -> dict[str, np.ndarray]:
     for block, mask in KIT_MASKS.items():
         path = Path(folder) / mask.file
         if not path.is_file():
-            raise CohortError(f"{path}: the challenge kit's {block} mask is missing; the kit's rows cannot be unmasked "
-                              f"without it (set data.openbhb_masks to the folder holding {KIT_MASKS['vbm'].file} and "
-                              f"{KIT_MASKS['quasiraw'].file})")
+            raise CohortError(
+                f"{path}: the challenge kit's {block} mask is missing; the kit's rows cannot be unmasked "
+                f"without it (set data.openbhb_masks to the folder holding {KIT_MASKS['vbm'].file} and "
+                f"{KIT_MASKS['quasiraw'].file})"
+            )
         try:
             image = cast(SpatialImage, nib.load(path)).get_fdata()  # a mask file is a NIfTI volume
         except Exception as exc:  # nibabel raises many types for a broken file
@@ -128,7 +130,7 @@ def block_sizes(folder: str) -> dict[str, int]:
 def block_span(folder: str, block: str) -> slice:
     """Columns of ``block`` in a row."""
     sizes = block_sizes(folder)
-    start = sum(sizes[name] for name in BLOCK_ORDER[:BLOCK_ORDER.index(block)])
+    start = sum(sizes[name] for name in BLOCK_ORDER[: BLOCK_ORDER.index(block)])
     return slice(start, start + sizes[block])
 
 
@@ -148,10 +150,14 @@ def _read_part_table(data: Path, part: str) -> pd.DataFrame:
         table = pd.read_csv(path, sep="\t", dtype={"participant_id": str})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise CohortError(f"{path}: cannot be read as the kit's {part} table ({exc})") from None
-    missing = [column for column in ("age", "site") + (("split",) if part == "test" else ()) if column not in table.columns]
+    missing = [
+        column for column in ("age", "site") + (("split",) if part == "test" else ()) if column not in table.columns
+    ]
     if missing:
-        raise CohortError(f"{path}: missing column '{missing[0]}' (the kit's tables have age, site and split; "
-                          f"found: {', '.join(map(str, table.columns))})")
+        raise CohortError(
+            f"{path}: missing column '{missing[0]}' (the kit's tables have age, site and split; "
+            f"found: {', '.join(map(str, table.columns))})"
+        )
     return table
 
 
@@ -172,21 +178,29 @@ def _medssl_columns(table: pd.DataFrame, part: str) -> pd.DataFrame:
 def _check_rows(array_path: Path, array: np.ndarray, rows: int, masks_folder: str) -> None:
     expected = sum(block_sizes(masks_folder).values())
     if array.ndim != 2 or array.shape[1] != expected:
-        raise CohortError(f"{array_path}: array of shape {tuple(array.shape)}, expected ({rows}, {expected}): "
-                          f"the challenge kit's layout is {describe_layout(masks_folder)}")
+        raise CohortError(
+            f"{array_path}: array of shape {tuple(array.shape)}, expected ({rows}, {expected}): "
+            f"the challenge kit's layout is {describe_layout(masks_folder)}"
+        )
     if array.shape[0] != rows:
-        raise CohortError(f"{array_path}: holds {array.shape[0]} rows but {array_path.with_suffix('.tsv')} lists "
-                          f"{rows} participants; expected one row per table row, in table order")
+        raise CohortError(
+            f"{array_path}: holds {array.shape[0]} rows but {array_path.with_suffix('.tsv')} lists "
+            f"{rows} participants; expected one row per table row, in table order"
+        )
 
 
-def kit_table(root: str | Path, modality: str = "quasiraw", masks: str | Path | None = None) -> tuple[pd.DataFrame, str]:
+def kit_table(
+    root: str | Path, modality: str = "quasiraw", masks: str | Path | None = None
+) -> tuple[pd.DataFrame, str]:
     """The kit in ``root`` as a cohort table (``path``, ``array_row``, ``kit_block``, ``kit_masks``).
 
     Reads the tables and the arrays' headers (not their values); raises :class:`CohortError`
     naming the file and the expected layout when a row length or row count does not fit.
     """
     if modality not in KIT_MASKS:
-        raise CohortError(f"data.openbhb_modality = {modality!r}: the challenge kit's volumes are {', '.join(KIT_MASKS)}")
+        raise CohortError(
+            f"data.openbhb_modality = {modality!r}: the challenge kit's volumes are {', '.join(KIT_MASKS)}"
+        )
     root = Path(root).expanduser().resolve()
     masks_folder = str(Path(masks).expanduser().resolve() if masks is not None else root)
     data = root / "data"
@@ -202,7 +216,9 @@ def kit_table(root: str | Path, modality: str = "quasiraw", masks: str | Path | 
         pieces.append(table)
         sources.append(str(data / f"{part}.tsv"))
     if not pieces:
-        raise CohortError(f"{root}: no challenge kit data (expected data/train.tsv + data/train.npy or data/test.tsv + data/test.npy)")
+        raise CohortError(
+            f"{root}: no challenge kit data (expected data/train.tsv + data/train.npy or data/test.tsv + data/test.npy)"
+        )
     table = pd.concat(pieces, ignore_index=True)
     table[KIT_BLOCK_COLUMN] = modality
     table[KIT_MASKS_COLUMN] = masks_folder
@@ -238,8 +254,10 @@ def read_kit_folds(path: str | Path, n_train_rows: int) -> dict[str, dict[str, n
     value that is not a row number below ``n_train_rows``, a row twice in one fold.
     """
     path = Path(path).expanduser()
-    expected = (f'expected {{"fold0": {{"train": [...], "internal_test": [...], "external_test": [...]}}, ...}} '
-                f"with row numbers 0..{n_train_rows - 1} of the {n_train_rows} train rows")
+    expected = (
+        f'expected {{"fold0": {{"train": [...], "internal_test": [...], "external_test": [...]}}, ...}} '
+        f"with row numbers 0..{n_train_rows - 1} of the {n_train_rows} train rows"
+    )
     try:
         content = json.loads(path.read_text())
     except FileNotFoundError:
@@ -259,15 +277,23 @@ def _fold_rows(path: Path, name: str, fold: dict, n_train_rows: int, expected: s
         if not isinstance(values, list) or not values:
             problem = "missing" if values is None else "empty" if values == [] else "not a list"
             raise CohortError(f"{path}: {name}.{part} is {problem}; {expected}")
-        wrong = next((value for value in values if isinstance(value, bool) or not isinstance(value, int)
-                      or not 0 <= value < n_train_rows), None)
+        wrong = next(
+            (
+                value
+                for value in values
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_train_rows
+            ),
+            None,
+        )
         if wrong is not None:
             raise CohortError(f"{path}: {name}.{part} holds {json.dumps(wrong)}; {expected}")
         unique, counts = np.unique(values, return_counts=True)
         repeated = seen.intersection(values) | set(unique[counts > 1].tolist())
         if repeated:
-            raise CohortError(f"{path}: row {min(repeated)} is twice in {name} (in {part}); "
-                              "expected each row in at most one part of a fold")
+            raise CohortError(
+                f"{path}: row {min(repeated)} is twice in {name} (in {part}); "
+                "expected each row in at most one part of a fold"
+            )
         seen.update(values)
         rows[part] = np.asarray(values, dtype=np.int64)
     return rows

@@ -193,8 +193,9 @@ def _grid(shape: int) -> _Grid:
 def _spline_matrix(coarse: int, shape: int) -> np.ndarray:
     """(shape, coarse) matrix of 1-D cubic-spline interpolation from ``coarse`` nodes to ``shape`` points."""
     positions = np.linspace(0.0, coarse - 1.0, shape)[None, :]
-    matrix = np.stack([ndimage.map_coordinates(unit, positions, order=3, mode="nearest")
-                       for unit in np.eye(coarse)], axis=1)
+    matrix = np.stack(
+        [ndimage.map_coordinates(unit, positions, order=3, mode="nearest") for unit in np.eye(coarse)], axis=1
+    )
     matrix.flags.writeable = False
     return matrix.astype(np.float32)
 
@@ -284,12 +285,14 @@ def _site_bias_field(scanner: _Scanner, shape: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- demographics
 def _draw_ages(rng: np.random.Generator, weights: np.ndarray, count: int) -> np.ndarray:
     component = rng.choice(len(weights), size=count, p=weights / weights.sum())
-    candidates = np.stack([
-        rng.uniform(8.0, 18.0, count),
-        18.0 + rng.gamma(2.0, 4.0, count),
-        rng.uniform(30.0, 88.0, count),
-        rng.normal(70.0, 8.0, count),
-    ])
+    candidates = np.stack(
+        [
+            rng.uniform(8.0, 18.0, count),
+            18.0 + rng.gamma(2.0, 4.0, count),
+            rng.uniform(30.0, 88.0, count),
+            rng.normal(70.0, 8.0, count),
+        ]
+    )
     return np.round(np.clip(candidates[component, np.arange(count)], 8.0, 88.0), 2)
 
 
@@ -326,8 +329,9 @@ def _assign_diagnosis(rng: np.random.Generator, site: np.ndarray) -> np.ndarray:
     return diagnosis
 
 
-def _demographics(rng: np.random.Generator, scanners: list[_Scanner], subjects: int,
-                  external_sites: int, diagnosis: bool) -> pd.DataFrame:
+def _demographics(
+    rng: np.random.Generator, scanners: list[_Scanner], subjects: int, external_sites: int, diagnosis: bool
+) -> pd.DataFrame:
     sites = len(scanners)
     site = rng.permutation(np.repeat(np.arange(sites), _site_sizes(rng, subjects, sites)))
     age = np.empty(subjects)
@@ -337,14 +341,16 @@ def _demographics(rng: np.random.Generator, scanners: list[_Scanner], subjects: 
         age[members] = _draw_ages(rng, np.asarray(scanner.age_weights), len(members))
         male[members] = rng.random(len(members)) < scanner.male_fraction
     external = set(range(sites - external_sites, sites))
-    table = pd.DataFrame({
-        "participant_id": [f"sub-{i:04d}" for i in range(subjects)],
-        "age": age,
-        "sex": np.where(male, "M", "F"),
-        "site": [f"site-{s:02d}" for s in site],
-        "split": _assign_splits(rng, site, age, external),
-        "path": [f"sub-{i:04d}_T1w.nii.gz" for i in range(subjects)],
-    })
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:04d}" for i in range(subjects)],
+            "age": age,
+            "sex": np.where(male, "M", "F"),
+            "site": [f"site-{s:02d}" for s in site],
+            "split": _assign_splits(rng, site, age, external),
+            "path": [f"sub-{i:04d}_T1w.nii.gz" for i in range(subjects)],
+        }
+    )
     if diagnosis:
         table["diagnosis"] = _assign_diagnosis(rng, site)
     table["site_index"] = site
@@ -361,8 +367,9 @@ def _grey_white_contrast(age: float) -> float:
     return 0.40 - 0.001 * (age - 8.0)
 
 
-def _subject_tissues(grid: _Grid, age: float, male: bool, patient: bool,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _subject_tissues(
+    grid: _Grid, age: float, male: bool, patient: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """GM, WM and CSF probabilities and the brain mask of one subject on the output grid."""
     template = _mni_template()
     n = grid.shape
@@ -382,8 +389,9 @@ def _subject_tissues(grid: _Grid, age: float, male: bool, patient: bool,
     source = source + _smooth_field(rng.normal(0.0, 3.0, (3, 5, 5, 5)), n)
 
     voxels = _voxel_to_mm(np.linalg.inv(template.affine), source)
-    gm, wm, csf = (ndimage.map_coordinates(t, voxels, order=1, mode="constant", cval=0.0, output=np.float32)
-                   for t in grid.tissues)
+    gm, wm, csf = (
+        ndimage.map_coordinates(t, voxels, order=1, mode="constant", cval=0.0, output=np.float32) for t in grid.tissues
+    )
     brain = (gm + wm + csf) > 0.5
 
     # Cortical thinning where GM meets CSF, scaled to remove the target fraction of GM.
@@ -399,8 +407,9 @@ def _subject_tissues(grid: _Grid, age: float, male: bool, patient: bool,
 def _hippocampal_blobs(points_mm: np.ndarray) -> np.ndarray:
     """Sum of the two Gaussian blobs (sd ``DIAGNOSIS_SD_MM``) centred on the hippocampi."""
     column = (3,) + (1,) * (points_mm.ndim - 1)
-    return sum(np.exp(-0.5 * ((points_mm - np.reshape(h, column)) ** 2).sum(0) / DIAGNOSIS_SD_MM**2)
-               for h in HIPPOCAMPI_MM)
+    return sum(
+        np.exp(-0.5 * ((points_mm - np.reshape(h, column)) ** 2).sum(0) / DIAGNOSIS_SD_MM**2) for h in HIPPOCAMPI_MM
+    )
 
 
 def diagnosis_effect_map(shape: int) -> np.ndarray:
@@ -413,8 +422,15 @@ def diagnosis_effect_map(shape: int) -> np.ndarray:
     return (DIAGNOSIS_LOSS * _hippocampal_blobs(grid.points_mm) * gm).astype(np.float32)
 
 
-def _render_subject(grid: _Grid, scanner: _Scanner, site_bias: np.ndarray, age: float, male: bool,
-                    patient: bool, seed: np.random.SeedSequence) -> np.ndarray:
+def _render_subject(
+    grid: _Grid,
+    scanner: _Scanner,
+    site_bias: np.ndarray,
+    age: float,
+    male: bool,
+    patient: bool,
+    seed: np.random.SeedSequence,
+) -> np.ndarray:
     """One T1-weighted volume, float32 of shape (n, n, n); see the module docstring."""
     rng = np.random.default_rng(seed)
     gm, wm, csf, brain = _subject_tissues(grid, age, male, patient, rng)
@@ -439,18 +455,29 @@ def _check_sizes(subjects: int, sites: int, external_sites: int, shape: int) -> 
     if sites < 1:
         raise RecipeError(f"data.synthetic.sites={sites}: expected at least 1 site")
     if subjects < 2 * sites:
-        raise RecipeError(f"data.synthetic.subjects={subjects}: expected at least 2 subjects per site "
-                          f"(>= {2 * sites} for sites={sites})")
+        raise RecipeError(
+            f"data.synthetic.subjects={subjects}: expected at least 2 subjects per site "
+            f"(>= {2 * sites} for sites={sites})"
+        )
     if not 0 <= external_sites < sites:
-        raise RecipeError(f"data.synthetic.external_sites={external_sites}: expected 0 to {sites - 1} "
-                          f"(at least one internal site of sites={sites})")
+        raise RecipeError(
+            f"data.synthetic.external_sites={external_sites}: expected 0 to {sites - 1} "
+            f"(at least one internal site of sites={sites})"
+        )
     if shape < 8:
         raise RecipeError(f"data.synthetic.shape={shape}: expected at least 8 voxels")
 
 
-def synthesize_cohort(out_dir: str | Path, subjects: int = 256, sites: int = 8, external_sites: int = 2,
-                      shape: int = 32, diagnosis: bool = False, seed: int = 0,
-                      progress: bool = False) -> Path:
+def synthesize_cohort(
+    out_dir: str | Path,
+    subjects: int = 256,
+    sites: int = 8,
+    external_sites: int = 2,
+    shape: int = 32,
+    diagnosis: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> Path:
     """Write a synthetic multi-site T1 cohort: ``participants.tsv``, volumes and ``cohort.json``.
 
     The table has ``participant_id``, ``age``, ``sex``, ``site``, ``split``, ``path`` (and
@@ -496,49 +523,76 @@ def synthesize_cohort(out_dir: str | Path, subjects: int = 256, sites: int = 8, 
     return out_dir
 
 
-def _write_volumes(out_dir: Path, table: pd.DataFrame, scanners: list[_Scanner],
-                   subject_streams: list[np.random.SeedSequence], shape: int, diagnosis: bool, progress: bool) -> None:
+def _write_volumes(
+    out_dir: Path,
+    table: pd.DataFrame,
+    scanners: list[_Scanner],
+    subject_streams: list[np.random.SeedSequence],
+    shape: int,
+    diagnosis: bool,
+    progress: bool,
+) -> None:
     """Render and save every subject's volume, each from its own random stream."""
     from rich.progress import track
 
     grid = _grid(shape)
     site_bias: dict[int, np.ndarray] = {}
-    rows = track(table.itertuples(index=False), total=len(table), disable=not progress,
-                 description=f"Synthesising {len(table)} brains ({shape}^3)")
+    rows = track(
+        table.itertuples(index=False),
+        total=len(table),
+        disable=not progress,
+        description=f"Synthesising {len(table)} brains ({shape}^3)",
+    )
     for row, stream in zip(rows, subject_streams):
         scanner = scanners[row.site_index]
         if row.site_index not in site_bias:
             site_bias[row.site_index] = _site_bias_field(scanner, shape)
         patient = diagnosis and row.diagnosis == "patient"
-        volume = _render_subject(grid, scanner, site_bias[row.site_index], float(row.age), row.sex == "M",
-                                 patient, stream)
+        volume = _render_subject(
+            grid, scanner, site_bias[row.site_index], float(row.age), row.sex == "M", patient, stream
+        )
         nib.save(nib.Nifti1Image(volume, grid.affine), out_dir / row.path)
 
 
 def _site_descriptions(table: pd.DataFrame, scanners: list[_Scanner], external_sites: int) -> list[dict]:
     """Each site's name, role, size and scanner signature, for ``cohort.json``."""
     return [
-        {"site": f"site-{index:02d}", "external": index >= len(scanners) - external_sites,
-         "subjects": int((table["site_index"] == index).sum()),
-         **{key: value for key, value in asdict(scanner).items() if key != "bias_pattern"}}
+        {
+            "site": f"site-{index:02d}",
+            "external": index >= len(scanners) - external_sites,
+            "subjects": int((table["site_index"] == index).sum()),
+            **{key: value for key, value in asdict(scanner).items() if key != "bias_pattern"},
+        }
         for index, scanner in enumerate(scanners)
     ]
 
 
 def _diagnosis_effect() -> dict:
     """The patients' effect, recorded in ``cohort.json``: a cached cohort of another effect is regenerated."""
-    return {"grey_matter_loss": DIAGNOSIS_LOSS, "sd_mm": DIAGNOSIS_SD_MM, "centres_mm": [list(c) for c in HIPPOCAMPI_MM]}
+    return {
+        "grey_matter_loss": DIAGNOSIS_LOSS,
+        "sd_mm": DIAGNOSIS_SD_MM,
+        "centres_mm": [list(c) for c in HIPPOCAMPI_MM],
+    }
 
 
 def _config_dict(subjects: int, sites: int, external_sites: int, shape: int, diagnosis: bool, seed: int) -> dict:
-    return {"subjects": subjects, "sites": sites, "external_sites": external_sites, "shape": shape,
-            "diagnosis": bool(diagnosis), "seed": seed}
+    return {
+        "subjects": subjects,
+        "sites": sites,
+        "external_sites": external_sites,
+        "shape": shape,
+        "diagnosis": bool(diagnosis),
+        "seed": seed,
+    }
 
 
 def cohort_key(config: SyntheticCohortConfig) -> str:
     """Folder name of a cached cohort, e.g. ``s256-k8-e2-n32-d0-seed0``."""
-    return (f"s{config.subjects}-k{config.sites}-e{config.external_sites}-n{config.shape}"
-            f"-d{int(config.diagnosis)}-seed{config.seed}")
+    return (
+        f"s{config.subjects}-k{config.sites}-e{config.external_sites}-n{config.shape}"
+        f"-d{int(config.diagnosis)}-seed{config.seed}"
+    )
 
 
 def default_cache_dir() -> Path:
@@ -553,8 +607,12 @@ def _is_complete(folder: Path, expected: dict) -> bool:
     except (OSError, ValueError):
         return False
     effect = _diagnosis_effect() if expected.get("diagnosis") else None
-    return (description.get("version") == GENERATOR_VERSION and description.get("config") == expected
-            and description.get("diagnosis_effect") == effect and (folder / TABLE_NAME).is_file())
+    return (
+        description.get("version") == GENERATOR_VERSION
+        and description.get("config") == expected
+        and description.get("diagnosis_effect") == effect
+        and (folder / TABLE_NAME).is_file()
+    )
 
 
 def _remove_stale_temporaries(parent: Path, key: str) -> None:
@@ -577,8 +635,7 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(graveyard, ignore_errors=True)
 
 
-def embedded_cohort(config: SyntheticCohortConfig, cache_dir: str | Path | None = None,
-                    progress: bool = False) -> Path:
+def embedded_cohort(config: SyntheticCohortConfig, cache_dir: str | Path | None = None, progress: bool = False) -> Path:
     """The folder of the cached synthetic cohort of ``config``, generated on first use.
 
     Generation writes into a temporary folder beside the cache entry and renames it into
@@ -596,8 +653,9 @@ def embedded_cohort(config: SyntheticCohortConfig, cache_dir: str | Path | None 
     parent = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     parent = parent / "synthetic"
     folder = parent / key
-    expected = _config_dict(config.subjects, config.sites, config.external_sites, config.shape,
-                            config.diagnosis, config.seed)
+    expected = _config_dict(
+        config.subjects, config.sites, config.external_sites, config.shape, config.diagnosis, config.seed
+    )
     if _is_complete(folder, expected):
         return folder
 

@@ -145,7 +145,9 @@ class CropResize(SpatialTransform):
             if isinstance(image, tio.LabelMap):
                 resized = F.interpolate(patch[None].float(), size=self.target_shape, mode="nearest")
             else:
-                resized = F.interpolate(patch[None].float(), size=self.target_shape, mode="trilinear", align_corners=False)
+                resized = F.interpolate(
+                    patch[None].float(), size=self.target_shape, mode="trilinear", align_corners=False
+                )
             image.set_data(resized[0].to(patch.dtype))
             image.affine = self._crop_resize_affine(image.affine)
         return subject
@@ -400,9 +402,13 @@ def _encode_label(subject: tio.Subject, index: int, key: str, encoder: Mapping[s
     value: Any = subject[key]  # a table cell: text or a number
     if isinstance(value, str):
         if encoder is None:
-            raise CohortError(f"participant {who}: label '{key}' = {value!r} is text; pass label_encoder, e.g. {{{value!r}: 0}}")
+            raise CohortError(
+                f"participant {who}: label '{key}' = {value!r} is text; pass label_encoder, e.g. {{{value!r}: 0}}"
+            )
         if value not in encoder:
-            raise CohortError(f"participant {who}: label '{key}' = {value!r} is not in label_encoder (known: {', '.join(map(str, encoder))})")
+            raise CohortError(
+                f"participant {who}: label '{key}' = {value!r} is not in label_encoder (known: {', '.join(map(str, encoder))})"
+            )
         return float(encoder[value])
     try:
         return float(value)
@@ -478,7 +484,9 @@ class MultiViewDataset(Dataset):
         if label_key is None:
             self.labels = torch.full((len(self.subjects),), math.nan)
         else:
-            encoded = [_encode_label(subject, i, label_key, self.label_encoder) for i, subject in enumerate(self.subjects)]
+            encoded = [
+                _encode_label(subject, i, label_key, self.label_encoder) for i, subject in enumerate(self.subjects)
+            ]
             self.labels = torch.tensor(encoded, dtype=torch.float32)
 
     def __len__(self) -> int:

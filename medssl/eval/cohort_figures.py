@@ -57,16 +57,29 @@ def scanner_ranges(cohort: Cohort) -> dict | None:
     for name in SCANNER_PARAMETERS:
         low, high = float(internal[name].min()), float(internal[name].max())
         values = [float(value) for value in external[name]]
-        rows.append({"parameter": name, "train_min": low, "train_max": high, "external": values,
-                     "inside": all(low <= value <= high for value in values)})
-    return {"parameters": rows, "all_external_inside": all(row["inside"] for row in rows),
-            "training_sites": len(internal), "external_sites": len(external)}
+        rows.append(
+            {
+                "parameter": name,
+                "train_min": low,
+                "train_max": high,
+                "external": values,
+                "inside": all(low <= value <= high for value in values),
+            }
+        )
+    return {
+        "parameters": rows,
+        "all_external_inside": all(row["inside"] for row in rows),
+        "training_sites": len(internal),
+        "external_sites": len(external),
+    }
 
 
 def trivial_probes(cohort: Cohort, recipe: Recipe, console=None) -> dict:
     """Challenge-protocol scores of the training-mean predictor and of the intensity probe."""
     table = cohort.table.reset_index(drop=True)
-    intensity = extract_features(IntensityStatistics(), cohort, recipe, description="intensity statistics", console=console)
+    intensity = extract_features(
+        IntensityStatistics(), cohort, recipe, description="intensity statistics", console=console
+    )
     results = {}
     for name, features in (("training_mean", np.zeros((len(table), 1))), ("intensity", intensity)):
         scores = challenge_protocol(features, table, seed=recipe.train.seed)
@@ -82,8 +95,10 @@ def effect_readout(cohort: Cohort, recipe: Recipe, shape: int) -> np.ndarray:
     for index in range(len(dataset)):
         volume = dataset[index]["volume"].numpy().ravel()
         if volume.size != weights.size:
-            raise EvaluationError(f"{cohort.root}: participant {cohort.table['participant_id'].iloc[index]} has "
-                                  f"{volume.size} voxels, expected {shape}^3 as cohort.json says")
+            raise EvaluationError(
+                f"{cohort.root}: participant {cohort.table['participant_id'].iloc[index]} has "
+                f"{volume.size} voxels, expected {shape}^3 as cohort.json says"
+            )
         readout.append(float(volume @ weights) / float(weights.sum()))
     return np.array(readout)
 
@@ -101,7 +116,11 @@ def diagnosis_oracle(cohort: Cohort, recipe: Recipe, folds: int = 5) -> dict | N
     probe = make_pipeline(StandardScaler(), LogisticRegression())
     with quiet_fits(features):
         scores = cross_val_predict(probe, features, positive, cv=splits, method="predict_proba")[:, 1]
-    external = (table["split"].astype(str) == "external_test").to_numpy() if "split" in table.columns else np.zeros(len(table), bool)
+    external = (
+        (table["split"].astype(str) == "external_test").to_numpy()
+        if "split" in table.columns
+        else np.zeros(len(table), bool)
+    )
     result = {"roc_auc": float(roc_auc_score(positive, scores)), "n_subjects": int(len(table)), "folds": len(splits)}
     if external.any() and 0 < positive[external].sum() < external.sum():
         result["roc_auc_external_sites"] = float(roc_auc_score(positive[external], scores[external]))

@@ -108,11 +108,22 @@ from medssl.train.trainer import Schedule, Trainer
 CLASSIFICATION_METRICS = ("roc_auc", "balanced_accuracy")
 REGRESSION_METRICS = ("mae", "r2")
 MISSING_TEXT = {"", "nan", "none", "n/a", "na"}  # how a missing label looks once the cohort loader made it text
-SEEDS_FOLDER = "seeds"            # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
-SEED_RESULT = "result.json"       # a finished seed's run, predictions and history, read back on --resume
+SEEDS_FOLDER = "seeds"  # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
+SEED_RESULT = "result.json"  # a finished seed's run, predictions and history, read back on --resume
 # Settings a resumed fine-tuning may change: how far to go, how many seeds, how to read the data.
-FINETUNE_RESUMABLE = ("name", "description", "data.num_workers", "eval.", "method.", "train.epochs", "train.embedded.",
-                      "train.checkpoint_every", "finetune.epochs", "finetune.embedded.epochs", "finetune.seeds")
+FINETUNE_RESUMABLE = (
+    "name",
+    "description",
+    "data.num_workers",
+    "eval.",
+    "method.",
+    "train.epochs",
+    "train.embedded.",
+    "train.checkpoint_every",
+    "finetune.epochs",
+    "finetune.embedded.epochs",
+    "finetune.seeds",
+)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -219,8 +230,10 @@ def resolve_target(table: pd.DataFrame, config: FinetuneConfig) -> Target:
     """
     column = config.target
     if column not in table.columns:
-        raise RecipeError(f"finetune.target = {column!r}: no such column in the participants table "
-                          f"(columns: {', '.join(map(str, table.columns))})")
+        raise RecipeError(
+            f"finetune.target = {column!r}: no such column in the participants table "
+            f"(columns: {', '.join(map(str, table.columns))})"
+        )
     train = table[table["split"] == "train"]
     train = train[known_rows(train, column)]
     if train.empty:
@@ -237,18 +250,27 @@ def resolve_target(table: pd.DataFrame, config: FinetuneConfig) -> Target:
         return Target(column, "regression")
     classes = sorted(as_labels(train[column]).unique())
     if len(classes) < 2:
-        raise CohortError(f"finetune.target = {column!r}: the train split has a single class ({classes[0]!r}); two are needed")
+        raise CohortError(
+            f"finetune.target = {column!r}: the train split has a single class ({classes[0]!r}); two are needed"
+        )
     if config.positive_class is not None:
         if config.positive_class not in classes:
-            raise RecipeError(f"finetune.positive_class = {config.positive_class!r}: not a class of {column!r} "
-                              f"(classes: {', '.join(classes)})")
+            raise RecipeError(
+                f"finetune.positive_class = {config.positive_class!r}: not a class of {column!r} "
+                f"(classes: {', '.join(classes)})"
+            )
         classes = [label for label in classes if label != config.positive_class] + [config.positive_class]
     return Target(column, "classification", classes)
 
 
 # ----------------------------------------------------------------------------- splits
-def validation_split(table: pd.DataFrame, fraction: float = 0.2, seed: int = 0, stratify: tuple[str, ...] = ("site",),
-                     group_col: str = "participant_id") -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    table: pd.DataFrame,
+    fraction: float = 0.2,
+    seed: int = 0,
+    stratify: tuple[str, ...] = ("site",),
+    group_col: str = "participant_id",
+) -> tuple[np.ndarray, np.ndarray]:
     """Carve a validation part out of a training table, stratified, whole subjects only.
 
     Subjects (rows sharing ``group_col``) are drawn per stratum (the combination of the
@@ -276,12 +298,16 @@ def validation_split(table: pd.DataFrame, fraction: float = 0.2, seed: int = 0, 
     table = table.reset_index(drop=True)
     for column in (group_col, *stratify):
         if column not in table.columns:
-            raise CohortError(f"participants table: missing column {column!r} (columns: {', '.join(map(str, table.columns))})")
+            raise CohortError(
+                f"participants table: missing column {column!r} (columns: {', '.join(map(str, table.columns))})"
+            )
     groups = table[group_col].astype(str)
     firsts = table.loc[~groups.duplicated()]
     if len(firsts) < 2:
         raise CohortError(f"the train split has {len(firsts)} subject(s): a validation part needs at least 2")
-    strata = firsts[list(stratify)].astype(str).agg("|".join, axis=1) if stratify else pd.Series("all", index=firsts.index)
+    strata = (
+        firsts[list(stratify)].astype(str).agg("|".join, axis=1) if stratify else pd.Series("all", index=firsts.index)
+    )
     n_val = min(max(int(round(fraction * len(firsts))), 1), len(firsts) - 1)
 
     rng = np.random.default_rng(seed)
@@ -312,7 +338,9 @@ def check_no_leakage(parts: dict[str, pd.DataFrame], group_col: str = "participa
     for name, rows in parts.items():
         for subject in rows[group_col].astype(str).unique():
             if subject in owner:
-                raise CohortError(f"participant {subject} is in both {owner[subject]} and {name}: a subject must be in one part only")
+                raise CohortError(
+                    f"participant {subject} is in both {owner[subject]} and {name}: a subject must be in one part only"
+                )
             owner[subject] = name
     external = parts.get("external_test")
     if external is None or external.empty:
@@ -323,8 +351,10 @@ def check_no_leakage(parts: dict[str, pd.DataFrame], group_col: str = "participa
             continue
         shared = sorted(external_sites & set(rows[site_col].astype(str)))
         if shared:
-            raise CohortError(f"site {shared[0]!r} is in external_test and in {name}: external sites must be held out entirely "
-                              f"(check the 'split' column of the participants table)")
+            raise CohortError(
+                f"site {shared[0]!r} is in external_test and in {name}: external sites must be held out entirely "
+                f"(check the 'split' column of the participants table)"
+            )
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -340,7 +370,9 @@ def pretraining_differences(source: str | Path, recipe: Recipe) -> list[str]:
         return []
     notes = []
     if pretraining.views.normalize != recipe.views.normalize:
-        notes.append(f"views.normalize is {recipe.views.normalize!r} but the encoder was pre-trained with {pretraining.views.normalize!r}")
+        notes.append(
+            f"views.normalize is {recipe.views.normalize!r} but the encoder was pre-trained with {pretraining.views.normalize!r}"
+        )
     shapes = [input_shape(pretraining), input_shape(recipe)]
     if None not in shapes and shapes[0] != shapes[1]:
         notes.append(f"volumes are {shapes[1]} but the encoder was pre-trained on {shapes[0]} (data.volume_shape)")
@@ -361,15 +393,21 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> Encoder:
         CheckpointError: missing or corrupt file, or an architecture different from the
             recipe's ``model`` section (every differing field is named).
     """
-    expected = encoder_spec(recipe.model.encoder, in_channels=recipe.model.in_channels, conv1_stride=recipe.model.conv1_stride,
-                            widths=recipe.model.widths)
+    expected = encoder_spec(
+        recipe.model.encoder,
+        in_channels=recipe.model.in_channels,
+        conv1_stride=recipe.model.conv1_stride,
+        widths=recipe.model.widths,
+    )
     try:
         return load_encoder(source, expected=expected)
     except CheckpointError as error:
         if "does not match the recipe" not in str(error):
             raise
-        raise CheckpointError(f"{error}; set the recipe's model section to the pre-trained architecture "
-                              f"(model.encoder, model.in_channels, model.conv1_stride)") from None
+        raise CheckpointError(
+            f"{error}; set the recipe's model section to the pre-trained architecture "
+            f"(model.encoder, model.in_channels, model.conv1_stride)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -384,8 +422,14 @@ def make_loader(dataset: Dataset, batch_size: int, recipe: Recipe, device: torch
     """The batches of a part that is predicted, not trained on: in order, all of them."""
     # torch types Dataset without __len__; the map-style datasets here all have one
     size = len(dataset)  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_size=min(batch_size, size), shuffle=False, num_workers=recipe.data.num_workers,
-                      worker_init_fn=seed_worker, pin_memory=device is not None and device.type == "cuda")
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, size),
+        shuffle=False,
+        num_workers=recipe.data.num_workers,
+        worker_init_fn=seed_worker,
+        pin_memory=device is not None and device.type == "cuda",
+    )
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -399,12 +443,22 @@ class Parts:
     external_test: Cohort
 
     def as_dict(self) -> dict[str, Cohort]:
-        return {"fit": self.fit, "validation": self.validation, "internal_test": self.internal_test,
-                "external_test": self.external_test}
+        return {
+            "fit": self.fit,
+            "validation": self.validation,
+            "internal_test": self.internal_test,
+            "external_test": self.external_test,
+        }
 
 
-def split_cohort(cohort: Cohort, target: Target, fraction: float, seed: int, max_subjects: int | None = None,
-                 train_size: int | None = None) -> Parts:
+def split_cohort(
+    cohort: Cohort,
+    target: Target,
+    fraction: float,
+    seed: int,
+    max_subjects: int | None = None,
+    train_size: int | None = None,
+) -> Parts:
     """Fit/validation parts of the train split (stratified on site, and class) plus both test splits, checked for leaks.
 
     ``train_size`` keeps that many labelled training subjects (fit and validation together),
@@ -430,8 +484,10 @@ def split_cohort(cohort: Cohort, target: Target, fraction: float, seed: int, max
         for name in TEST_SPLITS:
             unknown = sorted(set(target.values(getattr(parts, name).table)) - set(target.classes))
             if unknown:
-                raise CohortError(f"{name}: class {unknown[0]!r} of {target.column!r} never occurs in the train split "
-                                  f"(classes: {', '.join(target.classes)})")
+                raise CohortError(
+                    f"{name}: class {unknown[0]!r} of {target.column!r} never occurs in the train split "
+                    f"(classes: {', '.join(target.classes)})"
+                )
     return parts
 
 
@@ -461,7 +517,9 @@ def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: 
             order = [list(probe.classes_).index(label) if label in probe.classes_ else None for label in target.classes]
             scores = probe.predict_proba(tested)
             probabilities = np.column_stack([scores[:, k] if k is not None else np.zeros(len(tested)) for k in order])
-            results["constant"][name] = classification_metrics(values, np.tile(frequencies, (len(values), 1)), target.classes)
+            results["constant"][name] = classification_metrics(
+                values, np.tile(frequencies, (len(values), 1)), target.classes
+            )
             results["intensity"][name] = classification_metrics(values, probabilities, target.classes)
         else:
             results["constant"][name] = regression_metrics(values, np.full(len(values), truth.astype(float).mean()))
@@ -496,7 +554,9 @@ class FineTuner:
     def __init__(self, recipe: Recipe, encoder_source: str | Path | None, console: Console | None = None):
         self.console = console
         self.notes: list[str] = []
-        self.encoder_source = None if encoder_source is None or str(encoder_source).lower() == "none" else Path(encoder_source)
+        self.encoder_source = (
+            None if encoder_source is None or str(encoder_source).lower() == "none" else Path(encoder_source)
+        )
         self.recipe = self.resolve_budget(recipe)  # the embedded budget may set the encoder
         # checked next: a wrong encoder should fail before any cohort is generated or read
         self.pretrained = load_pretrained_encoder(self.encoder_source, self.recipe) if self.encoder_source else None
@@ -505,7 +565,9 @@ class FineTuner:
         config = self.recipe.finetune
         self.mode = "scratch" if self.encoder_source is None else config.mode
         if self.encoder_source is None and config.mode != "full":
-            self.say(f"--encoder none: training from scratch (every weight at finetune.lr); finetune.mode = {config.mode!r} is ignored.")
+            self.say(
+                f"--encoder none: training from scratch (every weight at finetune.lr); finetune.mode = {config.mode!r} is ignored."
+            )
         self.device = resolve_device(self.recipe.train.device)
         self.precision: str = self.recipe.train.precision  # safe_precision may fall back to fp32
         # What a seed's checkpoint must agree with to be resumed: the recipe and the encoder trained.
@@ -524,9 +586,11 @@ class FineTuner:
         resolved.finetune.epochs = budget.epochs
         resolved.finetune.batch_size = budget.batch_size
         synthetic = resolved.data.synthetic
-        self.say(f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
-                 f"{synthetic.external_sites} external, {synthetic.shape}^3 voxels{', with diagnosis' if synthetic.diagnosis else ''}) "
-                 f"with a small budget ({budget.epochs} epochs, batch {budget.batch_size}).")
+        self.say(
+            f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
+            f"{synthetic.external_sites} external, {synthetic.shape}^3 voxels{', with diagnosis' if synthetic.diagnosis else ''}) "
+            f"with a small budget ({budget.epochs} epochs, batch {budget.batch_size})."
+        )
         return resolved
 
     # -------------------------------------------------------------- one seed
@@ -545,63 +609,141 @@ class FineTuner:
         """Split, model, targets and inputs of one seed (every draw seeded by ``seed``)."""
         config = self.recipe.finetune
         seed_everything(seed)
-        parts = split_cohort(self.cohort, self.target, config.val_fraction, seed, self.recipe.data.max_subjects,
-                             train_size=config.train_size)
+        parts = split_cohort(
+            self.cohort,
+            self.target,
+            config.val_fraction,
+            seed,
+            self.recipe.data.max_subjects,
+            train_size=config.train_size,
+        )
         model = self.new_model(seed)
         targets = {name: self.target.encode(part.table) for name, part in parts.as_dict().items()}
         scale = (0.0, 1.0)
         if self.target.task == "regression":
             fit_values = targets["fit"]
-            scale = (float(fit_values.mean()), float(fit_values.std()) if len(fit_values) > 1 and float(fit_values.std()) > 0 else 1.0)
+            scale = (
+                float(fit_values.mean()),
+                float(fit_values.std()) if len(fit_values) > 1 and float(fit_values.std()) > 0 else 1.0,
+            )
             targets = {name: (values - scale[0]) / scale[1] for name, values in targets.items()}
         if self.features is not None:  # frozen encoder, no augmentation: train the head on cached features
-            features = {name: self.features[[self.position_of[pid] for pid in part.table["participant_id"]]]
-                        for name, part in parts.as_dict().items()}
+            features = {
+                name: self.features[[self.position_of[pid] for pid in part.table["participant_id"]]]
+                for name, part in parts.as_dict().items()
+            }
             # standardised with fit-part statistics, as scikit-learn probes are (StandardScaler in the pipeline)
             mean, std = features["fit"].mean(dim=0), features["fit"].std(dim=0, unbiased=False).clamp(min=1e-6)
-            return SeedRun(seed, parts, model, model.head, targets, scale, {name: (values - mean) / std for name, values in features.items()})
-        inputs = {name: volume_dataset(part, self.recipe, augment=config.augment and name == "fit")
-                  for name, part in parts.as_dict().items()}
+            return SeedRun(
+                seed,
+                parts,
+                model,
+                model.head,
+                targets,
+                scale,
+                {name: (values - mean) / std for name, values in features.items()},
+            )
+        inputs = {
+            name: volume_dataset(part, self.recipe, augment=config.augment and name == "fit")
+            for name, part in parts.as_dict().items()
+        }
         if not self.input_checked:
-            check_input_size(model.encoder, inputs["validation"][0]["volume"][None].to(self.device), self.recipe.model.encoder)
+            check_input_size(
+                model.encoder, inputs["validation"][0]["volume"][None].to(self.device), self.recipe.model.encoder
+            )
             self.input_checked = True
         return SeedRun(seed, parts, model, model, targets, scale, inputs)
 
     def seed_trainer(self, run: SeedRun, seed_dir: Path) -> Trainer:
         """The trainer of one seed: the head objective on the fit part, early stopping on the validation part."""
         config = self.recipe.finetune
-        datasets = {name: LabelledInputs(run.inputs[name], run.targets[name]) for name, part in run.parts.as_dict().items() if len(part)}
+        datasets = {
+            name: LabelledInputs(run.inputs[name], run.targets[name])
+            for name, part in run.parts.as_dict().items()
+            if len(part)
+        }
         fit_part, batch_size = datasets.pop("fit"), min(config.batch_size, len(run.parts.fit))
         # A last batch of one subject breaks BatchNorm in training: drop it (shuffled, so a different one each epoch).
-        loader = EpochLoader(fit_part, batch_size, seed=run.seed, num_workers=self.recipe.data.num_workers,
-                             pin_memory=self.device.type == "cuda", drop_last=len(fit_part) % batch_size == 1 and len(fit_part) > 1)
-        run.loaders = {name: make_loader(dataset, config.batch_size, self.recipe, self.device) for name, dataset in datasets.items()}
+        loader = EpochLoader(
+            fit_part,
+            batch_size,
+            seed=run.seed,
+            num_workers=self.recipe.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=len(fit_part) % batch_size == 1 and len(fit_part) > 1,
+        )
+        run.loaders = {
+            name: make_loader(dataset, config.batch_size, self.recipe, self.device)
+            for name, dataset in datasets.items()
+        }
         loss = self.loss_function(run.targets["fit"]).to(self.device)
-        stopping = EarlyStopping(partial(validation_loss, run.network, loss, run.loaders["validation"], self.device, self.precision),
-                                 run.network, config.patience)
+        stopping = EarlyStopping(
+            partial(validation_loss, run.network, loss, run.loaders["validation"], self.device, self.precision),
+            run.network,
+            config.patience,
+        )
         steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
-        schedule = Schedule(epochs=config.epochs, steps_per_epoch=steps, grad_clip=self.recipe.train.grad_clip, seed=run.seed,
-                            lr_key="finetune.lr", label=f"seed {run.seed}, ")
-        return Trainer(HeadObjective(run.network, loss), finetune_optimizer(run.model, self.recipe, self.mode), loader, seed_dir,
-                       schedule, device=self.device, precision=self.precision, console=self.console,
-                       recipe_yaml=self.settings_yaml, early_stopping=stopping, name=f"{self.recipe.model.encoder} fine-tuning")
+        schedule = Schedule(
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            grad_clip=self.recipe.train.grad_clip,
+            seed=run.seed,
+            lr_key="finetune.lr",
+            label=f"seed {run.seed}, ",
+        )
+        return Trainer(
+            HeadObjective(run.network, loss),
+            finetune_optimizer(run.model, self.recipe, self.mode),
+            loader,
+            seed_dir,
+            schedule,
+            device=self.device,
+            precision=self.precision,
+            console=self.console,
+            recipe_yaml=self.settings_yaml,
+            early_stopping=stopping,
+            name=f"{self.recipe.model.encoder} fine-tuning",
+        )
 
-    def run_seed(self, seed: int, seed_dir: Path, resume_from: dict | None = None,
-                 on_epoch_end: Callable[[int], None] | None = None) -> tuple[dict, pd.DataFrame, list[dict]]:
+    def run_seed(
+        self,
+        seed: int,
+        seed_dir: Path,
+        resume_from: dict | None = None,
+        on_epoch_end: Callable[[int], None] | None = None,
+    ) -> tuple[dict, pd.DataFrame, list[dict]]:
         """Train and test one seed in ``seed_dir`` (from a checkpoint state if given); keep its results there."""
         run = self.prepare_seed(seed)
         trainer = self.seed_trainer(run, seed_dir)
         result = trainer.run(resume_from, on_epoch_end)
         stopping = trainer.early_stopping
-        summary = {"seed": seed, "best_epoch": stopping.best_epoch, "epochs_run": result.epochs_done,
-                   "best_val_loss": stopping.best_loss if stopping.best_epoch else float("nan"),
-                   "n_fit": len(run.parts.fit), "n_validation": len(run.parts.validation),
-                   "learning_rates": {group.get("name", str(k)): group["lr"] for k, group in enumerate(trainer.optimizer.param_groups)}}
+        summary = {
+            "seed": seed,
+            "best_epoch": stopping.best_epoch,
+            "epochs_run": result.epochs_done,
+            "best_val_loss": stopping.best_loss if stopping.best_epoch else float("nan"),
+            "n_fit": len(run.parts.fit),
+            "n_validation": len(run.parts.validation),
+            "learning_rates": {
+                group.get("name", str(k)): group["lr"] for k, group in enumerate(trainer.optimizer.param_groups)
+            },
+        }
         summary, predictions = self.test_seed(run, summary)
         history = [{"seed": seed, **entry} for entry in stopping.history]
-        atomic_write_text(seed_dir / SEED_RESULT, json.dumps(json_ready(
-            {"settings": self.settings_yaml, "run": summary, "predictions": predictions.to_dict("records"),
-             "dtypes": predictions.dtypes.astype(str).to_dict(), "history": history})))
+        atomic_write_text(
+            seed_dir / SEED_RESULT,
+            json.dumps(
+                json_ready(
+                    {
+                        "settings": self.settings_yaml,
+                        "run": summary,
+                        "predictions": predictions.to_dict("records"),
+                        "dtypes": predictions.dtypes.astype(str).to_dict(),
+                        "history": history,
+                    }
+                )
+            ),
+        )
         # The results are kept: the checkpoint (weights, optimiser, best weights) is no longer needed.
         trainer.checkpoint_path.unlink(missing_ok=True)
         return summary, predictions, history
@@ -643,12 +785,19 @@ class FineTuner:
                 saved = json.loads((seed_dir / SEED_RESULT).read_text())
                 refused, _ = resume_differences(saved["settings"], self.settings_yaml, FINETUNE_RESUMABLE)
                 if refused:
-                    raise CheckpointError(f"{seed_dir / SEED_RESULT}: was fine-tuned with other settings ({'; '.join(refused)}); "
-                                          "resume with that run's recipe and --encoder, or start a new --out")
+                    raise CheckpointError(
+                        f"{seed_dir / SEED_RESULT}: was fine-tuned with other settings ({'; '.join(refused)}); "
+                        "resume with that run's recipe and --encoder, or start a new --out"
+                    )
                 found[seed] = {"result": saved}
             elif (seed_dir / "checkpoints" / "last.pt").is_file():
-                state, _ = resumable_checkpoint(seed_dir / "checkpoints" / "last.pt", self.settings_yaml, self.recipe.finetune.epochs,
-                                                "finetune.epochs", FINETUNE_RESUMABLE)
+                state, _ = resumable_checkpoint(
+                    seed_dir / "checkpoints" / "last.pt",
+                    self.settings_yaml,
+                    self.recipe.finetune.epochs,
+                    "finetune.epochs",
+                    FINETUNE_RESUMABLE,
+                )
                 found[seed] = {"checkpoint": state}
         return found
 
@@ -664,18 +813,30 @@ class FineTuner:
             self.say("the cohort has no external_test subjects: only the internal test is reported.")
         self.position_of = {pid: position for position, pid in enumerate(self.cohort.table["participant_id"])}
         self.features, self.input_checked = None, False
-        self.intensity = extract_features(IntensityStatistics(), self.cohort, recipe, description="intensity statistics",
-                                          console=self.console).astype(np.float64)
+        self.intensity = extract_features(
+            IntensityStatistics(), self.cohort, recipe, description="intensity statistics", console=self.console
+        ).astype(np.float64)
         self.check_precision()
         if self.mode == "linear" and not config.augment:
             assert self.pretrained is not None, "mode linear is set only with a pre-trained encoder"
             encoder = self.pretrained.to(self.device)
-            check_input_size(encoder, volume_dataset(self.cohort.head(1), recipe, augment=False)[0]["volume"][None].to(self.device),
-                             recipe.model.encoder)
+            check_input_size(
+                encoder,
+                volume_dataset(self.cohort.head(1), recipe, augment=False)[0]["volume"][None].to(self.device),
+                recipe.model.encoder,
+            )
             self.input_checked = True
-            self.features = torch.from_numpy(extract_features(encoder, self.cohort, recipe, device=self.device,
-                                                              batch_size=config.batch_size, description="frozen features",
-                                                              console=self.console))
+            self.features = torch.from_numpy(
+                extract_features(
+                    encoder,
+                    self.cohort,
+                    recipe,
+                    device=self.device,
+                    batch_size=config.batch_size,
+                    description="frozen features",
+                    console=self.console,
+                )
+            )
 
     def run(self, out_dir: Path, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> dict:
         """Every seed (finished ones of a resumed run are read back), then the summary and the files."""
@@ -692,8 +853,9 @@ class FineTuner:
                 rows = pd.DataFrame(saved["predictions"], columns=list(saved["dtypes"])).astype(saved["dtypes"])
                 run, steps = saved["run"], saved["history"]
             else:
-                run, rows, steps = self.run_seed(seed, out_dir / SEEDS_FOLDER / f"seed{seed}",
-                                                 earlier.get(seed, {}).get("checkpoint"), on_epoch_end)
+                run, rows, steps = self.run_seed(
+                    seed, out_dir / SEEDS_FOLDER / f"seed{seed}", earlier.get(seed, {}).get("checkpoint"), on_epoch_end
+                )
             runs.append(run)
             predictions.append(rows)
             history.extend(steps)
@@ -719,30 +881,54 @@ class FineTuner:
             if scored:
                 summary[name] = {metric: mean_std([entry[metric] for entry in scored]) for metric in metrics}
                 summary[name]["n"] = scored[0]["n"]
-        baselines = {baseline: {name: {metric: mean_std([run["baselines"][baseline][name][metric] for run in runs])
-                                       for metric in metrics}
-                                for name in TEST_SPLITS if all(name in run["baselines"][baseline] for run in runs)}
-                     for baseline in ("constant", "intensity")}
+        baselines = {
+            baseline: {
+                name: {
+                    metric: mean_std([run["baselines"][baseline][name][metric] for run in runs]) for metric in metrics
+                }
+                for name in TEST_SPLITS
+                if all(name in run["baselines"][baseline] for run in runs)
+            }
+            for baseline in ("constant", "intensity")
+        }
         for name, entry in summary.items():
             if entry.get("roc_auc", {}).get("n_seeds", 1) < len(runs):
                 self.notes.append(f"{name}: ROC AUC undefined for some seeds (a single class among its subjects)")
         encoder_lr = {"linear": None, "lower_lr": config.lr * config.encoder_lr_factor}.get(self.mode, config.lr)
         table = self.cohort.table
         settings = {
-            "target": self.target.column, "task": self.target.task, "classes": self.target.classes,
+            "target": self.target.column,
+            "task": self.target.task,
+            "classes": self.target.classes,
             "positive_class": self.target.classes[-1] if len(self.target.classes) == 2 else None,
-            "mode": self.mode, "encoder": str(self.encoder_source) if self.encoder_source else None,
-            "architecture": self.recipe.model.encoder, "seeds": list(config.seeds), "epochs": config.epochs,
-            "patience": config.patience, "lr": config.lr, "encoder_lr": encoder_lr, "batch_size": config.batch_size,
-            "optimizer": self.recipe.train.optimizer, "weight_decay": self.recipe.train.weight_decay,
-            "val_fraction": config.val_fraction, "train_size": config.train_size,
-            "class_weighting": config.class_weighting, "augment": config.augment,
-            "precision": self.precision, "device": str(self.device), "seconds": round(seconds, 1),
+            "mode": self.mode,
+            "encoder": str(self.encoder_source) if self.encoder_source else None,
+            "architecture": self.recipe.model.encoder,
+            "seeds": list(config.seeds),
+            "epochs": config.epochs,
+            "patience": config.patience,
+            "lr": config.lr,
+            "encoder_lr": encoder_lr,
+            "batch_size": config.batch_size,
+            "optimizer": self.recipe.train.optimizer,
+            "weight_decay": self.recipe.train.weight_decay,
+            "val_fraction": config.val_fraction,
+            "train_size": config.train_size,
+            "class_weighting": config.class_weighting,
+            "augment": config.augment,
+            "precision": self.precision,
+            "device": str(self.device),
+            "seconds": round(seconds, 1),
             "subjects": {split: int((table["split"] == split).sum()) for split in ("train", *TEST_SPLITS)},
-            "sites": {split: sorted(table.loc[table["split"] == split, "site"].astype(str).unique()) for split in ("train", *TEST_SPLITS)},
+            "sites": {
+                split: sorted(table.loc[table["split"] == split, "site"].astype(str).unique())
+                for split in ("train", *TEST_SPLITS)
+            },
             "cohort": str(self.cohort.root),
         }
-        return json_ready({"settings": settings, "summary": summary, "baselines": baselines, "runs": runs, "notes": self.notes})
+        return json_ready(
+            {"settings": settings, "summary": summary, "baselines": baselines, "runs": runs, "notes": self.notes}
+        )
 
     def write(self, out_dir: Path, results: dict, predictions: pd.DataFrame, history: pd.DataFrame) -> None:
         from medssl.eval.plots import plot_age_predictions, plot_roc_curves
@@ -759,9 +945,14 @@ class FineTuner:
             if self.target.task == "classification":
                 plot_roc_curves(roc_curves(rows, self.target), out_dir / f"roc_{split}.png", title=title)
             else:
-                plot_age_predictions(rows.assign(split=rows["split"] + " seed " + rows["seed"].astype(str)),
-                                     out_dir / f"predictions_{split}.png", age_col=self.target.column,
-                                     age_pred_col="prediction", split_col="split", title=title)
+                plot_age_predictions(
+                    rows.assign(split=rows["split"] + " seed " + rows["seed"].astype(str)),
+                    out_dir / f"predictions_{split}.png",
+                    age_col=self.target.column,
+                    age_pred_col="prediction",
+                    split_col="split",
+                    title=title,
+                )
 
 
 def roc_curves(predictions: pd.DataFrame, target: Target) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -785,8 +976,22 @@ def summary_table(results: dict) -> pd.DataFrame:
                 rows.append({"seed": str(run["seed"]), "split": split, **run[split]})
     for split, entry in results["summary"].items():
         metrics = {key: value for key, value in entry.items() if isinstance(value, dict)}
-        rows.append({"seed": "mean", "split": split, "n": entry.get("n"), **{key: value["mean"] for key, value in metrics.items()}})
-        rows.append({"seed": "std", "split": split, "n": entry.get("n"), **{key: value["std"] for key, value in metrics.items()}})
+        rows.append(
+            {
+                "seed": "mean",
+                "split": split,
+                "n": entry.get("n"),
+                **{key: value["mean"] for key, value in metrics.items()},
+            }
+        )
+        rows.append(
+            {
+                "seed": "std",
+                "split": split,
+                "n": entry.get("n"),
+                **{key: value["std"] for key, value in metrics.items()},
+            }
+        )
     table = pd.DataFrame(rows)
     table.insert(2, "n", table.pop("n"))
     settings = results["settings"]
@@ -800,10 +1005,18 @@ def print_finetune_report(results: dict, console: Console | None = None, notes: 
     console = console or Console()
     settings = results["settings"]
     encoder = settings["encoder"] or "none (from scratch)"
-    view = Table(title=f"Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}",
-                 title_justify="left")
+    view = Table(
+        title=f"Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}",
+        title_justify="left",
+    )
     baselines = results.get("baselines") or {}
-    for header in ("split", "n", "metric", f"mean ± std ({len(settings['seeds'])} seeds)", *(f"{name} baseline" for name in baselines)):
+    for header in (
+        "split",
+        "n",
+        "metric",
+        f"mean ± std ({len(settings['seeds'])} seeds)",
+        *(f"{name} baseline" for name in baselines),
+    ):
         view.add_column(header, justify="right" if header != "split" and header != "metric" else "left")
     view.add_column("per seed")
     for split, entry in results["summary"].items():
@@ -811,7 +1024,10 @@ def print_finetune_report(results: dict, console: Console | None = None, notes: 
             if not isinstance(value, dict):
                 continue
             references = [mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
-            seeds = ", ".join("-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}" for run in results["runs"])
+            seeds = ", ".join(
+                "-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}"
+                for run in results["runs"]
+            )
             view.add_row(split, str(entry.get("n", "")), metric, mean_std_text(value), *references, seeds)
     console.print(view)
     for note in results.get("notes", []) if notes else []:
@@ -822,8 +1038,14 @@ def mean_std_text(value: dict | None) -> str:
     return "-" if not value or value.get("mean") is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
-def finetune_encoder(recipe: Recipe, encoder: str | Path | None, out_dir: str | Path, console: Console | None = None,
-                     resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> dict:
+def finetune_encoder(
+    recipe: Recipe,
+    encoder: str | Path | None,
+    out_dir: str | Path,
+    console: Console | None = None,
+    resume: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict:
     """Fine-tune ``encoder`` (an ``encoder.pt``, a run folder, or None/"none" for from scratch)
     with the recipe's ``finetune`` section; write and return the results (see the module docstring).
 

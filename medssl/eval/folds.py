@@ -36,7 +36,12 @@ from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
 
 Folds = list[tuple[np.ndarray, np.ndarray]]
 # What each challenge fold reports, and the target each metric is about.
-CHALLENGE_FOLD_METRICS = {"mae_internal": "age", "mae_external": "age", "bacc_site": "site", "challenge_score": "age+site"}
+CHALLENGE_FOLD_METRICS = {
+    "mae_internal": "age",
+    "mae_external": "age",
+    "bacc_site": "site",
+    "challenge_score": "age+site",
+}
 
 
 def site_stratified_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0, stratify: str | None = "site") -> Folds:
@@ -96,7 +101,9 @@ def leave_site_out_folds(table: pd.DataFrame, n_folds: int | None = None, site_c
 
 def _labels(table: pd.DataFrame, column: str) -> pd.Series:
     if column not in table.columns:
-        raise EvaluationError(f"participants table: missing column {column!r} (columns: {', '.join(map(str, table.columns))})")
+        raise EvaluationError(
+            f"participants table: missing column {column!r} (columns: {', '.join(map(str, table.columns))})"
+        )
     values = table[column].reset_index(drop=True)
     if values.isna().any():
         row = int(np.argmax(values.isna().to_numpy()))
@@ -106,7 +113,9 @@ def _labels(table: pd.DataFrame, column: str) -> pd.Series:
 
 def _check_n_folds(n_folds: int, available: int, what: str) -> None:
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= available:
-        raise EvaluationError(f"n_folds: got {n_folds!r}, expected an integer between 2 and the number of {what} ({available})")
+        raise EvaluationError(
+            f"n_folds: got {n_folds!r}, expected an integer between 2 and the number of {what} ({available})"
+        )
 
 
 @dataclass(frozen=True)
@@ -141,8 +150,12 @@ def challenge_folds(table: pd.DataFrame, root: str | Path | None, folds_file: st
     return [ChallengeFold(name, *(train_positions[rows[part]] for part in FOLD_PARTS)) for name, rows in folds.items()]
 
 
-def score_challenge_folds(features: np.ndarray, table: pd.DataFrame, folds: list[ChallengeFold],
-                          protocol: Callable[[np.ndarray, pd.DataFrame], dict]) -> pd.DataFrame:
+def score_challenge_folds(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    folds: list[ChallengeFold],
+    protocol: Callable[[np.ndarray, pd.DataFrame], dict],
+) -> pd.DataFrame:
     """Run the challenge ``protocol`` once per fold and summarise its scores over the folds.
 
     Each fold's rows are handed to ``protocol`` with the ``split`` of their part (``train``,
@@ -169,17 +182,27 @@ def score_challenge_folds(features: np.ndarray, table: pd.DataFrame, folds: list
         except EvaluationError as error:
             notes.append(f"kit_folds: {fold.name}: {error}, fold skipped")
             continue
-        notes.extend(f"kit_folds: {fold.name}: {warning.message}" for warning in caught
-                     if issubclass(warning.category, UnseenSiteWarning))
+        notes.extend(
+            f"kit_folds: {fold.name}: {warning.message}"
+            for warning in caught
+            if issubclass(warning.category, UnseenSiteWarning)
+        )
         scores.append({"fold": fold.name, **{metric: result[metric] for metric in CHALLENGE_FOLD_METRICS}})
     per_fold = pd.DataFrame(scores, columns=["fold", *CHALLENGE_FOLD_METRICS])
     rows = []
     for metric, target in CHALLENGE_FOLD_METRICS.items():
         values = per_fold[metric].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
-        rows.append({"protocol": "kit_folds", "target": target, "metric": metric,
-                     "mean": values.mean() if values.size else np.nan,
-                     "std": values.std() if values.size else np.nan, "n_folds": int(values.size)})
+        rows.append(
+            {
+                "protocol": "kit_folds",
+                "target": target,
+                "metric": metric,
+                "mean": values.mean() if values.size else np.nan,
+                "std": values.std() if values.size else np.nan,
+                "n_folds": int(values.size),
+            }
+        )
     summary = pd.DataFrame(rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds"])
     summary.attrs.update(per_fold=per_fold, notes=notes)
     return summary

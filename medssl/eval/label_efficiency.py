@@ -48,8 +48,9 @@ def size_name(size: int | None) -> str:
     return ALL if size is None else str(size)
 
 
-def label_efficiency(recipe: Recipe, encoder: str | Path, sizes: list[int | None], out_dir: str | Path,
-                     console: Console | None = None) -> pd.DataFrame:
+def label_efficiency(
+    recipe: Recipe, encoder: str | Path, sizes: list[int | None], out_dir: str | Path, console: Console | None = None
+) -> pd.DataFrame:
     """Fine-tune ``encoder`` and a from-scratch network at each size; write and return the curve table."""
     out_dir = Path(out_dir)
     rows = []
@@ -82,9 +83,18 @@ def curve_rows(results: dict, encoder: str, size: int | None) -> list[dict]:
     for split, entry in results["summary"].items():
         for metric, value in entry.items():
             if isinstance(value, dict):
-                rows.append({"encoder": encoder, "train_size": size_name(size), "n_train": round(sum(n_fit) / len(n_fit)),
-                             "split": split, "metric": metric, "mean": value["mean"], "std": value["std"],
-                             "n_seeds": value.get("n_seeds")})
+                rows.append(
+                    {
+                        "encoder": encoder,
+                        "train_size": size_name(size),
+                        "n_train": round(sum(n_fit) / len(n_fit)),
+                        "split": split,
+                        "metric": metric,
+                        "mean": value["mean"],
+                        "std": value["std"],
+                        "n_seeds": value.get("n_seeds"),
+                    }
+                )
     return rows
 
 

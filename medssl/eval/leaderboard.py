@@ -54,8 +54,12 @@ METRICS = {
 }
 # Row name of each baseline -> its representation in eval/metrics.json.
 BASELINES = {"random init": "baseline", "intensity statistics": "intensity", "training mean": "mean"}
-PREDICTION_FILES = {"pretrained": "predictions.csv", "baseline": "predictions_baseline.csv",
-                    "intensity": "predictions_intensity.csv", "mean": "predictions_mean.csv"}
+PREDICTION_FILES = {
+    "pretrained": "predictions.csv",
+    "baseline": "predictions_baseline.csv",
+    "intensity": "predictions_intensity.csv",
+    "mean": "predictions_mean.csv",
+}
 # Metric -> test split its subjects are resampled from.
 DIFFERENCE_METRICS = {"mae_internal": "internal_test", "mae_external": "external_test", "bacc_site": "internal_test"}
 REFERENCES = ("random init", "simclr")
@@ -95,7 +99,9 @@ def collect_runs(bench_dir: str | Path) -> BenchmarkRuns:
     bench_dir = Path(bench_dir)
     finished = _finished_runs(bench_dir)
     if not finished:
-        raise EvaluationError(f"{bench_dir / 'runs'}: no finished run (expected runs/<recipe>/seed<k>/eval/metrics.json)")
+        raise EvaluationError(
+            f"{bench_dir / 'runs'}: no finished run (expected runs/<recipe>/seed<k>/eval/metrics.json)"
+        )
     rows: list[dict] = []
     predictions: dict[tuple[str, int], pd.DataFrame] = {}
     missing: dict[str, list[int]] = {}
@@ -110,13 +116,23 @@ def collect_runs(bench_dir: str | Path) -> BenchmarkRuns:
             if representation not in results:
                 missing.setdefault(method, []).append(seed)
                 continue
-            rows.append({"method": method, "kind": "method" if representation == "pretrained" else "baseline",
-                         "seed": seed, "run": str(run_dir), **_metrics_row(results[representation])})
+            rows.append(
+                {
+                    "method": method,
+                    "kind": "method" if representation == "pretrained" else "baseline",
+                    "seed": seed,
+                    "run": str(run_dir),
+                    **_metrics_row(results[representation]),
+                }
+            )
             path = run_dir / "eval" / PREDICTION_FILES[representation]
             if path.is_file():
                 predictions[(method, seed)] = read_benchmark_predictions(path)
-    notes = [f"row '{method}' left out for seed(s) {', '.join(map(str, seeds))}: no '{BASELINES.get(method, 'pretrained')}' "
-             "representation in eval/metrics.json (an evaluation without this baseline)" for method, seeds in missing.items()]
+    notes = [
+        f"row '{method}' left out for seed(s) {', '.join(map(str, seeds))}: no '{BASELINES.get(method, 'pretrained')}' "
+        "representation in eval/metrics.json (an evaluation without this baseline)"
+        for method, seeds in missing.items()
+    ]
     notes.extend(_architecture_notes(finished, baseline_source))
     metrics = _ordered(pd.DataFrame(rows, columns=["method", "kind", "seed", "run", *METRICS]))
     return BenchmarkRuns(metrics=metrics, predictions=predictions, n_sites=_training_sites(predictions), notes=notes)
@@ -136,8 +152,13 @@ def leaderboard(runs: BenchmarkRuns) -> pd.DataFrame:
     return table
 
 
-def paired_differences(runs: BenchmarkRuns, references: tuple[str, ...] = REFERENCES, n_resamples: int = 2000,
-                       seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+def paired_differences(
+    runs: BenchmarkRuns,
+    references: tuple[str, ...] = REFERENCES,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Each method's difference from each reference, with paired percentile bootstrap CIs.
 
     For each metric of :data:`DIFFERENCE_METRICS` the subjects of its test split are resampled
@@ -202,13 +223,22 @@ def read_benchmark_predictions(path: str | Path) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"participant_id": str, "site": str, "site_pred": str, "split": str})
     missing = [column for column in PREDICTION_COLUMNS if column not in table.columns]
     if missing:
-        raise EvaluationError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PREDICTION_COLUMNS)}")
+        raise EvaluationError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PREDICTION_COLUMNS)}"
+        )
     table.attrs["source"] = str(path)
     return table
 
 
-def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall_time_s: float | None = None,
-                      n_resamples: int = 2000, seed: int = 0, references: tuple[str, ...] = REFERENCES) -> dict[str, Path]:
+def write_leaderboard(
+    bench_dir: str | Path,
+    *,
+    command: str | None = None,
+    wall_time_s: float | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    references: tuple[str, ...] = REFERENCES,
+) -> dict[str, Path]:
     """Collect the finished runs of ``bench_dir`` and write ``leaderboard.{md,json,csv,png}`` into it.
 
     Args:
@@ -228,8 +258,13 @@ def write_leaderboard(bench_dir: str | Path, *, command: str | None = None, wall
     header = _report_header(bench_dir, command, wall_time_s, n_resamples)
     paths = {extension: bench_dir / f"leaderboard.{extension}" for extension in ("md", "json", "csv", "png")}
     table.to_csv(paths["csv"], index=False)
-    report = {**header, "n_sites": runs.n_sites, "notes": runs.notes,
-              "leaderboard": table.to_dict(orient="records"), "differences": differences.to_dict(orient="records")}
+    report = {
+        **header,
+        "n_sites": runs.n_sites,
+        "notes": runs.notes,
+        "leaderboard": table.to_dict(orient="records"),
+        "differences": differences.to_dict(orient="records"),
+    }
     paths["json"].write_text(json.dumps(json_ready(report), indent=2))
     paths["md"].write_text(_markdown(header, table, differences, runs))
     plot_leaderboard(table, paths["png"], n_sites=runs.n_sites)
@@ -243,12 +278,25 @@ def plot_leaderboard(table: pd.DataFrame, path: str | Path, n_sites: int | None 
     colors = np.where(table["kind"] == "baseline", "grey", "tab:blue")  # baselines set apart from the methods
     for kind, color in (("method", "tab:blue"), ("baseline", "grey")):
         rows = table[table["kind"] == kind]
-        left.errorbar(rows["mae_internal_mean"], rows["mae_external_mean"], xerr=rows["mae_internal_sd"].fillna(0),
-                      yerr=rows["mae_external_sd"].fillna(0), fmt="o", capsize=3, color=color, label=kind)
+        left.errorbar(
+            rows["mae_internal_mean"],
+            rows["mae_external_mean"],
+            xerr=rows["mae_internal_sd"].fillna(0),
+            yerr=rows["mae_external_sd"].fillna(0),
+            fmt="o",
+            capsize=3,
+            color=color,
+            label=kind,
+        )
     left.legend(loc="upper left", fontsize="small")
     for row in table.itertuples(index=False):
-        left.annotate(row.method, (row.mae_internal_mean, row.mae_external_mean), textcoords="offset points",
-                      xytext=(4, 4), fontsize="small")
+        left.annotate(
+            row.method,
+            (row.mae_internal_mean, row.mae_external_mean),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize="small",
+        )
     finite = pd.concat([table["mae_internal_mean"], table["mae_external_mean"]]).dropna()
     if not finite.empty:
         # The diagonal marks "no loss on unseen scanners".
@@ -258,7 +306,9 @@ def plot_leaderboard(table: pd.DataFrame, path: str | Path, n_sites: int | None 
     left.set_ylabel("age MAE, external test (years)")
     left.set_title("Age: seen vs. unseen sites (lower is better)")
     positions = np.arange(len(table))
-    right.barh(positions, table["bacc_site_mean"].fillna(0), xerr=table["bacc_site_sd"].fillna(0), capsize=3, color=colors)
+    right.barh(
+        positions, table["bacc_site_mean"].fillna(0), xerr=table["bacc_site_sd"].fillna(0), capsize=3, color=colors
+    )
     right.set_yticks(positions, labels=list(table["method"]))
     right.invert_yaxis()
     if n_sites:
@@ -303,6 +353,7 @@ def _read_json(path: Path) -> dict:
 
 def _metrics_row(entry: dict) -> dict:
     """The leaderboard metrics of one representation of ``metrics.json`` (NaN where null or absent)."""
+
     def cv_age_mae(protocol: str):
         return ((entry.get(protocol) or {}).get("age") or {}).get("mae", {}).get("mean")
 
@@ -318,7 +369,12 @@ def _ordered(metrics: pd.DataFrame) -> pd.DataFrame:
     methods = list(dict.fromkeys(metrics.loc[metrics["kind"] == "method", "method"]))
     rank.update({name: index - len(methods) for index, name in enumerate(methods)})
     order = metrics["method"].map(rank)
-    return metrics.assign(_order=order).sort_values(["_order", "seed"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    return (
+        metrics.assign(_order=order)
+        .sort_values(["_order", "seed"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
 
 
 def _training_sites(predictions: dict[tuple[str, int], pd.DataFrame]) -> int | None:
@@ -334,16 +390,29 @@ def _architecture_notes(finished: list[tuple[str, int, Path]], baseline_source: 
     encoders: dict[Path, str] = {}
     for _, _, run_dir in finished:
         recipe_file = run_dir / "recipe.yaml"
-        encoder = ((yaml.safe_load(recipe_file.read_text()) or {}).get("model") or {}).get("encoder") if recipe_file.is_file() else None
+        encoder = (
+            ((yaml.safe_load(recipe_file.read_text()) or {}).get("model") or {}).get("encoder")
+            if recipe_file.is_file()
+            else None
+        )
         if encoder:
             encoders[run_dir] = str(encoder)
     baseline_encoders = {encoders[path] for path in baseline_source.values() if path in encoders}
-    others = sorted({f"{recipe} ({encoders[run_dir]})" for recipe, _, run_dir in finished
-                     if run_dir in encoders and encoders[run_dir] not in baseline_encoders})
+    others = sorted(
+        {
+            f"{recipe} ({encoders[run_dir]})"
+            for recipe, _, run_dir in finished
+            if run_dir in encoders and encoders[run_dir] not in baseline_encoders
+        }
+    )
     if not others:
         return []
-    return [(f"baseline rows use the encoder of the first recipe's run of each seed ({', '.join(sorted(baseline_encoders))}); "
-            f"other encoders: {', '.join(others)}")]
+    return [
+        (
+            f"baseline rows use the encoder of the first recipe's run of each seed ({', '.join(sorted(baseline_encoders))}); "
+            f"other encoders: {', '.join(others)}"
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -364,7 +433,9 @@ def _shared_resamples(runs: BenchmarkRuns, n_resamples: int, seed: int) -> dict[
     return resamples
 
 
-def _metric_distribution(table: pd.DataFrame, metric: str, ids: np.ndarray, counts: np.ndarray) -> tuple[float, np.ndarray]:
+def _metric_distribution(
+    table: pd.DataFrame, metric: str, ids: np.ndarray, counts: np.ndarray
+) -> tuple[float, np.ndarray]:
     """(metric on all test subjects, metric on each resample) of one predictions table."""
     rows = table.set_index("participant_id").reindex(ids)
     source = table.attrs.get("source", "predictions")
@@ -377,15 +448,19 @@ def _metric_distribution(table: pd.DataFrame, metric: str, ids: np.ndarray, coun
         resampled = counts @ np.abs(predicted - age) / len(ids)
         return float(mean_absolute_error(age, predicted)), resampled
     site, predicted_site = rows["site"].to_numpy(str), rows["site_pred"].fillna("").to_numpy(str)
-    return float(balanced_accuracy_score(site, predicted_site)), resampled_balanced_accuracy(site, predicted_site, counts)
+    return float(balanced_accuracy_score(site, predicted_site)), resampled_balanced_accuracy(
+        site, predicted_site, counts
+    )
 
 
 def _paired_difference(runs, method, reference, metric, resamples, distributions, confidence) -> dict | None:
     split = DIFFERENCE_METRICS[metric]
     if split not in resamples or len(resamples[split][0]) == 0:
         return None
-    seeds = sorted({seed for name, seed in runs.predictions if name == method}
-                   & {seed for name, seed in runs.predictions if name == reference})
+    seeds = sorted(
+        {seed for name, seed in runs.predictions if name == method}
+        & {seed for name, seed in runs.predictions if name == reference}
+    )
     if not seeds:
         return None
     points, resampled = [], []
@@ -400,9 +475,16 @@ def _paired_difference(runs, method, reference, metric, resamples, distributions
         resampled.append(pair[0][1] - pair[1][1])
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(np.mean(resampled, axis=0), [tail, 100 - tail])
-    return {"method": method, "reference": reference, "metric": metric, "n_seeds": len(seeds),
-            "difference": float(np.mean(points)), "ci_low": float(low), "ci_high": float(high),
-            "excludes_zero": bool(low > 0 or high < 0)}
+    return {
+        "method": method,
+        "reference": reference,
+        "metric": metric,
+        "n_seeds": len(seeds),
+        "difference": float(np.mean(points)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "excludes_zero": bool(low > 0 or high < 0),
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -416,38 +498,70 @@ def _report_header(bench_dir: Path, command: str | None, wall_time_s: float | No
         torch_version = metadata.version("torch")  # without importing torch: the leaderboard needs none
     except metadata.PackageNotFoundError:
         torch_version = None
-    return {"command": command, "date": datetime.now().isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch_version},
-            "wall_time_s": wall_time_s, "run_time_s": seconds_in_runs, "n_resamples": n_resamples}
+    return {
+        "command": command,
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch_version},
+        "wall_time_s": wall_time_s,
+        "run_time_s": seconds_in_runs,
+        "n_resamples": n_resamples,
+    }
 
 
 def _markdown(header: dict, table: pd.DataFrame, differences: pd.DataFrame, runs: BenchmarkRuns) -> str:
     machine = header["machine"]
-    lines = ["# Leaderboard", "",
-             f"- command: `{header['command'] or 'not recorded'}`",
-             f"- machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}",
-             f"- date: {header['date']}",
-             (f"- wall time: {_duration(header['wall_time_s'])} (this command); "
-             f"time in runs: {_duration(header['run_time_s'])}"), ""]
-    lines += _markdown_table(["method", "seeds", *METRICS.values()],
-                             [[row["method"], str(row["n_seeds"]), *(_mean_sd(row, metric) for metric in METRICS)]
-                              for _, row in table.iterrows()])
-    lines += ["", f"## Differences from the references (paired bootstrap, {header['n_resamples']} resamples, 95 % CI)", ""]
+    lines = [
+        "# Leaderboard",
+        "",
+        f"- command: `{header['command'] or 'not recorded'}`",
+        f"- machine: {machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}",
+        f"- date: {header['date']}",
+        (
+            f"- wall time: {_duration(header['wall_time_s'])} (this command); "
+            f"time in runs: {_duration(header['run_time_s'])}"
+        ),
+        "",
+    ]
+    lines += _markdown_table(
+        ["method", "seeds", *METRICS.values()],
+        [
+            [row["method"], str(row["n_seeds"]), *(_mean_sd(row, metric) for metric in METRICS)]
+            for _, row in table.iterrows()
+        ],
+    )
+    lines += [
+        "",
+        f"## Differences from the references (paired bootstrap, {header['n_resamples']} resamples, 95 % CI)",
+        "",
+    ]
     wide = differences.set_index(["method", "reference", "metric"]).sort_index()
-    cells = [[method, reference, str(int(wide.loc[(method, reference)]["n_seeds"].max())),
-              *(_difference_cell(wide, method, reference, metric) for metric in DIFFERENCE_METRICS)]
-             for method, reference in dict.fromkeys(zip(differences["method"], differences["reference"]))]
-    lines += _markdown_table(["method", "reference", "seeds", *(METRICS[metric] for metric in DIFFERENCE_METRICS)], cells)
+    cells = [
+        [
+            method,
+            reference,
+            str(int(wide.loc[(method, reference)]["n_seeds"].max())),
+            *(_difference_cell(wide, method, reference, metric) for metric in DIFFERENCE_METRICS),
+        ]
+        for method, reference in dict.fromkeys(zip(differences["method"], differences["reference"]))
+    ]
+    lines += _markdown_table(
+        ["method", "reference", "seeds", *(METRICS[metric] for metric in DIFFERENCE_METRICS)], cells
+    )
     chance = f"1/{runs.n_sites} = {1 / runs.n_sites:.3f}" if runs.n_sites else "1/n_sites"
-    lines += ["", "Lower is better for every column: MAE (years), site BAcc (site information left in the",
-              f"representation; chance = {chance}) and L_c = BAcc^0.3 x MAE external. A difference is method minus",
-              "reference (negative = the method is lower); * marks a CI that excludes 0. mean ± sd over seeds."]
+    lines += [
+        "",
+        "Lower is better for every column: MAE (years), site BAcc (site information left in the",
+        f"representation; chance = {chance}) and L_c = BAcc^0.3 x MAE external. A difference is method minus",
+        "reference (negative = the method is lower); * marks a CI that excludes 0. mean ± sd over seeds.",
+    ]
     lines += ["", *(f"- note: {note}" for note in runs.notes)] if runs.notes else []
     return "\n".join(lines) + "\n"
 
 
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(row) + " |" for row in rows]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + [
+        "| " + " | ".join(row) + " |" for row in rows
+    ]
 
 
 def _mean_sd(row: pd.Series, metric: str) -> str:
@@ -467,5 +581,3 @@ def _difference_cell(wide: pd.DataFrame, method: str, reference: str, metric: st
 
 def _duration(seconds: float | None) -> str:
     return "not measured" if seconds is None else f"{seconds / 60:.1f} min"
-
-

@@ -255,8 +255,13 @@ def plot_roc_curves(
             continue
         false_positive, true_positive, _ = roc_curve(positive, score)
         auc = roc_auc_score(positive, score)
-        axes.plot(false_positive, true_positive, color=palette(index % 10), linewidth=1.5,
-                  label=f"{label} (AUC {auc:.3f}, n={len(positive)})")
+        axes.plot(
+            false_positive,
+            true_positive,
+            color=palette(index % 10),
+            linewidth=1.5,
+            label=f"{label} (AUC {auc:.3f}, n={len(positive)})",
+        )
     axes.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--", label="chance")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)

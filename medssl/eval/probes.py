@@ -154,14 +154,16 @@ def cross_validate_probes(
         for metric, values in per_fold.items():
             defined = np.asarray(values, dtype=float)
             defined = defined[np.isfinite(defined)]
-            rows.append({
-                "protocol": protocol,
-                "target": target,
-                "metric": metric,
-                "mean": float(defined.mean()) if defined.size else float("nan"),
-                "std": float(defined.std()) if defined.size else float("nan"),
-                "n_folds": int(defined.size),
-            })
+            rows.append(
+                {
+                    "protocol": protocol,
+                    "target": target,
+                    "metric": metric,
+                    "mean": float(defined.mean()) if defined.size else float("nan"),
+                    "std": float(defined.std()) if defined.size else float("nan"),
+                    "n_folds": int(defined.size),
+                }
+            )
     result = pd.DataFrame(rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds"])
     result.attrs["notes"] = notes
     return result
@@ -235,8 +237,13 @@ def challenge_protocol(
     predictions.loc[test, "age_pred"] = age_probe.predict(features[test])
     predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
     scores = score_predictions(
-        predictions, id_col=id_col, split_col=split_col, site_col=site_col, age_col=age_col,
-        n_sites=n_train_sites, source="challenge protocol",
+        predictions,
+        id_col=id_col,
+        split_col=split_col,
+        site_col=site_col,
+        age_col=age_col,
+        n_sites=n_train_sites,
+        source="challenge protocol",
     )
     return {
         **scores,
@@ -247,7 +254,9 @@ def challenge_protocol(
     }
 
 
-def _challenge_columns(table: pd.DataFrame, split_col: str, site_col: str, age_col: str) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+def _challenge_columns(
+    table: pd.DataFrame, split_col: str, site_col: str, age_col: str
+) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Splits (text), sites (labels) and ages of every row, refused when the train or test rows lack any."""
     for column in (split_col, site_col, age_col):
         if column not in table.columns:
@@ -276,7 +285,9 @@ def _check_training_sites(train_sites: np.ndarray) -> tuple[int, int]:
     return len(site_counts), int(site_counts.max())
 
 
-def _challenge_probes(n_train: int, largest_site: int, seed: int, standardize: bool) -> tuple[GridSearchCV, GridSearchCV]:
+def _challenge_probes(
+    n_train: int, largest_site: int, seed: int, standardize: bool
+) -> tuple[GridSearchCV, GridSearchCV]:
     """The kit's age and site probes, with as many inner folds (up to 5) as the training rows allow."""
     scaler = [("scale", StandardScaler())] if standardize else []
     age_probe = GridSearchCV(
@@ -286,7 +297,12 @@ def _challenge_probes(n_train: int, largest_site: int, seed: int, standardize: b
         scoring="r2",
     )
     site_probe = GridSearchCV(
-        Pipeline([*scaler, ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed))]),
+        Pipeline(
+            [
+                *scaler,
+                ("logistic", LogisticRegression(solver="saga", max_iter=CHALLENGE_SAGA_ITERATIONS, random_state=seed)),
+            ]
+        ),
         {"logistic__C": CHALLENGE_CS},
         cv=max(2, min(CHALLENGE_FOLDS, largest_site)),
         scoring="balanced_accuracy",
@@ -322,8 +338,9 @@ def quiet_fits(features: np.ndarray | None = None) -> Iterator[None]:
         yield
 
 
-def _probe_target(features: np.ndarray, values: pd.Series, folds: Folds, seed: int,
-                  groups: np.ndarray | None = None) -> tuple[dict, str]:
+def _probe_target(
+    features: np.ndarray, values: pd.Series, folds: Folds, seed: int, groups: np.ndarray | None = None
+) -> tuple[dict, str]:
     known = values.notna().to_numpy()
     if is_continuous(values):
         target = values.to_numpy(dtype=float)

@@ -62,15 +62,27 @@ REPRESENTATIONS = ("pretrained", "baseline", "intensity", "mean")
 # Short names for the printed table, so that it fits 80 columns without cutting a name.
 PROTOCOL_NAMES = {"site_stratified": "site-strat.", "leave_site_out": "site-out", "kit_folds": "kit folds"}
 METRIC_NAMES = {"balanced_accuracy": "BAcc", "roc_auc": "ROC AUC"}
-DISPLAY_NAMES = {"pretrained": "trained encoder", "baseline": "random init", "intensity": "intensity stats",
-                 "mean": "training mean"}
+DISPLAY_NAMES = {
+    "pretrained": "trained encoder",
+    "baseline": "random init",
+    "intensity": "intensity stats",
+    "mean": "training mean",
+}
 CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
 CV_PROTOCOLS = ("site_stratified", "leave_site_out", "kit_folds")
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
 HIGHER_IS_BETTER = {"r2", "r2_internal", "r2_external", "balanced_accuracy", "roc_auc"}
 CHALLENGE_REPORT_KEYS = (*CHALLENGE_KEYS, "r2_internal", "r2_external", "chance_bacc")
-CHALLENGE_TARGETS = {"mae_internal": "age", "mae_external": "age", "r2_internal": "age", "r2_external": "age",
-                     "bacc_site": "site", "chance_bacc": "site", "challenge_score": "age+site", "ramp_combined": "age+site"}
+CHALLENGE_TARGETS = {
+    "mae_internal": "age",
+    "mae_external": "age",
+    "r2_internal": "age",
+    "r2_external": "age",
+    "bacc_site": "site",
+    "chance_bacc": "site",
+    "challenge_score": "age+site",
+    "ramp_combined": "age+site",
+}
 
 
 def evaluate_representation(
@@ -117,8 +129,16 @@ def evaluate_representation(
     per_fold: list[pd.DataFrame] = []
     for name, matrix in matrices.items():
         cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed)
-        per_fold.extend(cv_table.attrs["per_fold"].assign(representation=name) for cv_table in cv_tables if "per_fold" in cv_table.attrs)
-        predictions = challenge.pop("predictions") if challenge is not None else _out_of_fold_table(matrix, table, protocols.stratified)
+        per_fold.extend(
+            cv_table.attrs["per_fold"].assign(representation=name)
+            for cv_table in cv_tables
+            if "per_fold" in cv_table.attrs
+        )
+        predictions = (
+            challenge.pop("predictions")
+            if challenge is not None
+            else _out_of_fold_table(matrix, table, protocols.stratified)
+        )
         results[name] = _representation_entry(challenge, cv_tables, notes)
         long_tables.append(_long_table(name, challenge, cv_tables))
         suffix = "" if name == "pretrained" else f"_{name}"
@@ -130,8 +150,9 @@ def evaluate_representation(
     return _write_metrics(out_dir, results, long_tables, per_fold)
 
 
-def _settings(protocols: _Protocols, folds: int, targets: Sequence[str], seed: int, table: pd.DataFrame,
-              features: np.ndarray) -> dict:
+def _settings(
+    protocols: _Protocols, folds: int, targets: Sequence[str], seed: int, table: pd.DataFrame, features: np.ndarray
+) -> dict:
     """The ``settings`` entry of metrics.json: what the figures were computed with."""
     return {
         "folds": folds,
@@ -154,10 +175,18 @@ def _write_metrics(out_dir: Path, results: dict, long_tables: list[pd.DataFrame]
     return results
 
 
-def _plot_pretrained(matrix: np.ndarray, table: pd.DataFrame, predictions: pd.DataFrame, out_dir: Path,
-                     out_of_fold_folds: int | None, seed: int) -> None:
+def _plot_pretrained(
+    matrix: np.ndarray,
+    table: pd.DataFrame,
+    predictions: pd.DataFrame,
+    out_dir: Path,
+    out_of_fold_folds: int | None,
+    seed: int,
+) -> None:
     """Age predictions (of the challenge protocol, or out-of-fold of a K-fold CV) and the 2-D embedding."""
-    title = None if out_of_fold_folds is None else f"Out-of-fold predictions, site-stratified {out_of_fold_folds}-fold CV"
+    title = (
+        None if out_of_fold_folds is None else f"Out-of-fold predictions, site-stratified {out_of_fold_folds}-fold CV"
+    )
     if predictions["age_pred"].notna().any():
         plot_age_predictions(predictions, out_dir / "age_predictions.png", title=title)
     plot_embedding(matrix, table, out_dir / "embedding.png", seed=seed)
@@ -176,8 +205,12 @@ class _Protocols:
     challenge_folds: list[ChallengeFold] = field(default_factory=list)
 
 
-def _checked_matrices(features: np.ndarray, table: pd.DataFrame, baseline_features: np.ndarray | None,
-                      reference_features: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def _checked_matrices(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    baseline_features: np.ndarray | None,
+    reference_features: dict[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
     matrices = {"pretrained": check_features(features, table, "features")}
     if baseline_features is not None:
         matrices["baseline"] = check_features(baseline_features, table, "baseline_features")
@@ -205,16 +238,30 @@ def _plan_protocols(table: pd.DataFrame, folds: int, targets: Sequence[str], see
     return protocols
 
 
-def _run_protocols(matrix: np.ndarray, table: pd.DataFrame, protocols: _Protocols, targets: Sequence[str],
-                   seed: int) -> tuple[list[pd.DataFrame], dict | None, list[str]]:
+def _run_protocols(
+    matrix: np.ndarray, table: pd.DataFrame, protocols: _Protocols, targets: Sequence[str], seed: int
+) -> tuple[list[pd.DataFrame], dict | None, list[str]]:
     """Both CV protocols, the challenge kit's folds and the challenge protocol on one representation: CV tables, challenge scores, notes."""
     notes = list(protocols.notes)
-    cv_tables = [cross_validate_probes(matrix, table, targets, folds=protocols.stratified, protocol="site_stratified", seed=seed)]
+    cv_tables = [
+        cross_validate_probes(matrix, table, targets, folds=protocols.stratified, protocol="site_stratified", seed=seed)
+    ]
     if protocols.site_out is not None:
-        cv_tables.append(cross_validate_probes(matrix, table, protocols.site_out_targets, folds=protocols.site_out,
-                                               protocol="leave_site_out", seed=seed, group_inner_by="site"))
+        cv_tables.append(
+            cross_validate_probes(
+                matrix,
+                table,
+                protocols.site_out_targets,
+                folds=protocols.site_out,
+                protocol="leave_site_out",
+                seed=seed,
+                group_inner_by="site",
+            )
+        )
     if protocols.challenge_folds:
-        cv_tables.append(score_challenge_folds(matrix, table, protocols.challenge_folds, partial(challenge_protocol, seed=seed)))
+        cv_tables.append(
+            score_challenge_folds(matrix, table, protocols.challenge_folds, partial(challenge_protocol, seed=seed))
+        )
     for cv_table in cv_tables:
         notes.extend(cv_table.attrs.get("notes", []))
     challenge = None
@@ -299,9 +346,18 @@ def _long_table(name: str, challenge: dict | None, cv_tables: list[pd.DataFrame]
     rows = []
     if challenge is not None:
         for key in CHALLENGE_REPORT_KEYS:
-            rows.append({"protocol": "challenge", "target": CHALLENGE_TARGETS[key], "metric": key,
-                         "mean": challenge[key], "std": float("nan")})
-    frames = [pd.DataFrame(rows)] + [cv_table[["protocol", "target", "metric", "mean", "std"]] for cv_table in cv_tables]
+            rows.append(
+                {
+                    "protocol": "challenge",
+                    "target": CHALLENGE_TARGETS[key],
+                    "metric": key,
+                    "mean": challenge[key],
+                    "std": float("nan"),
+                }
+            )
+    frames = [pd.DataFrame(rows)] + [
+        cv_table[["protocol", "target", "metric", "mean", "std"]] for cv_table in cv_tables
+    ]
     long = pd.concat([frame for frame in frames if not frame.empty], ignore_index=True)
     long.insert(0, "representation", name)
     return long

@@ -23,8 +23,14 @@ def random_encoder(recipe: Recipe) -> torch.nn.Module:
     return build_encoder_for(recipe)
 
 
-def evaluate_encoder(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, out_dir: str | Path,
-                     device: torch.device | str = "cpu", console: Console | None = None) -> dict:
+def evaluate_encoder(
+    encoder: torch.nn.Module,
+    cohort: Cohort,
+    recipe: Recipe,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    console: Console | None = None,
+) -> dict:
     """Features of every subject -> CV probes, challenge protocol, plots (see ``eval.report``).
 
     With ``recipe.eval.baseline``, the report also carries the random-init encoder, the
@@ -32,16 +38,34 @@ def evaluate_encoder(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, o
     """
     kit_folds = challenge_folds(cohort.table, cohort.root, recipe.eval.folds_file)  # a bad file fails before extraction
     encoder = encoder.to(device)
-    features = extract_features(encoder, cohort, recipe, device=device, description="features (pre-trained)", console=console)
+    features = extract_features(
+        encoder, cohort, recipe, device=device, description="features (pre-trained)", console=console
+    )
     baseline, references = None, None
     if recipe.eval.baseline:
-        baseline = extract_features(random_encoder(recipe).to(device), cohort, recipe, device=device,
-                                    description="features (random init)", console=console)
-        intensity = extract_features(IntensityStatistics(), cohort, recipe, description="intensity statistics", console=console)
+        baseline = extract_features(
+            random_encoder(recipe).to(device),
+            cohort,
+            recipe,
+            device=device,
+            description="features (random init)",
+            console=console,
+        )
+        intensity = extract_features(
+            IntensityStatistics(), cohort, recipe, description="intensity statistics", console=console
+        )
         references = {"intensity": intensity, "mean": np.zeros((len(cohort), 1))}
-    results = evaluate_representation(features, cohort.table, Path(out_dir), folds=recipe.eval.folds,
-                                      targets=tuple(recipe.eval.targets), baseline_features=baseline,
-                                      reference_features=references, seed=recipe.train.seed, challenge_folds=kit_folds)
+    results = evaluate_representation(
+        features,
+        cohort.table,
+        Path(out_dir),
+        folds=recipe.eval.folds,
+        targets=tuple(recipe.eval.targets),
+        baseline_features=baseline,
+        reference_features=references,
+        seed=recipe.train.seed,
+        challenge_folds=kit_folds,
+    )
     if console is not None:
         print_report(results, console=console)
         console.print(f"Evaluation written to {out_dir}")

@@ -150,8 +150,14 @@ def score_predictions(
     return _challenge_scores(true_age, pred_age, true_site, pred_site, internal, n_sites)
 
 
-def _challenge_scores(true_age: np.ndarray, pred_age: np.ndarray, true_site: np.ndarray, pred_site: np.ndarray,
-                      internal: np.ndarray, n_sites: int) -> dict:
+def _challenge_scores(
+    true_age: np.ndarray,
+    pred_age: np.ndarray,
+    true_site: np.ndarray,
+    pred_site: np.ndarray,
+    internal: np.ndarray,
+    n_sites: int,
+) -> dict:
     """The scores of :func:`score_predictions` from the test rows' values; ``internal`` marks the internal ones."""
     external = ~internal
     mae_internal = float(mean_absolute_error(true_age[internal], pred_age[internal]))
@@ -195,8 +201,10 @@ def _true_ages(scored: pd.DataFrame, age_col: str, table: pd.DataFrame, id_col: 
     negative = true_age < 0
     if negative.any():  # a sign error upstream; its MAE would look plausible
         label = scored.index[np.argmax(negative)]
-        raise EvaluationError(f"{source}: column {age_col!r} has {true_age[np.argmax(negative)]:g} for "
-                              f"{_row_name(table, label, id_col)}; expected a true age >= 0")
+        raise EvaluationError(
+            f"{source}: column {age_col!r} has {true_age[np.argmax(negative)]:g} for "
+            f"{_row_name(table, label, id_col)}; expected a true age >= 0"
+        )
     return true_age
 
 
@@ -221,9 +229,12 @@ def _warn_unseen_internal_sites(table: pd.DataFrame, splits: pd.Series, site_col
     unseen = sorted(set(as_labels(internal)) - seen)
     if unseen:
         count = int(as_labels(internal).isin(unseen).sum())
-        warnings.warn(f"{source}: {count} internal_test subject(s) at site(s) never seen in training "
-                      f"({', '.join(map(str, unseen[:5]))}): internal MAE and site BAcc count them as known sites",
-                      UnseenSiteWarning, stacklevel=3)
+        warnings.warn(
+            f"{source}: {count} internal_test subject(s) at site(s) never seen in training "
+            f"({', '.join(map(str, unseen[:5]))}): internal MAE and site BAcc count them as known sites",
+            UnseenSiteWarning,
+            stacklevel=3,
+        )
 
 
 def read_predictions(
@@ -374,5 +385,5 @@ def _predicted_sites(
         return as_labels(scored[site_pred_col]).to_numpy()
     probabilities = np.column_stack([_numeric(scored[column], column, table, id_col, source) for column in columns])
     prefix = next(prefix for prefix in _probability_prefixes(site_pred_col) if str(columns[0]).startswith(prefix))
-    sites = np.array([str(column)[len(prefix):] for column in columns], dtype=object)
+    sites = np.array([str(column)[len(prefix) :] for column in columns], dtype=object)
     return sites[np.argmax(probabilities, axis=1)]

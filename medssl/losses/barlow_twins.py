@@ -51,7 +51,9 @@ class BarlowTwinsLoss(nn.Module):
         if z.shape[1] != 2:
             raise LossInputError(f"BarlowTwinsLoss: compares exactly 2 views, got z of shape {tuple(z.shape)}")
         if z.shape[0] < 2:
-            raise LossInputError(f"BarlowTwinsLoss: standardises over the batch and needs N >= 2 subjects, got {z.shape[0]}")
+            raise LossInputError(
+                f"BarlowTwinsLoss: standardises over the batch and needs N >= 2 subjects, got {z.shape[0]}"
+            )
         return _BarlowTwins.apply(z, self.lambd, self.eps)
 
     def extra_repr(self) -> str:

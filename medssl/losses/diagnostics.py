@@ -29,7 +29,9 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
         0-dim tensor in [0, 2^alpha].
     """
     if z1.shape != z2.shape or z1.ndim != 2:
-        raise LossInputError(f"alignment: z1 and z2 must both have shape (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise LossInputError(
+            f"alignment: z1 and z2 must both have shape (N, D), got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     dtype = compute_dtype(z1)
     squared = (F.normalize(z1.to(dtype), dim=1) - F.normalize(z2.to(dtype), dim=1)).pow(2).sum(dim=1)
     return squared.pow(alpha / 2).mean()

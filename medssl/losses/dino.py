@@ -79,8 +79,10 @@ class DINOLoss(nn.Module):
         """
         check_predictions_and_targets(predictions, targets, loss_name="DINOLoss")
         if predictions.shape[-1] != self.out_dim:
-            raise LossInputError(f"DINOLoss: expected K = out_dim = {self.out_dim} outputs per view, got shapes "
-                                 f"{tuple(predictions.shape)} and {tuple(targets.shape)}")
+            raise LossInputError(
+                f"DINOLoss: expected K = out_dim = {self.out_dim} outputs per view, got shapes "
+                f"{tuple(predictions.shape)} and {tuple(targets.shape)}"
+            )
         dtype = compute_dtype(predictions)
         teacher_out = targets.detach().to(dtype)
         with outside_autocast(predictions):

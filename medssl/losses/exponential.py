@@ -37,7 +37,9 @@ class ExponentialLoss(nn.Module):
         >>> loss = loss_fn(z, ages)
     """
 
-    def __init__(self, temperature: float = 0.1, sigma: float = 2.0, kernel: str = "gaussian", reference_code: bool = False):
+    def __init__(
+        self, temperature: float = 0.1, sigma: float = 2.0, kernel: str = "gaussian", reference_code: bool = False
+    ):
         super().__init__()
         check_temperature(temperature)
         check_kernel(kernel, sigma)

@@ -98,19 +98,27 @@ def check_embeddings(
     """Raise :class:`LossInputError` unless ``z`` is (N, V, D) floating point with N >= 1 and
     V >= ``min_views``, and ``y`` is None or N labels; return ``y`` as a tensor on z's device."""
     if not isinstance(z, Tensor) or not z.is_floating_point():
-        raise LossInputError(f"{loss_name}: z must be a floating-point tensor, got {type(z).__name__} {getattr(z, 'dtype', '')}")
+        raise LossInputError(
+            f"{loss_name}: z must be a floating-point tensor, got {type(z).__name__} {getattr(z, 'dtype', '')}"
+        )
     if z.ndim != 3:
         hint = " (for two (N, D) views: torch.stack([z1, z2], dim=1))" if z.ndim == 2 else ""
-        raise LossInputError(f"{loss_name}: z must have shape (N, V, D) (subjects, views, dim), got shape {tuple(z.shape)}{hint}")
+        raise LossInputError(
+            f"{loss_name}: z must have shape (N, V, D) (subjects, views, dim), got shape {tuple(z.shape)}{hint}"
+        )
     n_subjects, n_views, _ = z.shape
     if y is not None:
         y = torch.as_tensor(y, device=z.device)
         if y.ndim != 1:
             raise LossInputError(f"{loss_name}: y must have shape (N,), got shape {tuple(y.shape)}")
         if len(y) != n_subjects:
-            raise LossInputError(f"{loss_name}: y has {len(y)} labels but z of shape {tuple(z.shape)} holds N={n_subjects} subjects")
+            raise LossInputError(
+                f"{loss_name}: y has {len(y)} labels but z of shape {tuple(z.shape)} holds N={n_subjects} subjects"
+            )
     if n_subjects == 0 or n_views < min_views:
-        raise LossInputError(f"{loss_name}: needs at least {min_views} views of at least 1 subject, got N={n_subjects}, V={n_views}")
+        raise LossInputError(
+            f"{loss_name}: needs at least {min_views} views of at least 1 subject, got N={n_subjects}, V={n_views}"
+        )
     return z, y
 
 
@@ -123,13 +131,19 @@ def two_views(z: Tensor, *, loss_name: str) -> tuple[Tensor, Tensor]:
     return z[:, 0], z[:, 1]
 
 
-def check_predictions_and_targets(predictions: Tensor, targets: Tensor, *, loss_name: str, n_views: int | None = None) -> None:
+def check_predictions_and_targets(
+    predictions: Tensor, targets: Tensor, *, loss_name: str, n_views: int | None = None
+) -> None:
     """Raise :class:`LossInputError` unless both are floating-point (N, V, D) tensors of one N and
     D, with V_p = V_t = ``n_views`` or, when it is None, V_p >= V_t and V_p >= 2."""
     tensors = (predictions, targets)
     if not all(isinstance(t, Tensor) and t.is_floating_point() and t.ndim == 3 for t in tensors):
-        got = " and ".join(f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__ for t in tensors)
-        raise LossInputError(f"{loss_name}: expected floating-point predictions and targets of shape (N, V, D), got {got}")
+        got = " and ".join(
+            f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__ for t in tensors
+        )
+        raise LossInputError(
+            f"{loss_name}: expected floating-point predictions and targets of shape (N, V, D), got {got}"
+        )
     (n_p, v_p, d_p), (n_t, v_t, d_t) = predictions.shape, targets.shape
     views_fit = v_p == v_t == n_views if n_views is not None else v_t <= v_p and v_p >= 2
     if n_p != n_t or d_p != d_t or not views_fit:

@@ -53,8 +53,9 @@ class VICRegLoss(nn.Module):
 
     variance_eps = 1e-4
 
-    def __init__(self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0,
-                 form: VICRegForm = "authors") -> None:
+    def __init__(
+        self, sim_weight: float = 25.0, var_weight: float = 25.0, cov_weight: float = 1.0, form: VICRegForm = "authors"
+    ) -> None:
         super().__init__()
         for name, weight in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
             if weight < 0:
@@ -95,8 +96,10 @@ class VICRegLoss(nn.Module):
         return torch.relu(1.0 - std).mean()
 
     def extra_repr(self) -> str:
-        return (f"sim_weight={self.sim_weight}, var_weight={self.var_weight}, cov_weight={self.cov_weight}, "
-                f"form={self.form!r}")
+        return (
+            f"sim_weight={self.sim_weight}, var_weight={self.var_weight}, cov_weight={self.cov_weight}, "
+            f"form={self.form!r}"
+        )
 
 
 def _covariance(z: Tensor) -> Tensor:
@@ -104,4 +107,3 @@ def _covariance(z: Tensor) -> Tensor:
     centered = z - z.mean(dim=0)
     cov = centered.T @ centered / (n - 1)
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
-

@@ -74,38 +74,70 @@ class MethodEntry:
         return self.config.method_name()
 
 
-def embedding_loss(config: type[MethodSection], make_loss: Callable[[Any], nn.Module], label: bool = False,
-                   monitors_collapse: bool = False) -> MethodEntry:
+def embedding_loss(
+    config: type[MethodSection],
+    make_loss: Callable[[Any], nn.Module],
+    label: bool = False,
+    monitors_collapse: bool = False,
+) -> MethodEntry:
     """The entry of a method that is one loss on the (N, V, d) projections of every view
     (:class:`EmbeddingLossMethod`); ``make_loss`` builds the loss from the method's section."""
 
     def build(section: Any, recipe: Recipe, encoder: Encoder) -> Method:
-        return EmbeddingLossMethod(encoder, projection_head(recipe.model.head, encoder), make_loss(section), uses_label=label,
-                                   monitors_collapse=monitors_collapse, shuffle_labels=label and section.shuffle_labels)
+        return EmbeddingLossMethod(
+            encoder,
+            projection_head(recipe.model.head, encoder),
+            make_loss(section),
+            uses_label=label,
+            monitors_collapse=monitors_collapse,
+            shuffle_labels=label and section.shuffle_labels,
+        )
 
     return MethodEntry(config, build, label=label)
 
 
-METHODS: dict[str, MethodEntry] = {entry.name: entry for entry in (
-    embedding_loss(YAwareConfig, lambda m: YAwareLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel), label=True),
-    embedding_loss(SimCLRConfig, lambda m: NTXentLoss(temperature=m.temperature)),
-    embedding_loss(ThresholdConfig, lambda m: ThresholdLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel,
-                                                            reference_code=m.reference_code), label=True),
-    embedding_loss(ExponentialConfig, lambda m: ExponentialLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel,
-                                                                reference_code=m.reference_code), label=True),
-    embedding_loss(SupConConfig, lambda m: SupConLoss(temperature=m.temperature), label=True),
-    embedding_loss(EpsSupInfoNCEConfig, lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), label=True),
-    embedding_loss(EpsSupConConfig, lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), label=True),
-    embedding_loss(DecoupledConfig, lambda m: DecoupledNTXentLoss(temperature=m.temperature)),
-    embedding_loss(BarlowTwinsConfig, lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
-    embedding_loss(VICRegConfig, lambda m: VICRegLoss(sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight,
-                                                      form=m.vicreg_form), monitors_collapse=True),
-    MethodEntry(BYOLConfig, build_byol),
-    MethodEntry(SimSiamConfig, build_simsiam),
-    MethodEntry(DINOConfig, build_dino, views=2, view_kind="global"),
-    MethodEntry(DeepClusterConfig, build_deepcluster, views=1, distributed=False),
-    MethodEntry(SupervisedConfig, build_supervised, label=True),
-)}
+METHODS: dict[str, MethodEntry] = {
+    entry.name: entry
+    for entry in (
+        embedding_loss(
+            YAwareConfig, lambda m: YAwareLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel), label=True
+        ),
+        embedding_loss(SimCLRConfig, lambda m: NTXentLoss(temperature=m.temperature)),
+        embedding_loss(
+            ThresholdConfig,
+            lambda m: ThresholdLoss(
+                temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code
+            ),
+            label=True,
+        ),
+        embedding_loss(
+            ExponentialConfig,
+            lambda m: ExponentialLoss(
+                temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code
+            ),
+            label=True,
+        ),
+        embedding_loss(SupConConfig, lambda m: SupConLoss(temperature=m.temperature), label=True),
+        embedding_loss(
+            EpsSupInfoNCEConfig, lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), label=True
+        ),
+        embedding_loss(EpsSupConConfig, lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), label=True),
+        embedding_loss(DecoupledConfig, lambda m: DecoupledNTXentLoss(temperature=m.temperature)),
+        embedding_loss(BarlowTwinsConfig, lambda m: BarlowTwinsLoss(lambd=m.lambd), monitors_collapse=True),
+        embedding_loss(
+            VICRegConfig,
+            lambda m: VICRegLoss(
+                sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight, form=m.vicreg_form
+            ),
+            monitors_collapse=True,
+        ),
+        MethodEntry(BYOLConfig, build_byol),
+        MethodEntry(SimSiamConfig, build_simsiam),
+        MethodEntry(DINOConfig, build_dino, views=2, view_kind="global"),
+        MethodEntry(DeepClusterConfig, build_deepcluster, views=1, distributed=False),
+        MethodEntry(SupervisedConfig, build_supervised, label=True),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -128,15 +160,38 @@ def method_needs(recipe: Recipe) -> MethodNeeds:
 
 def build_encoder_for(recipe: Recipe) -> Encoder:
     model = recipe.model
-    return build_encoder(model.encoder, in_channels=model.in_channels, conv1_stride=model.conv1_stride, widths=model.widths,
-                         activation_checkpointing=model.activation_checkpointing)
+    return build_encoder(
+        model.encoder,
+        in_channels=model.in_channels,
+        conv1_stride=model.conv1_stride,
+        widths=model.widths,
+        activation_checkpointing=model.activation_checkpointing,
+    )
 
 
 def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
     """The method the recipe names, built from its section around ``encoder`` (a fresh one from the recipe if None)."""
-    return METHODS[recipe.method.name].build(recipe.method, recipe, encoder if encoder is not None else build_encoder_for(recipe))
+    return METHODS[recipe.method.name].build(
+        recipe.method, recipe, encoder if encoder is not None else build_encoder_for(recipe)
+    )
 
 
-__all__ = ["METHODS", "MethodEntry", "MethodNeeds", "method_needs", "embedding_loss", "Method", "BYOL", "SimSiam", "DINO",
-           "DeepCluster", "EmbeddingLossMethod", "SupervisedMethod", "build_method", "build_encoder_for", "fold_views",
-           "unfold_views", "projection_head"]
+__all__ = [
+    "METHODS",
+    "MethodEntry",
+    "MethodNeeds",
+    "method_needs",
+    "embedding_loss",
+    "Method",
+    "BYOL",
+    "SimSiam",
+    "DINO",
+    "DeepCluster",
+    "EmbeddingLossMethod",
+    "SupervisedMethod",
+    "build_method",
+    "build_encoder_for",
+    "fold_views",
+    "unfold_views",
+    "projection_head",
+]

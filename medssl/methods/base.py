@@ -39,8 +39,11 @@ def keep_local(tensor: torch.Tensor) -> torch.Tensor:
 def batch_statistics(module: nn.Module) -> Iterator[None]:
     """Within the block, the BatchNorm layers of ``module`` normalise with the batch's own
     statistics; their running statistics and modes are restored afterwards."""
-    saved = [(norm, norm.training, {name: buffer.clone() for name, buffer in norm.named_buffers(recurse=False)})
-             for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    saved = [
+        (norm, norm.training, {name: buffer.clone() for name, buffer in norm.named_buffers(recurse=False)})
+        for norm in module.modules()
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm)
+    ]
     for norm, _, _ in saved:
         norm.train()
     try:

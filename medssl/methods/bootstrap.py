@@ -22,7 +22,9 @@ class BYOL(Method):
 
     monitors_collapse = True
 
-    def __init__(self, encoder: Encoder, head: ProjectionHead, predictor_hidden_dim: int = 512, momentum: float = 0.996):
+    def __init__(
+        self, encoder: Encoder, head: ProjectionHead, predictor_hidden_dim: int = 512, momentum: float = 0.996
+    ):
         super().__init__(encoder, head)
         self.predictor = ProjectionHead(head.out_dim, predictor_hidden_dim, head.out_dim, layers=2, batch_norm=True)
         self.target_encoder = make_target(encoder)
@@ -66,9 +68,15 @@ class SimSiam(Method):
 
 
 def build_byol(section: BYOLConfig, recipe: Recipe, encoder: Encoder) -> BYOL:
-    return BYOL(encoder, projection_head(recipe.model.head, encoder), predictor_hidden_dim=section.predictor_hidden_dim,
-                momentum=section.momentum)
+    return BYOL(
+        encoder,
+        projection_head(recipe.model.head, encoder),
+        predictor_hidden_dim=section.predictor_hidden_dim,
+        momentum=section.momentum,
+    )
 
 
 def build_simsiam(section: SimSiamConfig, recipe: Recipe, encoder: Encoder) -> SimSiam:
-    return SimSiam(encoder, projection_head(recipe.model.head, encoder), predictor_hidden_dim=section.predictor_hidden_dim)
+    return SimSiam(
+        encoder, projection_head(recipe.model.head, encoder), predictor_hidden_dim=section.predictor_hidden_dim
+    )

@@ -22,8 +22,15 @@ class EmbeddingLossMethod(Method):
         >>> loss, logs = method.training_loss({"views": views, "label": ages})
     """
 
-    def __init__(self, encoder: Encoder, head: ProjectionHead, loss: nn.Module, uses_label: bool, monitors_collapse: bool = False,
-                 shuffle_labels: bool = False):
+    def __init__(
+        self,
+        encoder: Encoder,
+        head: ProjectionHead,
+        loss: nn.Module,
+        uses_label: bool,
+        monitors_collapse: bool = False,
+        shuffle_labels: bool = False,
+    ):
         super().__init__(encoder, head)
         self.loss = loss
         self.uses_label = uses_label

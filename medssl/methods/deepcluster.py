@@ -35,7 +35,9 @@ class DeepCluster(Method):
     has_projection = False
     assignments: torch.Tensor  # a buffer: the cluster of every training subject, this epoch
 
-    def __init__(self, encoder: Encoder, clusters: int = 100, pca_dim: int = 256, kmeans_iters: int = 20, seed: int = 0):
+    def __init__(
+        self, encoder: Encoder, clusters: int = 100, pca_dim: int = 256, kmeans_iters: int = 20, seed: int = 0
+    ):
         super().__init__(encoder, nn.Identity())
         self.classifier = nn.Linear(encoder.feature_dim, clusters)
         self.clusters = clusters
@@ -50,7 +52,9 @@ class DeepCluster(Method):
         reduced = pca_whiten(features, dim=self.pca_dim)
         k = min(self.clusters, len(reduced))
         assignments, centroids, _ = kmeans(reduced, k, iterations=self.kmeans_iters, seed=self.seed + epoch)
-        assignments, centroids = fix_empty_clusters(reduced, assignments, centroids, np.random.default_rng(self.seed + epoch))
+        assignments, centroids = fix_empty_clusters(
+            reduced, assignments, centroids, np.random.default_rng(self.seed + epoch)
+        )
         logs = {f"clusters_{key}": float(value) for key, value in cluster_size_stats(assignments, k).items()}
         if self.previous_assignments is not None:
             logs["nmi_previous"] = float(normalized_mutual_info(self.previous_assignments, assignments))
@@ -79,5 +83,10 @@ class DeepCluster(Method):
 
 
 def build_deepcluster(section: DeepClusterConfig, recipe: Recipe, encoder: Encoder) -> DeepCluster:
-    return DeepCluster(encoder, clusters=section.clusters, pca_dim=section.pca_dim, kmeans_iters=section.kmeans_iters,
-                       seed=recipe.train.seed)
+    return DeepCluster(
+        encoder,
+        clusters=section.clusters,
+        pca_dim=section.pca_dim,
+        kmeans_iters=section.kmeans_iters,
+        seed=recipe.train.seed,
+    )

@@ -13,7 +13,9 @@ from medssl.methods.ema import cosine_momentum, ema_update, make_target
 from medssl.models import DINOHead, Encoder
 
 
-def local_crops(views: torch.Tensor, n_crops: int, scale: tuple[float, float], generator: torch.Generator | None = None) -> torch.Tensor:
+def local_crops(
+    views: torch.Tensor, n_crops: int, scale: tuple[float, float], generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Random sub-volumes of the global views, resized to half their edge.
 
     (B, V, C, D, H, W) -> (B, n_crops, C, D/2, H/2, W/2). Each crop takes a random global
@@ -27,20 +29,30 @@ def local_crops(views: torch.Tensor, n_crops: int, scale: tuple[float, float], g
         edges = [max(int(round(size * fraction)), 1) for size in shape]
         starts = [int(torch.randint(0, size - edge + 1, (1,), generator=generator)) for size, edge in zip(shape, edges)]
         source = int(torch.randint(0, n_views, (1,), generator=generator))
-        box = views[:, source, :, starts[0]:starts[0] + edges[0], starts[1]:starts[1] + edges[1], starts[2]:starts[2] + edges[2]]
+        box = views[
+            :,
+            source,
+            :,
+            starts[0] : starts[0] + edges[0],
+            starts[1] : starts[1] + edges[1],
+            starts[2] : starts[2] + edges[2],
+        ]
         crops.append(F.interpolate(box, size=out_shape, mode="trilinear", align_corners=False))
     return torch.stack(crops, dim=1)
 
 
-def teacher_temperature_schedule(warmup_temperature: float, temperature: float, warmup_epochs: int, epochs: int) -> np.ndarray:
+def teacher_temperature_schedule(
+    warmup_temperature: float, temperature: float, warmup_epochs: int, epochs: int
+) -> np.ndarray:
     """Teacher temperature of each epoch, as DINO's ``DINOLoss.teacher_temp_schedule``
     (facebookresearch/dino ``main_dino.py``, commit 7c446df): linear from ``warmup_temperature``
     to ``temperature`` over the first ``warmup_epochs`` epochs (both ends included), then constant.
     The authors warm up because a too high temperature makes the start of training unstable."""
     if not 0 <= warmup_epochs <= epochs:
         raise ValueError(f"DINO: warmup_teacher_temperature_epochs={warmup_epochs} must be in [0, epochs={epochs}]")
-    return np.concatenate((np.linspace(warmup_temperature, temperature, warmup_epochs),
-                           np.ones(epochs - warmup_epochs) * temperature))
+    return np.concatenate(
+        (np.linspace(warmup_temperature, temperature, warmup_epochs), np.ones(epochs - warmup_epochs) * temperature)
+    )
 
 
 def _keep_temperature_of_older_checkpoints(module: DINO, state_dict: dict, prefix: str, *args) -> None:
@@ -67,23 +79,41 @@ class DINO(Method):
     monitors_collapse = True
     scheduled_teacher_temperature: torch.Tensor  # a buffer (register_buffer in __init__)
 
-    def __init__(self, encoder: Encoder, hidden_dim: int = 512, out_dim: int = 4096, n_local_crops: int = 4,
-                 local_crop_scale: tuple[float, float] = (0.3, 0.5), momentum: float = 0.996,
-                 student_temperature: float = 0.1, teacher_temperature: float = 0.04, center_momentum: float = 0.9,
-                 warmup_teacher_temperature: float = 0.04, warmup_teacher_temperature_epochs: int = 0, epochs: int = 1):
+    def __init__(
+        self,
+        encoder: Encoder,
+        hidden_dim: int = 512,
+        out_dim: int = 4096,
+        n_local_crops: int = 4,
+        local_crop_scale: tuple[float, float] = (0.3, 0.5),
+        momentum: float = 0.996,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.04,
+        center_momentum: float = 0.9,
+        warmup_teacher_temperature: float = 0.04,
+        warmup_teacher_temperature_epochs: int = 0,
+        epochs: int = 1,
+    ):
         super().__init__(encoder, DINOHead(encoder.feature_dim, hidden_dim=hidden_dim, out_dim=out_dim))
         self.teacher_encoder = make_target(encoder)
         self.teacher_head = make_target(self.head)
         self.n_local_crops = n_local_crops
         self.local_crop_scale = local_crop_scale
         self.base_momentum = momentum
-        self.loss = DINOLoss(out_dim=out_dim, student_temperature=student_temperature,
-                             teacher_temperature=teacher_temperature, center_momentum=center_momentum)
+        self.loss = DINOLoss(
+            out_dim=out_dim,
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            center_momentum=center_momentum,
+        )
         self.epochs = epochs
         self.teacher_temperatures = teacher_temperature_schedule(
-            warmup_teacher_temperature, teacher_temperature, warmup_teacher_temperature_epochs, epochs)
+            warmup_teacher_temperature, teacher_temperature, warmup_teacher_temperature_epochs, epochs
+        )
         # float64 so that the checkpointed value is exactly the schedule's.
-        self.register_buffer("scheduled_teacher_temperature", torch.tensor(self.teacher_temperatures[0], dtype=torch.float64))
+        self.register_buffer(
+            "scheduled_teacher_temperature", torch.tensor(self.teacher_temperatures[0], dtype=torch.float64)
+        )
         self.register_load_state_dict_pre_hook(_keep_temperature_of_older_checkpoints)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -106,10 +136,18 @@ class DINO(Method):
 
 
 def build_dino(section: DINOConfig, recipe: Recipe, encoder: Encoder) -> DINO:
-    return DINO(encoder, hidden_dim=recipe.model.head.hidden_dim, out_dim=section.out_dim, n_local_crops=section.local_crops,
-                local_crop_scale=section.local_crop_scale, momentum=section.momentum, student_temperature=section.temperature,
-                teacher_temperature=section.teacher_temperature, center_momentum=section.center_momentum,
-                warmup_teacher_temperature=section.warmup_teacher_temperature,
-                # The embedded budget may shorten the run below the warm-up.
-                warmup_teacher_temperature_epochs=min(section.warmup_teacher_temperature_epochs, recipe.train.epochs),
-                epochs=recipe.train.epochs)
+    return DINO(
+        encoder,
+        hidden_dim=recipe.model.head.hidden_dim,
+        out_dim=section.out_dim,
+        n_local_crops=section.local_crops,
+        local_crop_scale=section.local_crop_scale,
+        momentum=section.momentum,
+        student_temperature=section.temperature,
+        teacher_temperature=section.teacher_temperature,
+        center_momentum=section.center_momentum,
+        warmup_teacher_temperature=section.warmup_teacher_temperature,
+        # The embedded budget may shorten the run below the warm-up.
+        warmup_teacher_temperature_epochs=min(section.warmup_teacher_temperature_epochs, recipe.train.epochs),
+        epochs=recipe.train.epochs,
+    )

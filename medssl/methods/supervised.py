@@ -61,8 +61,10 @@ class SupervisedMethod(Method):
     def classification_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         targets = labels.long()
         if targets.min() < 0 or targets.max() >= self.classes:
-            raise RecipeError(f"method.classes = {self.classes}: the label has class index {int(targets.max())}; "
-                              "set method.classes to the number of classes of data.label")
+            raise RecipeError(
+                f"method.classes = {self.classes}: the label has class index {int(targets.max())}; "
+                "set method.classes to the number of classes of data.label"
+            )
         loss = F.cross_entropy(outputs.float(), targets)
         accuracy = (outputs.argmax(1) == targets).float().mean()
         return loss, {"train_accuracy": float(accuracy.detach())}

@@ -13,6 +13,14 @@ from medssl.models.encoders import (
 from medssl.models.heads import DINOHead, ProjectionHead
 
 __all__ = [
-    "ENCODER_NAMES", "AlexNet3D", "DINOHead", "Encoder", "EncoderSpec", "ProjectionHead",
-    "build_encoder", "encoder_spec", "load_encoder", "save_encoder",
+    "ENCODER_NAMES",
+    "AlexNet3D",
+    "DINOHead",
+    "Encoder",
+    "EncoderSpec",
+    "ProjectionHead",
+    "build_encoder",
+    "encoder_spec",
+    "load_encoder",
+    "save_encoder",
 ]

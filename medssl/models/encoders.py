@@ -51,15 +51,23 @@ class AlexNet3D(nn.Module):
         super().__init__()
 
         def block(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-            return [nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-                    nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+                nn.BatchNorm3d(c_out),
+                nn.ReLU(inplace=True),
+            ]
 
         w1, w2, w3, w4, w5 = widths
         self.features = nn.Sequential(
-            *block(in_channels, w1, 5, stride=2), nn.MaxPool3d(3, stride=2, padding=1),
-            *block(w1, w2, 3), nn.MaxPool3d(3, stride=2, padding=1),
-            *block(w2, w3, 3), *block(w3, w4, 3), *block(w4, w5, 3),
-            nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+            *block(in_channels, w1, 5, stride=2),
+            nn.MaxPool3d(3, stride=2, padding=1),
+            *block(w1, w2, 3),
+            nn.MaxPool3d(3, stride=2, padding=1),
+            *block(w2, w3, 3),
+            *block(w3, w4, 3),
+            *block(w4, w5, 3),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
         )
         self.out_features = w5
 
@@ -79,10 +87,16 @@ class EncoderSpec:
     library: str = "monai.networks.nets"
 
 
-RESNET_LAYERS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+RESNET_LAYERS = {
+    "resnet18": ("basic", [2, 2, 2, 2]),
+    "resnet34": ("basic", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3]),
+}
 
 
-def encoder_spec(name: str, in_channels: int = 1, conv1_stride: int = 2, widths: list[int] | None = None) -> EncoderSpec:
+def encoder_spec(
+    name: str, in_channels: int = 1, conv1_stride: int = 2, widths: list[int] | None = None
+) -> EncoderSpec:
     """The network class, its keyword arguments and its feature size for an encoder name.
 
     ``widths`` sets the channels of a ResNet's four stages (MONAI's ``block_inplanes``,
@@ -90,8 +104,12 @@ def encoder_spec(name: str, in_channels: int = 1, conv1_stride: int = 2, widths:
     budget, 16 times fewer weights and about 10 times faster on a CPU.
     """
     if name in RESNET_LAYERS:
-        kwargs: dict[str, Any] = {"spatial_dims": 3, "n_input_channels": in_channels, "conv1_t_stride": conv1_stride,
-                                  "feed_forward": False}
+        kwargs: dict[str, Any] = {
+            "spatial_dims": 3,
+            "n_input_channels": in_channels,
+            "conv1_t_stride": conv1_stride,
+            "feed_forward": False,
+        }
         expansion = 4 if name == "resnet50" else 1
         if widths is None:
             return EncoderSpec(name, name, kwargs, 512 * expansion)
@@ -128,7 +146,11 @@ def checkpoint_units(network: nn.Module) -> list[nn.Module]:
     if isinstance(network, nets.ResNet):
         return [network.layer1, network.layer2, network.layer3, network.layer4]
     if isinstance(network, nets.DenseNet):
-        return [module for name, module in network.features.named_children() if name.startswith(("denseblock", "transition"))]
+        return [
+            module
+            for name, module in network.features.named_children()
+            if name.startswith(("denseblock", "transition"))
+        ]
     return []
 
 
@@ -140,8 +162,12 @@ def _frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
     move the running statistics twice per step; an update with checkpointing must equal one
     without.
     """
-    saved = [(buffer, buffer.clone()) for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)
-             for buffer in norm.buffers(recurse=False)]
+    saved = [
+        (buffer, buffer.clone())
+        for norm in module.modules()
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm)
+        for buffer in norm.buffers(recurse=False)
+    ]
     try:
         yield
     finally:
@@ -150,7 +176,9 @@ def _frozen_norm_statistics(module: nn.Module) -> Iterator[None]:
 
 
 def _checkpointed_forward(unit: nn.Module, forward, *args: torch.Tensor) -> torch.Tensor:
-    return checkpoint(forward, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), _frozen_norm_statistics(unit)))
+    return checkpoint(
+        forward, *args, use_reentrant=False, context_fn=lambda: (nullcontext(), _frozen_norm_statistics(unit))
+    )
 
 
 @contextmanager
@@ -191,8 +219,13 @@ class Encoder(nn.Module):
         return self.network(x).flatten(1)
 
 
-def build_encoder(name: str = "resnet18", in_channels: int = 1, conv1_stride: int = 2,
-                  widths: list[int] | None = None, activation_checkpointing: bool = False) -> Encoder:
+def build_encoder(
+    name: str = "resnet18",
+    in_channels: int = 1,
+    conv1_stride: int = 2,
+    widths: list[int] | None = None,
+    activation_checkpointing: bool = False,
+) -> Encoder:
     """Build an encoder by name (see :data:`ENCODER_NAMES`), optionally a narrow ResNet (``widths``)
     and with activation checkpointing in training (see :class:`Encoder`)."""
     spec = encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths)
@@ -227,8 +260,11 @@ def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encod
     except (json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(f"{spec_path}: not a medssl encoder description ({exc})") from None
     if expected is not None:
-        differences = [f"{key}: file has {getattr(spec, key)!r}, expected {getattr(expected, key)!r}"
-                       for key in ("name", "kwargs", "feature_dim") if getattr(spec, key) != getattr(expected, key)]
+        differences = [
+            f"{key}: file has {getattr(spec, key)!r}, expected {getattr(expected, key)!r}"
+            for key in ("name", "kwargs", "feature_dim")
+            if getattr(spec, key) != getattr(expected, key)
+        ]
         if differences:
             raise CheckpointError(f"{path}: encoder does not match the recipe ({'; '.join(differences)})")
     encoder = Encoder(spec)
@@ -238,8 +274,10 @@ def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encod
         # torch's messages span several lines; the CLI prints errors in one
         detail = " ".join(str(exc).split())
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        raise CheckpointError(f"{path}: cannot be read as a state dict, corrupt or not written by torch.save "
-                              f"({type(exc).__name__}: {detail})") from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a state dict, corrupt or not written by torch.save "
+            f"({type(exc).__name__}: {detail})"
+        ) from None
     try:
         encoder.network.load_state_dict(state)
     except RuntimeError as exc:

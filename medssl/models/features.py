@@ -27,17 +27,35 @@ def volume_dataset(cohort: Cohort, recipe: Recipe) -> VolumeDataset:
 
 
 @torch.no_grad()
-def extract_features(encoder: torch.nn.Module, cohort: Cohort, recipe: Recipe, device: torch.device | str = "cpu",
-                     batch_size: int | None = None, description: str = "features", console: Console | None = None) -> np.ndarray:
+def extract_features(
+    encoder: torch.nn.Module,
+    cohort: Cohort,
+    recipe: Recipe,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    description: str = "features",
+    console: Console | None = None,
+) -> np.ndarray:
     """(n_subjects, feature_dim) float32 features of ``encoder`` in eval mode."""
     device = torch.device(device)
-    loader = DataLoader(volume_dataset(cohort, recipe), batch_size=batch_size or recipe.eval.batch_size, shuffle=False,
-                        num_workers=recipe.data.num_workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        volume_dataset(cohort, recipe),
+        batch_size=batch_size or recipe.eval.batch_size,
+        shuffle=False,
+        num_workers=recipe.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
     was_training = encoder.training
     encoder.eval()
     chunks = []
-    progress = Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=console, disable=console is None)
+    progress = Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=console is None,
+    )
     with progress:
         task = progress.add_task(description, total=len(cohort))
         for batch in loader:

@@ -18,7 +18,9 @@ class ProjectionHead(nn.Module):
         torch.Size([4, 128])
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2, batch_norm: bool = False):
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2, batch_norm: bool = False
+    ):
         super().__init__()
         modules: list[nn.Module] = []
         width = in_dim

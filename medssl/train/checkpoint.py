@@ -14,9 +14,18 @@ from medssl.files import atomic_torch_save
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, *, method: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, epoch: int, step: int, recipe_yaml: str,
-                    scaler: torch.amp.GradScaler | None = None, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    method: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    epoch: int,
+    step: int,
+    recipe_yaml: str,
+    scaler: torch.amp.GradScaler | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Everything needed to continue: weights of every network, optimiser and scheduler
     state, the torch RNG state, the number of completed epochs and steps, and the fp16
     loss scale (``scaler``, when enabled: a resume that restarted from the initial scale
@@ -69,8 +78,17 @@ def restore_scaler(state: dict, scaler: torch.amp.GradScaler) -> None:
 # save, how to read the data, what to evaluate or how a later fine-tuning runs, so the folder
 # stays true to what was trained. Any other change would be overridden by the checkpoint's
 # optimiser state or contradict the epochs already run.
-RESUMABLE_CHANGES = ("name", "description", "train.epochs", "train.embedded.epochs", "train.embedded.steps",
-                     "train.checkpoint_every", "data.num_workers", "eval.", "finetune.")
+RESUMABLE_CHANGES = (
+    "name",
+    "description",
+    "train.epochs",
+    "train.embedded.epochs",
+    "train.embedded.steps",
+    "train.checkpoint_every",
+    "data.num_workers",
+    "eval.",
+    "finetune.",
+)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
@@ -80,8 +98,9 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
     return {key: value for name, child in tree.items() for key, value in flatten(child, f"{prefix}{name}.").items()}
 
 
-def resume_differences(saved_yaml: str, current_yaml: str,
-                       resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> tuple[list[str], list[str]]:
+def resume_differences(
+    saved_yaml: str, current_yaml: str, resumable: tuple[str, ...] = RESUMABLE_CHANGES
+) -> tuple[list[str], list[str]]:
     """``KEY: SAVED -> NOW`` for every recipe key that differs, split into (refused, allowed):
     allowed are the keys starting with one of ``resumable``."""
     # A run saved while medssl had one flat method section compares by its method's own keys.
@@ -97,8 +116,13 @@ def resume_differences(saved_yaml: str, current_yaml: str,
     return refused, allowed
 
 
-def resumable_checkpoint(path: Path, recipe_yaml: str, epochs: int, epochs_key: str = "train.epochs",
-                         resumable: tuple[str, ...] = RESUMABLE_CHANGES) -> tuple[dict, list[str]]:
+def resumable_checkpoint(
+    path: Path,
+    recipe_yaml: str,
+    epochs: int,
+    epochs_key: str = "train.epochs",
+    resumable: tuple[str, ...] = RESUMABLE_CHANGES,
+) -> tuple[dict, list[str]]:
     """The checkpoint at ``path`` once its recipe is known to agree with ``recipe_yaml`` (see
     :func:`resume_differences`) and ``epochs`` covers what it holds; and the allowed changes.
 
@@ -107,10 +131,14 @@ def resumable_checkpoint(path: Path, recipe_yaml: str, epochs: int, epochs_key: 
     state = load_checkpoint(path)
     refused, allowed = resume_differences(state.get("recipe", ""), recipe_yaml, resumable)
     if refused:
-        raise CheckpointError(f"{path}: does not fit the recipe, which changes settings the run was trained with "
-                              f"({'; '.join(refused)}); resume with the run's recipe, or start a new --out")
+        raise CheckpointError(
+            f"{path}: does not fit the recipe, which changes settings the run was trained with "
+            f"({'; '.join(refused)}); resume with the run's recipe, or start a new --out"
+        )
     epochs_done = int(state["epochs_done"])
     if epochs < epochs_done:
-        raise RecipeError(f"{epochs_key} = {epochs}: {path} already holds {epochs_done} epochs; "
-                          f"resume with {epochs_key} >= {epochs_done}")
+        raise RecipeError(
+            f"{epochs_key} = {epochs}: {path} already holds {epochs_done} epochs; "
+            f"resume with {epochs_key} >= {epochs_done}"
+        )
     return state, allowed

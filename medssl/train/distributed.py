@@ -58,7 +58,9 @@ def init_distributed(device: torch.device) -> DistributedContext:
     owns_group = not dist.is_initialized()
     if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns_group)
+    return DistributedContext(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns_group
+    )
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -78,7 +80,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce autograd's buffer in place
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

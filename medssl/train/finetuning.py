@@ -134,8 +134,13 @@ def finetune_optimizer(model: FinetuneModel, recipe: Recipe, mode: str) -> torch
     optimizer.param_groups[0]["name"] = "head"
     if mode != "linear":
         factor = recipe.finetune.encoder_lr_factor if mode == "lower_lr" else 1.0
-        optimizer.add_param_group({"params": [p for p in model.encoder.parameters() if p.requires_grad],
-                                   "lr": recipe.finetune.lr * factor, "name": "encoder"})
+        optimizer.add_param_group(
+            {
+                "params": [p for p in model.encoder.parameters() if p.requires_grad],
+                "lr": recipe.finetune.lr * factor,
+                "name": "encoder",
+            }
+        )
     return optimizer
 
 
@@ -157,8 +162,9 @@ class LabelledInputs(Dataset):
 
 
 @torch.no_grad()
-def predict(network: nn.Module, loader: DataLoader, device: torch.device, precision: str = "fp32",
-            with_targets: bool = False):
+def predict(
+    network: nn.Module, loader: DataLoader, device: torch.device, precision: str = "fp32", with_targets: bool = False
+):
     """Float32 outputs (n, n_outputs) of ``network`` over ``loader`` (and the targets, on the CPU)."""
     batch_outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
@@ -170,8 +176,9 @@ def predict(network: nn.Module, loader: DataLoader, device: torch.device, precis
     return (outputs, torch.cat(targets)) if with_targets else outputs
 
 
-def validation_loss(network: nn.Module, loss: nn.Module, loader: DataLoader, device: torch.device,
-                    precision: str = "fp32") -> float:
+def validation_loss(
+    network: nn.Module, loss: nn.Module, loader: DataLoader, device: torch.device, precision: str = "fp32"
+) -> float:
     """The loss of ``network`` in eval mode over ``loader``, as one batch."""
     was_training = network.training
     network.eval()
@@ -193,7 +200,9 @@ class EarlyStopping:
         patience: epochs without improvement before stopping.
     """
 
-    def __init__(self, validation_loss: Callable[[], float], module: nn.Module, patience: int, improvement: float = IMPROVEMENT):
+    def __init__(
+        self, validation_loss: Callable[[], float], module: nn.Module, patience: int, improvement: float = IMPROVEMENT
+    ):
         self.validation_loss = validation_loss
         self.module = module
         self.patience = patience
@@ -222,11 +231,18 @@ class EarlyStopping:
             self.module.load_state_dict(self.best_state)
 
     def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "waited": self.waited,
-                "best_state": self.best_state, "history": self.history}
+        return {
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "waited": self.waited,
+            "best_state": self.best_state,
+            "history": self.history,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.best_loss, self.best_epoch, self.waited = state["best_loss"], state["best_epoch"], state["waited"]
-        self.best_state = {key: value.to(next(iter(self.module.state_dict().values())).device)
-                           for key, value in state["best_state"].items()}
+        self.best_state = {
+            key: value.to(next(iter(self.module.state_dict().values())).device)
+            for key, value in state["best_state"].items()
+        }
         self.history = [dict(entry) for entry in state["history"]]

@@ -25,11 +25,19 @@ class LARS(torch.optim.Optimizer):
         >>> optimizer = LARS(model.parameters(), lr=0.3, weight_decay=1e-6, momentum=0.9)
     """
 
-    def __init__(self, parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0,
-                 momentum: float = 0.9, eta: float = 0.001) -> None:
+    def __init__(
+        self,
+        parameters: Iterable[torch.nn.Parameter],
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+    ) -> None:
         parameters = list(parameters)
-        groups: list[dict[str, Any]] = [{"params": [p for p in parameters if p.ndim > 1]},
-                  {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0, "adapt": False}]
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in parameters if p.ndim > 1]},
+            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0, "adapt": False},
+        ]
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, adapt=True)
         super().__init__([group for group in groups if group["params"]], defaults)
 
@@ -43,8 +51,11 @@ class LARS(torch.optim.Optimizer):
                 update = p.grad.add(p, alpha=group["weight_decay"])
                 if group["adapt"]:
                     weight_norm, update_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(update)
-                    ratio = torch.where((weight_norm > 0) & (update_norm > 0), group["eta"] * weight_norm / update_norm,
-                                        torch.ones_like(weight_norm))
+                    ratio = torch.where(
+                        (weight_norm > 0) & (update_norm > 0),
+                        group["eta"] * weight_norm / update_norm,
+                        torch.ones_like(weight_norm),
+                    )
                     update = update.mul(ratio)
                 state = self.state[p]
                 if "mu" not in state:

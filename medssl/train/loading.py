@@ -131,8 +131,17 @@ class EpochLoader:
         >>> loader.close()                            # ends persistent workers
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, pin_memory: bool = False,
-                 drop_last: bool = True, world_size: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+        world_size: int = 1,
+        rank: int = 0,
+    ):
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -153,17 +162,29 @@ class EpochLoader:
         """The loader of ``epoch``: ``sampler``'s indices, else a reshuffle seeded by (seed, epoch)."""
         if sampler is None:
             if self.world_size > 1:
-                sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
-                                             seed=self.seed, drop_last=True)
+                sampler = DistributedSampler(
+                    self.dataset,
+                    num_replicas=self.world_size,
+                    rank=self.rank,
+                    shuffle=True,
+                    seed=self.seed,
+                    drop_last=True,
+                )
                 sampler.set_epoch(epoch)
             else:
                 # torch types Dataset without __len__; the map-style datasets here all have one
                 sampler = RandomSampler(self.dataset, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))  # type: ignore[arg-type]
         if self.loader is None:
-            self.loader = DataLoader(EpochSeededDataset(self.dataset, self.seed), batch_size=self.batch_size,
-                                     sampler=self.keys, drop_last=self.drop_last, num_workers=self.num_workers,
-                                     worker_init_fn=seed_worker, pin_memory=self.pin_memory,
-                                     persistent_workers=self.num_workers > 0)
+            self.loader = DataLoader(
+                EpochSeededDataset(self.dataset, self.seed),
+                batch_size=self.batch_size,
+                sampler=self.keys,
+                drop_last=self.drop_last,
+                num_workers=self.num_workers,
+                worker_init_fn=seed_worker,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
         self.keys.set_epoch(epoch, sampler)
         return self.loader
 

@@ -51,8 +51,8 @@ from medssl.train.trainer import RunResult, Schedule, Trainer
 class TrainingData:
     """The training cohort as the trainer reads it."""
 
-    cohort: Cohort          # the whole cohort (evaluation uses every split)
-    train_cohort: Cohort    # the subjects trained on
+    cohort: Cohort  # the whole cohort (evaluation uses every split)
+    train_cohort: Cohort  # the subjects trained on
     dataset: MultiViewDataset
     loader: EpochLoader
     steps_per_epoch: int
@@ -64,7 +64,7 @@ class Pretraining:
 
     trainer: Trainer
     method: Method
-    recipe: Recipe            # as resolved: embedded budget and its epochs applied
+    recipe: Recipe  # as resolved: embedded budget and its epochs applied
     data: TrainingData
     resume_from: dict | None  # the checkpoint state to continue from, already checked
 
@@ -82,8 +82,14 @@ class Notes(list):
             self.console.print(message)
 
 
-def pretraining_data(recipe: Recipe, needs: MethodNeeds, dist: DistributedContext, device: torch.device, notes: Notes,
-                     console: Console | None) -> TrainingData:
+def pretraining_data(
+    recipe: Recipe,
+    needs: MethodNeeds,
+    dist: DistributedContext,
+    device: torch.device,
+    notes: Notes,
+    console: Console | None,
+) -> TrainingData:
     """Open the recipe's cohort, its training subjects' views and the epoch loader; size the epochs."""
     cohort = open_cohort(recipe, console if dist.is_main else None)
     train = cohort.subset("train")
@@ -99,11 +105,19 @@ def pretraining_data(recipe: Recipe, needs: MethodNeeds, dist: DistributedContex
         check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
     # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
     preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
-    dataset = MultiViewDataset(train.subjects(), build_view_transform(recipe.views), n_views=needs.views,
-                               preprocess=preprocess, label_key=label, label_encoder=label_encoder_for(train, label))
+    dataset = MultiViewDataset(
+        train.subjects(),
+        build_view_transform(recipe.views),
+        n_views=needs.views,
+        preprocess=preprocess,
+        label_key=label,
+        label_encoder=label_encoder_for(train, label),
+    )
     batch_size, per_process = recipe.train.batch_size, len(train) // dist.world_size
     if batch_size > per_process:
-        notes.say(f"train.batch_size = {batch_size} is more than the {per_process} training subjects per process: using {per_process}.")
+        notes.say(
+            f"train.batch_size = {batch_size} is more than the {per_process} training subjects per process: using {per_process}."
+        )
         batch_size = per_process
     batches = per_process // batch_size
     accumulate = recipe.train.accumulate
@@ -111,15 +125,25 @@ def pretraining_data(recipe: Recipe, needs: MethodNeeds, dist: DistributedContex
         batches = min(batches, recipe.train.max_steps_per_epoch * accumulate)
     if batches < accumulate:
         # Otherwise the epoch would end with gradients accumulated but never applied.
-        raise RecipeError(f"train.accumulate = {accumulate}: an epoch has only {batches} batches of {batch_size} "
-                          "subjects per process; lower train.accumulate or train.batch_size")
-    loader = EpochLoader(dataset, batch_size, seed=recipe.train.seed, num_workers=recipe.data.num_workers,
-                         pin_memory=device.type == "cuda", world_size=dist.world_size, rank=dist.rank)
+        raise RecipeError(
+            f"train.accumulate = {accumulate}: an epoch has only {batches} batches of {batch_size} "
+            "subjects per process; lower train.accumulate or train.batch_size"
+        )
+    loader = EpochLoader(
+        dataset,
+        batch_size,
+        seed=recipe.train.seed,
+        num_workers=recipe.data.num_workers,
+        pin_memory=device.type == "cuda",
+        world_size=dist.world_size,
+        rank=dist.rank,
+    )
     return TrainingData(cohort, train, dataset, loader, batches // accumulate)
 
 
-def prepared_method(recipe: Recipe, method: Method | None, sample: torch.Tensor, device: torch.device,
-                    notes: Notes) -> tuple[Method, str]:
+def prepared_method(
+    recipe: Recipe, method: Method | None, sample: torch.Tensor, device: torch.device, notes: Notes
+) -> tuple[Method, str]:
     """The recipe's method (or ``method``) on ``device``, memory format set, input size checked,
     encoder compiled if asked; and the precision it can train in."""
     if method is None:
@@ -145,14 +169,22 @@ def diagnostic_batch(method: Method, data: TrainingData, seed: int) -> torch.Ten
         return None
     held_out = data.cohort.subset("internal_test")
     cohort = held_out if len(held_out) >= 2 else data.train_cohort
-    dataset = MultiViewDataset(cohort.head(16).subjects(), data.dataset.transform, n_views=2, preprocess=data.dataset.preprocess)
+    dataset = MultiViewDataset(
+        cohort.head(16).subjects(), data.dataset.transform, n_views=2, preprocess=data.dataset.preprocess
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 12345)
         return torch.stack([dataset[index]["views"] for index in range(len(dataset))])
 
 
-def build_pretraining(recipe: Recipe, run_dir: str | Path, *, resume: bool = False, console: Console | None = None,
-                      method: Method | None = None) -> Pretraining:
+def build_pretraining(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    method: Method | None = None,
+) -> Pretraining:
     """Every part of a pre-training run from ``recipe``; ``method`` replaces the recipe's (seeded
     and built by the caller). With ``resume``, the run folder's checkpoint is checked against
     the recipe first: a refused resume leaves the folder as it was."""
@@ -185,8 +217,17 @@ def build_pretraining(recipe: Recipe, run_dir: str | Path, *, resume: bool = Fal
     return Pretraining(trainer, method, recipe, data, resume_from)
 
 
-def pretraining_trainer(recipe: Recipe, run_dir: str | Path, method: Method, data: TrainingData, precision: str,
-                        device: torch.device, dist: DistributedContext, console: Console | None, notes: Notes) -> Trainer:
+def pretraining_trainer(
+    recipe: Recipe,
+    run_dir: str | Path,
+    method: Method,
+    data: TrainingData,
+    precision: str,
+    device: torch.device,
+    dist: DistributedContext,
+    console: Console | None,
+    notes: Notes,
+) -> Trainer:
     model: torch.nn.Module = method
     if dist.enabled:
         method.gather = gather_with_grad
@@ -194,15 +235,42 @@ def pretraining_trainer(recipe: Recipe, run_dir: str | Path, method: Method, dat
         model = torch.nn.parallel.DistributedDataParallel(method, device_ids=device_ids)
     optimizer = make_optimizer(method.parameters(), recipe)
     train = recipe.train
-    schedule = Schedule(epochs=train.epochs, steps_per_epoch=data.steps_per_epoch, accumulate=train.accumulate,
-                        grad_clip=train.grad_clip, seed=train.seed, checkpoint_every=train.checkpoint_every)
+    schedule = Schedule(
+        epochs=train.epochs,
+        steps_per_epoch=data.steps_per_epoch,
+        accumulate=train.accumulate,
+        grad_clip=train.grad_clip,
+        seed=train.seed,
+        checkpoint_every=train.checkpoint_every,
+    )
     recipe_yaml = dump_recipe(recipe)
-    features = partial(extract_features, cohort=data.train_cohort, recipe=recipe, device=device,
-                       description="clustering features", console=console if dist.is_main else None)
-    return Trainer(method, optimizer, data.loader, run_dir, schedule, scheduler=make_scheduler(optimizer, recipe, data.steps_per_epoch),
-                   device=device, precision=precision, model=model, dist=dist, console=console, notes=notes,
-                   run_files={"recipe.yaml": recipe_yaml}, recipe_yaml=recipe_yaml, extract_features=features,
-                   diagnostic_views=diagnostic_batch(method, data, train.seed), name=f"{recipe.model.encoder} / {recipe.method.name}")
+    features = partial(
+        extract_features,
+        cohort=data.train_cohort,
+        recipe=recipe,
+        device=device,
+        description="clustering features",
+        console=console if dist.is_main else None,
+    )
+    return Trainer(
+        method,
+        optimizer,
+        data.loader,
+        run_dir,
+        schedule,
+        scheduler=make_scheduler(optimizer, recipe, data.steps_per_epoch),
+        device=device,
+        precision=precision,
+        model=model,
+        dist=dist,
+        console=console,
+        notes=notes,
+        run_files={"recipe.yaml": recipe_yaml},
+        recipe_yaml=recipe_yaml,
+        extract_features=features,
+        diagnostic_views=diagnostic_batch(method, data, train.seed),
+        name=f"{recipe.model.encoder} / {recipe.method.name}",
+    )
 
 
 def run_pretraining(pretraining: Pretraining, on_epoch_end: Callable[[int], None] | None = None) -> RunResult:
@@ -215,7 +283,15 @@ def run_pretraining(pretraining: Pretraining, on_epoch_end: Callable[[int], None
     return result
 
 
-def train_encoder(recipe: Recipe, run_dir: str | Path, resume: bool = False, console: Console | None = None,
-                  on_epoch_end: Callable[[int], None] | None = None, method: Method | None = None) -> RunResult:
+def train_encoder(
+    recipe: Recipe,
+    run_dir: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    method: Method | None = None,
+) -> RunResult:
     """Pre-train the recipe's encoder (or ``method``'s) without evaluating it; see the module docstring."""
-    return run_pretraining(build_pretraining(recipe, run_dir, resume=resume, console=console, method=method), on_epoch_end)
+    return run_pretraining(
+        build_pretraining(recipe, run_dir, resume=resume, console=console, method=method), on_epoch_end
+    )

@@ -71,8 +71,10 @@ def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
     synthetic = recipe.data.synthetic
     length = f"{budget.epochs} epochs" if budget.epochs is not None else f"{budget.steps} steps"
     widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
-    note = (f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
-            f"{synthetic.shape}^3 voxels) with its budget: {resolved.model.encoder}{widths}, {length} of batch {budget.batch_size}.")
+    note = (
+        f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
+        f"{synthetic.shape}^3 voxels) with its budget: {resolved.model.encoder}{widths}, {length} of batch {budget.batch_size}."
+    )
     return resolved, note
 
 
@@ -104,7 +106,9 @@ def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | Non
     if label is None:
         return None
     if label not in cohort.table.columns:
-        raise RecipeError(f"data.label = {label!r}: no such column in the participants table (columns: {', '.join(cohort.table.columns)})")
+        raise RecipeError(
+            f"data.label = {label!r}: no such column in the participants table (columns: {', '.join(cohort.table.columns)})"
+        )
     values = cohort.table[label]
     if values.isna().any():
         raise RecipeError(f"data.label = {label!r}: the column has missing values")
@@ -114,7 +118,9 @@ def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | Non
     return {value: index for index, value in enumerate(sorted(values.astype(str).unique()))}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up, then constant, cosine or per-epoch step decay."""
     train = recipe.train
     total = max(train.epochs * steps_per_epoch, 1)
@@ -133,7 +139,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_e
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(parameters: Iterable[torch.nn.Parameter], recipe: Recipe, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    parameters: Iterable[torch.nn.Parameter], recipe: Recipe, lr: float | None = None
+) -> torch.optim.Optimizer:
     """The recipe's ``train.optimizer`` over the parameters that require a gradient, at ``lr``
     (default ``train.lr``)."""
     train = recipe.train
@@ -163,9 +171,11 @@ def bf16_conv_hazards(model: torch.nn.Module, sample: torch.Tensor) -> list[str]
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Conv3d) and tuple(module.kernel_size) == (3, 3, 3):
+
             def record(module, inputs, output, name=name):
                 if inputs[0].shape[2] == 2:
                     hazards.append(name)
+
             hooks.append(module.register_forward_hook(record))
     try:
         with torch.no_grad():
@@ -186,14 +196,18 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
-def safe_precision(precision: str, device: torch.device, network: torch.nn.Module, sample: torch.Tensor) -> tuple[str, str | None]:
+def safe_precision(
+    precision: str, device: torch.device, network: torch.nn.Module, sample: torch.Tensor
+) -> tuple[str, str | None]:
     """``precision``, or fp32 with a note when bf16 on CPU would be slow (no native bf16
     instructions) or wrong (:func:`bf16_conv_hazards`)."""
     if precision != "bf16" or device.type != "cpu":
         return precision, None
     if not cpu_has_native_bf16():
-        return "fp32", ("train.precision = 'bf16' falls back to fp32: this CPU has no native bfloat16 instructions "
-                        "(AVX512-BF16 or AMX), on which bf16 convolutions run several times slower than fp32.")
+        return "fp32", (
+            "train.precision = 'bf16' falls back to fp32: this CPU has no native bfloat16 instructions "
+            "(AVX512-BF16 or AMX), on which bf16 convolutions run several times slower than fp32."
+        )
     was_training = network.training
     network.eval()
     try:
@@ -202,8 +216,10 @@ def safe_precision(precision: str, device: torch.device, network: torch.nn.Modul
         network.train(was_training)
     if not hazards:
         return precision, None
-    return "fp32", (f"train.precision = 'bf16' falls back to fp32: on CPU, 3x3x3 convolutions with depth-2 inputs "
-                    f"({', '.join(hazards[:3])}) get wrong bf16 gradients in this torch version.")
+    return "fp32", (
+        f"train.precision = 'bf16' falls back to fp32: on CPU, 3x3x3 convolutions with depth-2 inputs "
+        f"({', '.join(hazards[:3])}) get wrong bf16 gradients in this torch version."
+    )
 
 
 def check_input_size(encoder: torch.nn.Module, sample: torch.Tensor, encoder_name: str) -> None:
@@ -214,7 +230,9 @@ def check_input_size(encoder: torch.nn.Module, sample: torch.Tensor, encoder_nam
         with torch.no_grad():
             encoder(sample)
     except RuntimeError as exc:
-        raise RecipeError(f"model.encoder = {encoder_name!r} cannot take volumes of shape {tuple(sample.shape[2:])} "
-                          f"({str(exc).splitlines()[0]}); use larger volumes (data.volume_shape)") from None
+        raise RecipeError(
+            f"model.encoder = {encoder_name!r} cannot take volumes of shape {tuple(sample.shape[2:])} "
+            f"({str(exc).splitlines()[0]}); use larger volumes (data.volume_shape)"
+        ) from None
     finally:
         encoder.train(was_training)

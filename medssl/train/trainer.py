@@ -101,7 +101,9 @@ class EpochContext:
 
     def extract_features(self, encoder: nn.Module) -> np.ndarray:
         if self.trainer.feature_extractor is None:
-            raise TrainingError("the objective clusters features of the training cohort: hand the trainer extract_features")
+            raise TrainingError(
+                "the objective clusters features of the training cohort: hand the trainer extract_features"
+            )
         return self.trainer.feature_extractor(encoder)
 
     def forget_optimizer_state(self, parameters: Iterable[nn.Parameter]) -> None:
@@ -149,21 +151,39 @@ class Trainer:
         name: what the objective is, in the message of a checkpoint that does not fit it.
     """
 
-    def __init__(self, objective: nn.Module, optimizer: torch.optim.Optimizer, loader: EpochLoader, run_dir: str | Path,
-                 schedule: Schedule, *, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 device: torch.device = torch.device("cpu"), precision: str = "fp32",
-                 scaler: torch.amp.GradScaler | None = None, model: nn.Module | None = None,
-                 dist: DistributedContext | None = None, console: Console | None = None, notes: list[str] | None = None,
-                 run_files: dict[str, str] | None = None, recipe_yaml: str = "",
-                 extract_features: Callable[[nn.Module], np.ndarray] | None = None,
-                 diagnostic_views: torch.Tensor | None = None, early_stopping=None, name: str = "objective"):
+    def __init__(
+        self,
+        objective: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: EpochLoader,
+        run_dir: str | Path,
+        schedule: Schedule,
+        *,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        device: torch.device = torch.device("cpu"),
+        precision: str = "fp32",
+        scaler: torch.amp.GradScaler | None = None,
+        model: nn.Module | None = None,
+        dist: DistributedContext | None = None,
+        console: Console | None = None,
+        notes: list[str] | None = None,
+        run_files: dict[str, str] | None = None,
+        recipe_yaml: str = "",
+        extract_features: Callable[[nn.Module], np.ndarray] | None = None,
+        diagnostic_views: torch.Tensor | None = None,
+        early_stopping=None,
+        name: str = "objective",
+    ):
         self.objective, self.optimizer, self.scheduler, self.loader = objective, optimizer, scheduler, loader
         # The same module, typed by its hooks: nn.Module types its other attributes as tensors or submodules.
         self.hooks = cast(ObjectiveHooks, objective)
         self.run_dir, self.schedule = Path(run_dir), schedule
         self.device, self.precision = torch.device(device), precision
-        self.scaler = scaler if scaler is not None else torch.amp.GradScaler(
-            "cuda", enabled=precision == "fp16" and self.device.type == "cuda")
+        self.scaler = (
+            scaler
+            if scaler is not None
+            else torch.amp.GradScaler("cuda", enabled=precision == "fp16" and self.device.type == "cuda")
+        )
         self.model = model if model is not None else objective
         self.dist = dist if dist is not None else DistributedContext()
         self.console, self.notes = console, notes if notes is not None else []
@@ -218,8 +238,9 @@ class Trainer:
                 break
             step = self.run_epoch(epoch, step, total_steps)
             epochs_done = epoch + 1
-            if self.dist.is_main and (epochs_done % schedule.checkpoint_every == 0 or epochs_done == schedule.epochs
-                                      or self.stopped):
+            if self.dist.is_main and (
+                epochs_done % schedule.checkpoint_every == 0 or epochs_done == schedule.epochs or self.stopped
+            ):
                 self.save_checkpoint(epochs_done, step)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
@@ -231,8 +252,17 @@ class Trainer:
 
     def save_checkpoint(self, epochs_done: int, step: int) -> None:
         extra = {"early_stopping": self.early_stopping.state_dict()} if self.early_stopping is not None else None
-        save_checkpoint(self.checkpoint_path, method=self.objective, optimizer=self.optimizer, scheduler=self.scheduler,
-                        epoch=epochs_done, step=step, recipe_yaml=self.recipe_yaml, scaler=self.scaler, extra=extra)
+        save_checkpoint(
+            self.checkpoint_path,
+            method=self.objective,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            epoch=epochs_done,
+            step=step,
+            recipe_yaml=self.recipe_yaml,
+            scaler=self.scaler,
+            extra=extra,
+        )
 
     def restore(self, state: dict) -> tuple[int, int]:
         """Load weights, optimiser, scheduler, loss scale, early stopping and RNG state; return (epochs done, step)."""
@@ -246,8 +276,10 @@ class Trainer:
                 self.early_stopping.load_state_dict(state["early_stopping"])
         except (RuntimeError, ValueError, KeyError) as exc:
             detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
-            raise CheckpointError(f"{self.checkpoint_path}: does not fit the recipe's {self.name} model ({detail}); "
-                                  "resume with the recipe of that run or use another --out") from None
+            raise CheckpointError(
+                f"{self.checkpoint_path}: does not fit the recipe's {self.name} model ({detail}); "
+                "resume with the recipe of that run or use another --out"
+            ) from None
         restore_rng(state)
         return int(state["epochs_done"]), int(state["step"])
 
@@ -262,8 +294,13 @@ class Trainer:
         losses: list[float] = []
         assert self.log is not None, "run() opens the metrics log"
         progress = self.progress_bar()
-        task = progress.add_task(f"{schedule.label}epoch {epoch + 1}/{schedule.epochs}", total=schedule.steps_per_epoch,
-                                 loss="-", lr="-", speed="-")
+        task = progress.add_task(
+            f"{schedule.label}epoch {epoch + 1}/{schedule.epochs}",
+            total=schedule.steps_per_epoch,
+            loss="-",
+            lr="-",
+            speed="-",
+        )
         with progress:
             started = time.perf_counter()
             for micro, batch in enumerate(self.loader.epoch(epoch, sampler)):
@@ -276,10 +313,17 @@ class Trainer:
                 grad_norm = self.optimizer_step(epoch, step)
                 step += 1
                 self.hooks.after_step(step, total_steps)
-                speed = batch_volumes(batch) * schedule.accumulate * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
+                speed = (
+                    batch_volumes(batch)
+                    * schedule.accumulate
+                    * self.dist.world_size
+                    / max(time.perf_counter() - started, 1e-9)
+                )
                 lr = self.optimizer.param_groups[0]["lr"]
-                step_loss = reduce_mean(float(np.mean(losses[-schedule.accumulate:])), self.dist, self.device)
-                self.log.log("step", epoch, step, loss=step_loss, lr=lr, volumes_per_s=speed, grad_norm=grad_norm, **extra)
+                step_loss = reduce_mean(float(np.mean(losses[-schedule.accumulate :])), self.dist, self.device)
+                self.log.log(
+                    "step", epoch, step, loss=step_loss, lr=lr, volumes_per_s=speed, grad_norm=grad_norm, **extra
+                )
                 progress.update(task, advance=1, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.1f}")
                 started = time.perf_counter()
         self.end_of_epoch(epoch, step, losses, context)
@@ -296,8 +340,9 @@ class Trainer:
             with autocast(self.precision, self.device):
                 loss, extra = self.model(batch)
             if not torch.isfinite(loss):
-                raise TrainingError(f"{self.schedule.label}epoch {epoch + 1}, step {step + 1}: the loss is {loss.item()}; "
-                                    f"{self.advice}")
+                raise TrainingError(
+                    f"{self.schedule.label}epoch {epoch + 1}, step {step + 1}: the loss is {loss.item()}; {self.advice}"
+                )
             self.scaler.scale(loss / accumulate).backward()
         return loss.item(), extra
 
@@ -315,8 +360,10 @@ class Trainer:
         else:
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
         if not torch.isfinite(grad_norm):
-            raise TrainingError(f"{self.schedule.label}epoch {epoch + 1}, step {step + 1}: non-finite gradient norm "
-                                f"({grad_norm.item()}); {self.advice}")
+            raise TrainingError(
+                f"{self.schedule.label}epoch {epoch + 1}, step {step + 1}: non-finite gradient norm "
+                f"({grad_norm.item()}); {self.advice}"
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,15 +386,24 @@ class Trainer:
         self.log.log("epoch", epoch, step, **values)
         ratio = values.get("embedding_std_ratio")
         if self.hooks.monitors_collapse and ratio is not None and ratio < COLLAPSE_RATIO:
-            self.say(f"[yellow]warning:[/] epoch {epoch + 1}: embeddings are collapsing (per-dimension std is "
-                     f"{ratio:.3f} x 1/sqrt(d)); check the learning rate, the predictor and the augmentations.")
+            self.say(
+                f"[yellow]warning:[/] epoch {epoch + 1}: embeddings are collapsing (per-dimension std is "
+                f"{ratio:.3f} x 1/sqrt(d)); check the learning rate, the predictor and the augmentations."
+            )
 
     def progress_bar(self) -> Progress:
         return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[speed]} vol/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.console, disable=self.console is None or not self.dist.is_main, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[speed]} vol/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=self.console is None or not self.dist.is_main,
+            transient=False,
         )
 
     def loss_range(self) -> tuple[float, float]:

@@ -51,7 +51,10 @@ def test_cached_row_out_of_range_names_the_array_and_the_valid_rows(tiny_cohort,
     table = pd.read_csv(out / "participants.tsv", sep="\t")
     table.loc[2, "array_row"] = 40
     table.to_csv(out / "participants.tsv", sep="\t", index=False)
-    with pytest.raises(CohortError, match=r"volumes\.npy: participant \S+: array_row 40 is out of range \(the array holds 16 volumes, rows 0\.\.15\)"):
+    with pytest.raises(
+        CohortError,
+        match=r"volumes\.npy: participant \S+: array_row 40 is out of range \(the array holds 16 volumes, rows 0\.\.15\)",
+    ):
         load_cohort(out)
 
 
@@ -64,7 +67,9 @@ def test_engine_reads_a_cache_at_the_recipe_shape_without_resampling(tiny_cohort
 
     out = cache_cohort(load_cohort(tiny_cohort), tmp_path / "cache", volume_shape=[12, 12, 12])
     recipe = Recipe(data={"root": str(out), "volume_shape": [12, 12, 12]}, method={"name": "simclr"})
-    data = pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None)
+    data = pretraining_data(
+        recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None
+    )
     assert data.dataset.preprocess is None
     assert data.dataset[0]["views"].shape == (2, 1, 12, 12, 12)
 

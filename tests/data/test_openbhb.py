@@ -24,8 +24,16 @@ def participants(n_train: int = 6, n_val: int = 4) -> pd.DataFrame:
     ids = [100 + i for i in range(n_train + n_val)]
     split = ["train"] * n_train + ["internal_test", "external_test"] * (n_val // 2)
     site_x_acq = [i % 3 for i in range(n_train)] + [0, 7] * (n_val // 2)
-    return pd.DataFrame({"participant_id": ids, "age": np.linspace(8, 80, len(ids)), "sex": ["female", "male"] * (len(ids) // 2),
-                         "site": [s // 2 for s in site_x_acq], "siteXacq": site_x_acq, "split": split})
+    return pd.DataFrame(
+        {
+            "participant_id": ids,
+            "age": np.linspace(8, 80, len(ids)),
+            "sex": ["female", "male"] * (len(ids) // 2),
+            "site": [s // 2 for s in site_x_acq],
+            "siteXacq": site_x_acq,
+            "split": split,
+        }
+    )
 
 
 def volume(pid: int) -> np.ndarray:
@@ -72,7 +80,9 @@ def test_datasets_and_feature_extraction_consume_an_openbhb_cohort(tmp_path):
 
     cohort = load_cohort(huggingface_layout(tmp_path / "openbhb", participants()))
     train = cohort.subset("train")
-    views = MultiViewDataset(train.subjects(), build_view_transform(ViewsConfig(flip={"p": 0.5})), n_views=2, label_key="age")
+    views = MultiViewDataset(
+        train.subjects(), build_view_transform(ViewsConfig(flip={"p": 0.5})), n_views=2, label_key="age"
+    )
     assert views[0]["views"].shape == (2, 1, *SHAPE)
     assert VolumeDataset(train.subjects())[1]["volume"].shape == (1, *SHAPE)
     encoder = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
@@ -117,7 +127,9 @@ def test_missing_volume_names_the_participant_and_the_expected_file(tmp_path):
     table = participants()
     root = huggingface_layout(tmp_path / "openbhb", table)
     next((root / "train").rglob("sub-103_*.npy")).unlink()
-    with pytest.raises(CohortError, match=r"no quasiraw volume for participant 103 .*sub-103_preproc-quasiraw_T1w\.npy"):
+    with pytest.raises(
+        CohortError, match=r"no quasiraw volume for participant 103 .*sub-103_preproc-quasiraw_T1w\.npy"
+    ):
         load_cohort(root)
 
 
@@ -126,7 +138,10 @@ def test_volume_of_another_shape_names_the_file_and_the_expected_shape(tmp_path)
     root = huggingface_layout(tmp_path / "openbhb", table)
     odd = next((root / "train").rglob("sub-104_*.npy"))
     np.save(odd, np.zeros((1, 1, 16, 16, 12), dtype=np.float32))
-    with pytest.raises(CohortError, match=r"sub-104_preproc-quasiraw_T1w\.npy: participant 104: volume of shape \(1, 16, 16, 12\).*expected \(1, 16, 16, 16\)"):
+    with pytest.raises(
+        CohortError,
+        match=r"sub-104_preproc-quasiraw_T1w\.npy: participant 104: volume of shape \(1, 16, 16, 12\).*expected \(1, 16, 16, 16\)",
+    ):
         load_cohort(root)
 
 
@@ -158,7 +173,10 @@ def test_stacked_array_with_other_row_count_names_file_and_expected_count(tmp_pa
     root = tmp_path / "openbhb"
     stacked_layout(root, table)
     np.save(root / "val_quasiraw.npy", np.zeros((3, 1, *SHAPE), dtype=np.float32))
-    with pytest.raises(CohortError, match=r"val_quasiraw\.npy: holds 3 volumes .* lists 4 participants with split internal_test or external_test"):
+    with pytest.raises(
+        CohortError,
+        match=r"val_quasiraw\.npy: holds 3 volumes .* lists 4 participants with split internal_test or external_test",
+    ):
         load_cohort(root)
 
 

@@ -58,16 +58,23 @@ def write_kit(root: Path, extra_columns: int = 0, masks_folder: Path | None = No
     row_length = len(kept["vbm"]) + len(kept["quasiraw"]) + sum(FEATURE_BLOCK_SIZES.values()) + extra_columns
     volumes = {}
     for part, n_rows in (("train", N_TRAIN), ("test", N_TEST)):
-        table = pd.DataFrame({"age": np.linspace(10, 70, n_rows), "site": [1, 2, np.nan, np.nan] if part == "test" else [1, 2, 1, 2],
-                              "split": ["internal_test"] * 2 + ["external_test"] * 2 if part == "test" else ["train"] * n_rows})
+        table = pd.DataFrame(
+            {
+                "age": np.linspace(10, 70, n_rows),
+                "site": [1, 2, np.nan, np.nan] if part == "test" else [1, 2, 1, 2],
+                "split": ["internal_test"] * 2 + ["external_test"] * 2 if part == "test" else ["train"] * n_rows,
+            }
+        )
         table.to_csv(root / "data" / f"{part}.tsv", sep="\t", index=False)
-        array = np.lib.format.open_memmap(root / "data" / f"{part}.npy", mode="w+", dtype=np.float32, shape=(n_rows, row_length))
+        array = np.lib.format.open_memmap(
+            root / "data" / f"{part}.npy", mode="w+", dtype=np.float32, shape=(n_rows, row_length)
+        )
         for row in range(n_rows):
             seed = 100 * (part == "test") + row
             vbm, quasiraw = volume(seed, VBM_SHAPE), volume(seed + 50, QUASIRAW_SHAPE)
             values = [vbm[index] for index in kept["vbm"]] + [quasiraw[index] for index in kept["quasiraw"]]
-            array[row, :len(values)] = values
-            array[row, len(values):] = np.nan  # surface and ROI blocks: never part of a volume
+            array[row, : len(values)] = values
+            array[row, len(values) :] = np.nan  # surface and ROI blocks: never part of a volume
             volumes[part, row] = {"vbm": vbm, "quasiraw": quasiraw}
         array.flush()
         del array
@@ -87,7 +94,9 @@ def test_each_row_is_unmasked_into_the_volume_of_the_chosen_block(tmp_path, moda
     cohort = load_cohort(tmp_path / "kit", openbhb_modality=modality)
     assert len(cohort) == N_TRAIN + N_TEST
     subjects = cohort.subjects()
-    for position, (part, row) in enumerate([("train", r) for r in range(N_TRAIN)] + [("test", r) for r in range(N_TEST)]):
+    for position, (part, row) in enumerate(
+        [("train", r) for r in range(N_TRAIN)] + [("test", r) for r in range(N_TEST)]
+    ):
         expected = unmasked(kit["volumes"][part, row][modality], kit["kept"][modality])
         assert torch.equal(subjects[position]["image"].data[0], torch.from_numpy(expected)), (part, row)
     assert cohort.stored_shape() == (VBM_SHAPE if modality == "vbm" else QUASIRAW_SHAPE)
@@ -139,9 +148,13 @@ def test_masks_are_found_where_data_openbhb_masks_says(tmp_path):
     kit = write_kit(tmp_path / "kit", masks_folder=tmp_path / "masks")
     with pytest.raises(CohortError, match=r"vbm mask is missing.*data\.openbhb_masks"):
         open_cohort(Recipe(data={"root": tmp_path / "kit"}))
-    recipe = Recipe(data={"root": tmp_path / "kit", "openbhb_masks": tmp_path / "masks", "openbhb_modality": "quasiraw"})
+    recipe = Recipe(
+        data={"root": tmp_path / "kit", "openbhb_masks": tmp_path / "masks", "openbhb_modality": "quasiraw"}
+    )
     first = open_cohort(recipe).subjects()[0]["image"].data[0]
-    assert torch.equal(first, torch.from_numpy(unmasked(kit["volumes"]["train", 0]["quasiraw"], kit["kept"]["quasiraw"])))
+    assert torch.equal(
+        first, torch.from_numpy(unmasked(kit["volumes"]["train", 0]["quasiraw"], kit["kept"]["quasiraw"]))
+    )
 
 
 def test_a_cache_of_a_kit_holds_the_unmasked_volumes_and_reads_back_without_the_kit(tmp_path):
@@ -150,7 +163,9 @@ def test_a_cache_of_a_kit_holds_the_unmasked_volumes_and_reads_back_without_the_
     cached = load_cohort(cache)
     assert not set(KIT_COLUMNS) & set(cached.table.columns)
     volume_of_row_5 = cached.subjects()[5]["image"].data[0]  # the test part's second row
-    assert torch.equal(volume_of_row_5, torch.from_numpy(unmasked(kit["volumes"]["test", 1]["vbm"], kit["kept"]["vbm"])))
+    assert torch.equal(
+        volume_of_row_5, torch.from_numpy(unmasked(kit["volumes"]["test", 1]["vbm"], kit["kept"]["vbm"]))
+    )
 
 
 def test_cli_prints_a_wrong_row_length_in_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
@@ -175,8 +190,10 @@ def write_kit_folds(root: Path, folds: dict) -> Path:
     return path
 
 
-KIT_FOLDS = {"fold0": {"train": [0, 1], "internal_test": [3], "external_test": [2]},
-             "fold1": {"train": [2, 3], "internal_test": [1], "external_test": [0]}}
+KIT_FOLDS = {
+    "fold0": {"train": [0, 1], "internal_test": [3], "external_test": [2]},
+    "fold1": {"train": [2, 3], "internal_test": [1], "external_test": [0]},
+}
 
 
 def test_the_kits_folds_file_gives_the_evaluation_folds_over_its_train_rows(tmp_path):
@@ -200,19 +217,24 @@ def test_the_kits_folds_file_names_the_same_subjects_in_a_cache_of_the_kit(tmp_p
     kit = load_cohort(tmp_path / "kit", openbhb_modality="vbm")
     cached = load_cohort(cache_cohort(kit, tmp_path / "cache"))
     assert challenge_folds(cached.table, cached.root, "auto") == []  # the cache is no kit: the file is named
-    for in_kit, in_cache in zip(challenge_folds(kit.table, kit.root, "auto"), challenge_folds(cached.table, cached.root, folds_file)):
+    for in_kit, in_cache in zip(
+        challenge_folds(kit.table, kit.root, "auto"), challenge_folds(cached.table, cached.root, folds_file)
+    ):
         for part in ("train", "internal_test", "external_test"):
             ids = kit.table["participant_id"].iloc[getattr(in_kit, part)]
             assert list(cached.table["participant_id"].iloc[getattr(in_cache, part)]) == list(ids)
 
 
-@pytest.mark.parametrize("fold0, named", [
-    ({"train": [0, 1], "internal_test": [3], "external_test": [4]}, "fold0.external_test holds 4"),
-    ({"train": [0, 1], "internal_test": [3]}, "fold0.external_test is missing"),
-    ({"train": [0, 1], "internal_test": [], "external_test": [2]}, "fold0.internal_test is empty"),
-    ({"train": [0, 1], "internal_test": ["3"], "external_test": [2]}, 'fold0.internal_test holds "3"'),
-    ({"train": [0, 1], "internal_test": [1], "external_test": [2]}, "row 1 is twice in fold0"),
-])
+@pytest.mark.parametrize(
+    "fold0, named",
+    [
+        ({"train": [0, 1], "internal_test": [3], "external_test": [4]}, "fold0.external_test holds 4"),
+        ({"train": [0, 1], "internal_test": [3]}, "fold0.external_test is missing"),
+        ({"train": [0, 1], "internal_test": [], "external_test": [2]}, "fold0.internal_test is empty"),
+        ({"train": [0, 1], "internal_test": ["3"], "external_test": [2]}, 'fold0.internal_test holds "3"'),
+        ({"train": [0, 1], "internal_test": [1], "external_test": [2]}, "row 1 is twice in fold0"),
+    ],
+)
 def test_a_malformed_folds_file_is_one_error_naming_the_file_the_fold_and_the_layout(tmp_path, fold0, named):
     write_kit(tmp_path / "kit")
     path = write_kit_folds(tmp_path / "kit", {"fold0": fold0})

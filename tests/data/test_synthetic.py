@@ -26,8 +26,15 @@ SITES = 4
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize_cohort(tmp_path_factory.mktemp("cohort"), subjects=64, sites=SITES, external_sites=1,
-                             shape=SHAPE, diagnosis=True, seed=0)
+    return synthesize_cohort(
+        tmp_path_factory.mktemp("cohort"),
+        subjects=64,
+        sites=SITES,
+        external_sites=1,
+        shape=SHAPE,
+        diagnosis=True,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +135,9 @@ def test_patients_lose_grey_matter_only_around_the_hippocampi() -> None:
     patient_gm = synthetic._subject_tissues(grid, 40.0, male=True, patient=True, rng=np.random.default_rng(1))[0]
     loss = control_gm - patient_gm
     assert loss.min() > -1e-6 and 0.005 < loss.sum() / control_gm.sum() < 0.05
-    distance = np.min([np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0)
-                       for h in synthetic.HIPPOCAMPI_MM], axis=0)
+    distance = np.min(
+        [np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0) for h in synthetic.HIPPOCAMPI_MM], axis=0
+    )
     assert distance[np.unravel_index(loss.argmax(), loss.shape)] < 12.0
     assert loss[distance > 60.0].max() < 0.01 * loss.max()
 
@@ -138,8 +146,11 @@ def test_a_ventricle_proxy_correlates_with_age_within_sites(table: pd.DataFrame,
     # Dark voxels (CSF) in a central box around the ventricles, scored against each image's own range;
     # scanners shift it, so it is standardised within each site before pooling.
     centre, half = SHAPE // 2, SHAPE // 8
-    box = (slice(centre - half, centre + half), slice(centre - 2 * half, centre + half),
-           slice(centre - half, centre + 2 * half))
+    box = (
+        slice(centre - half, centre + half),
+        slice(centre - 2 * half, centre + half),
+        slice(centre - half, centre + 2 * half),
+    )
     proxy = []
     for volume in volumes:
         brain = volume[volume > 0]

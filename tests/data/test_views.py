@@ -129,7 +129,9 @@ def test_crop_resize_affine_maps_each_output_voxel_to_the_world_position_it_samp
     affine[:3, 3] = [-10.0, 4.0, 7.0]
     x_world = affine[0, 0] * torch.arange(24.0) + affine[0, 3]
     volume = x_world.view(1, 24, 1, 1).expand(1, 24, 8, 8).clone()
-    cropped = CropResize(start=(6, 0, 0), size=(12, 8, 8), target_shape=(24, 8, 8))(tio.ScalarImage(tensor=volume, affine=affine))
+    cropped = CropResize(start=(6, 0, 0), size=(12, 8, 8), target_shape=(24, 8, 8))(
+        tio.ScalarImage(tensor=volume, affine=affine)
+    )
     expected = cropped.affine[0, 0] * torch.arange(24.0) + cropped.affine[0, 3]
     interior = slice(1, -1)  # the outermost samples fall half a voxel outside the box and are clamped
     assert torch.allclose(cropped.data[0, interior, 3, 3], expected[interior].float(), atol=1e-4)
@@ -147,7 +149,9 @@ def test_crop_resize_resizes_label_maps_with_nearest_neighbours():
 
 
 def test_crop_resize_output_shape_gives_smaller_local_crops():
-    image = RandomCropResize(scale=(0.3, 0.5), output_shape=(8, 8, 8))(tio.ScalarImage(tensor=torch.rand(1, 24, 24, 24)))
+    image = RandomCropResize(scale=(0.3, 0.5), output_shape=(8, 8, 8))(
+        tio.ScalarImage(tensor=torch.rand(1, 24, 24, 24))
+    )
     assert image.shape == (1, 8, 8, 8)
 
 
@@ -190,7 +194,9 @@ def test_views_have_shape_v_c_d_h_w_and_float32(views, channels):
 
 
 def test_transforms_with_zero_probability_are_left_out_of_the_composition():
-    config = ViewsConfig(crop={"p": 0.7}, cutout={"p": 0.0}, flip={"p": 0.0}, blur={"p": 0.2}, noise={"p": 0.0}, affine={"p": 0.0})
+    config = ViewsConfig(
+        crop={"p": 0.7}, cutout={"p": 0.0}, flip={"p": 0.0}, blur={"p": 0.2}, noise={"p": 0.0}, affine={"p": 0.0}
+    )
     transform = build_view_transform(config)
     assert [step.name for step in transform.transforms] == ["ZNormalization", "RandomCropResize", "RandomBlurVoxels"]
     assert transform["crop"].probability == 0.7 and transform["blur"].probability == 0.2
@@ -199,13 +205,25 @@ def test_transforms_with_zero_probability_are_left_out_of_the_composition():
 def test_all_augmentations_are_composed_in_pipeline_order():
     transform = build_view_transform(ViewsConfig(**ALL_AUGMENTATIONS))
     names = [step.name for step in transform.transforms]
-    assert names == ["ZNormalization", "RandomCropResize", "RandomFlip", "RandomAffineVoxels", "RandomCutout", "RandomBlurVoxels", "RandomNoise"]
+    assert names == [
+        "ZNormalization",
+        "RandomCropResize",
+        "RandomFlip",
+        "RandomAffineVoxels",
+        "RandomCutout",
+        "RandomBlurVoxels",
+        "RandomNoise",
+    ]
     assert transform["flip"].flip_probability == 0.5 and transform["flip"].axes == (0, 1, 2)
 
 
 def test_eval_transform_only_normalises():
-    assert [step.name for step in build_eval_transform(ViewsConfig(**ALL_AUGMENTATIONS)).transforms] == ["ZNormalization"]
-    assert [step.name for step in build_eval_transform(ViewsConfig(normalize="minmax")).transforms] == ["RescaleIntensity"]
+    assert [step.name for step in build_eval_transform(ViewsConfig(**ALL_AUGMENTATIONS)).transforms] == [
+        "ZNormalization"
+    ]
+    assert [step.name for step in build_eval_transform(ViewsConfig(normalize="minmax")).transforms] == [
+        "RescaleIntensity"
+    ]
     assert len(build_eval_transform(ViewsConfig(normalize="none"))) == 0
 
 
@@ -297,12 +315,19 @@ def test_dataset_reads_the_volume_from_disk_at_each_item_and_never_caches_it(dis
 
 
 def test_preprocess_runs_before_the_views(disk_subjects):
-    dataset = MultiViewDataset(disk_subjects, build_view_transform(ViewsConfig(crop={"p": 1.0})), n_views=2, preprocess=resize_transform([8, 8, 8]))
+    dataset = MultiViewDataset(
+        disk_subjects,
+        build_view_transform(ViewsConfig(crop={"p": 1.0})),
+        n_views=2,
+        preprocess=resize_transform([8, 8, 8]),
+    )
     assert dataset[2]["views"].shape == (2, 1, 8, 8, 8)
 
 
 def test_text_labels_are_encoded_with_the_label_encoder(disk_subjects):
-    dataset = MultiViewDataset(disk_subjects, build_view_transform(ViewsConfig()), label_key="sex", label_encoder={"F": 0, "M": 1})
+    dataset = MultiViewDataset(
+        disk_subjects, build_view_transform(ViewsConfig()), label_key="sex", label_encoder={"F": 0, "M": 1}
+    )
     assert dataset.labels.tolist() == [0.0, 1.0, 0.0]
     assert dataset[1]["label"].item() == 1.0
 
@@ -322,7 +347,9 @@ def test_label_is_nan_without_a_label_key(disk_subjects):
 
 
 def test_volume_dataset_gives_one_deterministic_normalised_volume(disk_subjects):
-    dataset = VolumeDataset(disk_subjects, build_eval_transform(ViewsConfig()), preprocess=resize_transform([12, 12, 12]))
+    dataset = VolumeDataset(
+        disk_subjects, build_eval_transform(ViewsConfig()), preprocess=resize_transform([12, 12, 12])
+    )
     first, again = dataset[1], dataset[1]
     assert first["volume"].shape == (1, 12, 12, 12) and first["volume"].dtype == torch.float32
     assert torch.equal(first["volume"], again["volume"]) and first["index"] == 1
@@ -341,11 +368,19 @@ def test_seed_worker_seeds_numpy_and_random_from_the_torch_seed():
 
 
 def test_loader_batches_are_reproducible_across_worker_processes(disk_subjects):
-    dataset = MultiViewDataset(disk_subjects, build_view_transform(ViewsConfig(**ALL_AUGMENTATIONS)), n_views=2, label_key="age")
+    dataset = MultiViewDataset(
+        disk_subjects, build_view_transform(ViewsConfig(**ALL_AUGMENTATIONS)), n_views=2, label_key="age"
+    )
     pickle.loads(pickle.dumps(dataset))  # workers started with spawn receive a pickled copy
 
     def batches(seed):
-        loader = DataLoader(dataset, batch_size=3, num_workers=2, worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed))
+        loader = DataLoader(
+            dataset,
+            batch_size=3,
+            num_workers=2,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(seed),
+        )
         return next(iter(loader))
 
     first, again, other = batches(0), batches(0), batches(1)

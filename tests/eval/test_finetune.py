@@ -55,16 +55,24 @@ def clinical_table(seed: int = 0) -> pd.DataFrame:
         for k in range(12):
             subject = f"{site}{k:02d}"
             for session in range(2 if k % 3 == 0 else 1):
-                rows.append({"participant_id": subject, "session": session, "site": site,
-                             "diagnosis": "patient" if k % 2 else "control", "age": float(rng.uniform(20, 80))})
+                rows.append(
+                    {
+                        "participant_id": subject,
+                        "session": session,
+                        "site": site,
+                        "diagnosis": "patient" if k % 2 else "control",
+                        "age": float(rng.uniform(20, 80)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def tiny_recipe(tiny_cohort, **finetune) -> Recipe:
     settings = {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "seeds": [0], "lr": 1e-2, "patience": 1}
     settings.update(finetune)
-    return Recipe.model_validate({"data": {"root": str(tiny_cohort), "label": None}, "model": {"encoder": "resnet18"},
-                                  "finetune": settings})
+    return Recipe.model_validate(
+        {"data": {"root": str(tiny_cohort), "label": None}, "model": {"encoder": "resnet18"}, "finetune": settings}
+    )
 
 
 # ----------------------------------------------------------------------------- splits
@@ -103,7 +111,7 @@ def test_split_cohort_leaks_no_subject_and_no_external_site(tiny_cohort):
         ids = {name: set(part.table["participant_id"]) for name, part in parts.items()}
         names = list(ids)
         for i, first in enumerate(names):
-            for second in names[i + 1:]:
+            for second in names[i + 1 :]:
                 assert not ids[first] & ids[second], (first, second)
         assert ids["fit"] | ids["validation"] == train_ids
         assert ids["validation"] and ids["fit"]
@@ -127,12 +135,16 @@ def test_check_no_leakage_names_a_shared_subject_and_a_trained_external_site():
 def test_binary_auc_and_balanced_accuracy_on_a_hand_worked_case():
     # patient scores 0.35 and 0.8 against control scores 0.1 and 0.4: 3 of 4 pairs ordered -> AUC 0.75
     probabilities = np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
-    metrics = classification_metrics(["control", "control", "patient", "patient"], probabilities, ["control", "patient"])
+    metrics = classification_metrics(
+        ["control", "control", "patient", "patient"], probabilities, ["control", "patient"]
+    )
     assert metrics["roc_auc"] == pytest.approx(0.75)
     # predictions control, control, control, patient: recalls 1 and 1/2
     assert metrics["balanced_accuracy"] == pytest.approx(0.75)
     # column 1 scores the positive class: naming it "control" makes the same scores rank controls first
-    swapped = classification_metrics(["control", "control", "patient", "patient"], probabilities, ["patient", "control"])
+    swapped = classification_metrics(
+        ["control", "control", "patient", "patient"], probabilities, ["patient", "control"]
+    )
     assert swapped["roc_auc"] == pytest.approx(0.25)
 
 
@@ -218,7 +230,9 @@ def test_missing_and_corrupt_encoder_files_are_clear_errors(tmp_path, tiny_cohor
 
 
 def test_cli_prints_an_encoder_error_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", str(tmp_path / "missing.pt")])
+    monkeypatch.setattr(
+        "sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", str(tmp_path / "missing.pt")]
+    )
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
@@ -227,13 +241,22 @@ def test_cli_prints_an_encoder_error_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- modes
-def head_trainer(network, loss, fit_data, validation_loader, run_dir, epochs: int, patience: int, optimizer,
-                 steps: int | None = None) -> Trainer:
+def head_trainer(
+    network, loss, fit_data, validation_loader, run_dir, epochs: int, patience: int, optimizer, steps: int | None = None
+) -> Trainer:
     """The trainer ``FineTuner`` builds for a seed: the head objective, early stopping on the validation loss."""
     loader = EpochLoader(fit_data, 4, drop_last=len(fit_data) % 4 == 1)
-    stopping = EarlyStopping(partial(validation_loss, network, loss, validation_loader, torch.device("cpu")), network, patience)
-    return Trainer(HeadObjective(network, loss), optimizer, loader, run_dir, Schedule(epochs=epochs, steps_per_epoch=steps or len(loader)),
-                   early_stopping=stopping)
+    stopping = EarlyStopping(
+        partial(validation_loss, network, loss, validation_loader, torch.device("cpu")), network, patience
+    )
+    return Trainer(
+        HeadObjective(network, loss),
+        optimizer,
+        loader,
+        run_dir,
+        Schedule(epochs=epochs, steps_per_epoch=steps or len(loader)),
+        early_stopping=stopping,
+    )
 
 
 def train_briefly(tiny_cohort, tmp_path, mode: str, augment: bool = False):
@@ -247,11 +270,22 @@ def train_briefly(tiny_cohort, tmp_path, mode: str, augment: bool = False):
     model = FinetuneModel(build_encoder("resnet18"), target.n_outputs, freeze_encoder=mode == "linear")
     before = {key: value.clone() for key, value in model.encoder.state_dict().items()}
     head_before = model.head.weight.detach().clone()
-    fit_data, validation = (LabelledInputs(volume_dataset(part, recipe, augment and name == "fit"), target.encode(part.table))
-                            for name, part in (("fit", parts.fit), ("validation", parts.validation)))
+    fit_data, validation = (
+        LabelledInputs(volume_dataset(part, recipe, augment and name == "fit"), target.encode(part.table))
+        for name, part in (("fit", parts.fit), ("validation", parts.validation))
+    )
     optimizer = finetune_optimizer(model, recipe, mode)
-    trainer = head_trainer(model, TargetLoss("classification", class_weights(target.encode(parts.fit.table), 2)), fit_data,
-                           make_loader(validation, 4, recipe), tmp_path / mode, epochs=1, patience=1, optimizer=optimizer, steps=2)
+    trainer = head_trainer(
+        model,
+        TargetLoss("classification", class_weights(target.encode(parts.fit.table), 2)),
+        fit_data,
+        make_loader(validation, 4, recipe),
+        tmp_path / mode,
+        epochs=1,
+        patience=1,
+        optimizer=optimizer,
+        steps=2,
+    )
     result = trainer.run()
     return model, before, head_before, optimizer, result, trainer
 
@@ -261,7 +295,9 @@ def changed(model: FinetuneModel, before: dict) -> list[str]:
 
 
 def test_linear_probe_leaves_every_encoder_weight_and_statistic_unchanged(tiny_cohort, tmp_path):
-    model, before, head_before, optimizer, result, trainer = train_briefly(tiny_cohort, tmp_path, "linear", augment=True)
+    model, before, head_before, optimizer, result, trainer = train_briefly(
+        tiny_cohort, tmp_path, "linear", augment=True
+    )
     assert changed(model, before) == []  # BatchNorm running statistics included
     assert not torch.equal(model.head.weight, head_before)
     assert [group["name"] for group in optimizer.param_groups] == ["head"]
@@ -307,8 +343,16 @@ def test_early_stopping_keeps_the_epoch_of_lowest_validation_loss(tmp_path):
     head = torch.nn.Linear(4, 2)
     data = LabelledInputs(features, labels)
     optimizer = torch.optim.SGD(head.parameters(), lr=50.0)  # large steps: the validation loss goes up and down
-    trainer = head_trainer(head, TargetLoss("classification"), data, torch.utils.data.DataLoader(data, batch_size=4),
-                           tmp_path / "run", epochs=6, patience=2, optimizer=optimizer)
+    trainer = head_trainer(
+        head,
+        TargetLoss("classification"),
+        data,
+        torch.utils.data.DataLoader(data, batch_size=4),
+        tmp_path / "run",
+        epochs=6,
+        patience=2,
+        optimizer=optimizer,
+    )
     result = trainer.run()
     stopping = trainer.early_stopping
     losses = [entry["val_loss"] for entry in stopping.history]
@@ -360,28 +404,61 @@ def test_cli_smoke_writes_tables_and_roc_curves(tmp_path, encoder):
         save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
         source, mode = str(tmp_path / "run"), ["--mode", "lower_lr"]
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", source,
-                                      *mode, "--smoke", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "finetune_diagnosis",
+            "model.encoder=resnet18",
+            "--encoder",
+            source,
+            *mode,
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "finetune.json").read_text())
     assert results["settings"]["mode"] == ("scratch" if encoder == "none" else "lower_lr")
     assert set(results["summary"]) == {"internal_test", "external_test"}
     assert {"roc_auc", "balanced_accuracy"} <= set(results["summary"]["external_test"])
-    assert (out / "finetune.csv").is_file() and (out / "roc_internal_test.png").is_file() and (out / "roc_external_test.png").is_file()
+    assert (
+        (out / "finetune.csv").is_file()
+        and (out / "roc_internal_test.png").is_file()
+        and (out / "roc_external_test.png").is_file()
+    )
     assert "roc_auc" in result.output
 
 
 def test_cli_smoke_keeps_the_command_line_overrides(tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "finetune.embedded.epochs=2",
-                                      "--encoder", "none", "--smoke", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "finetune_diagnosis",
+            "model.encoder=resnet18",
+            "finetune.embedded.epochs=2",
+            "--encoder",
+            "none",
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "finetune.json").read_text())["settings"]["epochs"] == 2  # the smoke budget alone gives 1
 
 
 def test_roc_plot_accepts_a_curve_without_both_classes(tmp_path):
-    path = plot_roc_curves({"seed 0": (np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])),
-                            "seed 1": (np.array([1, 1]), np.array([0.2, 0.3]))}, tmp_path / "roc.png")
+    path = plot_roc_curves(
+        {
+            "seed 0": (np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])),
+            "seed 1": (np.array([1, 1]), np.array([0.2, 0.3])),
+        },
+        tmp_path / "roc.png",
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -389,8 +466,9 @@ def test_pretraining_run_with_other_inputs_gives_a_warning(tmp_path, tiny_cohort
     from medssl.config import dump_recipe
     from medssl.eval.finetune import pretraining_differences
 
-    pretraining = Recipe.model_validate({"model": {"encoder": "resnet18"}, "views": {"normalize": "minmax"},
-                                         "data": {"synthetic": {"shape": 32}}})
+    pretraining = Recipe.model_validate(
+        {"model": {"encoder": "resnet18"}, "views": {"normalize": "minmax"}, "data": {"synthetic": {"shape": 32}}}
+    )
     (tmp_path / "recipe.yaml").write_text(dump_recipe(pretraining))
     recipe = tiny_recipe(tiny_cohort)
     recipe.data.volume_shape = [16, 16, 16]
@@ -414,6 +492,7 @@ def killed_at_epoch_end(number: int):
         calls.append(epoch)
         if len(calls) == number:
             raise Killed
+
     return on_epoch_end
 
 
@@ -431,7 +510,12 @@ def test_fine_tuning_killed_mid_seed_resumes_to_the_results_of_a_straight_run(tm
     with pytest.raises(Killed):  # seed 0 done, seed 1 stopped after its second epoch
         finetune_encoder(recipe, None, tmp_path / "killed", on_epoch_end=killed_at_epoch_end(5))
     assert (tmp_path / "killed" / "seeds" / "seed0" / "result.json").is_file()
-    assert torch.load(tmp_path / "killed" / "seeds" / "seed1" / "checkpoints" / "last.pt", weights_only=True)["epochs_done"] == 2
+    assert (
+        torch.load(tmp_path / "killed" / "seeds" / "seed1" / "checkpoints" / "last.pt", weights_only=True)[
+            "epochs_done"
+        ]
+        == 2
+    )
     resumed = finetune_encoder(recipe, None, tmp_path / "killed", resume=True)
     assert resumed["runs"] == straight["runs"]
     for name in ("predictions.csv", "history.csv", "finetune.csv"):
@@ -458,7 +542,16 @@ def test_resuming_a_fine_tuning_with_other_settings_is_refused_naming_them(tmp_p
 
 def test_cli_finetune_resume_of_a_finished_run_reads_every_seed_back(tmp_path):
     out = tmp_path / "out"
-    command = ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", "none", "--smoke", "--out", str(out)]
+    command = [
+        "finetune",
+        "finetune_diagnosis",
+        "model.encoder=resnet18",
+        "--encoder",
+        "none",
+        "--smoke",
+        "--out",
+        str(out),
+    ]
     assert CliRunner().invoke(app, command).exit_code == 0
     first = json.loads((out / "finetune.json").read_text())
     again = CliRunner().invoke(app, [*command, "--resume"])
@@ -474,11 +567,16 @@ def test_ctrl_c_during_finetune_prints_how_to_resume_and_exits_130(tmp_path, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(medssl.eval.finetune, "finetune_encoder", interrupted)
-    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", "none", "--out", str(tmp_path / "ft")])
+    monkeypatch.setattr(
+        "sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", "none", "--out", str(tmp_path / "ft")]
+    )
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 130
-    assert capsys.readouterr().err.strip() == f"interrupted: rerun with --resume --out {tmp_path / 'ft'} to continue from the last checkpoint"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"interrupted: rerun with --resume --out {tmp_path / 'ft'} to continue from the last checkpoint"
+    )
 
 
 # ----------------------------------------------------------------------------- label efficiency
@@ -499,8 +597,18 @@ def test_train_size_keeps_that_many_training_subjects_a_new_draw_per_seed(tiny_c
 def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp_path):
     save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
     out = tmp_path / "curve"
-    command = ["finetune", "finetune_diagnosis", "model.encoder=resnet18", "--encoder", str(tmp_path / "run"),
-               "--train-sizes", "6,all", "--smoke", "--out", str(out)]
+    command = [
+        "finetune",
+        "finetune_diagnosis",
+        "model.encoder=resnet18",
+        "--encoder",
+        str(tmp_path / "run"),
+        "--train-sizes",
+        "6,all",
+        "--smoke",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "label_efficiency.csv")
@@ -518,8 +626,20 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
 
 
 def test_train_sizes_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["medssl", "finetune", "finetune_diagnosis", "--encoder", str(tmp_path),
-                                     "--train-sizes", "3,all", "--out", str(tmp_path / "x")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "medssl",
+            "finetune",
+            "finetune_diagnosis",
+            "--encoder",
+            str(tmp_path),
+            "--train-sizes",
+            "3,all",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2

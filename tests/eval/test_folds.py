@@ -14,12 +14,14 @@ from medssl.eval.score import EvaluationError
 def participants(counts: dict[str, int]) -> pd.DataFrame:
     sites = [site for site, count in counts.items() for _ in range(count)]
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "participant_id": [f"sub-{i:03d}" for i in range(len(sites))],
-        "site": sites,
-        "age": rng.uniform(20, 80, len(sites)),
-        "sex": rng.choice(["F", "M"], len(sites)),
-    })
+    return pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(len(sites))],
+            "site": sites,
+            "age": rng.uniform(20, 80, len(sites)),
+            "sex": rng.choice(["F", "M"], len(sites)),
+        }
+    )
 
 
 def assert_test_parts_partition_the_rows(folds, n_rows):
@@ -137,8 +139,11 @@ def write_folds(path, train_rows: int, n_folds: int = 3) -> dict:
     for fold in range(n_folds):
         external = rows[(rows * 5 // train_rows) == fold]
         rest = np.setdiff1d(rows, external)
-        folds[f"fold{fold}"] = {"train": rest[rest % 5 != fold].tolist(), "internal_test": rest[rest % 5 == fold].tolist(),
-                                "external_test": external.tolist()}
+        folds[f"fold{fold}"] = {
+            "train": rest[rest % 5 != fold].tolist(),
+            "internal_test": rest[rest % 5 == fold].tolist(),
+            "external_test": external.tolist(),
+        }
     path.write_text(json.dumps(folds))
     return folds
 
@@ -182,14 +187,23 @@ def test_the_report_carries_the_challenge_folds_next_to_the_other_protocols(tmp_
     table, features = kit_cohort()
     write_folds(tmp_path / "folds.json", int((table["split"] == "train").sum()))
     folds = challenge_folds(table, None, tmp_path / "folds.json")
-    results = evaluate_representation(features, table, tmp_path / "eval", folds=2, targets=("age",),
-                                      baseline_features=features[::-1].copy(), challenge_folds=folds)
+    results = evaluate_representation(
+        features,
+        table,
+        tmp_path / "eval",
+        folds=2,
+        targets=("age",),
+        baseline_features=features[::-1].copy(),
+        challenge_folds=folds,
+    )
     for name in ("pretrained", "baseline"):
         assert results[name]["kit_folds"]["age"]["mae_external"]["n_folds"] == 3
     per_fold = pd.read_csv(tmp_path / "eval" / "kit_folds.csv")
     assert len(per_fold) == 6 and set(per_fold["representation"]) == {"pretrained", "baseline"}
     pretrained = per_fold[per_fold["representation"] == "pretrained"]
-    assert results["pretrained"]["kit_folds"]["site"]["bacc_site"]["mean"] == pytest.approx(pretrained["bacc_site"].mean())
+    assert results["pretrained"]["kit_folds"]["site"]["bacc_site"]["mean"] == pytest.approx(
+        pretrained["bacc_site"].mean()
+    )
     long = pd.read_csv(tmp_path / "eval" / "metrics.csv")
     assert len(long[long["protocol"] == "kit_folds"]) == 8
 

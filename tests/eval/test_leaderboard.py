@@ -46,9 +46,15 @@ def predictions(age_error: np.ndarray, site_correct: bool) -> pd.DataFrame:
 
 def representation(mae_internal: float, bacc: float = 0.5, cv_mae: float = 7.0) -> dict:
     cv = {"age": {"mae": {"mean": cv_mae, "std": 0.1, "n_folds": 3}, "r2": {"mean": 0.1, "std": 0.1, "n_folds": 3}}}
-    return {"mae_internal": mae_internal, "mae_external": mae_internal + 2, "bacc_site": bacc,
-            "challenge_score": bacc**0.3 * (mae_internal + 2), "ramp_combined": None,
-            "site_stratified": cv, "leave_site_out": {"age": {"mae": {"mean": cv_mae + 1, "std": 0.2, "n_folds": 3}}}}
+    return {
+        "mae_internal": mae_internal,
+        "mae_external": mae_internal + 2,
+        "bacc_site": bacc,
+        "challenge_score": bacc**0.3 * (mae_internal + 2),
+        "ramp_combined": None,
+        "site_stratified": cv,
+        "leave_site_out": {"age": {"mae": {"mean": cv_mae + 1, "std": 0.2, "n_folds": 3}}},
+    }
 
 
 def write_run(run_dir, entries: dict[str, tuple[dict, pd.DataFrame]]) -> None:
@@ -62,7 +68,9 @@ def write_run(run_dir, entries: dict[str, tuple[dict, pd.DataFrame]]) -> None:
 
 
 def random_init_errors(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(2.0, 10.0, size=SPLIT_SIZES["internal_test"] + SPLIT_SIZES["external_test"])
+    return np.random.default_rng(seed).uniform(
+        2.0, 10.0, size=SPLIT_SIZES["internal_test"] + SPLIT_SIZES["external_test"]
+    )
 
 
 @pytest.fixture
@@ -78,15 +86,29 @@ def bench(tmp_path):
     alternation = np.where(np.arange(len(random_init_errors(0))) % 2 == 0, 1.0, -1.0)
     for seed in SEEDS:
         errors = random_init_errors(seed)
-        baselines = {"baseline": (representation(10.0 + seed), predictions(errors, site_correct=True)),
-                     "intensity": (representation(8.0), predictions(errors + 0.5, site_correct=True)),
-                     "mean": (representation(18.0, bacc=1 / 3), predictions(errors + 5, site_correct=False))}
-        write_run(tmp_path / "runs" / "better" / f"seed{seed}",
-                  {"pretrained": (representation(4.0 + seed, bacc=0.2), predictions(errors - 1, site_correct=False)), **baselines})
+        baselines = {
+            "baseline": (representation(10.0 + seed), predictions(errors, site_correct=True)),
+            "intensity": (representation(8.0), predictions(errors + 0.5, site_correct=True)),
+            "mean": (representation(18.0, bacc=1 / 3), predictions(errors + 5, site_correct=False)),
+        }
+        write_run(
+            tmp_path / "runs" / "better" / f"seed{seed}",
+            {
+                "pretrained": (representation(4.0 + seed, bacc=0.2), predictions(errors - 1, site_correct=False)),
+                **baselines,
+            },
+        )
         other = {name: (representation(99.0), table) for name, (_, table) in baselines.items()}
-        write_run(tmp_path / "runs" / "simclr" / f"seed{seed}",
-                  {"pretrained": (representation(6.0, bacc=0.9, cv_mae=5.0 + 2 * seed), predictions(errors + alternation, True)),
-                   **other})
+        write_run(
+            tmp_path / "runs" / "simclr" / f"seed{seed}",
+            {
+                "pretrained": (
+                    representation(6.0, bacc=0.9, cv_mae=5.0 + 2 * seed),
+                    predictions(errors + alternation, True),
+                ),
+                **other,
+            },
+        )
     (tmp_path / "runs" / "simclr" / "seed3" / "checkpoints").mkdir(parents=True)  # a killed run: no eval/metrics.json
     return tmp_path
 
@@ -100,7 +122,13 @@ def difference(table: pd.DataFrame, method: str, reference: str, metric: str) ->
 def test_collect_runs_reads_finished_runs_and_takes_baselines_from_the_first_recipe(bench):
     runs = collect_runs(bench)
     rows = runs.metrics
-    assert list(dict.fromkeys(rows["method"])) == ["better", "simclr", "random init", "intensity statistics", "training mean"]
+    assert list(dict.fromkeys(rows["method"])) == [
+        "better",
+        "simclr",
+        "random init",
+        "intensity statistics",
+        "training mean",
+    ]
     assert sorted(rows.loc[rows["method"] == "simclr", "seed"]) == [0, 1, 2]  # seed3 was killed: not read
     assert list(rows.loc[rows["method"] == "random init", "mae_internal"]) == [10.0, 11.0, 12.0]  # from better, not 99
     assert runs.n_sites == 3
@@ -166,14 +194,22 @@ def test_resampled_balanced_accuracy_equals_scikit_learn_with_draw_counts():
 
 def test_write_leaderboard_writes_the_four_files_with_every_row(bench):
     paths = write_leaderboard(bench, command="medssl benchmark --out bench", wall_time_s=90.0, n_resamples=200)
-    assert {path.name for path in paths.values()} == {f"leaderboard.{extension}" for extension in ("md", "json", "csv", "png")}
+    assert {path.name for path in paths.values()} == {
+        f"leaderboard.{extension}" for extension in ("md", "json", "csv", "png")
+    }
     markdown = paths["md"].read_text()
     assert "`medssl benchmark --out bench`" in markdown and "1.5 min" in markdown
     assert "| better | 3 | 5.000 ± 1.000 |" in markdown
     assert "-1.000 [-1.000, -1.000]*" in markdown
     assert "1/3 = 0.333" in markdown
     report = json.loads(paths["json"].read_text())
-    assert [row["method"] for row in report["leaderboard"]] == ["better", "simclr", "random init", "intensity statistics", "training mean"]
+    assert [row["method"] for row in report["leaderboard"]] == [
+        "better",
+        "simclr",
+        "random init",
+        "intensity statistics",
+        "training mean",
+    ]
     assert report["machine"]["cpu_count"] >= 1 and report["wall_time_s"] == 90.0
     assert len(report["differences"]) == 9  # better vs both references, simclr vs random init; 3 metrics each
     assert list(pd.read_csv(paths["csv"])["method"]) == [row["method"] for row in report["leaderboard"]]
@@ -184,9 +220,13 @@ def test_evaluations_without_intensity_and_mean_leave_their_rows_out_with_a_note
     for recipe in ("simclr", "yaware_age"):
         for seed in (0, 1):
             errors = random_init_errors(seed)
-            write_run(tmp_path / "runs" / recipe / f"seed{seed}",
-                      {"pretrained": (representation(5.0), predictions(errors - 1, True)),
-                       "baseline": (representation(9.0), predictions(errors, True))})
+            write_run(
+                tmp_path / "runs" / recipe / f"seed{seed}",
+                {
+                    "pretrained": (representation(5.0), predictions(errors - 1, True)),
+                    "baseline": (representation(9.0), predictions(errors, True)),
+                },
+            )
     paths = write_leaderboard(tmp_path, n_resamples=100)
     report = json.loads(paths["json"].read_text())
     assert [row["method"] for row in report["leaderboard"]] == ["simclr", "yaware_age", "random init"]

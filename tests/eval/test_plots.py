@@ -17,12 +17,14 @@ def assert_png(path):
 
 def small_table(n: int = 40, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "participant_id": [f"sub-{i}" for i in range(n)],
-        "site": rng.choice(["A", "B", "C"], n),
-        "age": rng.uniform(20, 80, n),
-        "split": rng.choice(["train", "internal_test", "external_test"], n),
-    })
+    return pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i}" for i in range(n)],
+            "site": rng.choice(["A", "B", "C"], n),
+            "age": rng.uniform(20, 80, n),
+            "split": rng.choice(["train", "internal_test", "external_test"], n),
+        }
+    )
 
 
 def test_age_prediction_plot_is_written_as_png(tmp_path):
@@ -67,11 +69,13 @@ def test_embedding_refuses_an_unknown_method(tmp_path):
 @pytest.mark.parametrize("with_lr", [True, False])
 def test_loss_curve_is_written_as_png(tmp_path, with_lr):
     steps = np.arange(200)
-    metrics = pd.DataFrame({
-        "step": steps,
-        "epoch": steps // 20,
-        "loss": 5 * np.exp(-steps / 60) + np.random.default_rng(0).normal(0, 0.2, len(steps)),
-    })
+    metrics = pd.DataFrame(
+        {
+            "step": steps,
+            "epoch": steps // 20,
+            "loss": 5 * np.exp(-steps / 60) + np.random.default_rng(0).normal(0, 0.2, len(steps)),
+        }
+    )
     metrics.loc[7, "loss"] = np.nan
     if with_lr:
         metrics["lr"] = 1e-3 * np.minimum(1, steps / 20)

@@ -82,7 +82,10 @@ def test_result_is_long_format_with_mean_std_over_folds_and_binary_auc_for_sex()
     result = cross_validate_probes(age_features(table), table, targets=("age", "sex"), folds=folds, protocol="custom")
     assert list(result.columns) == ["protocol", "target", "metric", "mean", "std", "n_folds"]
     assert set(zip(result["target"], result["metric"])) == {
-        ("age", "mae"), ("age", "r2"), ("sex", "balanced_accuracy"), ("sex", "roc_auc"),
+        ("age", "mae"),
+        ("age", "r2"),
+        ("sex", "balanced_accuracy"),
+        ("sex", "roc_auc"),
     }
     assert (result["protocol"] == "custom").all()
     assert (result["n_folds"] == 4).all()
@@ -196,7 +199,9 @@ def test_challenge_age_probe_is_the_kits_plain_ridge_grid_search_and_standardize
     features = (age_features(table, noise=0.5) + random_features(table)) * np.logspace(-2, 2, 32)
     results = challenge_protocol(features, table)
     train = (table["split"] == "train").to_numpy()
-    kit = GridSearchCV(Ridge(), {"alpha": CHALLENGE_ALPHAS}, cv=5, scoring="r2").fit(features[train], table["age"][train])
+    kit = GridSearchCV(Ridge(), {"alpha": CHALLENGE_ALPHAS}, cv=5, scoring="r2").fit(
+        features[train], table["age"][train]
+    )
     tested = ~train
     np.testing.assert_allclose(results["predictions"]["age_pred"][tested], kit.predict(features[tested]), rtol=1e-6)
     standardized = challenge_protocol(features, table, standardize=True)

@@ -16,13 +16,15 @@ def cohort(seed: int = 0) -> pd.DataFrame:
     sites = np.repeat(["A", "B", "C", "D"], 15)
     position = np.tile(np.arange(15), 4)
     split = np.where(sites == "D", "external_test", np.where(position < 10, "train", "internal_test"))
-    return pd.DataFrame({
-        "participant_id": [f"sub-{i:02d}" for i in range(60)],
-        "age": rng.uniform(20, 80, 60),
-        "sex": rng.choice(["F", "M"], 60),
-        "site": sites,
-        "split": split,
-    })
+    return pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:02d}" for i in range(60)],
+            "age": rng.uniform(20, 80, 60),
+            "sex": rng.choice(["F", "M"], 60),
+            "site": sites,
+            "split": split,
+        }
+    )
 
 
 def age_features(table: pd.DataFrame, dims: int = 16) -> np.ndarray:
@@ -47,8 +49,14 @@ def report(tmp_path_factory):
 
 def test_report_writes_every_file(report):
     _, out_dir = report
-    for name in ("metrics.json", "metrics.csv", "predictions.csv", "predictions_baseline.csv",
-                 "age_predictions.png", "embedding.png"):
+    for name in (
+        "metrics.json",
+        "metrics.csv",
+        "predictions.csv",
+        "predictions_baseline.csv",
+        "age_predictions.png",
+        "embedding.png",
+    ):
         assert (out_dir / name).stat().st_size > 0, name
 
 
@@ -126,8 +134,13 @@ def test_without_test_splits_the_challenge_is_skipped_with_a_note(tmp_path):
 def test_reference_baselines_get_their_own_entries_and_the_constant_one_predicts_the_training_mean(tmp_path):
     table = cohort()
     constant = np.zeros((len(table), 1))
-    results = evaluate_representation(age_features(table), table, tmp_path, folds=3,
-                                      reference_features={"mean": constant, "intensity": random_features(table, 11)})
+    results = evaluate_representation(
+        age_features(table),
+        table,
+        tmp_path,
+        folds=3,
+        reference_features={"mean": constant, "intensity": random_features(table, 11)},
+    )
     assert {"pretrained", "mean", "intensity"} <= set(results)
     predictions = pd.read_csv(tmp_path / "predictions_mean.csv")
     train_mean = table.loc[table["split"] == "train", "age"].mean()

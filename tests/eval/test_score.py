@@ -11,12 +11,22 @@ from medssl.eval.score import EvaluationError, balanced_accuracy, r2
 
 def predictions_table(**overrides) -> pd.DataFrame:
     """Two training sites A and B; internal test on A and B; external test on site C."""
-    table = pd.DataFrame({
-        "participant_id": [f"sub-{i:02d}" for i in range(7)],
-        "split": ["train", "train", "internal_test", "internal_test", "internal_test", "external_test", "external_test"],
-        "site": ["A", "B", "A", "B", "B", "C", "C"],
-        "age": [25.0, 35.0, 20.0, 30.0, 40.0, 50.0, 70.0],
-    })
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:02d}" for i in range(7)],
+            "split": [
+                "train",
+                "train",
+                "internal_test",
+                "internal_test",
+                "internal_test",
+                "external_test",
+                "external_test",
+            ],
+            "site": ["A", "B", "A", "B", "B", "C", "C"],
+            "age": [25.0, 35.0, 20.0, 30.0, 40.0, 50.0, 70.0],
+        }
+    )
     table["age_pred"] = table["age"]
     table["site_pred"] = table["site"]
     for column, values in overrides.items():
@@ -90,8 +100,15 @@ def test_chance_level_site_prediction_with_64_sites_gives_bacc_one_over_64():
     # subject k of site s is predicted as site (s + k) mod 64: every site is right exactly once in 64
     for s, site in enumerate(sites):
         for k in range(64):
-            rows.append({"split": "internal_test", "site": site, "age": 40.0, "age_pred": 41.0,
-                         "site_pred": sites[(s + k) % 64]})
+            rows.append(
+                {
+                    "split": "internal_test",
+                    "site": site,
+                    "age": 40.0,
+                    "age_pred": 41.0,
+                    "site_pred": sites[(s + k) % 64],
+                }
+            )
     rows.append({"split": "external_test", "site": "new", "age": 50.0, "age_pred": 53.0, "site_pred": sites[0]})
     scores = score_predictions(pd.DataFrame(rows))
     assert scores["n_sites"] == 64
@@ -204,8 +221,12 @@ def test_non_numeric_age_error_names_the_value():
 
 
 def test_unknown_split_error_lists_the_allowed_values():
-    table = predictions_table(split=["train", "train", "test", "internal_test", "internal_test", "external_test", "external_test"])
-    with pytest.raises(EvaluationError, match="unknown value 'test'; expected one of train, internal_test, external_test"):
+    table = predictions_table(
+        split=["train", "train", "test", "internal_test", "internal_test", "external_test", "external_test"]
+    )
+    with pytest.raises(
+        EvaluationError, match="unknown value 'test'; expected one of train, internal_test, external_test"
+    ):
         score_predictions(table)
 
 
@@ -241,14 +262,16 @@ def test_internal_test_subjects_at_a_site_never_trained_on_are_warned_about(tmp_
 
     from medssl.eval.score import UnseenSiteWarning
 
-    table = pd.DataFrame({
-        "participant_id": [f"s{i}" for i in range(6)],
-        "split": ["train", "train", "internal_test", "internal_test", "external_test", "external_test"],
-        "site": ["A", "A", "A", "Z", "E", "E"],
-        "age": [20.0, 30.0, 40.0, 50.0, 60.0, 70.0],
-        "age_pred": [20.0, 30.0, 41.0, 52.0, 60.0, 70.0],
-        "site_pred": ["A", "A", "A", "A", "A", "A"],
-    })
+    table = pd.DataFrame(
+        {
+            "participant_id": [f"s{i}" for i in range(6)],
+            "split": ["train", "train", "internal_test", "internal_test", "external_test", "external_test"],
+            "site": ["A", "A", "A", "Z", "E", "E"],
+            "age": [20.0, 30.0, 40.0, 50.0, 60.0, 70.0],
+            "age_pred": [20.0, 30.0, 41.0, 52.0, 60.0, 70.0],
+            "site_pred": ["A", "A", "A", "A", "A", "A"],
+        }
+    )
     with pytest.warns(UnseenSiteWarning, match="1 internal_test subject.*Z"):
         score_predictions(table)
     seen = table.assign(site=["A", "Z", "A", "Z", "E", "E"])

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 
-def embeddings(n_subjects: int, n_views: int = 2, dim: int = 16, seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
+def embeddings(
+    n_subjects: int, n_views: int = 2, dim: int = 16, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> Tensor:
     """(N, V, D) random embeddings that require grad."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n_subjects, n_views, dim, generator=generator, dtype=dtype).requires_grad_()
@@ -29,7 +31,9 @@ def classes(n_subjects: int, n_classes: int = 3, seed: int = 0) -> Tensor:
     return torch.randint(0, n_classes, (n_subjects,), generator=generator)
 
 
-def assert_same_value_and_gradient(loss: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor], z: Tensor) -> None:
+def assert_same_value_and_gradient(
+    loss: Callable[[Tensor], Tensor], reference: Callable[[Tensor], Tensor], z: Tensor
+) -> None:
     """``loss(z)`` and ``reference(z)`` agree in value and in gradient wrt z, to 1e-5."""
     value = loss(z)
     expected = reference(z)

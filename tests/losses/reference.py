@@ -90,7 +90,12 @@ def decoupled_loop(z: Tensor, temperature: float = 0.1, anchors: Sequence[int] |
 
 
 def yaware_loop(
-    z: Tensor, y: Tensor, temperature: float = 0.1, sigma: float = 5.0, kernel: str = "rbf", anchors: Sequence[int] | None = None
+    z: Tensor,
+    y: Tensor,
+    temperature: float = 0.1,
+    sigma: float = 5.0,
+    kernel: str = "rbf",
+    anchors: Sequence[int] | None = None,
 ) -> Tensor:
     rows = Rows(z, y, temperature)
     w = KernelRows(rows, kernel, sigma)
@@ -199,7 +204,9 @@ def exponential_loop(
     return _mean(losses)
 
 
-def _class_loop(z: Tensor, y: Tensor, temperature: float, anchors: Sequence[int] | None, anchor_loss: Callable) -> Tensor:
+def _class_loop(
+    z: Tensor, y: Tensor, temperature: float, anchors: Sequence[int] | None, anchor_loss: Callable
+) -> Tensor:
     rows = Rows(z, y, temperature)
     losses = []
     for i in rows.anchors(anchors):
@@ -218,7 +225,9 @@ def supcon_loop(z: Tensor, y: Tensor, temperature: float = 0.1, anchors: Sequenc
     return _class_loop(z, y, temperature, anchors, anchor_loss)
 
 
-def eps_supinfonce_loop(z: Tensor, y: Tensor, temperature: float = 0.1, eps: float = 0.0, anchors: Sequence[int] | None = None) -> Tensor:
+def eps_supinfonce_loop(
+    z: Tensor, y: Tensor, temperature: float = 0.1, eps: float = 0.0, anchors: Sequence[int] | None = None
+) -> Tensor:
     def anchor_loss(i, s, positives, negatives):
         negative_sum = sum(torch.exp(s[t]) for t in negatives)  # the same for every p
         loss = 0.0
@@ -230,7 +239,9 @@ def eps_supinfonce_loop(z: Tensor, y: Tensor, temperature: float = 0.1, eps: flo
     return _class_loop(z, y, temperature, anchors, anchor_loss)
 
 
-def eps_supcon_loop(z: Tensor, y: Tensor, temperature: float = 0.1, eps: float = 0.0, anchors: Sequence[int] | None = None) -> Tensor:
+def eps_supcon_loop(
+    z: Tensor, y: Tensor, temperature: float = 0.1, eps: float = 0.0, anchors: Sequence[int] | None = None
+) -> Tensor:
     def anchor_loss(i, s, positives, negatives):
         denominator = sum(torch.exp(s[q] - eps) for q in positives) + sum(torch.exp(s[t]) for t in negatives)
         return eps - sum(s[p] - torch.log(denominator) for p in positives) / len(positives)

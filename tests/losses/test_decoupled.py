@@ -16,7 +16,9 @@ def test_decoupled_matches_loop_transcription_in_value_and_gradient(n_subjects):
 
 def test_decoupled_with_three_views_leaves_every_view_of_the_subject_out_of_the_denominator():
     z = embeddings(5, n_views=3)
-    assert_same_value_and_gradient(DecoupledNTXentLoss(temperature=0.2), lambda z: decoupled_loop(z, temperature=0.2), z)
+    assert_same_value_and_gradient(
+        DecoupledNTXentLoss(temperature=0.2), lambda z: decoupled_loop(z, temperature=0.2), z
+    )
 
 
 def test_decoupled_is_below_ntxent_by_the_positive_share_of_the_denominator():

@@ -30,8 +30,10 @@ def slow_dino(student, teacher, center, tau_s, tau_t):
 
 def outputs(n=5, v_s=4, v_t=2, k=7, seed=0, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, v_s, k, generator=generator, dtype=dtype),
-            torch.randn(n, v_t, k, generator=generator, dtype=dtype))
+    return (
+        torch.randn(n, v_s, k, generator=generator, dtype=dtype),
+        torch.randn(n, v_t, k, generator=generator, dtype=dtype),
+    )
 
 
 def test_dino_matches_transcription_with_local_crops_in_value_and_gradient():

@@ -72,5 +72,7 @@ def test_simsiam_computes_bfloat16_inputs_in_float32():
 
 def test_simsiam_rejects_two_dimensional_inputs():
     p = torch.randn(4, 8)
-    with pytest.raises(LossInputError, match=r"SimSiamLoss: expected floating-point predictions and targets of shape \(N, V, D\)"):
+    with pytest.raises(
+        LossInputError, match=r"SimSiamLoss: expected floating-point predictions and targets of shape \(N, V, D\)"
+    ):
         SimSiamLoss()(p, p)

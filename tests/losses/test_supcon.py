@@ -8,7 +8,10 @@ from .reference import eps_supcon_loop, eps_supinfonce_loop, supcon_loop
 
 CLASS_LOSSES = {
     "supcon": (lambda: SupConLoss(temperature=0.1), lambda z, y: supcon_loop(z, y, 0.1)),
-    "eps_supinfonce": (lambda: EpsSupInfoNCELoss(temperature=0.1, eps=0.25), lambda z, y: eps_supinfonce_loop(z, y, 0.1, eps=0.25)),
+    "eps_supinfonce": (
+        lambda: EpsSupInfoNCELoss(temperature=0.1, eps=0.25),
+        lambda z, y: eps_supinfonce_loop(z, y, 0.1, eps=0.25),
+    ),
     "eps_supcon": (lambda: EpsSupConLoss(temperature=0.1, eps=0.25), lambda z, y: eps_supcon_loop(z, y, 0.1, eps=0.25)),
 }
 

@@ -32,41 +32,96 @@ EXPECTED_NEEDS = {
 
 # name -> (a value other than the default for every key of its section, where the built method keeps each)
 WIRING = {
-    "yaware": ({"temperature": 0.3, "sigma": 2.0, "kernel": "cauchy", "shuffle_labels": True},
-               lambda m: {"temperature": m.loss.temperature, "sigma": m.loss.sigma, "kernel": m.loss.kernel,
-                          "shuffle_labels": m.shuffle_labels}),
-    "threshold": ({"temperature": 0.3, "sigma": 2.0, "kernel": "gaussian", "reference_code": True, "shuffle_labels": True},
-                  lambda m: {"temperature": m.loss.temperature, "sigma": m.loss.sigma, "kernel": m.loss.kernel,
-                             "reference_code": m.loss.reference_code, "shuffle_labels": m.shuffle_labels}),
-    "exponential": ({"temperature": 0.3, "sigma": 2.0, "kernel": "gaussian", "reference_code": True, "shuffle_labels": True},
-                    lambda m: {"temperature": m.loss.temperature, "sigma": m.loss.sigma, "kernel": m.loss.kernel,
-                               "reference_code": m.loss.reference_code, "shuffle_labels": m.shuffle_labels}),
-    "supcon": ({"temperature": 0.3, "shuffle_labels": True},
-               lambda m: {"temperature": m.loss.temperature, "shuffle_labels": m.shuffle_labels}),
-    "eps_supinfonce": ({"temperature": 0.3, "eps": 0.2, "shuffle_labels": True},
-                       lambda m: {"temperature": m.loss.temperature, "eps": m.loss.eps, "shuffle_labels": m.shuffle_labels}),
-    "eps_supcon": ({"temperature": 0.3, "eps": 0.2, "shuffle_labels": True},
-                   lambda m: {"temperature": m.loss.temperature, "eps": m.loss.eps, "shuffle_labels": m.shuffle_labels}),
+    "yaware": (
+        {"temperature": 0.3, "sigma": 2.0, "kernel": "cauchy", "shuffle_labels": True},
+        lambda m: {
+            "temperature": m.loss.temperature,
+            "sigma": m.loss.sigma,
+            "kernel": m.loss.kernel,
+            "shuffle_labels": m.shuffle_labels,
+        },
+    ),
+    "threshold": (
+        {"temperature": 0.3, "sigma": 2.0, "kernel": "gaussian", "reference_code": True, "shuffle_labels": True},
+        lambda m: {
+            "temperature": m.loss.temperature,
+            "sigma": m.loss.sigma,
+            "kernel": m.loss.kernel,
+            "reference_code": m.loss.reference_code,
+            "shuffle_labels": m.shuffle_labels,
+        },
+    ),
+    "exponential": (
+        {"temperature": 0.3, "sigma": 2.0, "kernel": "gaussian", "reference_code": True, "shuffle_labels": True},
+        lambda m: {
+            "temperature": m.loss.temperature,
+            "sigma": m.loss.sigma,
+            "kernel": m.loss.kernel,
+            "reference_code": m.loss.reference_code,
+            "shuffle_labels": m.shuffle_labels,
+        },
+    ),
+    "supcon": (
+        {"temperature": 0.3, "shuffle_labels": True},
+        lambda m: {"temperature": m.loss.temperature, "shuffle_labels": m.shuffle_labels},
+    ),
+    "eps_supinfonce": (
+        {"temperature": 0.3, "eps": 0.2, "shuffle_labels": True},
+        lambda m: {"temperature": m.loss.temperature, "eps": m.loss.eps, "shuffle_labels": m.shuffle_labels},
+    ),
+    "eps_supcon": (
+        {"temperature": 0.3, "eps": 0.2, "shuffle_labels": True},
+        lambda m: {"temperature": m.loss.temperature, "eps": m.loss.eps, "shuffle_labels": m.shuffle_labels},
+    ),
     "simclr": ({"temperature": 0.3}, lambda m: {"temperature": m.loss.temperature}),
     "decoupled": ({"temperature": 0.3}, lambda m: {"temperature": m.loss.temperature}),
     "barlow_twins": ({"lambd": 0.01}, lambda m: {"lambd": m.loss.lambd}),
-    "vicreg": ({"sim_weight": 1.0, "var_weight": 2.0, "cov_weight": 3.0, "vicreg_form": "paper_sum"},
-               lambda m: {"sim_weight": m.loss.sim_weight, "var_weight": m.loss.var_weight, "cov_weight": m.loss.cov_weight,
-                          "vicreg_form": m.loss.form}),
-    "byol": ({"momentum": 0.99, "predictor_hidden_dim": 24},
-             lambda m: {"momentum": m.base_momentum, "predictor_hidden_dim": m.predictor.layers[0].out_features}),
+    "vicreg": (
+        {"sim_weight": 1.0, "var_weight": 2.0, "cov_weight": 3.0, "vicreg_form": "paper_sum"},
+        lambda m: {
+            "sim_weight": m.loss.sim_weight,
+            "var_weight": m.loss.var_weight,
+            "cov_weight": m.loss.cov_weight,
+            "vicreg_form": m.loss.form,
+        },
+    ),
+    "byol": (
+        {"momentum": 0.99, "predictor_hidden_dim": 24},
+        lambda m: {"momentum": m.base_momentum, "predictor_hidden_dim": m.predictor.layers[0].out_features},
+    ),
     "simsiam": ({"predictor_hidden_dim": 24}, lambda m: {"predictor_hidden_dim": m.predictor.layers[0].out_features}),
-    "dino": ({"temperature": 0.2, "teacher_temperature": 0.06, "warmup_teacher_temperature": 0.03,
-              "warmup_teacher_temperature_epochs": 3, "center_momentum": 0.8, "momentum": 0.99, "out_dim": 32,
-              "local_crops": 1, "local_crop_scale": (0.2, 0.4)},
-             lambda m: {"temperature": m.loss.student_temperature, "teacher_temperature": m.teacher_temperatures[-1],
-                        "warmup_teacher_temperature": m.teacher_temperatures[0],
-                        "warmup_teacher_temperature_epochs": int((m.teacher_temperatures < 0.06).sum()) + 1,
-                        "center_momentum": m.loss.center_momentum, "momentum": m.base_momentum, "out_dim": m.loss.out_dim,
-                        "local_crops": m.n_local_crops, "local_crop_scale": m.local_crop_scale}),
-    "deepcluster": ({"clusters": 7, "pca_dim": 5, "kmeans_iters": 3},
-                    lambda m: {"clusters": m.clusters, "pca_dim": m.pca_dim, "kmeans_iters": m.kmeans_iters}),
-    "supervised": ({"task": "classification", "classes": 3}, lambda m: {"task": m.task, "classes": m.output.out_features}),
+    "dino": (
+        {
+            "temperature": 0.2,
+            "teacher_temperature": 0.06,
+            "warmup_teacher_temperature": 0.03,
+            "warmup_teacher_temperature_epochs": 3,
+            "center_momentum": 0.8,
+            "momentum": 0.99,
+            "out_dim": 32,
+            "local_crops": 1,
+            "local_crop_scale": (0.2, 0.4),
+        },
+        lambda m: {
+            "temperature": m.loss.student_temperature,
+            "teacher_temperature": m.teacher_temperatures[-1],
+            "warmup_teacher_temperature": m.teacher_temperatures[0],
+            "warmup_teacher_temperature_epochs": int((m.teacher_temperatures < 0.06).sum()) + 1,
+            "center_momentum": m.loss.center_momentum,
+            "momentum": m.base_momentum,
+            "out_dim": m.loss.out_dim,
+            "local_crops": m.n_local_crops,
+            "local_crop_scale": m.local_crop_scale,
+        },
+    ),
+    "deepcluster": (
+        {"clusters": 7, "pca_dim": 5, "kmeans_iters": 3},
+        lambda m: {"clusters": m.clusters, "pca_dim": m.pca_dim, "kmeans_iters": m.kmeans_iters},
+    ),
+    "supervised": (
+        {"task": "classification", "classes": 3},
+        lambda m: {"task": m.task, "classes": m.output.out_features},
+    ),
 }
 
 
@@ -89,7 +144,9 @@ def test_contrastive_methods_take_at_least_two_views_whatever_the_views_section_
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_each_method_is_built_from_every_key_of_its_own_section(name):
     values, kept = WIRING[name]
-    recipe = Recipe(method={"name": name, **values}, model={"encoder": "alexnet", "head": {"hidden_dim": 16, "out_dim": 8}})
+    recipe = Recipe(
+        method={"name": name, **values}, model={"encoder": "alexnet", "head": {"hidden_dim": 16, "out_dim": 8}}
+    )
     assert set(values) == set(METHOD_SECTIONS[name].model_fields) - {"name"}  # the check covers every key
     method = build_method(recipe, build_encoder("alexnet"))
     assert kept(method) == values
@@ -99,8 +156,16 @@ def test_each_method_is_built_from_every_key_of_its_own_section(name):
 
 def test_no_file_of_the_training_engine_names_a_method():
     root = Path(medssl.train.__file__).parent
-    texts = {path.relative_to(root): path.read_text() for path in sorted(root.rglob("*")) if path.suffix in {".py", ".md", ".txt"}}
+    texts = {
+        path.relative_to(root): path.read_text()
+        for path in sorted(root.rglob("*"))
+        if path.suffix in {".py", ".md", ".txt"}
+    }
     assert len(texts) >= 2  # the package's files were read
-    named = [(str(path), name) for path, text in texts.items() for name in METHOD_NAMES
-             if f'"{name}"' in text or f"'{name}'" in text]
+    named = [
+        (str(path), name)
+        for path, text in texts.items()
+        for name in METHOD_NAMES
+        if f'"{name}"' in text or f"'{name}'" in text
+    ]
     assert named == []

@@ -54,8 +54,13 @@ def deepcluster_run(tmp_path_factory):
         sampler = prepare(epoch, context)
         optimizer = context.trainer.optimizer
         record["prepared"].append(method.classifier.weight.detach().clone())
-        record["optimizer_state"].append({name: optimizer.state[parameter] for name, parameter in method.named_parameters()
-                                          if optimizer.state.get(parameter)})
+        record["optimizer_state"].append(
+            {
+                name: optimizer.state[parameter]
+                for name, parameter in method.named_parameters()
+                if optimizer.state.get(parameter)
+            }
+        )
         record["samplers"].append(sampler)
         record["indices"].append([])
         return sampler
@@ -66,7 +71,9 @@ def deepcluster_run(tmp_path_factory):
 
     method.prepare_epoch, method.training_loss = recording_prepare, recording_loss
     pretraining = build_pretraining(recipe, tmp_path_factory.mktemp("deepcluster") / "run", method=method)
-    run_pretraining(pretraining, on_epoch_end=lambda epoch: record["trained"].append(method.classifier.weight.detach().clone()))
+    run_pretraining(
+        pretraining, on_epoch_end=lambda epoch: record["trained"].append(method.classifier.weight.detach().clone())
+    )
     return pretraining, record
 
 
@@ -135,7 +142,11 @@ def run_recording_targets(recipe, run_dir, monkeypatch, module, target_prefixes)
     method = seeded_method(recipe)
     state = method.state_dict()
     # target_encoder.* / teacher_head.* start as copies of encoder.* / head.*
-    assert all(torch.equal(value, state[name.split("_", 1)[1]]) for name, value in state.items() if name.startswith(target_prefixes))
+    assert all(
+        torch.equal(value, state[name.split("_", 1)[1]])
+        for name, value in state.items()
+        if name.startswith(target_prefixes)
+    )
     initial = {name: value.clone() for name, value in state.items() if name.startswith(target_prefixes)}
 
     def record_gradients(optimizer, args, kwargs):
@@ -150,11 +161,16 @@ def run_recording_targets(recipe, run_dir, monkeypatch, module, target_prefixes)
     return pretraining, momenta, steps, initial
 
 
-@pytest.mark.parametrize("name, module, targets, onlines", [
-    ("byol", medssl.methods.bootstrap, ("target_encoder.", "target_head."), ("encoder.", "head.", "predictor.")),
-    ("dino", medssl.methods.dino, ("teacher_encoder.", "teacher_head."), ("encoder.", "head.")),
-])
-def test_target_network_gets_no_gradient_and_follows_the_cosine_momentum_schedule(tmp_path, monkeypatch, name, module, targets, onlines):
+@pytest.mark.parametrize(
+    "name, module, targets, onlines",
+    [
+        ("byol", medssl.methods.bootstrap, ("target_encoder.", "target_head."), ("encoder.", "head.", "predictor.")),
+        ("dino", medssl.methods.dino, ("teacher_encoder.", "teacher_head."), ("encoder.", "head.")),
+    ],
+)
+def test_target_network_gets_no_gradient_and_follows_the_cosine_momentum_schedule(
+    tmp_path, monkeypatch, name, module, targets, onlines
+):
     recipe = quick_recipe(name, "train.epochs=2", "method.momentum=0.5")
     pretraining, momenta, steps, initial = run_recording_targets(recipe, tmp_path / "run", monkeypatch, module, targets)
     total = 2 * pretraining.trainer.schedule.steps_per_epoch
@@ -187,10 +203,12 @@ def test_dino_teacher_centre_is_updated_and_checkpointed(tmp_path):
 
 def authors_teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, nepochs):
     """facebookresearch/dino main_dino.py, DINOLoss.__init__ at commit 7c446df, verbatim."""
-    return np.concatenate((
-        np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
-        np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp
-    ))
+    return np.concatenate(
+        (
+            np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),
+            np.ones(nepochs - warmup_teacher_temp_epochs) * teacher_temp,
+        )
+    )
 
 
 @pytest.mark.parametrize("warmup_epochs, epochs", [(30, 100), (30, 300), (1, 5), (0, 7), (4, 4)])
@@ -209,11 +227,21 @@ def test_dino_teacher_temperature_schedule_warms_up_linearly():
 
 def test_dino_uses_the_scheduled_teacher_temperature_at_every_step(monkeypatch):
     torch.manual_seed(0)
-    method = DINO(build_encoder("alexnet"), hidden_dim=16, out_dim=8, n_local_crops=0, teacher_temperature=0.07,
-                  warmup_teacher_temperature=0.04, warmup_teacher_temperature_epochs=3, epochs=4)
+    method = DINO(
+        build_encoder("alexnet"),
+        hidden_dim=16,
+        out_dim=8,
+        n_local_crops=0,
+        teacher_temperature=0.07,
+        warmup_teacher_temperature=0.04,
+        warmup_teacher_temperature_epochs=3,
+        epochs=4,
+    )
     used = []
     original = DINOLoss.forward
-    monkeypatch.setattr(DINOLoss, "forward", lambda self, *args: used.append(self.teacher_temperature) or original(self, *args))
+    monkeypatch.setattr(
+        DINOLoss, "forward", lambda self, *args: used.append(self.teacher_temperature) or original(self, *args)
+    )
     batch = {"views": torch.randn(2, 2, 1, 16, 16, 16)}
     steps_per_epoch, total = 2, 8
     for step in range(total):
@@ -225,11 +253,18 @@ def test_dino_uses_the_scheduled_teacher_temperature_at_every_step(monkeypatch):
 
 
 def test_dino_teacher_temperature_resumes_from_the_checkpoint(tmp_path, monkeypatch):
-    recipe = quick_recipe("dino", "train.epochs=3", "train.max_steps_per_epoch=1", "method.teacher_temperature=0.07",
-                          "method.warmup_teacher_temperature_epochs=3")
+    recipe = quick_recipe(
+        "dino",
+        "train.epochs=3",
+        "train.max_steps_per_epoch=1",
+        "method.teacher_temperature=0.07",
+        "method.warmup_teacher_temperature_epochs=3",
+    )
     used = []
     original = DINOLoss.forward
-    monkeypatch.setattr(DINOLoss, "forward", lambda self, *args: used.append(self.teacher_temperature) or original(self, *args))
+    monkeypatch.setattr(
+        DINOLoss, "forward", lambda self, *args: used.append(self.teacher_temperature) or original(self, *args)
+    )
     pretrain(recipe, tmp_path / "straight")
     straight, used[:] = list(used), []
 
@@ -247,7 +282,9 @@ def test_dino_teacher_temperature_resumes_from_the_checkpoint(tmp_path, monkeypa
 
 
 def test_dino_loads_a_checkpoint_written_before_the_temperature_schedule():
-    method = DINO(build_encoder("alexnet"), hidden_dim=16, out_dim=8, teacher_temperature=0.06, warmup_teacher_temperature=0.06)
+    method = DINO(
+        build_encoder("alexnet"), hidden_dim=16, out_dim=8, teacher_temperature=0.06, warmup_teacher_temperature=0.06
+    )
     older = {key: value for key, value in method.state_dict().items() if key != "scheduled_teacher_temperature"}
     method.load_state_dict(older)
     assert method.scheduled_teacher_temperature.item() == pytest.approx(0.06, abs=1e-15)

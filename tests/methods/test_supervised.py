@@ -14,7 +14,9 @@ from medssl.models import ProjectionHead, build_encoder
 
 def tiny_encoder():
     encoder = build_encoder("alexnet")
-    encoder.network = nn.Sequential(nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    encoder.network = nn.Sequential(
+        nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten()
+    )
     encoder.feature_dim = 4
     return encoder
 
@@ -73,7 +75,9 @@ def test_classification_uses_cross_entropy_and_refuses_a_class_beyond_method_cla
     loss, logs = method.training_loss(data)
     with torch.no_grad():
         outputs = method.output(method.encoder(data["views"].transpose(0, 1).reshape(-1, 1, 8, 8, 8)))
-    assert loss.item() == pytest.approx(nn.functional.cross_entropy(outputs, data["label"].long().repeat(2)).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        nn.functional.cross_entropy(outputs, data["label"].long().repeat(2)).item(), rel=1e-5
+    )
     assert 0.0 <= logs["train_accuracy"] <= 1.0
     with pytest.raises(RecipeError, match="method.classes = 3"):
         method.training_loss(batch(labels=torch.tensor([0.0, 1.0, 2.0, 3.0, 1.0, 2.0])))

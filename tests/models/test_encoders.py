@@ -12,9 +12,16 @@ from medssl.errors import CheckpointError
 from medssl.models import DINOHead, ProjectionHead, build_encoder, encoder_spec, load_encoder, save_encoder
 
 
-@pytest.mark.parametrize("name, size, feature_dim", [
-    ("resnet18", 16, 512), ("resnet34", 16, 512), ("resnet50", 16, 2048), ("densenet121", 32, 1024), ("alexnet", 16, 128),
-])
+@pytest.mark.parametrize(
+    "name, size, feature_dim",
+    [
+        ("resnet18", 16, 512),
+        ("resnet34", 16, 512),
+        ("resnet50", 16, 2048),
+        ("densenet121", 32, 1024),
+        ("alexnet", 16, 128),
+    ],
+)
 def test_encoder_returns_flat_features_of_the_recorded_size(name, size, feature_dim):
     encoder = build_encoder(name).eval()
     with torch.no_grad():

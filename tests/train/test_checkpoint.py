@@ -16,7 +16,7 @@ from medssl.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, restore
 def tiny_training_state():
     method = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
     method(torch.randn(5, 3)).square().mean().backward()
     optimizer.step()
     scheduler.step()
@@ -25,7 +25,15 @@ def tiny_training_state():
 
 def write_checkpoint(path, epoch=3, step=12):
     method, optimizer, scheduler = tiny_training_state()
-    save_checkpoint(path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=epoch, step=step, recipe_yaml="name: demo\n")
+    save_checkpoint(
+        path,
+        method=method,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epoch=epoch,
+        step=step,
+        recipe_yaml="name: demo\n",
+    )
     return method, optimizer, scheduler
 
 
@@ -139,7 +147,9 @@ def test_fp16_loss_scale_round_trips_through_the_checkpoint(tmp_path):
     method, optimizer, scheduler = tiny_training_state()
     scaler = scaler_after_steps(overflows=2)
     assert scaler.get_scale() == 2.0**10  # halved twice: the state differs from a fresh scaler's
-    save_checkpoint(path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=1, step=3, recipe_yaml="", scaler=scaler)
+    save_checkpoint(
+        path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=1, step=3, recipe_yaml="", scaler=scaler
+    )
     fresh = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
     restore_scaler(load_checkpoint(path), fresh)
     assert fresh.state_dict() == scaler.state_dict()
@@ -150,7 +160,9 @@ def test_checkpoints_without_a_loss_scale_leave_the_scaler_at_its_initial_scale(
     path = tmp_path / "last.pt"
     method, optimizer, scheduler = tiny_training_state()
     disabled = torch.amp.GradScaler("cpu", enabled=False)  # fp32 / bf16 runs
-    save_checkpoint(path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=1, step=3, recipe_yaml="", scaler=disabled)
+    save_checkpoint(
+        path, method=method, optimizer=optimizer, scheduler=scheduler, epoch=1, step=3, recipe_yaml="", scaler=disabled
+    )
     state = load_checkpoint(path)
     assert "scaler" not in state
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
@@ -167,10 +179,27 @@ def test_a_run_saved_with_the_former_flat_method_section_resumes_without_refused
     current = dump_recipe(load_recipe("simclr"))
     saved = yaml.safe_load(current)
     # What every run's recipe.yaml held while medssl had one method section for all methods.
-    saved["method"] = {**saved["method"], "sigma": 5.0, "kernel": "rbf", "reference_code": False, "eps": 0.0, "lambd": 0.005,
-                       "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0, "momentum": 0.996, "predictor_hidden_dim": 512,
-                       "teacher_temperature": 0.04, "center_momentum": 0.9, "out_dim": 4096, "local_crops": 4,
-                       "local_crop_scale": [0.3, 0.5], "clusters": 100, "pca_dim": 256, "kmeans_iters": 20}
+    saved["method"] = {
+        **saved["method"],
+        "sigma": 5.0,
+        "kernel": "rbf",
+        "reference_code": False,
+        "eps": 0.0,
+        "lambd": 0.005,
+        "sim_weight": 25.0,
+        "var_weight": 25.0,
+        "cov_weight": 1.0,
+        "momentum": 0.996,
+        "predictor_hidden_dim": 512,
+        "teacher_temperature": 0.04,
+        "center_momentum": 0.9,
+        "out_dim": 4096,
+        "local_crops": 4,
+        "local_crop_scale": [0.3, 0.5],
+        "clusters": 100,
+        "pca_dim": 256,
+        "kmeans_iters": 20,
+    }
     assert resume_differences(yaml.safe_dump(saved), current) == ([], [])
     saved["method"]["temperature"] = 0.5  # a key of simclr's own still counts
     refused, _ = resume_differences(yaml.safe_dump(saved), current)

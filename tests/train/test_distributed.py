@@ -65,8 +65,11 @@ def global_batch() -> tuple[torch.Tensor, dict]:
     generator = torch.Generator().manual_seed(0)
     n = WORLD * LOCAL_SUBJECTS
     z = torch.randn(n, 2, 16, dtype=torch.float64, generator=generator)
-    labels = {"age": torch.tensor([30, 30, 45, 50, 62, 80, 21, 33], dtype=torch.float64)[:n],
-              "class": torch.tensor([0, 1, 0, 1, 1, 0, 2, 2], dtype=torch.float64)[:n], None: None}
+    labels = {
+        "age": torch.tensor([30, 30, 45, 50, 62, 80, 21, 33], dtype=torch.float64)[:n],
+        "class": torch.tensor([0, 1, 0, 1, 1, 0, 2, 2], dtype=torch.float64)[:n],
+        None: None,
+    }
     return z, labels
 
 
@@ -74,7 +77,12 @@ def smoke_recipe_for(cohort: str, epochs: int):
     """``medssl pretrain yaware_age --smoke`` on the tiny cohort: 2 steps of batch 2 per process and epoch."""
     from medssl.config import load_recipe, smoke_recipe
 
-    recipe = smoke_recipe(load_recipe("yaware_age", [f"data.root={cohort}", "model.encoder=resnet18", "eval.after_pretrain=false", "train.device=cpu"]))
+    recipe = smoke_recipe(
+        load_recipe(
+            "yaware_age",
+            [f"data.root={cohort}", "model.encoder=resnet18", "eval.after_pretrain=false", "train.device=cpu"],
+        )
+    )
     recipe.train.epochs = epochs
     recipe.train.batch_size = 2
     return recipe
@@ -82,7 +90,9 @@ def smoke_recipe_for(cohort: str, epochs: int):
 
 # ----------------------------------------------------------------------------- the worker
 def worker(rank: int, port: int, cohort: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from medssl.pipeline import pretrain
@@ -136,9 +146,12 @@ def ddp_run(tiny_cohort, tmp_path_factory) -> Path:
     from medssl.pipeline import pretrain
 
     out = tmp_path_factory.mktemp("ddp")
-    pretrain(smoke_recipe_for(str(tiny_cohort), 1), out / "warm-up", method=seeded_tiny_method())  # imports shared with the children
-    context = mp.start_processes(worker, args=(free_port(), str(tiny_cohort), str(out)), nprocs=WORLD, join=False,
-                                 start_method="fork")
+    pretrain(
+        smoke_recipe_for(str(tiny_cohort), 1), out / "warm-up", method=seeded_tiny_method()
+    )  # imports shared with the children
+    context = mp.start_processes(
+        worker, args=(free_port(), str(tiny_cohort), str(out)), nprocs=WORLD, join=False, start_method="fork"
+    )
     deadline = time.monotonic() + 240
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -164,7 +177,9 @@ def test_gathered_loss_and_local_gradients_equal_one_process_on_the_concatenated
         assert measured["grad_scale"] > 1e-4  # a real gradient, not two zeros
 
 
-def test_ddp_training_step_updates_parameters_like_one_process_on_the_concatenated_batch(ddp_run, tiny_cohort, tmp_path, monkeypatch):
+def test_ddp_training_step_updates_parameters_like_one_process_on_the_concatenated_batch(
+    ddp_run, tiny_cohort, tmp_path, monkeypatch
+):
     from medssl.pipeline import pretrain
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -177,8 +192,15 @@ def test_ddp_training_step_updates_parameters_like_one_process_on_the_concatenat
 
 def test_two_process_run_writes_one_set_of_rank0_artefacts(ddp_run):
     run = ddp_run / "resumed"
-    assert sorted(path.name for path in run.iterdir()) == ["checkpoints", "encoder.json", "encoder.pt", "loss.png",
-                                                          "metrics.csv", "recipe.yaml", "tensorboard"]
+    assert sorted(path.name for path in run.iterdir()) == [
+        "checkpoints",
+        "encoder.json",
+        "encoder.pt",
+        "loss.png",
+        "metrics.csv",
+        "recipe.yaml",
+        "tensorboard",
+    ]
     assert [path.name for path in (run / "checkpoints").iterdir()] == ["last.pt"]
     assert len(list((run / "tensorboard").iterdir())) == 2  # one events file per run (first + resumed), rank 0 only
     metrics = pd.read_csv(run / "metrics.csv")

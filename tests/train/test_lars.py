@@ -28,7 +28,9 @@ def test_lars_scales_weight_updates_by_the_trust_ratio_and_leaves_biases_plain()
     optimizer.step()
     # weight: d = g + 0.1 w = [0.9, 1.2], ||d|| = 1.5, q = 0.001 * 5 / 1.5 = 1/300,
     # mu = q d = [0.003, 0.004], w <- w - 0.5 mu = [2.9985, 3.998].
-    torch.testing.assert_close(weight.detach(), torch.tensor([[2.9985, 3.998]], dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        weight.detach(), torch.tensor([[2.9985, 3.998]], dtype=torch.float64), rtol=0, atol=1e-15
+    )
     # bias: no weight decay, no trust ratio: mu = 0.5, b <- 1 - 0.5 * 0.5 = 0.75.
     assert bias.item() == pytest.approx(0.75, abs=1e-15)
     set_gradients(weight, bias)

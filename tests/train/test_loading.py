@@ -12,10 +12,15 @@ from medssl.train.pretraining import Notes, TrainingData, pretraining_data
 
 
 def data_for(cohort, workers: int) -> TrainingData:
-    recipe = Recipe(data={"root": str(cohort), "max_subjects": 8, "num_workers": workers, "label": None},
-                    views={"crop": {"p": 1.0}, "noise": {"p": 1.0}, "flip": {"p": 0.5}}, method={"name": "simclr"},
-                    train={"batch_size": 4, "device": "cpu"})
-    return pretraining_data(recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None)
+    recipe = Recipe(
+        data={"root": str(cohort), "max_subjects": 8, "num_workers": workers, "label": None},
+        views={"crop": {"p": 1.0}, "noise": {"p": 1.0}, "flip": {"p": 0.5}},
+        method={"name": "simclr"},
+        train={"batch_size": 4, "device": "cpu"},
+    )
+    return pretraining_data(
+        recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None
+    )
 
 
 def views_by_subject(loader: EpochLoader, epoch: int) -> dict[int, torch.Tensor]:

@@ -30,20 +30,47 @@ def free_port() -> int:
 
 def torchrun_agent(node_rank: int, port: int, arguments: list[str], log: Path) -> subprocess.Popen:
     """One torchrun agent of the rendezvous, as each machine of a cluster would start it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(NODES), "--nproc-per-node", "1",
-               "--node-rank", str(node_rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-               "--rdzv-id", "medssl-multinode-test", "--local-addr", "127.0.0.1", "--max-restarts", "0",
-               "--rdzv-conf", "join_timeout=60", str(WORKER), *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(NODES),
+        "--nproc-per-node",
+        "1",
+        "--node-rank",
+        str(node_rank),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "medssl-multinode-test",
+        "--local-addr",
+        "127.0.0.1",
+        "--max-restarts",
+        "0",
+        "--rdzv-conf",
+        "join_timeout=60",
+        str(WORKER),
+        *arguments,
+    ]
     # The checkout first: the workers import this medssl, whatever is installed.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("WORLD_SIZE", None)
     return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def run_two_nodes(cohort: str, out: Path, logs: Path) -> None:
     port = free_port()
-    agents = [torchrun_agent(rank, port, [cohort, str(out), str(LOCAL_BATCH)], logs / f"node{rank}.log") for rank in range(NODES)]
+    agents = [
+        torchrun_agent(rank, port, [cohort, str(out), str(LOCAL_BATCH)], logs / f"node{rank}.log")
+        for rank in range(NODES)
+    ]
     try:
         codes = [agent.wait(timeout=120) for agent in agents]
     except subprocess.TimeoutExpired:
@@ -57,7 +84,9 @@ def run_two_nodes(cohort: str, out: Path, logs: Path) -> None:
     assert codes == [0] * NODES, report
 
 
-def test_two_torchrun_agents_end_with_the_weights_of_one_process_on_the_global_batch(tiny_cohort, tmp_path, monkeypatch):
+def test_two_torchrun_agents_end_with_the_weights_of_one_process_on_the_global_batch(
+    tiny_cohort, tmp_path, monkeypatch
+):
     from medssl.train.pretraining import train_encoder
 
     run_two_nodes(str(tiny_cohort), tmp_path / "two_nodes", tmp_path)

@@ -76,13 +76,18 @@ def method_with_loss(recipe, transform):
 
 
 # ----------------------------------------------------------------------------- resume
-@pytest.mark.parametrize("name, overrides", [
-    ("simclr", ["train.scheduler=cosine", "train.warmup_epochs=1"]),
-    ("byol", []),          # EMA target network, BatchNorm heads, cosine momentum
-    ("dino", []),          # teacher centre buffer, random local crops
-    ("deepcluster", []),   # re-clustering, re-initialised classifier, cluster sampler, NMI to the last epoch
-])
-def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a_straight_run(tmp_path, name, overrides):
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("simclr", ["train.scheduler=cosine", "train.warmup_epochs=1"]),
+        ("byol", []),  # EMA target network, BatchNorm heads, cosine momentum
+        ("dino", []),  # teacher centre buffer, random local crops
+        ("deepcluster", []),  # re-clustering, re-initialised classifier, cluster sampler, NMI to the last epoch
+    ],
+)
+def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a_straight_run(
+    tmp_path, name, overrides
+):
     recipe = quick_recipe(name, "train.epochs=2", *overrides)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     pretrain(recipe, straight)
@@ -93,7 +98,9 @@ def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a
 
     assert any("Resuming" in note and "after epoch 1" in note for note in result.notes)
     assert_same_state(method_state(straight), method_state(resumed))
-    assert_same_state(torch.load(straight / "encoder.pt", weights_only=True), torch.load(resumed / "encoder.pt", weights_only=True))
+    assert_same_state(
+        torch.load(straight / "encoder.pt", weights_only=True), torch.load(resumed / "encoder.pt", weights_only=True)
+    )
     pd.testing.assert_frame_equal(metrics(straight, "epoch"), metrics(resumed, "epoch"))
     pd.testing.assert_frame_equal(metrics(straight, "step"), metrics(resumed, "step"))
     assert list(metrics(resumed, "epoch")["epoch"]) == [0, 1]
@@ -159,7 +166,9 @@ def test_two_runs_with_the_same_seed_end_with_identical_weights_and_another_seed
 
 # ----------------------------------------------------------------------------- precision
 def test_bf16_conv_hazards_names_3x3x3_convolutions_that_see_depth_two():
-    model = nn.Sequential(nn.Conv3d(1, 2, 1), nn.Conv3d(2, 2, 3, padding=1), nn.Conv3d(2, 2, (1, 3, 3), padding=(0, 1, 1)))
+    model = nn.Sequential(
+        nn.Conv3d(1, 2, 1), nn.Conv3d(2, 2, 3, padding=1), nn.Conv3d(2, 2, (1, 3, 3), padding=(0, 1, 1))
+    )
     assert bf16_conv_hazards(model, torch.zeros(1, 1, 2, 4, 4)) == ["1"]
     assert bf16_conv_hazards(model, torch.zeros(1, 1, 4, 4, 4)) == []
     assert all(not module._forward_hooks for module in model)  # the probe leaves no hook behind
@@ -167,8 +176,10 @@ def test_bf16_conv_hazards_names_3x3x3_convolutions_that_see_depth_two():
 
 def test_bf16_on_cpu_falls_back_to_fp32_with_a_note_when_a_hazard_exists(tmp_path):
     # 16^3 volumes reach the AlexNet's last 3x3x3 convolutions with depth 2
-    pretraining = build_pretraining(quick_recipe("simclr", "train.precision=bf16", "train.device=cpu", "train.max_steps_per_epoch=1"),
-                                    tmp_path / "run")
+    pretraining = build_pretraining(
+        quick_recipe("simclr", "train.precision=bf16", "train.device=cpu", "train.max_steps_per_epoch=1"),
+        tmp_path / "run",
+    )
     assert pretraining.trainer.precision == "fp32"
     result = pretraining.trainer.run()
     assert any("falls back to fp32" in note and "features." in note for note in result.notes)
@@ -209,8 +220,15 @@ def test_accumulating_more_batches_than_an_epoch_has_is_a_recipe_error(tmp_path)
 def test_gradient_clipping_bounds_the_update_of_plain_sgd(tmp_path):
     clip = 1e-3
     run = tmp_path / "run"
-    recipe = quick_recipe("simclr", "train.optimizer=sgd", "train.momentum=0", "train.weight_decay=0", "train.lr=1.0",
-                          f"train.grad_clip={clip}", "train.max_steps_per_epoch=1")
+    recipe = quick_recipe(
+        "simclr",
+        "train.optimizer=sgd",
+        "train.momentum=0",
+        "train.weight_decay=0",
+        "train.lr=1.0",
+        f"train.grad_clip={clip}",
+        "train.max_steps_per_epoch=1",
+    )
     method = seeded_method(recipe)
     initial = {key: value.detach().clone() for key, value in method.named_parameters()}
     pretrain(recipe, run, method=method)
@@ -223,8 +241,9 @@ def test_gradient_clipping_bounds_the_update_of_plain_sgd(tmp_path):
 # ----------------------------------------------------------------------------- budget and notes
 def test_embedded_cohort_run_prints_the_budget_note(tmp_path):
     stream = io.StringIO()
-    result = pretrain(quick_recipe("simclr", "train.max_steps_per_epoch=1"), tmp_path / "run",
-                      console=Console(file=stream, width=300))
+    result = pretrain(
+        quick_recipe("simclr", "train.max_steps_per_epoch=1"), tmp_path / "run", console=Console(file=stream, width=300)
+    )
     printed = stream.getvalue()
     assert "data.root not set: using the embedded synthetic cohort (16 subjects, 4 sites, 16^3 voxels)" in printed
     assert "with its budget: alexnet, 1 epochs of batch 4." in printed
@@ -232,8 +251,9 @@ def test_embedded_cohort_run_prints_the_budget_note(tmp_path):
 
 
 def test_run_on_a_cohort_folder_has_no_budget_note_and_keeps_train_epochs(tmp_path, tiny_cohort):
-    recipe = quick_recipe("simclr", f"data.root={tiny_cohort}", "train.epochs=2", "train.embedded.epochs=5",
-                          "train.max_steps_per_epoch=1")
+    recipe = quick_recipe(
+        "simclr", f"data.root={tiny_cohort}", "train.epochs=2", "train.embedded.epochs=5", "train.max_steps_per_epoch=1"
+    )
     result = pretrain(recipe, tmp_path / "run")
     assert not any("embedded" in note for note in result.notes)
     assert list(metrics(tmp_path / "run", "epoch")["epoch"]) == [0, 1]
@@ -277,7 +297,9 @@ def collapsed_method(recipe):
 def test_collapse_monitor_warns_when_every_embedding_is_the_same(tmp_path):
     stream = io.StringIO()
     recipe = quick_recipe("vicreg", "train.max_steps_per_epoch=1")
-    result = pretrain(recipe, tmp_path / "run", console=Console(file=stream, width=300), method=collapsed_method(recipe))
+    result = pretrain(
+        recipe, tmp_path / "run", console=Console(file=stream, width=300), method=collapsed_method(recipe)
+    )
     assert metrics(tmp_path / "run", "epoch")["embedding_std"].iloc[-1] < 1e-6
     assert "epoch 1: embeddings are collapsing" in stream.getvalue()
     assert any("collapsing" in note for note in result.notes)
@@ -341,15 +363,21 @@ def test_the_engine_names_no_method():
     from medssl.config import METHOD_NAMES
 
     sources = {path.name: path.read_text() for path in Path(medssl.train.__file__).parent.glob("*.py")}
-    named = [(file, name) for file, text in sources.items() for name in METHOD_NAMES
-             if f'"{name}"' in text or f"'{name}'" in text]
+    named = [
+        (file, name)
+        for file, text in sources.items()
+        for name in METHOD_NAMES
+        if f'"{name}"' in text or f"'{name}'" in text
+    ]
     assert named == []
 
 
 def test_method_needs_say_label_views_and_processes():
     from medssl.methods import method_needs
 
-    assert method_needs(load_recipe("deepcluster")).views == 1 and not method_needs(load_recipe("deepcluster")).distributed
+    assert (
+        method_needs(load_recipe("deepcluster")).views == 1 and not method_needs(load_recipe("deepcluster")).distributed
+    )
     needs = method_needs(load_recipe("yaware_age"))
     assert needs.label and needs.views == 2 and needs.distributed
     assert not method_needs(load_recipe("simclr")).label

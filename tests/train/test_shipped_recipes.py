@@ -18,13 +18,28 @@ from medssl.train.setup import apply_embedded_budget
 
 def pretraining_recipes() -> list[str]:
     """Shipped recipes of `medssl pretrain` (fine-tuning recipes have a `finetune:` section instead)."""
-    return [name for name in list_recipe_names() if "finetune" not in yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())]
+    return [
+        name
+        for name in list_recipe_names()
+        if "finetune" not in yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
+    ]
 
 
 def test_every_method_family_has_a_shipped_pretraining_recipe():
     methods = {load_recipe(name).method.name for name in pretraining_recipes()}
-    assert {"yaware", "simclr", "threshold", "exponential", "supcon", "byol", "simsiam", "barlow_twins", "vicreg",
-            "dino", "deepcluster"} <= methods
+    assert {
+        "yaware",
+        "simclr",
+        "threshold",
+        "exponential",
+        "supcon",
+        "byol",
+        "simsiam",
+        "barlow_twins",
+        "vicreg",
+        "dino",
+        "deepcluster",
+    } <= methods
 
 
 def assert_run_folder(run_dir, recipe) -> None:
@@ -59,10 +74,14 @@ def test_shipped_recipe_trains_at_smoke_size_and_writes_the_run_folder(tmp_path,
 
 
 def test_smoke_run_with_evaluation_writes_the_challenge_metrics(tmp_path):
-    recipe = smoke_recipe(load_recipe("simclr", ["eval.after_pretrain=true", "eval.baseline=false", "model.encoder=alexnet"]))
+    recipe = smoke_recipe(
+        load_recipe("simclr", ["eval.after_pretrain=true", "eval.baseline=false", "model.encoder=alexnet"])
+    )
     result = pretrain(recipe, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
-    assert {"mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"} <= set(metrics["pretrained"])
+    assert {"mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"} <= set(
+        metrics["pretrained"]
+    )
     assert math.isfinite(metrics["pretrained"]["challenge_score"])
     assert "baseline" not in metrics or metrics["baseline"] is None
     assert result.evaluation is not None

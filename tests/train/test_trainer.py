@@ -57,7 +57,7 @@ def line_trainer(run_dir, epochs: int = 3, transform=None, lr: float = 0.1, **op
     torch.manual_seed(0)
     objective = LineFit(transform)
     optimizer = torch.optim.SGD(objective.parameters(), lr=lr, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9 ** step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step)
     loader = EpochLoader(Points(), batch_size=4, seed=0)
     settings = options.pop("schedule", {})
     schedule = Schedule(epochs=epochs, steps_per_epoch=len(loader) // settings.get("accumulate", 1), **settings)
@@ -72,6 +72,7 @@ def stop_after_epoch(last: int):
     def stop(epoch: int) -> None:
         if epoch == last:
             raise Stop
+
     return stop
 
 
@@ -87,8 +88,10 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_weights_and_metrics_of_a_st
     assert torch.equal(straight.objective.line.weight, resumed.objective.line.weight)
     assert result.last_loss < result.first_loss / 2  # it did learn
     columns = ["kind", "epoch", "step", "loss", "lr", "grad_norm"]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight" / "metrics.csv")[columns],
-                                  pd.read_csv(tmp_path / "stopped" / "metrics.csv")[columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "straight" / "metrics.csv")[columns],
+        pd.read_csv(tmp_path / "stopped" / "metrics.csv")[columns],
+    )
 
 
 def test_a_checkpoint_of_another_objective_is_refused_before_the_folder_is_touched(tmp_path):
@@ -101,8 +104,11 @@ def test_a_checkpoint_of_another_objective_is_refused_before_the_folder_is_touch
 
 
 def test_non_finite_loss_names_the_epoch_the_step_and_the_learning_rate_key(tmp_path):
-    trainer = line_trainer(tmp_path / "run", transform=lambda loss, step: loss * math.nan if step == 6 else loss,
-                           schedule={"lr_key": "finetune.lr", "label": "seed 3, "})
+    trainer = line_trainer(
+        tmp_path / "run",
+        transform=lambda loss, step: loss * math.nan if step == 6 else loss,
+        schedule={"lr_key": "finetune.lr", "label": "seed 3, "},
+    )
     with pytest.raises(TrainingError, match=r"^seed 3, epoch 2, step 6: the loss is nan; lower finetune.lr"):
         trainer.run()
 
@@ -119,8 +125,13 @@ def test_clipping_bounds_the_step_of_plain_sgd_and_logs_the_norm_before_it(tmp_p
     objective = LineFit()
     optimizer = torch.optim.SGD(objective.parameters(), lr=1.0)
     before = [p.detach().clone() for p in objective.parameters()]
-    trainer = Trainer(objective, optimizer, EpochLoader(Points(), batch_size=4), tmp_path / "run",
-                      Schedule(epochs=1, steps_per_epoch=1, grad_clip=1e-2))
+    trainer = Trainer(
+        objective,
+        optimizer,
+        EpochLoader(Points(), batch_size=4),
+        tmp_path / "run",
+        Schedule(epochs=1, steps_per_epoch=1, grad_clip=1e-2),
+    )
     trainer.run()
     step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(objective.parameters(), before))).item()
     assert step == pytest.approx(1e-2, rel=1e-4)

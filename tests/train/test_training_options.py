@@ -51,9 +51,13 @@ def test_reduced_precision_autocast_runs_and_follows_the_fp32_step(tiny_cohort, 
     pretraining, update_reduced = run_step(tmp_path, recipe)
     assert pretraining.trainer.precision == precision  # no fp32 fall-back for this network
     _, update_fp32 = run_step(tmp_path, step_recipe(str(tiny_cohort), 8))
-    loss_reduced, loss_fp32 = (pd.read_csv(tmp_path / name / "metrics.csv").query("kind == 'step'")["loss"].iloc[0]
-                               for name in (precision, "step"))
-    assert loss_reduced != loss_fp32 and abs(loss_reduced / loss_fp32 - 1) < 1e-2  # autocast engaged, same loss to ~2 digits
+    loss_reduced, loss_fp32 = (
+        pd.read_csv(tmp_path / name / "metrics.csv").query("kind == 'step'")["loss"].iloc[0]
+        for name in (precision, "step")
+    )
+    assert (
+        loss_reduced != loss_fp32 and abs(loss_reduced / loss_fp32 - 1) < 1e-2
+    )  # autocast engaged, same loss to ~2 digits
     reduced, full = flat(update_reduced), flat(update_fp32)
     assert torch.isfinite(reduced).all()
     # Loose: this tiny model's embeddings differ little between subjects, so the contrastive

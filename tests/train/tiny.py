@@ -16,7 +16,9 @@ def tiny_encoder():
     from medssl.models import build_encoder
 
     encoder = build_encoder("alexnet")  # an Encoder (spec, save/load) around a smaller network
-    encoder.network = nn.Sequential(nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+    encoder.network = nn.Sequential(
+        nn.Conv3d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten()
+    )
     encoder.feature_dim = 4
     return encoder
 
@@ -27,7 +29,9 @@ def tiny_method(recipe: Recipe, encoder=None):
     from medssl.methods import EmbeddingLossMethod
     from medssl.models import ProjectionHead
 
-    return EmbeddingLossMethod(tiny_encoder(), ProjectionHead(4, 8, 8), YAwareLoss(sigma=10.0, temperature=0.5), uses_label=True)
+    return EmbeddingLossMethod(
+        tiny_encoder(), ProjectionHead(4, 8, 8), YAwareLoss(sigma=10.0, temperature=0.5), uses_label=True
+    )
 
 
 class ViewDistanceLoss(nn.Module):
@@ -49,11 +53,24 @@ def step_recipe(cohort: str, batch_size: int, subjects: int = 8, **train) -> Rec
     """One plain SGD step over ``subjects`` subjects (Adam's first step is lr * sign(grad) and
     would hide a factor of 2); the large lr lifts this small model's small gradients well
     above rounding. Views are augmented (flip, noise): they are seeded per subject and epoch."""
-    settings = {"epochs": 1, "batch_size": batch_size, "optimizer": "sgd", "lr": 100.0, "momentum": 0.0,
-                "weight_decay": 0.0, "device": "cpu", **train}
-    return Recipe(name="step", data={"root": cohort, "max_subjects": subjects, "label": "age"},
-                  views={"flip": {"p": 0.5}, "noise": {"p": 0.5, "std": [0.0, 0.2]}}, method={"name": "yaware"},
-                  train=settings, eval={"after_pretrain": False})
+    settings = {
+        "epochs": 1,
+        "batch_size": batch_size,
+        "optimizer": "sgd",
+        "lr": 100.0,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "device": "cpu",
+        **train,
+    }
+    return Recipe(
+        name="step",
+        data={"root": cohort, "max_subjects": subjects, "label": "age"},
+        views={"flip": {"p": 0.5}, "noise": {"p": 0.5, "std": [0.0, 0.2]}},
+        method={"name": "yaware"},
+        train=settings,
+        eval={"after_pretrain": False},
+    )
 
 
 def initial_state(build=tiny_method) -> dict[str, torch.Tensor]:
@@ -74,4 +91,6 @@ def assert_same_updates(actual: dict[str, torch.Tensor], expected: dict[str, tor
     scale = max(value.abs().max().item() for value in expected.values())
     assert scale > 1e-3  # a real step
     for key, value in expected.items():
-        torch.testing.assert_close(actual[key], value, rtol=1e-3, atol=1e-3 * scale, msg=lambda text, key=key: f"{key}: {text}")
+        torch.testing.assert_close(
+            actual[key], value, rtol=1e-3, atol=1e-3 * scale, msg=lambda text, key=key: f"{key}: {text}"
+        )

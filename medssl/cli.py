@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -46,7 +45,7 @@ console = Console()
 OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. train.epochs=2 data.root=/data/openbhb."
 
 
-def _run_dir(name: str, out: Optional[Path], resume: bool) -> Path:
+def _run_dir(name: str, out: Path | None, resume: bool) -> Path:
     if out is not None:
         return out
     runs = Path("runs")
@@ -110,8 +109,8 @@ def _launch_torchrun(devices: int) -> None:
 @app.command()
 def pretrain(
     recipe: str = typer.Argument(..., help="Recipe YAML path or shipped recipe name (see `medssl recipes`)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -157,11 +156,11 @@ def pretrain(
 @app.command()
 def evaluate(
     source: Path = typer.Argument(..., help="A run folder (with recipe.yaml and encoder.pt) or an encoder.pt file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    cohort: Optional[Path] = typer.Option(
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    cohort: Path | None = typer.Option(
         None, "--cohort", help="Cohort folder to evaluate on (default: the run's cohort)."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default <run>/eval)."),
+    out: Path | None = typer.Option(None, "--out", help="Where to write metrics and plots (default <run>/eval)."),
 ) -> None:
     """OpenBHB-style evaluation: site-stratified and leave-site-out CV probes, the challenge score, plots."""
     from medssl.config import apply_overrides, load_recipe, recipe_from_dict
@@ -195,16 +194,16 @@ def evaluate(
 @app.command()
 def finetune(
     recipe: str = typer.Argument(..., help="Fine-tuning recipe YAML path or shipped name (e.g. finetune_diagnosis)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
     encoder: str = typer.Option(
         ...,
         "--encoder",
         help="Pre-trained encoder.pt, or a run folder holding it; 'none' trains from scratch (the baseline).",
     ),
-    mode: Optional[str] = typer.Option(
+    mode: str | None = typer.Option(
         None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -214,7 +213,7 @@ def finetune(
         False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
-    train_sizes: Optional[str] = typer.Option(
+    train_sizes: str | None = typer.Option(
         None,
         "--train-sizes",
         help="Label efficiency: fine-tune the encoder and a from-scratch network on this many labelled subjects each, e.g. 20,50,100,all; rerun to resume.",
@@ -256,8 +255,8 @@ def finetune(
 @app.command()
 def score(
     predictions: Path = typer.Argument(..., help="CSV/TSV with participant_id, split, site, age, age_pred, site_pred."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
-    n_sites: Optional[int] = typer.Option(
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    n_sites: int | None = typer.Option(
         None, "--n-sites", help="Training sites for ramp_combined (default: distinct sites of the train rows)."
     ),
     id_col: str = typer.Option("participant_id", help="Column of subject ids."),
@@ -319,8 +318,8 @@ def _seed_list(text: str) -> list[int]:
 
 @app.command()
 def benchmark(
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP + " Applied to every run."),
-    recipes: Optional[str] = typer.Option(
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP + " Applied to every run."),
+    recipes: str | None = typer.Option(
         None, "--recipes", help="Comma-separated recipes (default: every pre-training recipe)."
     ),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: one run per recipe and seed."),
@@ -328,7 +327,7 @@ def benchmark(
         Path("benchmark"), "--out", help="Benchmark folder; rerun the same command to continue a stopped benchmark."
     ),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Runs at once, each with CPUs // jobs threads."),
-    devices: Optional[str] = typer.Option(
+    devices: str | None = typer.Option(
         None, "--devices", help="Comma-separated GPU ids handed to the runs in turn, e.g. 0,1."
     ),
     smoke: bool = typer.Option(False, "--smoke", help="Smoke runs (seconds each), to check the set-up."),
@@ -359,7 +358,7 @@ def benchmark(
 @app.command()
 def leaderboard(
     bench_dir: Path = typer.Argument(..., help="Benchmark folder (the --out of medssl benchmark)."),
-    reference: Optional[list[str]] = typer.Option(
+    reference: list[str] | None = typer.Option(
         None, "--reference", help="Also compare every method with this row (repeatable), e.g. control_yaware_shuffled."
     ),
 ) -> None:
@@ -423,7 +422,7 @@ def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the cohort into."),
     subjects: int = typer.Option(640, min=4, help="Number of subjects."),
     sites: int = typer.Option(24, min=2, help="Number of sites."),
-    external_sites: Optional[int] = typer.Option(
+    external_sites: int | None = typer.Option(
         None, min=0, help="Sites held out as the external test set (default sites / 6, at least 1, at most sites - 1)."
     ),
     shape: int = typer.Option(32, min=8, max=256, help="Edge of the cubic volumes in voxels."),
@@ -460,8 +459,8 @@ def data_inspect(
         "yaware_age",
         help="A cohort folder, or a recipe whose cohort to inspect (default: the embedded cohort of yaware_age).",
     ),
-    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Method-independent figures of a cohort: scanner ranges, trivial probes, the diagnosis oracle."""
     from medssl.config import load_recipe
@@ -531,12 +530,12 @@ def data_cache(
         ..., help="Cohort folder to cache (NIfTI + participants table, or an OpenBHB download)."
     ),
     out: Path = typer.Argument(..., help="Folder to write participants.tsv + volumes.npy into (use it as data.root)."),
-    shape: Optional[str] = typer.Option(
+    shape: str | None = typer.Option(
         None,
         "--shape",
         help="Resample to D,H,W (or one edge for a cube), e.g. 64 or 64,76,64; default: the recipe's data.volume_shape, else the stored shape.",
     ),
-    recipe: Optional[str] = typer.Option(
+    recipe: str | None = typer.Option(
         None, "--recipe", help="Take data.volume_shape and data.openbhb_modality from this recipe."
     ),
     dtype: str = typer.Option("float32", "--dtype", help="Stored type: float32, or float16 for half the disk."),

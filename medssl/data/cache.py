@@ -76,25 +76,7 @@ def cache_cohort(
     dataset = VolumeDataset(cohort.subjects(), preprocess=preprocess)
     first = dataset[0]["volume"]
     spacing = _spacing(dataset, preprocess)
-    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
-    with replacing(out / ARRAY_NAME) as temporary:
-        # open_memmap writes the .npy header, then each row goes straight to disk.
-        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(len(dataset), *first.shape))
-        for batch in loader:
-            index = int(batch["index"][0])
-            volume = batch["volume"][0]
-            if tuple(volume.shape) != tuple(first.shape):
-                participant = cohort.table["participant_id"].iloc[index]
-                raise CohortError(
-                    f"{cohort.table['path'].iloc[index]}: participant {participant}: volume of shape "
-                    f"{tuple(volume.shape)} (C, D, H, W), expected {tuple(first.shape)} like the first volume; "
-                    f"give a shape to resample every volume to (--shape D,H,W)"
-                )
-            array[index] = volume.numpy().astype(dtype, copy=False)
-            if on_volume is not None:
-                on_volume(index + 1, len(dataset))
-        array.flush()
-        del array
+    _write_volumes(cohort, dataset, out / ARRAY_NAME, tuple(first.shape), dtype, num_workers, on_volume)
     # The cache holds unmasked volumes: the challenge kit's unmasking columns no longer apply.
     table = cohort.table.drop(columns=list(KIT_COLUMNS), errors="ignore")
     table["path"] = ARRAY_NAME
@@ -110,6 +92,37 @@ def cache_cohort(
     # The table last: a cache interrupted earlier has none and is not mistaken for a complete one.
     atomic_write_text(out / "participants.tsv", table.to_csv(sep="\t", index=False))
     return out
+
+
+def _write_volumes(
+    cohort: Cohort,
+    dataset: VolumeDataset,
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: str,
+    num_workers: int,
+    on_volume: Callable[[int, int], None] | None,
+) -> None:
+    """Write every volume of ``dataset`` as one row of the memory-mapped array at ``path``."""
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers)
+    with replacing(path) as temporary:
+        # open_memmap writes the .npy header, then each row goes straight to disk.
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=(len(dataset), *shape))
+        for batch in loader:
+            index = int(batch["index"][0])
+            volume = batch["volume"][0]
+            if tuple(volume.shape) != shape:
+                participant = cohort.table["participant_id"].iloc[index]
+                raise CohortError(
+                    f"{cohort.table['path'].iloc[index]}: participant {participant}: volume of shape "
+                    f"{tuple(volume.shape)} (C, D, H, W), expected {shape} like the first volume; "
+                    f"give a shape to resample every volume to (--shape D,H,W)"
+                )
+            array[index] = volume.numpy().astype(dtype, copy=False)
+            if on_volume is not None:
+                on_volume(index + 1, len(dataset))
+        array.flush()
+        del array
 
 
 def _spacing(dataset: VolumeDataset, preprocess) -> tuple[float, float, float]:

@@ -311,20 +311,26 @@ def validation_split(
     n_val = min(max(int(round(fraction * len(firsts))), 1), len(firsts) - 1)
 
     rng = np.random.default_rng(seed)
-    counts = strata.value_counts().sort_index()
-    quotas = counts * (n_val / len(firsts))
-    taken = np.floor(quotas).astype(int)
-    remainders = (quotas - taken).to_numpy()
-    # largest remainders first; ties broken at random
-    order = sorted(range(len(counts)), key=lambda k: (-round(remainders[k], 9), rng.random()))
-    for k in order[: n_val - int(taken.sum())]:
-        taken.iloc[k] += 1
+    taken = _largest_remainder_quotas(strata, n_val, rng)
     val_groups: set[str] = set()
     for stratum, n_take in taken.items():
         members = groups[firsts.index[(strata == stratum).to_numpy()]].to_numpy()
         val_groups.update(rng.permutation(members)[:n_take].tolist())
     in_val = groups.isin(val_groups).to_numpy()
     return np.flatnonzero(~in_val), np.flatnonzero(in_val)
+
+
+def _largest_remainder_quotas(strata: pd.Series, n_val: int, rng: np.random.Generator) -> pd.Series:
+    """Subjects to draw per stratum: ``n_val`` shared in proportion to the strata's sizes,
+    rounded by largest remainder (ties broken at random)."""
+    counts = strata.value_counts().sort_index()
+    quotas = counts * (n_val / len(strata))
+    taken = np.floor(quotas).astype(int)
+    remainders = (quotas - taken).to_numpy()
+    order = sorted(range(len(counts)), key=lambda k: (-round(remainders[k], 9), rng.random()))
+    for k in order[: n_val - int(taken.sum())]:
+        taken.iloc[k] += 1
+    return taken
 
 
 def check_no_leakage(parts: dict[str, pd.DataFrame], group_col: str = "participant_id", site_col: str = "site") -> None:

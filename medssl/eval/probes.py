@@ -142,7 +142,8 @@ def cross_validate_probes(
     table = table.reset_index(drop=True)
     folds = site_stratified_folds(table, n_folds=5, seed=seed) if folds is None else folds
     groups = as_labels(table[group_inner_by]).to_numpy() if group_inner_by else None
-    rows, notes = [], []
+    rows: list[dict] = []
+    notes: list[str] = []
     for target in targets:
         if target not in table.columns:
             notes.append(f"{protocol}: no column {target!r} in the participants table, target skipped")
@@ -151,22 +152,24 @@ def cross_validate_probes(
             per_fold, note = _probe_target(features, table[target], folds, seed, groups)
         if note:
             notes.append(f"{protocol}: {target}: {note}")
-        for metric, values in per_fold.items():
-            defined = np.asarray(values, dtype=float)
-            defined = defined[np.isfinite(defined)]
-            rows.append(
-                {
-                    "protocol": protocol,
-                    "target": target,
-                    "metric": metric,
-                    "mean": float(defined.mean()) if defined.size else float("nan"),
-                    "std": float(defined.std()) if defined.size else float("nan"),
-                    "n_folds": int(defined.size),
-                }
-            )
+        rows.extend(_fold_summary(protocol, target, metric, values) for metric, values in per_fold.items())
     result = pd.DataFrame(rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds"])
     result.attrs["notes"] = notes
     return result
+
+
+def _fold_summary(protocol: str, target: str, metric: str, values: Sequence[float]) -> dict:
+    """Mean and std (ddof 0) of a metric over the folds where it is defined."""
+    defined = np.asarray(values, dtype=float)
+    defined = defined[np.isfinite(defined)]
+    return {
+        "protocol": protocol,
+        "target": target,
+        "metric": metric,
+        "mean": float(defined.mean()) if defined.size else float("nan"),
+        "std": float(defined.std()) if defined.size else float("nan"),
+        "n_folds": int(defined.size),
+    }
 
 
 def out_of_fold_predictions(features: np.ndarray, table: pd.DataFrame, folds: Folds, target: str = "age") -> np.ndarray:
@@ -236,15 +239,8 @@ def challenge_protocol(
     predictions["site_pred"] = pd.Series(pd.NA, index=predictions.index, dtype=object)
     predictions.loc[test, "age_pred"] = age_probe.predict(features[test])
     predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
-    scores = score_predictions(
-        predictions,
-        id_col=id_col,
-        split_col=split_col,
-        site_col=site_col,
-        age_col=age_col,
-        n_sites=n_train_sites,
-        source="challenge protocol",
-    )
+    columns = {"id_col": id_col, "split_col": split_col, "site_col": site_col, "age_col": age_col}
+    scores = score_predictions(predictions, **columns, n_sites=n_train_sites, source="challenge protocol")
     return {
         **scores,
         "age_alpha": float(age_probe.best_params_["ridge__alpha"]),

@@ -134,20 +134,35 @@ def evaluate_representation(
             for cv_table in cv_tables
             if "per_fold" in cv_table.attrs
         )
-        predictions = (
-            challenge.pop("predictions")
-            if challenge is not None
-            else _out_of_fold_table(matrix, table, protocols.stratified)
-        )
+        _write_predictions(name, matrix, table, challenge, protocols, out_dir, folds, seed)
         results[name] = _representation_entry(challenge, cv_tables, notes)
         long_tables.append(_long_table(name, challenge, cv_tables))
-        suffix = "" if name == "pretrained" else f"_{name}"
-        predictions.to_csv(out_dir / f"predictions{suffix}.csv", index=False)
-        if name == "pretrained":
-            _plot_pretrained(matrix, table, predictions, out_dir, None if challenge is not None else folds, seed)
 
     results["settings"] = _settings(protocols, folds, targets, seed, table, matrices["pretrained"])
     return _write_metrics(out_dir, results, long_tables, per_fold)
+
+
+def _write_predictions(
+    name: str,
+    matrix: np.ndarray,
+    table: pd.DataFrame,
+    challenge: dict | None,
+    protocols: _Protocols,
+    out_dir: Path,
+    folds: int,
+    seed: int,
+) -> None:
+    """predictions[_NAME].csv (the challenge protocol's, else out-of-fold), plotted for the trained encoder.
+
+    Takes the predictions out of ``challenge``, which then holds scores only."""
+    if challenge is not None:
+        predictions = challenge.pop("predictions")
+    else:
+        predictions = _out_of_fold_table(matrix, table, protocols.stratified)
+    suffix = "" if name == "pretrained" else f"_{name}"
+    predictions.to_csv(out_dir / f"predictions{suffix}.csv", index=False)
+    if name == "pretrained":
+        _plot_pretrained(matrix, table, predictions, out_dir, None if challenge is not None else folds, seed)
 
 
 def _settings(

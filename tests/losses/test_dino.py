@@ -101,3 +101,33 @@ def test_dino_rejects_fewer_student_than_teacher_views():
     student, teacher = outputs(v_s=2, v_t=3)
     with pytest.raises(LossInputError, match="V_p >= V_t"):
         DINOLoss(out_dim=7)(student, teacher)
+
+
+def authors_dino_loss(student_output, teacher_output, center, student_temp, temp, center_momentum, ncrops):
+    """facebookresearch/dino main_dino.py, DINOLoss.forward and update_center at commit 7c446df
+    (one process): view-major chunks, teacher views skipped where v == iq, the centre's EMA of the
+    batch mean of the teacher outputs."""
+    student_out = (student_output / student_temp).chunk(ncrops)
+    teacher_out = torch.softmax((teacher_output - center) / temp, dim=-1).detach().chunk(2)
+    total_loss, n_loss_terms = 0, 0
+    for iq, q in enumerate(teacher_out):
+        for v in range(len(student_out)):
+            if v == iq:
+                continue
+            total_loss += torch.sum(-q * torch.log_softmax(student_out[v], dim=-1), dim=-1).mean()
+            n_loss_terms += 1
+    batch_center = torch.sum(teacher_output, dim=0, keepdim=True) / len(teacher_output)
+    return total_loss / n_loss_terms, center * center_momentum + batch_center * (1 - center_momentum)
+
+
+def test_dino_equals_the_authors_loss_and_centre_update_on_fixed_inputs():
+    student, teacher = outputs(n=6, v_s=5, v_t=2, k=11, seed=3)
+    center = torch.randn(1, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    loss_fn = DINOLoss(out_dim=11, student_temperature=0.1, teacher_temperature=0.07, center_momentum=0.9).double()
+    loss_fn.center.copy_(center[0])
+    # the authors' tensors are view-major: (views * N, K)
+    expected, expected_center = authors_dino_loss(
+        student.transpose(0, 1).reshape(-1, 11), teacher.transpose(0, 1).reshape(-1, 11), center, 0.1, 0.07, 0.9, 5
+    )
+    assert torch.allclose(loss_fn(student, teacher), expected, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(loss_fn.center, expected_center[0], rtol=1e-12, atol=1e-12)

@@ -641,12 +641,25 @@ def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
                 by_key.setdefault(".".join(target), text)
     # A bad key inside an overridden section (data={...}) is that override's fault too.
     culprits = {
-        next((text for key_path, text in by_key.items() if key == key_path or key.startswith(key_path + ".")), None)
+        next((text for key_path, text in by_key.items() if _within(key, key_path) or _within(key_path, key)), None)
         for key in keys
     }
     if None in culprits or not culprits:
         return source
     return "command-line override " + ", ".join(sorted(text for text in culprits if text is not None))
+
+
+def _within(key: str, section: str) -> bool:
+    """Whether ``key`` is ``section`` or inside it (an override of ``trian.epochs`` makes the unknown section ``trian``)."""
+    return key == section or key.startswith(section + ".")
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column) and what."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    return where + " ".join(str(problem).split())
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -660,7 +673,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"override '{text}': value is not valid YAML ({exc})") from exc
+        raise RecipeError(f"override '{text}': value is not valid YAML ({yaml_problem(exc)})") from None
     return path, value
 
 
@@ -791,7 +804,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+        raise RecipeError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise RecipeError(
             f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}"

@@ -503,6 +503,20 @@ def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe_file(monkey
     )
 
 
+def test_an_override_that_makes_an_unknown_section_is_blamed_on_the_command_line(monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "recipes/simclr.yaml", "trian.epochs=3")
+    assert code == 2
+    assert one_line_error(error).strip() == "error: command-line override trian.epochs=3: unknown key 'trian'"
+
+
+def test_a_recipe_that_is_not_valid_yaml_is_one_line_naming_the_file_and_line(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  epochs: 3\n   lr: 1\n")
+    code, error = run_main(monkeypatch, capsys, "pretrain", recipe)
+    assert code == 2 and len(error.strip().splitlines()) == 1
+    assert f"{recipe}: not valid YAML (line 3, column 6:" in one_line_error(error)
+
+
 def test_smoke_with_evaluation_prints_no_sklearn_warning(tmp_path, monkeypatch, capsys):
     import warnings
 

@@ -200,6 +200,10 @@ def build_pretraining(
     needs = method_needs(recipe)
     if dist.enabled and not needs.distributed:
         raise RecipeError(f"method.name = {needs.name!r} runs on one process: launch it without torchrun")
+    data = pretraining_data(recipe, needs, dist, device, notes, console)
+    embedded_epochs(recipe, original_epochs, data.steps_per_epoch)
+    # Compared once the embedded budget's epochs are known (the saved recipe holds those); still
+    # before anything in the run folder is touched.
     checkpoint = Path(run_dir) / "checkpoints" / "last.pt"
     resume_from = None
     if resume and checkpoint.is_file():
@@ -208,8 +212,6 @@ def build_pretraining(
             notes.say(f"Resuming with {'; '.join(allowed)} (recorded in recipe.yaml).")
     elif resume:
         notes.say(f"No checkpoint in {checkpoint.parent}: starting from scratch.")
-    data = pretraining_data(recipe, needs, dist, device, notes, console)
-    embedded_epochs(recipe, original_epochs, data.steps_per_epoch)
     memory_format = torch.channels_last_3d if recipe.train.channels_last else torch.contiguous_format
     sample = data.dataset[0]["views"][:1].to(device, memory_format=memory_format)
     method, precision = prepared_method(recipe, method, sample, device, notes)

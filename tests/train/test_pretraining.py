@@ -135,6 +135,15 @@ def test_resume_without_a_checkpoint_starts_from_scratch_and_says_so(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
+def test_resuming_an_embedded_run_reports_no_change_of_its_budgets_epochs(tmp_path):
+    # epochs from the embedded budget's steps (2 steps per epoch -> 2 epochs), not from train.epochs
+    recipe = quick_recipe("simclr", "train.embedded.epochs=null", "train.embedded.steps=3")
+    first = pretrain(recipe, tmp_path / "run")
+    assert first.epochs_done == 2
+    again = pretrain(recipe, tmp_path / "run", resume=True)
+    assert again.epochs_done == 2 and not any("Resuming with" in note for note in again.notes), again.notes
+
+
 def test_resuming_from_the_checkpoint_of_another_architecture_is_a_checkpoint_error(tmp_path):
     run = tmp_path / "run"
     pretrain(quick_recipe("simclr", "train.max_steps_per_epoch=1"), run)

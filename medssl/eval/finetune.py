@@ -817,6 +817,11 @@ class FineTuner:
             self.say(f"{dropped} subject(s) without a value in {self.target.column!r} are left out.")
         if not len(self.cohort.subset("external_test")):
             self.say("the cohort has no external_test subjects: only the internal test is reported.")
+        n_train = len(self.cohort.subset("train"))
+        if config.train_size is not None and config.train_size > n_train:
+            self.say(
+                f"finetune.train_size = {config.train_size} is more than the {n_train} training subjects: all are used."
+            )
         self.position_of = {pid: position for position, pid in enumerate(self.cohort.table["participant_id"])}
         self.features, self.input_checked = None, False
         self.intensity = extract_features(

@@ -41,6 +41,8 @@ def parse_train_sizes(text: str) -> list[int | None]:
             sizes.append(int(item))
         else:
             raise RecipeError(f"--train-sizes {text!r}: {item!r} is not a number of subjects >= 4 or 'all'")
+    if len(set(sizes)) < len(sizes):
+        raise RecipeError(f"--train-sizes {text!r}: a size appears twice")
     return sizes
 
 

@@ -594,6 +594,22 @@ def test_train_size_keeps_that_many_training_subjects_a_new_draw_per_seed(tiny_c
     assert len({frozenset(ids) for ids in kept}) > 1
 
 
+def test_a_train_size_above_the_training_split_says_that_all_subjects_are_used(tmp_path, tiny_cohort):
+    recipe = tiny_recipe(tiny_cohort, seeds=[0], epochs=1)
+    recipe.finetune.train_size = 1000
+    results = finetune_encoder(recipe, None, tmp_path / "run")
+    n_train = len(load_cohort(tiny_cohort).subset("train"))
+    assert f"finetune.train_size = 1000 is more than the {n_train} training subjects: all are used." in results["notes"]
+
+
+def test_train_sizes_refuse_a_size_given_twice():
+    from medssl.eval.label_efficiency import parse_train_sizes
+
+    assert parse_train_sizes("20,50,all") == [20, 50, None]
+    with pytest.raises(RecipeError, match="appears twice"):
+        parse_train_sizes("20,20")
+
+
 def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp_path):
     save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
     out = tmp_path / "curve"

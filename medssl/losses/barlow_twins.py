@@ -72,10 +72,11 @@ class _BarlowTwins(torch.autograd.Function):
     backward reduced to D x D work, because the columns of A and B have mean 0 and
     A^T B G^T / N = C G^T. Why by hand: the three float32 D x N x D products are the floor of the
     loss, and autograd through ``batch_norm``, the casts and the view split adds about as much
-    again in N x D passes; this does one cast in, one batch_norm, three products and two fused
-    passes out. There is no CPU product of bfloat16 inputs into a float32 result in torch 2.13
-    (``torch.mm(..., out_dtype=)`` is CUDA-only), and a bfloat16 result would round C, so the
-    products stay in float32.
+    again in N x D passes; this does one cast in, one batch_norm and three products, and writes
+    the gradient over the saved standardised views (fresh memory costs more than arithmetic on
+    CPUs: each new page is a fault). There is no CPU product of bfloat16 inputs into a float32
+    result in torch 2.13 (``torch.mm(..., out_dtype=)`` is CUDA-only), and a bfloat16 result
+    would round 1 - C_ii, the invariance term, to steps of 0.004; so the products stay in float32.
     """
 
     @staticmethod
@@ -84,7 +85,7 @@ class _BarlowTwins(torch.autograd.Function):
         # One batch_norm over (N, 2D) standardises each dimension of each view over the batch.
         flat = z.to(compute_dtype(z)).reshape(n_subjects, 2 * dim)
         standardized, _, inverse_std = torch.native_batch_norm(flat, None, None, None, None, True, 0.0, eps)
-        a, b = standardized.view(n_subjects, 2, dim).unbind(1)
+        a, b = standardized[:, :dim], standardized[:, dim:]
         with outside_autocast(z):
             c = torch.mm(a.T, b).div_(n_subjects)
         diagonal = c.diagonal()
@@ -92,22 +93,26 @@ class _BarlowTwins(torch.autograd.Function):
         ctx.save_for_backward(standardized, inverse_std, c)
         ctx.lambd = lambd
         ctx.input_dtype = z.dtype
+        ctx.used = False
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.used:  # the first backward overwrote the saved views
+            raise RuntimeError("BarlowTwinsLoss: its backward runs once per forward; compute the loss again")
+        ctx.used = True
         standardized, inverse_std, c = ctx.saved_tensors
         n_subjects, dim = standardized.shape[0], c.shape[0]
         g = c * (2.0 * ctx.lambd)
-        g.diagonal().copy_(c.diagonal() - 1.0).mul_(2.0)
-        g.mul_(grad_loss / n_subjects)  # dL/dC, and the 1/N of C = A^T B / N
+        g.diagonal().copy_(c.diagonal()).sub_(1.0).mul_(2.0)  # dL/dC
         c_times_g = c * g
-        inverse_std_a, inverse_std_b = inverse_std.view(2, dim)
-        a, b = standardized.view(n_subjects, 2, dim).unbind(1)
-        # The last pass writes the input's dtype directly: no float32 gradient to cast afterwards.
-        grad = torch.empty(n_subjects, 2, dim, dtype=ctx.input_dtype, device=standardized.device)
-        grad_a, grad_b = grad.unbind(1)
-        torch.addcmul(torch.mm(b, g.T * inverse_std_a), a, c_times_g.sum(dim=1) * inverse_std_a, value=-1.0, out=grad_a)
-        torch.addcmul(torch.mm(a, g * inverse_std_b), b, c_times_g.sum(dim=0) * inverse_std_b, value=-1.0, out=grad_b)
-        return grad, None, None
+        scale = inverse_std * (grad_loss / n_subjects)  # 1/sigma, and the 1/N of C = A^T B / N
+        scale_a, scale_b = scale[:dim], scale[dim:]
+        a, b = standardized[:, :dim], standardized[:, dim:]
+        with outside_autocast(standardized):
+            product_b = torch.mm(a, g * scale_b)
+            # a becomes dL/dZ1 = B G^T / sigma_1 - A diag(rowsum / sigma_1) (beta = -1 negates a's term)
+            a.mul_(c_times_g.sum(dim=1).mul_(scale_a)).addmm_(b, g.T * scale_a, beta=-1.0)
+        torch.addcmul(product_b, b, c_times_g.sum(dim=0).mul_(scale_b), value=-1.0, out=b)  # b becomes dL/dZ2
+        return standardized.view(n_subjects, 2, dim).to(ctx.input_dtype), None, None

@@ -98,3 +98,15 @@ def test_barlow_twins_gradient_matches_autograd_through_the_written_out_formula(
 def test_barlow_twins_rejects_more_than_two_views():
     with pytest.raises(LossInputError, match="2 views"):
         BarlowTwinsLoss()(torch.randn(4, 3, 8))
+
+
+def test_barlow_twins_second_backward_through_one_loss_is_refused():
+    # The first backward writes the gradient over the saved standardised views.
+    z = torch.randn(8, 2, 4, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    loss = BarlowTwinsLoss()(z)
+    before = z.detach().clone()
+    (first,) = torch.autograd.grad(loss, z, retain_graph=True)
+    assert torch.isfinite(first).all() and first.abs().sum() > 0
+    assert torch.equal(z.detach(), before)  # the input itself is never written
+    with pytest.raises(RuntimeError, match="once per forward"):
+        torch.autograd.grad(loss, z)

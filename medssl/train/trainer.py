@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
@@ -191,11 +193,24 @@ class Trainer:
         self.feature_extractor, self.diagnostic_views = extract_features, diagnostic_views
         self.early_stopping, self.name = early_stopping, name
         self.log: MetricsLog | None = None
+        self.notes_written: int | None = None  # notes already in notes.txt; None until the run folder exists
 
     def say(self, message: str) -> None:
         self.notes.append(message)
         if self.console is not None and self.dist.is_main:
             self.console.print(message)
+        if self.notes_written is not None:
+            self.write_notes()
+
+    def write_notes(self) -> None:
+        """Append the notes not yet in ``notes.txt`` (the main process, once the run folder exists):
+        what the console said (a precision fall-back, the embedded budget, a resume) stays with the run."""
+        if not self.dist.is_main or self.notes_written is None:
+            return
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        with open(self.run_dir / "notes.txt", "a", encoding="utf-8") as stream:
+            stream.writelines(f"{stamp}  {Text.from_markup(note).plain}\n" for note in self.notes[self.notes_written :])
+        self.notes_written = len(self.notes)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -214,6 +229,8 @@ class Trainer:
             remove_stale_temporaries(self.run_dir, self.checkpoint_path.parent)
             for name, text in self.run_files.items():
                 atomic_write_text(self.run_dir / name, text)
+            self.notes_written = 0
+            self.write_notes()
         # purge_step: TensorBoard drops the events of steps the resumed run is about to redo.
         self.log = MetricsLog(self.run_dir, enabled=main, purge_step=step + 1 if resume_from is not None else None)
         if resume_from is not None:

@@ -1028,7 +1028,8 @@ def print_finetune_report(results: dict, console: Console | None = None, notes: 
         f"mean ± std ({len(settings['seeds'])} seeds)",
         *(f"{name} baseline" for name in baselines),
     ):
-        view.add_column(header, justify="right" if header != "split" and header != "metric" else "left")
+        names = header in ("split", "metric")  # never cut: the numbers wrap instead
+        view.add_column(header, justify="left" if names else "right", no_wrap=names)
     view.add_column("per seed")
     for split, entry in results["summary"].items():
         for metric, value in entry.items():

@@ -3,6 +3,7 @@ the four modes on a tiny cohort, resume, and `medssl finetune --smoke` end to en
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from functools import partial
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from medssl.cli import app, main
@@ -25,6 +27,7 @@ from medssl.eval.finetune import (
     load_pretrained_encoder,
     make_loader,
     mean_std,
+    print_finetune_report,
     regression_metrics,
     resolve_target,
     split_cohort,
@@ -672,3 +675,14 @@ def test_reports_carry_the_constant_and_intensity_baselines_on_the_same_splits(t
         assert baselines["constant"][split]["roc_auc"]["mean"] == pytest.approx(0.5)  # one score for everyone
         assert 0.0 <= baselines["intensity"][split]["roc_auc"]["mean"] <= 1.0
     assert all(set(run["baselines"]["intensity"]) == {"internal_test", "external_test"} for run in results["runs"])
+
+
+def test_the_report_keeps_split_and_metric_names_whole_in_80_columns(tmp_path, tiny_cohort):
+    results = finetune_encoder(tiny_recipe(tiny_cohort, seeds=[0, 1]), None, tmp_path / "out")
+    stream = io.StringIO()
+    print_finetune_report(results, Console(file=stream, width=80), notes=False)
+    lines = stream.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    names = " ".join(lines)
+    assert "internal_test" in names and "external_test" in names
+    assert "balanced_accuracy" in names and "roc_auc" in names

@@ -225,6 +225,12 @@ def finetune(
     from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
+    unread = [item for item in overrides if item.split("=", 1)[0].strip().startswith("method.")]
+    if unread:
+        raise RecipeError(
+            f"command-line override {unread[0]}: fine-tuning reads no method.* key "
+            "(the encoder comes from --encoder); its settings are finetune.*"
+        )
     resolved = load_recipe(recipe, overrides)
     if smoke:
         resolved = _smoke(resolved, overrides)

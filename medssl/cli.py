@@ -221,7 +221,7 @@ def finetune(
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
-    from medssl.eval.finetune import finetune_encoder
+    from medssl.eval.finetune import finetune_encoder, smoke_at_pretraining_shape
     from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
@@ -234,6 +234,9 @@ def finetune(
     resolved = load_recipe(recipe, overrides)
     if smoke:
         resolved = _smoke(resolved, overrides)
+        shape_given = any(item.startswith(("data.synthetic.shape", "data.volume_shape")) for item in overrides)
+        if encoder.lower() != "none" and not shape_given:
+            resolved = smoke_at_pretraining_shape(resolved, encoder)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     if resume and out is None:
         raise RecipeError("--resume needs --out: the folder of the fine-tuning to continue")

@@ -364,14 +364,35 @@ def check_no_leakage(parts: dict[str, pd.DataFrame], group_col: str = "participa
 
 
 # ----------------------------------------------------------------------------- encoder
+def pretraining_recipe(source: str | Path) -> Recipe | None:
+    """The recipe of the run that made the encoder ``source`` (its ``recipe.yaml``, when beside it)."""
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    try:
+        return load_recipe(folder / "recipe.yaml") if (folder / "recipe.yaml").is_file() else None
+    except MedsslError:
+        return None
+
+
+def smoke_at_pretraining_shape(recipe: Recipe, source: str | Path) -> Recipe:
+    """A ``--smoke`` fine-tuning recipe at the cubic volume shape its encoder was pre-trained on:
+    a smoke pre-training (16^3 for a ResNet) and a smoke fine-tuning (32^3 for the DenseNet121 of
+    the shipped fine-tuning recipe) then chain without a shape warning."""
+    pretraining = pretraining_recipe(source)
+    shape = input_shape(pretraining) if pretraining is not None else None
+    if shape is None or len(set(shape)) != 1 or shape == input_shape(recipe):
+        return recipe
+    smoke = recipe.model_copy(deep=True)
+    if smoke.data.root is None:
+        smoke.data.synthetic = smoke.data.synthetic.model_copy(update={"shape": shape[0]})
+    else:
+        smoke.data.volume_shape = list(shape)
+    return smoke
+
+
 def pretraining_differences(source: str | Path, recipe: Recipe) -> list[str]:
     """Input settings of the pre-training run (its ``recipe.yaml``, when beside the encoder)
     that differ from the fine-tuning recipe: the encoder still loads, but sees other inputs."""
-    folder = Path(source) if Path(source).is_dir() else Path(source).parent
-    try:
-        pretraining = load_recipe(folder / "recipe.yaml") if (folder / "recipe.yaml").is_file() else None
-    except MedsslError:
-        return []
+    pretraining = pretraining_recipe(source)
     if pretraining is None:
         return []
     notes = []

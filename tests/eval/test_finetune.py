@@ -706,3 +706,23 @@ def test_a_method_override_on_the_finetune_command_line_is_refused_not_ignored(t
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "method.sigma=3" in lines[0] and "finetune.*" in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_smoke_fine_tuning_takes_the_cubic_shape_its_encoder_was_pre_trained_on(tmp_path, tiny_cohort):
+    from medssl.config import dump_recipe
+    from medssl.eval.finetune import pretraining_differences, smoke_at_pretraining_shape
+
+    pretraining = smoke_recipe(load_recipe("simclr"))  # 16^3
+    (tmp_path / "recipe.yaml").write_text(dump_recipe(pretraining))
+    smoke = smoke_recipe(load_recipe("finetune_diagnosis"))  # DenseNet121: 32^3
+    assert smoke.data.synthetic.shape == 32 and pretraining_differences(tmp_path, smoke) != []
+    aligned = smoke_at_pretraining_shape(smoke, tmp_path / "encoder.pt")
+    assert aligned.data.synthetic.shape == 16 and pretraining_differences(tmp_path, aligned) == []
+    assert smoke.data.synthetic.shape == 32  # the given recipe is not modified
+    on_a_folder = smoke_at_pretraining_shape(tiny_recipe(tiny_cohort), tmp_path)
+    assert on_a_folder.data.volume_shape == [16, 16, 16]
+    # no recipe beside the encoder, or a shape that is not a cube: unchanged
+    assert smoke_at_pretraining_shape(smoke, tmp_path / "elsewhere" / "encoder.pt") is smoke
+    pretraining.data.volume_shape = [16, 20, 16]
+    (tmp_path / "recipe.yaml").write_text(dump_recipe(pretraining))
+    assert smoke_at_pretraining_shape(smoke, tmp_path) is smoke

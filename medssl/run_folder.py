@@ -13,6 +13,7 @@ from medssl.errors import MedsslError
 # --out pointing at a folder of the user's own files loses none of them.
 RUN_ARTEFACTS = (
     "recipe.yaml",
+    "run_notes.txt",
     "metrics.csv",
     "tensorboard",
     "checkpoints",

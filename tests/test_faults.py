@@ -75,6 +75,8 @@ def test_pretrain_overwrite_replaces_a_finished_run(tmp_path, monkeypatch, capsy
     assert code == 0
     assert len(list((run_dir / "tensorboard").iterdir())) == 1  # the first run's events are gone
     assert (run_dir / "notes.txt").read_text() == "mine"
+    run_notes = (run_dir / "run_notes.txt").read_text()
+    assert run_notes.count("embedded synthetic cohort") == 1  # the first run's notes went with it
 
 
 def test_pretrain_resume_and_overwrite_together_exit_2(tmp_path, monkeypatch, capsys):

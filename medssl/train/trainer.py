@@ -193,7 +193,7 @@ class Trainer:
         self.feature_extractor, self.diagnostic_views = extract_features, diagnostic_views
         self.early_stopping, self.name = early_stopping, name
         self.log: MetricsLog | None = None
-        self.notes_written: int | None = None  # notes already in notes.txt; None until the run folder exists
+        self.notes_written: int | None = None  # notes already in run_notes.txt; None until the run folder exists
 
     def say(self, message: str) -> None:
         self.notes.append(message)
@@ -203,12 +203,12 @@ class Trainer:
             self.write_notes()
 
     def write_notes(self) -> None:
-        """Append the notes not yet in ``notes.txt`` (the main process, once the run folder exists):
+        """Append the notes not yet in ``run_notes.txt`` (the main process, once the run folder exists):
         what the console said (a precision fall-back, the embedded budget, a resume) stays with the run."""
         if not self.dist.is_main or self.notes_written is None:
             return
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-        with open(self.run_dir / "notes.txt", "a", encoding="utf-8") as stream:
+        with open(self.run_dir / "run_notes.txt", "a", encoding="utf-8") as stream:
             stream.writelines(f"{stamp}  {Text.from_markup(note).plain}\n" for note in self.notes[self.notes_written :])
         self.notes_written = len(self.notes)
 

@@ -199,9 +199,11 @@ def test_two_process_run_writes_one_set_of_rank0_artefacts(ddp_run):
         "loss.png",
         "metrics.csv",
         "recipe.yaml",
+        "run_notes.txt",
         "tensorboard",
     ]
     assert [path.name for path in (run / "checkpoints").iterdir()] == ["last.pt"]
+    assert (run / "run_notes.txt").read_text().count("Resuming /") == 1  # written by rank 0 alone
     assert len(list((run / "tensorboard").iterdir())) == 2  # one events file per run (first + resumed), rank 0 only
     metrics = pd.read_csv(run / "metrics.csv")
     steps = metrics[metrics["kind"] == "step"]

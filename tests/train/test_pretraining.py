@@ -97,7 +97,7 @@ def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a
     result = pretrain(recipe, resumed, resume=True)
 
     assert any("Resuming" in note and "after epoch 1" in note for note in result.notes)
-    notes = (resumed / "notes.txt").read_text().splitlines()
+    notes = (resumed / "run_notes.txt").read_text().splitlines()
     # the first run's notes are kept, the resume's appended after them
     budget = [i for i, line in enumerate(notes) if "embedded synthetic cohort" in line]
     resuming = [i for i, line in enumerate(notes) if "Resuming" in line and "after epoch 1" in line]
@@ -199,9 +199,9 @@ def test_bf16_on_cpu_falls_back_to_fp32_with_a_note_when_a_hazard_exists(tmp_pat
     result = pretraining.trainer.run()
     assert any("falls back to fp32" in note and "features." in note for note in result.notes)
     assert math.isfinite(result.last_loss)
-    # recipe.yaml keeps the precision asked for; notes.txt says what ran
+    # recipe.yaml keeps the precision asked for; run_notes.txt says what ran
     assert "precision: bf16" in (tmp_path / "run" / "recipe.yaml").read_text()
-    assert "train.precision = 'bf16' falls back to fp32" in (tmp_path / "run" / "notes.txt").read_text()
+    assert "train.precision = 'bf16' falls back to fp32" in (tmp_path / "run" / "run_notes.txt").read_text()
 
 
 # ----------------------------------------------------------------------------- failures

@@ -42,7 +42,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic c
 app.add_typer(data_app, name="data")
 console = Console()
 
-OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. train.epochs=2 data.root=/data/openbhb."
+OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. {example} data.root=/data/openbhb."
 
 
 def _run_dir(name: str, out: Path | None, resume: bool) -> Path:
@@ -109,7 +109,7 @@ def _launch_torchrun(devices: int) -> None:
 @app.command()
 def pretrain(
     recipe: str = typer.Argument(..., help="Recipe YAML path or shipped recipe name (see `medssl recipes`)."),
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP.format(example="train.epochs=2")),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
     resume: bool = typer.Option(
         False,
@@ -156,7 +156,7 @@ def pretrain(
 @app.command()
 def evaluate(
     source: Path = typer.Argument(..., help="A run folder (with recipe.yaml and encoder.pt) or an encoder.pt file."),
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP.format(example="eval.folds=3")),
     cohort: Path | None = typer.Option(
         None, "--cohort", help="Cohort folder to evaluate on (default: the run's cohort)."
     ),
@@ -191,10 +191,42 @@ def evaluate(
     )
 
 
+# train.* keys fine-tuning does not read, and the finetune.* key that does the job (None: none does)
+FINETUNE_COUNTERPARTS = {
+    "train.epochs": "finetune.epochs",
+    "train.batch_size": "finetune.batch_size",
+    "train.max_steps_per_epoch": "finetune.max_steps_per_epoch",
+    "train.lr": "finetune.lr",
+    "train.seed": "finetune.seeds",
+    "train.embedded.": "finetune.embedded.*",
+    "train.scheduler": None,
+    "train.warmup_epochs": None,
+    "train.step_gamma": None,
+    "train.accumulate": None,
+    "train.compile": None,
+    "train.channels_last": None,
+}
+
+
+def _refuse_unread_finetune_overrides(overrides: list[str]) -> None:
+    """A command-line override fine-tuning would accept and never read is refused, naming what does the job."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("method."):
+            raise RecipeError(
+                f"command-line override {item}: fine-tuning reads no method.* key "
+                "(the encoder comes from --encoder); its settings are finetune.*"
+            )
+        for unread, counterpart in FINETUNE_COUNTERPARTS.items():
+            if key == unread or (unread.endswith(".") and key.startswith(unread)):
+                instead = f"; use {counterpart}" if counterpart else ""
+                raise RecipeError(f"command-line override {item}: fine-tuning does not read {key}{instead}")
+
+
 @app.command()
 def finetune(
     recipe: str = typer.Argument(..., help="Fine-tuning recipe YAML path or shipped name (e.g. finetune_diagnosis)."),
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP.format(example="finetune.epochs=20")),
     encoder: str = typer.Option(
         ...,
         "--encoder",
@@ -225,12 +257,7 @@ def finetune(
     from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
-    unread = [item for item in overrides if item.split("=", 1)[0].strip().startswith("method.")]
-    if unread:
-        raise RecipeError(
-            f"command-line override {unread[0]}: fine-tuning reads no method.* key "
-            "(the encoder comes from --encoder); its settings are finetune.*"
-        )
+    _refuse_unread_finetune_overrides(overrides)
     resolved = load_recipe(recipe, overrides)
     if smoke:
         resolved = _smoke(resolved, overrides)
@@ -327,7 +354,9 @@ def _seed_list(text: str) -> list[int]:
 
 @app.command()
 def benchmark(
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP + " Applied to every run."),
+    overrides: list[str] | None = typer.Argument(
+        None, help=OVERRIDES_HELP.format(example="train.epochs=2") + " Applied to every run."
+    ),
     recipes: str | None = typer.Option(
         None, "--recipes", help="Comma-separated recipes (default: every pre-training recipe)."
     ),
@@ -468,7 +497,9 @@ def data_inspect(
         "yaware_age",
         help="A cohort folder, or a recipe whose cohort to inspect (default: the embedded cohort of yaware_age).",
     ),
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = typer.Argument(
+        None, help=OVERRIDES_HELP.format(example="data.synthetic.subjects=320")
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Method-independent figures of a cohort: scanner ranges, trivial probes, the diagnosis oracle."""

@@ -688,23 +688,23 @@ def test_the_report_keeps_split_and_metric_names_whole_in_80_columns(tmp_path, t
     assert "balanced_accuracy" in names and "roc_auc" in names
 
 
-def test_a_method_override_on_the_finetune_command_line_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
-    argv = [
-        "medssl",
-        "finetune",
-        "finetune_diagnosis",
-        "method.sigma=3",
-        "--encoder",
-        "none",
-        "--out",
-        str(tmp_path / "x"),
-    ]
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("method.sigma=3", "fine-tuning reads no method.* key"),
+        ("train.epochs=2", "does not read train.epochs; use finetune.epochs"),
+        ("train.embedded.batch_size=8", "use finetune.embedded.*"),
+        ("train.scheduler=cosine", "does not read train.scheduler"),
+    ],
+)
+def test_an_override_fine_tuning_would_not_read_is_refused_not_ignored(tmp_path, monkeypatch, capsys, override, says):
+    argv = ["medssl", "finetune", "finetune_diagnosis", override, "--encoder", "none", "--out", str(tmp_path / "x")]
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "method.sigma=3" in lines[0] and "finetune.*" in lines[0]
+    assert len(lines) == 1 and f"command-line override {override}" in lines[0] and says in lines[0]
     assert not (tmp_path / "x").exists()
 
 

@@ -27,8 +27,14 @@ NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def output_error(error: OSError, path: str | Path) -> OutputError | None:
-    """The one-line error for a write that failed for lack of space or permission; None otherwise."""
-    path = Path(error.filename) if error.filename else Path(path)
+    """The one-line error for a write that failed for lack of space or permission; None otherwise.
+
+    It names the file the OS names, unless that is the hidden temporary of ``path`` (which
+    the user never asked for): then ``path``."""
+    target = Path(path)
+    failed = Path(error.filename) if error.filename else target
+    is_temporary = failed.parent == target.parent and failed.name.startswith(f".{target.name}.")
+    path = target if is_temporary else failed
     if error.errno in NO_SPACE:
         folder = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))
         free = shutil.disk_usage(folder).free / 2**20

@@ -540,3 +540,18 @@ def test_a_setting_added_to_medssl_since_the_checkpoint_does_not_block_its_resum
     assert refused == [] and allowed == ["train.new_knob: None -> 3"]
     refused, _ = resume_differences(saved, "train:\n  lr: 0.2\n  new_knob: 3\n")
     assert refused == ["train.lr: 0.1 -> 0.2"]
+
+
+def test_a_failed_write_names_the_file_asked_for_not_its_hidden_temporary(tmp_path):
+    import errno
+
+    from medssl.files import output_error
+
+    target = tmp_path / "recipe.yaml"
+    temporary = OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".recipe.yaml.x1y2z3.tmp"))
+    assert (
+        str(output_error(temporary, target))
+        == f"cannot write {target}: Read-only file system; choose a writable folder"
+    )
+    elsewhere = OSError(errno.EACCES, "Permission denied", str(tmp_path / "cache" / "volume.npy"))
+    assert f"cannot write {tmp_path / 'cache' / 'volume.npy'}" in str(output_error(elsewhere, target))

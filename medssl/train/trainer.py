@@ -236,6 +236,10 @@ class Trainer:
         if resume_from is not None:
             self.log.truncate_after(epochs_done)
             self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}).")
+            if epochs_done >= self.schedule.epochs:
+                self.say(f"All {self.schedule.epochs} epochs were trained already: nothing left to train.")
+                if main:  # the checkpoint records the settings it was last resumed with, as recipe.yaml does
+                    self.save_checkpoint(epochs_done, step)
         try:
             epochs_done, step = self.run_epochs(epochs_done, step, on_epoch_end)
             # Every process leaves only once the last checkpoint is on disk (a resume may follow at once).

@@ -150,6 +150,17 @@ def test_resuming_an_embedded_run_reports_no_change_of_its_budgets_epochs(tmp_pa
     assert again.epochs_done == 2 and not any("Resuming with" in note for note in again.notes), again.notes
 
 
+def test_resuming_a_finished_run_says_nothing_is_left_and_records_its_changes_once(tmp_path):
+    recipe = quick_recipe("simclr", "train.max_steps_per_epoch=1")
+    pretrain(recipe, tmp_path / "run")
+    changed = quick_recipe("simclr", "train.max_steps_per_epoch=1", "eval.folds=3")
+    resumed = pretrain(changed, tmp_path / "run", resume=True)
+    assert any("eval.folds: 2 -> 3" in note for note in resumed.notes), resumed.notes
+    assert any("nothing left to train" in note for note in resumed.notes)
+    again = pretrain(changed, tmp_path / "run", resume=True)  # the checkpoint now holds eval.folds = 3
+    assert not any("Resuming with" in note for note in again.notes), again.notes
+
+
 def test_resuming_from_the_checkpoint_of_another_architecture_is_a_checkpoint_error(tmp_path):
     run = tmp_path / "run"
     pretrain(quick_recipe("simclr", "train.max_steps_per_epoch=1"), run)

@@ -44,7 +44,7 @@ class MetricsLog:
 
     def _rewrite(self) -> None:
         with self.path.open("w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=self._columns())
+            writer = csv.DictWriter(stream, fieldnames=self._columns(), lineterminator="\n")
             writer.writeheader()
             writer.writerows(self.rows)
 
@@ -58,7 +58,7 @@ class MetricsLog:
             self._rewrite()
         else:
             with self.path.open("a", newline="") as stream:
-                csv.DictWriter(stream, fieldnames=self._columns()).writerow(row)
+                csv.DictWriter(stream, fieldnames=self._columns(), lineterminator="\n").writerow(row)
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):

@@ -69,7 +69,11 @@ def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
     if budget.channels_last is not None:
         resolved.train.channels_last = budget.channels_last
     synthetic = recipe.data.synthetic
-    length = f"{budget.epochs} epochs" if budget.epochs is not None else f"{budget.steps} steps"
+    length = (
+        f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''}"
+        if budget.epochs is not None
+        else f"{budget.steps} steps"
+    )
     widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
     note = (
         f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "

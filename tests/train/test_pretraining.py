@@ -110,6 +110,7 @@ def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a
     pd.testing.assert_frame_equal(metrics(straight, "epoch"), metrics(resumed, "epoch"))
     pd.testing.assert_frame_equal(metrics(straight, "step"), metrics(resumed, "step"))
     assert list(metrics(resumed, "epoch")["epoch"]) == [0, 1]
+    assert b"\r" not in (resumed / "metrics.csv").read_bytes()  # plain newlines, as every other file
 
 
 def test_run_killed_in_the_middle_of_an_epoch_drops_its_rows_and_resumes_from_the_last_checkpoint(tmp_path):
@@ -275,7 +276,7 @@ def test_embedded_cohort_run_prints_the_budget_note(tmp_path):
     )
     printed = stream.getvalue()
     assert "data.root not set: using the embedded synthetic cohort (16 subjects, 4 sites, 16^3 voxels)" in printed
-    assert "with its budget: alexnet, 1 epochs of batch 4." in printed
+    assert "with its budget: alexnet, 1 epoch of batch 4." in printed
     assert any("embedded synthetic cohort" in note for note in result.notes)
 
 

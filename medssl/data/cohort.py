@@ -273,7 +273,8 @@ def load_cohort(
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise CohortError(f"{root}: cohort folder does not exist")
+        what = "is a file, not a cohort folder" if root.exists() else "cohort folder does not exist"
+        raise CohortError(f"{root}: {what}")
     if is_kit_folder(root):
         table, kit_source = kit_table(root, modality=openbhb_modality, masks=openbhb_masks)  # rows checked there
         return Cohort(root, validate_table(table, kit_source).reset_index(drop=True))

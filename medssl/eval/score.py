@@ -131,7 +131,9 @@ def score_predictions(
     """
     source = source or table.attrs.get("source", "predictions table")
     table = table.reset_index(drop=True)  # row labels become row numbers, for the messages
-    _require_columns(table, [split_col, site_col, age_col, age_pred_col], source)
+    _require_columns(
+        table, dict(split_col=split_col, site_col=site_col, age_col=age_col, age_pred_col=age_pred_col), source
+    )
     site_pred_source = _site_prediction_columns(table, site_pred_col, source)
     splits = _checked_splits(table, split_col, id_col, source)
     tested = splits.isin(TEST_SPLITS).to_numpy()
@@ -268,7 +270,9 @@ def read_predictions(
         table = pd.read_csv(path, sep=separator, dtype={column: str for column in text_columns})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise EvaluationError(f"{path}: cannot be read as a table ({str(error).splitlines()[0]})") from None
-    _require_columns(table, [split_col, site_col, age_col, age_pred_col], str(path))
+    _require_columns(
+        table, dict(split_col=split_col, site_col=site_col, age_col=age_col, age_pred_col=age_pred_col), str(path)
+    )
     _site_prediction_columns(table, site_pred_col, str(path))
     table.attrs["source"] = str(path)
     return table
@@ -316,11 +320,14 @@ def _check_range(name: str, value: float, low: float, high: float = np.inf) -> N
         raise EvaluationError(f"{name}: got {value!r}, expected {expected}")
 
 
-def _require_columns(table: pd.DataFrame, columns: list[str], source: str) -> None:
-    for column in columns:
+def _require_columns(table: pd.DataFrame, columns: dict[str, str], source: str) -> None:
+    """``columns``: argument name -> column name; the message says which argument renames it."""
+    for argument, column in columns.items():
         if column not in table.columns:
+            option = "--" + argument.replace("_", "-")
             raise EvaluationError(
-                f"{source}: missing column {column!r} (columns: {', '.join(map(str, table.columns))})"
+                f"{source}: missing column {column!r} (columns: {', '.join(map(str, table.columns))}); "
+                f"for a column of another name, give {argument} (command line: {option})"
             )
 
 

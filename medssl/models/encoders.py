@@ -253,6 +253,8 @@ def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encod
     spec_path = path.with_suffix(".json")
     if not path.is_file():
         raise CheckpointError(f"{path}: encoder weights not found")
+    if path.suffix != ".pt":
+        raise CheckpointError(f"{path}: not an encoder; expected the encoder.pt of a run, or the run folder")
     if not spec_path.is_file():
         raise CheckpointError(f"{spec_path}: encoder description not found (it is written next to the weights)")
     try:

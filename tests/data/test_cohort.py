@@ -131,3 +131,11 @@ def test_csv_table_is_accepted(cohort_copy):
     (cohort_copy / "participants.tsv").unlink()
     table.to_csv(cohort_copy / "participants.csv", index=False)
     assert len(load_cohort(cohort_copy)) == len(table)
+
+
+def test_a_cohort_root_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "participants.tsv").write_text("participant_id\tage\n")
+    with pytest.raises(CohortError, match=r"participants\.tsv: is a file, not a cohort folder"):
+        load_cohort(tmp_path / "participants.tsv")
+    with pytest.raises(CohortError, match="cohort folder does not exist"):
+        load_cohort(tmp_path / "elsewhere")

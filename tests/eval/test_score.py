@@ -197,7 +197,9 @@ def test_read_predictions_accepts_other_column_names(tmp_path):
 
 def test_missing_column_error_names_the_file_and_the_column(tmp_path):
     predictions_table().drop(columns="age_pred").to_csv(tmp_path / "p.csv", index=False)
-    with pytest.raises(EvaluationError, match=r"p\.csv: missing column 'age_pred'"):
+    with pytest.raises(
+        EvaluationError, match=r"p\.csv: missing column 'age_pred'.*give age_pred_col \(command line: --age-pred-col\)"
+    ):
         read_predictions(tmp_path / "p.csv")
 
 

@@ -69,6 +69,9 @@ def test_load_encoder_round_trips_and_checks_the_architecture(tmp_path):
 def test_load_encoder_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="encoder weights not found"):
         load_encoder(tmp_path / "encoder.pt")
+    (tmp_path / "README.md").write_text("# a run")
+    with pytest.raises(CheckpointError, match=r"README\.md: not an encoder; expected the encoder\.pt of a run"):
+        load_encoder(tmp_path / "README.md")
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "encoder.pt")
     with pytest.raises(CheckpointError, match="encoder description not found"):
         load_encoder(tmp_path / "encoder.pt")

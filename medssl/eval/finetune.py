@@ -68,6 +68,10 @@ import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -76,7 +80,14 @@ from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError
 from medssl.eval.features import IntensityStatistics
-from medssl.eval.probes import classification_probe, is_continuous, quiet_fits, regression_probe, roc_auc
+from medssl.eval.probes import (
+    INNER_FOLDS,
+    classification_probe,
+    is_continuous,
+    quiet_fits,
+    regression_probe,
+    roc_auc,
+)
 from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text, json_ready
 from medssl.methods import build_encoder_for
@@ -518,18 +529,48 @@ def split_cohort(
     return parts
 
 
-def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: Parts, target: Target) -> dict:
+def intensity_probe(truth: np.ndarray, classification: bool) -> tuple[object, str]:
+    """The intensity baseline's probe for the training labels ``truth``, and a note when it differs from
+    the probes of ``medssl evaluate`` because the training part is tiny ("" otherwise).
+
+    Regression: ridge with alpha by leave-one-out CV (any size). Classification: logistic regression with
+    C chosen by stratified inner CV, on fewer folds when the smallest class has fewer than
+    ``INNER_FOLDS`` subjects; with one subject in a class, C is fixed at 1 (no CV is possible); with a
+    single class, the class frequencies (the constant predictor)."""
+    if not classification:
+        return regression_probe(), ""
+    counts = pd.Series(truth).value_counts()
+    smallest = int(counts.min())
+    if len(counts) < 2:
+        return DummyClassifier(strategy="prior"), (
+            f"intensity baseline: the class frequencies (the training part holds one class, {counts.index[0]!r})"
+        )
+    if smallest >= INNER_FOLDS:
+        return classification_probe(INNER_FOLDS), ""
+    if smallest >= 2:
+        return classification_probe(smallest), (
+            f"intensity baseline: C chosen by {smallest}-fold inner CV (a class has {smallest} training subjects)"
+        )
+    fixed = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(C=1.0, max_iter=1000))])
+    return fixed, "intensity baseline: C fixed at 1, no inner CV (a class has 1 training subject)"
+
+
+def baseline_metrics(
+    intensity: np.ndarray, position_of: dict[str, int], parts: Parts, target: Target
+) -> tuple[dict, str]:
     """The trivial baselines on one seed's splits: ``constant`` (the training part's class
     frequencies, or its mean) and ``intensity`` (a linear probe on intensity percentiles,
-    :class:`~medssl.eval.features.IntensityStatistics`, fitted on the fit and validation parts).
+    :class:`~medssl.eval.features.IntensityStatistics`, fitted on the fit and validation parts
+    by :func:`intensity_probe`).
 
-    Returns ``{baseline: {test split: metrics}}``, metrics as the fine-tuned model's.
+    Returns ``({baseline: {test split: metrics}}, note)``: metrics as the fine-tuned model's, and
+    how the intensity probe was regularised when the training part is too small for the usual CV.
     """
     train = pd.concat([parts.fit.table, parts.validation.table], ignore_index=True)
     rows = [position_of[pid] for pid in train["participant_id"]]
     truth = target.values(train)
     classification = target.task == "classification"
-    probe = classification_probe() if classification else regression_probe()
+    probe, note = intensity_probe(truth, classification)
     with quiet_fits(intensity):
         probe.fit(intensity[rows], truth if classification else truth.astype(float))
     results: dict = {"constant": {}, "intensity": {}}
@@ -541,8 +582,9 @@ def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: 
         values = target.values(part.table)
         if classification:
             frequencies = np.array([(truth == label).mean() for label in target.classes])
-            order = [list(probe.classes_).index(label) if label in probe.classes_ else None for label in target.classes]
-            scores = probe.predict_proba(tested)
+            fitted = list(probe.classes_)  # type: ignore[attr-defined]
+            order = [fitted.index(label) if label in fitted else None for label in target.classes]
+            scores = probe.predict_proba(tested)  # type: ignore[attr-defined]
             probabilities = np.column_stack([scores[:, k] if k is not None else np.zeros(len(tested)) for k in order])
             results["constant"][name] = classification_metrics(
                 values, np.tile(frequencies, (len(values), 1)), target.classes
@@ -550,8 +592,8 @@ def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: 
             results["intensity"][name] = classification_metrics(values, probabilities, target.classes)
         else:
             results["constant"][name] = regression_metrics(values, np.full(len(values), truth.astype(float).mean()))
-            results["intensity"][name] = regression_metrics(values, probe.predict(tested))
-    return results
+            results["intensity"][name] = regression_metrics(values, probe.predict(tested))  # type: ignore[attr-defined]
+    return results, note
 
 
 @dataclass
@@ -798,7 +840,9 @@ class FineTuner:
                 summary[name] = regression_metrics(truth, predicted)
                 rows["prediction"] = predicted
             predictions.append(rows)
-        summary["baselines"] = baseline_metrics(self.intensity, self.position_of, run.parts, self.target)
+        summary["baselines"], note = baseline_metrics(self.intensity, self.position_of, run.parts, self.target)
+        if note:
+            summary["baseline_note"] = note
         return summary, pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
 
     # -------------------------------------------------------------- all seeds
@@ -923,6 +967,12 @@ class FineTuner:
             }
             for baseline in ("constant", "intensity")
         }
+        seeds_of: dict[str, list[str]] = {}
+        for run in runs:
+            if run.get("baseline_note"):
+                seeds_of.setdefault(run["baseline_note"], []).append(str(run["seed"]))
+        for note, seeds in seeds_of.items():
+            self.say(f"{note}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}.")
         for name, entry in summary.items():
             if entry.get("roc_auc", {}).get("n_seeds", 1) < len(runs):
                 self.notes.append(f"{name}: ROC AUC undefined for some seeds (a single class among its subjects)")

@@ -24,6 +24,7 @@ from medssl.eval.finetune import (
     check_no_leakage,
     classification_metrics,
     finetune_encoder,
+    intensity_probe,
     load_pretrained_encoder,
     make_loader,
     mean_std,
@@ -35,6 +36,7 @@ from medssl.eval.finetune import (
     volume_dataset,
 )
 from medssl.eval.plots import plot_roc_curves
+from medssl.eval.probes import quiet_fits
 from medssl.models import build_encoder, save_encoder
 from medssl.train.finetuning import (
     EarlyStopping,
@@ -605,6 +607,41 @@ def test_a_train_size_above_the_training_split_says_that_all_subjects_are_used(t
     assert f"finetune.train_size = 1000 is more than the {n_train} training subjects: all are used." in results["notes"]
 
 
+@pytest.mark.parametrize(
+    ("labels", "probe", "note"),
+    [
+        (["a"] * 5 + ["b"] * 4, "GridSearchCV", ""),
+        (["a"] * 2 + ["b"] * 3, "GridSearchCV", "2-fold inner CV"),
+        (["a"] * 1 + ["b"] * 3, "Pipeline", "C fixed at 1, no inner CV"),
+        (["b"] * 4, "DummyClassifier", "class frequencies"),
+    ],
+)
+def test_the_intensity_probe_fits_every_training_part_the_command_accepts(labels, probe, note):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(len(labels), 5))
+    fitted, said = intensity_probe(np.array(labels, dtype=object), classification=True)
+    assert type(fitted).__name__ == probe and (note in said if note else said == "")
+    with quiet_fits(features):
+        fitted.fit(features, np.array(labels, dtype=object))
+    probabilities = fitted.predict_proba(features)
+    assert probabilities.shape == (len(labels), len(set(labels)))
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    if probe == "GridSearchCV":
+        assert fitted.n_splits_ == min(3, min(labels.count(label) for label in set(labels)))
+
+
+def test_fine_tuning_on_four_training_subjects_scores_every_baseline_and_says_how(tmp_path, tiny_cohort):
+    recipe = tiny_recipe(tiny_cohort, seeds=[0, 1, 2], train_size=4)
+    results = finetune_encoder(recipe, None, tmp_path / "run")
+    for run in results["runs"]:
+        assert run["n_fit"] + run["n_validation"] == 4
+        for split in ("internal_test", "external_test"):
+            assert 0.0 <= run["baselines"]["intensity"][split]["balanced_accuracy"] <= 1.0
+        # four subjects leave no class three members: never the usual 3-fold inner CV, and a note says so
+        assert run["baseline_note"].startswith("intensity baseline: ")
+        assert any(note.startswith(run["baseline_note"]) and str(run["seed"]) in note for note in results["notes"])
+
+
 def test_train_sizes_refuse_a_size_given_twice():
     from medssl.eval.label_efficiency import parse_train_sizes
 
@@ -623,7 +660,7 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
         "--encoder",
         str(tmp_path / "run"),
         "--train-sizes",
-        "6,all",
+        "4,all",  # the smallest size the command accepts
         "--smoke",
         "--out",
         str(out),
@@ -632,15 +669,15 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "label_efficiency.csv")
     assert set(table["encoder"]) == {"pretrained", "scratch", "constant baseline", "intensity baseline"}
-    assert set(table["train_size"].astype(str)) == {"6", "all"}
+    assert set(table["train_size"].astype(str)) == {"4", "all"}
     assert set(table["split"]) == {"internal_test", "external_test"}
-    six = table[(table["train_size"].astype(str) == "6")]
-    assert (six["n_train"] == 6).all()
+    four = table[(table["train_size"].astype(str) == "4")]
+    assert (four["n_train"] == 4).all()
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    stamp = (out / "scratch-n6" / "finetune.json").stat().st_mtime_ns
+    stamp = (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, command)
     assert again.exit_code == 0, again.output
-    assert (out / "scratch-n6" / "finetune.json").stat().st_mtime_ns == stamp
+    assert (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns == stamp
     assert pd.read_csv(out / "label_efficiency.csv").equals(table)
 
 

@@ -61,6 +61,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -529,7 +530,7 @@ def split_cohort(
     return parts
 
 
-def intensity_probe(truth: np.ndarray, classification: bool) -> tuple[object, str]:
+def intensity_probe(truth: np.ndarray, classification: bool) -> tuple[Any, str]:
     """The intensity baseline's probe for the training labels ``truth``, and a note when it differs from
     the probes of ``medssl evaluate`` because the training part is tiny ("" otherwise).
 
@@ -582,9 +583,9 @@ def baseline_metrics(
         values = target.values(part.table)
         if classification:
             frequencies = np.array([(truth == label).mean() for label in target.classes])
-            fitted = list(probe.classes_)  # type: ignore[attr-defined]
+            fitted = list(probe.classes_)
             order = [fitted.index(label) if label in fitted else None for label in target.classes]
-            scores = probe.predict_proba(tested)  # type: ignore[attr-defined]
+            scores = probe.predict_proba(tested)
             probabilities = np.column_stack([scores[:, k] if k is not None else np.zeros(len(tested)) for k in order])
             results["constant"][name] = classification_metrics(
                 values, np.tile(frequencies, (len(values), 1)), target.classes
@@ -592,7 +593,7 @@ def baseline_metrics(
             results["intensity"][name] = classification_metrics(values, probabilities, target.classes)
         else:
             results["constant"][name] = regression_metrics(values, np.full(len(values), truth.astype(float).mean()))
-            results["intensity"][name] = regression_metrics(values, probe.predict(tested))  # type: ignore[attr-defined]
+            results["intensity"][name] = regression_metrics(values, probe.predict(tested))
     return results, note
 
 

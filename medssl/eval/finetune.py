@@ -67,6 +67,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from sklearn.dummy import DummyClassifier
@@ -120,6 +121,11 @@ from medssl.train.trainer import Schedule, Trainer
 CLASSIFICATION_METRICS = ("roc_auc", "balanced_accuracy")
 REGRESSION_METRICS = ("mae", "r2")
 MISSING_TEXT = {"", "nan", "none", "n/a", "na"}  # how a missing label looks once the cohort loader made it text
+# what the baseline columns of the report hold
+BASELINE_MEANINGS = {
+    "constant": "constant = training class frequencies (or mean)",
+    "intensity": "intensity = linear probe on intensity percentiles",
+}
 SEEDS_FOLDER = "seeds"  # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
 SEED_RESULT = "result.json"  # a finished seed's run, predictions and history, read back on --resume
 # Settings a resumed fine-tuning may change: how far to go, how many seeds, how to read the data.
@@ -1084,36 +1090,46 @@ def summary_table(results: dict) -> pd.DataFrame:
 
 
 def print_finetune_report(results: dict, console: Console | None = None, notes: bool = True) -> None:
-    """One table: each test split's metrics as mean +- std over seeds, then every seed's value (and the notes)."""
+    """One table per test split: each metric as mean +- std over seeds, the baselines' and every seed's
+    values (then the notes). Names and numbers are never cut or split: at 80 columns only the per-seed
+    list wraps, between values."""
     console = console or Console()
     settings = results["settings"]
     encoder = settings["encoder"] or "none (from scratch)"
-    view = Table(
-        title=f"Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}",
-        title_justify="left",
+    console.print(
+        f"[bold]Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}[/bold]",
+        highlight=False,
     )
     baselines = results.get("baselines") or {}
-    for header in (
-        "split",
-        "n",
-        "metric",
-        f"mean ± std ({len(settings['seeds'])} seeds)",
-        *(f"{name} baseline" for name in baselines),
-    ):
-        names = header in ("split", "metric")  # never cut: the numbers wrap instead
-        view.add_column(header, justify="left" if names else "right", no_wrap=names)
-    view.add_column("per seed")
+    if baselines:
+        console.print(f"[dim]baselines: {'; '.join(BASELINE_MEANINGS.get(name, name) for name in baselines)}[/dim]")
     for split, entry in results["summary"].items():
-        for metric, value in entry.items():
-            if not isinstance(value, dict):
-                continue
-            references = [mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
-            seeds = ", ".join(
+        metrics = [metric for metric, value in entry.items() if isinstance(value, dict)]
+        seed_values = {
+            metric: [
                 "-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}"
                 for run in results["runs"]
-            )
-            view.add_row(split, str(entry.get("n", "")), metric, mean_std_text(value), *references, seeds)
-    console.print(view)
+            ]
+            for metric in metrics
+        }
+        view = Table(
+            title=f"{split} (n = {entry.get('n', '?')})",
+            title_justify="left",
+            title_style="bold",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+        )
+        view.add_column("metric", no_wrap=True)  # names, means and baselines are never cut nor wrapped
+        view.add_column(f"mean ± std\n({len(settings['seeds'])} seeds)", justify="right", no_wrap=True)
+        for name in baselines:
+            view.add_column(name, justify="right", no_wrap=True)
+        widest = max((len(text) for values in seed_values.values() for text in values), default=1)
+        view.add_column("per seed", min_width=widest + 1)  # wraps between values only
+        for metric in metrics:
+            references = [mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
+            view.add_row(metric, mean_std_text(entry[metric]), *references, ", ".join(seed_values[metric]))
+        console.print(view)
     for note in results.get("notes", []) if notes else []:
         console.print(f"[dim]{note}[/dim]", highlight=False)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -28,6 +29,7 @@ from medssl.eval.finetune import (
     load_pretrained_encoder,
     make_loader,
     mean_std,
+    mean_std_text,
     print_finetune_report,
     regression_metrics,
     resolve_target,
@@ -715,14 +717,23 @@ def test_reports_carry_the_constant_and_intensity_baselines_on_the_same_splits(t
 
 
 def test_the_report_keeps_split_and_metric_names_whole_in_80_columns(tmp_path, tiny_cohort):
-    results = finetune_encoder(tiny_recipe(tiny_cohort, seeds=[0, 1]), None, tmp_path / "out")
+    results = finetune_encoder(tiny_recipe(tiny_cohort, seeds=[0, 1, 2]), None, tmp_path / "out")
     stream = io.StringIO()
     print_finetune_report(results, Console(file=stream, width=80), notes=False)
     lines = stream.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 80
-    names = " ".join(lines)
-    assert "internal_test" in names and "external_test" in names
-    assert "balanced_accuracy" in names and "roc_auc" in names
+    for header in ("metric", "mean ± std", "(3 seeds)", "constant", "intensity", "per seed"):
+        assert any(header in line for line in lines), header
+    for split, entry in results["summary"].items():
+        title = next(k for k, line in enumerate(lines) if line.startswith(f"{split} (n = {entry['n']})"))
+        for metric in ("roc_auc", "balanced_accuracy"):
+            row = next(line for line in lines[title:] if line.startswith(metric + " "))  # the name is never cut
+            texts = [mean_std_text(entry[metric])]
+            texts += [mean_std_text(results["baselines"][name][split][metric]) for name in ("constant", "intensity")]
+            assert all(text in row for text in texts), (texts, row)  # "x.xxx ± y.yyy" whole, on its row
+    # every number whole on one line: a cut one would leave a digit run without its three decimals
+    numbers = [token for line in lines for token in re.findall(r"\d[\d.]*", line)]
+    assert numbers and all(token.isdigit() or re.fullmatch(r"\d+\.\d{3}", token) for token in numbers), numbers
 
 
 def test_a_method_override_on_the_finetune_command_line_is_refused_not_ignored(tmp_path, monkeypatch, capsys):

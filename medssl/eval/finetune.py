@@ -121,10 +121,10 @@ from medssl.train.trainer import Schedule, Trainer
 CLASSIFICATION_METRICS = ("roc_auc", "balanced_accuracy")
 REGRESSION_METRICS = ("mae", "r2")
 MISSING_TEXT = {"", "nan", "none", "n/a", "na"}  # how a missing label looks once the cohort loader made it text
-# what the baseline columns of the report hold
+# what the baseline columns of the report hold, by task
 BASELINE_MEANINGS = {
-    "constant": "constant = training class frequencies (or mean)",
-    "intensity": "intensity = linear probe on intensity percentiles",
+    "classification": {"constant": "training class frequencies", "intensity": "linear probe on intensity percentiles"},
+    "regression": {"constant": "training mean", "intensity": "ridge on intensity percentiles"},
 }
 SEEDS_FOLDER = "seeds"  # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
 SEED_RESULT = "result.json"  # a finished seed's run, predictions and history, read back on --resume
@@ -1102,36 +1102,58 @@ def print_finetune_report(results: dict, console: Console | None = None, notes: 
     )
     baselines = results.get("baselines") or {}
     if baselines:
-        console.print(f"[dim]baselines: {'; '.join(BASELINE_MEANINGS.get(name, name) for name in baselines)}[/dim]")
+        meanings = BASELINE_MEANINGS.get(settings["task"], {})
+        explained = "; ".join(f"{name} = {meanings.get(name, name)}" for name in baselines)
+        console.print(f"[dim]baselines: {explained}[/dim]", highlight=False)
     for split, entry in results["summary"].items():
-        metrics = [metric for metric, value in entry.items() if isinstance(value, dict)]
-        seed_values = {
-            metric: [
-                "-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}"
-                for run in results["runs"]
-            ]
-            for metric in metrics
-        }
-        view = Table(
-            title=f"{split} (n = {entry.get('n', '?')})",
-            title_justify="left",
-            title_style="bold",
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-            pad_edge=False,
-        )
-        view.add_column("metric", no_wrap=True)  # names, means and baselines are never cut nor wrapped
-        view.add_column(f"mean ± std\n({len(settings['seeds'])} seeds)", justify="right", no_wrap=True)
-        for name in baselines:
-            view.add_column(name, justify="right", no_wrap=True)
-        widest = max((len(text) for values in seed_values.values() for text in values), default=1)
-        view.add_column("per seed", min_width=widest + 1)  # wraps between values only
-        for metric in metrics:
-            references = [mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
-            view.add_row(metric, mean_std_text(entry[metric]), *references, ", ".join(seed_values[metric]))
+        view, per_seed = split_report(split, entry, results, console.width)
         console.print(view)
+        for line in per_seed:  # per-seed values that found no room in the table
+            console.print(line, highlight=False)
     for note in results.get("notes", []) if notes else []:
         console.print(f"[dim]{note}[/dim]", highlight=False)
+
+
+def split_report(split: str, entry: dict, results: dict, width: int) -> tuple[Table, list[str]]:
+    """The report table of one test split, and the per-seed lines printed under it when the per-seed
+    column would not fit in ``width`` (the other columns never wrap: values are never cut)."""
+    baselines = results.get("baselines") or {}
+    metrics = [metric for metric, value in entry.items() if isinstance(value, dict)]
+    per_seed = {
+        metric: ", ".join(
+            "-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}"
+            for run in results["runs"]
+        )
+        for metric in metrics
+    }
+    headers = ["metric", f"mean ± std\n({len(results['settings']['seeds'])} seeds)", *baselines]
+    rows = [
+        [
+            metric,
+            mean_std_text(entry[metric]),
+            *(mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()),
+        ]
+        for metric in metrics
+    ]
+    fixed = [max(len(text) for text in [*header.split("\n"), *column]) for header, *column in zip(headers, *rows)]
+    gap = 3  # padding, invisible divider, padding
+    widest_seed = max((len(text) for text in ", ".join(per_seed.values()).split(" ")), default=1)
+    seeds_fit = sum(fixed) + gap * len(fixed) + max(widest_seed, len("per seed")) <= width
+    view = Table(
+        title=f"{split} (n = {entry.get('n', '?')})",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for header in headers:
+        view.add_column(header, justify="left" if header == "metric" else "right", no_wrap=True)
+    if seeds_fit:
+        view.add_column("per seed", min_width=widest_seed)  # wraps between values only
+    for row, metric in zip(rows, metrics):
+        view.add_row(*row, *([per_seed[metric]] if seeds_fit else []))
+    return view, [] if seeds_fit else [f"{metric} per seed: {per_seed[metric]}" for metric in metrics]
 
 
 def mean_std_text(value: dict | None) -> str:

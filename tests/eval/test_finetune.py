@@ -736,6 +736,25 @@ def test_the_report_keeps_split_and_metric_names_whole_in_80_columns(tmp_path, t
     assert numbers and all(token.isdigit() or re.fullmatch(r"\d+\.\d{3}", token) for token in numbers), numbers
 
 
+def test_per_seed_values_without_room_in_the_table_are_listed_under_it_not_cut():
+    value = {"mean": -123.456, "std": 10.5, "n_seeds": 3}
+    runs = [{"seed": seed, "internal_test": {"r2": -120.0 - seed, "n": 5}} for seed in range(3)]
+    results = {
+        "settings": {"target": "score", "task": "regression", "mode": "full", "encoder": None, "seeds": [0, 1, 2]},
+        "summary": {"internal_test": {"r2": value, "n": 5}},
+        "baselines": {name: {"internal_test": {"r2": value}} for name in ("constant", "intensity")},
+        "runs": runs,
+    }
+    for width, listed_under in ((80, False), (72, True)):
+        stream = io.StringIO()
+        print_finetune_report(results, Console(file=stream, width=width), notes=False)
+        lines = stream.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width
+        assert sum("-123.456 ± 10.500" in line for line in lines) == 1  # the row holds all three, whole
+        assert any(line.count("-123.456 ± 10.500") == 3 for line in lines)
+        assert any(line.startswith("r2 per seed: -120.000, -121.000, -122.000") for line in lines) == listed_under
+
+
 def test_a_method_override_on_the_finetune_command_line_is_refused_not_ignored(tmp_path, monkeypatch, capsys):
     argv = [
         "medssl",

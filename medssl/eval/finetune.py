@@ -496,6 +496,18 @@ class Parts:
         }
 
 
+def training_pool(cohort: Cohort, target: Target, max_subjects: int | None = None) -> Cohort:
+    """The training rows fine-tuning draws from: the ``train`` split's rows with a value of the target,
+    the first ``max_subjects`` of them (``data.max_subjects``) when set."""
+    train = cohort.subset("train")
+    train = Cohort(cohort.root, train.table[known_rows(train.table, target.column)].reset_index(drop=True))
+    return train.head(max_subjects) if max_subjects is not None else train
+
+
+def count_subjects(table: pd.DataFrame) -> int:
+    return int(table["participant_id"].astype(str).nunique())
+
+
 def split_cohort(
     cohort: Cohort,
     target: Target,
@@ -510,12 +522,11 @@ def split_cohort(
     drawn per seed and stratified like the validation part: the x-axis of a label-efficiency curve.
     """
     labelled = Cohort(cohort.root, cohort.table[known_rows(cohort.table, target.column)].reset_index(drop=True))
-    train = labelled.subset("train")
-    if max_subjects is not None:
-        train = train.head(max_subjects)
+    train = training_pool(cohort, target, max_subjects)
     stratify = ("site", target.column) if target.task == "classification" else ("site",)
-    if train_size is not None and train_size < len(train):
-        _, kept = validation_split(train.table, train_size / len(train), seed=seed + 7919, stratify=stratify)
+    n_subjects = count_subjects(train.table)
+    if train_size is not None and train_size < n_subjects:
+        _, kept = validation_split(train.table, train_size / n_subjects, seed=seed + 7919, stratify=stratify)
         train = Cohort(cohort.root, train.table.iloc[kept].reset_index(drop=True))
     fit_idx, val_idx = validation_split(train.table, fraction, seed=seed, stratify=stratify)
     parts = Parts(
@@ -800,6 +811,7 @@ class FineTuner:
             "best_val_loss": stopping.best_loss if stopping.best_epoch else float("nan"),
             "n_fit": len(run.parts.fit),
             "n_validation": len(run.parts.validation),
+            "n_train_subjects": count_subjects(pd.concat([run.parts.fit.table, run.parts.validation.table])),
             "learning_rates": {
                 group.get("name", str(k)): group["lr"] for k, group in enumerate(trainer.optimizer.param_groups)
             },
@@ -889,11 +901,8 @@ class FineTuner:
             self.say(f"{dropped} subject(s) without a value in {self.target.column!r} are left out.")
         if not len(self.cohort.subset("external_test")):
             self.say("the cohort has no external_test subjects: only the internal test is reported.")
-        n_train = len(self.cohort.subset("train"))
-        if config.train_size is not None and config.train_size > n_train:
-            self.say(
-                f"finetune.train_size = {config.train_size} is more than the {n_train} training subjects: all are used."
-            )
+        if config.train_size is not None:
+            self.check_train_size(config.train_size)
         self.position_of = {pid: position for position, pid in enumerate(self.cohort.table["participant_id"])}
         self.features, self.input_checked = None, False
         self.intensity = extract_features(
@@ -920,6 +929,27 @@ class FineTuner:
                     console=self.console,
                 )
             )
+
+    def check_train_size(self, train_size: int) -> None:
+        """Say so when ``finetune.train_size`` exceeds the training subjects there are to draw from, counted
+        as the runs count them (fit and validation parts together), and why fewer than the train split holds."""
+        train = self.cohort.subset("train").table
+        available = count_subjects(training_pool(self.cohort, self.target, self.recipe.data.max_subjects).table)
+        if train_size <= available:
+            return
+        reasons = []
+        unlabelled = count_subjects(train[~known_rows(train, self.target.column)])
+        if unlabelled:
+            reasons.append(f"{unlabelled} without a {self.target.column!r} value")
+        labelled_rows = int(known_rows(train, self.target.column).sum())
+        if self.recipe.data.max_subjects is not None and self.recipe.data.max_subjects < labelled_rows:
+            reasons.append(f"data.max_subjects = {self.recipe.data.max_subjects}")
+        total = count_subjects(train)
+        detail = f" ({total} in the train split; {', '.join(reasons)})" if available < total else ""
+        self.say(
+            f"finetune.train_size = {train_size} is more than the {available} training subjects{detail}: "
+            f"all {available} are used (fit and validation parts together)."
+        )
 
     def run(self, out_dir: Path, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> dict:
         """Every seed (finished ones of a resumed run are read back), then the summary and the files."""

@@ -606,7 +606,27 @@ def test_a_train_size_above_the_training_split_says_that_all_subjects_are_used(t
     recipe.finetune.train_size = 1000
     results = finetune_encoder(recipe, None, tmp_path / "run")
     n_train = len(load_cohort(tiny_cohort).subset("train"))
-    assert f"finetune.train_size = 1000 is more than the {n_train} training subjects: all are used." in results["notes"]
+    assert (
+        f"finetune.train_size = 1000 is more than the {n_train} training subjects: "
+        f"all {n_train} are used (fit and validation parts together)." in results["notes"]
+    )
+    assert results["runs"][0]["n_train_subjects"] == n_train
+
+
+def test_the_train_size_note_and_the_curve_count_the_same_subjects(tmp_path, tiny_cohort):
+    from medssl.eval.label_efficiency import curve_rows
+
+    recipe = tiny_recipe(tiny_cohort, seeds=[0, 1], train_size=20)
+    recipe.data.max_subjects = 8  # as --smoke sets it: fewer subjects than the train split holds
+    results = finetune_encoder(recipe, None, tmp_path / "run")
+    n_split = len(load_cohort(tiny_cohort).subset("train"))
+    assert n_split > 8
+    assert (
+        f"finetune.train_size = 20 is more than the 8 training subjects ({n_split} in the train split; "
+        "data.max_subjects = 8): all 8 are used (fit and validation parts together)." in results["notes"]
+    )
+    assert all(run["n_fit"] + run["n_validation"] == 8 for run in results["runs"])
+    assert {row["n_train"] for row in curve_rows(results, "scratch", 20)} == {8}
 
 
 @pytest.mark.parametrize(

@@ -61,13 +61,19 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -76,7 +82,14 @@ from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError
 from medssl.eval.features import IntensityStatistics
-from medssl.eval.probes import classification_probe, is_continuous, quiet_fits, regression_probe, roc_auc
+from medssl.eval.probes import (
+    INNER_FOLDS,
+    classification_probe,
+    is_continuous,
+    quiet_fits,
+    regression_probe,
+    roc_auc,
+)
 from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text, json_ready
 from medssl.methods import build_encoder_for
@@ -108,6 +121,11 @@ from medssl.train.trainer import Schedule, Trainer
 CLASSIFICATION_METRICS = ("roc_auc", "balanced_accuracy")
 REGRESSION_METRICS = ("mae", "r2")
 MISSING_TEXT = {"", "nan", "none", "n/a", "na"}  # how a missing label looks once the cohort loader made it text
+# what the baseline columns of the report hold, by task
+BASELINE_MEANINGS = {
+    "classification": {"constant": "training class frequencies", "intensity": "linear probe on intensity percentiles"},
+    "regression": {"constant": "training mean", "intensity": "ridge on intensity percentiles"},
+}
 SEEDS_FOLDER = "seeds"  # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
 SEED_RESULT = "result.json"  # a finished seed's run, predictions and history, read back on --resume
 # Settings a resumed fine-tuning may change: how far to go, how many seeds, how to read the data.
@@ -478,6 +496,18 @@ class Parts:
         }
 
 
+def training_pool(cohort: Cohort, target: Target, max_subjects: int | None = None) -> Cohort:
+    """The training rows fine-tuning draws from: the ``train`` split's rows with a value of the target,
+    the first ``max_subjects`` of them (``data.max_subjects``) when set."""
+    train = cohort.subset("train")
+    train = Cohort(cohort.root, train.table[known_rows(train.table, target.column)].reset_index(drop=True))
+    return train.head(max_subjects) if max_subjects is not None else train
+
+
+def count_subjects(table: pd.DataFrame) -> int:
+    return int(table["participant_id"].astype(str).nunique())
+
+
 def split_cohort(
     cohort: Cohort,
     target: Target,
@@ -492,12 +522,11 @@ def split_cohort(
     drawn per seed and stratified like the validation part: the x-axis of a label-efficiency curve.
     """
     labelled = Cohort(cohort.root, cohort.table[known_rows(cohort.table, target.column)].reset_index(drop=True))
-    train = labelled.subset("train")
-    if max_subjects is not None:
-        train = train.head(max_subjects)
+    train = training_pool(cohort, target, max_subjects)
     stratify = ("site", target.column) if target.task == "classification" else ("site",)
-    if train_size is not None and train_size < len(train):
-        _, kept = validation_split(train.table, train_size / len(train), seed=seed + 7919, stratify=stratify)
+    n_subjects = count_subjects(train.table)
+    if train_size is not None and train_size < n_subjects:
+        _, kept = validation_split(train.table, train_size / n_subjects, seed=seed + 7919, stratify=stratify)
         train = Cohort(cohort.root, train.table.iloc[kept].reset_index(drop=True))
     fit_idx, val_idx = validation_split(train.table, fraction, seed=seed, stratify=stratify)
     parts = Parts(
@@ -518,18 +547,48 @@ def split_cohort(
     return parts
 
 
-def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: Parts, target: Target) -> dict:
+def intensity_probe(truth: np.ndarray, classification: bool) -> tuple[Any, str]:
+    """The intensity baseline's probe for the training labels ``truth``, and a note when it differs from
+    the probes of ``medssl evaluate`` because the training part is tiny ("" otherwise).
+
+    Regression: ridge with alpha by leave-one-out CV (any size). Classification: logistic regression with
+    C chosen by stratified inner CV, on fewer folds when the smallest class has fewer than
+    ``INNER_FOLDS`` subjects; with one subject in a class, C is fixed at 1 (no CV is possible); with a
+    single class, the class frequencies (the constant predictor)."""
+    if not classification:
+        return regression_probe(), ""
+    counts = pd.Series(truth).value_counts()
+    smallest = int(counts.min())
+    if len(counts) < 2:
+        return DummyClassifier(strategy="prior"), (
+            f"intensity baseline: the class frequencies (the training part holds one class, {counts.index[0]!r})"
+        )
+    if smallest >= INNER_FOLDS:
+        return classification_probe(INNER_FOLDS), ""
+    if smallest >= 2:
+        return classification_probe(smallest), (
+            f"intensity baseline: C chosen by {smallest}-fold inner CV (a class has {smallest} training subjects)"
+        )
+    fixed = Pipeline([("scale", StandardScaler()), ("logistic", LogisticRegression(C=1.0, max_iter=1000))])
+    return fixed, "intensity baseline: C fixed at 1, no inner CV (a class has 1 training subject)"
+
+
+def baseline_metrics(
+    intensity: np.ndarray, position_of: dict[str, int], parts: Parts, target: Target
+) -> tuple[dict, str]:
     """The trivial baselines on one seed's splits: ``constant`` (the training part's class
     frequencies, or its mean) and ``intensity`` (a linear probe on intensity percentiles,
-    :class:`~medssl.eval.features.IntensityStatistics`, fitted on the fit and validation parts).
+    :class:`~medssl.eval.features.IntensityStatistics`, fitted on the fit and validation parts
+    by :func:`intensity_probe`).
 
-    Returns ``{baseline: {test split: metrics}}``, metrics as the fine-tuned model's.
+    Returns ``({baseline: {test split: metrics}}, note)``: metrics as the fine-tuned model's, and
+    how the intensity probe was regularised when the training part is too small for the usual CV.
     """
     train = pd.concat([parts.fit.table, parts.validation.table], ignore_index=True)
     rows = [position_of[pid] for pid in train["participant_id"]]
     truth = target.values(train)
     classification = target.task == "classification"
-    probe = classification_probe() if classification else regression_probe()
+    probe, note = intensity_probe(truth, classification)
     with quiet_fits(intensity):
         probe.fit(intensity[rows], truth if classification else truth.astype(float))
     results: dict = {"constant": {}, "intensity": {}}
@@ -541,7 +600,8 @@ def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: 
         values = target.values(part.table)
         if classification:
             frequencies = np.array([(truth == label).mean() for label in target.classes])
-            order = [list(probe.classes_).index(label) if label in probe.classes_ else None for label in target.classes]
+            fitted = list(probe.classes_)
+            order = [fitted.index(label) if label in fitted else None for label in target.classes]
             scores = probe.predict_proba(tested)
             probabilities = np.column_stack([scores[:, k] if k is not None else np.zeros(len(tested)) for k in order])
             results["constant"][name] = classification_metrics(
@@ -551,7 +611,7 @@ def baseline_metrics(intensity: np.ndarray, position_of: dict[str, int], parts: 
         else:
             results["constant"][name] = regression_metrics(values, np.full(len(values), truth.astype(float).mean()))
             results["intensity"][name] = regression_metrics(values, probe.predict(tested))
-    return results
+    return results, note
 
 
 @dataclass
@@ -751,6 +811,7 @@ class FineTuner:
             "best_val_loss": stopping.best_loss if stopping.best_epoch else float("nan"),
             "n_fit": len(run.parts.fit),
             "n_validation": len(run.parts.validation),
+            "n_train_subjects": count_subjects(pd.concat([run.parts.fit.table, run.parts.validation.table])),
             "learning_rates": {
                 group.get("name", str(k)): group["lr"] for k, group in enumerate(trainer.optimizer.param_groups)
             },
@@ -798,7 +859,9 @@ class FineTuner:
                 summary[name] = regression_metrics(truth, predicted)
                 rows["prediction"] = predicted
             predictions.append(rows)
-        summary["baselines"] = baseline_metrics(self.intensity, self.position_of, run.parts, self.target)
+        summary["baselines"], note = baseline_metrics(self.intensity, self.position_of, run.parts, self.target)
+        if note:
+            summary["baseline_note"] = note
         return summary, pd.concat(predictions, ignore_index=True) if predictions else pd.DataFrame()
 
     # -------------------------------------------------------------- all seeds
@@ -838,11 +901,8 @@ class FineTuner:
             self.say(f"{dropped} subject(s) without a value in {self.target.column!r} are left out.")
         if not len(self.cohort.subset("external_test")):
             self.say("the cohort has no external_test subjects: only the internal test is reported.")
-        n_train = len(self.cohort.subset("train"))
-        if config.train_size is not None and config.train_size > n_train:
-            self.say(
-                f"finetune.train_size = {config.train_size} is more than the {n_train} training subjects: all are used."
-            )
+        if config.train_size is not None:
+            self.check_train_size(config.train_size)
         self.position_of = {pid: position for position, pid in enumerate(self.cohort.table["participant_id"])}
         self.features, self.input_checked = None, False
         self.intensity = extract_features(
@@ -869,6 +929,27 @@ class FineTuner:
                     console=self.console,
                 )
             )
+
+    def check_train_size(self, train_size: int) -> None:
+        """Say so when ``finetune.train_size`` exceeds the training subjects there are to draw from, counted
+        as the runs count them (fit and validation parts together), and why fewer than the train split holds."""
+        train = self.cohort.subset("train").table
+        available = count_subjects(training_pool(self.cohort, self.target, self.recipe.data.max_subjects).table)
+        if train_size <= available:
+            return
+        reasons = []
+        unlabelled = count_subjects(train[~known_rows(train, self.target.column)])
+        if unlabelled:
+            reasons.append(f"{unlabelled} without a {self.target.column!r} value")
+        labelled_rows = int(known_rows(train, self.target.column).sum())
+        if self.recipe.data.max_subjects is not None and self.recipe.data.max_subjects < labelled_rows:
+            reasons.append(f"data.max_subjects = {self.recipe.data.max_subjects}")
+        total = count_subjects(train)
+        detail = f" ({total} in the train split; {', '.join(reasons)})" if available < total else ""
+        self.say(
+            f"finetune.train_size = {train_size} is more than the {available} training subjects{detail}: "
+            f"all {available} are used (fit and validation parts together)."
+        )
 
     def run(self, out_dir: Path, resume: bool = False, on_epoch_end: Callable[[int], None] | None = None) -> dict:
         """Every seed (finished ones of a resumed run are read back), then the summary and the files."""
@@ -923,6 +1004,12 @@ class FineTuner:
             }
             for baseline in ("constant", "intensity")
         }
+        seeds_of: dict[str, list[str]] = {}
+        for run in runs:
+            if run.get("baseline_note"):
+                seeds_of.setdefault(run["baseline_note"], []).append(str(run["seed"]))
+        for note, seeds in seeds_of.items():
+            self.say(f"{note}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}.")
         for name, entry in summary.items():
             if entry.get("roc_auc", {}).get("n_seeds", 1) < len(runs):
                 self.notes.append(f"{name}: ROC AUC undefined for some seeds (a single class among its subjects)")
@@ -1033,38 +1120,70 @@ def summary_table(results: dict) -> pd.DataFrame:
 
 
 def print_finetune_report(results: dict, console: Console | None = None, notes: bool = True) -> None:
-    """One table: each test split's metrics as mean +- std over seeds, then every seed's value (and the notes)."""
+    """One table per test split: each metric as mean +- std over seeds, the baselines' and every seed's
+    values (then the notes). Names and numbers are never cut or split: at 80 columns only the per-seed
+    list wraps, between values."""
     console = console or Console()
     settings = results["settings"]
     encoder = settings["encoder"] or "none (from scratch)"
-    view = Table(
-        title=f"Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}",
-        title_justify="left",
+    console.print(
+        f"[bold]Fine-tuning {settings['target']} ({settings['task']}), mode {settings['mode']}, encoder {encoder}[/bold]",
+        highlight=False,
     )
     baselines = results.get("baselines") or {}
-    for header in (
-        "split",
-        "n",
-        "metric",
-        f"mean ± std ({len(settings['seeds'])} seeds)",
-        *(f"{name} baseline" for name in baselines),
-    ):
-        names = header in ("split", "metric")  # never cut: the numbers wrap instead
-        view.add_column(header, justify="left" if names else "right", no_wrap=names)
-    view.add_column("per seed")
+    if baselines:
+        meanings = BASELINE_MEANINGS.get(settings["task"], {})
+        explained = "; ".join(f"{name} = {meanings.get(name, name)}" for name in baselines)
+        console.print(f"[dim]baselines: {explained}[/dim]", highlight=False)
     for split, entry in results["summary"].items():
-        for metric, value in entry.items():
-            if not isinstance(value, dict):
-                continue
-            references = [mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()]
-            seeds = ", ".join(
-                "-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}"
-                for run in results["runs"]
-            )
-            view.add_row(split, str(entry.get("n", "")), metric, mean_std_text(value), *references, seeds)
-    console.print(view)
+        view, per_seed = split_report(split, entry, results, console.width)
+        console.print(view)
+        for line in per_seed:  # per-seed values that found no room in the table
+            console.print(line, highlight=False)
     for note in results.get("notes", []) if notes else []:
         console.print(f"[dim]{note}[/dim]", highlight=False)
+
+
+def split_report(split: str, entry: dict, results: dict, width: int) -> tuple[Table, list[str]]:
+    """The report table of one test split, and the per-seed lines printed under it when the per-seed
+    column would not fit in ``width`` (the other columns never wrap: values are never cut)."""
+    baselines = results.get("baselines") or {}
+    metrics = [metric for metric, value in entry.items() if isinstance(value, dict)]
+    per_seed = {
+        metric: ", ".join(
+            "-" if (run.get(split) or {}).get(metric) is None else f"{run[split][metric]:.3f}"
+            for run in results["runs"]
+        )
+        for metric in metrics
+    }
+    headers = ["metric", f"mean ± std\n({len(results['settings']['seeds'])} seeds)", *baselines]
+    rows = [
+        [
+            metric,
+            mean_std_text(entry[metric]),
+            *(mean_std_text(baseline.get(split, {}).get(metric)) for baseline in baselines.values()),
+        ]
+        for metric in metrics
+    ]
+    fixed = [max(len(text) for text in [*header.split("\n"), *column]) for header, *column in zip(headers, *rows)]
+    gap = 3  # padding, invisible divider, padding
+    widest_seed = max((len(text) for text in ", ".join(per_seed.values()).split(" ")), default=1)
+    seeds_fit = sum(fixed) + gap * len(fixed) + max(widest_seed, len("per seed")) <= width
+    view = Table(
+        title=f"{split} (n = {entry.get('n', '?')})",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for header in headers:
+        view.add_column(header, justify="left" if header == "metric" else "right", no_wrap=True)
+    if seeds_fit:
+        view.add_column("per seed", min_width=widest_seed)  # wraps between values only
+    for row, metric in zip(rows, metrics):
+        view.add_row(*row, *([per_seed[metric]] if seeds_fit else []))
+    return view, [] if seeds_fit else [f"{metric} per seed: {per_seed[metric]}" for metric in metrics]
 
 
 def mean_std_text(value: dict | None) -> str:

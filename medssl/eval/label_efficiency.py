@@ -80,7 +80,8 @@ def label_efficiency(
 
 def curve_rows(results: dict, encoder: str, size: int | None) -> list[dict]:
     """One row per test split and metric of a fine-tuning result, tagged with encoder and size."""
-    n_fit = [run["n_fit"] + run["n_validation"] for run in results["runs"]]
+    # subjects trained on (fit and validation parts together), as the train-size note counts them
+    n_fit = [run.get("n_train_subjects", run["n_fit"] + run["n_validation"]) for run in results["runs"]]
     rows = []
     for split, entry in results["summary"].items():
         for metric, value in entry.items():

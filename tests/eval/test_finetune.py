@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -24,9 +25,11 @@ from medssl.eval.finetune import (
     check_no_leakage,
     classification_metrics,
     finetune_encoder,
+    intensity_probe,
     load_pretrained_encoder,
     make_loader,
     mean_std,
+    mean_std_text,
     print_finetune_report,
     regression_metrics,
     resolve_target,
@@ -35,6 +38,7 @@ from medssl.eval.finetune import (
     volume_dataset,
 )
 from medssl.eval.plots import plot_roc_curves
+from medssl.eval.probes import quiet_fits
 from medssl.models import build_encoder, save_encoder
 from medssl.train.finetuning import (
     EarlyStopping,
@@ -602,7 +606,62 @@ def test_a_train_size_above_the_training_split_says_that_all_subjects_are_used(t
     recipe.finetune.train_size = 1000
     results = finetune_encoder(recipe, None, tmp_path / "run")
     n_train = len(load_cohort(tiny_cohort).subset("train"))
-    assert f"finetune.train_size = 1000 is more than the {n_train} training subjects: all are used." in results["notes"]
+    assert (
+        f"finetune.train_size = 1000 is more than the {n_train} training subjects: "
+        f"all {n_train} are used (fit and validation parts together)." in results["notes"]
+    )
+    assert results["runs"][0]["n_train_subjects"] == n_train
+
+
+def test_the_train_size_note_and_the_curve_count_the_same_subjects(tmp_path, tiny_cohort):
+    from medssl.eval.label_efficiency import curve_rows
+
+    recipe = tiny_recipe(tiny_cohort, seeds=[0, 1], train_size=20)
+    recipe.data.max_subjects = 8  # as --smoke sets it: fewer subjects than the train split holds
+    results = finetune_encoder(recipe, None, tmp_path / "run")
+    n_split = len(load_cohort(tiny_cohort).subset("train"))
+    assert n_split > 8
+    assert (
+        f"finetune.train_size = 20 is more than the 8 training subjects ({n_split} in the train split; "
+        "data.max_subjects = 8): all 8 are used (fit and validation parts together)." in results["notes"]
+    )
+    assert all(run["n_fit"] + run["n_validation"] == 8 for run in results["runs"])
+    assert {row["n_train"] for row in curve_rows(results, "scratch", 20)} == {8}
+
+
+@pytest.mark.parametrize(
+    ("labels", "probe", "note"),
+    [
+        (["a"] * 5 + ["b"] * 4, "GridSearchCV", ""),
+        (["a"] * 2 + ["b"] * 3, "GridSearchCV", "2-fold inner CV"),
+        (["a"] * 1 + ["b"] * 3, "Pipeline", "C fixed at 1, no inner CV"),
+        (["b"] * 4, "DummyClassifier", "class frequencies"),
+    ],
+)
+def test_the_intensity_probe_fits_every_training_part_the_command_accepts(labels, probe, note):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(len(labels), 5))
+    fitted, said = intensity_probe(np.array(labels, dtype=object), classification=True)
+    assert type(fitted).__name__ == probe and (note in said if note else said == "")
+    with quiet_fits(features):
+        fitted.fit(features, np.array(labels, dtype=object))
+    probabilities = fitted.predict_proba(features)
+    assert probabilities.shape == (len(labels), len(set(labels)))
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    if probe == "GridSearchCV":
+        assert fitted.n_splits_ == min(3, min(labels.count(label) for label in set(labels)))
+
+
+def test_fine_tuning_on_four_training_subjects_scores_every_baseline_and_says_how(tmp_path, tiny_cohort):
+    recipe = tiny_recipe(tiny_cohort, seeds=[0, 1, 2], train_size=4)
+    results = finetune_encoder(recipe, None, tmp_path / "run")
+    for run in results["runs"]:
+        assert run["n_fit"] + run["n_validation"] == 4
+        for split in ("internal_test", "external_test"):
+            assert 0.0 <= run["baselines"]["intensity"][split]["balanced_accuracy"] <= 1.0
+        # four subjects leave no class three members: never the usual 3-fold inner CV, and a note says so
+        assert run["baseline_note"].startswith("intensity baseline: ")
+        assert any(note.startswith(run["baseline_note"]) and str(run["seed"]) in note for note in results["notes"])
 
 
 def test_train_sizes_refuse_a_size_given_twice():
@@ -623,7 +682,7 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
         "--encoder",
         str(tmp_path / "run"),
         "--train-sizes",
-        "6,all",
+        "4,all",  # the smallest size the command accepts
         "--smoke",
         "--out",
         str(out),
@@ -632,15 +691,15 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "label_efficiency.csv")
     assert set(table["encoder"]) == {"pretrained", "scratch", "constant baseline", "intensity baseline"}
-    assert set(table["train_size"].astype(str)) == {"6", "all"}
+    assert set(table["train_size"].astype(str)) == {"4", "all"}
     assert set(table["split"]) == {"internal_test", "external_test"}
-    six = table[(table["train_size"].astype(str) == "6")]
-    assert (six["n_train"] == 6).all()
+    four = table[(table["train_size"].astype(str) == "4")]
+    assert (four["n_train"] == 4).all()
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    stamp = (out / "scratch-n6" / "finetune.json").stat().st_mtime_ns
+    stamp = (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, command)
     assert again.exit_code == 0, again.output
-    assert (out / "scratch-n6" / "finetune.json").stat().st_mtime_ns == stamp
+    assert (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns == stamp
     assert pd.read_csv(out / "label_efficiency.csv").equals(table)
 
 
@@ -678,14 +737,42 @@ def test_reports_carry_the_constant_and_intensity_baselines_on_the_same_splits(t
 
 
 def test_the_report_keeps_split_and_metric_names_whole_in_80_columns(tmp_path, tiny_cohort):
-    results = finetune_encoder(tiny_recipe(tiny_cohort, seeds=[0, 1]), None, tmp_path / "out")
+    results = finetune_encoder(tiny_recipe(tiny_cohort, seeds=[0, 1, 2]), None, tmp_path / "out")
     stream = io.StringIO()
     print_finetune_report(results, Console(file=stream, width=80), notes=False)
     lines = stream.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 80
-    names = " ".join(lines)
-    assert "internal_test" in names and "external_test" in names
-    assert "balanced_accuracy" in names and "roc_auc" in names
+    for header in ("metric", "mean ± std", "(3 seeds)", "constant", "intensity", "per seed"):
+        assert any(header in line for line in lines), header
+    for split, entry in results["summary"].items():
+        title = next(k for k, line in enumerate(lines) if line.startswith(f"{split} (n = {entry['n']})"))
+        for metric in ("roc_auc", "balanced_accuracy"):
+            row = next(line for line in lines[title:] if line.startswith(metric + " "))  # the name is never cut
+            texts = [mean_std_text(entry[metric])]
+            texts += [mean_std_text(results["baselines"][name][split][metric]) for name in ("constant", "intensity")]
+            assert all(text in row for text in texts), (texts, row)  # "x.xxx ± y.yyy" whole, on its row
+    # every number whole on one line: a cut one would leave a digit run without its three decimals
+    numbers = [token for line in lines for token in re.findall(r"\d[\d.]*", line)]
+    assert numbers and all(token.isdigit() or re.fullmatch(r"\d+\.\d{3}", token) for token in numbers), numbers
+
+
+def test_per_seed_values_without_room_in_the_table_are_listed_under_it_not_cut():
+    value = {"mean": -123.456, "std": 10.5, "n_seeds": 3}
+    runs = [{"seed": seed, "internal_test": {"r2": -120.0 - seed, "n": 5}} for seed in range(3)]
+    results = {
+        "settings": {"target": "score", "task": "regression", "mode": "full", "encoder": None, "seeds": [0, 1, 2]},
+        "summary": {"internal_test": {"r2": value, "n": 5}},
+        "baselines": {name: {"internal_test": {"r2": value}} for name in ("constant", "intensity")},
+        "runs": runs,
+    }
+    for width, listed_under in ((80, False), (72, True)):
+        stream = io.StringIO()
+        print_finetune_report(results, Console(file=stream, width=width), notes=False)
+        lines = stream.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width
+        assert sum("-123.456 ± 10.500" in line for line in lines) == 1  # the row holds all three, whole
+        assert any(line.count("-123.456 ± 10.500") == 3 for line in lines)
+        assert any(line.startswith("r2 per seed: -120.000, -121.000, -122.000") for line in lines) == listed_under
 
 
 @pytest.mark.parametrize(

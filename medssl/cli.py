@@ -420,8 +420,11 @@ def recipes(
     if fields:
         _print_fields()
         return
-    view = Table(title="Shipped recipes (medssl pretrain recipes/<name>.yaml)")
-    view.add_column("name", style="bold")
+    view = Table(
+        title="Shipped recipes: medssl pretrain <name>; finetune_*: medssl finetune <name> --encoder RUN",
+        title_justify="left",
+    )
+    view.add_column("name", style="bold", no_wrap=True)
     view.add_column("description")
     for name, description in shipped_recipes():
         view.add_row(name, description)

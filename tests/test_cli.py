@@ -50,6 +50,7 @@ def test_recipes_lists_every_shipped_recipe_with_its_description():
     for name in list_recipe_names():
         assert name in output
     assert "Barlow Twins (Zbontar et al., ICML 2021)" in output
+    assert "medssl pretrain <name>" in output and "medssl finetune <name> --encoder RUN" in output
 
 
 def test_recipes_fields_lists_every_key_with_its_default():

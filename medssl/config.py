@@ -802,9 +802,11 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     """Read, override and validate a recipe; raises :class:`RecipeError` with the key path."""
     path = resolve_recipe_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
+    if raw is None:  # an empty file would run every default under the file's name, surely not what was meant
+        raise RecipeError(f"{path}: the recipe is empty; start from a shipped one (medssl recipes)")
     if not isinstance(raw, dict):
         raise RecipeError(
             f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}"

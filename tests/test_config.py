@@ -82,6 +82,13 @@ def test_recipe_is_never_evaluated_as_code(tmp_path):
         load_recipe(path)
 
 
+def test_an_empty_recipe_file_is_refused_not_run_with_every_default(tmp_path):
+    for text in ("", "# only a comment\n"):
+        path = write(tmp_path, text)
+        with pytest.raises(RecipeError, match=r"the recipe is empty; start from a shipped one"):
+            load_recipe(path)
+
+
 def test_missing_recipe_lists_shipped_names():
     with pytest.raises(RecipeError, match="yaware_age"):
         load_recipe("no_such_recipe")

@@ -76,6 +76,16 @@ def _smoke(recipe, overrides: list[str]):
     )
 
 
+def _smoke_finetune(recipe, overrides: list[str], encoder: str):
+    """``--smoke`` for fine-tuning: at the cubic shape the encoder was pre-trained on, unless the
+    command line gives a shape, so that a smoke pre-training and fine-tuning chain."""
+    from medssl.eval.finetune import smoke_at_pretraining_shape
+
+    smoke = _smoke(recipe, overrides)
+    shape_given = any(item.startswith(("data.synthetic.shape", "data.volume_shape")) for item in overrides)
+    return smoke if encoder.lower() == "none" or shape_given else smoke_at_pretraining_shape(smoke, encoder)
+
+
 @contextmanager
 def _quiet_sklearn(smoke: bool) -> Iterator[None]:
     """Under --smoke, silence scikit-learn's warnings: a handful of subjects makes single-class
@@ -253,17 +263,14 @@ def finetune(
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
-    from medssl.eval.finetune import finetune_encoder, smoke_at_pretraining_shape
+    from medssl.eval.finetune import finetune_encoder
     from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
     _refuse_unread_finetune_overrides(overrides)
     resolved = load_recipe(recipe, overrides)
     if smoke:
-        resolved = _smoke(resolved, overrides)
-        shape_given = any(item.startswith(("data.synthetic.shape", "data.volume_shape")) for item in overrides)
-        if encoder.lower() != "none" and not shape_given:
-            resolved = smoke_at_pretraining_shape(resolved, encoder)
+        resolved = _smoke_finetune(resolved, overrides, encoder)
         console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
     if resume and out is None:
         raise RecipeError("--resume needs --out: the folder of the fine-tuning to continue")

@@ -1004,12 +1004,7 @@ class FineTuner:
             }
             for baseline in ("constant", "intensity")
         }
-        seeds_of: dict[str, list[str]] = {}
-        for run in runs:
-            if run.get("baseline_note"):
-                seeds_of.setdefault(run["baseline_note"], []).append(str(run["seed"]))
-        for note, seeds in seeds_of.items():
-            self.say(f"{note}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}.")
+        self.say_baseline_notes(runs)
         for name, entry in summary.items():
             if entry.get("roc_auc", {}).get("n_seeds", 1) < len(runs):
                 self.notes.append(f"{name}: ROC AUC undefined for some seeds (a single class among its subjects)")
@@ -1048,6 +1043,15 @@ class FineTuner:
         return json_ready(
             {"settings": settings, "summary": summary, "baselines": baselines, "runs": runs, "notes": self.notes}
         )
+
+    def say_baseline_notes(self, runs: list[dict]) -> None:
+        """Each way the intensity baseline was regularised on a tiny training part, once, with its seeds."""
+        seeds_of: dict[str, list[str]] = {}
+        for run in runs:
+            if run.get("baseline_note"):
+                seeds_of.setdefault(run["baseline_note"], []).append(str(run["seed"]))
+        for note, seeds in seeds_of.items():
+            self.say(f"{note}, seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}.")
 
     def write(self, out_dir: Path, results: dict, predictions: pd.DataFrame, history: pd.DataFrame) -> None:
         from medssl.eval.plots import plot_age_predictions, plot_roc_curves

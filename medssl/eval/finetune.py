@@ -676,7 +676,7 @@ class FineTuner:
         self.say(
             f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
             f"{synthetic.external_sites} external, {synthetic.shape}^3 voxels{', with diagnosis' if synthetic.diagnosis else ''}) "
-            f"with a small budget ({budget.epochs} epochs, batch {budget.batch_size})."
+            f"with a small budget ({budget.epochs} epoch{'s' if budget.epochs != 1 else ''}, batch {budget.batch_size})."
         )
         return resolved
 

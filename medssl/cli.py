@@ -643,9 +643,62 @@ def _error_line(error: MedsslError) -> str:
     return message
 
 
+class StdoutWithoutReader:
+    """``sys.stdout`` that outlives its reader (``medssl pretrain ... | head``).
+
+    When the pipe's reader goes away, the output from then on goes to /dev/null and the command
+    carries on: a training run is worth more than its console, and its notes are in the run folder.
+    """
+
+    def __init__(self, stream, stderr: Console) -> None:
+        self._stream = stream
+        self._stderr = stderr
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop_output()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop_output()
+
+    def _drop_output(self) -> None:
+        if self.reader_gone:
+            return
+        self.reader_gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # buffered text and later writes land in /dev/null
+        os.close(devnull)
+        self._stderr.print(
+            "note: standard output was closed (broken pipe); medssl carries on without printing to it."
+            " Ctrl-C stops it (a training run resumes with --resume).",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _guard_stdout(stderr: Console) -> None:
+    """Install StdoutWithoutReader over a real stdout (not over pytest's or CliRunner's capture)."""
+    try:
+        sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stdout = StdoutWithoutReader(sys.stdout, stderr)  # type: ignore[assignment]
+
+
 def main() -> None:
     # Not standalone: typer would turn Ctrl-C into a silent exit 130 before medssl's handler runs.
     stderr = Console(stderr=True)
+    _guard_stdout(stderr)
     try:
         code = app(standalone_mode=False)
     except MedsslError as error:

@@ -692,7 +692,7 @@ def _guard_stdout(stderr: Console) -> None:
         sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):
         return
-    sys.stdout = StdoutWithoutReader(sys.stdout, stderr)  # type: ignore[assignment]
+    sys.stdout = StdoutWithoutReader(sys.stdout, stderr)
 
 
 def main() -> None:

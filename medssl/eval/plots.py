@@ -31,7 +31,7 @@ from medssl.eval.score import TEST_SPLITS, EvaluationError, as_labels
 EMBEDDING_METHODS = ("auto", "umap", "tsne", "pca")
 TSNE_MAX_SUBJECTS = 2000  # beyond this, t-SNE is too slow for a routine report
 TSNE_PCA_DIMS = 50  # t-SNE runs on the leading principal components, as usual
-MAX_SITE_LEGEND = 20
+SITES_PER_LEGEND_COLUMN = 20
 DPI = 120
 
 
@@ -117,12 +117,7 @@ def plot_embedding(
     age_axes.set_title(f"coloured by {age_col}")
     if site_col in table.columns:
         sites = as_labels(table[site_col].fillna("unknown")).to_numpy()
-        palette = colormaps["tab20"]
-        for index, site in enumerate(sorted(set(sites))):
-            mask = sites == site
-            site_axes.scatter(coordinates[mask, 0], coordinates[mask, 1], s=14, color=palette(index % 20), label=site)
-        if len(set(sites)) <= MAX_SITE_LEGEND:
-            site_axes.legend(fontsize="x-small", markerscale=0.8, title=site_col, loc="best")
+        figure.set_figwidth(11 + 1.2 * scatter_by_site(site_axes, coordinates, sites, site_col))
     else:
         site_axes.scatter(coordinates[:, 0], coordinates[:, 1], s=14, color="grey")
     site_axes.set_title(f"coloured by {site_col}")
@@ -131,6 +126,29 @@ def plot_embedding(
         axes.set_yticks([])
     figure.suptitle(f"Embedding of {features.shape[0]} subjects x {features.shape[1]} features ({used})")
     return save_figure(figure, path)
+
+
+def scatter_by_site(axes, coordinates: np.ndarray, sites: np.ndarray, title: str) -> int:
+    """One colour and marker per site (20 colours x 6 markers), named in a legend beside the axes;
+    returns the legend's number of columns."""
+    markers = "os^DvP"
+    palette = colormaps["tab20"]
+    names = sorted(set(sites))
+    for index, site in enumerate(names):
+        mask = sites == site
+        style = {"color": palette(index % 20), "marker": markers[(index // 20) % len(markers)]}
+        axes.scatter(coordinates[mask, 0], coordinates[mask, 1], s=14, label=site, **style)
+    columns = -(-len(names) // SITES_PER_LEGEND_COLUMN)
+    axes.legend(
+        fontsize="x-small",
+        markerscale=0.8,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncol=columns,
+        borderaxespad=0.0,
+    )
+    return columns
 
 
 def embed_2d(features: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:

@@ -89,3 +89,25 @@ def test_loss_curve_needs_a_loss_and_an_x_column(tmp_path):
         plot_loss_curve(pd.DataFrame({"loss": [1.0, 0.5]}), tmp_path / "loss.png")
     with pytest.raises(EvaluationError, match="smoothing"):
         plot_loss_curve(pd.DataFrame({"step": [0], "loss": [1.0]}), tmp_path / "loss.png", smoothing=1.0)
+
+
+def test_embedding_names_every_site_of_a_large_cohort_with_a_style_of_its_own(tmp_path, monkeypatch):
+    sites = [f"site{index:02d}" for index in range(64)]  # OpenBHB's number of sites
+    table = pd.DataFrame({"age": np.linspace(10, 80, 128), "site": sites * 2})
+    features = np.random.default_rng(0).normal(size=(len(table), 8))
+    drawn = []
+    save_figure = plots.save_figure
+
+    def keep_figure(figure, path):
+        drawn.append(figure)
+        return save_figure(figure, path)
+
+    monkeypatch.setattr(plots, "save_figure", keep_figure)
+    assert_png(plot_embedding(features, table, tmp_path / "e.png", method="pca"))
+    site_axes = drawn[0].axes[1]
+    assert [text.get_text() for text in site_axes.get_legend().get_texts()] == sites
+    styles = {
+        (tuple(collection.get_facecolor()[0]), collection.get_paths()[0].vertices.tobytes())
+        for collection in site_axes.collections
+    }
+    assert len(styles) == 64

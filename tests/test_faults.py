@@ -537,7 +537,7 @@ def test_a_setting_added_to_medssl_since_the_checkpoint_does_not_block_its_resum
 
     saved = "train:\n  lr: 0.1\n"
     refused, allowed = resume_differences(saved, "train:\n  lr: 0.1\n  new_knob: 3\n")
-    assert refused == [] and allowed == ["train.new_knob: None -> 3"]
+    assert refused == [] and allowed == ["train.new_knob: null -> 3"]
     refused, _ = resume_differences(saved, "train:\n  lr: 0.2\n  new_knob: 3\n")
     assert refused == ["train.lr: 0.1 -> 0.2"]
 

@@ -98,6 +98,12 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
     return {key: value for name, child in tree.items() for key, value in flatten(child, f"{prefix}{name}.").items()}
 
 
+def yaml_value(value: object) -> str:
+    """A recipe value as a recipe spells it: null, true, 0.001, [16, 32], 'a string' only when quoted in YAML."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000)
+    return text.removesuffix("\n...\n").strip()
+
+
 def resume_differences(
     saved_yaml: str, current_yaml: str, resumable: tuple[str, ...] = RESUMABLE_CHANGES
 ) -> tuple[list[str], list[str]]:
@@ -110,7 +116,7 @@ def resume_differences(
     allowed: list[str] = []
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
-            change = f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+            change = f"{key}: {yaml_value(saved.get(key))} -> {yaml_value(current.get(key))}"
             # a key the saved recipe lacks is a setting added to medssl since: not the user's change
             (allowed if key.startswith(resumable) or key not in saved else refused).append(change)
     return refused, allowed

@@ -6,7 +6,8 @@ Run by hand from the repository root:
     python benchmarks/losses.py --against loops --sizes 256    # vectorised vs. loop transcription
 
 ``--against peers`` (the default) prints, for 2N = 512 and 2048 embeddings of D = 128 (and 4096
-for the threshold loss), in float32 and bfloat16, the time ratio medssl / peer of
+for the threshold loss; Barlow Twins also at D = 1024, the projector of its recipe, for 2N = 64,
+its batch, 512 and 2048), in float32 and bfloat16, the time ratio medssl / peer of
 ``loss(z).backward()`` on z of shape (N, 2, D): NT-Xent and Barlow Twins against lightly's formulas (written out below,
 as lightly 1.5 computes them, since lightly is not a dependency), y-aware and exponential
 against a plain dense implementation of the same formula, ThresholdLoss against YAwareLoss.
@@ -169,25 +170,32 @@ def upcast(peer: Callable) -> Callable:
 
 
 BOTH = (torch.float32, torch.bfloat16)
+RECIPE_DIM = 1024  # recipes/barlow_twins.yaml's projector output (its batch: 32 subjects)
 
-# name, medssl loss(z, y), peer(z, y), numbers of subjects N, input dtypes
-PEERS: list[tuple[str, Callable, Callable, tuple[int, ...], tuple[torch.dtype, ...]]] = [
-    ("NTXentLoss / lightly", NTXentLoss(temperature=TAU), two_views(lightly_ntxent), (256, 1024), BOTH),
-    ("BarlowTwinsLoss / lightly", BarlowTwinsLoss(), two_views(lightly_barlow_twins), (256, 1024), BOTH),
+# name, medssl loss(z, y), peer(z, y), (number of subjects N, embedding dimension D or None for --dim), input dtypes
+PEERS: list[tuple[str, Callable, Callable, tuple[tuple[int, int | None], ...], tuple[torch.dtype, ...]]] = [
+    ("NTXentLoss / lightly", NTXentLoss(temperature=TAU), two_views(lightly_ntxent), ((256, None), (1024, None)), BOTH),
+    (
+        "BarlowTwinsLoss / lightly",
+        BarlowTwinsLoss(),
+        two_views(lightly_barlow_twins),
+        ((256, None), (1024, None), (32, RECIPE_DIM), (256, RECIPE_DIM), (1024, RECIPE_DIM)),
+        BOTH,
+    ),
     (
         "BarlowTwinsLoss / lightly f32",
         BarlowTwinsLoss(),
         upcast(two_views(lightly_barlow_twins)),
-        (256, 1024),
+        ((256, None), (1024, None), (32, RECIPE_DIM), (256, RECIPE_DIM), (1024, RECIPE_DIM)),
         (torch.bfloat16,),
     ),
-    ("YAwareLoss / dense", YAwareLoss(temperature=TAU), dense_yaware, (256, 1024), BOTH),
-    ("ExponentialLoss / dense", ExponentialLoss(temperature=TAU), dense_exponential, (256, 1024), BOTH),
+    ("YAwareLoss / dense", YAwareLoss(temperature=TAU), dense_yaware, ((256, None), (1024, None)), BOTH),
+    ("ExponentialLoss / dense", ExponentialLoss(temperature=TAU), dense_exponential, ((256, None), (1024, None)), BOTH),
     (
         "ThresholdLoss / YAwareLoss",
         ThresholdLoss(temperature=TAU),
         YAwareLoss(temperature=TAU),
-        (256, 1024, 2048),
+        ((256, None), (1024, None), (2048, None)),
         BOTH,
     ),
 ]
@@ -243,27 +251,28 @@ def paired_times(ours: Callable, peer: Callable, z: torch.Tensor, repeats: int) 
 
 def peer_table(args: argparse.Namespace) -> None:
     print(
-        f"{'loss / peer':<30} {'dtype':>8} {'2N':>5} {'medssl ms':>10} {'peer ms':>10} {'ratio':>6}"
+        f"{'loss / peer':<30} {'dtype':>8} {'2N':>5} {'D':>5} {'medssl ms':>10} {'peer ms':>10} {'ratio':>6}"
         f" {'medssl err':>11} {'peer err':>9}"
     )
     generator = torch.Generator().manual_seed(0)
     for dtype in BOTH:
-        for name, ours, peer, sizes, dtypes in PEERS:
+        for name, ours, peer, shapes, dtypes in PEERS:
             if (args.only and not name.startswith(args.only)) or dtype not in dtypes:
                 continue
-            for n_subjects in sizes:
-                z = torch.randn(n_subjects, 2, args.dim, generator=generator).to(dtype).requires_grad_()
+            for n_subjects, dim in shapes:
+                dim = dim or args.dim
+                z = torch.randn(n_subjects, 2, dim, generator=generator).to(dtype).requires_grad_()
                 y = torch.rand(n_subjects, generator=generator) * 80 + 10
                 ours_fn, peer_fn = (lambda z, f=ours, y=y: f(z, y)), (lambda z, f=peer, y=y: f(z, y))
                 for _ in range(2):  # warm-up
                     seconds(ours_fn, z), seconds(peer_fn, z)
                 repeats = args.repeats if n_subjects <= 1024 else max(3, args.repeats // 3)
                 ours_s, peer_s, ratio = paired_times(ours_fn, peer_fn, z, repeats)
-                late = agreeing_views(n_subjects, args.dim, dtype, generator)
+                late = agreeing_views(n_subjects, dim, dtype, generator)
                 errors = f"{gradient_error(ours_fn, late):>11.1e} {gradient_error(peer_fn, late):>9.1e}"
                 dtype_name = str(dtype).removeprefix("torch.")
                 print(
-                    f"{name:<30} {dtype_name:>8} {2 * n_subjects:>5} {ours_s * 1e3:>10.1f} {peer_s * 1e3:>10.1f}"
+                    f"{name:<30} {dtype_name:>8} {2 * n_subjects:>5} {dim:>5} {ours_s * 1e3:>10.1f} {peer_s * 1e3:>10.1f}"
                     f" {ratio:>6.2f} {errors}",
                     flush=True,
                 )

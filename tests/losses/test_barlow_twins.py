@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from medssl.losses.barlow_twins import BarlowTwinsLoss
+from medssl.losses.barlow_twins import BarlowTwinsLoss, works_by_subjects
 from medssl.losses.layout import LossInputError
 
 
@@ -31,8 +31,19 @@ def slow_barlow_twins(z, lambd, eps=1e-5):
     return loss
 
 
-def test_barlow_twins_matches_transcription_in_value_and_gradient():
-    z = torch.randn(7, 2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+# (N, D): the D x D form (N >= 3D / 4) and the N x N one (N < 3D / 4).
+BOTH_FORMS = [pytest.param(7, 4, id="by-dimensions"), pytest.param(3, 8, id="by-subjects")]
+
+
+def test_the_form_with_fewer_products_is_chosen():
+    assert not works_by_subjects(7, 4) and works_by_subjects(3, 8)
+    assert works_by_subjects(32, 1024) and works_by_subjects(2048, 8192)  # the recipes', the paper's
+    assert not works_by_subjects(1024, 128) and not works_by_subjects(768, 1024)
+
+
+@pytest.mark.parametrize(("n", "d"), BOTH_FORMS)
+def test_barlow_twins_matches_transcription_in_value_and_gradient(n, d):
+    z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
     loss = BarlowTwinsLoss(lambd=0.3)(z)
     (grad,) = torch.autograd.grad(loss, z)
     expected = slow_barlow_twins(z, lambd=0.3)
@@ -67,15 +78,17 @@ def test_barlow_twins_off_diagonal_weight_is_lambd():
     assert BarlowTwinsLoss().lambd == 5e-3
 
 
-def test_barlow_twins_computes_bfloat16_inputs_in_float32():
-    z = torch.randn(16, 2, 32, generator=torch.Generator().manual_seed(3)).bfloat16()
+@pytest.mark.parametrize(("n", "d"), [(16, 32), (64, 32)], ids=["by-subjects", "by-dimensions"])
+def test_barlow_twins_computes_bfloat16_inputs_in_float32(n, d):
+    z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(3)).bfloat16()
     loss = BarlowTwinsLoss()(z)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert math.isclose(loss.item(), BarlowTwinsLoss()(z.float()).item(), rel_tol=1e-5)
 
 
-def test_barlow_twins_gradient_of_bfloat16_input_is_that_of_its_float32_copy():
-    z = torch.randn(64, 2, 32, generator=torch.Generator().manual_seed(4)).bfloat16().requires_grad_()
+@pytest.mark.parametrize(("n", "d"), [(16, 32), (64, 32)], ids=["by-subjects", "by-dimensions"])
+def test_barlow_twins_gradient_of_bfloat16_input_is_that_of_its_float32_copy(n, d):
+    z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(4)).bfloat16().requires_grad_()
     upcast = z.detach().float().requires_grad_()
     (low,) = torch.autograd.grad(BarlowTwinsLoss()(z), z)
     (high,) = torch.autograd.grad(BarlowTwinsLoss()(upcast), upcast)
@@ -83,13 +96,14 @@ def test_barlow_twins_gradient_of_bfloat16_input_is_that_of_its_float32_copy():
     torch.testing.assert_close(low, high.bfloat16(), rtol=0, atol=0)
 
 
-def test_barlow_twins_gradient_matches_autograd_through_the_written_out_formula():
+@pytest.mark.parametrize(("n", "d"), [(40, 24), (12, 40)], ids=["by-dimensions", "by-subjects"])
+def test_barlow_twins_gradient_matches_autograd_through_the_written_out_formula(n, d):
     # Large N, D and a mean far from 0: the closed-form backward against autograd, in float64.
-    z = 3.0 + torch.randn(40, 2, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    z = 3.0 + torch.randn(n, 2, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     z.requires_grad_()
     (grad,) = torch.autograd.grad(BarlowTwinsLoss(lambd=0.05)(z), z)
     standardized = (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, correction=0) + 1e-5)
-    c = standardized[:, 0].T @ standardized[:, 1] / 40
+    c = standardized[:, 0].T @ standardized[:, 1] / n
     expected = (1 - c.diagonal()).pow(2).sum() + 0.05 * (c.pow(2).sum() - c.diagonal().pow(2).sum())
     (expected_grad,) = torch.autograd.grad(expected, z)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
@@ -100,9 +114,10 @@ def test_barlow_twins_rejects_more_than_two_views():
         BarlowTwinsLoss()(torch.randn(4, 3, 8))
 
 
-def test_barlow_twins_second_backward_through_one_loss_is_refused():
+@pytest.mark.parametrize(("n", "d"), [(8, 4), (3, 8)], ids=["by-dimensions", "by-subjects"])
+def test_barlow_twins_second_backward_through_one_loss_is_refused(n, d):
     # The first backward writes the gradient over the saved standardised views.
-    z = torch.randn(8, 2, 4, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(6), requires_grad=True)
     loss = BarlowTwinsLoss()(z)
     before = z.detach().clone()
     (first,) = torch.autograd.grad(loss, z, retain_graph=True)

@@ -643,16 +643,17 @@ def _error_line(error: MedsslError) -> str:
     return message
 
 
-class StdoutWithoutReader:
-    """``sys.stdout`` that outlives its reader (``medssl pretrain ... | head``).
+class OutputWithoutReader:
+    """``sys.stdout`` or ``sys.stderr`` that outlives its reader (``medssl pretrain ... | head``).
 
     When the pipe's reader goes away, the output from then on goes to /dev/null and the command
     carries on: a training run is worth more than its console, and its notes are in the run folder.
+    ``notice`` (for stdout) says so once, on stderr, which may be the same closed pipe (``2>&1``).
     """
 
-    def __init__(self, stream, stderr: Console) -> None:
+    def __init__(self, stream, notice: Console | None = None) -> None:
         self._stream = stream
-        self._stderr = stderr
+        self._notice = notice
         self.reader_gone = False
 
     def write(self, text: str) -> int:
@@ -675,30 +676,33 @@ class StdoutWithoutReader:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, self._stream.fileno())  # buffered text and later writes land in /dev/null
         os.close(devnull)
-        self._stderr.print(
-            "note: standard output was closed (broken pipe); medssl carries on without printing to it."
-            " Ctrl-C stops it (a training run resumes with --resume).",
-            highlight=False,
-            soft_wrap=True,
-        )
+        if self._notice is not None:
+            self._notice.print(
+                "note: standard output was closed (broken pipe); medssl carries on without printing to it."
+                " Ctrl-C stops it (a training run resumes with --resume).",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
 
 
-def _guard_stdout(stderr: Console) -> None:
-    """Install StdoutWithoutReader over a real stdout (not over pytest's or CliRunner's capture)."""
-    try:
-        sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return
-    sys.stdout = StdoutWithoutReader(sys.stdout, stderr)
+def _guard_output(stderr: Console) -> None:
+    """Install OutputWithoutReader over a real stdout and stderr (not over pytest's or CliRunner's capture)."""
+    for name, notice in (("stderr", None), ("stdout", stderr)):
+        stream = getattr(sys, name)
+        try:
+            stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+        setattr(sys, name, OutputWithoutReader(stream, notice))
 
 
 def main() -> None:
     # Not standalone: typer would turn Ctrl-C into a silent exit 130 before medssl's handler runs.
     stderr = Console(stderr=True)
-    _guard_stdout(stderr)
+    _guard_output(stderr)
     try:
         code = app(standalone_mode=False)
     except MedsslError as error:

@@ -557,8 +557,9 @@ def test_a_failed_write_names_the_file_asked_for_not_its_hidden_temporary(tmp_pa
     assert f"cannot write {tmp_path / 'cache' / 'volume.npy'}" in str(output_error(elsewhere, target))
 
 
-def test_a_pretrain_whose_stdout_reader_went_away_finishes_its_run(tmp_path):
-    """``medssl pretrain ... | head``: the run carries on to its encoder instead of dying on the pipe."""
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_a_pretrain_whose_output_reader_went_away_finishes_its_run(tmp_path, stderr_too):
+    """``medssl pretrain ... | head`` (and ``2>&1 | head``): the run carries on to its encoder."""
     import os
     import subprocess
 
@@ -566,18 +567,20 @@ def test_a_pretrain_whose_stdout_reader_went_away_finishes_its_run(tmp_path):
     os.close(read_end)  # the reader is gone before medssl writes its first line
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "medssl", "pretrain", "simclr", "--smoke", "--out", str(run_dir), *FAST]
+    stderr = write_end if stderr_too else subprocess.PIPE
     try:
-        finished = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
+        finished = subprocess.run(command, stdout=write_end, stderr=stderr, text=True, timeout=600)
     finally:
         os.close(write_end)
     assert finished.returncode == 0, finished.stderr
-    assert "Traceback" not in finished.stderr
-    assert "standard output was closed (broken pipe)" in finished.stderr
+    if not stderr_too:
+        assert "Traceback" not in finished.stderr
+        assert "standard output was closed (broken pipe)" in finished.stderr
     assert (run_dir / "encoder.pt").is_file()
     assert "embedded synthetic cohort" in (run_dir / "run_notes.txt").read_text()  # the notes it could not print
 
 
-def test_stdout_without_reader_drops_output_once_and_says_so(tmp_path):
+def test_output_without_reader_drops_output_once_and_says_so(tmp_path):
     import io
     import os
 
@@ -585,7 +588,7 @@ def test_stdout_without_reader_drops_output_once_and_says_so(tmp_path):
     os.close(read_end)
     stream = os.fdopen(write_end, "w")
     notes = io.StringIO()
-    guarded = cli.StdoutWithoutReader(stream, Console(file=notes, width=400))
+    guarded = cli.OutputWithoutReader(stream, Console(file=notes, width=400))
     try:
         assert guarded.write("x" * 10) == 10
         guarded.flush()  # the write reaches the closed pipe here

@@ -41,6 +41,8 @@ def output_error(error: OSError, path: str | Path) -> OutputError | None:
         return OutputError(
             f"no space left on device writing {path} ({free:.0f} MB free there); free some space and rerun"
         )
+    if error.errno == errno.EISDIR:
+        return OutputError(f"cannot write {path}: it is a folder; give a file name")
     if error.errno in NOT_WRITABLE:
         return OutputError(
             f"cannot write {path}: {error.strerror or os.strerror(error.errno)}; choose a writable folder"

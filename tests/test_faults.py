@@ -323,7 +323,7 @@ def test_data_synth_into_a_read_only_folder_is_one_line(read_only, tmp_path, mon
     assert_refused_naming(code, error, locked / "cohort")
 
 
-def test_score_json_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):
+def write_predictions(path: Path) -> Path:
     import pandas as pd
 
     pd.DataFrame(
@@ -335,9 +335,25 @@ def test_score_json_into_a_read_only_folder_is_one_line(read_only, tmp_path, mon
             "age_pred": [21.0, 30.0, 41.0, 52.0],
             "site_pred": ["A", "B", "A", "A"],
         }
-    ).to_csv(tmp_path / "predictions.csv", index=False)
+    ).to_csv(path, index=False)
+    return path
+
+
+def test_score_json_onto_a_folder_and_score_of_a_folder_are_one_line_each(tmp_path, monkeypatch, capsys):
+    predictions = write_predictions(tmp_path / "predictions.csv")
+    (tmp_path / "taken.json").mkdir()
+    code, error = run_main(monkeypatch, capsys, "score", predictions, "--json", tmp_path / "taken.json")
+    assert code == 2 and "taken.json: it is a folder" in one_line_error(error)
+    assert not list(tmp_path.glob(".taken.json.*"))  # no temporary left behind
+    (tmp_path / "folder.csv").mkdir()
+    code, error = run_main(monkeypatch, capsys, "score", tmp_path / "folder.csv")
+    assert code == 2 and "folder.csv: is a folder; expected a predictions file" in one_line_error(error)
+
+
+def test_score_json_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):
+    predictions = write_predictions(tmp_path / "predictions.csv")
     locked = read_only(tmp_path / "locked")
-    code, error = run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv", "--json", locked / "out.json")
+    code, error = run_main(monkeypatch, capsys, "score", predictions, "--json", locked / "out.json")
     assert_refused_naming(code, error, locked)
 
 
@@ -390,22 +406,11 @@ def test_run_outputs_follow_the_umask(group_umask, tmp_path, monkeypatch, capsys
 
 
 def test_data_cache_and_score_json_follow_the_umask(group_umask, tiny_cohort, tmp_path, monkeypatch, capsys):
-    import pandas as pd
-
     assert run_main(monkeypatch, capsys, "data", "cache", tiny_cohort, tmp_path / "cache", "--shape", "8")[0] == 0
     for name in ("volumes.npy", "volumes.json", "participants.tsv"):
         assert mode(tmp_path / "cache" / name) == group_umask, name
-    pd.DataFrame(
-        {
-            "participant_id": ["a", "b", "c", "d"],
-            "split": ["train", "train", "internal_test", "external_test"],
-            "site": ["A", "B", "A", "C"],
-            "age": [20.0, 30.0, 40.0, 50.0],
-            "age_pred": [21.0, 30.0, 41.0, 52.0],
-            "site_pred": ["A", "B", "A", "A"],
-        }
-    ).to_csv(tmp_path / "predictions.csv", index=False)
-    assert run_main(monkeypatch, capsys, "score", tmp_path / "predictions.csv", "--json", tmp_path / "out.json")[0] == 0
+    predictions = write_predictions(tmp_path / "predictions.csv")
+    assert run_main(monkeypatch, capsys, "score", predictions, "--json", tmp_path / "out.json")[0] == 0
     assert mode(tmp_path / "out.json") == group_umask
 
 

@@ -263,6 +263,8 @@ def read_predictions(
     separator = TABLE_SEPARATORS.get(path.suffix.lower())
     if separator is None:
         raise EvaluationError(f"{path}: unknown table format {path.suffix!r}; expected .csv or .tsv")
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder; expected a predictions file (.csv or .tsv)")
     if not path.is_file():
         raise EvaluationError(f"{path}: no such predictions file")
     text_columns = {id_col, split_col, site_col, site_pred_col}

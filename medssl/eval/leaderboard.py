@@ -246,17 +246,26 @@ def write_leaderboard(
         command: the command line that produced it, for the report (default: the one in ``benchmark.json``).
         wall_time_s: wall time of the benchmark command, for the report (None: not measured).
         n_resamples, seed: of the paired bootstrap (:func:`paired_differences`).
-        references: rows every method is compared with (e.g. add a control recipe's name).
+        references: rows every method is compared with (e.g. add a control recipe's name); a
+            name beyond :data:`REFERENCES` that is no row of the benchmark is refused.
 
     Returns:
         the written files by extension (``md``, ``json``, ``csv``, ``png``).
     """
     bench_dir = Path(bench_dir)
     runs = collect_runs(bench_dir)
+    rows = sorted(set(runs.metrics["method"]))
+    unknown = [name for name in references if name not in rows and name not in REFERENCES]
+    if unknown:
+        raise EvaluationError(
+            f"reference {', '.join(map(repr, unknown))}: no such row in {bench_dir}; its rows: {', '.join(rows)}"
+        )
     table = leaderboard(runs)
     differences = paired_differences(runs, references=references, n_resamples=n_resamples, seed=seed)
-    header = _report_header(bench_dir, command, wall_time_s, n_resamples)
     paths = {extension: bench_dir / f"leaderboard.{extension}" for extension in ("md", "json", "csv", "png")}
+    if wall_time_s is None and paths["json"].is_file():  # a rebuild keeps the benchmark's own wall time
+        wall_time_s = _read_json(paths["json"]).get("wall_time_s")
+    header = _report_header(bench_dir, command, wall_time_s, n_resamples)
     table.to_csv(paths["csv"], index=False)
     report = {
         **header,

@@ -257,3 +257,18 @@ def test_an_extra_reference_such_as_a_control_is_compared_with_every_other_metho
     assert set(against_better["method"]) == {"simclr"}
     mae = against_better[against_better["metric"] == "mae_internal"].iloc[0]
     assert mae["difference"] > 0  # simclr's errors are one year larger than better's on average
+
+
+def test_a_reference_that_is_no_row_is_refused_naming_the_rows(bench):
+    from medssl.eval.leaderboard import REFERENCES
+
+    with pytest.raises(EvaluationError, match=r"reference 'bettr': no such row in .*its rows: .*better.*simclr"):
+        write_leaderboard(bench, n_resamples=200, references=(*REFERENCES, "bettr"))
+    assert not (bench / "leaderboard.md").exists()
+
+
+def test_a_rebuild_keeps_the_benchmark_wall_time(bench):
+    write_leaderboard(bench, command="medssl benchmark --out bench", wall_time_s=90.0, n_resamples=200)
+    paths = write_leaderboard(bench, n_resamples=200)  # medssl leaderboard BENCH
+    assert json.loads(paths["json"].read_text())["wall_time_s"] == 90.0
+    assert "wall time: 1.5 min" in paths["md"].read_text()

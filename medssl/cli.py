@@ -139,9 +139,13 @@ def pretrain(
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
     from medssl.config import load_recipe
 
+    resolved = load_recipe(recipe, overrides or [])  # a bad recipe is refused before any launch
     if devices > 1 and "LOCAL_RANK" not in os.environ:
+        from medssl.methods import method_needs
+
+        if not method_needs(resolved).distributed:
+            raise RecipeError(f"method.name = {resolved.method.name!r} runs on one process: run it without --devices")
         _launch_torchrun(devices)
-    resolved = load_recipe(recipe, overrides or [])
     if smoke:
         resolved = _smoke(resolved, overrides or [])
         if os.environ.get("RANK", "0") == "0":

@@ -604,3 +604,16 @@ def test_output_without_reader_drops_output_once_and_says_so(tmp_path):
         assert guarded.isatty() is False  # everything else is the stream's
     finally:
         stream.close()
+
+
+def test_devices_with_a_one_process_method_is_refused_before_anything_is_launched(tmp_path, monkeypatch, capsys):
+    launched = []
+    monkeypatch.setattr(cli, "_launch_torchrun", launched.append)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    code, error = run_main(
+        monkeypatch, capsys, "pretrain", "deepcluster", "--smoke", "--devices", "2", "--out", tmp_path / "r"
+    )
+    assert code == 2 and "'deepcluster' runs on one process: run it without --devices" in one_line_error(error)
+    assert launched == [] and not (tmp_path / "r").exists()
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "trian.epochs=2", "--devices", "2")
+    assert code == 2 and "trian" in one_line_error(error) and launched == []  # a bad recipe: refused before launch

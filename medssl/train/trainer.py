@@ -236,6 +236,7 @@ class Trainer:
         if resume_from is not None:
             self.log.truncate_after(epochs_done)
             self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}).")
+            self.note_other_process_count(resume_from.get("processes"))
             if epochs_done >= self.schedule.epochs:
                 self.say(f"All {self.schedule.epochs} epochs were trained already: nothing left to train.")
                 if main:  # the checkpoint records the settings it was last resumed with, as recipe.yaml does
@@ -272,7 +273,9 @@ class Trainer:
         return self.early_stopping is not None and self.early_stopping.stopped
 
     def save_checkpoint(self, epochs_done: int, step: int) -> None:
-        extra = {"early_stopping": self.early_stopping.state_dict()} if self.early_stopping is not None else None
+        extra: dict = {"processes": self.dist.world_size}
+        if self.early_stopping is not None:
+            extra["early_stopping"] = self.early_stopping.state_dict()
         save_checkpoint(
             self.checkpoint_path,
             method=self.objective,
@@ -283,6 +286,18 @@ class Trainer:
             recipe_yaml=self.recipe_yaml,
             scaler=self.scaler,
             extra=extra,
+        )
+
+    def note_other_process_count(self, trained_on: int | None) -> None:
+        """A resume on another number of processes trains on, with another global batch: say so."""
+        now = self.dist.world_size
+        if trained_on is None or trained_on == now:
+            return
+        per_process = self.loader.batch_size
+        self.say(
+            f"The checkpoint was trained on {trained_on} process{'es' if trained_on > 1 else ''} and this resume runs "
+            f"{now}: the global batch goes from {trained_on * per_process} to {now * per_process} subjects, so the run "
+            f"will not match one left uninterrupted; relaunch on {trained_on} to continue it exactly."
         )
 
     def restore(self, state: dict) -> tuple[int, int]:

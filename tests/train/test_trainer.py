@@ -94,6 +94,19 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_weights_and_metrics_of_a_st
     )
 
 
+def test_a_resume_on_another_number_of_processes_says_the_global_batch_changes(tmp_path):
+    line_trainer(tmp_path / "run", epochs=1).run()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["processes"] == 1
+    state["processes"] = 2  # as if trained under torchrun --nproc_per_node 2
+    result = line_trainer(tmp_path / "run", epochs=2).run(state)
+    changed = [note for note in result.notes if "trained on 2 processes" in note]
+    assert changed and "global batch goes from 8 to 4 subjects" in changed[0]
+    assert "trained on 2 processes" in (tmp_path / "run" / "run_notes.txt").read_text()
+    result = line_trainer(tmp_path / "run", epochs=3).run(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
+    assert not any("processes" in note for note in result.notes)  # same count: nothing to say
+
+
 def test_a_checkpoint_of_another_objective_is_refused_before_the_folder_is_touched(tmp_path):
     line_trainer(tmp_path / "a", epochs=1).run()
     state = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")

@@ -127,7 +127,7 @@ def pretrain(
         help="Continue from the run folder's last checkpoint (latest run of the recipe without --out).",
     ),
     smoke: bool = typer.Option(
-        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."
+        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, one short epoch."
     ),
     devices: int = typer.Option(
         1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."
@@ -149,7 +149,7 @@ def pretrain(
     if smoke:
         resolved = _smoke(resolved, overrides or [])
         if os.environ.get("RANK", "0") == "0":
-            console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
+            console.print("Smoke run: a handful of subjects, tiny volumes, one short epoch.")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume)
     quiet = os.environ.get("RANK", "0") != "0"
     if not quiet:  # other ranks would see the folder rank 0 is creating
@@ -256,7 +256,7 @@ def finetune(
         help="Continue the fine-tuning in --out: finished seeds are kept, an interrupted one continues from its checkpoint.",
     ),
     smoke: bool = typer.Option(
-        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, 2 steps."
+        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, one short epoch."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
     train_sizes: str | None = typer.Option(
@@ -275,7 +275,7 @@ def finetune(
     resolved = load_recipe(recipe, overrides)
     if smoke:
         resolved = _smoke_finetune(resolved, overrides, encoder)
-        console.print("Smoke run: a handful of subjects, tiny volumes, 2 steps.")
+        console.print("Smoke run: a handful of subjects, tiny volumes, one short epoch.")
     if resume and out is None:
         raise RecipeError("--resume needs --out: the folder of the fine-tuning to continue")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)

@@ -197,12 +197,15 @@ def build_pretraining(
     notes = Notes(console, dist.is_main)
     recipe, budget_note = apply_embedded_budget(recipe)
     if budget_note:
-        notes.say(budget_note)
+        per_process = f" per process ({dist.world_size} processes)." if dist.enabled else "."
+        notes.say(budget_note.removesuffix(".") + per_process)
     needs = method_needs(recipe)
     if dist.enabled and not needs.distributed:
         raise RecipeError(f"method.name = {needs.name!r} runs on one process: launch it without torchrun")
     data = pretraining_data(recipe, needs, dist, device, notes, console)
-    embedded_epochs(recipe, original_epochs, data.steps_per_epoch)
+    rounding_note = embedded_epochs(recipe, original_epochs, data.steps_per_epoch)
+    if rounding_note:
+        notes.say(rounding_note)
     # Compared once the embedded budget's epochs are known (the saved recipe holds those); still
     # before anything in the run folder is touched.
     checkpoint = Path(run_dir) / "checkpoints" / "last.pt"

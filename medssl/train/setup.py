@@ -82,19 +82,26 @@ def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
     return resolved, note
 
 
-def embedded_epochs(recipe: Recipe, original_epochs: int, steps_per_epoch: int) -> None:
-    """Set the epochs of an embedded run from its budget's steps, scaling the warm-up with them.
+def embedded_epochs(recipe: Recipe, original_epochs: int, steps_per_epoch: int) -> str | None:
+    """Set the epochs of an embedded run from its budget's steps, scaling the warm-up with them;
+    returns a note when whole epochs make more steps than the budget's.
 
     The warm-up keeps the share of the run it has in the recipe's real-data schedule (10 of
     100 epochs stays a tenth), so schedules scale with the budget actually run.
     """
     budget = recipe.train.embedded
     if not recipe.uses_embedded_cohort or budget.epochs is not None:
-        return
+        return None
     epochs = max(1, math.ceil(budget.steps / max(steps_per_epoch, 1)))
     if recipe.train.warmup_epochs:
         recipe.train.warmup_epochs = min(epochs - 1, round(recipe.train.warmup_epochs * epochs / original_epochs))
     recipe.train.epochs = epochs
+    if epochs * steps_per_epoch == budget.steps:
+        return None
+    return (
+        f"train.embedded.steps = {budget.steps}, in whole epochs: {epochs} epoch{'s' if epochs != 1 else ''}"
+        f" x {steps_per_epoch} steps = {epochs * steps_per_epoch} optimiser steps."
+    )
 
 
 def open_cohort(recipe: Recipe, console: Console | None = None) -> Cohort:

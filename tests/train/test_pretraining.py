@@ -346,12 +346,13 @@ def test_embedded_budget_runs_its_steps_in_whole_epochs_and_scales_the_warm_up()
     resolved, note = apply_embedded_budget(recipe)
     assert resolved.model.encoder == "resnet18" and resolved.model.widths == [16, 32, 64, 128]
     assert "500 steps of batch 32" in note
-    embedded_epochs(resolved, recipe.train.epochs, steps_per_epoch=14)
+    note = embedded_epochs(resolved, recipe.train.epochs, steps_per_epoch=14)
     assert resolved.train.epochs == 36  # ceil(500 / 14): at least the budget's steps
+    assert note == "train.embedded.steps = 500, in whole epochs: 36 epochs x 14 steps = 504 optimiser steps."
     assert resolved.train.warmup_epochs == round(10 * 36 / 300) == 1
     explicit = load_recipe("vicreg", ["train.epochs=3"])
     resolved, _ = apply_embedded_budget(explicit)
-    embedded_epochs(resolved, explicit.train.epochs, steps_per_epoch=14)
+    assert embedded_epochs(resolved, explicit.train.epochs, steps_per_epoch=14) is None
     assert resolved.train.epochs == 3
 
 

@@ -35,7 +35,10 @@ class MetricsLog:
             return
         table = pd.read_csv(self.path)
         table = table[table["epoch"] < epochs_done]
-        self.rows = table.to_dict("records")
+        # A cell a row never had stays empty, as the log writes it, not "nan".
+        self.rows = [
+            {key: value for key, value in row.items() if not pd.isna(value)} for row in table.to_dict("records")
+        ]
         self._rewrite()
 
     def _columns(self) -> list[str]:

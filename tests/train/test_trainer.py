@@ -92,6 +92,9 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_weights_and_metrics_of_a_st
         pd.read_csv(tmp_path / "straight" / "metrics.csv")[columns],
         pd.read_csv(tmp_path / "stopped" / "metrics.csv")[columns],
     )
+    # the rows kept from before the resume read as they were written: empty cells stay empty, not "nan"
+    resumed_text, straight_text = ((tmp_path / run / "metrics.csv").read_text() for run in ("stopped", "straight"))
+    assert "nan" not in resumed_text and resumed_text.count(",,") == straight_text.count(",,") > 0
 
 
 def test_a_resume_on_another_number_of_processes_says_the_global_batch_changes(tmp_path):

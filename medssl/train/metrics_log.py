@@ -29,17 +29,19 @@ class MetricsLog:
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
         self.rows: list[dict] = []
 
-    def truncate_after(self, epochs_done: int) -> None:
-        """Keep only rows of the first ``epochs_done`` epochs (used when resuming)."""
+    def truncate_after(self, epochs_done: int) -> int:
+        """Keep only rows of the first ``epochs_done`` epochs (used when resuming); return how many were dropped."""
         if not self.enabled or not self.path.is_file():
-            return
+            return 0
         table = pd.read_csv(self.path)
+        dropped = int((table["epoch"] >= epochs_done).sum())
         table = table[table["epoch"] < epochs_done]
         # A cell a row never had stays empty, as the log writes it, not "nan".
         self.rows = [
             {key: value for key, value in row.items() if not pd.isna(value)} for row in table.to_dict("records")
         ]
         self._rewrite()
+        return dropped
 
     def _columns(self) -> list[str]:
         extra = sorted({key for row in self.rows for key in row} - set(self.COLUMNS))

@@ -234,8 +234,13 @@ class Trainer:
         # purge_step: TensorBoard drops the events of steps the resumed run is about to redo.
         self.log = MetricsLog(self.run_dir, enabled=main, purge_step=step + 1 if resume_from is not None else None)
         if resume_from is not None:
-            self.log.truncate_after(epochs_done)
-            self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}).")
+            dropped = self.log.truncate_after(epochs_done)
+            redone = (
+                f"; the {dropped} metrics.csv rows logged after it are dropped, their steps run again"
+                if dropped
+                else ""
+            )
+            self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}){redone}.")
             self.note_other_process_count(resume_from.get("processes"))
             if epochs_done >= self.schedule.epochs:
                 self.say(f"All {self.schedule.epochs} epochs were trained already: nothing left to train.")

@@ -219,3 +219,16 @@ def test_early_stopping_state_survives_a_resume(tmp_path):
     resumed.run(load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt"))
     assert resumed.early_stopping.history == straight.early_stopping.history
     assert torch.equal(resumed.objective.line.weight, straight.objective.line.weight)
+
+
+def test_a_resume_says_how_many_metrics_rows_of_unsaved_steps_it_drops(tmp_path):
+    stopped = line_trainer(tmp_path / "run", epochs=4, schedule={"checkpoint_every": 2})
+    with pytest.raises(Stop):
+        stopped.run(on_epoch_end=stop_after_epoch(2))  # killed after epoch 3; the checkpoint holds 2
+    logged = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    unsaved = int((logged["epoch"] >= 2).sum())
+    assert unsaved > 0
+    resumed = line_trainer(tmp_path / "run", epochs=4, schedule={"checkpoint_every": 2})
+    result = resumed.run(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
+    assert any(f"after epoch 2 (step 8); the {unsaved} metrics.csv rows" in note for note in result.notes), result.notes
+    assert not pd.read_csv(tmp_path / "run" / "metrics.csv").duplicated(["kind", "step"]).any()

@@ -126,10 +126,14 @@ class Cohort:
 
 
 def find_table(root: Path) -> Path:
-    for name in TABLE_NAMES:
-        if (root / name).is_file():
-            return root / name
-    raise CohortError(f"{root}: no participants table (expected one of {', '.join(TABLE_NAMES)})")
+    found = [root / name for name in TABLE_NAMES if (root / name).is_file()]
+    if len(found) > 1:
+        raise CohortError(
+            f"{root}: both {' and '.join(path.name for path in found)}; keep the one that describes the cohort"
+        )
+    if not found:
+        raise CohortError(f"{root}: no participants table (expected one of {', '.join(TABLE_NAMES)})")
+    return found[0]
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -226,14 +230,19 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
     if missing:
+        other_separator = any(";" in str(column) or "\t" in str(column) for column in table.columns)
+        hint = "; the header looks separated by another character than the file name's (.csv: commas, .tsv: tabs)"
         raise CohortError(
             f"{source}: missing column '{missing[0]}' (required: {', '.join(REQUIRED_COLUMNS)}; found: {', '.join(map(str, table.columns))})"
+            + (hint if other_separator else "")
         )
     table = table.copy()
     for column in ("participant_id", "sex", "site"):
         blank = table[column].isna()
         if blank.any():
-            raise CohortError(f"{source}: column '{column}' is empty in row {int(np.argmax(blank.to_numpy())) + 1}")
+            index = int(np.argmax(blank.to_numpy()))
+            who = "" if column == "participant_id" else f"participant {table['participant_id'].iloc[index]}: "
+            raise CohortError(f"{source}: {who}column '{column}' is empty (line {index + 2} of the table)")
         table[column] = table[column].astype(str)
     duplicated = table["participant_id"].duplicated()
     if duplicated.any():
@@ -242,9 +251,12 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
     if bad_age.any():
         row = table[bad_age].iloc[0]
-        raise CohortError(
-            f"{source}: participant {row['participant_id']}: age {_plain(row['age'])!r} is not a non-negative number"
+        problem = (
+            "is missing (empty, n/a or NA)"
+            if pd.isna(row["age"])
+            else f"{_plain(row['age'])!r} is not a non-negative number"
         )
+        raise CohortError(f"{source}: participant {row['participant_id']}: age {problem}")
     table["age"] = age.astype(float)
     if "split" not in table.columns:
         table["split"] = "train"

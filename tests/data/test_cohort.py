@@ -66,7 +66,39 @@ def test_bad_age_names_the_participant_and_value(cohort_copy, bad_age):
         return table
 
     edit_table(cohort_copy, edit)
-    with pytest.raises(CohortError, match=r"participant sub-\d+: age .* is not a non-negative number"):
+    with pytest.raises(
+        CohortError, match=r"participant sub-\d+: age (is missing \(empty|.* is not a non-negative number)"
+    ):
+        load_cohort(cohort_copy)
+
+
+@pytest.mark.parametrize("column", ["site", "sex"])
+def test_an_empty_cell_names_the_participant_and_the_line_of_the_table(cohort_copy, column):
+    participant = {}
+
+    def edit(table):
+        table[column] = table[column].astype(object)
+        table.loc[2, column] = None
+        participant["id"] = table.loc[2, "participant_id"]
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=rf"participant {participant['id']}: column '{column}' is empty \(line 4 "):
+        load_cohort(cohort_copy)
+
+
+def test_two_participants_tables_are_refused_rather_than_one_picked(cohort_copy):
+    table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
+    table.to_csv(cohort_copy / "participants.csv", index=False)
+    with pytest.raises(CohortError, match="both participants.tsv and participants.csv"):
+        load_cohort(cohort_copy)
+
+
+def test_a_semicolon_separated_csv_gets_a_hint_about_the_separator(cohort_copy):
+    table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
+    (cohort_copy / "participants.tsv").unlink()
+    table.to_csv(cohort_copy / "participants.csv", sep=";", index=False)
+    with pytest.raises(CohortError, match="missing column 'participant_id'.*separated by another character"):
         load_cohort(cohort_copy)
 
 

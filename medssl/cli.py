@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -41,6 +42,20 @@ app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts, memory-mapped caches.")
 app.add_typer(data_app, name="data")
 console = Console()
+
+
+class FinetuneMode(str, Enum):
+    """``--mode``: typer checks the choice and lists it in --help."""
+
+    linear = "linear"
+    full = "full"
+    lower_lr = "lower_lr"
+
+
+class CacheDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
 
 OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. {example} data.root=/data/openbhb."
 
@@ -246,7 +261,7 @@ def finetune(
         "--encoder",
         help="Pre-trained encoder.pt, or a run folder holding it; 'none' trains from scratch (the baseline).",
     ),
-    mode: str | None = typer.Option(
+    mode: FinetuneMode | None = typer.Option(
         None, "--mode", help="Override finetune.mode: linear (frozen encoder), full, lower_lr."
     ),
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<recipe>-<time>)."),
@@ -270,7 +285,7 @@ def finetune(
     from medssl.eval.finetune import finetune_encoder
     from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
-    overrides = [*(overrides or []), *([f"finetune.mode={mode}"] if mode else [])]
+    overrides = [*(overrides or []), *([f"finetune.mode={mode.value}"] if mode else [])]
     _refuse_unread_finetune_overrides(overrides)
     resolved = load_recipe(recipe, overrides)
     if smoke:
@@ -592,7 +607,9 @@ def data_cache(
     recipe: str | None = typer.Option(
         None, "--recipe", help="Take data.volume_shape and data.openbhb_modality from this recipe."
     ),
-    dtype: str = typer.Option("float32", "--dtype", help="Stored type: float32, or float16 for half the disk."),
+    dtype: CacheDtype = typer.Option(
+        CacheDtype.float32, "--dtype", help="Stored type: float32, or float16 for half the disk."
+    ),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes reading and resampling volumes in parallel."),
 ) -> None:
     """Preprocess a cohort once into a memory-mapped .npy array (resampled) with its participants table."""
@@ -623,12 +640,12 @@ def data_cache(
             source,
             out,
             volume_shape=volume_shape,
-            dtype=dtype,
+            dtype=dtype.value,
             num_workers=workers,
             on_volume=lambda done, total: progress.update(task, completed=done),
         )
     shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
-    console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype}) in {out}: set data.root: {out}")
+    console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype.value}) in {out}: set data.root: {out}")
 
 
 class Interrupted(Exception):

@@ -182,6 +182,21 @@ def test_usage_errors_still_print_typer_usage_and_exit_2(monkeypatch, capsys):
     assert code == 2 and "No such option" in error
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["finetune", "finetune_diagnosis", "--encoder", "none", "--mode", "foo"],
+        ["data", "cache", "nowhere", "out", "--dtype", "float64"],
+    ],
+    ids=["finetune --mode", "data cache --dtype"],
+)
+def test_an_option_with_fixed_choices_is_a_usage_error_listing_them(arguments, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, error = run_main(monkeypatch, capsys, *arguments)
+    assert code == 2 and f"Invalid value for '{arguments[-2]}'" in error and "command-line override" not in error
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- resuming with other settings
 @pytest.fixture()
 def run_copy(finished_run, tmp_path) -> Path:

@@ -384,7 +384,9 @@ def benchmark(
         None, help=OVERRIDES_HELP.format(example="train.epochs=2") + " Applied to every run."
     ),
     recipes: str | None = typer.Option(
-        None, "--recipes", help="Comma-separated recipes (default: every pre-training recipe)."
+        None,
+        "--recipes",
+        help="Comma-separated recipes (default: every shipped recipe but the finetune_* ones, supervised_age and the control included).",
     ),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds: one run per recipe and seed."),
     out: Path = typer.Option(

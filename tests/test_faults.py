@@ -360,9 +360,10 @@ def test_score_json_onto_a_folder_and_score_of_a_folder_are_one_line_each(tmp_pa
     code, error = run_main(monkeypatch, capsys, "score", predictions, "--json", tmp_path / "taken.json")
     assert code == 2 and "taken.json: it is a folder" in one_line_error(error)
     assert not list(tmp_path.glob(".taken.json.*"))  # no temporary left behind
-    (tmp_path / "folder.csv").mkdir()
-    code, error = run_main(monkeypatch, capsys, "score", tmp_path / "folder.csv")
-    assert code == 2 and "folder.csv: is a folder; expected a predictions file" in one_line_error(error)
+    for folder in ("folder.csv", "predictions"):
+        (tmp_path / folder).mkdir()
+        code, error = run_main(monkeypatch, capsys, "score", tmp_path / folder)
+        assert code == 2 and f"{folder}: is a folder; expected a predictions file" in one_line_error(error)
 
 
 def test_score_json_into_a_read_only_folder_is_one_line(read_only, tmp_path, monkeypatch, capsys):

@@ -260,11 +260,11 @@ def read_predictions(
         >>> score_predictions(table, age_pred_col="brain_age")["mae_external"]
     """
     path = Path(path)
+    if path.is_dir():
+        raise EvaluationError(f"{path}: is a folder; expected a predictions file (.csv or .tsv)")
     separator = TABLE_SEPARATORS.get(path.suffix.lower())
     if separator is None:
         raise EvaluationError(f"{path}: unknown table format {path.suffix!r}; expected .csv or .tsv")
-    if path.is_dir():
-        raise EvaluationError(f"{path}: is a folder; expected a predictions file (.csv or .tsv)")
     if not path.is_file():
         raise EvaluationError(f"{path}: no such predictions file")
     text_columns = {id_col, split_col, site_col, site_pred_col}

@@ -99,7 +99,7 @@ def flatten(tree, prefix: str = "") -> dict[str, object]:
 
 
 def yaml_value(value: object) -> str:
-    """A recipe value as a recipe spells it: null, true, 0.001, [16, 32], 'a string' only when quoted in YAML."""
+    """A recipe value as YAML spells it: null, true, 0.001, [16, 32]; strings quoted only where YAML needs it ('3')."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000)
     return text.removesuffix("\n...\n").strip()
 

@@ -82,6 +82,21 @@ def _standardize(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return standardized, inverse_std
 
 
+def _keep_for_backward(ctx, z: Tensor, lambd: float, *tensors: Tensor) -> None:
+    ctx.save_for_backward(*tensors)
+    ctx.lambd = lambd
+    ctx.input_dtype = z.dtype
+    ctx.used = False
+
+
+def _saved_once(ctx) -> tuple[Tensor, ...]:
+    """The saved tensors, for the one backward a forward allows (it writes the gradient over them)."""
+    if ctx.used:
+        raise RuntimeError("BarlowTwinsLoss: its backward runs once per forward; compute the loss again")
+    ctx.used = True
+    return ctx.saved_tensors
+
+
 class _BarlowTwins(torch.autograd.Function):
     """The loss through D x D products, with a closed-form backward, in float32 (float64 kept).
 
@@ -110,19 +125,13 @@ class _BarlowTwins(torch.autograd.Function):
             c = torch.mm(a.T, b).div_(n_subjects)
         diagonal = c.diagonal()
         loss = (1.0 - diagonal).pow(2).sum() + lambd * (c.pow(2).sum() - diagonal.pow(2).sum())
-        ctx.save_for_backward(standardized, inverse_std, c)
-        ctx.lambd = lambd
-        ctx.input_dtype = z.dtype
-        ctx.used = False
+        _keep_for_backward(ctx, z, lambd, standardized, inverse_std, c)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.used:  # the first backward overwrote the saved views
-            raise RuntimeError("BarlowTwinsLoss: its backward runs once per forward; compute the loss again")
-        ctx.used = True
-        standardized, inverse_std, c = ctx.saved_tensors
+        standardized, inverse_std, c = _saved_once(ctx)
         n_subjects, dim = standardized.shape[0], c.shape[0]
         g = c * (2.0 * ctx.lambd)
         g.diagonal().copy_(c.diagonal()).sub_(1.0).mul_(2.0)  # dL/dC
@@ -162,19 +171,13 @@ class _BarlowTwinsBySubjects(torch.autograd.Function):
             diagonal = torch.linalg.vecdot(a, b, dim=0).div_(n_subjects)  # C_ii
             squared_norm = torch.linalg.vecdot(gram_a.flatten(), gram_b.flatten()) / n_subjects**2  # ||C||_F^2
         loss = (1.0 - diagonal).pow(2).sum() + lambd * (squared_norm - diagonal.pow(2).sum())
-        ctx.save_for_backward(standardized, inverse_std, gram_a, gram_b, diagonal)
-        ctx.lambd = lambd
-        ctx.input_dtype = z.dtype
-        ctx.used = False
+        _keep_for_backward(ctx, z, lambd, standardized, inverse_std, gram_a, gram_b, diagonal)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.used:  # the first backward overwrote the saved views
-            raise RuntimeError("BarlowTwinsLoss: its backward runs once per forward; compute the loss again")
-        ctx.used = True
-        standardized, inverse_std, gram_a, gram_b, diagonal = ctx.saved_tensors
+        standardized, inverse_std, gram_a, gram_b, diagonal = _saved_once(ctx)
         n_subjects, dim = standardized.shape[0], diagonal.shape[0]
         lambd = ctx.lambd
         h = ((diagonal - 1.0) * 2.0 - 2.0 * lambd * diagonal) / n_subjects

@@ -729,7 +729,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except MedsslError as error:
-        stderr.print(f"[bold red]error:[/] {_error_line(error)}", highlight=False, soft_wrap=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank reads the same input: one line is enough
+            stderr.print(f"[bold red]error:[/] {_error_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Interrupted as interrupted:
         stderr.print(

@@ -153,6 +153,15 @@ def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, ca
     assert error.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
+def test_a_refusal_under_torchrun_is_printed_by_rank_0_only(monkeypatch, capsys, rank, lines):
+    monkeypatch.setenv("RANK", rank)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "train.epochz=2")
+    assert code == 2
+    assert error.count("unknown key 'train.epochz'") == lines
+
+
+
 # ----------------------------------------------------------------------------- score
 def test_score_writes_the_challenge_metrics_to_json(tmp_path):
     table = pd.DataFrame(

@@ -41,6 +41,7 @@ import yaml
 from matplotlib.figure import Figure
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
 
+from medssl.eval.plots import label_points
 from medssl.eval.score import EvaluationError
 from medssl.files import json_ready
 
@@ -298,14 +299,6 @@ def plot_leaderboard(table: pd.DataFrame, path: str | Path, n_sites: int | None 
             label=kind,
         )
     left.legend(loc="upper left", fontsize="small")
-    for row in table.itertuples(index=False):
-        left.annotate(
-            row.method,
-            (row.mae_internal_mean, row.mae_external_mean),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize="small",
-        )
     finite = pd.concat([table["mae_internal_mean"], table["mae_external_mean"]]).dropna()
     if not finite.empty:
         # The diagonal marks "no loss on unseen scanners".
@@ -328,6 +321,8 @@ def plot_leaderboard(table: pd.DataFrame, path: str | Path, n_sites: int | None 
     right.set_title("Site information left in the representation")
     path = Path(path)
     figure.tight_layout()
+    left.set_xlim(left.get_xlim()), left.set_ylim(left.get_ylim())  # labels placed now must stay beside their points
+    label_points(left, table["mae_internal_mean"], table["mae_external_mean"], table["method"])
     figure.savefig(path, dpi=120, format="png")
     return path
 

@@ -297,3 +297,62 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=DPI, format="png")
     return path
+
+
+# Where a point's label may go, in points from the point, with its alignment: right, left, above, below.
+LABEL_OFFSETS = (
+    ((5, 4), "left", "bottom"),
+    ((5, -4), "left", "top"),
+    ((-5, 4), "right", "bottom"),
+    ((-5, -4), "right", "top"),
+    ((7, 0), "left", "center"),
+    ((-7, 0), "right", "center"),
+    ((0, 8), "center", "bottom"),
+    ((0, -8), "center", "top"),
+)
+
+
+def label_points(axes, xs, ys, labels, fontsize: str = "small") -> list:
+    """Label each point beside it where the label overlaps other labels, the points and the axes
+    edge least (greedy, in the order given); call once the layout is final (after ``tight_layout``).
+
+    Returns the annotations (none for points with a missing coordinate).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    figure = axes.get_figure()
+    renderer = FigureCanvasAgg(figure).get_renderer()  # text extents need a renderer
+    frame = axes.get_window_extent(renderer)
+    points = [axes.transData.transform((x, y)) for x, y in zip(xs, ys)]
+    radius = 4 * figure.dpi / 72  # a marker's half-width in pixels
+    occupied = [Bbox.from_extents(px - radius, py - radius, px + radius, py + radius) for px, py in points]
+    annotations = []
+    for x, y, label in zip(xs, ys, labels):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue  # a row without the figure has no point to label
+        best, best_cost = None, float("inf")
+        for offset, horizontal, vertical in LABEL_OFFSETS:
+            candidate = axes.annotate(
+                label, (x, y), textcoords="offset points", xytext=offset, ha=horizontal, va=vertical, fontsize=fontsize
+            )
+            box = candidate.get_window_extent(renderer)
+            cost = sum(_overlap(box, other) for other in occupied) + box.width * box.height - _overlap(box, frame)
+            if cost < best_cost:
+                if best is not None:
+                    best.remove()
+                best, best_cost, best_box = candidate, cost, box
+            else:
+                candidate.remove()
+            if cost == 0:
+                break
+        occupied.append(best_box)
+        annotations.append(best)
+    return annotations
+
+
+def _overlap(first, second) -> float:
+    """Area shared by two boxes (pixels squared)."""
+    width = min(first.x1, second.x1) - max(first.x0, second.x0)
+    height = min(first.y1, second.y1) - max(first.y0, second.y0)
+    return max(width, 0.0) * max(height, 0.0)

@@ -111,3 +111,31 @@ def test_embedding_names_every_site_of_a_large_cohort_with_a_style_of_its_own(tm
         for collection in site_axes.collections
     }
     assert len(styles) == 64
+
+
+def test_point_labels_do_not_overlap_each_other_or_leave_the_axes():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4, 3))
+    axes = figure.subplots()
+    # Three points closer together than a label is long, as two methods with similar MAEs are.
+    xs, ys = [5.0, 5.1, 5.05, 9.0], [5.0, 5.05, 4.9, 9.0]
+    axes.plot(xs, ys, "o")
+    axes.set_xlim(0, 10), axes.set_ylim(0, 10)
+    labels = plots.label_points(axes, xs, ys, ["threshold_age", "exp_age", "yaware_age", "simclr"])
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in labels]
+    assert len(boxes) == 4
+    for i, first in enumerate(boxes):
+        assert plots._overlap(first, axes.get_window_extent(renderer)) == pytest.approx(first.width * first.height)
+        for second in boxes[i + 1 :]:
+            assert plots._overlap(first, second) == 0
+
+
+def test_point_labels_skip_points_with_a_missing_coordinate():
+    from matplotlib.figure import Figure
+
+    axes = Figure().subplots()
+    labels = plots.label_points(axes, [1.0, np.nan], [2.0, 3.0], ["measured", "no external sites"])
+    assert [label.get_text() for label in labels] == ["measured"]

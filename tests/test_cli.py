@@ -161,7 +161,6 @@ def test_a_refusal_under_torchrun_is_printed_by_rank_0_only(monkeypatch, capsys,
     assert error.count("unknown key 'train.epochz'") == lines
 
 
-
 # ----------------------------------------------------------------------------- score
 def test_score_writes_the_challenge_metrics_to_json(tmp_path):
     table = pd.DataFrame(

@@ -202,6 +202,14 @@ def mean_std(values: Iterable[float]) -> dict[str, float]:
     return {"mean": float(np.mean(finite)), "std": std, "n_seeds": int(len(finite))}
 
 
+def standardize_features(features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each part's features standardised with the statistics of the ``"fit"`` part, by scikit-learn's
+    ``StandardScaler`` as the probes' pipelines do: a feature constant on the fit subjects is
+    centred, not divided by its zero spread (which would blow its test values up to ~1e5)."""
+    scaler = StandardScaler().fit(features["fit"].numpy())
+    return {name: torch.from_numpy(scaler.transform(values.numpy())).to(values.dtype) for name, values in features.items()}
+
+
 # ----------------------------------------------------------------------------- target
 @dataclass
 class Target:
@@ -719,17 +727,7 @@ class FineTuner:
                 name: self.features[[self.position_of[pid] for pid in part.table["participant_id"]]]
                 for name, part in parts.as_dict().items()
             }
-            # standardised with fit-part statistics, as scikit-learn probes are (StandardScaler in the pipeline)
-            mean, std = features["fit"].mean(dim=0), features["fit"].std(dim=0, unbiased=False).clamp(min=1e-6)
-            return SeedRun(
-                seed,
-                parts,
-                model,
-                model.head,
-                targets,
-                scale,
-                {name: (values - mean) / std for name, values in features.items()},
-            )
+            return SeedRun(seed, parts, model, model.head, targets, scale, standardize_features(features))
         inputs = {
             name: volume_dataset(part, self.recipe, augment=config.augment and name == "fit")
             for name, part in parts.as_dict().items()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import warnings
@@ -300,8 +301,12 @@ def finetune(
                 "--train-sizes compares a pre-trained encoder with training from scratch: give --encoder PATH"
             )
         sizes = parse_train_sizes(train_sizes)
-        with _quiet_sklearn(smoke):
-            label_efficiency(resolved, encoder, sizes, run_dir, console=console)
+        check_run_folder(run_dir, resume=resume or not overwrite, overwrite=overwrite)  # a rerun continues
+        try:
+            with _quiet_sklearn(smoke):
+                label_efficiency(resolved, encoder, sizes, run_dir, console=console)
+        except KeyboardInterrupt:
+            raise Interrupted(run_dir) from None
         console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
         return
     check_run_folder(run_dir, resume=resume, overwrite=overwrite)
@@ -658,6 +663,19 @@ class Interrupted(Exception):
         self.run_dir = run_dir
 
 
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    """The command line that was run, made to resume ``run_dir``: the same recipe, overrides and
+    options (a resume refuses other settings), with ``--resume --out run_dir`` instead of
+    ``--overwrite`` and the old ``--out``."""
+    kept, arguments = ["medssl"], iter(argv[1:])
+    for argument in arguments:
+        if argument == "--out":
+            next(arguments, None)
+        elif argument not in ("--resume", "--overwrite") and not argument.startswith("--out="):
+            kept.append(argument)
+    return shlex.join([*kept, "--resume", "--out", str(run_dir)])
+
+
 def _error_line(error: MedsslError) -> str:
     """The error's own line, also when a DataLoader worker wrapped it in its traceback."""
     message = str(error).strip()
@@ -734,7 +752,7 @@ def main() -> None:
         sys.exit(2)
     except Interrupted as interrupted:
         stderr.print(
-            f"interrupted: rerun with --resume --out {interrupted.run_dir} to continue from the last checkpoint",
+            f"interrupted: continue from the last checkpoint with: {resume_command(sys.argv, interrupted.run_dir)}",
             highlight=False,
             soft_wrap=True,
             markup=False,

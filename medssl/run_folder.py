@@ -28,6 +28,9 @@ RUN_ARTEFACTS = (
     "seeds",
     "roc_*.png",
     "predictions_*.png",
+    "pretrained-n*",  # finetune --train-sizes: one fine-tuning folder per encoder and size, and the curve
+    "scratch-n*",
+    "label_efficiency.*",
 )
 
 

@@ -173,8 +173,22 @@ def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, mon
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run")
     assert code == 130
     assert error.strip().splitlines() == [
-        f"interrupted: rerun with --resume --out {tmp_path / 'run'} to continue from the last checkpoint"
+        "interrupted: continue from the last checkpoint with: "
+        f"medssl pretrain simclr --smoke --resume --out {tmp_path / 'run'}"
     ]
+
+
+def test_the_resume_command_repeats_the_run_with_resume_instead_of_overwrite(tmp_path):
+    from medssl.cli import resume_command
+
+    argv = ["/venv/bin/medssl", "pretrain", "recipes/yaware_age.yaml", "train.epochs=80", "method={name: vicreg}"]
+    argv += ["--out=old", "--overwrite", "--smoke"]
+    assert resume_command(argv, tmp_path / "run") == (
+        f"medssl pretrain recipes/yaware_age.yaml train.epochs=80 'method={{name: vicreg}}' --smoke --resume --out {tmp_path / 'run'}"
+    )
+    assert resume_command(["medssl", "finetune", "f", "--out", "a", "--resume"], tmp_path) == (
+        f"medssl finetune f --resume --out {tmp_path}"
+    )
 
 
 def test_usage_errors_still_print_typer_usage_and_exit_2(monkeypatch, capsys):

@@ -207,7 +207,9 @@ def standardize_features(features: Mapping[str, torch.Tensor]) -> dict[str, torc
     ``StandardScaler`` as the probes' pipelines do: a feature constant on the fit subjects is
     centred, not divided by its zero spread (which would blow its test values up to ~1e5)."""
     scaler = StandardScaler().fit(features["fit"].numpy())
-    return {name: torch.from_numpy(scaler.transform(values.numpy())).to(values.dtype) for name, values in features.items()}
+    return {
+        name: torch.from_numpy(scaler.transform(values.numpy())).to(values.dtype) for name, values in features.items()
+    }
 
 
 # ----------------------------------------------------------------------------- target
@@ -652,6 +654,8 @@ class FineTuner:
         self.encoder_source = (
             None if encoder_source is None or str(encoder_source).lower() == "none" else Path(encoder_source)
         )
+        if self.encoder_source is not None and self.encoder_source.is_dir():  # one name for one encoder
+            self.encoder_source = self.encoder_source / "encoder.pt"
         self.recipe = self.resolve_budget(recipe)  # the embedded budget may set the encoder
         # checked next: a wrong encoder should fail before any cohort is generated or read
         self.pretrained = load_pretrained_encoder(self.encoder_source, self.recipe) if self.encoder_source else None
@@ -875,7 +879,7 @@ class FineTuner:
                 if refused:
                     raise CheckpointError(
                         f"{seed_dir / SEED_RESULT}: was fine-tuned with other settings ({'; '.join(refused)}); "
-                        "resume with that run's recipe and --encoder, or start a new --out"
+                        "resume with that run's recipe and --encoder, start a new --out, or add --overwrite"
                     )
                 found[seed] = {"result": saved}
             elif (seed_dir / "checkpoints" / "last.pt").is_file():

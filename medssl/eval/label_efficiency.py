@@ -5,7 +5,8 @@ et al., MICCAI 2021, Fig. 3): for each training-set size, the pre-trained encode
 same network trained from scratch are fine-tuned with every seed of the recipe (each seed
 draws its own site- and class-stratified subset), and scored on the internal and external
 test splits. Each (size, encoder) pair is one ordinary ``medssl finetune`` result folder, so
-a killed run resumes by skipping the folders already finished and resuming the interrupted one.
+a killed run resumes by skipping the folders already finished and resuming the interrupted one;
+a folder finished with other settings (encoder, mode, any recipe key) is refused, not reused.
 
 Files in ``out_dir``: ``<encoder>-n<size>/`` (``finetune.json`` ...), ``label_efficiency.csv``
 (one row per size, encoder, split and metric: mean, std, n_seeds), ``label_efficiency.json``
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from medssl.config import Recipe
 from medssl.errors import RecipeError
-from medssl.eval.finetune import finetune_encoder
+from medssl.eval.finetune import FineTuner, finetune_encoder
 from medssl.eval.plots import save_figure
 from medssl.eval.score import TEST_SPLITS
 from medssl.files import atomic_write_text
@@ -59,13 +60,14 @@ def label_efficiency(
     for size in sizes:
         for name, source in (("pretrained", encoder), ("scratch", None)):
             folder = out_dir / f"{name}-n{size_name(size)}"
+            sized = recipe.model_copy(deep=True)
+            sized.finetune.train_size = size
             if (folder / "finetune.json").is_file():
+                FineTuner(sized, source).resumable_seeds(folder)  # refused when trained with other settings
                 results = json.loads((folder / "finetune.json").read_text())
             else:
                 if console is not None:
                     console.print(f"[bold]{name}, {size_name(size)} training subjects[/]")
-                sized = recipe.model_copy(deep=True)
-                sized.finetune.train_size = size
                 results = finetune_encoder(sized, source, folder, console=console, resume=folder.is_dir())
             rows.extend(curve_rows(results, name, size))
             if name == "scratch":  # the trivial baselines, on the scratch runs' splits

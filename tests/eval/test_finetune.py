@@ -569,6 +569,7 @@ def test_cli_finetune_resume_of_a_finished_run_reads_every_seed_back(tmp_path):
 
 def test_ctrl_c_during_finetune_prints_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     import medssl.eval.finetune
+    import medssl.eval.label_efficiency  # noqa: F401  # imported before the patch: it keeps the real function
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -581,8 +582,8 @@ def test_ctrl_c_during_finetune_prints_how_to_resume_and_exits_130(tmp_path, mon
         main()
     assert exit_.value.code == 130
     assert (
-        capsys.readouterr().err.strip()
-        == f"interrupted: rerun with --resume --out {tmp_path / 'ft'} to continue from the last checkpoint"
+        capsys.readouterr().err.strip() == "interrupted: continue from the last checkpoint with: "
+        f"medssl finetune finetune_diagnosis --encoder none --resume --out {tmp_path / 'ft'}"
     )
 
 
@@ -672,7 +673,7 @@ def test_train_sizes_refuse_a_size_given_twice():
         parse_train_sizes("20,20")
 
 
-def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp_path):
+def test_label_efficiency_cli_writes_the_curve_resumes_without_refitting_and_refuses_other_settings(tmp_path):
     save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
     out = tmp_path / "curve"
     command = [
@@ -701,6 +702,20 @@ def test_label_efficiency_cli_writes_the_curve_and_resumes_without_refitting(tmp
     assert again.exit_code == 0, again.output
     assert (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns == stamp
     assert pd.read_csv(out / "label_efficiency.csv").equals(table)
+    # the same encoder named by its file is the same run
+    by_file = [str(tmp_path / "run" / "encoder.pt") if part == str(tmp_path / "run") else part for part in command]
+    assert CliRunner().invoke(app, by_file).exit_code == 0
+    assert (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns == stamp
+    # other settings are refused, not answered with the old results; --overwrite fine-tunes again
+    refused = CliRunner().invoke(app, [*command, "--mode", "full"])
+    assert isinstance(refused.exception, CheckpointError)
+    assert "finetune.mode" in str(refused.exception) and "--overwrite" in str(refused.exception)
+    only_four = ["4" if part == "4,all" else part for part in command]  # one size is enough here
+    again = CliRunner().invoke(app, [*only_four, "--mode", "full", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns != stamp
+    assert json.loads((out / "pretrained-n4" / "finetune.json").read_text())["settings"]["mode"] == "full"
+    assert not (out / "scratch-nall").exists()  # the earlier run's folders went with --overwrite
 
 
 def test_train_sizes_are_checked_before_any_work(tmp_path, monkeypatch, capsys):

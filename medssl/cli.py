@@ -198,6 +198,7 @@ def evaluate(
     from medssl.models import load_encoder
     from medssl.train.setup import apply_embedded_budget, open_cohort, resolve_device
 
+    _refuse_unread_evaluate_overrides(overrides or [])
     encoder_path = source / "encoder.pt" if source.is_dir() else source
     run_dir = encoder_path.parent
     encoder = load_encoder(encoder_path)
@@ -219,6 +220,21 @@ def evaluate(
         device=resolve_device(recipe.train.device),
         console=console,
     )
+
+
+EVALUATE_READS_OF_TRAIN = ("train.seed", "train.device")  # the probes' folds and where features are computed
+
+
+def _refuse_unread_evaluate_overrides(overrides: list[str]) -> None:
+    """An override evaluation would accept and never read (the encoder is trained already) is refused."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section = key.split(".", 1)[0]
+        if section in ("method", "model", "finetune") or (section == "train" and key not in EVALUATE_READS_OF_TRAIN):
+            raise RecipeError(
+                f"command-line override {item}: evaluation does not read {key} (the encoder is trained already); "
+                f"it reads data.*, views.*, eval.* and {', '.join(EVALUATE_READS_OF_TRAIN)}"
+            )
 
 
 # train.* keys fine-tuning does not read, and the finetune.* key that does the job (None: none does)

@@ -153,6 +153,14 @@ def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, ca
     assert error.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("override", ["train.epochs=3", "method.temperature=0.5", "model.encoder=resnet50"])
+def test_evaluate_refuses_an_override_it_would_not_read(monkeypatch, capsys, tmp_path, override):
+    code, error = run_main(monkeypatch, capsys, "evaluate", tmp_path, override)
+    assert code == 2
+    assert error.startswith("error: ") and f"evaluation does not read {override.split('=')[0]}" in error
+    assert error.strip().count("\n") == 0
+
+
 @pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])
 def test_a_refusal_under_torchrun_is_printed_by_rank_0_only(monkeypatch, capsys, rank, lines):
     monkeypatch.setenv("RANK", rank)

@@ -598,10 +598,12 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
     for method, unknown in unknown_method_keys.items():
         listed = ", ".join(f"'{key}'" for key in unknown)
         own = ", ".join(METHOD_SECTIONS[method].model_fields)
+        hint = _method_switch_hint(unknown, overrides or [])
         problems.append(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})"
-            + _method_switch_hint(unknown, overrides or [])
+            f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})" + hint
         )
+        if hint:  # the recipe's keys are fine for its own method: the switch on the command line is at fault
+            keys = ["method.name" if key in unknown else key for key in keys]
     # An override of train.epochs (model.widths) also sets train.embedded.epochs (.widths): report a bad value once.
     sources = {f"'{'.'.join(twin)}'": f"'{'.'.join(key)}'" for key, twin in MODEL_TWINS.items()}
 
@@ -726,6 +728,8 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise RecipeError(f"recipe '{name_or_path}' is a folder: give a recipe YAML file or a shipped recipe's name")
     for candidate in (RECIPES_DIR / f"{name_or_path}.yaml", RECIPES_DIR / path.name):
         if candidate.is_file():
             return candidate

@@ -143,6 +143,8 @@ def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
         (["pretrain", "simclr", "train.epochz=2"], "unknown key 'train.epochz'"),
         (["pretrain", "simclr", "train.epochs"], "override 'train.epochs': expected KEY.PATH=VALUE"),
         (["pretrain", "no/such/recipe.yaml"], "recipe 'no/such/recipe.yaml' not found"),
+        (["pretrain", "/"], "recipe '/' is a folder"),
+        (["pretrain", "finetune_diagnosis", "--smoke"], "runs with medssl finetune"),
         (["pretrain", "simclr", "--smoke", "method.name=mocov9"], "'method.name' = 'mocov9'"),
     ],
 )

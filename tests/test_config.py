@@ -213,7 +213,7 @@ def test_the_cli_refuses_a_key_of_another_method_in_one_line_with_exit_code_2(mo
 def test_switching_method_on_the_command_line_says_how_when_the_recipe_keys_do_not_fit():
     with pytest.raises(
         RecipeError,
-        match=r"unknown keys 'method.kernel', 'method.sigma' for method 'simclr'.*"
+        match=r"^command-line override method.name=simclr: unknown keys 'method.kernel', 'method.sigma' for method 'simclr'.*"
         r"replace its whole section: 'method=\{name: simclr\}'",
     ):
         load_recipe("yaware_age", ["method.name=simclr"])

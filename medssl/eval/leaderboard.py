@@ -98,6 +98,8 @@ def collect_runs(bench_dir: str | Path) -> BenchmarkRuns:
     with a note.
     """
     bench_dir = Path(bench_dir)
+    if not bench_dir.is_dir():
+        raise EvaluationError(f"{bench_dir}: no such folder (expected the --out of medssl benchmark)")
     finished = _finished_runs(bench_dir)
     if not finished:
         raise EvaluationError(

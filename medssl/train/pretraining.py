@@ -100,7 +100,10 @@ def pretraining_data(
         train = train.head(recipe.data.max_subjects)
     label = recipe.data.label if needs.label else None
     if needs.label and label is None:
-        raise RecipeError(f"method.name = {needs.name!r} needs a label: set data.label (e.g. age)")
+        raise RecipeError(
+            f"method.name = {needs.name!r} needs a label: set data.label (e.g. age); "
+            "a fine-tuning recipe (finetune_diagnosis) runs with medssl finetune"
+        )
     shape = recipe.data.volume_shape
     if not shape:
         check_same_shape(train)  # else the first batch fails in torch.stack without naming a file

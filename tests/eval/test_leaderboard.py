@@ -272,3 +272,8 @@ def test_a_rebuild_keeps_the_benchmark_wall_time(bench):
     paths = write_leaderboard(bench, n_resamples=200)  # medssl leaderboard BENCH
     assert json.loads(paths["json"].read_text())["wall_time_s"] == 90.0
     assert "wall time: 1.5 min" in paths["md"].read_text()
+
+
+def test_a_missing_benchmark_folder_is_named_as_missing(tmp_path):
+    with pytest.raises(EvaluationError, match="no such folder"):
+        collect_runs(tmp_path / "bench")

@@ -76,7 +76,8 @@ def label_efficiency(
     table = pd.DataFrame(rows)
     atomic_write_text(out_dir / "label_efficiency.csv", table.to_csv(index=False))
     atomic_write_text(out_dir / "label_efficiency.json", table.to_json(orient="records", indent=2))
-    plot_label_efficiency(table, out_dir / "label_efficiency.png")
+    title = f"{recipe.name}: {recipe.finetune.mode} fine-tuning of {encoder}, and training from scratch"
+    plot_label_efficiency(table, out_dir / "label_efficiency.png", title=title)
     return table
 
 
@@ -103,20 +104,31 @@ def curve_rows(results: dict, encoder: str, size: int | None) -> list[dict]:
     return rows
 
 
-def plot_label_efficiency(table: pd.DataFrame, path: Path) -> Path:
-    """ROC AUC (or MAE for regression) against labelled subjects, one panel per test split."""
+def plot_label_efficiency(table: pd.DataFrame, path: Path, title: str | None = None) -> Path:
+    """Write :func:`label_efficiency_figure` as a PNG."""
+    return save_figure(label_efficiency_figure(table, title), path)
+
+
+def label_efficiency_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """ROC AUC (or MAE for regression) against labelled subjects, one panel per test split; the
+    legend beside the last panel, where it hides no error bar."""
     metric = "roc_auc" if (table["metric"] == "roc_auc").any() else "mae"
     splits = [split for split in TEST_SPLITS if split in set(table["split"])]
     sizes = sorted(table["n_train"].unique())
-    figure = Figure(figsize=(5 * len(splits), 4))
-    for axis, split in zip(figure.subplots(1, len(splits), squeeze=False)[0], splits):
+    figure = Figure(figsize=(5 * len(splits) + 2, 4))
+    axes = figure.subplots(1, len(splits), squeeze=False)[0]
+    for axis, split in zip(axes, splits):
         for encoder, rows in table[(table["split"] == split) & (table["metric"] == metric)].groupby("encoder"):
             rows = rows.sort_values("n_train")
             axis.errorbar(rows["n_train"], rows["mean"], yerr=rows["std"], marker="o", capsize=3, label=encoder)
         if metric == "roc_auc":
             axis.axhline(0.5, color="grey", linestyle=":", label="chance")
+            low, high = axis.get_ylim()
+            axis.set_ylim(max(low, 0.0), min(high, 1.02))  # a wide spread over seeds would pass 0 and 1
         axis.set(xscale="log", xlabel="labelled training subjects", ylabel=metric.replace("_", " "), title=split)
         axis.set_xticks(sizes, [str(size) for size in sizes])
         axis.minorticks_off()
-        axis.legend()
-    return save_figure(figure, path)
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure

@@ -839,3 +839,20 @@ def test_frozen_features_constant_on_the_fit_subjects_are_centred_not_blown_up()
     assert scaled["internal_test"][0, 0].item() == pytest.approx(0.02)  # was 0.02 / 1e-6 = 2e4
     torch.testing.assert_close(scaled["fit"][:, 1], (fit[:, 1] - 3.0) / fit[:, 1].std(unbiased=False))
     assert scaled["fit"].dtype == torch.float32
+
+
+def test_label_efficiency_figure_keeps_auc_axes_within_0_and_1_and_its_legend_off_the_panels():
+    from medssl.eval.label_efficiency import label_efficiency_figure
+
+    rows = [
+        {"encoder": encoder, "n_train": n, "split": split, "metric": "roc_auc", "mean": mean, "std": 0.7}
+        for encoder, mean in (("pretrained", 0.6), ("scratch", 0.5))
+        for n in (4, 8)
+        for split in ("internal_test", "external_test")
+    ]
+    figure = label_efficiency_figure(pd.DataFrame(rows), title="finetune_diagnosis: linear fine-tuning of run")
+    for axis in figure.axes:
+        low, high = axis.get_ylim()
+        assert 0.0 <= low and high <= 1.02  # a spread of 0.7 would reach -0.1 and 1.3
+    assert figure.axes[0].get_legend() is None and figure.axes[-1].get_legend() is not None
+    assert figure.get_suptitle() == "finetune_diagnosis: linear fine-tuning of run"

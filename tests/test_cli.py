@@ -332,6 +332,16 @@ def test_data_synth_into_a_folder_holding_a_cohort_is_refused_and_changes_nothin
     assert code == 2 and "already holds a cohort (participants.csv)" in refusal(error)
 
 
+def test_data_synth_into_a_file_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("mine")
+    arguments = ["data", "synth", tmp_path / "afile", "--subjects", "4", "--sites", "2", "--shape", "8", "--overwrite"]
+    code, error = run_main(monkeypatch, capsys, *arguments)
+    assert (
+        code == 2 and refusal(error) == f"{tmp_path / 'afile'}: is a file; expected a folder to write the cohort into"
+    )
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_data_synth_overwrite_replaces_the_cohort_and_keeps_other_files(tmp_path):
     folder = tmp_path / "cohort"
     invoke("data", "synth", folder, "--subjects", "8", "--sites", "2", "--shape", "8")

@@ -3,12 +3,12 @@
 medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resume | --overwrite] [--smoke]
 medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
 medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--resume | --overwrite] [--smoke]
-medssl score predictions.csv [--json out.json]
+medssl score predictions.csv [--json out.json] [--id-col C]
 medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
 medssl leaderboard BENCHMARK_DIR
 medssl recipes [--fields]
-medssl data synth OUT --subjects N --sites S --shape 64
-medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K]
+medssl data synth OUT --subjects N --sites S --shape 64 [--overwrite]
+medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K] [--overwrite]
 medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
 """
 
@@ -32,7 +32,13 @@ from rich.console import Console
 from rich.table import Table
 
 from medssl.errors import CohortError, MedsslError, RecipeError
-from medssl.run_folder import check_run_folder
+from medssl.run_folder import (
+    CACHE_ARTEFACTS,
+    SYNTHETIC_COHORT_ARTEFACTS,
+    check_cohort_folder,
+    check_run_folder,
+    remove_artefacts,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -338,11 +344,15 @@ def finetune(
 @app.command()
 def score(
     predictions: Path = typer.Argument(..., help="CSV/TSV with participant_id, split, site, age, age_pred, site_pred."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the metrics to this JSON file."),
+    json_out: str | None = typer.Option(
+        None, "--json", metavar="FILE", help="Also write the metrics to this JSON file (not a folder)."
+    ),
     n_sites: int | None = typer.Option(
         None, "--n-sites", help="Training sites for ramp_combined (default: distinct sites of the train rows)."
     ),
-    id_col: str = typer.Option("participant_id", help="Column of subject ids."),
+    id_col: str | None = typer.Option(
+        None, help="Column of subject ids, one row each (default: participant_id, when the table has it)."
+    ),
     split_col: str = typer.Option("split", help="Column of splits (train, internal_test, external_test)."),
     site_col: str = typer.Option("site", help="Column of true sites."),
     age_col: str = typer.Option("age", help="Column of true ages."),
@@ -354,6 +364,7 @@ def score(
     """Challenge metrics (MAE internal/external, site BAcc, L_c, RAMP combined) from a CSV of predictions."""
     from medssl.eval.score import UnseenSiteWarning, read_predictions, score_predictions
 
+    json_path = _output_file(json_out)  # refused before the table is scored and printed
     columns = dict(
         id_col=id_col,
         split_col=split_col,
@@ -374,11 +385,30 @@ def score(
     for key, value in metrics.items():
         view.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(view)
-    if json_out is not None:
+    if json_path is not None:
         from medssl.files import atomic_write_text
 
-        atomic_write_text(json_out, json.dumps(metrics, indent=2, default=float))
-        console.print(f"Written {json_out}")
+        atomic_write_text(json_path, json.dumps(metrics, indent=2, default=float))
+        console.print(f"Written {json_path}")
+
+
+def _output_file(name: str | None, example: str = "scores.json") -> Path | None:
+    """The path of an output file option, refused before any work when it cannot be a file: an
+    existing folder, a name ending in a slash (a folder, as on every shell), or a path through a file."""
+    if name is None:
+        return None
+    from medssl.errors import OutputError
+
+    path = Path(name)
+    example = f"give a file name, e.g. {path / example}"
+    if path.is_dir():
+        raise OutputError(f"cannot write {name}: it is a folder; {example}")
+    if name.endswith(("/", os.sep)):
+        raise OutputError(f"cannot write {name}: a name ending in a slash is a folder; {example}")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputError(f"cannot write {name}: {blocking} is a file, not a folder")
+    return path
 
 
 def _comma_list(text: str, option: str) -> list[str]:
@@ -520,16 +550,17 @@ def data_synth(
         False, "--diagnosis", help="Add a patient/control diagnosis (hippocampal grey-matter loss)."
     ),
     seed: int = typer.Option(0, help="Random seed."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the cohort already in OUT (its table and volumes; other files stay)."
+    ),
 ) -> None:
     """Write a synthetic multi-site brain cohort (NIfTI volumes + participants.tsv)."""
-    from medssl.data.synthetic import synthesize_cohort
+    from medssl.data.synthetic import check_sizes, synthesize_cohort
 
     if external_sites is None:
         external_sites = min(max(1, sites // 6), sites - 1)  # at least one site must stay internal
-    elif external_sites >= sites:
-        raise CohortError(
-            f"--external-sites {external_sites}: expected 0 to {sites - 1}, at least one of the {sites} sites must stay internal"
-        )
+    check_sizes(subjects, sites, external_sites, shape, named=lambda name, value: f"--{name.replace('_', '-')} {value}")
+    remove_artefacts(check_cohort_folder(out, SYNTHETIC_COHORT_ARTEFACTS, overwrite=overwrite))
     path = synthesize_cohort(
         out,
         subjects=subjects,
@@ -552,7 +583,9 @@ def data_inspect(
     overrides: list[str] | None = typer.Argument(
         None, help=OVERRIDES_HELP.format(example="data.synthetic.subjects=320")
     ),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    json_out: str | None = typer.Option(
+        None, "--json", metavar="FILE", help="Also write the figures to this JSON file (not a folder)."
+    ),
 ) -> None:
     """Method-independent figures of a cohort: scanner ranges, trivial probes, the diagnosis oracle."""
     from medssl.config import load_recipe
@@ -560,6 +593,7 @@ def data_inspect(
     from medssl.eval.cohort_figures import inspect_cohort
     from medssl.train.setup import open_cohort
 
+    json_path = _output_file(json_out, example="figures.json")
     if Path(source).is_dir():
         recipe = load_recipe("yaware_age", overrides or [])
         cohort = load_cohort(
@@ -572,9 +606,9 @@ def data_inspect(
         cohort = open_cohort(recipe, console)
     figures = inspect_cohort(cohort, recipe, console=console)
     _print_cohort_figures(figures)
-    if json_out is not None:
-        json_out.write_text(json.dumps(figures, indent=2) + "\n")
-        console.print(f"Figures written to {json_out}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(f"Figures written to {json_path}")
 
 
 def _print_cohort_figures(figures: dict) -> None:
@@ -634,14 +668,19 @@ def data_cache(
         CacheDtype.float32, "--dtype", help="Stored type: float32, or float16 for half the disk."
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes reading and resampling volumes in parallel."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the cache already in OUT (its table and volumes; other files stay)."
+    ),
 ) -> None:
     """Preprocess a cohort once into a memory-mapped .npy array (resampled) with its participants table."""
     from rich.progress import Progress
 
     from medssl.config import load_recipe
-    from medssl.data.cache import cache_cohort
+    from medssl.data.cache import cache_cohort, cache_folder
     from medssl.data.cohort import load_cohort
 
+    cache_folder(cohort, out)  # refuses the source's own folder, before --overwrite could touch it
+    previous_cache = check_cohort_folder(out, CACHE_ARTEFACTS, overwrite=overwrite)
     resolved = load_recipe(recipe) if recipe else None
     volume_shape = resolved.data.volume_shape if resolved else None
     if shape:
@@ -657,6 +696,7 @@ def data_cache(
         openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw",
         openbhb_masks=resolved.data.openbhb_masks if resolved else None,
     )
+    remove_artefacts(previous_cache)  # only once the source and the options are known to be good
     with Progress(console=console) as progress:
         task = progress.add_task(f"caching {len(source)} volumes", total=len(source))
         cache_cohort(

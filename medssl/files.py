@@ -33,7 +33,8 @@ def output_error(error: OSError, path: str | Path) -> OutputError | None:
     the user never asked for): then ``path``."""
     target = Path(path)
     failed = Path(error.filename) if error.filename else target
-    is_temporary = failed.parent == target.parent and failed.name.startswith(f".{target.name}.")
+    same_folder = Path(os.path.abspath(failed.parent)) == Path(os.path.abspath(target.parent))  # one may be relative
+    is_temporary = same_folder and failed.name.startswith(f".{target.name}.")
     path = target if is_temporary else failed
     if error.errno in NO_SPACE:
         folder = next((parent for parent in (path, *path.parents) if parent.exists()), Path("."))

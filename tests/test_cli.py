@@ -1,9 +1,12 @@
-"""The ``medssl`` command line: recipes, pretrain (smoke, overrides, resume), evaluate, score, data synth, errors."""
+"""The ``medssl`` command line: recipes, pretrain (smoke, overrides, resume), evaluate, score, data synth and
+cache, errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import pandas as pd
@@ -37,6 +40,29 @@ def run_main(monkeypatch, capsys, *arguments: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     return exit_info.value.code, capsys.readouterr().err
+
+
+def run_main_output(monkeypatch, capsys, *arguments: str) -> tuple[int, str, str]:
+    """Run ``medssl ARGUMENTS`` as the console script does; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def refusal(error: str) -> str:
+    """The text of a one-line ``error:`` message."""
+    assert error.startswith("error: ") and error.strip().count("\n") == 0, error
+    return error.strip().removeprefix("error: ")
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def epochs_logged(run_dir) -> list[int]:
@@ -201,6 +227,62 @@ def test_score_writes_the_challenge_metrics_to_json(tmp_path):
     assert "challenge_score" in output
 
 
+def write_challenge_predictions(path: Path, *, repeat_last: bool = False) -> Path:
+    table = pd.DataFrame(
+        {
+            "participant_id": ["s1", "s2", "s3", "s4", "s5", "s6"],
+            "split": ["train", "train", "internal_test", "internal_test", "external_test", "external_test"],
+            "site": ["A", "B", "A", "B", "C", "C"],
+            "age": [25.0, 35.0, 20.0, 30.0, 50.0, 70.0],
+            "age_pred": [25.0, 35.0, 22.0, 30.0, 53.0, 70.0],
+            "site_pred": ["A", "B", "A", "A", "A", "B"],
+        }
+    )
+    if repeat_last:
+        table = pd.concat([table, table.iloc[[-1]]])
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_score_refuses_a_repeated_participant_naming_the_file_and_the_participant(tmp_path, monkeypatch, capsys):
+    predictions = write_challenge_predictions(tmp_path / "predictions.csv", repeat_last=True)
+    code, error = run_main(monkeypatch, capsys, "score", predictions)
+    assert code == 2
+    assert refusal(error) == (
+        f"{predictions}: duplicate participant_id 's6' (data rows 6, 7); expected one row per participant"
+    )
+
+
+def test_score_refuses_an_id_column_the_table_does_not_have(tmp_path, monkeypatch, capsys):
+    predictions = write_challenge_predictions(tmp_path / "predictions.csv")
+    code, error = run_main(monkeypatch, capsys, "score", predictions, "--id-col", "pid")
+    assert code == 2 and refusal(error).startswith(f"{predictions}: missing column 'pid' (columns: participant_id,")
+
+
+@pytest.mark.parametrize("json_name", ["bad/adir", "adir_json/"], ids=["existing folder", "trailing slash"])
+def test_score_json_naming_a_folder_is_refused_before_scoring_naming_the_path_given(
+    json_name, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # a relative --json, as typed
+    (tmp_path / "bad" / "adir").mkdir(parents=True)
+    predictions = write_challenge_predictions(tmp_path / "predictions.csv")
+    code, out, error = run_main_output(monkeypatch, capsys, "score", predictions, "--json", json_name)
+    assert code == 2 and refusal(error).startswith(f"cannot write {json_name}: ")
+    assert f"give a file name, e.g. {Path(json_name) / 'scores.json'}" in error
+    assert "mae_external" not in out  # refused before the table is printed
+    assert not (tmp_path / "adir_json").exists()
+    assert [path.name for path in (tmp_path / "bad").iterdir()] == ["adir"]  # no temporary left either
+
+
+def test_score_json_inside_a_file_is_refused_naming_the_file(tmp_path, monkeypatch, capsys):
+    predictions = write_challenge_predictions(tmp_path / "predictions.csv")
+    code, error = run_main(monkeypatch, capsys, "score", predictions, "--json", predictions / "scores.json")
+    assert (
+        code == 2
+        and refusal(error) == f"cannot write {predictions / 'scores.json'}: {predictions} is a file, not a folder"
+    )
+
+
 # ----------------------------------------------------------------------------- data synth
 def test_data_synth_writes_nifti_volumes_and_a_participants_table(tmp_path):
     invoke("data", "synth", tmp_path / "cohort", "--subjects", "8", "--sites", "2", "--shape", "16")
@@ -230,3 +312,79 @@ def test_data_synth_with_every_site_external_exits_with_code_2(tmp_path, monkeyp
     )
     assert code == 2 and "--external-sites 2: expected 0 to 1" in error
     assert not (tmp_path / "cohort").exists()
+
+
+def test_data_synth_names_the_option_the_user_typed_not_a_recipe_key(tmp_path, monkeypatch, capsys):
+    arguments = ["data", "synth", tmp_path / "synth2", "--subjects", "4", "--sites", "6", "--shape", "16"]
+    code, error = run_main(monkeypatch, capsys, *arguments)
+    assert code == 2
+    assert refusal(error) == "--subjects 4: expected at least 2 subjects per site (>= 12 for --sites 6)"
+    assert not (tmp_path / "synth2").exists()
+
+
+def test_data_synth_into_a_folder_holding_a_cohort_is_refused_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "cohort"
+    invoke("data", "synth", folder, "--subjects", "8", "--sites", "2", "--shape", "8")
+    before = tree_digest(folder)
+    code, error = run_main(
+        monkeypatch, capsys, "data", "synth", folder, "--subjects", "4", "--sites", "2", "--shape", "8"
+    )
+    assert code == 2
+    assert refusal(error) == (
+        f"{folder}: the folder already holds a cohort (cohort.json, participants.tsv, sub-0000_T1w.nii.gz and 7 more); "
+        "choose another folder, or add --overwrite to replace it"
+    )
+    assert tree_digest(folder) == before
+    own = tmp_path / "own"  # the user's cohort, not one medssl wrote
+    own.mkdir()
+    (own / "participants.csv").write_text("participant_id,age,sex,site\nsub-01,30,F,A\n")
+    code, error = run_main(monkeypatch, capsys, "data", "synth", own, "--subjects", "4", "--sites", "2", "--shape", "8")
+    assert code == 2 and "already holds a cohort (participants.csv)" in refusal(error)
+
+
+def test_data_synth_into_a_file_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("mine")
+    arguments = ["data", "synth", tmp_path / "afile", "--subjects", "4", "--sites", "2", "--shape", "8", "--overwrite"]
+    code, error = run_main(monkeypatch, capsys, *arguments)
+    assert (
+        code == 2 and refusal(error) == f"{tmp_path / 'afile'}: is a file; expected a folder to write the cohort into"
+    )
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_data_synth_overwrite_replaces_the_cohort_and_keeps_other_files(tmp_path):
+    folder = tmp_path / "cohort"
+    invoke("data", "synth", folder, "--subjects", "8", "--sites", "2", "--shape", "8")
+    (folder / "notes.txt").write_text("mine")
+    invoke("data", "synth", folder, "--subjects", "4", "--sites", "2", "--shape", "8", "--overwrite")
+    assert len(pd.read_csv(folder / "participants.tsv", sep="\t")) == 4
+    assert len(list(folder.glob("*.nii.gz"))) == 4  # the first cohort's other 4 volumes are gone
+    assert (folder / "notes.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    invoke("data", "synth", empty, "--subjects", "4", "--sites", "2", "--shape", "8")  # an empty folder is fine
+    assert (empty / "participants.tsv").is_file()
+
+
+def test_data_cache_into_a_folder_holding_a_cache_is_refused_unless_overwrite(
+    tiny_cohort, tmp_path, monkeypatch, capsys
+):
+    cache = tmp_path / "cache"
+    invoke("data", "cache", tiny_cohort, cache, "--shape", "8")
+    before = tree_digest(cache)
+    code, error = run_main(monkeypatch, capsys, "data", "cache", tiny_cohort, cache, "--shape", "12")
+    assert code == 2
+    assert refusal(error) == (
+        f"{cache}: the folder already holds a cohort (participants.tsv, volumes.json, volumes.npy); "
+        "choose another folder, or add --overwrite to replace it"
+    )
+    assert tree_digest(cache) == before
+    invoke("data", "cache", tiny_cohort, cache, "--shape", "12", "--overwrite")
+    assert json.loads((cache / "volumes.json").read_text())["shape"] == [1, 12, 12, 12]
+
+
+def test_data_cache_overwrite_onto_its_own_source_is_refused_and_changes_nothing(tiny_cohort, monkeypatch, capsys):
+    before = tree_digest(tiny_cohort)
+    code, error = run_main(monkeypatch, capsys, "data", "cache", tiny_cohort, tiny_cohort, "--overwrite")
+    assert code == 2 and "the cache must be written to another folder than its source" in refusal(error)
+    assert tree_digest(tiny_cohort) == before

@@ -592,6 +592,16 @@ def test_a_failed_write_names_the_file_asked_for_not_its_hidden_temporary(tmp_pa
     assert f"cannot write {tmp_path / 'cache' / 'volume.npy'}" in str(output_error(elsewhere, target))
 
 
+def test_a_failed_write_to_a_relative_path_names_that_path_not_the_hidden_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from medssl.files import output_error
+
+    monkeypatch.chdir(tmp_path)  # the OS names the temporary by its absolute path, the user typed a relative one
+    temporary = IsADirectoryError(errno.EISDIR, "Is a directory", str(tmp_path / "bad" / ".adir.lmym0nco.tmp"))
+    assert str(output_error(temporary, "bad/adir")) == "cannot write bad/adir: it is a folder; give a file name"
+
+
 @pytest.mark.parametrize("stderr_too", [False, True], ids=["stdout", "stdout-and-stderr"])
 def test_a_pretrain_whose_output_reader_went_away_finishes_its_run(tmp_path, stderr_too):
     """``medssl pretrain ... | head`` (and ``2>&1 | head``): the run carries on to its encoder."""

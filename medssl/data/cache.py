@@ -68,9 +68,7 @@ def cache_cohort(
         raise CohortError(f"cache dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if len(cohort) == 0:
         raise CohortError(f"{cohort.root}: no participant to cache")
-    out = Path(out).expanduser().resolve()
-    if out == Path(cohort.root).resolve():
-        raise CohortError(f"{out}: the cache must be written to another folder than its source")
+    out = cache_folder(cohort.root, out)
     out.mkdir(parents=True, exist_ok=True)
     preprocess = resize_transform(volume_shape) if volume_shape else None
     dataset = VolumeDataset(cohort.subjects(), preprocess=preprocess)
@@ -91,6 +89,14 @@ def cache_cohort(
     atomic_write_text(out / "volumes.json", json.dumps(info, indent=2))
     # The table last: a cache interrupted earlier has none and is not mistaken for a complete one.
     atomic_write_text(out / "participants.tsv", table.to_csv(sep="\t", index=False))
+    return out
+
+
+def cache_folder(source: str | Path, out: str | Path) -> Path:
+    """``out`` as an absolute path, refused when it is the source cohort's own folder."""
+    out = Path(out).expanduser().resolve()
+    if out == Path(source).expanduser().resolve():
+        raise CohortError(f"{out}: the cache must be written to another folder than its source")
     return out
 
 

@@ -72,6 +72,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -451,21 +452,30 @@ def _render_subject(
 
 
 # ----------------------------------------------------------------------------- cohort
-def _check_sizes(subjects: int, sites: int, external_sites: int, shape: int) -> None:
+def recipe_key(name: str, value: int) -> str:
+    """How :func:`check_sizes` names a setting given in a recipe: ``data.synthetic.subjects=4``."""
+    return f"data.synthetic.{name}={value}"
+
+
+def check_sizes(
+    subjects: int, sites: int, external_sites: int, shape: int, named: Callable[[str, int], str] = recipe_key
+) -> None:
+    """Refuse sizes no cohort can have, naming each setting as ``named(name, value)`` says: a
+    recipe key by default, the command-line option for ``medssl data synth``."""
     if sites < 1:
-        raise RecipeError(f"data.synthetic.sites={sites}: expected at least 1 site")
+        raise RecipeError(f"{named('sites', sites)}: expected at least 1 site")
     if subjects < 2 * sites:
         raise RecipeError(
-            f"data.synthetic.subjects={subjects}: expected at least 2 subjects per site "
-            f"(>= {2 * sites} for sites={sites})"
+            f"{named('subjects', subjects)}: expected at least 2 subjects per site "
+            f"(>= {2 * sites} for {named('sites', sites)})"
         )
     if not 0 <= external_sites < sites:
         raise RecipeError(
-            f"data.synthetic.external_sites={external_sites}: expected 0 to {sites - 1} "
-            f"(at least one internal site of sites={sites})"
+            f"{named('external_sites', external_sites)}: expected 0 to {sites - 1} "
+            f"(at least one internal site of {named('sites', sites)})"
         )
     if shape < 8:
-        raise RecipeError(f"data.synthetic.shape={shape}: expected at least 8 voxels")
+        raise RecipeError(f"{named('shape', shape)}: expected at least 8 voxels")
 
 
 def synthesize_cohort(
@@ -503,7 +513,7 @@ def synthesize_cohort(
         >>> pd.read_csv(folder / "participants.tsv", sep="\\t").shape
         (16, 6)
     """
-    _check_sizes(subjects, sites, external_sites, shape)
+    check_sizes(subjects, sites, external_sites, shape)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cohort_stream, sites_stream, subjects_stream = np.random.SeedSequence(seed % 2**64).spawn(3)

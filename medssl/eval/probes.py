@@ -239,7 +239,8 @@ def challenge_protocol(
     predictions["site_pred"] = pd.Series(pd.NA, index=predictions.index, dtype=object)
     predictions.loc[test, "age_pred"] = age_probe.predict(features[test])
     predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
-    columns = {"id_col": id_col, "split_col": split_col, "site_col": site_col, "age_col": age_col}
+    ids = id_col if id_col in predictions.columns else None  # the participants table may have no ids
+    columns = {"id_col": ids, "split_col": split_col, "site_col": site_col, "age_col": age_col}
     scores = score_predictions(predictions, **columns, n_sites=n_train_sites, source="challenge protocol")
     return {
         **scores,

@@ -16,7 +16,8 @@ and scores them on a test set split into an **internal** part (sites seen in tra
   ``challenge_metric`` (until commit 1c6c591 of 2022-06-17; between the two, the kit used
   MAE_ext * BAcc^0.3 + (1 / n_sites)^0.3 * MAE_int, which medssl does not report).
 
-A predictions table has one row per subject with the columns ``split`` (``train``,
+A predictions table has one row per subject (``participant_id``, when given, is unique) with
+the columns ``split`` (``train``,
 ``internal_test`` or ``external_test``), ``site``, ``age``, ``age_pred`` and either
 ``site_pred`` or one probability column per site. Probability columns are named
 ``site_prob_<site>`` or ``prob_<site>`` (or ``<prefix><site>`` with ``site_pred_col=<prefix>``);
@@ -43,6 +44,7 @@ SPLITS = ("train", "internal_test", "external_test")
 TEST_SPLITS = ("internal_test", "external_test")
 PROBABILITY_PREFIXES = ("site_prob_", "prob_")
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+DEFAULT_ID_COL = "participant_id"
 
 
 class EvaluationError(MedsslError):
@@ -97,7 +99,7 @@ def ramp_combined(mae_ext: float, bacc: float, mae_int: float, n_sites: int) -> 
 def score_predictions(
     table: pd.DataFrame,
     *,
-    id_col: str = "participant_id",
+    id_col: str | None = None,
     split_col: str = "split",
     site_col: str = "site",
     age_col: str = "age",
@@ -111,11 +113,14 @@ def score_predictions(
     Rows of the ``train`` split are not scored; unless ``n_sites`` is given, the number of
     distinct sites among them is the number of training sites. The site prediction is the
     ``site_pred_col`` column or, when the table has none, the argmax over the probability
-    columns ``site_prob_<site>`` (or ``prob_<site>``).
+    columns ``site_prob_<site>`` (or ``prob_<site>``). A ``train`` row's age and predicted age
+    may be missing, but a value it gives must be a number, as on the test rows: text there
+    means the columns are not what they seem.
 
     Args:
         table: one row per subject (see the module docstring for the columns).
-        id_col: participant column, used to name rows in error messages (optional column).
+        id_col: participant column: no id may repeat, and messages name rows by it. None reads
+            ``participant_id`` when the table has that column; a given name must be a column.
         n_sites: number of training sites; None counts them among the ``train`` rows.
         source: how to name the table in error messages (defaults to the file it was read
             from by :func:`read_predictions`).
@@ -135,7 +140,10 @@ def score_predictions(
         table, dict(split_col=split_col, site_col=site_col, age_col=age_col, age_pred_col=age_pred_col), source
     )
     site_pred_source = _site_prediction_columns(table, site_pred_col, source)
+    id_col = _id_column(table, id_col, source)
+    _check_unique_ids(table, id_col, source)
     splits = _checked_splits(table, split_col, id_col, source)
+    _check_train_ages(table, splits, age_col, age_pred_col, id_col, source)
     tested = splits.isin(TEST_SPLITS).to_numpy()
     scored = table[tested]
     for column in [age_col, age_pred_col, site_col, *site_pred_source]:
@@ -180,7 +188,7 @@ def _challenge_scores(
     }
 
 
-def _checked_splits(table: pd.DataFrame, split_col: str, id_col: str, source: str) -> pd.Series:
+def _checked_splits(table: pd.DataFrame, split_col: str, id_col: str | None, source: str) -> pd.Series:
     """The split column as text, refused unless every value is a known split and both test splits occur."""
     splits = table[split_col]
     _check_no_missing(splits, split_col, table, id_col, source)
@@ -198,7 +206,44 @@ def _checked_splits(table: pd.DataFrame, split_col: str, id_col: str, source: st
     return splits
 
 
-def _true_ages(scored: pd.DataFrame, age_col: str, table: pd.DataFrame, id_col: str, source: str) -> np.ndarray:
+def _id_column(table: pd.DataFrame, id_col: str | None, source: str) -> str | None:
+    """The participant column: ``id_col``, refused when absent, or ``participant_id`` if the table has one."""
+    if id_col is None:
+        return DEFAULT_ID_COL if DEFAULT_ID_COL in table.columns else None
+    _require_columns(table, dict(id_col=id_col), source)
+    return id_col
+
+
+def _check_unique_ids(table: pd.DataFrame, id_col: str | None, source: str) -> None:
+    """Every row a participant of its own: a repeated row would count twice in the MAE and the BAcc."""
+    if id_col is None:
+        return
+    ids = table[id_col]
+    missing = ids.isna().to_numpy()
+    if missing.any():
+        raise EvaluationError(
+            f"{source}: column {id_col!r} is empty in data row {np.argmax(missing) + 1}; expected an id on every row"
+        )
+    repeated = ids.astype(str).duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = int(np.argmax(repeated))
+        rows = np.flatnonzero(ids.astype(str).to_numpy() == str(ids.iat[first])) + 1
+        raise EvaluationError(
+            f"{source}: duplicate {id_col} '{ids.iat[first]}' (data rows {', '.join(map(str, rows))}); "
+            "expected one row per participant"
+        )
+
+
+def _check_train_ages(
+    table: pd.DataFrame, splits: pd.Series, age_col: str, age_pred_col: str, id_col: str | None, source: str
+) -> None:
+    """The ages a ``train`` row gives are checked as a test row's are; missing ones are allowed (not scored)."""
+    train = table[(splits == "train").to_numpy()]
+    _true_ages(train[train[age_col].notna()], age_col, table, id_col, source)
+    _numeric(train[age_pred_col].dropna(), age_pred_col, table, id_col, source)
+
+
+def _true_ages(scored: pd.DataFrame, age_col: str, table: pd.DataFrame, id_col: str | None, source: str) -> np.ndarray:
     true_age = _numeric(scored[age_col], age_col, table, id_col, source)
     negative = true_age < 0
     if negative.any():  # a sign error upstream; its MAE would look plausible
@@ -210,7 +255,9 @@ def _true_ages(scored: pd.DataFrame, age_col: str, table: pd.DataFrame, id_col: 
     return true_age
 
 
-def _count_training_sites(table: pd.DataFrame, splits: pd.Series, site_col: str, id_col: str, source: str) -> int:
+def _count_training_sites(
+    table: pd.DataFrame, splits: pd.Series, site_col: str, id_col: str | None, source: str
+) -> int:
     train_sites = table.loc[(splits == "train").to_numpy(), site_col]
     if train_sites.empty:
         raise EvaluationError(f"{source}: no train rows to count the training sites; pass n_sites (64 for OpenBHB)")
@@ -242,7 +289,7 @@ def _warn_unseen_internal_sites(table: pd.DataFrame, splits: pd.Series, site_col
 def read_predictions(
     path: str | Path,
     *,
-    id_col: str = "participant_id",
+    id_col: str | None = None,
     split_col: str = "split",
     site_col: str = "site",
     age_col: str = "age",
@@ -267,7 +314,7 @@ def read_predictions(
         raise EvaluationError(f"{path}: unknown table format {path.suffix!r}; expected .csv or .tsv")
     if not path.is_file():
         raise EvaluationError(f"{path}: no such predictions file")
-    text_columns = {id_col, split_col, site_col, site_pred_col}
+    text_columns = {id_col or DEFAULT_ID_COL, split_col, site_col, site_pred_col}
     try:
         table = pd.read_csv(path, sep=separator, dtype={column: str for column in text_columns})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
@@ -276,6 +323,7 @@ def read_predictions(
         table, dict(split_col=split_col, site_col=site_col, age_col=age_col, age_pred_col=age_pred_col), str(path)
     )
     _site_prediction_columns(table, site_pred_col, str(path))
+    _id_column(table, id_col, str(path))
     table.attrs["source"] = str(path)
     return table
 
@@ -356,14 +404,14 @@ def _probability_prefixes(site_pred_col: str) -> list[str]:
     return list(dict.fromkeys([site_pred_col, *PROBABILITY_PREFIXES]))
 
 
-def _row_name(table: pd.DataFrame, row: int, id_col: str) -> str:
+def _row_name(table: pd.DataFrame, row: int, id_col: str | None) -> str:
     """Name a row of a table whose index is ``0..n-1``; data rows are counted from 1."""
-    if id_col in table.columns:
+    if id_col is not None and id_col in table.columns:
         return f"participant {table.at[row, id_col]!s} (data row {row + 1})"
     return f"data row {row + 1}"
 
 
-def _check_no_missing(values: pd.Series, column: str, table: pd.DataFrame, id_col: str, source: str) -> None:
+def _check_no_missing(values: pd.Series, column: str, table: pd.DataFrame, id_col: str | None, source: str) -> None:
     missing = values.isna().to_numpy()
     if missing.any():
         label = values.index[np.argmax(missing)]
@@ -375,7 +423,7 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _numeric(values: pd.Series, column: str, table: pd.DataFrame, id_col: str, source: str) -> np.ndarray:
+def _numeric(values: pd.Series, column: str, table: pd.DataFrame, id_col: str | None, source: str) -> np.ndarray:
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna().to_numpy() | ~np.isfinite(numbers.to_numpy(dtype=float, na_value=np.nan))
     if bad.any():
@@ -388,7 +436,12 @@ def _numeric(values: pd.Series, column: str, table: pd.DataFrame, id_col: str, s
 
 
 def _predicted_sites(
-    scored: pd.DataFrame, site_pred_col: str, columns: list[str], table: pd.DataFrame, id_col: str, source: str
+    scored: pd.DataFrame,
+    site_pred_col: str,
+    columns: list[str],
+    table: pd.DataFrame,
+    id_col: str | None,
+    source: str,
 ) -> np.ndarray:
     if columns == [site_pred_col]:
         return as_labels(scored[site_pred_col]).to_numpy()

@@ -222,6 +222,60 @@ def test_non_numeric_age_error_names_the_value():
         score_predictions(table)
 
 
+def test_a_repeated_row_is_refused_naming_the_file_the_participant_and_both_rows(tmp_path):
+    table = predictions_table()
+    pd.concat([table, table.iloc[[6]]]).to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(
+        EvaluationError,
+        match=r"p\.csv: duplicate participant_id 'sub-06' \(data rows 7, 8\); expected one row per participant",
+    ):
+        score_predictions(read_predictions(tmp_path / "p.csv"))
+
+
+def test_two_different_rows_of_one_participant_are_refused():
+    table = predictions_table(participant_id=["a", "b", "c", "d", "e", "f", "b"], age_pred=[1, 2, 3, 4, 5, 6, 7])
+    with pytest.raises(EvaluationError, match=r"duplicate participant_id 'b' \(data rows 2, 7\)"):
+        score_predictions(table)
+
+
+def test_an_empty_participant_id_is_refused_naming_the_row():
+    table = predictions_table()
+    table.loc[4, "participant_id"] = np.nan
+    with pytest.raises(EvaluationError, match="column 'participant_id' is empty in data row 5"):
+        score_predictions(table)
+
+
+def test_an_id_column_given_by_name_must_exist_but_participant_id_is_optional(tmp_path):
+    predictions_table().to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(EvaluationError, match=r"p\.csv: missing column 'pid'.*--id-col"):
+        read_predictions(tmp_path / "p.csv", id_col="pid")
+    with pytest.raises(EvaluationError, match="missing column 'pid'"):
+        score_predictions(predictions_table(), id_col="pid")
+    without_ids = predictions_table().drop(columns="participant_id")
+    assert score_predictions(without_ids)["n_external"] == 2
+    renamed = predictions_table().rename(columns={"participant_id": "pid"})
+    with pytest.raises(EvaluationError, match="duplicate pid 'sub-00'"):
+        score_predictions(pd.concat([renamed, renamed.iloc[[0]]]), id_col="pid")
+
+
+def test_a_non_numeric_age_on_a_train_row_is_refused_like_on_a_test_row(tmp_path):
+    table = predictions_table()
+    table["age"] = table["age"].astype(object)
+    table.loc[1, "age"] = "abc"
+    table.to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(EvaluationError, match=r"p\.csv: column 'age' has 'abc' for participant sub-01 \(data row 2\)"):
+        score_predictions(read_predictions(tmp_path / "p.csv"))
+    with pytest.raises(EvaluationError, match="'age_pred' has 'n.a.' for participant sub-00"):
+        score_predictions(predictions_table(age_pred=["n.a.", 35, 20, 30, 40, 50, 70]))
+    with pytest.raises(EvaluationError, match="'age' has -25 for participant sub-00"):
+        score_predictions(predictions_table(age=[-25.0, 35, 20, 30, 40, 50, 70]))
+
+
+def test_train_rows_may_leave_their_ages_empty():
+    table = predictions_table(age=[np.nan, 35, 20, 30, 40, 50, 70], age_pred=[np.nan, np.nan, 20, 30, 40, 50, 70])
+    assert score_predictions(table)["mae_external"] == 0.0
+
+
 def test_unknown_split_error_lists_the_allowed_values():
     table = predictions_table(
         split=["train", "train", "test", "internal_test", "internal_test", "external_test", "external_test"]

@@ -281,8 +281,8 @@ def plot_roc_curves(
             label=f"{label} (AUC {auc:.3f}, n={len(positive)})",
         )
     axes.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--", label="chance")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.01)
+    axes.set_xlim(-0.01, 1.01)  # a curve along the frame (AUC 0 or 1) stays visible
+    axes.set_ylim(-0.01, 1.01)
     axes.set_xlabel("false positive rate (1 - specificity)")
     axes.set_ylabel("true positive rate (sensitivity)")
     axes.set_title(title or "ROC curves")

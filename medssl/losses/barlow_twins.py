@@ -45,12 +45,12 @@ class BarlowTwinsLoss(nn.Module):
 
         Args:
             z: (N, 2, D) embeddings of the two views.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        check_embeddings(z, loss_name="BarlowTwinsLoss")
+        check_embeddings(z, y, loss_name="BarlowTwinsLoss")
         if z.shape[1] != 2:
             raise LossInputError(f"BarlowTwinsLoss: compares exactly 2 views, got z of shape {tuple(z.shape)}")
         if z.shape[0] < 2:

@@ -37,7 +37,7 @@ class DecoupledNTXentLoss(nn.Module):
         """
         Args:
             z: (N, V, D) embeddings, V >= 2.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim float32 tensor (float64 for float64 z).

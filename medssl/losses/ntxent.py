@@ -39,7 +39,7 @@ class NTXentLoss(nn.Module):
         """
         Args:
             z: (N, V, D) embeddings, V >= 2.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim float32 tensor (float64 for float64 z).

@@ -72,12 +72,12 @@ class VICRegLoss(nn.Module):
 
         Args:
             z: (N, 2, D) embeddings of the two views.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        z1, z2 = two_views(z, loss_name="VICRegLoss")
+        z1, z2 = two_views(z, y, loss_name="VICRegLoss")
         n = z1.shape[0]
         if n < 2:
             raise LossInputError(f"VICRegLoss: estimates variances over the batch and needs N >= 2 subjects, got {n}")

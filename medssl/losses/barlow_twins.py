@@ -28,6 +28,8 @@ class BarlowTwinsLoss(nn.Module):
         eps: added to the per-dimension batch variance before the square root.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import BarlowTwinsLoss
         >>> loss_fn = BarlowTwinsLoss(lambd=5e-3)
         >>> z1, z2 = torch.randn(16, 256), torch.randn(16, 256)
         >>> loss = loss_fn(torch.stack([z1, z2], dim=1))

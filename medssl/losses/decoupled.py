@@ -24,6 +24,8 @@ class DecoupledNTXentLoss(nn.Module):
         temperature: tau.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import DecoupledNTXentLoss
         >>> loss_fn = DecoupledNTXentLoss(temperature=0.1)
         >>> loss = loss_fn(torch.randn(8, 2, 128))
     """

@@ -25,6 +25,8 @@ class NTXentLoss(nn.Module):
         temperature: tau.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import NTXentLoss
         >>> loss_fn = NTXentLoss(temperature=0.1)
         >>> z = torch.randn(8, 2, 128)  # 8 subjects, 2 views
         >>> loss = loss_fn(z)

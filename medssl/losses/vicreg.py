@@ -46,6 +46,8 @@ class VICRegLoss(nn.Module):
             "paper_sum" (summed invariance, variance terms added).
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import VICRegLoss
         >>> loss_fn = VICRegLoss(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
         >>> z1, z2 = torch.randn(16, 256), torch.randn(16, 256)
         >>> loss = loss_fn(torch.stack([z1, z2], dim=1))

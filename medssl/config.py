@@ -2,8 +2,8 @@
 
 A recipe mirrors the data path: ``data`` -> ``views`` -> ``model`` -> ``method`` ->
 ``train`` -> ``eval``. Every field has a default and a one-line description (shown by
-``medssl recipes --fields``). Recipes are read with ``yaml.safe_load``: nothing in them
-is evaluated as code.
+``medssl recipes --fields``). Recipes are read with a safe YAML loader that also refuses a key
+written twice: nothing in them is evaluated as code, and no key silently replaces another.
 
 Example:
     >>> from medssl.config import load_recipe
@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from medssl.errors import RecipeError
 
@@ -35,9 +36,39 @@ RECIPES_DIR = shipped_recipes_dir()
 
 
 class Section(BaseModel):
-    """Base of every recipe section: unknown keys are errors, assignments are validated."""
+    """Base of every recipe section: unknown keys are errors, assignments are validated, and
+    numbers are finite and never booleans (``lr: .inf`` would fail mid-run, ``epochs: true``
+    would run 1 epoch)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, raw: Any) -> Any:
+        # A model validator, not a field one: pydantic allows no before-validator on the method's name.
+        for key, value in raw.items() if isinstance(raw, dict) else ():
+            field = cls.model_fields.get(key)
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if field is None or not any(isinstance(item, bool) for item in items):
+                continue
+            leaves = _leaf_types(field.annotation)
+            if bool not in leaves and (int in leaves or float in leaves):
+                raise PydanticCustomError(
+                    "bool_for_number",
+                    "'{key}': Input should be {expected}, not a boolean",
+                    {"key": key, "value": value, "expected": "an integer" if int in leaves else "a number"},
+                )
+        return raw
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The types a field annotation is built from: ``list[int] | None`` -> {int, NoneType}."""
+    if get_origin(annotation) is Literal:
+        return {type(value) for value in get_args(annotation)}
+    members = get_args(annotation)
+    if not members:
+        return {annotation}
+    return set().union(*(_leaf_types(member) for member in members))
 
 
 # ----------------------------------------------------------------------------- data
@@ -583,6 +614,8 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
     unknown_method_keys: dict[str, list[str]] = {}
     for item in error.errors():
         loc, method = _without_union_tag(item["loc"])
+        if item["type"] == "bool_for_number":  # raised for the section: the key is in the context
+            loc = (*loc, item["ctx"]["key"])
         key = ".".join(str(part) for part in loc) or "<root>"
         if item["type"] == "union_tag_invalid":  # pydantic names the section; the user wrote its name
             key, written = f"{key}.name", item["input"].get("name")
@@ -591,6 +624,10 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
             unknown_method_keys.setdefault(method, []).append(key)
         elif item["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
+        elif item["type"] == "bool_for_number":
+            problems.append(
+                f"'{key}' = {item['ctx']['value']!r}: Input should be {item['ctx']['expected']}, not a boolean"
+            )
         else:
             value = item.get("input")
             problems.append(f"'{key}' = {value!r}: {item['msg']}")
@@ -664,6 +701,33 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return where + " ".join(str(problem).split())
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping: PyYAML keeps the last
+    one silently, so a second ``train:`` section would drop the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            # A merge key (<<) may be overridden in place, and is resolved by the SafeLoader.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in first_lines:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key_node.value}' appears twice (first at line {first_lines[key]}); write each key once",
+                    key_node.start_mark,
+                )
+            first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse recipe YAML: safe (no code), and a key written twice is a :class:`yaml.YAMLError`."""
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: tags that build Python objects are refused
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
     if "=" not in text:
@@ -673,7 +737,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise RecipeError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise RecipeError(f"override '{text}': value is not valid YAML ({yaml_problem(exc)})") from None
     return path, value
@@ -806,7 +870,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     """Read, override and validate a recipe; raises :class:`RecipeError` with the key path."""
     path = resolve_recipe_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if raw is None:  # an empty file would run every default under the file's name, surely not what was meant
@@ -833,7 +897,7 @@ def shipped_recipes() -> list[tuple[str, str]]:
     """(name, one-line description) of every recipe in ``recipes/``."""
     rows = []
     for name in list_recipe_names():
-        raw = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+        raw = read_yaml((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
         rows.append((name, str(raw.get("description", ""))))
     return rows
 

@@ -172,6 +172,11 @@ def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
         (["pretrain", "/"], "recipe '/' is a folder"),
         (["pretrain", "finetune_diagnosis", "--smoke"], "runs with medssl finetune"),
         (["pretrain", "simclr", "--smoke", "method.name=mocov9"], "'method.name' = 'mocov9'"),
+        (["pretrain", "simclr", "train.lr=.inf"], "'train.lr' = inf: Input should be a finite number"),
+        (
+            ["pretrain", "simclr", "train.epochs=true"],
+            "'train.epochs' = True: Input should be an integer, not a boolean",
+        ),
     ],
 )
 def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, capsys, arguments, message):
@@ -187,6 +192,15 @@ def test_evaluate_refuses_an_override_it_would_not_read(monkeypatch, capsys, tmp
     assert code == 2
     assert error.startswith("error: ") and f"evaluation does not read {override.split('=')[0]}" in error
     assert error.strip().count("\n") == 0
+
+
+def test_a_recipe_with_a_key_written_twice_is_refused_before_a_run_folder_is_made(monkeypatch, capsys, tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("train:\n  epochs: 3\ntrain:\n  lr: 0.1\n")
+    code, error = run_main(monkeypatch, capsys, "pretrain", recipe, "--out", tmp_path / "run", *FAST)
+    assert code == 2 and error.strip().count("\n") == 0
+    assert error.startswith(f"error: {recipe}: not valid YAML (line 3, column 1: key 'train' appears twice")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("rank, lines", [("0", 1), ("1", 0)])

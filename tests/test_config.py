@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from typing import get_args
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from medssl.config import (
     METHOD_NAMES,
@@ -335,3 +337,75 @@ def test_a_hand_written_method_section_with_foreign_keys_is_still_refused(tmp_pa
     assert trim_flat_method_section({"method": some}) == {"method": some}
     with pytest.raises(RecipeError, match="unknown keys 'method.sigma', 'method.clusters', 'method.out_dim'"):
         load_recipe(write(tmp_path, yaml.safe_dump({"method": some}, sort_keys=False)))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lr=inf", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.grad_clip=.inf", "train.grad_clip"),
+        ("method.temperature=-.inf", "method.temperature"),
+        ("views.cutout.size=[0.1, .inf]", "views.cutout.size.1"),
+    ],
+)
+def test_a_non_finite_number_is_refused_naming_the_key(tmp_path, override, key):
+    with pytest.raises(
+        RecipeError, match=rf"^command-line override {re.escape(override)}: '{re.escape(key)}' = .*finite"
+    ):
+        load_recipe(write(tmp_path, "name: demo\n"), [override])
+    with pytest.raises(RecipeError, match=r"'train.lr' = inf: Input should be a finite number"):
+        load_recipe(write(tmp_path, "train:\n  lr: .inf\n"))
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("train.epochs=true", "train.epochs", "an integer"),
+        ("train.max_steps_per_epoch=false", "train.max_steps_per_epoch", "an integer"),
+        ("train.lr=true", "train.lr", "a number"),
+        ("data.volume_shape=[true, 16, 16]", "data.volume_shape", "an integer"),
+        ("views.cutout.size=[0.1, true]", "views.cutout.size", "a number"),
+        ("method.temperature=true", "method.temperature", "a number"),
+    ],
+)
+def test_a_boolean_is_refused_where_a_number_is_expected(tmp_path, override, key, expected):
+    with pytest.raises(RecipeError, match=rf"'{re.escape(key)}' = .*: Input should be {expected}, not a boolean"):
+        load_recipe(write(tmp_path, "name: demo\n"), [override])
+
+
+def test_numbers_from_the_command_line_and_yaml_still_validate_and_booleans_stay_booleans(tmp_path):
+    path = write(tmp_path, "train:\n  epochs: 3\n  lr: 0.01\n  compile: true\n")
+    recipe = load_recipe(path, ["train.batch_size=8", "train.grad_clip=1", "model.activation_checkpointing=false"])
+    assert (recipe.train.epochs, recipe.train.batch_size, recipe.train.lr) == (3, 8, 0.01)
+    assert recipe.train.grad_clip == 1.0 and recipe.train.compile is True
+    assert load_recipe(write(tmp_path, "train:\n  epochs: '4'\n")).train.epochs == 4
+    with pytest.raises(ValidationError, match=r"'epochs': Input should be an integer, not a boolean"):
+        recipe.train.epochs = True
+
+
+@pytest.mark.parametrize(
+    "text, key, where, first",
+    [
+        ("train:\n  epochs: 3\nmodel:\n  encoder: alexnet\ntrain:\n  lr: 0.1\n", "train", "line 5, column 1", 1),
+        ("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 4\n", "epochs", "line 4, column 3", 2),
+    ],
+)
+def test_a_key_written_twice_in_a_recipe_is_refused_naming_the_file_key_and_lines(tmp_path, text, key, where, first):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as refusal:
+        load_recipe(path)
+    message = str(refusal.value)
+    assert message.startswith(f"{path}: not valid YAML ({where}: ")
+    assert f"key '{key}' appears twice (first at line {first})" in message and "\n" not in message
+
+
+def test_a_key_written_twice_in_an_override_value_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match=r"override 'train=\{epochs: 2, epochs: 3\}'.*key 'epochs' appears twice"):
+        load_recipe(write(tmp_path, "name: demo\n"), ["train={epochs: 2, epochs: 3}"])
+
+
+def test_yaml_merge_keys_may_still_be_overridden_in_place(tmp_path):
+    text = "train:\n  <<: {epochs: 3, lr: 0.1}\n  epochs: 5\n"
+    recipe = load_recipe(write(tmp_path, text))
+    assert (recipe.train.epochs, recipe.train.lr) == (5, 0.1)

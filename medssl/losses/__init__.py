@@ -8,8 +8,9 @@ VICRegLoss.
   is refused; two (N, D) views are ``torch.stack([z1, z2], dim=1)``). Barlow Twins and VICReg
   need V = 2, the others V >= 2 (the class-label losses V >= 1).
 - ``y``: (N,) labels, one per subject (repeated over its views inside the loss), or None.
-  The label losses require it; NT-Xent, decoupled NT-Xent, Barlow Twins and VICReg ignore it,
-  so a method can call every embedding loss alike.
+  The label losses require it and refuse NaN or inf labels; NT-Xent, decoupled NT-Xent, Barlow
+  Twins and VICReg ignore its values, so a method can call every embedding loss alike. A ``y``
+  that is given must hold N labels, whichever the loss.
 
 **Prediction losses**, ``loss(predictions, targets)``: BYOLLoss, SimSiamLoss, DINOLoss.
 

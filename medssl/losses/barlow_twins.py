@@ -28,6 +28,8 @@ class BarlowTwinsLoss(nn.Module):
         eps: added to the per-dimension batch variance before the square root.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import BarlowTwinsLoss
         >>> loss_fn = BarlowTwinsLoss(lambd=5e-3)
         >>> z1, z2 = torch.randn(16, 256), torch.randn(16, 256)
         >>> loss = loss_fn(torch.stack([z1, z2], dim=1))
@@ -45,12 +47,12 @@ class BarlowTwinsLoss(nn.Module):
 
         Args:
             z: (N, 2, D) embeddings of the two views.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        check_embeddings(z, loss_name="BarlowTwinsLoss")
+        check_embeddings(z, y, loss_name="BarlowTwinsLoss")
         if z.shape[1] != 2:
             raise LossInputError(f"BarlowTwinsLoss: compares exactly 2 views, got z of shape {tuple(z.shape)}")
         if z.shape[0] < 2:

@@ -25,6 +25,8 @@ class BYOLLoss(nn.Module):
     target network's outputs without ``torch.no_grad`` is safe.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import BYOLLoss
         >>> loss_fn = BYOLLoss()
         >>> predictions = torch.randn(8, 2, 128)  # online predictor, views 1 and 2
         >>> targets = torch.randn(8, 2, 128)      # target projector, views 1 and 2

@@ -24,6 +24,8 @@ class DecoupledNTXentLoss(nn.Module):
         temperature: tau.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import DecoupledNTXentLoss
         >>> loss_fn = DecoupledNTXentLoss(temperature=0.1)
         >>> loss = loss_fn(torch.randn(8, 2, 128))
     """
@@ -37,7 +39,7 @@ class DecoupledNTXentLoss(nn.Module):
         """
         Args:
             z: (N, V, D) embeddings, V >= 2.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim float32 tensor (float64 for float64 z).

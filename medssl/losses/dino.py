@@ -37,6 +37,8 @@ class DINOLoss(nn.Module):
         center_momentum: m, EMA momentum of the centre.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import DINOLoss
         >>> loss_fn = DINOLoss(out_dim=4096)
         >>> student_out = torch.randn(8, 6, 4096)  # predictions: 2 global + 4 local crops
         >>> teacher_out = torch.randn(8, 2, 4096)  # targets: the 2 global crops

@@ -42,6 +42,8 @@ def label_kernel(y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5
         that would fall below the smallest normal number are 0 (see :func:`exp_or_zero`).
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import label_kernel
         >>> ages = torch.tensor([30.0, 32.0, 60.0])
         >>> w = label_kernel(ages, ages, kernel="rbf", sigma=5.0)  # w[0, 1] = exp(-4 / 50)
     """

@@ -73,7 +73,12 @@ def compute_dtype(z: Tensor) -> torch.dtype:
 
 
 def view_major(
-    z: Tensor, y: Tensor | Sequence[float] | None = None, *, loss_name: str = "loss", min_views: int = 2
+    z: Tensor,
+    y: Tensor | Sequence[float] | None = None,
+    *,
+    loss_name: str = "loss",
+    min_views: int = 2,
+    labels_used: bool = False,
 ) -> tuple[Tensor, Tensor | None, int]:
     """Check ``z`` and ``y`` and lay ``z`` out view-major.
 
@@ -82,21 +87,28 @@ def view_major(
         y: (N,) labels or None.
         loss_name: named in error messages.
         min_views: the fewest views the loss can use.
+        labels_used: the loss reads the label values (they must then be finite).
 
     Returns:
         ``(z, y, n_views)`` with z of shape (V*N, D), view-major, and y a (N,) tensor on z's
         device (or None).
     """
-    z, y = check_embeddings(z, y, loss_name=loss_name, min_views=min_views)
+    z, y = check_embeddings(z, y, loss_name=loss_name, min_views=min_views, labels_used=labels_used)
     n_subjects, n_views, dim = z.shape
     return z.transpose(0, 1).reshape(n_views * n_subjects, dim), y, n_views
 
 
 def check_embeddings(
-    z: Tensor, y: Tensor | Sequence[float] | None = None, *, loss_name: str = "loss", min_views: int = 2
+    z: Tensor,
+    y: Tensor | Sequence[float] | None = None,
+    *,
+    loss_name: str = "loss",
+    min_views: int = 2,
+    labels_used: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Raise :class:`LossInputError` unless ``z`` is (N, V, D) floating point with N >= 1 and
-    V >= ``min_views``, and ``y`` is None or N labels; return ``y`` as a tensor on z's device."""
+    V >= ``min_views``, and ``y`` is None or N labels (finite ones when ``labels_used``);
+    return ``y`` as a tensor on z's device."""
     if not isinstance(z, Tensor) or not z.is_floating_point():
         raise LossInputError(
             f"{loss_name}: z must be a floating-point tensor, got {type(z).__name__} {getattr(z, 'dtype', '')}"
@@ -108,13 +120,7 @@ def check_embeddings(
         )
     n_subjects, n_views, _ = z.shape
     if y is not None:
-        y = torch.as_tensor(y, device=z.device)
-        if y.ndim != 1:
-            raise LossInputError(f"{loss_name}: y must have shape (N,), got shape {tuple(y.shape)}")
-        if len(y) != n_subjects:
-            raise LossInputError(
-                f"{loss_name}: y has {len(y)} labels but z of shape {tuple(z.shape)} holds N={n_subjects} subjects"
-            )
+        y = check_labels(y, z, loss_name=loss_name, values_used=labels_used)
     if n_subjects == 0 or n_views < min_views:
         raise LossInputError(
             f"{loss_name}: needs at least {min_views} views of at least 1 subject, got N={n_subjects}, V={n_views}"
@@ -122,9 +128,35 @@ def check_embeddings(
     return z, y
 
 
-def two_views(z: Tensor, *, loss_name: str) -> tuple[Tensor, Tensor]:
-    """(N, 2, D) -> the two (N, D) views, float32 (float64 kept), for losses defined on a pair."""
-    check_embeddings(z, loss_name=loss_name)
+def check_labels(y: Tensor | Sequence[float], z: Tensor, *, loss_name: str, values_used: bool) -> Tensor:
+    """``y`` as an (N,) tensor on z's device; :class:`LossInputError` unless it holds one label per
+    subject of the (N, V, D) ``z`` (a wrong length is a caller's bug even where the loss ignores
+    y) and, when the loss reads the values, none is NaN or inf.
+
+    The finiteness test runs where ``y`` arrives: free for labels on the CPU, one device sync on an
+    N-vector for labels already on a GPU (the training step syncs on its loss anyway).
+    """
+    y = torch.as_tensor(y)
+    n_subjects = z.shape[0]
+    if y.ndim != 1:
+        raise LossInputError(f"{loss_name}: y must have shape (N,), got shape {tuple(y.shape)}")
+    if len(y) != n_subjects:
+        raise LossInputError(
+            f"{loss_name}: y has {len(y)} labels but z of shape {tuple(z.shape)} holds N={n_subjects} subjects"
+        )
+    if values_used and y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        bad = (~torch.isfinite(y)).nonzero().flatten().tolist()
+        raise LossInputError(
+            f"{loss_name}: labels y must be finite numbers, got {y[bad[0]].item()} at index {bad[0]} "
+            f"({len(bad)} of {n_subjects} labels are NaN or inf)"
+        )
+    return y.to(z.device)
+
+
+def two_views(z: Tensor, y: Tensor | Sequence[float] | None = None, *, loss_name: str) -> tuple[Tensor, Tensor]:
+    """(N, 2, D) -> the two (N, D) views, float32 (float64 kept), for losses defined on a pair
+    (``y``, which they ignore, is only checked to hold N labels)."""
+    check_embeddings(z, y, loss_name=loss_name)
     if z.shape[1] != 2:
         raise LossInputError(f"{loss_name}: compares exactly 2 views, got z of shape {tuple(z.shape)}")
     z = z.to(compute_dtype(z))
@@ -145,12 +177,18 @@ def check_predictions_and_targets(
             f"{loss_name}: expected floating-point predictions and targets of shape (N, V, D), got {got}"
         )
     (n_p, v_p, d_p), (n_t, v_t, d_t) = predictions.shape, targets.shape
+    shapes = f"{tuple(predictions.shape)} and {tuple(targets.shape)}"
+    for letter, meaning, of_predictions, of_targets in (("N", "subjects", n_p, n_t), ("D", "dimensions", d_p, d_t)):
+        if of_predictions != of_targets:
+            raise LossInputError(
+                f"{loss_name}: predictions and targets must have the same {letter} ({meaning}), "
+                f"got {letter} = {of_predictions} and {of_targets} in shapes {shapes}"
+            )
     views_fit = v_p == v_t == n_views if n_views is not None else v_t <= v_p and v_p >= 2
-    if n_p != n_t or d_p != d_t or not views_fit:
+    if not views_fit:
         views = f"V_p = V_t = {n_views}" if n_views is not None else "V_p >= V_t and V_p >= 2"
         raise LossInputError(
-            f"{loss_name}: expected predictions (N, V_p, D) and targets (N, V_t, D) with {views}, "
-            f"got {tuple(predictions.shape)} and {tuple(targets.shape)}"
+            f"{loss_name}: expected predictions (N, V_p, D) and targets (N, V_t, D) with {views}, got {shapes}"
         )
 
 
@@ -179,12 +217,12 @@ def contrastive_batch(
         y: (N,) labels, or None.
         temperature: tau of s_ij = <z_i, z_j> / tau.
         loss_name: named in error messages.
-        labels_required: raise when ``y`` is None.
+        labels_required: the loss reads the labels: raise when ``y`` is None or not finite.
         min_views: the fewest views the loss can use.
     """
     if labels_required and y is None:
         raise LossInputError(f"{loss_name}: needs labels y of shape (N,), got None")
-    z, y, n_views = view_major(z, y, loss_name=loss_name, min_views=min_views)
+    z, y, n_views = view_major(z, y, loss_name=loss_name, min_views=min_views, labels_used=labels_required)
     n = z.shape[0]
     dtype = compute_dtype(z)
     with outside_autocast(z):

@@ -25,6 +25,8 @@ class NTXentLoss(nn.Module):
         temperature: tau.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import NTXentLoss
         >>> loss_fn = NTXentLoss(temperature=0.1)
         >>> z = torch.randn(8, 2, 128)  # 8 subjects, 2 views
         >>> loss = loss_fn(z)
@@ -39,7 +41,7 @@ class NTXentLoss(nn.Module):
         """
         Args:
             z: (N, V, D) embeddings, V >= 2.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim float32 tensor (float64 for float64 z).

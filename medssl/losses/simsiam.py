@@ -20,6 +20,8 @@ class SimSiamLoss(nn.Module):
     here (z1 and z2 are detached), so the caller passes the projections as they are.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import SimSiamLoss
         >>> loss_fn = SimSiamLoss()
         >>> z = torch.randn(8, 2, 128)  # projector, views 1 and 2
         >>> predictor = torch.nn.Linear(128, 128)

@@ -37,6 +37,8 @@ class SupConLoss(nn.Module):
         temperature: tau.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import SupConLoss
         >>> loss_fn = SupConLoss(temperature=0.1)
         >>> z, diagnosis = torch.randn(8, 2, 128), torch.randint(0, 2, (8,))
         >>> loss = loss_fn(z, diagnosis)
@@ -78,6 +80,8 @@ class EpsSupInfoNCELoss(nn.Module):
         eps: margin epsilon, in units of s (already divided by tau).
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import EpsSupInfoNCELoss
         >>> loss_fn = EpsSupInfoNCELoss(temperature=0.1, eps=0.1)
         >>> loss = loss_fn(torch.randn(8, 2, 128), torch.randint(0, 2, (8,)))
     """
@@ -124,6 +128,8 @@ class EpsSupConLoss(nn.Module):
         eps: margin epsilon, in units of s (already divided by tau).
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import EpsSupConLoss
         >>> loss_fn = EpsSupConLoss(temperature=0.1, eps=0.1)
         >>> loss = loss_fn(torch.randn(8, 2, 128), torch.randint(0, 2, (8,)))
     """

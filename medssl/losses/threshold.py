@@ -139,6 +139,8 @@ class ThresholdLoss(nn.Module):
         reference_code: compute the authors' code's variant.
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import ThresholdLoss
         >>> loss_fn = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian")
         >>> z, ages = torch.randn(8, 2, 128), torch.rand(8) * 80 + 10
         >>> loss = loss_fn(z, ages)

@@ -46,6 +46,8 @@ class VICRegLoss(nn.Module):
             "paper_sum" (summed invariance, variance terms added).
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import VICRegLoss
         >>> loss_fn = VICRegLoss(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
         >>> z1, z2 = torch.randn(16, 256), torch.randn(16, 256)
         >>> loss = loss_fn(torch.stack([z1, z2], dim=1))
@@ -72,12 +74,12 @@ class VICRegLoss(nn.Module):
 
         Args:
             z: (N, 2, D) embeddings of the two views.
-            y: ignored (the loss uses no labels).
+            y: (N,) labels or None; their values are ignored (the loss uses no labels).
 
         Returns:
             0-dim tensor, float32 (float64 for float64 inputs).
         """
-        z1, z2 = two_views(z, loss_name="VICRegLoss")
+        z1, z2 = two_views(z, y, loss_name="VICRegLoss")
         n = z1.shape[0]
         if n < 2:
             raise LossInputError(f"VICRegLoss: estimates variances over the batch and needs N >= 2 subjects, got {n}")

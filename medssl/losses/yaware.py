@@ -27,6 +27,8 @@ class YAwareLoss(nn.Module):
         kernel: "rbf", "gaussian" or "cauchy" (see :mod:`medssl.losses.kernels`).
 
     Example:
+        >>> import torch
+        >>> from medssl.losses import YAwareLoss
         >>> loss_fn = YAwareLoss(temperature=0.1, sigma=5.0, kernel="rbf")
         >>> z, ages = torch.randn(8, 2, 128), torch.rand(8) * 80 + 10
         >>> loss = loss_fn(z, ages)

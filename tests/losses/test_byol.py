@@ -71,7 +71,13 @@ def test_byol_computes_bfloat16_inputs_in_float32():
 
 def test_byol_rejects_mismatched_shapes_and_other_view_counts():
     p1, p2, z1, z2 = random_pairs()
-    with pytest.raises(LossInputError, match="BYOLLoss: expected predictions"):
+    with pytest.raises(
+        LossInputError, match=r"^BYOLLoss: predictions and targets must have the same N \(subjects\), got N = 6 and 3"
+    ):
         BYOLLoss()(stacked(p1, p2), stacked(z1[:3], z2[:3]))
+    with pytest.raises(
+        LossInputError, match=r"^BYOLLoss: predictions and targets must have the same D \(dimensions\), got D = 5 and 4"
+    ):
+        BYOLLoss()(stacked(p1, p2), stacked(z1[:, :4], z2[:, :4]))
     with pytest.raises(LossInputError, match="V_p = V_t = 2"):
         BYOLLoss()(torch.stack([p1, p2, p1], dim=1), torch.stack([z1, z2, z1], dim=1))

@@ -151,3 +151,37 @@ def test_prediction_loss_refuses_two_dimensional_inputs(name):
     p = torch.randn(8, 32)
     with pytest.raises(LossInputError, match=r"predictions and targets of shape \(N, V, D\)"):
         PREDICTION_LOSSES[name]()(p, p)
+
+
+LABEL_LOSSES = [name for name, (_, kind) in LOSSES.items() if kind is not None]
+LABEL_FREE_LOSSES = [name for name, (_, kind) in EMBEDDING_LOSSES.items() if kind is None]
+
+
+@pytest.mark.parametrize("name", LABEL_LOSSES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_label_is_refused_in_one_line_naming_the_loss_and_the_subject(name, bad):
+    build, kind = LOSSES[name]
+    loss = build()
+    y = labels(kind, 8).to(torch.float64)
+    y[5] = bad
+    with pytest.raises(LossInputError) as refusal:
+        loss(embeddings(8), y)
+    message = str(refusal.value)
+    assert message.startswith(f"{type(loss).__name__}: labels y must be finite numbers, got {bad} at index 5")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", LABEL_FREE_LOSSES)
+def test_a_loss_that_ignores_labels_still_refuses_labels_of_the_wrong_length(name):
+    build, _ = EMBEDDING_LOSSES[name]
+    loss = build()
+    with pytest.raises(LossInputError, match=rf"^{type(loss).__name__}: y has 7 labels but z of shape \(8, 2, 16\)"):
+        loss(embeddings(8), torch.ones(7))
+
+
+@pytest.mark.parametrize("name", LABEL_FREE_LOSSES)
+def test_a_loss_that_ignores_labels_ignores_their_values_even_when_missing(name):
+    # A cohort whose label column has gaps can still train a label-free method.
+    build, _ = EMBEDDING_LOSSES[name]
+    loss, z = build(), embeddings(8).detach()
+    torch.testing.assert_close(loss(z, torch.full((8,), float("nan"))), loss(z, None), rtol=0, atol=0)

@@ -306,7 +306,6 @@ def finetune(
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
     from medssl.eval.finetune import finetune_encoder
-    from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode.value}"] if mode else [])]
     _refuse_unread_finetune_overrides(overrides)
@@ -318,18 +317,7 @@ def finetune(
         raise RecipeError("--resume needs --out: the folder of the fine-tuning to continue")
     run_dir = _run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume=False)
     if train_sizes is not None:
-        if encoder.lower() == "none":
-            raise RecipeError(
-                "--train-sizes compares a pre-trained encoder with training from scratch: give --encoder PATH"
-            )
-        sizes = parse_train_sizes(train_sizes)
-        check_run_folder(run_dir, resume=resume or not overwrite, overwrite=overwrite)  # a rerun continues
-        try:
-            with _quiet_sklearn(smoke):
-                label_efficiency(resolved, encoder, sizes, run_dir, console=console)
-        except KeyboardInterrupt:
-            raise Interrupted(run_dir) from None
-        console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
+        _label_efficiency(resolved, encoder, train_sizes, run_dir, resume, overwrite, smoke)
         return
     check_run_folder(run_dir, resume=resume, overwrite=overwrite)
     try:
@@ -339,6 +327,26 @@ def finetune(
             )
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
+
+
+def _label_efficiency(
+    recipe, encoder: str, train_sizes: str, run_dir: Path, resume: bool, overwrite: bool, smoke: bool
+) -> None:
+    """``finetune --train-sizes``: a rerun continues the curve, ``--overwrite`` starts it again."""
+    from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
+
+    if encoder.lower() == "none":
+        raise RecipeError(
+            "--train-sizes compares a pre-trained encoder with training from scratch: give --encoder PATH"
+        )
+    sizes = parse_train_sizes(train_sizes)
+    check_run_folder(run_dir, resume=resume or not overwrite, overwrite=overwrite)
+    try:
+        with _quiet_sklearn(smoke):
+            label_efficiency(recipe, encoder, sizes, run_dir, console=console)
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
+    console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
 
 
 @app.command()

@@ -113,17 +113,15 @@ def score_predictions(
     Rows of the ``train`` split are not scored; unless ``n_sites`` is given, the number of
     distinct sites among them is the number of training sites. The site prediction is the
     ``site_pred_col`` column or, when the table has none, the argmax over the probability
-    columns ``site_prob_<site>`` (or ``prob_<site>``). A ``train`` row's age and predicted age
-    may be missing, but a value it gives must be a number, as on the test rows: text there
-    means the columns are not what they seem.
+    columns ``site_prob_<site>`` (or ``prob_<site>``). A ``train`` row's ages may be missing,
+    but not text (the columns would not be what they seem).
 
     Args:
         table: one row per subject (see the module docstring for the columns).
         id_col: participant column: no id may repeat, and messages name rows by it. None reads
             ``participant_id`` when the table has that column; a given name must be a column.
         n_sites: number of training sites; None counts them among the ``train`` rows.
-        source: how to name the table in error messages (defaults to the file it was read
-            from by :func:`read_predictions`).
+        source: the table's name in messages (default: the file :func:`read_predictions` read).
 
     Returns:
         ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``,

@@ -244,10 +244,12 @@ def test_the_leaderboard_command_rebuilds_the_files_and_refuses_an_empty_folder(
     monkeypatch.setattr(cli, "console", recording_console())
     assert CliRunner().invoke(cli.app, ["leaderboard", str(tmp_path)]).exit_code == 0
     assert "| simclr | 1 |" in (tmp_path / "leaderboard.md").read_text()
-    monkeypatch.setattr(sys, "argv", ["medssl", "leaderboard", str(tmp_path / "empty")])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    assert exit_info.value.code == 2 and "no finished run" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for folder, message in (("empty", "no finished run"), ("absent", "no such folder")):
+        monkeypatch.setattr(sys, "argv", ["medssl", "leaderboard", str(tmp_path / folder)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -374,17 +374,16 @@ def score(
 
     json_path = _output_file(json_out)  # refused before the table is scored and printed
     columns = dict(
-        id_col=id_col,
         split_col=split_col,
         site_col=site_col,
         age_col=age_col,
         age_pred_col=age_pred_col,
         site_pred_col=site_pred_col,
     )
-    table = read_predictions(predictions, **columns)
+    table = read_predictions(predictions, id_col=id_col, **columns)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnseenSiteWarning)
-        metrics = score_predictions(table, n_sites=n_sites, **columns)
+        metrics = score_predictions(table, id_col=id_col, n_sites=n_sites, **columns)
     for warning in caught:
         console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
     view = Table(title=f"Challenge metrics: {predictions.name}")

@@ -240,8 +240,8 @@ def challenge_protocol(
     predictions.loc[test, "age_pred"] = age_probe.predict(features[test])
     predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
     ids = id_col if id_col in predictions.columns else None  # the participants table may have no ids
-    columns = {"id_col": ids, "split_col": split_col, "site_col": site_col, "age_col": age_col}
-    scores = score_predictions(predictions, **columns, n_sites=n_train_sites, source="challenge protocol")
+    columns = {"split_col": split_col, "site_col": site_col, "age_col": age_col}
+    scores = score_predictions(predictions, id_col=ids, **columns, n_sites=n_train_sites, source="challenge protocol")
     return {
         **scores,
         "age_alpha": float(age_probe.best_params_["ridge__alpha"]),

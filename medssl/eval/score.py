@@ -43,6 +43,7 @@ from medssl.errors import MedsslError
 SPLITS = ("train", "internal_test", "external_test")
 TEST_SPLITS = ("internal_test", "external_test")
 PROBABILITY_PREFIXES = ("site_prob_", "prob_")
+DEFAULT_SITE_PRED_COL = "site_pred"
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 DEFAULT_ID_COL = "participant_id"
 
@@ -124,9 +125,8 @@ def score_predictions(
         source: the table's name in messages (default: the file :func:`read_predictions` read).
 
     Returns:
-        ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``,
-        ``ramp_combined``, ``n_sites``, ``n_internal``, ``n_external``, ``r2_internal``,
-        ``r2_external`` (NaN when undefined) and ``chance_bacc`` (= 1 / n_sites).
+        ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``, ``ramp_combined``, ``n_sites``,
+        ``n_internal``, ``n_external``, ``r2_internal``, ``r2_external`` (NaN when undefined), ``chance_bacc``.
 
     Example:
         >>> scores = score_predictions(predictions)
@@ -150,6 +150,7 @@ def score_predictions(
     pred_age = _numeric(scored[age_pred_col], age_pred_col, table, id_col, source)
     true_site = as_labels(scored[site_col]).to_numpy()
     pred_site = _predicted_sites(scored, site_pred_col, site_pred_source, table, id_col, source)
+    _check_sites_named_alike(pred_site, as_labels(table[site_col]), site_col, source)
     internal = (splits[tested] == "internal_test").to_numpy()
 
     _warn_unseen_internal_sites(table, splits, site_col, source)
@@ -382,15 +383,16 @@ def _require_columns(table: pd.DataFrame, columns: dict[str, str], source: str) 
 def _site_prediction_columns(table: pd.DataFrame, site_pred_col: str, source: str) -> list[str]:
     """``[site_pred_col]``, or the probability columns that replace it.
 
-    Probability columns are those named ``<prefix><site>``, the prefix being
-    ``site_pred_col`` itself (so ``site_pred_col="proba_"`` reads ``proba_<site>``), then
-    ``site_prob_``, then ``prob_``: the first prefix that matches any column wins.
+    Probability columns are those named ``<prefix><site>``, the prefix being a
+    ``site_pred_col`` other than the default (so ``site_pred_col="proba_"`` reads
+    ``proba_<site>``), then ``site_prob_``, then ``prob_``: the first prefix that matches two
+    columns or more wins (one column is no distribution over sites, e.g. ``site_pred_confidence``).
     """
     if site_pred_col in table.columns:
         return [site_pred_col]
     for prefix in _probability_prefixes(site_pred_col):
         columns = [column for column in table.columns if str(column).startswith(prefix)]
-        if columns:
+        if len(columns) >= 2:
             return columns
     raise EvaluationError(
         f"{source}: missing column {site_pred_col!r} and no site probability columns "
@@ -398,8 +400,24 @@ def _site_prediction_columns(table: pd.DataFrame, site_pred_col: str, source: st
     )
 
 
+def _check_sites_named_alike(predicted: np.ndarray, true_sites: pd.Series, site_col: str, source: str) -> None:
+    """Refuse predictions none of which is a site of the table: the two columns then spell sites
+    differently ('1' and '01'), and every prediction would count as wrong."""
+    known = set(true_sites.dropna())
+    if len(predicted) and not known.intersection(predicted):
+        shown = ", ".join(repr(site) for site in sorted(set(predicted), key=str)[:3])
+        expected = ", ".join(repr(site) for site in sorted(known, key=str)[:3])
+        raise EvaluationError(
+            f"{source}: no predicted site ({shown}) is a site of column {site_col!r} ({expected}); "
+            "predictions must name sites as that column does"
+        )
+
+
 def _probability_prefixes(site_pred_col: str) -> list[str]:
-    return list(dict.fromkeys([site_pred_col, *PROBABILITY_PREFIXES]))
+    """A custom ``site_pred_col`` is a prefix; the default ``site_pred`` is not (``site_pred_*``
+    columns are then other things the predictor wrote)."""
+    custom = [site_pred_col] if site_pred_col != DEFAULT_SITE_PRED_COL else []
+    return list(dict.fromkeys([*custom, *PROBABILITY_PREFIXES]))
 
 
 def _row_name(table: pd.DataFrame, row: int, id_col: str | None) -> str:

@@ -171,6 +171,25 @@ def test_site_pred_col_can_name_a_custom_probability_prefix():
         score_predictions(table)
 
 
+def test_a_site_pred_column_that_is_no_probability_is_not_taken_for_one():
+    table = predictions_table().drop(columns="site_pred")
+    table["site_pred_confidence"] = 0.9  # written by the predictor next to its probabilities
+    table["site_prob_A"] = [0.9, 0.1, 0.6, 0.7, 0.2, 0.5, 0.5]
+    table["site_prob_B"] = [0.1, 0.9, 0.4, 0.3, 0.8, 0.5, 0.5]
+    assert score_predictions(table)["bacc_site"] == pytest.approx(0.75)
+
+
+def test_predicted_sites_spelled_unlike_the_true_ones_are_refused_not_scored_as_wrong():
+    # pandas reads a site column "1, 2, 3" as numbers while the probability columns say "01", "02"
+    table = predictions_table(site=[1, 2, 1, 2, 2, 3, 3]).drop(columns="site_pred")
+    table["site_prob_01"] = [0.9, 0.1, 0.9, 0.1, 0.1, 0.5, 0.5]
+    table["site_prob_02"] = [0.1, 0.9, 0.1, 0.9, 0.9, 0.5, 0.5]
+    with pytest.raises(EvaluationError, match=r"no predicted site \('01', '02'\) is a site of column 'site'"):
+        score_predictions(table)
+    table["site_prob_1"], table["site_prob_2"] = table.pop("site_prob_01"), table.pop("site_prob_02")
+    assert score_predictions(table)["bacc_site"] == pytest.approx(1.0)
+
+
 def test_read_predictions_reads_csv_and_tsv_and_keeps_site_codes_as_text(tmp_path):
     table = predictions_table(site=["01", "02", "01", "02", "02", "03", "03"]).drop(columns="site_pred")
     table["site_prob_01"] = [1, 0, 1, 0, 1, 0, 0]

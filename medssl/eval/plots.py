@@ -264,7 +264,7 @@ def plot_roc_curves(
     axes = figure.add_subplot()
     palette = colormaps["tab10"]
     for index, (label, (positive, score)) in enumerate(curves.items()):
-        positive = np.asarray(positive, dtype=bool)
+        positive = _as_positive(label, positive)
         score = np.asarray(score, dtype=float)
         if len(positive) != len(score):
             raise EvaluationError(f"ROC curve {label!r}: {len(positive)} labels but {len(score)} scores")
@@ -297,6 +297,16 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=DPI, format="png")
     return path
+
+
+def _as_positive(curve: str, labels) -> np.ndarray:
+    """Booleans, or 0 / 1: anything else ("0" / "1" as text, "patient", -1 / +1) would be cast to
+    True for every subject, so it is refused."""
+    values = np.asarray(labels)
+    if values.dtype != bool and not (np.issubdtype(values.dtype, np.number) and np.isin(values, (0, 1)).all()):
+        shown = ", ".join(repr(value) for value in np.unique(values.astype(str))[:3])
+        raise EvaluationError(f"ROC curve {curve!r}: is_positive must be booleans or 0 / 1, got {shown}")
+    return values.astype(bool)
 
 
 # Where a point's label may go, in points from the point, with its alignment: right, left, above, below.

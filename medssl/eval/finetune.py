@@ -251,8 +251,8 @@ def known_rows(table: pd.DataFrame, column: str) -> np.ndarray:
 def resolve_target(table: pd.DataFrame, config: FinetuneConfig) -> Target:
     """Check ``finetune.target`` against the train rows and pick the task and the classes.
 
-    ``task: auto`` means regression for a numeric column with fractional values or more
-    than 10 distinct values (the rule of ``medssl evaluate``'s probes), classification
+    ``task: auto`` means regression for a numeric column named ``age``, with fractional values or
+    more than 10 distinct values (the rule of ``medssl evaluate``'s probes), classification
     otherwise (text, or a few integer codes). Classes
     are sorted; the positive one (``finetune.positive_class``, else the last) comes last.
     """

@@ -75,9 +75,13 @@ def check_features(features: np.ndarray, table: pd.DataFrame | None = None, name
 
 
 def is_continuous(values: pd.Series) -> bool:
-    """A numeric, non-boolean column with more than ``CONTINUOUS_MIN_VALUES`` distinct values."""
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    return numeric and values.nunique() > CONTINUOUS_MIN_VALUES
+    """A numeric, non-boolean column named ``age`` (regressed in every OpenBHB protocol, even
+    when a small cohort has few distinct ages), with fractional values, or with more than
+    ``CONTINUOUS_MIN_VALUES`` distinct values."""
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return False
+    known = values.dropna()
+    return values.name == "age" or bool((known % 1 != 0).any()) or known.nunique() > CONTINUOUS_MIN_VALUES
 
 
 def regression_probe(inner: list | None = None) -> Pipeline | GridSearchCV:
@@ -140,6 +144,7 @@ def cross_validate_probes(
     """
     features = check_features(features, table)
     table = table.reset_index(drop=True)
+    targets = [targets] if isinstance(targets, str) else targets  # "age" is one column, not three letters
     folds = site_stratified_folds(table, n_folds=5, seed=seed) if folds is None else folds
     groups = as_labels(table[group_inner_by]).to_numpy() if group_inner_by else None
     rows: list[dict] = []

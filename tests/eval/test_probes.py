@@ -58,6 +58,15 @@ def test_features_that_encode_age_give_a_small_cross_validated_mae():
     assert metric(result, "age", "r2") > 0.95
 
 
+def test_age_in_whole_decades_is_still_regressed_and_a_target_may_be_one_string():
+    table = cohort()
+    table["age"] = (table["age"] // 10 * 10).astype(int)  # 20, 30, ... 70: fewer than 11 distinct values
+    result = cross_validate_probes(age_features(table), table, targets="age")
+    assert set(result["metric"]) == {"mae", "r2"} and set(result["target"]) == {"age"}
+    table["decade"] = table["age"]  # the same values under another name are categories
+    assert "balanced_accuracy" in set(cross_validate_probes(age_features(table), table, targets=["decade"])["metric"])
+
+
 def test_random_features_give_an_mae_near_the_mean_predictor():
     table = cohort()
     result = cross_validate_probes(random_features(table), table, targets=("age",))

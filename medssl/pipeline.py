@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from medssl.eval.folds import challenge_folds
 from medssl.eval.plots import plot_loss_curve
 from medssl.eval.run import evaluate_encoder
 from medssl.methods import Method
+from medssl.run_folder import check_run_folder
 from medssl.train.pretraining import build_pretraining, run_pretraining
 from medssl.train.trainer import RunResult
 
@@ -38,7 +40,12 @@ def pretrain(
     method: Method | None = None,
 ) -> RunResult:
     """Pre-train the recipe's encoder with its method (or ``method``), then plot the loss and,
-    with ``eval.after_pretrain``, evaluate the encoder on the whole cohort (main process only)."""
+    with ``eval.after_pretrain``, evaluate the encoder on the whole cohort (main process only).
+
+    A ``run_dir`` that holds a run is refused unless ``resume`` (a second run would mix its
+    checkpoints, metrics and evaluation with the first one's)."""
+    if not resume and os.environ.get("RANK", "0") == "0":  # other processes see the folder rank 0 is filling
+        check_run_folder(Path(run_dir))
     pretraining = build_pretraining(recipe, run_dir, resume=resume, console=console, method=method)
     if pretraining.recipe.eval.after_pretrain:  # a bad folds file is refused now, not after the training
         challenge_folds(pretraining.data.cohort.table, pretraining.data.cohort.root, pretraining.recipe.eval.folds_file)

@@ -113,6 +113,17 @@ def test_run_interrupted_after_epoch_one_resumes_to_the_weights_and_metrics_of_a
     assert b"\r" not in (resumed / "metrics.csv").read_bytes()  # plain newlines, as every other file
 
 
+def test_pretrain_from_python_refuses_a_folder_holding_a_run_unless_resumed(tmp_path):
+    from medssl.errors import MedsslError
+
+    recipe = quick_recipe("simclr")
+    pretrain(recipe, tmp_path / "run")
+    encoder = (tmp_path / "run" / "encoder.pt").read_bytes()
+    with pytest.raises(MedsslError, match="already holds a run"):
+        pretrain(recipe, tmp_path / "run")
+    assert (tmp_path / "run" / "encoder.pt").read_bytes() == encoder
+
+
 def test_run_killed_in_the_middle_of_an_epoch_drops_its_rows_and_resumes_from_the_last_checkpoint(tmp_path):
     recipe = quick_recipe("simclr", "train.epochs=2")
     pretrain(recipe, tmp_path / "straight")

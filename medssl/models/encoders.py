@@ -2,7 +2,8 @@
 
 The saved ``encoder.pt`` is a plain state dict of the MONAI network (with its classifier
 replaced by ``nn.Identity`` where it has one) and ``encoder.json`` says how to rebuild it,
-so a pre-trained encoder is usable without medssl:
+so a pre-trained ResNet or DenseNet121 is usable without medssl (AlexNet-3D is medssl's own
+network: rebuild it with :func:`load_encoder`):
 
     import json, torch, monai.networks.nets as nets
     spec = json.load(open("encoder.json"))
@@ -33,7 +34,7 @@ from monai.networks import nets
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medssl.errors import CheckpointError
+from medssl.errors import CheckpointError, RecipeError
 from medssl.files import atomic_torch_save, atomic_write_text
 
 ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "alexnet")
@@ -114,16 +115,20 @@ def encoder_spec(
         if widths is None:
             return EncoderSpec(name, name, kwargs, 512 * expansion)
         block, layers = RESNET_LAYERS[name]
+        if len(widths) != len(layers) or not all(isinstance(width, int) and width > 0 for width in widths):
+            raise RecipeError(
+                f"model.widths = {list(widths)}: expected {len(layers)} positive stage widths, e.g. [16, 32, 64, 128]"
+            )
         kwargs = {"block": block, "layers": layers, "block_inplanes": list(widths), **kwargs}
         return EncoderSpec(name, "ResNet", kwargs, widths[-1] * expansion)
     if widths is not None:
-        raise CheckpointError(f"model.widths = {widths}: only ResNet encoders take stage widths, not '{name}'")
+        raise RecipeError(f"model.widths = {widths}: only ResNet encoders take stage widths, not '{name}'")
     if name == "densenet121":
         kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": 1}
         return EncoderSpec(name, "DenseNet121", kwargs, 1024, identity_modules=["class_layers.out"])
     if name == "alexnet":
         return EncoderSpec(name, "AlexNet3D", {"in_channels": in_channels}, 128, library="medssl.models.encoders")
-    raise CheckpointError(f"unknown encoder '{name}': expected one of {', '.join(ENCODER_NAMES)}")
+    raise RecipeError(f"model.encoder = '{name}': expected one of {', '.join(ENCODER_NAMES)}")
 
 
 def build_network(spec: EncoderSpec) -> nn.Module:
@@ -233,8 +238,11 @@ def build_encoder(
 
 
 def save_encoder(encoder: Encoder, path: str | Path) -> tuple[Path, Path]:
-    """Write ``path`` (plain network state dict) and ``path`` with ``.json`` (how to rebuild it)."""
+    """Write ``path`` (plain network state dict) and ``path`` with ``.json`` (how to rebuild it).
+    ``path`` ends in ``.pt``, the name :func:`load_encoder` takes for an encoder's weights."""
     path = Path(path)
+    if path.suffix != ".pt":
+        raise ValueError(f"{path}: an encoder is saved to a .pt file (e.g. encoder.pt)")
     state = {key: value.detach().cpu() for key, value in encoder.network.state_dict().items()}
     atomic_torch_save(state, path)
     spec_path = path.with_suffix(".json")
@@ -245,7 +253,9 @@ def save_encoder(encoder: Encoder, path: str | Path) -> tuple[Path, Path]:
 def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encoder:
     """Rebuild an encoder from ``encoder.pt`` + ``encoder.json`` (or a run folder holding them).
 
-    With ``expected``, raise a :class:`CheckpointError` naming every field that differs.
+    With ``expected``, raise a :class:`CheckpointError` naming every field that differs. The
+    encoder comes back in training mode, as a built one: call ``.eval()`` before extracting
+    features (BatchNorm would otherwise use, and update, batch statistics).
     """
     path = Path(path)
     if path.is_dir():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.networks import nets
 
-from medssl.errors import CheckpointError
+from medssl.errors import CheckpointError, RecipeError
 from medssl.models import DINOHead, ProjectionHead, build_encoder, encoder_spec, load_encoder, save_encoder
 
 
@@ -81,8 +81,14 @@ def test_load_encoder_errors_are_clear(tmp_path):
 
 
 def test_unknown_encoder_name_lists_the_choices():
-    with pytest.raises(CheckpointError, match="expected one of resnet18"):
+    with pytest.raises(RecipeError, match="model.encoder = 'vit': expected one of resnet18"):
         build_encoder("vit")
+
+
+@pytest.mark.parametrize("widths", [[8, 16], [8, 16, 32, 0]])
+def test_resnet_widths_must_be_four_positive_stage_widths(widths):
+    with pytest.raises(RecipeError, match=r"expected 4 positive stage widths"):
+        build_encoder("resnet18", widths=widths)
 
 
 def saved_activation_bytes(encoder, x) -> int:
@@ -136,3 +142,9 @@ def test_activation_checkpointing_is_off_outside_training_and_leaves_no_trace():
     encoder.train()
     encoder(x).sum().backward()
     assert all("forward" not in stage.__dict__ for stage in encoder.network.children())
+
+
+def test_an_encoder_is_saved_under_a_pt_name_only(tmp_path):
+    with pytest.raises(ValueError, match=r"myenc: an encoder is saved to a \.pt file"):
+        save_encoder(build_encoder("resnet18", widths=[4, 4, 4, 4]), tmp_path / "myenc")
+    assert list(tmp_path.iterdir()) == []

@@ -512,7 +512,11 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     after_pretrain: bool = Field(True, description="Run the evaluation at the end of `medssl pretrain`.")
     folds: int = Field(5, ge=2, description="Folds of the site-stratified cross-validation.")
-    baseline: bool = Field(True, description="Also evaluate a randomly initialised encoder of the same architecture.")
+    baseline: bool = Field(
+        True,
+        description="Also evaluate the baselines: a randomly initialised encoder of the same architecture, "
+        "the intensity-statistics probe and the training-mean predictor.",
+    )
     batch_size: int = Field(16, ge=1, description="Volumes per batch during feature extraction.")
     targets: list[str] = Field(
         default_factory=lambda: ["age", "sex"], description="Participants columns probed by the cross-validation."

@@ -461,7 +461,8 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> Encoder:
             raise
         raise CheckpointError(
             f"{error}; set the recipe's model section to the pre-trained architecture "
-            f"(model.encoder, model.in_channels, model.conv1_stride)"
+            f"(model.encoder, model.in_channels, model.conv1_stride, model.widths; on the embedded cohort "
+            f"train.embedded.widths)"
         ) from None
 
 

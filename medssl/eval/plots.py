@@ -205,6 +205,8 @@ def plot_loss_curve(
     """
     if not 0.0 <= smoothing < 1.0:
         raise EvaluationError(f"smoothing: got {smoothing!r}, expected a number in [0, 1)")
+    if "kind" in metrics.columns:  # a run's metrics.csv also holds one row per epoch (their means)
+        metrics = metrics[metrics["kind"] == "step"]
     if loss_col not in metrics.columns:
         raise EvaluationError(f"metrics: missing column {loss_col!r} (columns: {', '.join(map(str, metrics.columns))})")
     x_col = next((column for column in ("step", "epoch") if column in metrics.columns), None)

@@ -139,3 +139,19 @@ def test_point_labels_skip_points_with_a_missing_coordinate():
     axes = Figure().subplots()
     labels = plots.label_points(axes, [1.0, np.nan], [2.0, 3.0], ["measured", "no external sites"])
     assert [label.get_text() for label in labels] == ["measured"]
+
+
+def test_loss_curve_of_a_run_metrics_table_draws_its_step_rows_only(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.setdefault("figure", figure) and path)
+    metrics = pd.DataFrame(
+        {
+            "kind": ["step", "step", "epoch", "step", "step", "epoch"],
+            "step": [1, 2, 2, 3, 4, 4],
+            "epoch": [0, 0, 0, 1, 1, 1],
+            "loss": [4.0, 3.0, 3.5, 2.0, 1.0, 1.5],  # epoch rows hold the epoch's mean
+        }
+    )
+    plot_loss_curve(metrics, tmp_path / "loss.png")
+    raw = drawn["figure"].axes[0].lines[0]
+    assert list(raw.get_xdata()) == [1, 2, 3, 4] and list(raw.get_ydata()) == [4.0, 3.0, 2.0, 1.0]

@@ -176,6 +176,10 @@ class Trainer:
         early_stopping=None,
         name: str = "objective",
     ):
+        if not (hasattr(loader, "epoch") and hasattr(loader, "close")):
+            raise TypeError(
+                f"Trainer: loader must be a medssl EpochLoader (batches per epoch, resumable), got {type(loader).__name__}"
+            )
         self.objective, self.optimizer, self.scheduler, self.loader = objective, optimizer, scheduler, loader
         # The same module, typed by its hooks: nn.Module types its other attributes as tensors or submodules.
         self.hooks = cast(ObjectiveHooks, objective)

@@ -232,3 +232,12 @@ def test_a_resume_says_how_many_metrics_rows_of_unsaved_steps_it_drops(tmp_path)
     result = resumed.run(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt"))
     assert any(f"after epoch 2 (step 8); the {unsaved} metrics.csv rows" in note for note in result.notes), result.notes
     assert not pd.read_csv(tmp_path / "run" / "metrics.csv").duplicated(["kind", "step"]).any()
+
+
+def test_a_plain_dataloader_is_refused_naming_the_loader_the_trainer_needs(tmp_path):
+    objective = LineFit()
+    optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(Points(), batch_size=4)
+    with pytest.raises(TypeError, match="loader must be a medssl EpochLoader .*got DataLoader"):
+        Trainer(objective, optimizer, loader, tmp_path / "run", Schedule(epochs=1, steps_per_epoch=4))  # type: ignore[arg-type]
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ everything; the command line, the benchmark runner and the pretrain pipeline sit
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ RANKS = {
     "medssl": 0,  # the package itself: its version
     "medssl.errors": 0,
     "medssl.files": 1,
+    "medssl.run_folder": 1,  # which folders a run or a cohort may be written into
     "medssl.config": 2,
     "medssl.data": 3,
     "medssl.models": 4,
@@ -32,7 +34,6 @@ RANKS = {
     "medssl.eval": 7,
     "medssl.pipeline": 8,
     "medssl.benchmark": 8,
-    "medssl.run_folder": 8,
     "medssl.cli": 9,
     "medssl.__main__": 10,
 }
@@ -135,3 +136,13 @@ def test_training_runs_without_loading_the_evaluation_package():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", ["medssl.data", "medssl.train", "medssl.eval"])
+def test_every_name_a_package_lists_is_importable_from_it(package):
+    module = importlib.import_module(package)
+    assert module.__doc__ and module.__all__
+    for name in module.__all__:
+        assert getattr(module, name).__name__ == name
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        module.nothing  # noqa: B018

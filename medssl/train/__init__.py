@@ -1,0 +1,48 @@
+"""The training engine: a :class:`Trainer` handed its objective, optimiser, loader and schedule
+(it knows no method by name), resumable :class:`EpochLoader` batches, atomic checkpoints,
+DistributedDataParallel under ``torchrun``, and the assembly of a recipe's pre-training.
+
+Names are imported on first use, so importing one submodule does not load the others.
+
+Example:
+    >>> from medssl.train import EpochLoader, Schedule, Trainer
+    >>> loader = EpochLoader(dataset, batch_size=8, seed=0)
+    >>> trainer = Trainer(objective, optimizer, loader, "runs/mine", Schedule(epochs=2, steps_per_epoch=len(loader)))
+    >>> result = trainer.run()
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_MODULE_OF = {
+    "Trainer": "trainer",
+    "Schedule": "trainer",
+    "EpochContext": "trainer",
+    "RunResult": "trainer",
+    "EpochLoader": "loading",
+    "build_pretraining": "pretraining",
+    "run_pretraining": "pretraining",
+    "load_checkpoint": "checkpoint",
+}
+
+__all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from medssl.train.checkpoint import load_checkpoint
+    from medssl.train.loading import EpochLoader
+    from medssl.train.pretraining import build_pretraining, run_pretraining
+    from medssl.train.trainer import EpochContext, RunResult, Schedule, Trainer
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'medssl.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"medssl.train.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

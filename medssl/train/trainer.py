@@ -371,8 +371,15 @@ class Trainer:
                 )
                 progress.update(task, advance=1, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", speed=f"{speed:.1f}")
                 started = time.perf_counter()
+        if not losses:  # a checkpoint of an untrained epoch would pass for a trained one
+            raise TrainingError(f"epoch {epoch + 1}: the loader gave no batch ({self.loader_size()})")
         self.end_of_epoch(epoch, step, losses, context)
         return step
+
+    def loader_size(self) -> str:
+        dataset, batch_size = getattr(self.loader, "dataset", None), getattr(self.loader, "batch_size", None)
+        items = f"{len(dataset)} items" if dataset is not None else "its dataset"
+        return f"{items}, batch_size {batch_size}, drop_last {getattr(self.loader, 'drop_last', None)}"
 
     def forward_backward(self, batch: dict, micro: int, epoch: int, step: int) -> tuple[float, dict]:
         """Loss of one micro-batch, checked finite, and its scaled gradient (summed over the accumulated ones)."""

@@ -241,3 +241,15 @@ def test_a_plain_dataloader_is_refused_naming_the_loader_the_trainer_needs(tmp_p
     with pytest.raises(TypeError, match="loader must be a medssl EpochLoader .*got DataLoader"):
         Trainer(objective, optimizer, loader, tmp_path / "run", Schedule(epochs=1, steps_per_epoch=4))  # type: ignore[arg-type]
     assert not (tmp_path / "run").exists()
+
+
+def test_an_epoch_without_a_batch_is_an_error_not_a_checkpoint(tmp_path):
+    objective = LineFit()
+    optimizer = torch.optim.SGD(objective.parameters(), lr=0.1)
+    loader = EpochLoader(Points(9), batch_size=32, seed=0, drop_last=True)  # 9 items fill no batch of 32
+    trainer = Trainer(objective, optimizer, loader, tmp_path / "run", Schedule(epochs=1, steps_per_epoch=1))
+    with pytest.raises(
+        TrainingError, match="epoch 1: the loader gave no batch .9 items, batch_size 32, drop_last True"
+    ):
+        trainer.run()
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -1067,7 +1067,8 @@ class FineTuner:
             rows = predictions[predictions["split"] == split] if len(predictions) else predictions
             if rows.empty:
                 continue
-            title = f"{split}: {self.target.column}, {self.mode} ({len(self.recipe.finetune.seeds)} seeds)"
+            n_seeds = len(self.recipe.finetune.seeds)
+            title = f"{split}: {self.target.column}, {self.mode} ({n_seeds} seed{'s' if n_seeds > 1 else ''})"
             if self.target.task == "classification":
                 plot_roc_curves(roc_curves(rows, self.target), out_dir / f"roc_{split}.png", title=title)
             else:
@@ -1163,7 +1164,8 @@ def split_report(split: str, entry: dict, results: dict, width: int) -> tuple[Ta
         )
         for metric in metrics
     }
-    headers = ["metric", f"mean ± std\n({len(results['settings']['seeds'])} seeds)", *baselines]
+    n_seeds = len(results["settings"]["seeds"])
+    headers = ["metric", f"mean ± std\n({n_seeds} seed{'s' if n_seeds > 1 else ''})", *baselines]
     rows = [
         [
             metric,

@@ -232,7 +232,8 @@ def build_encoder(
     activation_checkpointing: bool = False,
 ) -> Encoder:
     """Build an encoder by name (see :data:`ENCODER_NAMES`), optionally a narrow ResNet (``widths``)
-    and with activation checkpointing in training (see :class:`Encoder`)."""
+    and with activation checkpointing in training (see :class:`Encoder`). ``conv1_stride`` (the
+    stride of a ResNet's first convolution) is not read by DenseNet121 and AlexNet-3D."""
     spec = encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths)
     return Encoder(spec, activation_checkpointing=activation_checkpointing)
 

@@ -22,6 +22,8 @@ class ProjectionHead(nn.Module):
         self, in_dim: int, hidden_dim: int = 512, out_dim: int = 128, layers: int = 2, batch_norm: bool = False
     ):
         super().__init__()
+        if layers < 1:
+            raise ValueError(f"ProjectionHead: layers={layers}, expected at least 1 (the output Linear)")
         modules: list[nn.Module] = []
         width = in_dim
         for _ in range(layers - 1):

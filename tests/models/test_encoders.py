@@ -148,3 +148,11 @@ def test_an_encoder_is_saved_under_a_pt_name_only(tmp_path):
     with pytest.raises(ValueError, match=r"myenc: an encoder is saved to a \.pt file"):
         save_encoder(build_encoder("resnet18", widths=[4, 4, 4, 4]), tmp_path / "myenc")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_projection_head_has_at_least_its_output_layer():
+    from medssl.models import ProjectionHead
+
+    assert len([m for m in ProjectionHead(8, 16, 4, layers=1).modules() if isinstance(m, torch.nn.Linear)]) == 1
+    with pytest.raises(ValueError, match="layers=0, expected at least 1"):
+        ProjectionHead(8, 16, 4, layers=0)

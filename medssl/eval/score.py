@@ -43,7 +43,6 @@ from medssl.errors import MedsslError
 SPLITS = ("train", "internal_test", "external_test")
 TEST_SPLITS = ("internal_test", "external_test")
 PROBABILITY_PREFIXES = ("site_prob_", "prob_")
-DEFAULT_SITE_PRED_COL = "site_pred"
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 DEFAULT_ID_COL = "participant_id"
 
@@ -383,10 +382,10 @@ def _require_columns(table: pd.DataFrame, columns: dict[str, str], source: str) 
 def _site_prediction_columns(table: pd.DataFrame, site_pred_col: str, source: str) -> list[str]:
     """``[site_pred_col]``, or the probability columns that replace it.
 
-    Probability columns are those named ``<prefix><site>``, the prefix being a
-    ``site_pred_col`` other than the default (so ``site_pred_col="proba_"`` reads
-    ``proba_<site>``), then ``site_prob_``, then ``prob_``: the first prefix that matches two
-    columns or more wins (one column is no distribution over sites, e.g. ``site_pred_confidence``).
+    Probability columns are those named ``<prefix><site>``, the prefix being
+    ``site_pred_col`` itself (so ``site_pred_col="proba_"`` reads ``proba_<site>``), then
+    ``site_prob_``, then ``prob_``: the first prefix that matches two columns or more wins (one
+    column is no distribution over sites, e.g. ``site_pred_confidence``).
     """
     if site_pred_col in table.columns:
         return [site_pred_col]
@@ -414,10 +413,7 @@ def _check_sites_named_alike(predicted: np.ndarray, true_sites: pd.Series, site_
 
 
 def _probability_prefixes(site_pred_col: str) -> list[str]:
-    """A custom ``site_pred_col`` is a prefix; the default ``site_pred`` is not (``site_pred_*``
-    columns are then other things the predictor wrote)."""
-    custom = [site_pred_col] if site_pred_col != DEFAULT_SITE_PRED_COL else []
-    return list(dict.fromkeys([*custom, *PROBABILITY_PREFIXES]))
+    return list(dict.fromkeys([site_pred_col, *PROBABILITY_PREFIXES]))
 
 
 def _row_name(table: pd.DataFrame, row: int, id_col: str | None) -> str:

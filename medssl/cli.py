@@ -614,7 +614,9 @@ def data_inspect(
     figures = inspect_cohort(cohort, recipe, console=console)
     _print_cohort_figures(figures)
     if json_path is not None:
-        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+        from medssl.files import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(figures, indent=2) + "\n")  # a killed write leaves no half file
         console.print(f"Figures written to {json_path}")
 
 

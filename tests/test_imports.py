@@ -24,7 +24,8 @@ RANKS = {
     "medssl": 0,  # the package itself: its version
     "medssl.errors": 0,
     "medssl.files": 1,
-    "medssl.run_folder": 1,  # which folders a run or a cohort may be written into
+    "medssl.run_folder": 1,
+    "medssl.lazy": 0,  # which folders a run or a cohort may be written into
     "medssl.config": 2,
     "medssl.data": 3,
     "medssl.models": 4,

@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from medssl.lazy import lazy_exports
 
 _MODULE_OF = {
     "Cohort": "cohort",
@@ -39,13 +40,4 @@ if TYPE_CHECKING:
     from medssl.data.views import MultiViewDataset, VolumeDataset, build_eval_transform, build_view_transform
 
 
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'medssl.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"medssl.data.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

@@ -1,9 +1,9 @@
 """Evaluation of frozen representations: linear probes, site-aware CV and the OpenBHB challenge score.
 
-Everything here works on feature matrices (numpy) and participants tables (pandas) and
-needs only scikit-learn and matplotlib, never torch. Names are imported on first use, so
-``from medssl.eval import score_predictions`` loads neither scikit-learn nor matplotlib and
-scoring a predictions file starts fast.
+Probes, scores and plots work on feature matrices (numpy) and participants tables (pandas)
+with scikit-learn and matplotlib; fine-tuning (``finetune``) trains with torch. Names are
+imported on first use, so ``from medssl.eval import score_predictions`` loads only the scoring
+module (no probes, matplotlib or torch) and scoring a predictions file starts fast.
 
 Example:
     >>> from medssl.eval import challenge_score, evaluate_representation, print_report
@@ -15,8 +15,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from medssl.lazy import lazy_exports
 
 _MODULE_OF = {
     "EvaluationError": "score",
@@ -49,13 +50,4 @@ if TYPE_CHECKING:
     from medssl.eval.score import EvaluationError, challenge_score, ramp_combined, read_predictions, score_predictions
 
 
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'medssl.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"medssl.eval.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from medssl.lazy import lazy_exports
 
 _MODULE_OF = {
     "Trainer": "trainer",
@@ -36,13 +37,4 @@ if TYPE_CHECKING:
     from medssl.train.trainer import EpochContext, RunResult, Schedule, Trainer
 
 
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'medssl.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"medssl.train.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _MODULE_OF, globals())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from medssl.losses.barlow_twins import BarlowTwinsLoss, works_by_subjects
+from medssl.losses.barlow_twins import BarlowTwinsLoss, uses_bfloat16_products, works_by_subjects
 from medssl.losses.layout import LossInputError
 
 
@@ -78,8 +78,9 @@ def test_barlow_twins_off_diagonal_weight_is_lambd():
     assert BarlowTwinsLoss().lambd == 5e-3
 
 
+# Small bfloat16 batches (N D^2 < 2^23) are computed in float32.
 @pytest.mark.parametrize(("n", "d"), [(16, 32), (64, 32)], ids=["by-subjects", "by-dimensions"])
-def test_barlow_twins_computes_bfloat16_inputs_in_float32(n, d):
+def test_barlow_twins_computes_small_bfloat16_inputs_in_float32(n, d):
     z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(3)).bfloat16()
     loss = BarlowTwinsLoss()(z)
     assert loss.dtype == torch.float32 and loss.dim() == 0
@@ -87,7 +88,7 @@ def test_barlow_twins_computes_bfloat16_inputs_in_float32(n, d):
 
 
 @pytest.mark.parametrize(("n", "d"), [(16, 32), (64, 32)], ids=["by-subjects", "by-dimensions"])
-def test_barlow_twins_gradient_of_bfloat16_input_is_that_of_its_float32_copy(n, d):
+def test_barlow_twins_gradient_of_small_bfloat16_input_is_that_of_its_float32_copy(n, d):
     z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(4)).bfloat16().requires_grad_()
     upcast = z.detach().float().requires_grad_()
     (low,) = torch.autograd.grad(BarlowTwinsLoss()(z), z)
@@ -114,10 +115,14 @@ def test_barlow_twins_rejects_more_than_two_views():
         BarlowTwinsLoss()(torch.randn(4, 3, 8))
 
 
-@pytest.mark.parametrize(("n", "d"), [(8, 4), (3, 8)], ids=["by-dimensions", "by-subjects"])
-def test_barlow_twins_second_backward_through_one_loss_is_refused(n, d):
+@pytest.mark.parametrize(
+    ("n", "d", "dtype"),
+    [(8, 4, torch.float32), (3, 8, torch.float32), (512, 128, torch.bfloat16)],
+    ids=["by-dimensions", "by-subjects", "bfloat16-products"],
+)
+def test_barlow_twins_second_backward_through_one_loss_is_refused(n, d, dtype):
     # The first backward writes the gradient over the saved standardised views.
-    z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    z = torch.randn(n, 2, d, generator=torch.Generator().manual_seed(6)).to(dtype).requires_grad_()
     loss = BarlowTwinsLoss()(z)
     before = z.detach().clone()
     (first,) = torch.autograd.grad(loss, z, retain_graph=True)
@@ -125,3 +130,47 @@ def test_barlow_twins_second_backward_through_one_loss_is_refused(n, d):
     assert torch.equal(z.detach(), before)  # the input itself is never written
     with pytest.raises(RuntimeError, match="once per forward"):
         torch.autograd.grad(loss, z)
+
+
+def test_large_bfloat16_batches_take_bfloat16_products():
+    assert uses_bfloat16_products(torch.zeros(512, 2, 128, dtype=torch.bfloat16))  # N D^2 = 2^23
+    assert uses_bfloat16_products(torch.zeros(1024, 2, 1024, dtype=torch.bfloat16))
+    assert not uses_bfloat16_products(torch.zeros(256, 2, 128, dtype=torch.bfloat16))
+    assert not uses_bfloat16_products(torch.zeros(512, 2, 128))  # float32 stays float32
+    assert not uses_bfloat16_products(torch.zeros(512, 2, 128, dtype=torch.float16))
+
+
+def views_of_subjects(noise: float, seed: int, n: int = 512, d: int = 128) -> torch.Tensor:
+    """bfloat16 embeddings (N, 2, D) whose two views differ by ``noise`` around subjects of
+    standard deviation 2 and mean 1: noise 0.03 gives C_ii of about 0.9998."""
+    generator = torch.Generator().manual_seed(seed)
+    subjects = 1.0 + 2.0 * torch.randn(n, 1, d, generator=generator)
+    return (subjects + noise * torch.randn(n, 2, d, generator=generator)).bfloat16()
+
+
+@pytest.mark.parametrize("noise", [3.0, 0.2, 0.03], ids=["unrelated", "agreeing", "nearly-identical"])
+def test_bfloat16_products_keep_value_and_gradient_near_float64(noise):
+    z = views_of_subjects(noise, seed=7)
+    low, high = z.clone().requires_grad_(), z.double().requires_grad_()  # the same rounded input
+    loss_low, loss_high = BarlowTwinsLoss()(low), BarlowTwinsLoss()(high)
+    (grad_low,) = torch.autograd.grad(loss_low, low)
+    (grad_high,) = torch.autograd.grad(loss_high, high)
+    assert loss_low.dtype == torch.float32 and grad_low.dtype == torch.bfloat16
+    assert loss_low.item() == pytest.approx(loss_high.item(), rel=1e-3)
+    assert float((grad_low.double() - grad_high).norm() / grad_high.norm()) < 1e-2
+
+
+def test_bfloat16_products_keep_the_invariance_term_of_nearly_identical_views():
+    # lambd = 0 leaves sum (1 - C_ii)^2 with 1 - C_ii of about 2e-4: bfloat16 views (steps of
+    # 0.004 near 1) would lose it entirely.
+    z = views_of_subjects(0.03, seed=8)
+    loss_low, loss_high = BarlowTwinsLoss(lambd=0.0)(z), BarlowTwinsLoss(lambd=0.0)(z.double())
+    assert 0.0 < loss_high.item() < 1e-3
+    assert loss_low.item() == pytest.approx(loss_high.item(), rel=1e-3)
+
+
+def test_bfloat16_products_read_embeddings_of_any_layout():
+    z = views_of_subjects(0.2, seed=9)
+    strided = z.transpose(1, 2).contiguous().transpose(1, 2)  # (N, 2, D) with the views innermost
+    assert not strided.is_contiguous()
+    assert BarlowTwinsLoss()(strided).item() == BarlowTwinsLoss()(z).item()

@@ -23,7 +23,8 @@ VICRegLoss.
   take V_p = V_t = 2; DINO V_p >= V_t, the extra student views being local crops.
 
 Every loss returns a 0-dim tensor, float32 for float32, bfloat16 or float16 input (computed in
-float32) and float64 for float64 input. The contrastive losses L2-normalise ``z`` themselves.
+float32, but for the cross-correlation products of BarlowTwinsLoss on large bfloat16 batches)
+and float64 for float64 input. The contrastive losses L2-normalise ``z`` themselves.
 ``alignment`` and ``uniformity`` are diagnostics, not losses: they take (N, D) tensors.
 """
 

@@ -10,7 +10,8 @@
 # conv3d peak, loader supply, memory per volume and largest batch in 24 GB / 80 GB);
 # (2) NTXentLoss / YAwareLoss at 2N = 8192; (3) faiss-gpu vs faiss-cpu k-means on 50,000 x 256;
 # (4) a one-process NCCL run of `medssl pretrain yaware_age --smoke`; (5) an fp16 resume that must
-# end bit-exact with the uninterrupted run, and the GradScaler state in its checkpoint.
+# end bit-exact with the uninterrupted run, and the GradScaler state in its checkpoint; (6) Barlow
+# Twins against lightly's formula in float32 and bfloat16 (time ratios, gradient errors).
 # Each part has its own time limit; a part that fails or times out is reported and the next runs.
 set -u
 cd "$(dirname "$0")/.."
@@ -91,5 +92,9 @@ print("two uninterrupted runs bit-exact (determinism control):", same("full", "f
 print("resumed run bit-exact with the uninterrupted one:", same("full", "half"))
 EOF
 verdict $? "fp16 resume check"
+
+part "6. Barlow Twins on bfloat16 embeddings: medssl (bfloat16 products, float32 invariance term) vs lightly's formula"
+timeout 60 python benchmarks/losses.py --device cuda --only BarlowTwinsLoss --repeats 11
+verdict $? "Barlow Twins losses"
 
 part "done in $((SECONDS - START)) s; JSON in $OUT"

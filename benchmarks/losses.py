@@ -219,10 +219,14 @@ def agreeing_views(n_subjects: int, dim: int, dtype: torch.dtype, generator: tor
 
 
 def seconds(compute: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> float:
-    """Wall time of one ``compute(z).backward()``."""
+    """Wall time of one ``compute(z).backward()`` (the device's queue drained before and after)."""
     z.grad = None
+    if z.is_cuda:
+        torch.cuda.synchronize(z.device)
     start = time.perf_counter()
     compute(z).backward()
+    if z.is_cuda:
+        torch.cuda.synchronize(z.device)
     return time.perf_counter() - start
 
 
@@ -261,14 +265,14 @@ def peer_table(args: argparse.Namespace) -> None:
                 continue
             for n_subjects, dim in shapes:
                 dim = dim or args.dim
-                z = torch.randn(n_subjects, 2, dim, generator=generator).to(dtype).requires_grad_()
-                y = torch.rand(n_subjects, generator=generator) * 80 + 10
+                z = torch.randn(n_subjects, 2, dim, generator=generator).to(args.device, dtype).requires_grad_()
+                y = (torch.rand(n_subjects, generator=generator) * 80 + 10).to(args.device)
                 ours_fn, peer_fn = (lambda z, f=ours, y=y: f(z, y)), (lambda z, f=peer, y=y: f(z, y))
                 for _ in range(2):  # warm-up
                     seconds(ours_fn, z), seconds(peer_fn, z)
                 repeats = args.repeats if n_subjects <= 1024 else max(3, args.repeats // 3)
                 ours_s, peer_s, ratio = paired_times(ours_fn, peer_fn, z, repeats)
-                late = agreeing_views(n_subjects, dim, dtype, generator)
+                late = agreeing_views(n_subjects, dim, dtype, generator).to(args.device)
                 errors = f"{gradient_error(ours_fn, late):>11.1e} {gradient_error(peer_fn, late):>9.1e}"
                 dtype_name = str(dtype).removeprefix("torch.")
                 print(
@@ -324,10 +328,12 @@ def main() -> None:
         "--only", default=None, help="peers: only the rows whose name starts with this (e.g. BarlowTwinsLoss)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="peers: where the embeddings live (cpu, cuda)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where or platform.machine()}")
     peer_table(args) if args.against == "peers" else loop_table(args)
 
 

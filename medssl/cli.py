@@ -65,6 +65,7 @@ class CacheDtype(str, Enum):
 
 
 OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. {example} data.root=/data/openbhb."
+FLAG = ""  # the metavar of boolean switches: they take no value (typer 0.29 would show <bool>)
 
 
 def _run_dir(name: str, out: Path | None, resume: bool) -> Path:
@@ -146,16 +147,23 @@ def pretrain(
     resume: bool = typer.Option(
         False,
         "--resume",
+        metavar=FLAG,
         help="Continue from the run folder's last checkpoint (latest run of the recipe without --out).",
     ),
     smoke: bool = typer.Option(
-        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, one short epoch."
+        False,
+        "--smoke",
+        metavar=FLAG,
+        help="Check the set-up in seconds: a handful of subjects, tiny volumes, one short epoch.",
     ),
     devices: int = typer.Option(
         1, "--devices", min=1, help="Processes to launch with torchrun (DistributedDataParallel)."
     ),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the run already in --out (its checkpoints, metrics, encoder, eval)."
+        False,
+        "--overwrite",
+        metavar=FLAG,
+        help="Replace the run already in --out (its checkpoints, metrics, encoder, eval).",
     ),
 ) -> None:
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
@@ -291,12 +299,18 @@ def finetune(
     resume: bool = typer.Option(
         False,
         "--resume",
+        metavar=FLAG,
         help="Continue the fine-tuning in --out: finished seeds are kept, an interrupted one continues from its checkpoint.",
     ),
     smoke: bool = typer.Option(
-        False, "--smoke", help="Check the set-up in seconds: a handful of subjects, tiny volumes, one short epoch."
+        False,
+        "--smoke",
+        metavar=FLAG,
+        help="Check the set-up in seconds: a handful of subjects, tiny volumes, one short epoch.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fine-tuning results already in --out."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", metavar=FLAG, help="Replace the fine-tuning results already in --out."
+    ),
     train_sizes: str | None = typer.Option(
         None,
         "--train-sizes",
@@ -454,7 +468,7 @@ def benchmark(
     devices: str | None = typer.Option(
         None, "--devices", help="Comma-separated GPU ids handed to the runs in turn, e.g. 0,1."
     ),
-    smoke: bool = typer.Option(False, "--smoke", help="Smoke runs (seconds each), to check the set-up."),
+    smoke: bool = typer.Option(False, "--smoke", metavar=FLAG, help="Smoke runs (seconds each), to check the set-up."),
 ) -> None:
     """Pre-train and evaluate recipes x seeds on one cohort; leaderboard with baselines, mean ± sd and paired CIs."""
     from medssl.benchmark import run_benchmark
@@ -498,7 +512,9 @@ def leaderboard(
 
 @app.command()
 def recipes(
-    fields: bool = typer.Option(False, "--fields", help="List every recipe field with its default and meaning."),
+    fields: bool = typer.Option(
+        False, "--fields", metavar=FLAG, help="List every recipe field with its default and meaning."
+    ),
 ) -> None:
     """List the shipped recipes (or, with --fields, every recipe key)."""
     from medssl.config import shipped_recipes
@@ -554,11 +570,14 @@ def data_synth(
     ),
     shape: int = typer.Option(32, min=8, max=256, help="Edge of the cubic volumes in voxels."),
     diagnosis: bool = typer.Option(
-        False, "--diagnosis", help="Add a patient/control diagnosis (hippocampal grey-matter loss)."
+        False, "--diagnosis", metavar=FLAG, help="Add a patient/control diagnosis (hippocampal grey-matter loss)."
     ),
     seed: int = typer.Option(0, help="Random seed."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the cohort already in OUT (its table and volumes; other files stay)."
+        False,
+        "--overwrite",
+        metavar=FLAG,
+        help="Replace the cohort already in OUT (its table and volumes; other files stay).",
     ),
 ) -> None:
     """Write a synthetic multi-site brain cohort (NIfTI volumes + participants.tsv)."""
@@ -678,7 +697,10 @@ def data_cache(
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes reading and resampling volumes in parallel."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the cache already in OUT (its table and volumes; other files stay)."
+        False,
+        "--overwrite",
+        metavar=FLAG,
+        help="Replace the cache already in OUT (its table and volumes; other files stay).",
     ),
 ) -> None:
     """Preprocess a cohort once into a memory-mapped .npy array (resampled) with its participants table."""

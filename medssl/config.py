@@ -732,10 +732,14 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader: tags that build Python objects are refused
 
 
+SWITCH_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")  # typed after a flag, read as an override
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into a key path and a YAML-parsed value."""
     if "=" not in text:
-        raise RecipeError(f"override '{text}': expected KEY.PATH=VALUE, e.g. train.epochs=2")
+        switch = " (switches such as --smoke or --resume take no value)" if text.lower() in SWITCH_VALUES else ""
+        raise RecipeError(f"override '{text}': expected KEY.PATH=VALUE, e.g. train.epochs=2{switch}")
     key, raw = text.split("=", 1)
     path = [part for part in key.strip().split(".") if part]
     if not path:

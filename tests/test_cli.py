@@ -168,6 +168,7 @@ def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
         (["pretrain", "simclr", "train.epochs=abc"], "'train.epochs' = 'abc'"),
         (["pretrain", "simclr", "train.epochz=2"], "unknown key 'train.epochz'"),
         (["pretrain", "simclr", "train.epochs"], "override 'train.epochs': expected KEY.PATH=VALUE"),
+        (["pretrain", "simclr", "--smoke", "true"], "switches such as --smoke or --resume take no value"),
         (["pretrain", "no/such/recipe.yaml"], "recipe 'no/such/recipe.yaml' not found"),
         (["pretrain", "/"], "recipe '/' is a folder"),
         (["pretrain", "finetune_diagnosis", "--smoke"], "runs with medssl finetune"),
@@ -402,3 +403,16 @@ def test_data_cache_overwrite_onto_its_own_source_is_refused_and_changes_nothing
     code, error = run_main(monkeypatch, capsys, "data", "cache", tiny_cohort, tiny_cohort, "--overwrite")
     assert code == 2 and "the cache must be written to another folder than its source" in refusal(error)
     assert tree_digest(tiny_cohort) == before
+
+
+@pytest.mark.parametrize("command", [["pretrain"], ["finetune"], ["data", "synth"], ["recipes"], ["benchmark"]])
+def test_help_lists_switches_without_a_value_type(command):
+    # typer 0.29 would show "--smoke <bool>", which reads as "--smoke true"
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    switches = [
+        line for line in result.output.splitlines() if "--overwrite" in line or "--smoke" in line or "--fields" in line
+    ]
+    assert switches and not any("<bool>" in line for line in switches)

@@ -1012,7 +1012,7 @@ class FineTuner:
             if entry.get("roc_auc", {}).get("n_seeds", 1) < len(runs):
                 self.notes.append(f"{name}: ROC AUC undefined for some seeds (a single class among its subjects)")
         encoder_lr = {"linear": None, "lower_lr": config.lr * config.encoder_lr_factor}.get(self.mode, config.lr)
-        table = self.cohort.table
+        used = self.subjects_used()
         settings = {
             "target": self.target.column,
             "task": self.target.task,
@@ -1036,16 +1036,21 @@ class FineTuner:
             "precision": self.precision,
             "device": str(self.device),
             "seconds": round(seconds, 1),
-            "subjects": {split: int((table["split"] == split).sum()) for split in ("train", *TEST_SPLITS)},
-            "sites": {
-                split: sorted(table.loc[table["split"] == split, "site"].astype(str).unique())
-                for split in ("train", *TEST_SPLITS)
-            },
+            "subjects": {split: count_subjects(part) for split, part in used.items()},
+            "sites": {split: sorted(part["site"].astype(str).unique()) for split, part in used.items()},
             "cohort": str(self.cohort.root),
         }
         return json_ready(
             {"settings": settings, "summary": summary, "baselines": baselines, "runs": runs, "notes": self.notes}
         )
+
+    def subjects_used(self) -> dict[str, pd.DataFrame]:
+        """The rows the runs draw from, per split: the training pool (labelled, ``data.max_subjects``) and
+        the labelled test subjects; subjects without a target value are left out everywhere."""
+        table = self.cohort.table
+        labelled = table[known_rows(table, self.target.column)]
+        used = {"train": training_pool(self.cohort, self.target, self.recipe.data.max_subjects).table}
+        return used | {split: labelled[labelled["split"] == split] for split in TEST_SPLITS}
 
     def say_baseline_notes(self, runs: list[dict]) -> None:
         """Each way the intensity baseline was regularised on a tiny training part, once, with its seeds."""

@@ -639,6 +639,8 @@ def test_the_train_size_note_and_the_curve_count_the_same_subjects(tmp_path, tin
     )
     assert all(run["n_fit"] + run["n_validation"] == 8 for run in results["runs"])
     assert {row["n_train"] for row in curve_rows(results, "scratch", 20)} == {8}
+    assert results["settings"]["subjects"]["train"] == 8  # finetune.json counts the subjects the runs drew from
+    assert len(results["settings"]["sites"]["train"]) <= 8
 
 
 @pytest.mark.parametrize(

@@ -515,6 +515,14 @@ def training_pool(cohort: Cohort, target: Target, max_subjects: int | None = Non
     return train.head(max_subjects) if max_subjects is not None else train
 
 
+def training_pool_size(recipe: Recipe) -> int:
+    """Subjects fine-tuning with ``recipe`` can train on (fit and validation parts together)."""
+    cohort = open_cohort(recipe)
+    return count_subjects(
+        training_pool(cohort, resolve_target(cohort.table, recipe.finetune), recipe.data.max_subjects).table
+    )
+
+
 def count_subjects(table: pd.DataFrame) -> int:
     return int(table["participant_id"].astype(str).nunique())
 

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from medssl.config import Recipe
 from medssl.errors import RecipeError
-from medssl.eval.finetune import FineTuner, finetune_encoder
+from medssl.eval.finetune import FineTuner, finetune_encoder, training_pool_size
 from medssl.eval.plots import save_figure
 from medssl.eval.score import TEST_SPLITS
 from medssl.files import atomic_write_text
@@ -47,6 +47,16 @@ def parse_train_sizes(text: str) -> list[int | None]:
     return sizes
 
 
+def sizes_below(sizes: list[int | None], available: int) -> tuple[list[int | None], list[int]]:
+    """The sizes to train, with those not below the ``available`` training subjects merged into
+    one run with all of them (they would train the same subjects again), and the merged sizes."""
+    merged = [size for size in sizes if size is not None and size >= available]
+    kept = [size for size in sizes if size is None or size < available]
+    if merged and None not in kept:
+        kept.append(None)
+    return kept, merged
+
+
 def size_name(size: int | None) -> str:
     return ALL if size is None else str(size)
 
@@ -56,6 +66,13 @@ def label_efficiency(
 ) -> pd.DataFrame:
     """Fine-tune ``encoder`` and a from-scratch network at each size; write and return the curve table."""
     out_dir = Path(out_dir)
+    available = training_pool_size(recipe)
+    sizes, merged = sizes_below(sizes, available)
+    if merged and console is not None:
+        console.print(
+            f"--train-sizes {', '.join(map(str, merged))}: not below the {available} training subjects, "
+            f"trained once with all of them ('{ALL}')"
+        )
     rows = []
     for size in sizes:
         for name, source in (("pretrained", encoder), ("scratch", None)):

@@ -686,6 +686,14 @@ def test_train_sizes_refuse_a_size_given_twice():
         parse_train_sizes("20,20")
 
 
+def test_train_sizes_not_below_the_training_subjects_are_one_run_with_all_of_them():
+    from medssl.eval.label_efficiency import sizes_below
+
+    assert sizes_below([4, 20, 50, None], available=30) == ([4, 20, None], [50])
+    assert sizes_below([4, 20, 50], available=20) == ([4, None], [20, 50])
+    assert sizes_below([4, 20, None], available=100) == ([4, 20, None], [])
+
+
 def test_label_efficiency_cli_writes_the_curve_resumes_without_refitting_and_refuses_other_settings(tmp_path):
     save_encoder(build_encoder("resnet18"), tmp_path / "run" / "encoder.pt")
     out = tmp_path / "curve"
@@ -696,13 +704,17 @@ def test_label_efficiency_cli_writes_the_curve_resumes_without_refitting_and_ref
         "--encoder",
         str(tmp_path / "run"),
         "--train-sizes",
-        "4,all",  # the smallest size the command accepts
+        "4,1000",  # the smallest size the command accepts, and one above the smoke run's 8 subjects
         "--smoke",
         "--out",
         str(out),
     ]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
+    assert "--train-sizes 1000: not below the 8 training subjects, trained once with all of them" in " ".join(
+        result.output.split()
+    )
+    assert not (out / "scratch-n1000").exists()
     table = pd.read_csv(out / "label_efficiency.csv")
     assert set(table["encoder"]) == {"pretrained", "scratch", "constant baseline", "intensity baseline"}
     assert set(table["train_size"].astype(str)) == {"4", "all"}
@@ -723,7 +735,7 @@ def test_label_efficiency_cli_writes_the_curve_resumes_without_refitting_and_ref
     refused = CliRunner().invoke(app, [*command, "--mode", "full"])
     assert isinstance(refused.exception, CheckpointError)
     assert "finetune.mode" in str(refused.exception) and "--overwrite" in str(refused.exception)
-    only_four = ["4" if part == "4,all" else part for part in command]  # one size is enough here
+    only_four = ["4" if part == "4,1000" else part for part in command]  # one size is enough here
     again = CliRunner().invoke(app, [*only_four, "--mode", "full", "--overwrite"])
     assert again.exit_code == 0, again.output
     assert (out / "scratch-n4" / "finetune.json").stat().st_mtime_ns != stamp

@@ -204,6 +204,10 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.widths is set but model.encoder = {self.encoder!r}: only ResNets take stage widths"
             )
+        if self.conv1_stride != 2 and not self.encoder.startswith("resnet"):
+            raise ValueError(
+                f"model.conv1_stride = {self.conv1_stride} but model.encoder = {self.encoder!r}: only ResNets take a stem stride"
+            )
         # AlexNet3D's single Sequential of layers has no stages to checkpoint; silently doing nothing would mislead.
         if self.activation_checkpointing and self.encoder == "alexnet":
             raise ValueError(
@@ -632,6 +636,9 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
             problems.append(
                 f"'{key}' = {item['ctx']['value']!r}: Input should be {item['ctx']['expected']}, not a boolean"
             )
+        elif item["type"] == "value_error" and isinstance(item.get("input"), dict):
+            # a section's own check (model.widths against model.encoder...): its message names the keys
+            problems.append(str(item["ctx"]["error"]))
         else:
             value = item.get("input")
             problems.append(f"'{key}' = {value!r}: {item['msg']}")

@@ -170,6 +170,17 @@ def test_activation_checkpointing_is_off_by_default_and_refused_for_alexnet():
         load_recipe("yaware_age", ["model.encoder=alexnet", "model.activation_checkpointing=true"])
 
 
+def test_a_stem_stride_is_refused_for_encoders_without_a_resnet_stem():
+    assert load_recipe("yaware_age", ["model.encoder=resnet18", "model.conv1_stride=1"]).model.conv1_stride == 1
+    with pytest.raises(RecipeError) as error:
+        load_recipe("yaware_age", ["model.encoder=densenet121", "model.conv1_stride=1"])
+    # the section's check speaks for itself, without the section's whole dict before it
+    assert str(error.value).endswith(
+        ": model.conv1_stride = 1 but model.encoder = 'densenet121': only ResNets take a stem stride"
+    )
+    assert "{" not in str(error.value)
+
+
 def test_field_defaults_are_listed_as_yaml_a_recipe_accepts():
     from medssl.config import field_docs
 

@@ -123,6 +123,8 @@ def encoder_spec(
         return EncoderSpec(name, "ResNet", kwargs, widths[-1] * expansion)
     if widths is not None:
         raise RecipeError(f"model.widths = {widths}: only ResNet encoders take stage widths, not '{name}'")
+    if conv1_stride != 2:
+        raise RecipeError(f"model.conv1_stride = {conv1_stride}: only ResNet encoders take a stem stride, not '{name}'")
     if name == "densenet121":
         kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": 1}
         return EncoderSpec(name, "DenseNet121", kwargs, 1024, identity_modules=["class_layers.out"])

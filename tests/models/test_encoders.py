@@ -91,6 +91,12 @@ def test_resnet_widths_must_be_four_positive_stage_widths(widths):
         build_encoder("resnet18", widths=widths)
 
 
+@pytest.mark.parametrize("name", ["densenet121", "alexnet"])
+def test_a_stem_stride_is_refused_for_encoders_without_a_resnet_stem(name):
+    with pytest.raises(RecipeError, match=f"only ResNet encoders take a stem stride, not '{name}'"):
+        build_encoder(name, conv1_stride=1)
+
+
 def saved_activation_bytes(encoder, x) -> int:
     """Bytes autograd keeps from the forward pass for the backward pass."""
     total = 0

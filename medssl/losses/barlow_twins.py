@@ -212,6 +212,30 @@ class _BarlowTwinsBySubjects(torch.autograd.Function):
         return standardized.view(n_subjects, 2, dim).to(ctx.input_dtype), None, None
 
 
+def _bfloat16_loss(z: Tensor, lambd: float, eps: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The loss of :class:`_BarlowTwinsBfloat16` and what its backward reads."""
+    n_subjects, _, dim = z.shape
+    # float32 weights make native_batch_norm return float32 statistics with the bfloat16 views
+    views, mean, inverse_std = torch.native_batch_norm(
+        z.reshape(n_subjects, 2 * dim), torch.ones(2 * dim, device=z.device), None, None, None, True, 0.0, eps
+    )
+    shifts = (mean * inverse_std).view(2, dim)
+    difference = z[:, 1].float()
+    torch.addcmul(shifts[0] - shifts[1], difference, inverse_std[dim:], out=difference)
+    difference.addcmul_(z[:, 0].float(), inverse_std[:dim], value=-1.0)  # Δ = B - A
+    difference_mean, difference_var = torch.batch_norm_update_stats(difference, None, None, 0.0)
+    # 1 - C_ii = (eps / (var_A + eps) + eps / (var_B + eps) + |Δ|^2 / N) / 2
+    one_minus_diagonal = inverse_std.square().view(2, dim).sum(dim=0).mul_(eps).add_(difference_var)
+    one_minus_diagonal.addcmul_(difference_mean, difference_mean).mul_(0.5)
+    c = torch.mm(views[:, :dim].T, views[:, dim:])  # N C
+    c.diagonal().zero_()
+    squares = c * c
+    sums = torch.stack((squares.sum(dim=1, dtype=torch.float32), squares.sum(dim=0, dtype=torch.float32)))
+    loss = torch.dot(one_minus_diagonal, one_minus_diagonal) + sums[0].sum() * (lambd / n_subjects**2)
+    low_difference = difference.to(torch.bfloat16)
+    return loss, (views, low_difference, c, squares, inverse_std, one_minus_diagonal, sums)
+
+
 class _BarlowTwinsBfloat16(torch.autograd.Function):
     """The D x D form for large bfloat16 batches: the three D x N x D products in bfloat16, the
     invariance term in float32.
@@ -238,47 +262,32 @@ class _BarlowTwinsBfloat16(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, lambd: float, eps: float) -> Tensor:
-        n_subjects, _, dim = z.shape
-        ones = torch.ones(2 * dim, device=z.device)  # float32 weights give float32 statistics
-        views, mean, inverse_std = torch.native_batch_norm(
-            z.reshape(n_subjects, 2 * dim), ones, torch.zeros_like(ones), None, None, True, 0.0, eps
-        )
-        shift = mean[:dim] * inverse_std[:dim] - mean[dim:] * inverse_std[dim:]
-        difference = z[:, 1].float().mul_(inverse_std[dim:]).add_(shift)
-        difference.addcmul_(z[:, 0].float(), inverse_std[:dim], value=-1.0)  # Δ = B - A
-        difference_mean, difference_var = torch.batch_norm_update_stats(difference, None, None, 0.0)
-        one_minus_diagonal = torch.linalg.vecdot(inverse_std.view(2, dim), inverse_std.view(2, dim), dim=0)
-        one_minus_diagonal.mul_(eps).add_(difference_var).addcmul_(difference_mean, difference_mean).mul_(0.5)
-        with outside_autocast(z):
-            c = torch.mm(views[:, :dim].T, views[:, dim:])  # N C
-        c.diagonal().zero_()
-        squares = c * c
-        row_sums, column_sums = squares.sum(dim=1, dtype=torch.float32), squares.sum(dim=0, dtype=torch.float32)
-        loss = torch.dot(one_minus_diagonal, one_minus_diagonal) + row_sums.sum() * (lambd / n_subjects**2)
-        saved = (views, difference.to(torch.bfloat16), c, squares, inverse_std, one_minus_diagonal)
-        _keep_for_backward(ctx, z, lambd, *saved, row_sums, column_sums)
+        with outside_autocast(z):  # autocast would round the float32 steps too
+            loss, saved = _bfloat16_loss(z, lambd, eps)
+        _keep_for_backward(ctx, z, lambd, *saved)
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        views, difference, c, buffer, inverse_std, one_minus_diagonal, row_sums, column_sums = _saved_once(ctx)
+        views, difference, c, buffer, inverse_std, one_minus_diagonal, sums = _saved_once(ctx)
         n_subjects, dim = views.shape[0], c.shape[0]
         off_per_c = 2.0 * ctx.lambd / n_subjects  # G_off = off_per_c (N C)_off
         g_diagonal = one_minus_diagonal * -2.0
         on_diagonal = (1.0 - one_minus_diagonal).mul_(g_diagonal)  # C_ii G_ii
-        scale = inverse_std * (grad_loss / n_subjects)
-        scale_a, scale_b = scale[:dim], scale[dim:]
-        beta_a = row_sums.mul(off_per_c / n_subjects).add_(on_diagonal).mul_(scale_a)
-        beta_b = column_sums.mul(off_per_c / n_subjects).add_(on_diagonal).mul_(scale_b)
-        kernel_b = torch.mul(c, (off_per_c * scale_b).to(c.dtype), out=buffer)  # G_off S'
-        kernel_b.diagonal().copy_(g_diagonal * scale_b - beta_b)
-        kernel_a = c.mul_((off_per_c * scale_a).to(c.dtype).unsqueeze(1))  # (G_off^T S)^T
-        kernel_a.diagonal().copy_(g_diagonal * scale_a - beta_a)
+        scale = (inverse_std * (grad_loss / n_subjects)).view(2, dim)  # S, S'
+        beta = sums.mul(off_per_c / n_subjects).add_(on_diagonal).mul_(scale)  # S rowsum(C o G), S' colsum
+        kernel_diagonal = scale.mul(g_diagonal).sub_(beta)  # alpha - beta
+        weights = scale.mul(off_per_c).to(c.dtype)
+        low_beta = beta.to(c.dtype)
+        kernel_b = torch.mul(c, weights[1], out=buffer)  # G_off S'
+        kernel_b.diagonal().copy_(kernel_diagonal[1])
+        kernel_a = c.mul_(weights[0].unsqueeze(1))  # (G_off^T S)^T
+        kernel_a.diagonal().copy_(kernel_diagonal[0])
         a, b = views[:, :dim], views[:, dim:]
         with outside_autocast(views):
             product_b = torch.mm(a, kernel_b)
-            torch.mul(difference, beta_a.to(c.dtype), out=a)
+            torch.mul(difference, low_beta[0], out=a)
             a.addmm_(b, kernel_a.T)  # a becomes dL/dZ1
-        torch.addcmul(product_b, difference, beta_b.to(c.dtype), value=-1.0, out=b)  # b becomes dL/dZ2
+        torch.addcmul(product_b, difference, low_beta[1], value=-1.0, out=b)  # b becomes dL/dZ2
         return views.view(n_subjects, 2, dim), None, None

@@ -174,3 +174,16 @@ def test_bfloat16_products_read_embeddings_of_any_layout():
     strided = z.transpose(1, 2).contiguous().transpose(1, 2)  # (N, 2, D) with the views innermost
     assert not strided.is_contiguous()
     assert BarlowTwinsLoss()(strided).item() == BarlowTwinsLoss()(z).item()
+
+
+def test_bfloat16_products_inside_autocast_compute_what_they_compute_outside():
+    # The float32 steps (statistics, Δ, 1 - C_ii) must not be taken to bfloat16 by a training step's autocast.
+    z = views_of_subjects(0.2, seed=10)
+    outside, inside = z.clone().requires_grad_(), z.clone().requires_grad_()
+    loss_outside = BarlowTwinsLoss()(outside)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_inside = BarlowTwinsLoss()(inside)
+    loss_outside.backward()
+    loss_inside.backward()
+    assert loss_inside.item() == loss_outside.item()
+    assert torch.equal(inside.grad, outside.grad)

@@ -715,13 +715,7 @@ def data_cache(
     resolved = load_recipe(recipe) if recipe else None
     volume_shape = resolved.data.volume_shape if resolved else None
     if shape:
-        try:
-            edges = [int(edge) for edge in shape.replace("x", ",").split(",")]
-        except ValueError:
-            raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64") from None
-        if len(edges) not in (1, 3) or min(edges) < 1:
-            raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64")
-        volume_shape = edges * 3 if len(edges) == 1 else edges
+        volume_shape = parse_shape(shape)
     source = load_cohort(
         cohort,
         openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw",
@@ -740,6 +734,17 @@ def data_cache(
         )
     shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
     console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype.value}) in {out}: set data.root: {out}")
+
+
+def parse_shape(shape: str) -> list[int]:
+    """``--shape``: ``64,76,64`` (or ``64x76x64``) or one edge for a cube."""
+    try:
+        edges = [int(edge) for edge in shape.replace("x", ",").split(",")]
+    except ValueError:
+        edges = []
+    if len(edges) not in (1, 3) or min(edges) < 1:
+        raise RecipeError(f"--shape {shape!r}: expected D,H,W or one edge, e.g. 64,76,64 or 64")
+    return edges * 3 if len(edges) == 1 else edges
 
 
 class Interrupted(Exception):

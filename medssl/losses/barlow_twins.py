@@ -23,9 +23,9 @@ class BarlowTwinsLoss(nn.Module):
     Computed in float32 (float64 kept) through D x D products, or, for batches smaller than the
     embedding (N < 3D / 4), through N x N Gram matrices: the same values with fewer products.
     Large bfloat16 batches in the D x D form (N D^2 >= 2^23) take the three products in
-    bfloat16, as lightly's loss does on bfloat16 input, but keep the invariance term 1 - C_ii in
-    float32: the gradient is within about 0.6 % of float64's on the same input, against 5-25 %
-    for the loss computed wholly in bfloat16.
+    bfloat16 (half their float32 cost on GPUs and CPUs with AVX512-BF16) but keep the invariance
+    term 1 - C_ii in float32: the gradient is within about 0.6 % of float64's on the same input,
+    against 4-23 % for the loss computed wholly in bfloat16.
 
     Args:
         lambd: weight of the redundancy-reduction (off-diagonal) term.
@@ -217,7 +217,14 @@ def _bfloat16_loss(z: Tensor, lambd: float, eps: float) -> tuple[Tensor, tuple[T
     n_subjects, _, dim = z.shape
     # float32 weights make native_batch_norm return float32 statistics with the bfloat16 views
     views, mean, inverse_std = torch.native_batch_norm(
-        z.reshape(n_subjects, 2 * dim), torch.ones(2 * dim, device=z.device), None, None, None, True, 0.0, eps
+        z.reshape(n_subjects, 2 * dim),
+        torch.ones(2 * dim, dtype=torch.float32, device=z.device),
+        None,
+        None,
+        None,
+        True,
+        0.0,
+        eps,
     )
     shifts = (mean * inverse_std).view(2, dim)
     difference = z[:, 1].float()

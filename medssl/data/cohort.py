@@ -4,7 +4,8 @@ The table (``participants.tsv`` or ``participants.csv``) has one row per scan wi
 columns ``participant_id``, ``age``, ``sex``, ``site`` and optionally ``diagnosis``,
 ``split`` (``train``, ``internal_test``, ``external_test``) and ``path`` (volume file,
 relative to the cohort folder). Without ``path``, the volume is found as
-``<participant_id>*.nii[.gz]`` in the folder or its ``<participant_id>/anat`` sub-folder.
+``<participant_id>_*.nii[.gz]`` (or ``<participant_id>.nii[.gz]``) in the folder or its
+``<participant_id>/anat`` sub-folder; of several, the ``*_T1w`` one.
 A ``path`` ending in ``.npy`` is a NumPy array read memory-mapped, with the optional
 ``array_row`` column giving the subject's row in a stacked array (see ``data.arrays``;
 ``medssl data cache`` writes such cohorts). A folder holding OpenBHB as downloaded
@@ -147,13 +148,28 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _find_volume(root: Path, participant_id: str) -> Path | None:
+    """``<participant_id>.nii[.gz]`` or ``<participant_id>_*.nii[.gz]`` (BIDS entities follow the
+    id after ``_``: ``sub-1`` is not ``sub-10``) in the first of the folder, ``<participant_id>/anat``
+    and ``<participant_id>/`` that has one; of several, the one ``*_T1w``, else refused."""
     for folder in (root, root / participant_id / "anat", root / participant_id):
         if not folder.is_dir():
             continue
-        for suffix in VOLUME_SUFFIXES:
-            matches = sorted(folder.glob(f"{participant_id}*{suffix}"))
-            if matches:
-                return matches[0]
+        matches = sorted(
+            path
+            for suffix in VOLUME_SUFFIXES
+            for path in (*folder.glob(f"{participant_id}_*{suffix}"), folder / f"{participant_id}{suffix}")
+            if path.is_file()
+        )
+        if len(matches) > 1:
+            matches = [path for path in matches if path.name.endswith(("_T1w.nii.gz", "_T1w.nii"))] or matches
+        if len(matches) > 1:
+            names = ", ".join(path.name for path in matches)
+            raise CohortError(
+                f"{folder}: participant {participant_id}: several volumes ({names}); "
+                "name the one to use in a 'path' column of the participants table"
+            )
+        if matches:
+            return matches[0]
     return None
 
 
@@ -308,7 +324,8 @@ def load_cohort(
             found = _find_volume(root, participant_id)
             if found is None:
                 raise CohortError(
-                    f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)"
+                    f"{root}: no volume found for participant {participant_id} (expected {participant_id}_*.nii[.gz] "
+                    f"in the folder, in {participant_id}/anat/ or in {participant_id}/, or a 'path' column)"
                 )
             path = found
         if is_array_path(path):

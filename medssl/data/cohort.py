@@ -242,6 +242,27 @@ def check_same_shape(cohort: Cohort) -> None:
             )
 
 
+def _site_spelling_key(site: str) -> str:
+    text = site.strip()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
+def _check_sites_written_one_way(sites: pd.Series, source: str | Path) -> None:
+    """Refuse one site written two ways ('1' and '01', '3' and ' 3'): read as two sites, it would
+    add a class to the site probe and split the site's subjects between them."""
+    first_spelling: dict[str, tuple[str, int]] = {}
+    for line, site in enumerate(sites, start=2):
+        earlier = first_spelling.setdefault(_site_spelling_key(site), (site, line))
+        if earlier[0] != site:
+            raise CohortError(
+                f"{source}: column 'site' writes one site two ways, {site!r} (line {line}) and "
+                f"{earlier[0]!r} (line {earlier[1]}); write each site one way"
+            )
+
+
 def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
@@ -260,17 +281,19 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
             who = "" if column == "participant_id" else f"participant {table['participant_id'].iloc[index]}: "
             raise CohortError(f"{source}: {who}column '{column}' is empty (line {index + 2} of the table)")
         table[column] = table[column].astype(str)
+    _check_sites_written_one_way(table["site"], source)
     duplicated = table["participant_id"].duplicated()
     if duplicated.any():
         raise CohortError(f"{source}: duplicate participant_id '{table['participant_id'][duplicated].iloc[0]}'")
     age = pd.to_numeric(table["age"], errors="coerce")
     bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
     if bad_age.any():
-        row = table[bad_age].iloc[0]
+        index = int(np.argmax(bad_age.to_numpy()))
+        row = table.iloc[index]
         problem = (
-            "is missing (empty, n/a or NA)"
+            f"is missing (empty, n/a or NA; line {index + 2} of the table)"
             if pd.isna(row["age"])
-            else f"{_plain(row['age'])!r} is not a non-negative number"
+            else f"{_plain(row['age'])!r} is not a non-negative number (line {index + 2} of the table)"
         )
         raise CohortError(f"{source}: participant {row['participant_id']}: age {problem}")
     table["age"] = age.astype(float)

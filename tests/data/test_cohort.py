@@ -87,6 +87,29 @@ def test_an_empty_cell_names_the_participant_and_the_line_of_the_table(cohort_co
         load_cohort(cohort_copy)
 
 
+def test_a_missing_age_names_the_line_of_the_table(cohort_copy):
+    def edit(table):
+        table["age"] = table["age"].astype(object)
+        table.loc[4, "age"] = "n/a"
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=r"participant sub-\d+: age is missing \(empty, n/a or NA; line 6 "):
+        load_cohort(cohort_copy)
+
+
+def test_one_site_written_two_ways_is_refused_naming_both_spellings(cohort_copy):
+    # '1' and '01' would be two sites: one more class for the site probe, a site of one subject
+    def edit(table):
+        table["site"] = ["1"] * 8 + ["2"] * 8
+        table.loc[3, "site"] = "01"
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=r"column 'site' writes one site two ways, '01' \(line 5\) and '1'"):
+        load_cohort(cohort_copy)
+
+
 def test_two_participants_tables_are_refused_rather_than_one_picked(cohort_copy):
     table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
     table.to_csv(cohort_copy / "participants.csv", index=False)

@@ -676,6 +676,11 @@ def _print_cohort_figures(figures: dict) -> None:
                 "yes" if row["inside"] else "[red]no[/]",
             )
         console.print(view)
+    if figures["probes_skipped"]:
+        console.print(
+            f"Trivial probes skipped: {figures['probes_skipped']} in the 'split' column "
+            "(the challenge protocol needs train, internal_test and external_test rows)"
+        )
     probes = Table(title="Trivial probes, challenge protocol (lower is better)", title_justify="left")
     for column in ("probe", "age MAE internal", "age MAE external", "site BAcc", "chance BAcc", "L_c"):
         probes.add_column(column)
@@ -687,7 +692,8 @@ def _print_cohort_figures(figures: dict) -> None:
                 for key in ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")
             ),
         )
-    console.print(probes)
+    if figures["probes"]:
+        console.print(probes)
     oracle = figures["diagnosis_oracle"]
     if oracle is not None:
         console.print(

@@ -528,7 +528,11 @@ def test_a_missing_age_is_reported_without_a_numpy_repr(tiny_cohort, tmp_path, m
     table.loc[2, "age"] = float("nan")
     table.to_csv(root / "participants.tsv", sep="\t", index=False)
     code, error = run_main(monkeypatch, capsys, "data", "cache", root, tmp_path / "cache")
-    assert code == 2 and "age is missing (empty, n/a or NA; line 4 of the table)" in one_line_error(error) and "np." not in error
+    assert (
+        code == 2
+        and "age is missing (empty, n/a or NA; line 4 of the table)" in one_line_error(error)
+        and "np." not in error
+    )
 
 
 def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe_file(monkeypatch, capsys):

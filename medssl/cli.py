@@ -15,10 +15,10 @@ medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -120,23 +120,41 @@ def _quiet_sklearn(smoke: bool) -> Iterator[None]:
 
 
 def _launch_torchrun(devices: int) -> None:
-    """Re-run this command under torchrun with ``devices`` processes (DDP)."""
-    arguments = [arg for arg in sys.argv[1:] if not arg.startswith("--devices")]
-    if "--devices" in sys.argv:
-        index = sys.argv.index("--devices")
-        arguments = sys.argv[1:index] + sys.argv[index + 2 :]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={devices}",
-        "-m",
-        "medssl",
-        *arguments,
-    ]
-    console.print(f"Launching {devices} processes: {' '.join(command[2:])}")
-    raise typer.Exit(subprocess.call(command))
+    """Re-run this command under torchrun with ``devices`` processes (DDP).
+
+    This process is torchrun's agent (``torch.distributed.run.run``), so that it waits for the
+    processes it started and ends with their exit code: a Ctrl-C or a refused input ends as
+    rank 0's one line and medssl's exit code (130, 2), not as torchrun's traceback and failure
+    report. ``--devices`` stays in the processes' command line (``LOCAL_RANK`` keeps them from
+    launching again), so the resume line rank 0 prints keeps the number of processes."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    arguments = ["--standalone", f"--nproc_per_node={devices}", "-m", "medssl", *sys.argv[1:]]
+    threads = ""
+    if "OMP_NUM_THREADS" not in os.environ:  # torchrun's default, said here instead of in its banner
+        os.environ["OMP_NUM_THREADS"] = "1"
+        threads = " (1 thread each; set OMP_NUM_THREADS for more)"
+    console.print(f"Launching {devices} processes{threads}: torchrun {' '.join(arguments)}")
+    # this process only hosts the agent, whose notices (each signal forwarded, each failed
+    # rank) repeat what the ranks print; its own failures still raise
+    logging.disable(logging.ERROR)
+    try:
+        run(parse_args(arguments))
+    except SignalException:
+        sys.exit(130)  # the processes saw the same Ctrl-C; rank 0 printed how to resume
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        if failure.exitcode not in (2, 130):  # medssl's refusal or Ctrl-C: rank 0 printed its line
+            Console(stderr=True).print(
+                f"[bold red]error:[/] process {rank} of {devices} exited with code {failure.exitcode} "
+                "(its messages are above)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        sys.exit(failure.exitcode if failure.exitcode in (2, 130) else 1)
+    sys.exit(0)
 
 
 @app.command()
@@ -658,6 +676,11 @@ def _print_cohort_figures(figures: dict) -> None:
                 "yes" if row["inside"] else "[red]no[/]",
             )
         console.print(view)
+    if figures["probes_skipped"]:
+        console.print(
+            f"Trivial probes skipped: {figures['probes_skipped']} in the 'split' column "
+            "(the challenge protocol needs train, internal_test and external_test rows)"
+        )
     probes = Table(title="Trivial probes, challenge protocol (lower is better)", title_justify="left")
     for column in ("probe", "age MAE internal", "age MAE external", "site BAcc", "chance BAcc", "L_c"):
         probes.add_column(column)
@@ -669,7 +692,8 @@ def _print_cohort_figures(figures: dict) -> None:
                 for key in ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")
             ),
         )
-    console.print(probes)
+    if figures["probes"]:
+        console.print(probes)
     oracle = figures["diagnosis_oracle"]
     if oracle is not None:
         console.print(
@@ -843,6 +867,8 @@ def main() -> None:
             stderr.print(f"[bold red]error:[/] {_error_line(error)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Interrupted as interrupted:
+        if os.environ.get("RANK", "0") != "0":  # every rank was interrupted: one line is enough
+            sys.exit(130)
         stderr.print(
             f"interrupted: continue from the last checkpoint with: {resume_command(sys.argv, interrupted.run_dir)}",
             highlight=False,

@@ -100,17 +100,18 @@ def open_for_writing(path: Path) -> BinaryIO:
 
 
 class _KeepWriteError:
-    """A stream that remembers the OSError of a failed write: torch.save reports it only as
-    ``RuntimeError: enforce fail at inline_container.cc ... unexpected pos``."""
+    """A stream that remembers what cut a write, a full disk or a Ctrl-C: torch.save's zip writer,
+    closing after it, raises ``RuntimeError: enforce fail at inline_container.cc ... unexpected
+    pos`` over it."""
 
     def __init__(self, stream: BinaryIO):
         self.stream = stream
-        self.error: OSError | None = None
+        self.error: OSError | KeyboardInterrupt | None = None
 
     def write(self, data) -> int:
         try:
             return self.stream.write(data)
-        except OSError as error:
+        except (OSError, KeyboardInterrupt) as error:
             self.error = error
             raise
 

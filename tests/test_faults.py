@@ -528,7 +528,11 @@ def test_a_missing_age_is_reported_without_a_numpy_repr(tiny_cohort, tmp_path, m
     table.loc[2, "age"] = float("nan")
     table.to_csv(root / "participants.tsv", sep="\t", index=False)
     code, error = run_main(monkeypatch, capsys, "data", "cache", root, tmp_path / "cache")
-    assert code == 2 and "age is missing (empty, n/a or NA)" in one_line_error(error) and "np." not in error
+    assert (
+        code == 2
+        and "age is missing (empty, n/a or NA; line 4 of the table)" in one_line_error(error)
+        and "np." not in error
+    )
 
 
 def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe_file(monkeypatch, capsys):
@@ -657,3 +661,61 @@ def test_devices_with_a_one_process_method_is_refused_before_anything_is_launche
     assert launched == [] and not (tmp_path / "r").exists()
     code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "trian.epochs=2", "--devices", "2")
     assert code == 2 and "trian" in one_line_error(error) and launched == []  # a bad recipe: refused before launch
+
+
+# ----------------------------------------------------------------------------- several processes
+def start_in_terminal_group(command: list[str], log: Path):
+    """Start ``command`` as a terminal starts a foreground job: its own process group, SIGINT at
+    its default action (a background job of a script would inherit SIGINT ignored); wide lines."""
+    import os
+    import signal
+    import subprocess
+
+    return subprocess.Popen(
+        command,
+        env={**os.environ, "COLUMNS": "1000"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def test_devices_2_with_a_refused_cohort_ends_with_one_error_line_and_exit_2(tmp_path):
+    log = tmp_path / "log"
+    process = start_in_terminal_group(
+        [sys.executable, "-m", "medssl", "pretrain", "simclr", "--smoke", "--devices", "2",
+         f"data.root={tmp_path / 'absent'}", "--out", str(tmp_path / "run")],
+        log,
+    )  # fmt: skip
+    assert process.wait(timeout=300) == 2, log.read_text()
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("Launching 2 processes") and lines[1].startswith("Smoke run"), lines
+    assert lines[2:] == [f"error: {tmp_path / 'absent'}: cohort folder does not exist"], lines
+
+
+def test_ctrl_c_of_a_devices_2_run_prints_one_resume_line_with_devices_and_waits_for_its_processes(
+    tiny_cohort, tmp_path
+):
+    import os
+    import signal
+    import time
+
+    run_dir, log = tmp_path / "run", tmp_path / "log"
+    command = ["pretrain", "simclr", "--smoke", "--devices", "2", f"data.root={tiny_cohort}", "train.epochs=500"]
+    command += ["model.encoder=alexnet", "eval.after_pretrain=false", "--out", str(run_dir)]
+    process = start_in_terminal_group([sys.executable, "-m", "medssl", *command], log)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: every process of the group gets it
+    assert process.wait(timeout=120) == 130, log.read_text()
+    output = log.read_text()
+    with pytest.raises(ProcessLookupError):  # no rank left running once the command has returned
+        os.killpg(process.pid, 0)
+    assert "Traceback" not in output and "FAILED" not in output and "death signal" not in output, output
+    interrupted = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert interrupted == [
+        f"interrupted: continue from the last checkpoint with: medssl {' '.join(command[:-2])} --resume --out {run_dir}"
+    ], output

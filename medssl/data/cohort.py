@@ -4,7 +4,8 @@ The table (``participants.tsv`` or ``participants.csv``) has one row per scan wi
 columns ``participant_id``, ``age``, ``sex``, ``site`` and optionally ``diagnosis``,
 ``split`` (``train``, ``internal_test``, ``external_test``) and ``path`` (volume file,
 relative to the cohort folder). Without ``path``, the volume is found as
-``<participant_id>*.nii[.gz]`` in the folder or its ``<participant_id>/anat`` sub-folder.
+``<participant_id>_*.nii[.gz]`` (or ``<participant_id>.nii[.gz]``) in the folder or its
+``<participant_id>/anat`` sub-folder; of several, the ``*_T1w`` one.
 A ``path`` ending in ``.npy`` is a NumPy array read memory-mapped, with the optional
 ``array_row`` column giving the subject's row in a stacked array (see ``data.arrays``;
 ``medssl data cache`` writes such cohorts). A folder holding OpenBHB as downloaded
@@ -147,13 +148,28 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _find_volume(root: Path, participant_id: str) -> Path | None:
+    """``<participant_id>.nii[.gz]`` or ``<participant_id>_*.nii[.gz]`` (BIDS entities follow the
+    id after ``_``: ``sub-1`` is not ``sub-10``) in the first of the folder, ``<participant_id>/anat``
+    and ``<participant_id>/`` that has one; of several, the one ``*_T1w``, else refused."""
     for folder in (root, root / participant_id / "anat", root / participant_id):
         if not folder.is_dir():
             continue
-        for suffix in VOLUME_SUFFIXES:
-            matches = sorted(folder.glob(f"{participant_id}*{suffix}"))
-            if matches:
-                return matches[0]
+        matches = sorted(
+            path
+            for suffix in VOLUME_SUFFIXES
+            for path in (*folder.glob(f"{participant_id}_*{suffix}"), folder / f"{participant_id}{suffix}")
+            if path.is_file()
+        )
+        if len(matches) > 1:
+            matches = [path for path in matches if path.name.endswith(("_T1w.nii.gz", "_T1w.nii"))] or matches
+        if len(matches) > 1:
+            names = ", ".join(path.name for path in matches)
+            raise CohortError(
+                f"{folder}: participant {participant_id}: several volumes ({names}); "
+                "name the one to use in a 'path' column of the participants table"
+            )
+        if matches:
+            return matches[0]
     return None
 
 
@@ -226,6 +242,27 @@ def check_same_shape(cohort: Cohort) -> None:
             )
 
 
+def _site_spelling_key(site: str) -> str:
+    text = site.strip()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
+def _check_sites_written_one_way(sites: pd.Series, source: str | Path) -> None:
+    """Refuse one site written two ways ('1' and '01', '3' and ' 3'): read as two sites, it would
+    add a class to the site probe and split the site's subjects between them."""
+    first_spelling: dict[str, tuple[str, int]] = {}
+    for line, site in enumerate(sites, start=2):
+        earlier = first_spelling.setdefault(_site_spelling_key(site), (site, line))
+        if earlier[0] != site:
+            raise CohortError(
+                f"{source}: column 'site' writes one site two ways, {site!r} (line {line}) and "
+                f"{earlier[0]!r} (line {earlier[1]}); write each site one way"
+            )
+
+
 def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
     """Check columns and values; return a cleaned copy (types normalised, ``split`` filled)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in table.columns]
@@ -244,17 +281,19 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
             who = "" if column == "participant_id" else f"participant {table['participant_id'].iloc[index]}: "
             raise CohortError(f"{source}: {who}column '{column}' is empty (line {index + 2} of the table)")
         table[column] = table[column].astype(str)
+    _check_sites_written_one_way(table["site"], source)
     duplicated = table["participant_id"].duplicated()
     if duplicated.any():
         raise CohortError(f"{source}: duplicate participant_id '{table['participant_id'][duplicated].iloc[0]}'")
     age = pd.to_numeric(table["age"], errors="coerce")
     bad_age = age.isna() | (age < 0) | ~np.isfinite(age.fillna(0))
     if bad_age.any():
-        row = table[bad_age].iloc[0]
+        index = int(np.argmax(bad_age.to_numpy()))
+        row = table.iloc[index]
         problem = (
-            "is missing (empty, n/a or NA)"
+            f"is missing (empty, n/a or NA; line {index + 2} of the table)"
             if pd.isna(row["age"])
-            else f"{_plain(row['age'])!r} is not a non-negative number"
+            else f"{_plain(row['age'])!r} is not a non-negative number (line {index + 2} of the table)"
         )
         raise CohortError(f"{source}: participant {row['participant_id']}: age {problem}")
     table["age"] = age.astype(float)
@@ -308,7 +347,8 @@ def load_cohort(
             found = _find_volume(root, participant_id)
             if found is None:
                 raise CohortError(
-                    f"{root}: no volume found for participant {participant_id} (expected {participant_id}*.nii.gz or a 'path' column)"
+                    f"{root}: no volume found for participant {participant_id} (expected {participant_id}_*.nii[.gz] "
+                    f"in the folder, in {participant_id}/anat/ or in {participant_id}/, or a 'path' column)"
                 )
             path = found
         if is_array_path(path):

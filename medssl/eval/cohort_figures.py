@@ -36,7 +36,7 @@ from medssl.data.cohort import Cohort
 from medssl.data.synthetic import MARKER_NAME, diagnosis_effect_map
 from medssl.eval.features import IntensityStatistics, extract_features, volume_dataset
 from medssl.eval.folds import site_stratified_folds
-from medssl.eval.probes import challenge_protocol, quiet_fits
+from medssl.eval.probes import challenge_protocol, challenge_skip_reason, quiet_fits
 from medssl.eval.score import EvaluationError
 
 PROBE_KEYS = ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")
@@ -128,12 +128,15 @@ def diagnosis_oracle(cohort: Cohort, recipe: Recipe, folds: int = 5) -> dict | N
 
 
 def inspect_cohort(cohort: Cohort, recipe: Recipe, console=None) -> dict:
-    """Every figure of the module docstring, as one JSON-ready dict."""
+    """Every figure of the module docstring, as one JSON-ready dict; ``probes_skipped`` says why
+    the trivial probes are empty (the challenge protocol needs the three splits)."""
+    skipped = challenge_skip_reason(cohort.table)
     return {
         "cohort": str(cohort.root),
         "subjects": len(cohort),
         "sites": len(cohort.sites),
         "scanner_ranges": scanner_ranges(cohort),
-        "probes": trivial_probes(cohort, recipe, console=console),
+        "probes": {} if skipped else trivial_probes(cohort, recipe, console=console),
+        "probes_skipped": skipped,
         "diagnosis_oracle": diagnosis_oracle(cohort, recipe),
     }

@@ -197,6 +197,16 @@ def out_of_fold_predictions(features: np.ndarray, table: pd.DataFrame, folds: Fo
     return predictions
 
 
+def challenge_skip_reason(table: pd.DataFrame) -> str:
+    """Why :func:`challenge_protocol` cannot run on ``table`` (it needs train, internal_test and
+    external_test rows), or "" when it can."""
+    if "split" not in table.columns:
+        return "no 'split' column"
+    present = set(table["split"].astype(str))
+    missing = [split for split in ("train", "internal_test", "external_test") if split not in present]
+    return f"no {' / '.join(missing)} rows" if missing else ""
+
+
 def challenge_protocol(
     features: np.ndarray,
     table: pd.DataFrame,

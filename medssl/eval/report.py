@@ -51,7 +51,13 @@ from rich.table import Table
 
 from medssl.eval.folds import ChallengeFold, Folds, leave_site_out_folds, score_challenge_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
-from medssl.eval.probes import challenge_protocol, check_features, cross_validate_probes, out_of_fold_predictions
+from medssl.eval.probes import (
+    challenge_protocol,
+    challenge_skip_reason,
+    check_features,
+    cross_validate_probes,
+    out_of_fold_predictions,
+)
 from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
 from medssl.files import json_ready
 
@@ -241,7 +247,7 @@ def _plan_protocols(table: pd.DataFrame, folds: int, targets: Sequence[str], see
         stratified=site_stratified_folds(table, n_folds=folds, seed=seed),
         site_out=site_out,
         site_out_targets=[target for target in targets if target != "site"],
-        challenge_skip_reason=_challenge_skip_reason(table),
+        challenge_skip_reason=challenge_skip_reason(table),
         n_sites=n_sites,
     )
     if site_out is None:
@@ -320,14 +326,6 @@ def print_report(results: dict, console: Console | None = None) -> None:
             notes.setdefault(note, []).append(name)
     for note, owners in notes.items():
         console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
-
-
-def _challenge_skip_reason(table: pd.DataFrame) -> str:
-    if "split" not in table.columns:
-        return "no 'split' column"
-    present = set(table["split"].astype(str))
-    missing = [split for split in ("train", "internal_test", "external_test") if split not in present]
-    return f"no {' / '.join(missing)} rows" if missing else ""
 
 
 def _out_of_fold_table(features: np.ndarray, table: pd.DataFrame, folds) -> pd.DataFrame:

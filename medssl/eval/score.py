@@ -19,7 +19,8 @@ and scores them on a test set split into an **internal** part (sites seen in tra
 A predictions table has one row per subject (``participant_id``, when given, is unique) with
 the columns ``split`` (``train``,
 ``internal_test`` or ``external_test``), ``site``, ``age``, ``age_pred`` and either
-``site_pred`` or one probability column per site. Probability columns are named
+``site_pred`` or one probability column per site (read on ``internal_test`` rows only: the
+site BAcc is scored there). Probability columns are named
 ``site_prob_<site>`` or ``prob_<site>`` (or ``<prefix><site>`` with ``site_pred_col=<prefix>``);
 the site of the largest probability is the prediction. ``train`` rows are not scored; they only give the number of training sites.
 
@@ -143,14 +144,16 @@ def score_predictions(
     _check_train_ages(table, splits, age_col, age_pred_col, id_col, source)
     tested = splits.isin(TEST_SPLITS).to_numpy()
     scored = table[tested]
-    for column in [age_col, age_pred_col, site_col, *site_pred_source]:
-        _check_no_missing(scored[column], column, table, id_col, source)
+    internal = (splits[tested] == "internal_test").to_numpy()
+    site_scored = scored[internal]  # an external site has no right answer among the training sites
+    for rows, columns in ((scored, [age_col, age_pred_col, site_col]), (site_scored, site_pred_source)):
+        for column in columns:
+            _check_no_missing(rows[column], column, table, id_col, source)
     true_age = _true_ages(scored, age_col, table, id_col, source)
     pred_age = _numeric(scored[age_pred_col], age_pred_col, table, id_col, source)
-    true_site = as_labels(scored[site_col]).to_numpy()
-    pred_site = _predicted_sites(scored, site_pred_col, site_pred_source, table, id_col, source)
+    true_site = as_labels(site_scored[site_col]).to_numpy()
+    pred_site = _predicted_sites(site_scored, site_pred_col, site_pred_source, table, id_col, source)
     _check_sites_named_alike(pred_site, as_labels(table[site_col]), site_col, source)
-    internal = (splits[tested] == "internal_test").to_numpy()
 
     _warn_unseen_internal_sites(table, splits, site_col, source)
     if n_sites is None:
@@ -166,11 +169,12 @@ def _challenge_scores(
     internal: np.ndarray,
     n_sites: int,
 ) -> dict:
-    """The scores of :func:`score_predictions` from the test rows' values; ``internal`` marks the internal ones."""
+    """The scores of :func:`score_predictions` from the test rows' ages (``internal`` marks the
+    internal ones) and the internal rows' sites."""
     external = ~internal
     mae_internal = float(mean_absolute_error(true_age[internal], pred_age[internal]))
     mae_external = float(mean_absolute_error(true_age[external], pred_age[external]))
-    bacc_site = balanced_accuracy(true_site[internal], pred_site[internal])
+    bacc_site = balanced_accuracy(true_site, pred_site)
     return {
         "mae_internal": mae_internal,
         "mae_external": mae_external,

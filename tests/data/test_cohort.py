@@ -87,6 +87,29 @@ def test_an_empty_cell_names_the_participant_and_the_line_of_the_table(cohort_co
         load_cohort(cohort_copy)
 
 
+def test_a_missing_age_names_the_line_of_the_table(cohort_copy):
+    def edit(table):
+        table["age"] = table["age"].astype(object)
+        table.loc[4, "age"] = "n/a"
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=r"participant sub-\d+: age is missing \(empty, n/a or NA; line 6 "):
+        load_cohort(cohort_copy)
+
+
+def test_one_site_written_two_ways_is_refused_naming_both_spellings(cohort_copy):
+    # '1' and '01' would be two sites: one more class for the site probe, a site of one subject
+    def edit(table):
+        table["site"] = ["1"] * 8 + ["2"] * 8
+        table.loc[3, "site"] = "01"
+        return table
+
+    edit_table(cohort_copy, edit)
+    with pytest.raises(CohortError, match=r"column 'site' writes one site two ways, '01' \(line 5\) and '1'"):
+        load_cohort(cohort_copy)
+
+
 def test_two_participants_tables_are_refused_rather_than_one_picked(cohort_copy):
     table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
     table.to_csv(cohort_copy / "participants.csv", index=False)
@@ -156,6 +179,36 @@ def test_volumes_are_found_by_participant_id_without_a_path_column(cohort_copy):
     edit_table(cohort_copy, lambda t: t.drop(columns=["path"]))
     cohort = load_cohort(cohort_copy)
     assert all(Path(p).name.startswith(pid) for p, pid in zip(cohort.table["path"], cohort.table["participant_id"]))
+
+
+def write_volume(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.float32), np.eye(4)), path)
+
+
+def test_participant_sub_1_is_not_given_the_volume_of_sub_10(tmp_path):
+    # unpadded ids in one flat folder: sub-10_T1w.nii.gz sorts before sub-1_T1w.nii.gz
+    for participant in ("sub-1", "sub-10"):
+        write_volume(tmp_path / f"{participant}_T1w.nii.gz")
+    rows = [["sub-1", 30, "F", "A"], ["sub-10", 40, "M", "A"]]
+    pd.DataFrame(rows, columns=["participant_id", "age", "sex", "site"]).to_csv(
+        tmp_path / "participants.tsv", sep="\t", index=False
+    )
+    names = [Path(path).name for path in load_cohort(tmp_path).table["path"]]
+    assert names == ["sub-1_T1w.nii.gz", "sub-10_T1w.nii.gz"]
+
+
+def test_a_t1w_volume_is_preferred_and_several_other_volumes_are_refused(tmp_path):
+    anat = tmp_path / "sub-01" / "anat"
+    for name in ("sub-01_FLAIR.nii.gz", "sub-01_T1w.nii.gz"):  # FLAIR sorts first
+        write_volume(anat / name)
+    pd.DataFrame([["sub-01", 30, "F", "A"]], columns=["participant_id", "age", "sex", "site"]).to_csv(
+        tmp_path / "participants.tsv", sep="\t", index=False
+    )
+    assert Path(load_cohort(tmp_path).table["path"][0]).name == "sub-01_T1w.nii.gz"
+    (anat / "sub-01_T1w.nii.gz").rename(anat / "sub-01_T2w.nii.gz")
+    with pytest.raises(CohortError, match=r"participant sub-01: several volumes \(sub-01_FLAIR\.nii\.gz, sub-01_T2w"):
+        load_cohort(tmp_path)
 
 
 def test_csv_table_is_accepted(cohort_copy):

@@ -61,3 +61,22 @@ def test_data_inspect_prints_the_figures_and_writes_json(clinical, tmp_path):
     assert "Scanner parameters" in result.output and "Diagnosis oracle" in result.output
     saved = json.loads(out.read_text())
     assert saved["subjects"] == 120 and saved["scanner_ranges"]["all_external_inside"]
+
+
+def test_data_inspect_of_a_cohort_without_splits_says_the_probes_need_them(tiny_cohort, tmp_path):
+    # README: without a split column every subject is train, and the challenge protocol is skipped
+    import shutil
+
+    import pandas as pd
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, cohort)
+    table = pd.read_csv(cohort / "participants.tsv", sep="\t")
+    table.drop(columns="split").to_csv(cohort / "participants.tsv", sep="\t", index=False)
+    out = tmp_path / "figures.json"
+    result = CliRunner().invoke(app, ["data", "inspect", str(cohort), "--json", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Trivial probes skipped: no internal_test / external_test rows in the 'split' column" in result.output
+    assert "Traceback" not in result.output and "age MAE" not in result.output
+    saved = json.loads(out.read_text())
+    assert saved["probes"] == {} and saved["probes_skipped"] == "no internal_test / external_test rows"

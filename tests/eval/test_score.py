@@ -190,6 +190,23 @@ def test_predicted_sites_spelled_unlike_the_true_ones_are_refused_not_scored_as_
     assert score_predictions(table)["bacc_site"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("column", ["site_pred", "site_prob_A"])
+def test_external_rows_may_leave_the_site_prediction_empty_internal_ones_may_not(column):
+    # the site BAcc is scored on the internal test only: an unseen site has no right answer
+    table = predictions_table()
+    if column != "site_pred":
+        table = table.drop(columns="site_pred")
+        table["site_prob_A"] = [0.9, 0.1, 0.6, 0.7, 0.2, np.nan, np.nan]
+        table["site_prob_B"] = [0.1, 0.9, 0.4, 0.3, 0.8, np.nan, np.nan]
+    else:
+        table.loc[5:, column] = np.nan
+    expected = 1.0 if column == "site_pred" else 0.75
+    assert score_predictions(table)["bacc_site"] == pytest.approx(expected)
+    table.loc[3, column] = np.nan
+    with pytest.raises(EvaluationError, match=f"column '{column}' has a missing value for participant sub-03"):
+        score_predictions(table)
+
+
 def test_read_predictions_reads_csv_and_tsv_and_keeps_site_codes_as_text(tmp_path):
     table = predictions_table(site=["01", "02", "01", "02", "02", "03", "03"]).drop(columns="site_pred")
     table["site_prob_01"] = [1, 0, 1, 0, 1, 0, 0]

@@ -97,6 +97,41 @@ def test_first_checkpoint_write_that_fails_leaves_nothing_behind(tmp_path, monke
     assert list(path.parent.iterdir()) == []
 
 
+class InterruptedMidWrite:
+    """A checkpoint file whose third write is cut by Ctrl-C after half its bytes went out."""
+
+    def __init__(self, path):
+        self.file = open(path, "wb")
+        self.writes = 0
+
+    def write(self, data) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            self.file.write(bytes(data)[: len(data) // 2])
+            raise KeyboardInterrupt
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def test_ctrl_c_in_the_middle_of_a_checkpoint_write_stays_a_keyboard_interrupt(tmp_path, monkeypatch):
+    # torch.save's zip writer, closing after the cut write, raises "unexpected pos" over it
+    path = tmp_path / "checkpoints" / "last.pt"
+    write_checkpoint(path, epoch=1)
+    before = path.read_bytes()
+    monkeypatch.setattr(medssl.files, "open_for_writing", InterruptedMidWrite)
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(path, epoch=2)
+    assert path.read_bytes() == before and [entry.name for entry in path.parent.iterdir()] == ["last.pt"]
+
+
 def test_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path):
     path = tmp_path / "last.pt"
     write_checkpoint(path)

@@ -678,8 +678,8 @@ def _print_cohort_figures(figures: dict) -> None:
         console.print(view)
     if figures["probes_skipped"]:
         console.print(
-            f"Trivial probes skipped: {figures['probes_skipped']} in the 'split' column "
-            "(the challenge protocol needs train, internal_test and external_test rows)"
+            f"Trivial probes skipped ({figures['probes_skipped']}): the challenge protocol "
+            "needs train, internal_test and external_test rows in the 'split' column"
         )
     probes = Table(title="Trivial probes, challenge protocol (lower is better)", title_justify="left")
     for column in ("probe", "age MAE internal", "age MAE external", "site BAcc", "chance BAcc", "L_c"):

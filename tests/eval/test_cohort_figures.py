@@ -76,7 +76,10 @@ def test_data_inspect_of_a_cohort_without_splits_says_the_probes_need_them(tiny_
     out = tmp_path / "figures.json"
     result = CliRunner().invoke(app, ["data", "inspect", str(cohort), "--json", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "Trivial probes skipped: no internal_test / external_test rows in the 'split' column" in result.output
+    assert (
+        "Trivial probes skipped (no internal_test / external_test rows): the challenge protocol needs train, "
+        "internal_test and external_test rows in the 'split' column" in " ".join(result.output.split())
+    )
     assert "Traceback" not in result.output and "age MAE" not in result.output
     saved = json.loads(out.read_text())
     assert saved["probes"] == {} and saved["probes_skipped"] == "no internal_test / external_test rows"

@@ -459,11 +459,7 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> Encoder:
     except CheckpointError as error:
         if "does not match the recipe" not in str(error):
             raise
-        raise CheckpointError(
-            f"{error}; set the recipe's model section to the pre-trained architecture "
-            f"(model.encoder, model.in_channels, model.conv1_stride, model.widths; on the embedded cohort "
-            f"train.embedded.widths)"
-        ) from None
+        raise CheckpointError(f"{error}; add these overrides to fine-tune it") from None
 
 
 # ----------------------------------------------------------------------------- data

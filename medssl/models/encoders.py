@@ -253,6 +253,40 @@ def save_encoder(encoder: Encoder, path: str | Path) -> tuple[Path, Path]:
     return path, spec_path
 
 
+def model_overrides(spec: EncoderSpec) -> list[str]:
+    """The recipe overrides that build ``spec``'s architecture (``model.encoder=resnet18`` ...)."""
+    overrides = [f"model.encoder={spec.name}"]
+    channels = spec.kwargs.get("n_input_channels", spec.kwargs.get("in_channels", 1))
+    overrides.append(f"model.in_channels={channels}")
+    if spec.name in RESNET_LAYERS:
+        overrides.append(f"model.conv1_stride={spec.kwargs.get('conv1_t_stride', 2)}")
+        widths = spec.kwargs.get("block_inplanes")
+        overrides.append("model.widths=" + ("null" if widths is None else f"[{','.join(map(str, widths))}]"))
+    return overrides
+
+
+def check_same_architecture(spec: EncoderSpec, expected: EncoderSpec, path: Path) -> None:
+    """Refuse an encoder file of another architecture than the recipe builds, naming the overrides
+    that would build the file's (or, if none would, every field that differs)."""
+    fields = ("name", "kwargs", "feature_dim")
+    if all(getattr(spec, key) == getattr(expected, key) for key in fields):
+        return
+    recipe = model_overrides(expected)
+    needed = [override for override in model_overrides(spec) if override not in recipe]
+    if needed:
+        had = [override for override in recipe if override.split("=")[0] in {n.split("=")[0] for n in needed}]
+        raise CheckpointError(
+            f"{path}: encoder does not match the recipe: it was built with {' '.join(needed)} "
+            f"(the recipe has {' '.join(had)})"
+        )
+    differences = [
+        f"{key}: file has {getattr(spec, key)!r}, expected {getattr(expected, key)!r}"
+        for key in fields
+        if getattr(spec, key) != getattr(expected, key)
+    ]
+    raise CheckpointError(f"{path}: encoder does not match the recipe ({'; '.join(differences)})")
+
+
 def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encoder:
     """Rebuild an encoder from ``encoder.pt`` + ``encoder.json`` (or a run folder holding them).
 
@@ -275,13 +309,7 @@ def load_encoder(path: str | Path, expected: EncoderSpec | None = None) -> Encod
     except (json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(f"{spec_path}: not a medssl encoder description ({exc})") from None
     if expected is not None:
-        differences = [
-            f"{key}: file has {getattr(spec, key)!r}, expected {getattr(expected, key)!r}"
-            for key in ("name", "kwargs", "feature_dim")
-            if getattr(spec, key) != getattr(expected, key)
-        ]
-        if differences:
-            raise CheckpointError(f"{path}: encoder does not match the recipe ({'; '.join(differences)})")
+        check_same_architecture(spec, expected, path)
     encoder = Encoder(spec)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

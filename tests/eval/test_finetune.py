@@ -219,7 +219,10 @@ def test_encoder_of_another_architecture_is_refused_with_the_differences(tmp_pat
         load_pretrained_encoder(tmp_path, recipe)
     message = str(error.value)
     assert "\n" not in message
-    assert "name: file has 'resnet18', expected 'densenet121'" in message and "model.encoder" in message
+    assert message.endswith(
+        "it was built with model.encoder=resnet18 model.conv1_stride=2 model.widths=null "
+        "(the recipe has model.encoder=densenet121); add these overrides to fine-tune it"
+    )
 
 
 def test_missing_and_corrupt_encoder_files_are_clear_errors(tmp_path, tiny_cohort):

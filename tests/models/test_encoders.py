@@ -62,8 +62,30 @@ def test_load_encoder_round_trips_and_checks_the_architecture(tmp_path):
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.equal(again(x), encoder(x))
-    with pytest.raises(CheckpointError, match=r"name: file has 'resnet18', expected 'resnet50'"):
+    with pytest.raises(CheckpointError) as error:
         load_encoder(tmp_path / "encoder.pt", expected=encoder_spec("resnet50"))
+    assert str(error.value).endswith(
+        "encoder does not match the recipe: it was built with model.encoder=resnet18 (the recipe has model.encoder=resnet50)"
+    )
+    narrow = encoder_spec("resnet18", widths=[8, 16, 32, 64], conv1_stride=1)
+    with pytest.raises(CheckpointError) as error:
+        load_encoder(tmp_path / "encoder.pt", expected=narrow)
+    assert "it was built with model.conv1_stride=2 model.widths=null (the recipe has model.conv1_stride=1" in str(
+        error.value
+    )
+
+
+def test_model_overrides_build_the_architecture_they_describe():
+    from medssl.config import load_recipe
+    from medssl.models.encoders import model_overrides
+
+    for spec in (
+        encoder_spec("densenet121", in_channels=2),
+        encoder_spec("resnet34", conv1_stride=1, widths=[4, 8, 8, 8]),
+    ):
+        model = load_recipe("yaware_age", model_overrides(spec)).model
+        rebuilt = encoder_spec(model.encoder, model.in_channels, model.conv1_stride, model.widths)
+        assert rebuilt == spec
 
 
 def test_load_encoder_errors_are_clear(tmp_path):

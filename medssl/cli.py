@@ -658,7 +658,8 @@ def data_inspect(
 
 
 def _print_cohort_figures(figures: dict) -> None:
-    console.print(f"[bold]{figures['cohort']}[/]: {figures['subjects']} subjects, {figures['sites']} sites")
+    splits = "; ".join(f"{split} {n['subjects']} ({n['sites']} sites)" for split, n in figures["splits"].items())
+    console.print(f"[bold]{figures['cohort']}[/]: {figures['subjects']} subjects, {figures['sites']} sites: {splits}")
     ranges = figures["scanner_ranges"]
     if ranges is not None:
         view = Table(

@@ -127,6 +127,17 @@ def diagnosis_oracle(cohort: Cohort, recipe: Recipe, folds: int = 5) -> dict | N
     return result
 
 
+def split_counts(table: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Subjects and sites of each split present: train, internal_test, external_test, then any other."""
+    present = set(table["split"].astype(str))
+    ordered = [split for split in ("train", "internal_test", "external_test") if split in present]
+    counts = {}
+    for split in ordered + sorted(present - set(ordered)):
+        rows = table[table["split"].astype(str) == split]
+        counts[split] = {"subjects": len(rows), "sites": int(rows["site"].nunique())}
+    return counts
+
+
 def inspect_cohort(cohort: Cohort, recipe: Recipe, console=None) -> dict:
     """Every figure of the module docstring, as one JSON-ready dict; ``probes_skipped`` says why
     the trivial probes are empty (the challenge protocol needs the three splits)."""
@@ -135,6 +146,7 @@ def inspect_cohort(cohort: Cohort, recipe: Recipe, console=None) -> dict:
         "cohort": str(cohort.root),
         "subjects": len(cohort),
         "sites": len(cohort.sites),
+        "splits": split_counts(cohort.table),
         "scanner_ranges": scanner_ranges(cohort),
         "probes": {} if skipped else trivial_probes(cohort, recipe, console=console),
         "probes_skipped": skipped,

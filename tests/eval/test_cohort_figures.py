@@ -61,6 +61,14 @@ def test_data_inspect_prints_the_figures_and_writes_json(clinical, tmp_path):
     assert "Scanner parameters" in result.output and "Diagnosis oracle" in result.output
     saved = json.loads(out.read_text())
     assert saved["subjects"] == 120 and saved["scanner_ranges"]["all_external_inside"]
+    # each split's subjects and sites, as the table has them
+    table = load_cohort(clinical).table
+    for split, counts in saved["splits"].items():
+        rows = table[table["split"] == split]
+        assert counts == {"subjects": len(rows), "sites": rows["site"].nunique()}
+        assert f"{split} {len(rows)} ({rows['site'].nunique()} sites)" in result.output
+    assert list(saved["splits"]) == ["train", "internal_test", "external_test"]
+    assert sum(counts["subjects"] for counts in saved["splits"].values()) == 120
 
 
 def test_data_inspect_of_a_cohort_without_splits_says_the_probes_need_them(tiny_cohort, tmp_path):

@@ -211,7 +211,7 @@ def pretrain(
         raise Interrupted(run_dir) from None
     if not quiet:
         console.print(
-            f"Done: loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}"
+            f"Done: mean loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}"
         )
 
 

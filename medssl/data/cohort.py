@@ -4,8 +4,9 @@ The table (``participants.tsv`` or ``participants.csv``) has one row per scan wi
 columns ``participant_id``, ``age``, ``sex``, ``site`` and optionally ``diagnosis``,
 ``split`` (``train``, ``internal_test``, ``external_test``) and ``path`` (volume file,
 relative to the cohort folder). Without ``path``, the volume is found as
-``<participant_id>_*.nii[.gz]`` (or ``<participant_id>.nii[.gz]``) in the folder or its
-``<participant_id>/anat`` sub-folder; of several, the ``*_T1w`` one.
+``<participant_id>_*.nii[.gz]`` (or ``<participant_id>.nii[.gz]``) in the folder, its
+``<participant_id>/anat`` or ``<participant_id>`` sub-folder, or a single BIDS session
+``<participant_id>/ses-*/anat``; of several, the ``*_T1w`` one.
 A ``path`` ending in ``.npy`` is a NumPy array read memory-mapped, with the optional
 ``array_row`` column giving the subject's row in a stacked array (see ``data.arrays``;
 ``medssl data cache`` writes such cohorts). A folder holding OpenBHB as downloaded
@@ -150,27 +151,38 @@ def read_table(path: Path) -> pd.DataFrame:
 def _find_volume(root: Path, participant_id: str) -> Path | None:
     """``<participant_id>.nii[.gz]`` or ``<participant_id>_*.nii[.gz]`` (BIDS entities follow the
     id after ``_``: ``sub-1`` is not ``sub-10``) in the first of the folder, ``<participant_id>/anat``
-    and ``<participant_id>/`` that has one; of several, the one ``*_T1w``, else refused."""
+    and ``<participant_id>/`` that has one, else in the BIDS sessions ``<participant_id>/ses-*/anat``;
+    of several, the one ``*_T1w``, else refused."""
     for folder in (root, root / participant_id / "anat", root / participant_id):
-        if not folder.is_dir():
-            continue
-        matches = sorted(
-            path
-            for suffix in VOLUME_SUFFIXES
-            for path in (*folder.glob(f"{participant_id}_*{suffix}"), folder / f"{participant_id}{suffix}")
-            if path.is_file()
+        found = _volumes_in(folder, participant_id)
+        if found:
+            return _the_only_volume(found, folder, participant_id)
+    sessions = sorted((root / participant_id).glob("ses-*/anat")) if (root / participant_id).is_dir() else []
+    found = [path for folder in sessions for path in _volumes_in(folder, participant_id)]
+    return _the_only_volume(found, root / participant_id, participant_id) if found else None
+
+
+def _volumes_in(folder: Path, participant_id: str) -> list[Path]:
+    """The participant's volumes in ``folder``: only the ``*_T1w`` ones when some are."""
+    if not folder.is_dir():
+        return []
+    found = sorted(
+        path
+        for suffix in VOLUME_SUFFIXES
+        for path in (*folder.glob(f"{participant_id}_*{suffix}"), folder / f"{participant_id}{suffix}")
+        if path.is_file()
+    )
+    return [path for path in found if path.name.endswith(("_T1w.nii.gz", "_T1w.nii"))] or found
+
+
+def _the_only_volume(found: list[Path], folder: Path, participant_id: str) -> Path:
+    if len(found) > 1:
+        names = ", ".join(str(path.relative_to(folder)) for path in found)
+        raise CohortError(
+            f"{folder}: participant {participant_id}: several volumes ({names}); "
+            "name the one to use in a 'path' column of the participants table"
         )
-        if len(matches) > 1:
-            matches = [path for path in matches if path.name.endswith(("_T1w.nii.gz", "_T1w.nii"))] or matches
-        if len(matches) > 1:
-            names = ", ".join(path.name for path in matches)
-            raise CohortError(
-                f"{folder}: participant {participant_id}: several volumes ({names}); "
-                "name the one to use in a 'path' column of the participants table"
-            )
-        if matches:
-            return matches[0]
-    return None
+    return found[0]
 
 
 def _first_line(exc: Exception) -> str:
@@ -348,7 +360,7 @@ def load_cohort(
             if found is None:
                 raise CohortError(
                     f"{root}: no volume found for participant {participant_id} (expected {participant_id}_*.nii[.gz] "
-                    f"in the folder, in {participant_id}/anat/ or in {participant_id}/, or a 'path' column)"
+                    f"in the folder, in {participant_id}/anat/, {participant_id}/ or {participant_id}/ses-*/anat/, or a 'path' column)"
                 )
             path = found
         if is_array_path(path):

@@ -211,6 +211,22 @@ def test_a_t1w_volume_is_preferred_and_several_other_volumes_are_refused(tmp_pat
         load_cohort(tmp_path)
 
 
+def test_a_bids_session_is_found_and_several_sessions_are_refused(tmp_path):
+    write_volume(tmp_path / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz")
+    write_volume(tmp_path / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_FLAIR.nii.gz")
+    pd.DataFrame([["sub-01", 30, "F", "A"]], columns=["participant_id", "age", "sex", "site"]).to_csv(
+        tmp_path / "participants.tsv", sep="\t", index=False
+    )
+    assert Path(load_cohort(tmp_path).table["path"][0]).name == "sub-01_ses-1_T1w.nii.gz"
+    write_volume(tmp_path / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz")
+    with pytest.raises(CohortError) as error:
+        load_cohort(tmp_path)
+    assert (
+        "participant sub-01: several volumes (ses-1/anat/sub-01_ses-1_T1w.nii.gz, ses-2/anat/sub-01_ses-2_T1w.nii.gz); "
+        "name the one to use in a 'path' column" in str(error.value)
+    )
+
+
 def test_csv_table_is_accepted(cohort_copy):
     table = pd.read_csv(cohort_copy / "participants.tsv", sep="\t")
     (cohort_copy / "participants.tsv").unlink()

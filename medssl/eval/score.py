@@ -114,8 +114,8 @@ def score_predictions(
     Rows of the ``train`` split are not scored; unless ``n_sites`` is given, the number of
     distinct sites among them is the number of training sites. The site prediction is the
     ``site_pred_col`` column or, when the table has none, the argmax over the probability
-    columns ``site_prob_<site>`` (or ``prob_<site>``). A ``train`` row's ages may be missing,
-    but not text (the columns would not be what they seem).
+    columns ``site_prob_<site>`` (or ``prob_<site>``), read on ``internal_test`` rows only. A
+    ``train`` row's ages may be missing, but not text (the columns would not be what they seem).
 
     Args:
         table: one row per subject (see the module docstring for the columns).
@@ -129,8 +129,7 @@ def score_predictions(
         ``n_internal``, ``n_external``, ``r2_internal``, ``r2_external`` (NaN when undefined), ``chance_bacc``.
 
     Example:
-        >>> scores = score_predictions(predictions)
-        >>> scores["mae_external"], scores["bacc_site"]
+        >>> scores = score_predictions(predictions)  # then scores["mae_external"], scores["bacc_site"]
     """
     source = source or table.attrs.get("source", "predictions table")
     table = table.reset_index(drop=True)  # row labels become row numbers, for the messages
@@ -154,7 +153,6 @@ def score_predictions(
     true_site = as_labels(site_scored[site_col]).to_numpy()
     pred_site = _predicted_sites(site_scored, site_pred_col, site_pred_source, table, id_col, source)
     _check_sites_named_alike(pred_site, as_labels(table[site_col]), site_col, source)
-
     _warn_unseen_internal_sites(table, splits, site_col, source)
     if n_sites is None:
         n_sites = _count_training_sites(table, splits, site_col, id_col, source)

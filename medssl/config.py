@@ -155,8 +155,9 @@ class AffineConfig(Section):
 
 class ViewsConfig(Section):
     n_views: int = Field(2, ge=1, description="Augmented views drawn per subject.")
-    normalize: Literal["zscore", "minmax", "none"] = Field(
-        "zscore", description="Intensity normalisation applied before augmentation."
+    normalize: Literal["zscore", "zscore_volume", "minmax", "none", "source"] = Field(
+        "zscore",
+        description="Intensity normalisation before augmentation: zscore over the non-zero voxels, zscore_volume over all voxels, minmax to [0, 1], none, or source: the one an imported encoder was trained with (finetune, evaluate).",
     )
     crop: CropConfig = Field(default_factory=CropConfig, description="Random crop then resize back.")
     cutout: CutoutConfig = Field(default_factory=CutoutConfig, description="Zero a random box.")
@@ -174,7 +175,7 @@ class HeadConfig(Section):
     batch_norm: bool = Field(False, description="BatchNorm after hidden layers (BYOL/SimSiam/VICReg heads use it).")
 
 
-EncoderName = Literal["resnet18", "resnet34", "resnet50", "densenet121", "alexnet"]
+EncoderName = Literal["resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "alexnet"]
 NARROW_RESNET_WIDTHS = [16, 32, 64, 128]
 
 
@@ -192,6 +193,26 @@ class ModelConfig(Section):
     conv1_stride: int = Field(
         2, ge=1, le=2, description="Stride of the ResNet stem convolution (MONAI's default 1 costs 8x the compute)."
     )
+    bias_downsample: bool = Field(
+        True,
+        description="Bias in a ResNet's 1x1 shortcut convolutions (MONAI's default; false in EIDOSLAB's and MedicalNet's).",
+    )
+    shortcut_type: Literal["A", "B"] = Field(
+        "B",
+        description="ResNet shortcut where channels change: B a 1x1 convolution, A a strided pool and zero channels (MedicalNet's ResNet-18/34).",
+    )
+    stage_dilations: list[int] = Field(
+        default_factory=lambda: [1, 1, 1, 1],
+        min_length=4,
+        max_length=4,
+        description="Dilation of each ResNet stage; a stage with d > 1 keeps its input resolution (MedicalNet: [1, 1, 2, 4]).",
+    )
+    final_norm: bool = Field(
+        True, description="DenseNet121's last BatchNorm (norm5); false for the y-aware and OpenBHB-kit DenseNets."
+    )
+    final_relu: bool = Field(
+        True, description="DenseNet121's ReLU before the global pooling; false for the OpenBHB kit's DenseNet."
+    )
     head: HeadConfig = Field(default_factory=HeadConfig, description="Projection head on top of the encoder features.")
     activation_checkpointing: bool = Field(
         False,
@@ -208,6 +229,16 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.conv1_stride = {self.conv1_stride} but model.encoder = {self.encoder!r}: only ResNets take a stem stride"
             )
+        resnet_switches = {"bias_downsample": True, "shortcut_type": "B", "stage_dilations": [1, 1, 1, 1]}
+        densenet_switches = {"final_norm": True, "final_relu": True}
+        for switches, family in ((resnet_switches, "resnet"), (densenet_switches, "densenet")):
+            for key, default in switches.items():
+                if getattr(self, key) != default and not self.encoder.startswith(family):
+                    raise ValueError(
+                        f"model.{key} = {getattr(self, key)!r} but model.encoder = {self.encoder!r}: only {'ResNets' if family == 'resnet' else 'DenseNet121'} take it"
+                    )
+        if any(dilation < 1 for dilation in self.stage_dilations):
+            raise ValueError(f"model.stage_dilations = {self.stage_dilations}: dilations are positive")
         # AlexNet3D's single Sequential of layers has no stages to checkpoint; silently doing nothing would mislead.
         if self.activation_checkpointing and self.encoder == "alexnet":
             raise ValueError(

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from medssl.config import Recipe
+from medssl.errors import RecipeError
 from medssl.eval.folds import challenge_folds
 from medssl.eval.plots import plot_loss_curve
 from medssl.eval.run import evaluate_encoder
@@ -44,6 +45,11 @@ def pretrain(
 
     A ``run_dir`` that holds a run is refused unless ``resume`` (a second run would mix its
     checkpoints, metrics and evaluation with the first one's)."""
+    if recipe.views.normalize == "source":
+        raise RecipeError(
+            "views.normalize = 'source': pre-training has no source encoder to take it from; "
+            "use zscore, zscore_volume, minmax or none"
+        )
     if not resume and os.environ.get("RANK", "0") == "0":  # other processes see the folder rank 0 is filling
         check_run_folder(Path(run_dir))
     pretraining = build_pretraining(recipe, run_dir, resume=resume, console=console, method=method)

@@ -282,16 +282,24 @@ def normalization_transform(mode: str) -> tio.Transform | None:
 
     ``zscore`` standardises with the mean and standard deviation of the non-zero voxels, so
     the zero background of skull-stripped scans does not dilute the statistics (the
-    background becomes the volume minimum); ``minmax`` rescales to [0, 1]; ``none`` gives
-    ``None``.
+    background becomes the volume minimum); ``zscore_volume`` with those of every voxel (as
+    the y-aware and OpenBHB-kit encoders were trained); ``minmax`` rescales to [0, 1];
+    ``none`` gives ``None``. ``source`` is resolved against an imported encoder before.
     """
     if mode == "zscore":
         return tio.ZNormalization(masking_method=nonzero_foreground)
+    if mode == "zscore_volume":
+        return tio.ZNormalization()
+    if mode == "source":
+        raise RecipeError(
+            "views.normalize = 'source' is the normalisation of an imported encoder: only medssl finetune "
+            "and evaluate of such an encoder read it; use zscore, zscore_volume, minmax or none"
+        )
     if mode == "minmax":
         return tio.RescaleIntensity(out_min_max=(0.0, 1.0))
     if mode == "none":
         return None
-    raise RecipeError(f"views.normalize = {mode!r}: expected one of zscore, minmax, none")
+    raise RecipeError(f"views.normalize = {mode!r}: expected one of zscore, zscore_volume, minmax, none")
 
 
 def resize_transform(shape: Sequence[int]) -> tio.Resize:

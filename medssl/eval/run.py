@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ from medssl.eval.features import IntensityStatistics
 from medssl.eval.folds import challenge_folds
 from medssl.eval.report import evaluate_representation, print_report
 from medssl.methods import build_encoder_for
+from medssl.models import Encoder
 from medssl.models.features import extract_features
 
 
-def random_encoder(recipe: Recipe) -> torch.nn.Module:
-    """A randomly initialised encoder of the recipe's architecture, seeded from the recipe."""
+def random_encoder(recipe: Recipe, like: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A randomly initialised encoder, seeded from the recipe: of ``like``'s network when it is an
+    :class:`Encoder` (an encoder carries its network), else of the recipe's."""
     torch.manual_seed(recipe.train.seed)
+    if isinstance(like, Encoder):
+        return Encoder(replace(like.spec, input={}, source={}))
     return build_encoder_for(recipe)
 
 
@@ -44,7 +49,7 @@ def evaluate_encoder(
     baseline, references = None, None
     if recipe.eval.baseline:
         baseline = extract_features(
-            random_encoder(recipe).to(device),
+            random_encoder(recipe, like=encoder).to(device),
             cohort,
             recipe,
             device=device,

@@ -24,6 +24,7 @@ from medssl.config import (
     EpsSupInfoNCEConfig,
     ExponentialConfig,
     MethodSection,
+    ModelConfig,
     Recipe,
     SimCLRConfig,
     SimSiamConfig,
@@ -52,6 +53,7 @@ from medssl.methods.deepcluster import DeepCluster, build_deepcluster
 from medssl.methods.dino import DINO, build_dino
 from medssl.methods.supervised import SupervisedMethod, build_supervised
 from medssl.models import Encoder, build_encoder
+from medssl.models.encoders import ArchitectureOptions
 
 # "augmented": views.n_views views of each subject, each drawn with the recipe's views section.
 # "global": DINO's 2 global views, drawn the same way; the method cuts its local crops from them.
@@ -158,6 +160,17 @@ def method_needs(recipe: Recipe) -> MethodNeeds:
     return MethodNeeds(entry.name, entry.label, views, entry.distributed, entry.view_kind)
 
 
+def architecture_options(model: ModelConfig) -> ArchitectureOptions:
+    """The model section's architecture switches (``model.bias_downsample`` ...)."""
+    return ArchitectureOptions(
+        bias_downsample=model.bias_downsample,
+        shortcut_type=model.shortcut_type,
+        stage_dilations=tuple(model.stage_dilations),
+        final_norm=model.final_norm,
+        final_relu=model.final_relu,
+    )
+
+
 def build_encoder_for(recipe: Recipe) -> Encoder:
     model = recipe.model
     return build_encoder(
@@ -166,6 +179,7 @@ def build_encoder_for(recipe: Recipe) -> Encoder:
         conv1_stride=model.conv1_stride,
         widths=model.widths,
         activation_checkpointing=model.activation_checkpointing,
+        options=architecture_options(model),
     )
 
 
@@ -191,6 +205,7 @@ __all__ = [
     "SupervisedMethod",
     "build_method",
     "build_encoder_for",
+    "architecture_options",
     "fold_views",
     "unfold_views",
     "projection_head",

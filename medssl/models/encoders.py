@@ -2,8 +2,7 @@
 
 The saved ``encoder.pt`` is a plain state dict of the MONAI network (with its classifier
 replaced by ``nn.Identity`` where it has one) and ``encoder.json`` says how to rebuild it,
-so a pre-trained ResNet or DenseNet121 is usable without medssl (AlexNet-3D is medssl's own
-network: rebuild it with :func:`load_encoder`):
+so a pre-trained ResNet or DenseNet121 is usable without medssl:
 
     import json, torch, monai.networks.nets as nets
     spec = json.load(open("encoder.json"))
@@ -12,6 +11,9 @@ network: rebuild it with :func:`load_encoder`):
         parent, _, child = name.rpartition(".")
         setattr(net.get_submodule(parent), child, torch.nn.Identity())
     net.load_state_dict(torch.load("encoder.pt", weights_only=True))
+
+Two kinds of encoder need :func:`load_encoder` instead: AlexNet-3D (medssl's own network)
+and a ResNet with ``stage_dilations`` (MedicalNet's, whose dilated stages MONAI cannot build).
 
 Example:
     >>> encoder = build_encoder("resnet18")
@@ -37,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from medssl.errors import CheckpointError, RecipeError
 from medssl.files import atomic_torch_save, atomic_write_text
 
-ENCODER_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "alexnet")
+ENCODER_NAMES = ("resnet10", "resnet18", "resnet34", "resnet50", "densenet121", "alexnet")
 
 
 class AlexNet3D(nn.Module):
@@ -78,7 +80,13 @@ class AlexNet3D(nn.Module):
 
 @dataclass
 class EncoderSpec:
-    """Everything needed to rebuild an encoder: written next to its weights as ``encoder.json``."""
+    """Everything needed to rebuild an encoder: written next to its weights as ``encoder.json``.
+
+    ``stage_dilations`` (four ints, empty for none) makes a ResNet stage with dilation d > 1
+    keep its resolution, as MedicalNet's do (see :func:`dilate_stages`); ``input`` says what
+    the weights expect (modality, shape, spacing, ``normalize``) and ``source`` where they came
+    from, for an imported encoder.
+    """
 
     name: str
     network: str
@@ -86,17 +94,42 @@ class EncoderSpec:
     feature_dim: int
     identity_modules: list[str] = field(default_factory=list)
     library: str = "monai.networks.nets"
+    stage_dilations: list[int] = field(default_factory=list)
+    input: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
 
 
 RESNET_LAYERS = {
+    "resnet10": ("basic", [1, 1, 1, 1]),
     "resnet18": ("basic", [2, 2, 2, 2]),
     "resnet34": ("basic", [3, 4, 6, 3]),
     "resnet50": ("bottleneck", [3, 4, 6, 3]),
 }
 
 
+@dataclass(frozen=True)
+class ArchitectureOptions:
+    """Architecture switches the published encoders need (recipe keys of the same names).
+
+    ``bias_downsample`` and ``shortcut_type`` are MONAI ResNet arguments; ``stage_dilations``
+    replaces the stride of ResNet stages by dilation (MedicalNet); ``final_norm`` and
+    ``final_relu`` keep DenseNet121's last BatchNorm (``norm5``) and the ReLU before its
+    pooling (the y-aware DenseNet has no ``norm5``; the OpenBHB kit's has neither).
+    """
+
+    bias_downsample: bool = True
+    shortcut_type: str = "B"
+    stage_dilations: tuple[int, ...] = ()
+    final_norm: bool = True
+    final_relu: bool = True
+
+
 def encoder_spec(
-    name: str, in_channels: int = 1, conv1_stride: int = 2, widths: list[int] | None = None
+    name: str,
+    in_channels: int = 1,
+    conv1_stride: int = 2,
+    widths: list[int] | None = None,
+    options: ArchitectureOptions = ArchitectureOptions(),
 ) -> EncoderSpec:
     """The network class, its keyword arguments and its feature size for an encoder name.
 
@@ -105,32 +138,87 @@ def encoder_spec(
     budget, 16 times fewer weights and about 10 times faster on a CPU.
     """
     if name in RESNET_LAYERS:
-        kwargs: dict[str, Any] = {
-            "spatial_dims": 3,
-            "n_input_channels": in_channels,
-            "conv1_t_stride": conv1_stride,
-            "feed_forward": False,
-        }
-        expansion = 4 if name == "resnet50" else 1
-        if widths is None:
-            return EncoderSpec(name, name, kwargs, 512 * expansion)
-        block, layers = RESNET_LAYERS[name]
-        if len(widths) != len(layers) or not all(isinstance(width, int) and width > 0 for width in widths):
-            raise RecipeError(
-                f"model.widths = {list(widths)}: expected {len(layers)} positive stage widths, e.g. [16, 32, 64, 128]"
-            )
-        kwargs = {"block": block, "layers": layers, "block_inplanes": list(widths), **kwargs}
-        return EncoderSpec(name, "ResNet", kwargs, widths[-1] * expansion)
+        return _resnet_spec(name, in_channels, conv1_stride, widths, options)
     if widths is not None:
         raise RecipeError(f"model.widths = {widths}: only ResNet encoders take stage widths, not '{name}'")
     if conv1_stride != 2:
         raise RecipeError(f"model.conv1_stride = {conv1_stride}: only ResNet encoders take a stem stride, not '{name}'")
+    _refuse_resnet_options(name, options)
     if name == "densenet121":
         kwargs = {"spatial_dims": 3, "in_channels": in_channels, "out_channels": 1}
-        return EncoderSpec(name, "DenseNet121", kwargs, 1024, identity_modules=["class_layers.out"])
+        identities = ["features.norm5"] * (not options.final_norm) + ["class_layers.relu"] * (not options.final_relu)
+        return EncoderSpec(name, "DenseNet121", kwargs, 1024, identity_modules=[*identities, "class_layers.out"])
+    if not (options.final_norm and options.final_relu):
+        raise RecipeError(f"model.final_norm / model.final_relu are DenseNet121 switches, not for '{name}'")
     if name == "alexnet":
         return EncoderSpec(name, "AlexNet3D", {"in_channels": in_channels}, 128, library="medssl.models.encoders")
     raise RecipeError(f"model.encoder = '{name}': expected one of {', '.join(ENCODER_NAMES)}")
+
+
+def _resnet_spec(
+    name: str, in_channels: int, conv1_stride: int, widths: list[int] | None, options: ArchitectureOptions
+) -> EncoderSpec:
+    if not (options.final_norm and options.final_relu):
+        raise RecipeError(f"model.final_norm / model.final_relu are DenseNet121 switches, not for '{name}'")
+    kwargs: dict[str, Any] = {
+        "spatial_dims": 3,
+        "n_input_channels": in_channels,
+        "conv1_t_stride": conv1_stride,
+        "feed_forward": False,
+    }
+    # MONAI's defaults are left out of kwargs, so encoder.json of a plain ResNet stays as it was.
+    if not options.bias_downsample:
+        kwargs["bias_downsample"] = False
+    if options.shortcut_type != "B":
+        if options.shortcut_type != "A":
+            raise RecipeError(f"model.shortcut_type = {options.shortcut_type!r}: expected 'A' or 'B'")
+        kwargs["shortcut_type"] = "A"
+    dilations = list(options.stage_dilations)
+    if dilations and (len(dilations) != 4 or any(not isinstance(d, int) or d < 1 for d in dilations)):
+        raise RecipeError(f"model.stage_dilations = {dilations}: expected 4 positive ints, e.g. [1, 1, 2, 4]")
+    dilations = [] if all(d == 1 for d in dilations) else dilations
+    block, layers = RESNET_LAYERS[name]
+    expansion = 4 if block == "bottleneck" else 1
+    if widths is None:
+        return EncoderSpec(name, name, kwargs, 512 * expansion, stage_dilations=dilations)
+    if len(widths) != len(layers) or not all(isinstance(width, int) and width > 0 for width in widths):
+        raise RecipeError(
+            f"model.widths = {list(widths)}: expected {len(layers)} positive stage widths, e.g. [16, 32, 64, 128]"
+        )
+    kwargs = {"block": block, "layers": layers, "block_inplanes": list(widths), **kwargs}
+    return EncoderSpec(name, "ResNet", kwargs, widths[-1] * expansion, stage_dilations=dilations)
+
+
+def _refuse_resnet_options(name: str, options: ArchitectureOptions) -> None:
+    defaults = ArchitectureOptions()
+    for key in ("bias_downsample", "shortcut_type", "stage_dilations"):
+        value = getattr(options, key)
+        if value != getattr(defaults, key) and not (key == "stage_dilations" and all(d == 1 for d in value)):
+            raise RecipeError(f"model.{key} = {value!r}: only ResNet encoders take it, not '{name}'")
+
+
+def dilate_stages(network: nn.Module, dilations: list[int]) -> None:
+    """Give each ResNet stage with dilation d > 1 stride 1 and dilation d in its 3x3x3 convolutions.
+
+    This is the network of MedicalNet (Chen, Ma and Zheng, "Med3D: Transfer Learning for 3D
+    Medical Image Analysis", arXiv 2019; Tencent/MedicalNet ``models/resnet.py``): its layer3
+    and layer4 keep layer2's resolution, with dilation 2 and 4 (padding equal to the dilation)
+    in every block, the first one included, and stride 1 in their shortcuts. MONAI's ResNet
+    has stride 2 there, so it is changed after MONAI builds the network; weights are the same
+    shapes, only the function differs.
+    """
+    for index, dilation in enumerate(dilations):
+        if dilation == 1:
+            continue
+        for block in getattr(network, f"layer{index + 1}"):
+            block.stride = 1
+            for conv in block.modules():
+                if isinstance(conv, nn.Conv3d):
+                    conv.stride = (1, 1, 1)
+                    if conv.kernel_size == (3, 3, 3):
+                        conv.dilation = conv.padding = (dilation,) * 3
+            if isinstance(block.downsample, partial):  # shortcut A: a strided average pool, then zero channels
+                block.downsample = partial(block.downsample.func, **{**block.downsample.keywords, "stride": 1})
 
 
 def build_network(spec: EncoderSpec) -> nn.Module:
@@ -142,6 +230,8 @@ def build_network(spec: EncoderSpec) -> nn.Module:
     for module_name in spec.identity_modules:
         parent, _, child = module_name.rpartition(".")
         setattr(network.get_submodule(parent), child, nn.Identity())
+    if spec.stage_dilations:
+        dilate_stages(network, spec.stage_dilations)
     return network
 
 
@@ -232,11 +322,13 @@ def build_encoder(
     conv1_stride: int = 2,
     widths: list[int] | None = None,
     activation_checkpointing: bool = False,
+    options: ArchitectureOptions = ArchitectureOptions(),
 ) -> Encoder:
     """Build an encoder by name (see :data:`ENCODER_NAMES`), optionally a narrow ResNet (``widths``)
     and with activation checkpointing in training (see :class:`Encoder`). ``conv1_stride`` (the
-    stride of a ResNet's first convolution) is not read by DenseNet121 and AlexNet-3D."""
-    spec = encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths)
+    stride of a ResNet's first convolution) is not read by DenseNet121 and AlexNet-3D;
+    ``options`` are the switches of :class:`ArchitectureOptions`."""
+    spec = encoder_spec(name, in_channels=in_channels, conv1_stride=conv1_stride, widths=widths, options=options)
     return Encoder(spec, activation_checkpointing=activation_checkpointing)
 
 
@@ -262,14 +354,27 @@ def model_overrides(spec: EncoderSpec) -> list[str]:
         overrides.append(f"model.conv1_stride={spec.kwargs.get('conv1_t_stride', 2)}")
         widths = spec.kwargs.get("block_inplanes")
         overrides.append("model.widths=" + ("null" if widths is None else f"[{','.join(map(str, widths))}]"))
+        overrides.append(f"model.bias_downsample={str(spec.kwargs.get('bias_downsample', True)).lower()}")
+        overrides.append(f"model.shortcut_type={spec.kwargs.get('shortcut_type', 'B')}")
+        overrides.append(f"model.stage_dilations=[{','.join(map(str, spec.stage_dilations or [1, 1, 1, 1]))}]")
+    if spec.name == "densenet121":
+        overrides.append(f"model.final_norm={str('features.norm5' not in spec.identity_modules).lower()}")
+        overrides.append(f"model.final_relu={str('class_layers.relu' not in spec.identity_modules).lower()}")
     return overrides
+
+
+ARCHITECTURE_FIELDS = ("name", "kwargs", "feature_dim", "identity_modules", "stage_dilations")
+
+
+def same_architecture(spec: EncoderSpec, other: EncoderSpec) -> bool:
+    """Whether two specs build the same network (where the weights came from does not count)."""
+    return all(getattr(spec, key) == getattr(other, key) for key in ARCHITECTURE_FIELDS)
 
 
 def check_same_architecture(spec: EncoderSpec, expected: EncoderSpec, path: Path) -> None:
     """Refuse an encoder file of another architecture than the recipe builds, naming the overrides
     that would build the file's (or, if none would, every field that differs)."""
-    fields = ("name", "kwargs", "feature_dim")
-    if all(getattr(spec, key) == getattr(expected, key) for key in fields):
+    if same_architecture(spec, expected):
         return
     recipe = model_overrides(expected)
     needed = [override for override in model_overrides(spec) if override not in recipe]
@@ -281,7 +386,7 @@ def check_same_architecture(spec: EncoderSpec, expected: EncoderSpec, path: Path
         )
     differences = [
         f"{key}: file has {getattr(spec, key)!r}, expected {getattr(expected, key)!r}"
-        for key in fields
+        for key in ARCHITECTURE_FIELDS
         if getattr(spec, key) != getattr(expected, key)
     ]
     raise CheckpointError(f"{path}: encoder does not match the recipe ({'; '.join(differences)})")

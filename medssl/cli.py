@@ -10,6 +10,8 @@ medssl recipes [--fields]
 medssl data synth OUT --subjects N --sites S --shape 64 [--overwrite]
 medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K] [--overwrite]
 medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
+medssl weights import FILE --layout NAME --out DIR [--encoder NAME] [model.KEY=VALUE ...] [--ignore PREFIX]
+medssl weights layouts [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import shlex
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,6 +41,7 @@ from medssl.run_folder import (
     check_cohort_folder,
     check_run_folder,
     remove_artefacts,
+    run_artefacts,
 )
 
 app = typer.Typer(
@@ -48,6 +52,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts, memory-mapped caches.")
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(no_args_is_help=True, help="Published encoders: import their checkpoints as medssl encoders.")
+app.add_typer(weights_app, name="weights")
 console = Console()
 
 
@@ -85,6 +91,26 @@ def _run_dir(name: str, out: Path | None, resume: bool) -> Path:
     return runs / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+PRETRAIN_CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def _refuse_nothing_to_resume(run_dir: Path, out: Path | None, state: str, has_state: bool) -> None:
+    """``--resume`` with nothing to continue (a mistyped --out, a run stopped before its first
+    checkpoint) is refused before anything is made: it would quietly train a new run."""
+    if has_state:
+        return
+    if out is None:
+        raise RecipeError(
+            f"--resume: no run of this recipe in runs/ has {state} to continue; give the run's --out, or run without --resume"
+        )
+    if not run_dir.is_dir():
+        raise MedsslError(
+            f"{run_dir}: no such folder, nothing to resume; check --out, or run without --resume to start a new run"
+        )
+    start = "add --overwrite instead of --resume" if run_artefacts(run_dir) else "run without --resume"
+    raise MedsslError(f"{run_dir}: holds no {state}, nothing to resume; {start} to start a new run there")
+
+
 def _smoke(recipe, overrides: list[str]):
     """The recipe shrunk by ``--smoke``, then the command line's overrides again: they win over the smoke budget."""
     from medssl.config import apply_overrides, recipe_from_dict, smoke_recipe
@@ -110,13 +136,42 @@ def _smoke_finetune(recipe, overrides: list[str], encoder: str):
 
 
 @contextmanager
-def _quiet_sklearn(smoke: bool) -> Iterator[None]:
-    """Under --smoke, silence scikit-learn's warnings: a handful of subjects makes single-class
-    folds and undefined metrics certain, and the warnings would hide whether the set-up works."""
+def _quiet_sklearn(smoke: bool = False) -> Iterator[None]:
+    """scikit-learn's warnings are counted, not printed, and summarised in one note at the end:
+    with few subjects per fold or split, undefined metrics and single-class folds are routine,
+    and a line per fit would bury the results. Under --smoke, where a handful of subjects makes
+    them certain, not even the note. Other warnings (medssl's own) print as usual."""
+    counts: Counter[str] = Counter()
+    show = warnings.showwarning
+
+    def count_library_warnings(message, category, filename, lineno, file=None, line=None):
+        if f"{os.sep}sklearn{os.sep}" in str(filename):
+            counts[f"{category.__name__} '{str(message).strip().splitlines()[0].removesuffix('.')}'"] += 1
+        else:
+            show(message, category, filename, lineno, file, line)
+
     with warnings.catch_warnings():
         if smoke:
             warnings.filterwarnings("ignore", module=r"sklearn(\.|$)")
-        yield
+        else:
+            warnings.filterwarnings("always", module=r"sklearn(\.|$)")  # each one counted, not the first only
+        warnings.showwarning = count_library_warnings
+        try:
+            yield
+        finally:
+            if counts and os.environ.get("RANK", "0") == "0":
+                console.print(_library_warnings_note(counts), highlight=False, soft_wrap=True)
+
+
+def _library_warnings_note(counts: Counter[str]) -> str:
+    """One line: how many scikit-learn warnings were held back, the most frequent first."""
+    total = sum(counts.values())
+    (first, n_first), *others = counts.most_common()
+    also = f"; {len(others)} other kind{'s' if len(others) != 1 else ''}" if others else ""
+    return (
+        f"note: {total} scikit-learn warning{'s' if total != 1 else ''} not shown (usually a fold or split "
+        f"with too few subjects for a metric): {first} x{n_first}{also}"
+    )
 
 
 def _launch_torchrun(devices: int) -> None:
@@ -202,13 +257,16 @@ def pretrain(
     quiet = os.environ.get("RANK", "0") != "0"
     if not quiet:  # other ranks would see the folder rank 0 is creating
         check_run_folder(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        checkpoint = run_dir / PRETRAIN_CHECKPOINT
+        _refuse_nothing_to_resume(run_dir, out, f"checkpoint ({PRETRAIN_CHECKPOINT})", checkpoint.is_file())
     from medssl.pipeline import pretrain as run_pretrain
 
     try:
         with _quiet_sklearn(smoke):
             result = run_pretrain(resolved, run_dir, resume=resume, console=None if quiet else console)
     except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+        raise Interrupted(run_dir, resumable=(run_dir / PRETRAIN_CHECKPOINT).is_file()) from None
     if not quiet:
         console.print(
             f"Done: mean loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}"
@@ -228,6 +286,8 @@ def evaluate(
     from medssl.config import apply_overrides, load_recipe, recipe_from_dict
     from medssl.eval.run import evaluate_encoder
     from medssl.models import load_encoder
+    from medssl.models.encoders import model_overrides
+    from medssl.models.weights import input_note, resolve_normalization
     from medssl.train.setup import apply_embedded_budget, open_cohort, resolve_device
 
     _refuse_unread_evaluate_overrides(overrides or [])
@@ -235,14 +295,19 @@ def evaluate(
     run_dir = encoder_path.parent
     encoder = load_encoder(encoder_path)
     recipe_path = run_dir / "recipe.yaml"
-    if recipe_path.is_file():
-        recipe = load_recipe(recipe_path, overrides or [])
-    else:
-        raw = apply_overrides({"model": {"encoder": encoder.spec.name}}, overrides or [])
-        recipe = recipe_from_dict(raw, source=str(encoder_path), overrides=overrides)
+    pretraining = load_recipe(recipe_path) if recipe_path.is_file() else None
+    raw = load_recipe(recipe_path).model_dump(mode="json") if pretraining is not None else {}
+    # the encoder carries its network: the random-init baseline and recipe.yaml follow encoder.json
+    architecture = model_overrides(encoder.spec)
+    raw = apply_overrides(apply_overrides(raw, overrides or []), architecture)
+    recipe = recipe_from_dict(raw, source=str(encoder_path), overrides=[*(overrides or []), *architecture])
     if cohort is not None:
         recipe.data.root = cohort
     recipe, _ = apply_embedded_budget(recipe)
+    recipe = resolve_normalization(recipe, encoder.spec, pretraining)
+    note = input_note(encoder.spec, _first_volume_shape(recipe), recipe) if encoder.spec.input else None
+    if note:
+        console.print(note)
     target = out or run_dir / "eval"
     evaluate_encoder(
         encoder,
@@ -252,6 +317,18 @@ def evaluate(
         device=resolve_device(recipe.train.device),
         console=console,
     )
+
+
+def _first_volume_shape(recipe) -> tuple[int, ...]:
+    """The (D, H, W) the encoder will see: the recipe's fixed shape, else the first volume's."""
+    from medssl.eval.finetune import input_shape, volume_dataset
+    from medssl.train.setup import open_cohort
+
+    fixed = input_shape(recipe)
+    if fixed is not None:
+        return fixed
+    cohort = open_cohort(recipe, None)
+    return tuple(volume_dataset(cohort.head(1), recipe, augment=False)[0]["volume"].shape[1:])
 
 
 EVALUATE_READS_OF_TRAIN = ("train.seed", "train.device")  # the probes' folds and where features are computed
@@ -352,13 +429,15 @@ def finetune(
         _label_efficiency(resolved, encoder, train_sizes, run_dir, resume, overwrite, smoke)
         return
     check_run_folder(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        _refuse_nothing_to_resume(run_dir, out, "fine-tuning run", bool(run_artefacts(run_dir)))
     try:
         with _quiet_sklearn(smoke):
             finetune_encoder(
                 resolved, None if encoder.lower() == "none" else encoder, run_dir, console=console, resume=resume
             )
     except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+        raise Interrupted(run_dir, resumable=bool(run_artefacts(run_dir))) from None
 
 
 def _label_efficiency(
@@ -373,11 +452,13 @@ def _label_efficiency(
         )
     sizes = parse_train_sizes(train_sizes)
     check_run_folder(run_dir, resume=resume or not overwrite, overwrite=overwrite)
+    if resume:
+        _refuse_nothing_to_resume(run_dir, run_dir, "label-efficiency run", bool(run_artefacts(run_dir)))
     try:
         with _quiet_sklearn(smoke):
             label_efficiency(recipe, encoder, sizes, run_dir, console=console)
     except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+        raise Interrupted(run_dir, resumable=bool(run_artefacts(run_dir))) from None
     console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
 
 
@@ -546,9 +627,27 @@ def recipes(
     )
     view.add_column("name", style="bold", no_wrap=True)
     view.add_column("description")
+    view.add_column("network: with data.root / on the embedded cohort")
     for name, description in shipped_recipes():
-        view.add_row(name, description)
+        view.add_row(name, description, _networks_trained(name))
     console.print(view)
+
+
+def _networks_trained(name: str) -> str:
+    """The network a recipe trains on real data and the one its embedded budget trains."""
+    from medssl.config import load_recipe
+    from medssl.train.setup import apply_embedded_budget
+
+    def network(model) -> str:
+        return model.encoder + (f" {'-'.join(map(str, model.widths))}" if model.widths else "")
+
+    recipe = load_recipe(name)
+    embedded, _ = apply_embedded_budget(
+        recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": None})})
+    )
+    trained = f"{network(recipe.model)} / {network(embedded.model)}"
+    # a fine-tuned encoder brings its own network (encoder.json); the model section is for --encoder none
+    return f"the encoder's; from scratch: {trained}" if name.startswith("finetune") else trained
 
 
 def _fields_table(title: str) -> Table:
@@ -561,7 +660,14 @@ def _fields_table(title: str) -> Table:
 
 def _print_fields() -> None:
     """Every recipe key; the method section as one block per method, since its keys depend on method.name."""
-    from medssl.config import DEFAULT_METHOD, METHOD_SECTIONS, field_docs
+    from medssl.config import (
+        DEFAULT_METHOD,
+        METHOD_SECTIONS,
+        AdversarialDebias,
+        EmbeddingSection,
+        FairKLDebias,
+        field_docs,
+    )
 
     view = _fields_table("Recipe fields")
     for key, default, description in field_docs():
@@ -575,6 +681,20 @@ def _print_fields() -> None:
         for key, default, description in field_docs(section):
             if key != "name":
                 view.add_row(f"  {key}", default, description)
+    console.print(view)
+    takers = [name for name, section in METHOD_SECTIONS.items() if issubclass(section, EmbeddingSection)]
+    view = _fields_table(f"The debiasing term method.debias, of {', '.join(takers)}")
+    for term in (FairKLDebias, AdversarialDebias):
+        view.add_section()
+        view.add_row(
+            f"method.debias.name: {term.model_fields['name'].default}",
+            "",
+            (term.__doc__ or "").split("\n\n")[0].replace("\n    ", " "),
+            style="bold",
+        )
+        for key, default, description in field_docs(term):
+            if key != "name":
+                view.add_row(f"  method.debias.{key}", default, description)
     console.print(view)
 
 
@@ -648,8 +768,9 @@ def data_inspect(
     else:
         recipe = load_recipe(source, overrides or [])
         cohort = open_cohort(recipe, console)
-    figures = inspect_cohort(cohort, recipe, console=console)
-    _print_cohort_figures(figures)
+    with _quiet_sklearn():  # its note under the figures
+        figures = inspect_cohort(cohort, recipe, console=console)
+        _print_cohort_figures(figures)
     if json_path is not None:
         from medssl.files import atomic_write_text
 
@@ -658,8 +779,15 @@ def data_inspect(
 
 
 def _print_cohort_figures(figures: dict) -> None:
-    splits = "; ".join(f"{split} {n['subjects']} ({n['sites']} sites)" for split, n in figures["splits"].items())
-    console.print(f"[bold]{figures['cohort']}[/]: {figures['subjects']} subjects, {figures['sites']} sites: {splits}")
+    splits = "; ".join(
+        f"{split} {n['subjects']} ({n['sites']} site{'s' if n['sites'] != 1 else ''})"
+        for split, n in figures["splits"].items()
+    )
+    subjects, sites = figures["subjects"], figures["sites"]
+    console.print(
+        f"[bold]{figures['cohort']}[/]: {subjects} subject{'s' if subjects != 1 else ''}, "
+        f"{sites} site{'s' if sites != 1 else ''}: {splits}"
+    )
     ranges = figures["scanner_ranges"]
     if ranges is not None:
         view = Table(
@@ -748,7 +876,8 @@ def data_cache(
     )
     remove_artefacts(previous_cache)  # only once the source and the options are known to be good
     with Progress(console=console) as progress:
-        task = progress.add_task(f"caching {len(source)} volumes", total=len(source))
+        volumes = f"{len(source)} volume{'s' if len(source) != 1 else ''}"
+        task = progress.add_task(f"caching {volumes}", total=len(source))
         cache_cohort(
             source,
             out,
@@ -758,7 +887,85 @@ def data_cache(
             on_volume=lambda done, total: progress.update(task, completed=done),
         )
     shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
-    console.print(f"Cached {len(source)} volumes ({shape_text}, {dtype.value}) in {out}: set data.root: {out}")
+    console.print(f"Cached {volumes} ({shape_text}, {dtype.value}) in {out}: set data.root: {out}")
+
+
+@weights_app.command("import")
+def weights_import(
+    file: Path = typer.Argument(..., help="The published checkpoint (.pth, .pt, .ckpt, .pth.tar)."),
+    layout: str = typer.Option(..., "--layout", help="How the file was saved: see medssl weights layouts."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) folder for encoder.pt + encoder.json."),
+    encoder: str | None = typer.Option(
+        None, "--encoder", help="--layout state-dict: the network medssl builds (resnet18, densenet121, ...)."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="--layout state-dict: model overrides, e.g. model.widths=[16,32,64,128] model.bias_downsample=false."
+    ),
+    ignore: list[str] | None = typer.Option(
+        None, "--ignore", help="--layout state-dict: drop the file's keys starting with this (a head), e.g. head."
+    ),
+) -> None:
+    """Import a published encoder's checkpoint as encoder.pt + encoder.json, as medssl pretrain writes them."""
+    from medssl.models.weights import STATE_DICT, import_weights
+
+    spec = None
+    if layout == STATE_DICT:
+        spec = _state_dict_spec(encoder, overrides or [])
+    elif encoder is not None or overrides or ignore:
+        raise RecipeError(
+            f"--layout {layout} fixes its network: --encoder, model overrides and --ignore are for --layout {STATE_DICT}"
+        )
+    imported = import_weights(file, layout, out, spec=spec, ignore=tuple(ignore or ()))
+    expects = imported.spec.input
+    console.print(
+        f"Imported {file.name} ({layout}): {imported.spec.name}, {imported.feature_dim}-d features, "
+        f"into {out}/encoder.pt + encoder.json"
+    )
+    if expects:
+        shape = "x".join(map(str, expects["shape"]))
+        console.print(
+            f"It expects {expects['modality']}, {shape}, normalize {expects['normalize']} ({expects['note']})."
+        )
+    console.print(f"Fine-tune it: medssl finetune finetune_diagnosis --encoder {out}")
+
+
+def _state_dict_spec(encoder: str | None, overrides: list[str]):
+    """The network of ``--layout state-dict``: ``--encoder`` and ``model.*`` overrides, as a recipe builds it."""
+    from medssl.config import apply_overrides, recipe_from_dict
+    from medssl.methods import architecture_options
+    from medssl.models import encoder_spec
+
+    if encoder is None:
+        raise RecipeError("--layout state-dict needs --encoder NAME (resnet18, densenet121, ...)")
+    unread = [item for item in overrides if not item.startswith("model.")]
+    if unread:
+        raise RecipeError(f"{unread[0]}: weights import reads only model.* overrides")
+    raw = apply_overrides({"model": {"encoder": encoder}}, overrides)
+    model = recipe_from_dict(raw, source="--encoder", overrides=[f"model.encoder={encoder}", *overrides]).model
+    return encoder_spec(
+        model.encoder, model.in_channels, model.conv1_stride, model.widths, options=architecture_options(model)
+    )
+
+
+@weights_app.command("layouts")
+def weights_layouts(
+    as_json: bool = typer.Option(False, "--json", metavar=FLAG, help="Print the layouts as JSON."),
+) -> None:
+    """The checkpoint layouts medssl weights import reads: source, network, representation, input, licence."""
+    from medssl.models.weights import layout_rows
+
+    rows = layout_rows()
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        view = Table(title=row["layout"], title_justify="left", show_header=False)
+        view.add_column("field", style="bold", no_wrap=True)
+        view.add_column("value", overflow="fold")
+        for key, value in row.items():
+            if key != "layout" and value:
+                view.add_row(key, value)
+        console.print(view)
 
 
 def parse_shape(shape: str) -> list[int]:
@@ -773,24 +980,26 @@ def parse_shape(shape: str) -> list[int]:
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a pre-training or fine-tuning run: carries the folder to resume."""
+    """Ctrl-C during a pre-training or fine-tuning run: carries the folder to resume, and whether
+    it holds anything to resume (a pre-training stopped in its first epoch has no checkpoint)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resumable: bool = True):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
+        self.resumable = resumable
 
 
-def resume_command(argv: list[str], run_dir: Path) -> str:
+def resume_command(argv: list[str], run_dir: Path, option: str = "--resume") -> str:
     """The command line that was run, made to resume ``run_dir``: the same recipe, overrides and
     options (a resume refuses other settings), with ``--resume --out run_dir`` instead of
-    ``--overwrite`` and the old ``--out``."""
+    ``--overwrite`` and the old ``--out``; ``option="--overwrite"`` starts it again instead."""
     kept, arguments = ["medssl"], iter(argv[1:])
     for argument in arguments:
         if argument == "--out":
             next(arguments, None)
         elif argument not in ("--resume", "--overwrite") and not argument.startswith("--out="):
             kept.append(argument)
-    return shlex.join([*kept, "--resume", "--out", str(run_dir)])
+    return shlex.join([*kept, option, "--out", str(run_dir)])
 
 
 def _error_line(error: MedsslError) -> str:
@@ -870,8 +1079,14 @@ def main() -> None:
     except Interrupted as interrupted:
         if os.environ.get("RANK", "0") != "0":  # every rank was interrupted: one line is enough
             sys.exit(130)
+        line = (
+            f"interrupted: continue from the last checkpoint with: {resume_command(sys.argv, interrupted.run_dir)}"
+            if interrupted.resumable
+            else "interrupted before the first checkpoint: start again with: "
+            + resume_command(sys.argv, interrupted.run_dir, option="--overwrite")
+        )
         stderr.print(
-            f"interrupted: continue from the last checkpoint with: {resume_command(sys.argv, interrupted.run_dir)}",
+            line,
             highlight=False,
             soft_wrap=True,
             markup=False,

@@ -91,6 +91,9 @@ class DataConfig(Section):
     label: str | None = Field(
         "age", description="Participants column used as the label y of label-aware losses (null: none)."
     )
+    bias: str = Field(
+        "site", description="Participants column of the bias a debiasing term removes (method.debias), e.g. site."
+    )
     volume_shape: list[int] | None = Field(
         None,
         min_length=3,
@@ -276,6 +279,31 @@ PredictorHiddenDim = Annotated[
 ]
 
 
+class FairKLDebias(Section):
+    """FairKL (Barbano et al., ICLR 2023): the similarities of bias-aligned and bias-conflicting pairs
+    are pulled to one distribution (Gaussians matched by a KL divergence), positives and negatives apart.
+    Positives are the views of one subject, so the paper's formula is computed (the authors' code
+    needs class labels; see medssl.losses.FairKLLoss)."""
+
+    name: Literal["fairkl"] = Field("fairkl", description="The debiasing term.")
+    weight: float = Field(1.0, ge=0, description="Weight of the FairKL term next to the method's loss.")
+
+
+class AdversarialDebias(Section):
+    """A site classifier on the representation whose gradient is reversed into the encoder (Ganin et al.,
+    JMLR 2016; the confound unlearning of Dinsdale et al., NeuroImage 2021)."""
+
+    name: Literal["adversarial"] = Field("adversarial", description="The debiasing term.")
+    weight: float = Field(1.0, ge=0, description="Weight lambda of the reversed gradient (at the end of the schedule).")
+    schedule: Literal["ganin", "constant"] = Field(
+        "ganin", description="ganin: lambda * (2 / (1 + exp(-10 p)) - 1) at training progress p; constant: lambda."
+    )
+    hidden_dim: int = Field(128, ge=0, description="Hidden width of the site classifier (0: a linear classifier).")
+
+
+Debias = Annotated[FairKLDebias | AdversarialDebias, Field(discriminator="name")]
+DEBIAS_NAMES = ("fairkl", "adversarial")
+
 SectionT = TypeVar("SectionT", bound="MethodSection")
 
 
@@ -290,7 +318,15 @@ class MethodSection(Section):
         return cls.model_fields["name"].default
 
 
-class YAwareConfig(MethodSection):
+class EmbeddingSection(MethodSection):
+    """A method whose loss sees the (N, V, d) embeddings of every view: it may add a debiasing term."""
+
+    debias: Debias | None = Field(
+        None, description="A term that removes data.bias (the site) from the representation: fairkl or adversarial."
+    )
+
+
+class YAwareConfig(EmbeddingSection):
     """y-aware InfoNCE (Dufumier et al., MICCAI 2021): positives weighted by a kernel on the label."""
 
     name: Annotated[Literal["yaware"], METHOD_NAME_FIELD] = "yaware"
@@ -300,7 +336,7 @@ class YAwareConfig(MethodSection):
     shuffle_labels: ShuffleLabels = False
 
 
-class ThresholdConfig(MethodSection):
+class ThresholdConfig(EmbeddingSection):
     """Threshold loss L^thr (Barbano et al., ISBI 2023): negatives farther in label than the positive repel."""
 
     name: Annotated[Literal["threshold"], METHOD_NAME_FIELD] = "threshold"
@@ -311,7 +347,7 @@ class ThresholdConfig(MethodSection):
     shuffle_labels: ShuffleLabels = False
 
 
-class ExponentialConfig(MethodSection):
+class ExponentialConfig(EmbeddingSection):
     """Exponential loss L^exp (Barbano et al., ISBI 2023): negatives repel in proportion to label distance."""
 
     name: Annotated[Literal["exponential"], METHOD_NAME_FIELD] = "exponential"
@@ -322,21 +358,21 @@ class ExponentialConfig(MethodSection):
     shuffle_labels: ShuffleLabels = False
 
 
-class SimCLRConfig(MethodSection):
+class SimCLRConfig(EmbeddingSection):
     """SimCLR's NT-Xent (Chen et al., ICML 2020): the other view of the same subject is the positive."""
 
     name: Annotated[Literal["simclr"], METHOD_NAME_FIELD] = "simclr"
     temperature: Temperature = 0.1
 
 
-class DecoupledConfig(MethodSection):
+class DecoupledConfig(EmbeddingSection):
     """Decoupled contrastive learning (Yeh et al., ECCV 2022): NT-Xent without the positive in the denominator."""
 
     name: Annotated[Literal["decoupled"], METHOD_NAME_FIELD] = "decoupled"
     temperature: Temperature = 0.1
 
 
-class SupConConfig(MethodSection):
+class SupConConfig(EmbeddingSection):
     """SupCon (Khosla et al., NeurIPS 2020): subjects of the same class are positives."""
 
     name: Annotated[Literal["supcon"], METHOD_NAME_FIELD] = "supcon"
@@ -344,7 +380,7 @@ class SupConConfig(MethodSection):
     shuffle_labels: ShuffleLabels = False
 
 
-class EpsSupInfoNCEConfig(MethodSection):
+class EpsSupInfoNCEConfig(EmbeddingSection):
     """eps-SupInfoNCE (Barbano et al., ICLR 2023): each positive beats every negative by a margin eps."""
 
     name: Annotated[Literal["eps_supinfonce"], METHOD_NAME_FIELD] = "eps_supinfonce"
@@ -353,7 +389,7 @@ class EpsSupInfoNCEConfig(MethodSection):
     shuffle_labels: ShuffleLabels = False
 
 
-class EpsSupConConfig(MethodSection):
+class EpsSupConConfig(EmbeddingSection):
     """eps-SupCon (Barbano et al., ICLR 2023): SupCon with a margin eps on the negatives."""
 
     name: Annotated[Literal["eps_supcon"], METHOD_NAME_FIELD] = "eps_supcon"
@@ -362,14 +398,14 @@ class EpsSupConConfig(MethodSection):
     shuffle_labels: ShuffleLabels = False
 
 
-class BarlowTwinsConfig(MethodSection):
+class BarlowTwinsConfig(EmbeddingSection):
     """Barlow Twins (Zbontar et al., ICML 2021): the cross-correlation of the two views driven to the identity."""
 
     name: Annotated[Literal["barlow_twins"], METHOD_NAME_FIELD] = "barlow_twins"
     lambd: float = Field(5e-3, ge=0, description="Weight of the off-diagonal (redundancy reduction) term.")
 
 
-class VICRegConfig(MethodSection):
+class VICRegConfig(EmbeddingSection):
     """VICReg (Bardes et al., ICLR 2022): invariance, variance and covariance terms."""
 
     name: Annotated[Literal["vicreg"], METHOD_NAME_FIELD] = "vicreg"
@@ -658,7 +694,17 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
         key = ".".join(str(part) for part in loc) or "<root>"
         if item["type"] == "union_tag_invalid":  # pydantic names the section; the user wrote its name
             key, written = f"{key}.name", item["input"].get("name")
-            problems.append(f"'{key}' = {written!r}: expected one of {', '.join(map(repr, METHOD_NAMES))}")
+            choices = item["ctx"]["expected_tags"] if key != "method.name" else ", ".join(map(repr, METHOD_NAMES))
+            problems.append(f"'{key}' = {written!r}: expected one of {choices}")
+        elif item["type"] == "union_tag_not_found":
+            problems.append(f"'{key}' needs a name: {key}.name = fairkl or adversarial")
+        elif item["type"] == "extra_forbidden" and key == "method.debias" and method is not None:
+            takes = ", ".join(
+                name for name, section in METHOD_SECTIONS.items() if issubclass(section, EmbeddingSection)
+            )
+            problems.append(
+                f"'method.debias': method '{method}' cannot take a debiasing term (it needs a loss on embeddings: {takes})"
+            )
         elif item["type"] == "extra_forbidden" and method is not None:
             unknown_method_keys.setdefault(method, []).append(key)
         elif item["type"] == "extra_forbidden":
@@ -699,7 +745,10 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
 def _without_union_tag(loc: tuple) -> tuple[tuple, str | None]:
     """pydantic puts the method's name into the location (``method.simclr.sigma``): the key is ``method.sigma``."""
     if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_SECTIONS:
-        return (loc[0], *loc[2:]), loc[1]
+        inner = loc[2:]
+        if len(inner) >= 2 and inner[0] == "debias" and inner[1] in DEBIAS_NAMES:  # the debias term's tag too
+            inner = (inner[0], *inner[2:])
+        return (loc[0], *inner), loc[1]
     return tuple(loc), None
 
 

@@ -86,6 +86,60 @@ def test_pretrain_resume_and_overwrite_together_exit_2(tmp_path, monkeypatch, ca
     assert code == 2 and "--resume" in one_line_error(error) and "--overwrite" in error
 
 
+def test_pretrain_resume_into_a_missing_folder_exits_2_in_one_line_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, error = run_main(
+        monkeypatch, capsys, "pretrain", "recipes/yaware_age.yaml", "--out", "runs/nothing", "--resume"
+    )
+    assert code == 2 and "runs/nothing: no such folder, nothing to resume" in one_line_error(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrain_resume_into_a_folder_without_a_checkpoint_exits_2_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = tree_digest(tmp_path)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path, "--resume", *FAST)
+    assert code == 2 and "holds no checkpoint (checkpoints/last.pt)" in one_line_error(error)
+    assert "without --resume" in error
+    assert tree_digest(tmp_path) == before
+
+
+def test_pretrain_resume_without_out_and_no_earlier_run_exits_2_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--resume", *FAST)
+    assert code == 2 and "no run of this recipe in runs/" in one_line_error(error) and "--out" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finetune_resume_into_a_missing_folder_exits_2_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "ft"
+    code, error = run_main(
+        monkeypatch, capsys, "finetune", "finetune_diagnosis", "--smoke", "--encoder", "none", "--out", out, "--resume"
+    )
+    assert code == 2 and f"{out}: no such folder, nothing to resume" in one_line_error(error)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("train_sizes", [[], ["--train-sizes", "8,all"]], ids=["finetune", "--train-sizes"])
+def test_finetune_of_a_cohort_without_split_column_exits_2_naming_the_splits_and_creates_no_folder(
+    finished_run, tiny_cohort, tmp_path, monkeypatch, capsys, train_sizes
+):
+    import shutil
+
+    import pandas as pd
+
+    root = shutil.copytree(tiny_cohort, tmp_path / "cohort")
+    table = pd.read_csv(root / "participants.tsv", sep="\t")
+    table.drop(columns="split").to_csv(root / "participants.tsv", sep="\t", index=False)
+    out = tmp_path / "ft"
+    encoder = ["--encoder", finished_run / "encoder.pt"] if train_sizes else ["--encoder", "none"]
+    arguments = ["finetune", "finetune_diagnosis", f"data.root={root}", "--smoke", *encoder, "--out", out]
+    code, error = run_main(monkeypatch, capsys, *arguments, *train_sizes)
+    assert code == 2 and "no internal_test or external_test subject" in one_line_error(error)
+    assert "add a split column" in error
+    assert not out.exists()
+
+
 def test_finetune_into_a_used_folder_exits_2_and_changes_nothing(tmp_path, monkeypatch, capsys):
     out = tmp_path / "ft"
     out.mkdir()
@@ -166,7 +220,9 @@ def test_data_cache_refuses_a_half_truncated_volume(tiny_cohort, tmp_path, monke
 def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     import medssl.pipeline
 
-    def interrupted(*args, **kwargs):
+    def interrupted(recipe, run_dir, **kwargs):
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "last.pt").touch()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(medssl.pipeline, "pretrain", interrupted)
@@ -175,6 +231,25 @@ def test_ctrl_c_during_pretrain_prints_how_to_resume_and_exits_130(tmp_path, mon
     assert error.strip().splitlines() == [
         "interrupted: continue from the last checkpoint with: "
         f"medssl pretrain simclr --smoke --resume --out {tmp_path / 'run'}"
+    ]
+
+
+def test_ctrl_c_before_the_first_checkpoint_prints_how_to_start_again_not_a_resume_that_would_fail(
+    tmp_path, monkeypatch, capsys
+):
+    import medssl.pipeline
+
+    def interrupted(recipe, run_dir, **kwargs):
+        run_dir.mkdir()
+        (run_dir / "recipe.yaml").touch()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medssl.pipeline, "pretrain", interrupted)
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", tmp_path / "run")
+    assert code == 130
+    assert error.strip().splitlines() == [
+        "interrupted before the first checkpoint: start again with: "
+        f"medssl pretrain simclr --smoke --overwrite --out {tmp_path / 'run'}"
     ]
 
 

@@ -88,3 +88,15 @@ def test_wheel_ships_every_recipe_and_medssl_finds_them_outside_a_checkout(tmp_p
     assert Path(recipes_dir) == tmp_path / "site" / "medssl" / "recipes"
     assert names.split(",") == [Path(name).stem for name in recipes]
     assert method == "yaware"
+
+
+def test_citation_cites_every_method_the_readme_names_and_both_files_give_the_repository():
+    import yaml
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    cited = {(reference["authors"][0]["family-names"], reference["year"]) for reference in citation["references"]}
+    # BYOL, SimSiam, Barlow Twins, VICReg, DINO, SupCon (README's recipe table), with SimCLR and DeepCluster.
+    methods = {("Grill", 2020), ("Chen", 2021), ("Zbontar", 2021), ("Bardes", 2022), ("Caron", 2021), ("Khosla", 2020)}
+    assert methods | {("Chen", 2020), ("Caron", 2018)} <= cited
+    assert citation["repository-code"] == PROJECT["urls"]["Repository"] == "https://github.com/medssl/medssl"
+    assert set(PROJECT["urls"]) == {"Repository", "Documentation", "Issues"}

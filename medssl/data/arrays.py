@@ -95,7 +95,7 @@ def check_array_volume(path: str | Path, row: int | None, participant_id: str) -
     if row is not None and not 0 <= row < array.shape[0]:
         raise CohortError(
             f"{path}: participant {participant_id}: {ARRAY_ROW_COLUMN} {row} is out of range "
-            f"(the array holds {array.shape[0]} volumes, rows 0..{array.shape[0] - 1})"
+            f"(the array holds {array.shape[0]} volume{'s' if array.shape[0] != 1 else ''}, rows 0..{array.shape[0] - 1})"
         )
     return volume_shape(array.shape, row, path)
 

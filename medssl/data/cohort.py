@@ -1,7 +1,7 @@
 """Cohorts: a folder of NIfTI volumes plus a BIDS-like participants table.
 
 The table (``participants.tsv`` or ``participants.csv``) has one row per scan with the
-columns ``participant_id``, ``age``, ``sex``, ``site`` and optionally ``diagnosis``,
+columns ``participant_id``, ``age``, ``site`` and optionally ``sex``, ``diagnosis``,
 ``split`` (``train``, ``internal_test``, ``external_test``) and ``path`` (volume file,
 relative to the cohort folder). Without ``path``, the volume is found as
 ``<participant_id>_*.nii[.gz]`` (or ``<participant_id>.nii[.gz]``) in the folder, its
@@ -51,7 +51,7 @@ from medssl.data.openbhb_kit import (
 )
 from medssl.errors import CohortError
 
-REQUIRED_COLUMNS = ("participant_id", "age", "sex", "site")
+REQUIRED_COLUMNS = ("participant_id", "age", "site")  # sex is optional: only a probe target
 SPLITS = ("train", "internal_test", "external_test")
 TABLE_NAMES = ("participants.tsv", "participants.csv")
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
@@ -286,7 +286,7 @@ def validate_table(table: pd.DataFrame, source: str | Path) -> pd.DataFrame:
             + (hint if other_separator else "")
         )
     table = table.copy()
-    for column in ("participant_id", "sex", "site"):
+    for column in [column for column in ("participant_id", "sex", "site") if column in table.columns]:
         blank = table[column].isna()
         if blank.any():
             index = int(np.argmax(blank.to_numpy()))

@@ -241,7 +241,8 @@ def openbhb_table(root: str | Path, modality: str = "quasiraw") -> tuple[pd.Data
         if missing:
             split = table["split"].iloc[missing[0]]
             raise CohortError(
-                f"{root}: no stacked {modality} array for the {len(missing)} participants with split {split} "
+                f"{root}: no stacked {modality} array for the {len(missing)} "
+                f"participant{'s' if len(missing) != 1 else ''} with split {split} "
                 f"(expected {split}_{modality}.npy or {PART_OF_SPLIT[split]}_{modality}.npy)"
             )
     else:
@@ -256,7 +257,7 @@ def openbhb_table(root: str | Path, modality: str = "quasiraw") -> tuple[pd.Data
             if in_part.any() and found[in_part].isna().all():
                 warnings.warn(
                     f"{root}: no {modality} volume of OpenBHB's {part} part is present; "
-                    f"its {int(in_part.sum())} participants are left out",
+                    f"its {int(in_part.sum())} participant{'s are' if in_part.sum() != 1 else ' is'} left out",
                     stacklevel=2,
                 )
                 keep &= ~in_part

@@ -25,8 +25,9 @@ folder, by default the kit's root), so a wrong mask shows as a wrong row length.
 
 The tables become a medssl cohort table: ``path`` is the ``.npy`` file, ``array_row`` the
 row, ``kit_block`` and ``kit_masks`` tell :func:`kit_image` how to unmask it. The kit's
-tables carry no participant id or sex: ids are ``train-<row>`` / ``test-<row>`` and sex is
-``unknown`` when absent; external sites, withheld by the kit, are ``external``.
+tables carry no participant id or sex: ids are ``train-<row>`` / ``test-<row>``, the table
+has no sex column (the sex probe says so), and external sites, withheld by the kit, are
+``external``.
 
 The kit also ships ``cv_splits_indices.json`` at its root: the challenge's cross-validation,
 ``{"fold0": {"train": [...], "internal_test": [...], "external_test": [...]}, ...}``, row
@@ -162,12 +163,12 @@ def _read_part_table(data: Path, part: str) -> pd.DataFrame:
 
 
 def _medssl_columns(table: pd.DataFrame, part: str) -> pd.DataFrame:
-    """The kit's columns as the cohort layer expects them (ids, sex, text sites, train split)."""
+    """The kit's columns as the cohort layer expects them (ids, text sites, train split).
+
+    A missing sex stays missing: filled with a placeholder, it would read as a column of one class."""
     table = table.copy()
     if "participant_id" not in table.columns:
         table["participant_id"] = [f"{part}-{row}" for row in range(len(table))]
-    if "sex" not in table.columns:
-        table["sex"] = "unknown"
     # The kit blanks the external test sites: the challenge keeps them secret.
     table["site"] = table["site"].map(lambda value: bare_id(value) if pd.notna(value) else EXTERNAL_SITE)
     if part == "train":
@@ -184,8 +185,9 @@ def _check_rows(array_path: Path, array: np.ndarray, rows: int, masks_folder: st
         )
     if array.shape[0] != rows:
         raise CohortError(
-            f"{array_path}: holds {array.shape[0]} rows but {array_path.with_suffix('.tsv')} lists "
-            f"{rows} participants; expected one row per table row, in table order"
+            f"{array_path}: holds {array.shape[0]} row{'s' if array.shape[0] != 1 else ''} but "
+            f"{array_path.with_suffix('.tsv')} lists {rows} participant{'s' if rows != 1 else ''}; "
+            "expected one row per table row, in table order"
         )
 
 

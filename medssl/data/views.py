@@ -424,11 +424,21 @@ def _encode_label(subject: tio.Subject, index: int, key: str, encoder: Mapping[s
         raise CohortError(f"participant {who}: label '{key}' = {value!r} is not a number") from None
 
 
+def _bias_class(subject: tio.Subject, index: int, key: str, classes: Mapping[str, int]) -> int:
+    """The class of a subject's bias value (written as text: site 1 and '1' are one site)."""
+    who = subject.get("participant_id", f"item {index}")
+    value = str(subject.get(key, ""))
+    if value not in classes:
+        raise CohortError(f"participant {who}: data.bias '{key}' = {value!r} is not one of the training classes")
+    return classes[value]
+
+
 class ViewsItem(TypedDict):
     """An item of :class:`MultiViewDataset`."""
 
     views: torch.Tensor  # (V, C, D, H, W) float32
     label: torch.Tensor  # () float32, NaN without a label column
+    bias: torch.Tensor  # () int64 class of the bias column (the site), -1 without one
     index: int
 
 
@@ -460,9 +470,11 @@ class MultiViewDataset(Dataset):
         label_key: Metadata key of the label, or None.
         label_encoder: Mapping from text labels to integer classes.
         image_key: Key of the volume in each subject.
+        bias_key: Metadata key of the bias a debiasing term removes (the site), or None.
+        bias_classes: Its values (as text) to integer classes.
 
     Returns per item a dict: ``views`` float32 (V, C, D, H, W), ``label`` float32 scalar,
-    ``index`` int.
+    ``bias`` int64 scalar (-1 without ``bias_key``), ``index`` int.
 
     Example:
         >>> dataset = MultiViewDataset(subjects, build_view_transform(ViewsConfig()), n_views=2,
@@ -479,6 +491,8 @@ class MultiViewDataset(Dataset):
         label_key: str | None = None,
         label_encoder: Mapping[str, int] | None = None,
         image_key: str = IMAGE_KEY,
+        bias_key: str | None = None,
+        bias_classes: Mapping[str, int] | None = None,
     ):
         if n_views < 1:
             raise ValueError(f"n_views = {n_views}: expected at least 1")
@@ -496,6 +510,12 @@ class MultiViewDataset(Dataset):
                 _encode_label(subject, i, label_key, self.label_encoder) for i, subject in enumerate(self.subjects)
             ]
             self.labels = torch.tensor(encoded, dtype=torch.float32)
+        self.biases = torch.full((len(self.subjects),), -1, dtype=torch.long)
+        if bias_key is not None:
+            classes = bias_classes or {}
+            self.biases = torch.tensor(
+                [_bias_class(subject, i, bias_key, classes) for i, subject in enumerate(self.subjects)]
+            )
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -503,7 +523,12 @@ class MultiViewDataset(Dataset):
     def __getitem__(self, index: int) -> ViewsItem:
         subject = _load_subject(self.subjects[index], self.preprocess)
         views = [self.transform(subject)[self.image_key].data for _ in range(self.n_views)]
-        return {"views": torch.stack(views).float(), "label": self.labels[index].clone(), "index": int(index)}
+        return {
+            "views": torch.stack(views).float(),
+            "label": self.labels[index].clone(),
+            "bias": self.biases[index].clone(),
+            "index": int(index),
+        }
 
 
 class VolumeDataset(Dataset):

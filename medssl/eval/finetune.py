@@ -77,7 +77,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medssl.config import FinetuneConfig, Recipe, dump_recipe, load_recipe
+from medssl.config import FinetuneConfig, Recipe, apply_overrides, dump_recipe, load_recipe, recipe_from_dict
 from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.errors import CheckpointError, CohortError, MedsslError, RecipeError
@@ -92,9 +92,11 @@ from medssl.eval.probes import (
 )
 from medssl.eval.score import TEST_SPLITS, as_labels, balanced_accuracy, r2
 from medssl.files import atomic_write_text, json_ready
-from medssl.methods import build_encoder_for
-from medssl.models import Encoder, encoder_spec, load_encoder
+from medssl.methods import architecture_options, build_encoder_for
+from medssl.models import Encoder, EncoderSpec, encoder_spec, load_encoder
+from medssl.models.encoders import model_overrides
 from medssl.models.features import extract_features
+from medssl.models.weights import input_note, resolve_normalization
 from medssl.train.checkpoint import resumable_checkpoint, resume_differences
 from medssl.train.finetuning import (
     EarlyStopping,
@@ -441,25 +443,48 @@ def input_shape(recipe: Recipe) -> tuple[int, ...] | None:
     return (recipe.data.synthetic.shape,) * 3 if recipe.data.root is None else None
 
 
-def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> Encoder:
-    """Load ``encoder.pt`` (or a run folder holding it) and check it is the recipe's architecture.
+# The architecture switches at their defaults: a note need not name them.
+SWITCH_DEFAULTS = {
+    "model.bias_downsample=true",
+    "model.shortcut_type=B",
+    "model.stage_dilations=[1,1,1,1]",
+    "model.final_norm=true",
+    "model.final_relu=true",
+}
+
+
+def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> tuple[Encoder, Recipe, list[str]]:
+    """Load ``encoder.pt`` (or a run folder holding it) as its ``encoder.json`` describes it.
+
+    An encoder carries its network: the recipe's ``model`` section, which builds the networks
+    trained from scratch, is set to the encoder's (returned with a note when it differed), so
+    that ``recipe.yaml`` says which network was fine-tuned. ``views.normalize: source`` becomes
+    the encoder's normalisation.
 
     Raises:
-        CheckpointError: missing or corrupt file, or an architecture different from the
-            recipe's ``model`` section (every differing field is named).
+        CheckpointError: missing or corrupt file.
     """
-    expected = encoder_spec(
-        recipe.model.encoder,
-        in_channels=recipe.model.in_channels,
-        conv1_stride=recipe.model.conv1_stride,
-        widths=recipe.model.widths,
+    encoder = load_encoder(source)
+    wanted = model_overrides(encoder.spec)
+    had = model_overrides(encoder_spec_of(recipe))
+    notes = []
+    differing = [override for override in wanted if override not in had and override not in SWITCH_DEFAULTS]
+    if differing:
+        notes.append(
+            f"the encoder carries its network: {' '.join(differing)} (from its encoder.json; "
+            "the recipe's model section is for training from scratch)."
+        )
+    raw = apply_overrides(recipe.model_dump(mode="json"), wanted)
+    resolved = recipe_from_dict(raw, source=str(source), overrides=wanted)
+    resolved = resolve_normalization(resolved, encoder.spec, pretraining_recipe(source))
+    return encoder, resolved, notes
+
+
+def encoder_spec_of(recipe: Recipe) -> EncoderSpec:
+    model = recipe.model
+    return encoder_spec(
+        model.encoder, model.in_channels, model.conv1_stride, model.widths, options=architecture_options(model)
     )
-    try:
-        return load_encoder(source, expected=expected)
-    except CheckpointError as error:
-        if "does not match the recipe" not in str(error):
-            raise
-        raise CheckpointError(f"{error}; add these overrides to fine-tune it") from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -514,8 +539,22 @@ def training_pool(cohort: Cohort, target: Target, max_subjects: int | None = Non
 def training_pool_size(recipe: Recipe) -> int:
     """Subjects fine-tuning with ``recipe`` can train on (fit and validation parts together)."""
     cohort = open_cohort(recipe)
-    return count_subjects(
-        training_pool(cohort, resolve_target(cohort.table, recipe.finetune), recipe.data.max_subjects).table
+    target = resolve_target(cohort.table, recipe.finetune)
+    check_test_subjects(cohort, target)
+    return count_subjects(training_pool(cohort, target, recipe.data.max_subjects).table)
+
+
+def check_test_subjects(cohort: Cohort, target: Target) -> None:
+    """Refuse a cohort without test subjects (every subject ``train``, as a table without a
+    ``split`` column reads): fine-tuning reports held-out subjects only, so there would be
+    nothing to report. Called before anything is trained or written."""
+    tested = cohort.table["split"].isin(TEST_SPLITS).to_numpy() & known_rows(cohort.table, target.column)
+    if tested.any():
+        return
+    raise CohortError(
+        f"{cohort.root}: no internal_test or external_test subject with a {target.column!r} value to test on "
+        "(a table without a split column is all train); add a split column: internal_test for held-out "
+        "subjects of the training sites, external_test for the subjects of held-out sites"
     )
 
 
@@ -663,7 +702,11 @@ class FineTuner:
             self.encoder_source = self.encoder_source / "encoder.pt"
         self.recipe = self.resolve_budget(recipe)  # the embedded budget may set the encoder
         # checked next: a wrong encoder should fail before any cohort is generated or read
-        self.pretrained = load_pretrained_encoder(self.encoder_source, self.recipe) if self.encoder_source else None
+        self.pretrained: Encoder | None = None
+        if self.encoder_source is not None:
+            self.pretrained, self.recipe, notes = load_pretrained_encoder(self.encoder_source, self.recipe)
+            for note in notes:
+                self.say(note)
         for note in pretraining_differences(self.encoder_source, self.recipe) if self.encoder_source else []:
             self.say(note)
         config = self.recipe.finetune
@@ -903,6 +946,7 @@ class FineTuner:
         recipe, config = self.recipe, self.recipe.finetune
         self.cohort = open_cohort(recipe, self.console)
         self.target = resolve_target(self.cohort.table, config)
+        check_test_subjects(self.cohort, self.target)
         dropped = int((~known_rows(self.cohort.table, self.target.column)).sum())
         if dropped:
             self.say(f"{dropped} subject(s) without a value in {self.target.column!r} are left out.")
@@ -912,6 +956,11 @@ class FineTuner:
             self.check_train_size(config.train_size)
         self.position_of = {pid: position for position, pid in enumerate(self.cohort.table["participant_id"])}
         self.features, self.input_checked = None, False
+        if self.pretrained is not None and self.pretrained.spec.input:
+            sample = volume_dataset(self.cohort.head(1), recipe, augment=False)[0]["volume"]
+            note = input_note(self.pretrained.spec, tuple(sample.shape[1:]), recipe)
+            if note:
+                self.say(note)
         self.intensity = extract_features(
             IntensityStatistics(), self.cohort, recipe, description="intensity statistics", console=self.console
         ).astype(np.float64)

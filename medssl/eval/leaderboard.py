@@ -264,6 +264,7 @@ def write_leaderboard(
             f"reference {', '.join(map(repr, unknown))}: no such row in {bench_dir}; its rows: {', '.join(rows)}"
         )
     table = leaderboard(runs)
+    references = (*references, *(base for base in debiased_bases(rows) if base not in references))
     differences = paired_differences(runs, references=references, n_resamples=n_resamples, seed=seed)
     paths = {extension: bench_dir / f"leaderboard.{extension}" for extension in ("md", "json", "csv", "png")}
     if wall_time_s is None and paths["json"].is_file():  # a rebuild keeps the benchmark's own wall time
@@ -281,6 +282,16 @@ def write_leaderboard(
     paths["md"].write_text(_markdown(header, table, differences, runs))
     plot_leaderboard(table, paths["png"], n_sites=runs.n_sites)
     return paths
+
+
+DEBIAS_SUFFIXES = ("_fairkl", "_adversarial")
+
+
+def debiased_bases(rows: list[str]) -> list[str]:
+    """The undebiased base of each debiased row present (``yaware_age_fairkl`` -> ``yaware_age``):
+    every method is compared with it, so a debiased recipe is read against its own base."""
+    bases = [row.removesuffix(suffix) for row in rows for suffix in DEBIAS_SUFFIXES if row.endswith(suffix)]
+    return sorted({base for base in bases if base in rows})
 
 
 def plot_leaderboard(table: pd.DataFrame, path: str | Path, n_sites: int | None = None) -> Path:

@@ -103,7 +103,9 @@ def plot_embedding(
         raise EvaluationError(f"embedding method: got {method!r}, expected one of {', '.join(EMBEDDING_METHODS)}")
     features = check_features(features, table)
     if len(features) < 3:
-        raise EvaluationError(f"features: {len(features)} subjects, an embedding plot needs at least 3")
+        raise EvaluationError(
+            f"features: {len(features)} subject{'s' if len(features) != 1 else ''}, an embedding plot needs at least 3"
+        )
     coordinates, used = embed_2d(features, method, seed)
 
     figure = Figure(figsize=(11, 4.8))

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -118,6 +118,7 @@ def cross_validate_probes(
     protocol: str = "site_stratified",
     seed: int = 0,
     group_inner_by: str | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Fit one linear probe per target and fold; average the test-fold metrics over folds.
 
@@ -137,6 +138,9 @@ def cross_validate_probes(
         seed: seed of the default folds and of the inner CV shuffles.
         group_inner_by: column whose groups the inner CV keeps whole (``site`` for the
             leave-site-out protocol: regularisation is then chosen on unseen sites too).
+        transform: a fold's training row positions -> the feature matrix (every row) that
+            fold's probes are fitted and tested on, itself fitted on those rows only (ComBat
+            harmonisation: ``medssl.eval.combat.fold_combat``); None for ``features`` in every fold.
 
     Returns:
         long table with the columns ``protocol``, ``target``, ``metric``, ``mean``, ``std``
@@ -151,10 +155,10 @@ def cross_validate_probes(
     notes: list[str] = []
     for target in targets:
         if target not in table.columns:
-            notes.append(f"{protocol}: no column {target!r} in the participants table, target skipped")
+            notes.append(f"{protocol}: {target}: no {target} column in the participants table, target skipped")
             continue
         with quiet_fits(features):
-            per_fold, note = _probe_target(features, table[target], folds, seed, groups)
+            per_fold, note = _probe_target(features, table[target], folds, seed, groups, transform)
         if note:
             notes.append(f"{protocol}: {target}: {note}")
         rows.extend(_fold_summary(protocol, target, metric, values) for metric, values in per_fold.items())
@@ -177,22 +181,28 @@ def _fold_summary(protocol: str, target: str, metric: str, values: Sequence[floa
     }
 
 
-def out_of_fold_predictions(features: np.ndarray, table: pd.DataFrame, folds: Folds, target: str = "age") -> np.ndarray:
+def out_of_fold_predictions(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    folds: Folds,
+    target: str = "age",
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """Ridge-probe predictions of a continuous ``target`` for each row, from the fold that tests it.
 
     ``folds`` must partition the rows (as both fold functions do); rows with a missing
-    target, or in no test part, get NaN.
+    target, or in no test part, get NaN. ``transform``: as in :func:`cross_validate_probes`.
     """
     features = check_features(features, table)
     values = pd.to_numeric(table[target], errors="coerce").to_numpy(dtype=float)
     predictions = np.full(len(table), np.nan)
-    for train_idx, test_idx in folds:
+    for matrix, train_idx, test_idx in _fold_matrices(features, folds, transform):
         train_idx = train_idx[np.isfinite(values[train_idx])]
         if len(train_idx) < 2 or len(test_idx) == 0:
             continue
         with quiet_fits(features):
-            probe = regression_probe().fit(features[train_idx], values[train_idx])
-        predictions[test_idx] = probe.predict(features[test_idx])
+            probe = regression_probe().fit(matrix[train_idx], values[train_idx])
+        predictions[test_idx] = probe.predict(matrix[test_idx])
     predictions[~np.isfinite(values)] = np.nan
     return predictions
 
@@ -292,7 +302,8 @@ def _check_training_sites(train_sites: np.ndarray) -> tuple[int, int]:
     if len(site_counts) < 2 or site_counts.max() < 2:
         raise EvaluationError(
             "participants table: the challenge protocol needs train rows from at least 2 sites, one of them "
-            f"with 2 subjects or more (got {len(train_sites)} rows from {len(site_counts)} sites)"
+            f"with 2 subjects or more (got {len(train_sites)} row{'s' if len(train_sites) != 1 else ''} "
+            f"from {len(site_counts)} site{'s' if len(site_counts) != 1 else ''})"
         )
     return len(site_counts), int(site_counts.max())
 
@@ -350,20 +361,33 @@ def quiet_fits(features: np.ndarray | None = None) -> Iterator[None]:
         yield
 
 
+def _fold_matrices(
+    features: np.ndarray, folds: Folds, transform: Callable[[np.ndarray], np.ndarray] | None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(matrix, train_idx, test_idx)`` per fold: ``features``, or ``transform(train_idx)`` when given."""
+    for train_idx, test_idx in folds:
+        yield (features if transform is None else transform(train_idx)), train_idx, test_idx
+
+
 def _probe_target(
-    features: np.ndarray, values: pd.Series, folds: Folds, seed: int, groups: np.ndarray | None = None
+    features: np.ndarray,
+    values: pd.Series,
+    folds: Folds,
+    seed: int,
+    groups: np.ndarray | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict, str]:
     known = values.notna().to_numpy()
     if is_continuous(values):
         target = values.to_numpy(dtype=float)
         per_fold: dict[str, list[float]] = {"mae": [], "r2": []}
-        for train_idx, test_idx in folds:
+        for matrix, train_idx, test_idx in _fold_matrices(features, folds, transform):
             train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
             if len(train_idx) < 2 or len(test_idx) == 0:
                 continue
             inner = site_grouped_splits(groups[train_idx]) if groups is not None else None
-            probe = regression_probe(inner).fit(features[train_idx], target[train_idx])
-            predicted = probe.predict(features[test_idx])
+            probe = regression_probe(inner).fit(matrix[train_idx], target[train_idx])
+            predicted = probe.predict(matrix[test_idx])
             per_fold["mae"].append(float(mean_absolute_error(target[test_idx], predicted)))
             per_fold["r2"].append(r2(target[test_idx], predicted))
         return per_fold, "" if per_fold["mae"] else "no fold with training and test rows, target skipped"
@@ -373,7 +397,7 @@ def _probe_target(
         return {}, "fewer than two classes, target skipped"
     per_fold = {"balanced_accuracy": [], "roc_auc": []}
     skipped = 0
-    for train_idx, test_idx in folds:
+    for matrix, train_idx, test_idx in _fold_matrices(features, folds, transform):
         train_idx, test_idx = train_idx[known[train_idx]], test_idx[known[test_idx]]
         train_counts = pd.Series(labels[train_idx]).value_counts()
         if len(train_counts) < 2 or train_counts.max() < 2 or len(test_idx) == 0:
@@ -381,9 +405,9 @@ def _probe_target(
             continue
         inner = site_grouped_splits(groups[train_idx]) if groups is not None else None
         probe = classification_probe(min(INNER_FOLDS, int(train_counts.max())), seed, inner=inner)
-        probe.fit(features[train_idx], labels[train_idx])
-        per_fold["balanced_accuracy"].append(balanced_accuracy(labels[test_idx], probe.predict(features[test_idx])))
-        per_fold["roc_auc"].append(roc_auc(labels[test_idx], probe.predict_proba(features[test_idx]), probe.classes_))
+        probe.fit(matrix[train_idx], labels[train_idx])
+        per_fold["balanced_accuracy"].append(balanced_accuracy(labels[test_idx], probe.predict(matrix[test_idx])))
+        per_fold["roc_auc"].append(roc_auc(labels[test_idx], probe.predict_proba(matrix[test_idx]), probe.classes_))
     if not per_fold["balanced_accuracy"]:
         return {}, "no fold whose training part holds two classes, target skipped"
     return per_fold, f"{skipped} fold(s) with a single training class left out" if skipped else ""

@@ -13,16 +13,23 @@ features of a randomly initialised encoder, the baseline every pre-training must
 Both CV protocols run on every row of the table and share their folds between the
 representations, so the comparison is paired.
 
+When the table spans 2 sites or more, the report also carries ``combat``: the pre-trained
+features harmonised by ComBat (:mod:`medssl.eval.combat`), fitted on the training rows of each
+fold (and on the challenge's ``train`` rows) with age as a covariate, applied to the rows of the
+sites it was fitted on, then probed with the same probes and folds. Rows of sites absent from
+the training rows (the external test, the held-out sites of leave-site-out folds) cannot be
+harmonised without fitting on them, and are left as they are; a note in the report says so.
+
 Files written to ``out_dir``:
 
-- ``metrics.json``: ``{"pretrained": {...}, "baseline": {...}, "settings": {...}}``; each
+- ``metrics.json``: ``{"pretrained": {...}, "combat": {...}, "baseline": {...}, "settings": {...}}``; each
   representation opens with the challenge keys ``mae_internal``, ``mae_external``,
   ``bacc_site``, ``challenge_score``, ``ramp_combined`` (null when the protocol was
   skipped), then ``challenge`` (all its scores), ``site_stratified`` and
   ``leave_site_out`` (``{target: {metric: {"mean", "std", "n_folds"}}}``) and ``notes``;
 - ``metrics.csv``: the same numbers in long format (``representation, protocol, target,
   metric, mean, std``);
-- ``predictions.csv`` (and ``predictions_baseline.csv``): the challenge protocol's
+- ``predictions.csv`` (and ``predictions_<representation>.csv``): the challenge protocol's
   predictions, ready for ``score_predictions``; without test splits, the out-of-fold age
   predictions of the site-stratified CV, with a ``fold`` column;
 - ``age_predictions.png`` and ``embedding.png`` for the pre-trained representation;
@@ -38,7 +45,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -49,6 +56,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from medssl.eval.combat import NOTE as COMBAT_NOTE
+from medssl.eval.combat import combat_challenge_protocol, fold_combat
 from medssl.eval.folds import ChallengeFold, Folds, leave_site_out_folds, score_challenge_folds, site_stratified_folds
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import (
@@ -63,13 +72,15 @@ from medssl.files import json_ready
 
 # The trained encoder, then the baselines every report carries: a randomly initialised
 # encoder of the same architecture ("baseline"), the intensity-statistics probe and the
-# training-mean predictor (the probes fitted on a constant feature).
-REPRESENTATIONS = ("pretrained", "baseline", "intensity", "mean")
+# training-mean predictor (the probes fitted on a constant feature). ``combat``: the trained
+# encoder's features harmonised across sites (with 2 sites or more), next to them.
+REPRESENTATIONS = ("pretrained", "combat", "baseline", "intensity", "mean")
 # Short names for the printed table, so that it fits 80 columns without cutting a name.
 PROTOCOL_NAMES = {"site_stratified": "site-strat.", "leave_site_out": "site-out", "kit_folds": "kit folds"}
 METRIC_NAMES = {"balanced_accuracy": "BAcc", "roc_auc": "ROC AUC"}
 DISPLAY_NAMES = {
     "pretrained": "trained encoder",
+    "combat": "trained + ComBat",
     "baseline": "random init",
     "intensity": "intensity stats",
     "mean": "training mean",
@@ -133,14 +144,19 @@ def evaluate_representation(
     results: dict = {}
     long_tables: list[pd.DataFrame] = []
     per_fold: list[pd.DataFrame] = []
-    for name, matrix in matrices.items():
-        cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed)
+    names = list(matrices)
+    if protocols.n_sites >= 2:  # ComBat harmonises across sites: the trained encoder's features, harmonised
+        names.insert(1, "combat")
+    for name in names:
+        matrix = matrices["pretrained" if name == "combat" else name]
+        transform = fold_combat(matrix, table) if name == "combat" else None
+        cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed, transform)
         per_fold.extend(
             cv_table.attrs["per_fold"].assign(representation=name)
             for cv_table in cv_tables
             if "per_fold" in cv_table.attrs
         )
-        _write_predictions(name, matrix, table, challenge, protocols, out_dir, folds, seed)
+        _write_predictions(name, matrix, table, challenge, protocols, out_dir, folds, seed, transform)
         results[name] = _representation_entry(challenge, cv_tables, notes)
         long_tables.append(_long_table(name, challenge, cv_tables))
 
@@ -157,6 +173,7 @@ def _write_predictions(
     out_dir: Path,
     folds: int,
     seed: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """predictions[_NAME].csv (the challenge protocol's, else out-of-fold), plotted for the trained encoder.
 
@@ -164,7 +181,7 @@ def _write_predictions(
     if challenge is not None:
         predictions = challenge.pop("predictions")
     else:
-        predictions = _out_of_fold_table(matrix, table, protocols.stratified)
+        predictions = _out_of_fold_table(matrix, table, protocols.stratified, transform)
     suffix = "" if name == "pretrained" else f"_{name}"
     predictions.to_csv(out_dir / f"predictions{suffix}.csv", index=False)
     if name == "pretrained":
@@ -260,12 +277,29 @@ def _plan_protocols(table: pd.DataFrame, folds: int, targets: Sequence[str], see
 
 
 def _run_protocols(
-    matrix: np.ndarray, table: pd.DataFrame, protocols: _Protocols, targets: Sequence[str], seed: int
+    matrix: np.ndarray,
+    table: pd.DataFrame,
+    protocols: _Protocols,
+    targets: Sequence[str],
+    seed: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[list[pd.DataFrame], dict | None, list[str]]:
-    """Both CV protocols, the challenge kit's folds and the challenge protocol on one representation: CV tables, challenge scores, notes."""
-    notes = list(protocols.notes)
+    """Both CV protocols, the challenge kit's folds and the challenge protocol on one representation: CV tables, challenge scores, notes.
+
+    With ``transform`` (:func:`medssl.eval.combat.fold_combat`), every protocol harmonises the
+    features with ComBat fitted on its training rows."""
+    notes = list(protocols.notes) + ([COMBAT_NOTE] if transform is not None else [])
+    protocol = partial(challenge_protocol if transform is None else combat_challenge_protocol, seed=seed)
     cv_tables = [
-        cross_validate_probes(matrix, table, targets, folds=protocols.stratified, protocol="site_stratified", seed=seed)
+        cross_validate_probes(
+            matrix,
+            table,
+            targets,
+            folds=protocols.stratified,
+            protocol="site_stratified",
+            seed=seed,
+            transform=transform,
+        )
     ]
     if protocols.site_out is not None:
         cv_tables.append(
@@ -277,12 +311,11 @@ def _run_protocols(
                 protocol="leave_site_out",
                 seed=seed,
                 group_inner_by="site",
+                transform=transform,
             )
         )
     if protocols.challenge_folds:
-        cv_tables.append(
-            score_challenge_folds(matrix, table, protocols.challenge_folds, partial(challenge_protocol, seed=seed))
-        )
+        cv_tables.append(score_challenge_folds(matrix, table, protocols.challenge_folds, protocol))
     for cv_table in cv_tables:
         notes.extend(cv_table.attrs.get("notes", []))
     challenge = None
@@ -290,7 +323,7 @@ def _run_protocols(
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UnseenSiteWarning)
-                challenge = challenge_protocol(matrix, table, seed=seed)
+                challenge = protocol(matrix, table)
             notes.extend(f"challenge: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning)
         except EvaluationError as error:
             notes.append(f"challenge: {error}, protocol skipped")
@@ -328,11 +361,13 @@ def print_report(results: dict, console: Console | None = None) -> None:
         console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
 
 
-def _out_of_fold_table(features: np.ndarray, table: pd.DataFrame, folds) -> pd.DataFrame:
+def _out_of_fold_table(
+    features: np.ndarray, table: pd.DataFrame, folds, transform: Callable[[np.ndarray], np.ndarray] | None = None
+) -> pd.DataFrame:
     columns = [column for column in ("participant_id", "split", "site", "age") if column in table.columns]
     predictions = table[columns].copy()
     if "age" in table.columns:
-        predictions["age_pred"] = out_of_fold_predictions(features, table, folds, target="age")
+        predictions["age_pred"] = out_of_fold_predictions(features, table, folds, target="age", transform=transform)
     else:
         predictions["age_pred"] = np.nan
     fold_of_row = np.empty(len(table), dtype=int)

@@ -34,6 +34,7 @@ from medssl.losses.decoupled import DecoupledNTXentLoss
 from medssl.losses.diagnostics import alignment, uniformity
 from medssl.losses.dino import DINOLoss
 from medssl.losses.exponential import ExponentialLoss
+from medssl.losses.fairkl import FairKLLoss
 from medssl.losses.kernels import KERNELS, label_kernel
 from medssl.losses.layout import LossInputError
 from medssl.losses.ntxent import NTXentLoss
@@ -52,6 +53,7 @@ __all__ = [
     "EpsSupConLoss",
     "EpsSupInfoNCELoss",
     "ExponentialLoss",
+    "FairKLLoss",
     "LossInputError",
     "NTXentLoss",
     "SimSiamLoss",

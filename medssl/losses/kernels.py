@@ -28,7 +28,9 @@ def check_kernel(kernel: str, sigma: float) -> None:
         raise LossInputError(f"sigma={sigma!r} must be a positive number (label units, e.g. years)")
 
 
-def label_kernel(y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5.0) -> Tensor:
+def label_kernel(
+    y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5.0, *, flush_underflow: bool = True
+) -> Tensor:
     """Pairwise kernel values K(y_a[i], y_b[j]).
 
     Args:
@@ -36,10 +38,14 @@ def label_kernel(y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5
         y_b: (m,) labels.
         kernel: "gaussian", "rbf" or "cauchy".
         sigma: bandwidth, in label units.
+        flush_underflow: set gaussian and rbf values that would fall below the smallest normal
+            number to 0 (see :func:`exp_or_zero`). ``False`` computes a plain
+            ``exp(-(a-b)^2 / (2 sigma^2))`` as the authors' code (EIDOSLAB) writes it and keeps
+            its subnormal values: a loss that counts strictly smaller weights (the threshold
+            loss's reference code) then ranks them above the zeros, as that code does.
 
     Returns:
-        (n, m) tensor, float32 (float64 when either input is float64). Gaussian and rbf values
-        that would fall below the smallest normal number are 0 (see :func:`exp_or_zero`).
+        (n, m) tensor, float32 (float64 when either input is float64).
 
     Example:
         >>> import torch
@@ -49,10 +55,12 @@ def label_kernel(y_a: Tensor, y_b: Tensor, kernel: str = "rbf", sigma: float = 5
     """
     check_kernel(kernel, sigma)
     dtype = torch.float64 if torch.float64 in (y_a.dtype, y_b.dtype) else torch.float32
-    scaled = (y_a.to(dtype)[:, None] - y_b.to(dtype)[None, :]) / sigma
+    difference = y_a.to(dtype)[:, None] - y_b.to(dtype)[None, :]
+    scaled = difference / sigma
     if kernel == "cauchy":
         return 1.0 / (1.0 + scaled**2)
-    rbf = exp_or_zero(-0.5 * scaled**2)
+    # Unflushed, the exponent is rounded as the authors' code writes it, so subnormals tie alike.
+    rbf = exp_or_zero(-0.5 * scaled**2) if flush_underflow else (-(difference**2) / (2 * sigma**2)).exp()
     if kernel == "gaussian":
         return rbf / (math.sqrt(2.0 * math.pi) * sigma)
     return rbf

@@ -130,7 +130,9 @@ class ThresholdLoss(nn.Module):
         l_i = - (1 / sum_{j != i} w_ij) sum_{j != i} w_ij [ s_ij - log D_i ]
 
     (the counts are row ranks of w, again O(n^2) memory). D_i = 0 only when every weight in
-    the batch is equal (e.g. one label for all); such anchors are skipped.
+    the batch is equal (e.g. one label for all); such anchors are skipped. Here the kernel keeps
+    its subnormal float32 values as that code does (see ``label_kernel(flush_underflow=False)``),
+    so the counts are theirs when label gaps reach the kernel's underflow range.
 
     Args:
         temperature: tau.
@@ -180,7 +182,9 @@ class ThresholdLoss(nn.Module):
 
     def _reference_code(self, s: Tensor, batch: ContrastiveBatch) -> Tensor:
         labels = batch.subject_labels.to(s.dtype)
-        w = label_kernel(labels, labels, self.kernel, self.sigma)
+        # Unflushed: the counts rank a subnormal weight above the zeros, as the authors' code does
+        # (float32, gaussian, sigma = 2: label gaps of about 26 to 29 years).
+        w = label_kernel(labels, labels, self.kernel, self.sigma, flush_underflow=False)
         weights = w.repeat(batch.n_views, batch.n_views).fill_diagonal_(0.0)
         # counts[i, j] = #{k : w_jk < w_ji}: k runs over V copies of each subject.
         counts = (strictly_smaller_counts(w).T * batch.n_views).repeat(batch.n_views, batch.n_views)

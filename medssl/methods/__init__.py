@@ -34,6 +34,7 @@ from medssl.config import (
     VICRegConfig,
     YAwareConfig,
 )
+from medssl.errors import RecipeError
 from medssl.losses import (
     BarlowTwinsLoss,
     DecoupledNTXentLoss,
@@ -49,6 +50,7 @@ from medssl.losses import (
 from medssl.methods.base import Method, fold_views, projection_head, unfold_views
 from medssl.methods.bootstrap import BYOL, SimSiam, build_byol, build_simsiam
 from medssl.methods.contrastive import EmbeddingLossMethod
+from medssl.methods.debias import build_debias
 from medssl.methods.deepcluster import DeepCluster, build_deepcluster
 from medssl.methods.dino import DINO, build_dino
 from medssl.methods.supervised import SupervisedMethod, build_supervised
@@ -151,13 +153,15 @@ class MethodNeeds:
     views: int
     distributed: bool
     view_kind: ViewKind = "augmented"
+    bias: bool = False  # batches carry data.bias as integer classes (method.debias)
 
 
 def method_needs(recipe: Recipe) -> MethodNeeds:
-    """The needs of the recipe's method (label column, views per subject and their kind, DDP support)."""
+    """The needs of the recipe's method (label column, views per subject and their kind, DDP support, bias labels)."""
     entry = METHODS[recipe.method.name]
     views = entry.views if entry.views is not None else max(recipe.views.n_views, 2)
-    return MethodNeeds(entry.name, entry.label, views, entry.distributed, entry.view_kind)
+    bias = getattr(recipe.method, "debias", None) is not None
+    return MethodNeeds(entry.name, entry.label, views, entry.distributed, entry.view_kind, bias)
 
 
 def architecture_options(model: ModelConfig) -> ArchitectureOptions:
@@ -183,11 +187,18 @@ def build_encoder_for(recipe: Recipe) -> Encoder:
     )
 
 
-def build_method(recipe: Recipe, encoder: Encoder | None = None) -> Method:
-    """The method the recipe names, built from its section around ``encoder`` (a fresh one from the recipe if None)."""
-    return METHODS[recipe.method.name].build(
+def build_method(recipe: Recipe, encoder: Encoder | None = None, bias_classes: int | None = None) -> Method:
+    """The method the recipe names, built from its section around ``encoder`` (a fresh one from the recipe if None),
+    with its ``method.debias`` term over ``bias_classes`` classes of ``data.bias``."""
+    method = METHODS[recipe.method.name].build(
         recipe.method, recipe, encoder if encoder is not None else build_encoder_for(recipe)
     )
+    debias = getattr(recipe.method, "debias", None)
+    if debias is not None:
+        if bias_classes is None or not isinstance(method, EmbeddingLossMethod):
+            raise RecipeError(f"method.debias: method {recipe.method.name!r} built without the classes of data.bias")
+        method.debias = build_debias(debias, method.encoder.feature_dim, bias_classes, recipe.train.seed)
+    return method
 
 
 __all__ = [

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medssl.methods.base import Method
+from medssl.methods.base import Method, fold_views, unfold_views
+from medssl.methods.debias import AdversarialSiteHead
 from medssl.models import Encoder, ProjectionHead
 
 
@@ -37,10 +38,25 @@ class EmbeddingLossMethod(Method):
         self.monitors_collapse = monitors_collapse
         # A control that breaks the method on purpose: labels no longer belong to their subjects.
         self.shuffle_labels = shuffle_labels
+        # A debiasing term (medssl.methods.debias), set by build_method from method.debias; reads batch["bias"].
+        self.debias: nn.Module | None = None
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        z = self.gather(self.embed(batch["views"]))
+        views = batch["views"]
+        features = self.encoder(fold_views(views))
+        z = self.gather(unfold_views(self.head(features), views.shape[1]))
         y = self.gather(batch["label"]) if self.uses_label else None
         if y is not None and self.shuffle_labels:
             y = y[torch.randperm(len(y), device=y.device)]
-        return self.loss(z, y), {}
+        loss = self.loss(z, y)
+        if self.debias is None:
+            return loss, {}
+        if isinstance(self.debias, AdversarialSiteHead):  # on this process's features, view-major like them
+            term, logs = self.debias(features, batch["bias"].repeat(views.shape[1]))
+        else:  # on every process's embeddings, as the loss (bias labels are small integers: exact as floats)
+            term, logs = self.debias(z, self.gather(batch["bias"].float()).long())
+        return loss + term, {"method_loss": loss.item(), **logs}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        if isinstance(self.debias, AdversarialSiteHead):
+            self.debias.set_progress(step, total_steps)

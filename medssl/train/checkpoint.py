@@ -144,7 +144,7 @@ def resumable_checkpoint(
     epochs_done = int(state["epochs_done"])
     if epochs < epochs_done:
         raise RecipeError(
-            f"{epochs_key} = {epochs}: {path} already holds {epochs_done} epochs; "
+            f"{epochs_key} = {epochs}: {path} already holds {epochs_done} epoch{'s' if epochs_done != 1 else ''}; "
             f"resume with {epochs_key} >= {epochs_done}"
         )
     return state, allowed

@@ -36,6 +36,7 @@ from medssl.train.distributed import DistributedContext, gather_with_grad, init_
 from medssl.train.loading import EpochLoader
 from medssl.train.setup import (
     apply_embedded_budget,
+    bias_classes_for,
     check_input_size,
     embedded_epochs,
     label_encoder_for,
@@ -57,6 +58,11 @@ class TrainingData:
     dataset: MultiViewDataset
     loader: EpochLoader
     steps_per_epoch: int
+
+    @property
+    def bias_classes(self) -> int | None:
+        """Classes of ``data.bias`` in the batches (method.debias), None when they carry none."""
+        return int(self.dataset.biases.max()) + 1 if int(self.dataset.biases.min()) >= 0 else None
 
 
 @dataclass
@@ -116,6 +122,8 @@ def pretraining_data(
         preprocess=preprocess,
         label_key=label,
         label_encoder=label_encoder_for(train, label),
+        bias_key=recipe.data.bias if needs.bias else None,
+        bias_classes=bias_classes_for(train, recipe.data.bias) if needs.bias else None,
     )
     batch_size, per_process = recipe.train.batch_size, len(train) // dist.world_size
     if batch_size > per_process:
@@ -130,7 +138,7 @@ def pretraining_data(
     if batches < accumulate:
         # Otherwise the epoch would end with gradients accumulated but never applied.
         raise RecipeError(
-            f"train.accumulate = {accumulate}: an epoch has only {batches} batches of {batch_size} "
+            f"train.accumulate = {accumulate}: an epoch has only {batches} batch{'es' if batches != 1 else ''} of {batch_size} "
             "subjects per process; lower train.accumulate or train.batch_size"
         )
     loader = EpochLoader(
@@ -146,13 +154,18 @@ def pretraining_data(
 
 
 def prepared_method(
-    recipe: Recipe, method: Method | None, sample: torch.Tensor, device: torch.device, notes: Notes
+    recipe: Recipe,
+    method: Method | None,
+    sample: torch.Tensor,
+    device: torch.device,
+    notes: Notes,
+    bias_classes: int | None = None,
 ) -> tuple[Method, str]:
     """The recipe's method (or ``method``) on ``device``, memory format set, input size checked,
     encoder compiled if asked; and the precision it can train in."""
     if method is None:
         torch.manual_seed(recipe.train.seed)
-        method = build_method(recipe)
+        method = build_method(recipe, bias_classes=bias_classes)
     method = method.to(device)
     if recipe.train.channels_last:
         # torch's stubs omit to()'s memory_format keyword, which Module.to documents and accepts
@@ -221,7 +234,7 @@ def build_pretraining(
         notes.say(f"No checkpoint in {checkpoint.parent}: starting from scratch.")
     memory_format = torch.channels_last_3d if recipe.train.channels_last else torch.contiguous_format
     sample = data.dataset[0]["views"][:1].to(device, memory_format=memory_format)
-    method, precision = prepared_method(recipe, method, sample, device, notes)
+    method, precision = prepared_method(recipe, method, sample, device, notes, data.bias_classes)
     trainer = pretraining_trainer(recipe, run_dir, method, data, precision, device, dist, console, notes)
     return Pretraining(trainer, method, recipe, data, resume_from)
 

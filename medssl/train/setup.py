@@ -72,7 +72,7 @@ def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
     length = (
         f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''}"
         if budget.epochs is not None
-        else f"{budget.steps} steps"
+        else f"{budget.steps} step{'s' if budget.steps != 1 else ''}"
     )
     widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
     note = (
@@ -100,7 +100,7 @@ def embedded_epochs(recipe: Recipe, original_epochs: int, steps_per_epoch: int) 
         return None
     return (
         f"train.embedded.steps = {budget.steps}, in whole epochs: {epochs} epoch{'s' if epochs != 1 else ''}"
-        f" x {steps_per_epoch} steps = {epochs * steps_per_epoch} optimiser steps."
+        f" x {steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} = {epochs * steps_per_epoch} optimiser steps."
     )
 
 
@@ -110,6 +110,20 @@ def open_cohort(recipe: Recipe, console: Console | None = None) -> Cohort:
     if root is None:
         root = embedded_cohort(recipe.data.synthetic, progress=console is not None)
     return load_cohort(root, openbhb_modality=recipe.data.openbhb_modality, openbhb_masks=recipe.data.openbhb_masks)
+
+
+def bias_classes_for(cohort: Cohort, column: str) -> dict[str, int]:
+    """The classes of the bias column (``data.bias``, the site) of the training subjects, as text."""
+    if column not in cohort.table.columns:
+        raise RecipeError(
+            f"data.bias = {column!r}: no such column in the participants table (columns: {', '.join(cohort.table.columns)})"
+        )
+    values = sorted(cohort.table[column].astype(str).unique())
+    if len(values) < 2:
+        raise RecipeError(
+            f"data.bias = {column!r}: the training subjects have one value ({values[0]}), nothing to remove"
+        )
+    return {value: index for index, value in enumerate(values)}
 
 
 def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | None:

@@ -247,7 +247,9 @@ class Trainer:
             self.say(f"Resuming {self.run_dir} after epoch {epochs_done} (step {step}){redone}.")
             self.note_other_process_count(resume_from.get("processes"))
             if epochs_done >= self.schedule.epochs:
-                self.say(f"All {self.schedule.epochs} epochs were trained already: nothing left to train.")
+                epochs = self.schedule.epochs
+                trained = f"All {epochs} epochs were" if epochs != 1 else "The 1 epoch was"
+                self.say(f"{trained} trained already: nothing left to train.")
                 if main:  # the checkpoint records the settings it was last resumed with, as recipe.yaml does
                     self.save_checkpoint(epochs_done, step)
         try:

@@ -72,6 +72,11 @@ def test_bad_age_names_the_participant_and_value(cohort_copy, bad_age):
         load_cohort(cohort_copy)
 
 
+def test_a_table_without_a_sex_column_loads_without_inventing_one(cohort_copy):
+    edit_table(cohort_copy, lambda table: table.drop(columns="sex"))
+    assert "sex" not in load_cohort(cohort_copy).table.columns
+
+
 @pytest.mark.parametrize("column", ["site", "sex"])
 def test_an_empty_cell_names_the_participant_and_the_line_of_the_table(cohort_copy, column):
     participant = {}

@@ -184,6 +184,45 @@ def test_cli_prints_a_wrong_row_length_in_one_line_and_exits_2(tmp_path, monkeyp
     assert not (tmp_path / "cache" / "participants.tsv").exists()
 
 
+def test_cli_evaluate_on_a_kit_says_it_has_no_sex_column_not_that_sex_has_one_class(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    from medssl import cli
+    from medssl.models import build_encoder, save_encoder
+
+    monkeypatch.setattr(cli, "console", Console(width=400, soft_wrap=True))
+    write_kit(tmp_path / "kit")
+    save_encoder(build_encoder("resnet18", widths=[4, 8, 8, 8]), tmp_path / "run" / "encoder.pt")
+    arguments = ["evaluate", tmp_path / "run", "--cohort", tmp_path / "kit", "eval.baseline=false"]
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    output = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), output
+    assert "site_stratified: sex: no sex column in the participants table, target skipped" in output
+    assert "fewer than two classes" not in output
+
+
+def test_cli_data_inspect_of_a_kit_summarises_sklearn_warnings_in_one_note_and_says_1_site(tmp_path):
+    # A real process: under pytest, warnings go to pytest's recorder rather than to stderr.
+    import os
+    import subprocess
+
+    write_kit(tmp_path / "kit")
+    result = subprocess.run(
+        [sys.executable, "-m", "medssl", "data", "inspect", str(tmp_path / "kit")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "scikit-learn warning" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "UndefinedMetricWarning" in notes[0], notes
+    assert "external_test 2 (1 site)" in result.stdout and "1 sites" not in result.stdout
+
+
 def write_kit_folds(root: Path, folds: dict) -> Path:
     path = root / KIT_FOLDS_FILE
     path.write_text(json.dumps(folds))

@@ -211,18 +211,22 @@ def test_target_task_is_inferred_from_the_column(tiny_cohort):
 
 
 # ----------------------------------------------------------------------------- encoders
-def test_encoder_of_another_architecture_is_refused_with_the_differences(tmp_path, tiny_cohort):
-    save_encoder(build_encoder("resnet18"), tmp_path / "encoder.pt")
+def test_an_encoder_carries_its_network_whatever_the_recipes_model_section(tmp_path, tiny_cohort):
+    """The recipe's model section builds from-scratch networks; a pre-trained encoder is built from its encoder.json,
+    the recipe set to it (recipe.yaml says which network was fine-tuned) and one note names what changed."""
+    encoder = build_encoder("resnet18", widths=[8, 8, 16, 16])
+    save_encoder(encoder, tmp_path / "encoder.pt")
     recipe = tiny_recipe(tiny_cohort)
     recipe.model.encoder = "densenet121"
-    with pytest.raises(CheckpointError) as error:
-        load_pretrained_encoder(tmp_path, recipe)
-    message = str(error.value)
-    assert "\n" not in message
-    assert message.endswith(
-        "it was built with model.encoder=resnet18 model.conv1_stride=2 model.widths=null "
-        "(the recipe has model.encoder=densenet121); add these overrides to fine-tune it"
-    )
+    loaded, resolved, notes = load_pretrained_encoder(tmp_path, recipe)
+    assert loaded.spec == encoder.spec
+    assert (resolved.model.encoder, resolved.model.widths) == ("resnet18", [8, 8, 16, 16])
+    assert notes == [
+        "the encoder carries its network: model.encoder=resnet18 model.conv1_stride=2 model.widths=[8,8,16,16] "
+        "(from its encoder.json; the recipe's model section is for training from scratch)."
+    ]
+    recipe.model.encoder, recipe.model.widths = "resnet18", [8, 8, 16, 16]
+    assert load_pretrained_encoder(tmp_path, recipe)[2] == []
 
 
 def test_missing_and_corrupt_encoder_files_are_clear_errors(tmp_path, tiny_cohort):
@@ -585,7 +589,9 @@ def test_ctrl_c_during_finetune_prints_how_to_resume_and_exits_130(tmp_path, mon
     import medssl.eval.finetune
     import medssl.eval.label_efficiency  # noqa: F401  # imported before the patch: it keeps the real function
 
-    def interrupted(*args, **kwargs):
+    def interrupted(recipe, encoder, out_dir, **kwargs):
+        out_dir.mkdir()
+        (out_dir / "recipe.yaml").touch()  # what a fine-tuning writes first
         raise KeyboardInterrupt
 
     monkeypatch.setattr(medssl.eval.finetune, "finetune_encoder", interrupted)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -177,6 +178,36 @@ def threshold_reference_code_loop(
                 loss = loss - w[i][j] * (s[j] - torch.log(denominator))
         losses.append(loss / total_weight)
     return _mean(losses)
+
+
+def threshold_authors_code(z: Tensor, y: Tensor, temperature: float = 0.1, sigma: float = 2.0) -> Tensor:
+    """EIDOSLAB/contrastive-brain-age-prediction ``src/losses.py`` ``KernelizedSupCon(method="threshold",
+    delta_reduction="sum")`` with ``gaussian_kernel`` of ``src/main_infonce.py``, transcribed line by
+    line in z's dtype; base_temperature = temperature (theirs, 0.07, only scales the loss).
+    """
+    features = F.normalize(z, dim=-1)  # their model's head normalises
+    batch_size, n_views = features.shape[:2]
+    x = y.to(z.dtype).view(-1, 1)
+    x = x - x.T
+    mask = torch.exp(-(x**2) / (2 * (sigma**2))) / (math.sqrt(2 * torch.pi) * sigma)
+    features = torch.cat(torch.unbind(features, dim=1), dim=0)
+    mask = mask.repeat(n_views, n_views)
+    inv_diagonal = torch.scatter(torch.ones_like(mask), 1, torch.arange(batch_size * n_views).view(-1, 1), 0)
+    anchor_dot_contrast = torch.div(torch.matmul(features, features.T), temperature)
+    logits_max, _ = torch.max(anchor_dot_contrast, dim=1, keepdim=True)
+    logits = anchor_dot_contrast - logits_max.detach()
+    uniformity = torch.exp(logits) * inv_diagonal
+    repeated = mask.unsqueeze(-1).repeat(1, 1, mask.shape[0])
+    # Their `t.T` of a 3-d tensor reverses its dimensions (deprecated for 3-d tensors).
+    delta = (mask[:, None].permute(2, 1, 0) - repeated.permute(2, 1, 0)).transpose(1, 2)
+    delta = (delta > 0.0).float()
+    uniformity = uniformity.unsqueeze(-1).repeat(1, 1, mask.shape[0])
+    uniformity = (uniformity * delta).sum(-1)
+    uniformity = torch.log(uniformity.sum(1, keepdim=True))
+    positive_mask = mask * inv_diagonal
+    log_prob = logits - uniformity
+    log_prob = (positive_mask * log_prob).sum(1) / positive_mask.sum(1)
+    return (-log_prob).mean()
 
 
 def exponential_loop(

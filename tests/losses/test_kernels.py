@@ -57,3 +57,11 @@ def test_pair_weights_tile_the_subject_kernel_over_views_with_a_zero_diagonal(ke
     repeated = y.repeat(3)
     expected = label_kernel(repeated, repeated, kernel, 2.0).fill_diagonal_(0.0)
     assert torch.equal(pair_weights(y, 3, kernel, 2.0, torch.float32), expected)
+
+
+def test_label_kernel_without_flushing_keeps_the_subnormal_weights_of_a_plain_exp():
+    # sigma = 2: a 27-year gap is subnormal in float32, a 40-year one underflows to 0.
+    y = torch.tensor([20.0, 47.0, 60.0])
+    w = label_kernel(y, y, "gaussian", 2.0, flush_underflow=False)
+    assert 0 < w[0, 1] < torch.finfo(torch.float32).tiny and w[0, 2] == 0
+    assert label_kernel(y, y, "gaussian", 2.0)[0, 1] == 0

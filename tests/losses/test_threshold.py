@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from medssl.losses import ThresholdLoss
 
 from .checks import ages, assert_same_value_and_gradient, embeddings
-from .reference import threshold_loop, threshold_reference_code_loop
+from .reference import threshold_authors_code, threshold_loop, threshold_reference_code_loop
 
 
 @pytest.mark.parametrize("n_subjects", [2, 8])
@@ -65,6 +65,17 @@ def test_threshold_reference_code_matches_loop_transcription(n_subjects):
     loss = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian", reference_code=True)
     reference = lambda z: threshold_reference_code_loop(z, y, 0.1, 2.0, "gaussian")  # noqa: E731
     assert_same_value_and_gradient(lambda z: loss(z, y), reference, z)
+
+
+@pytest.mark.parametrize("n_views", [2, 3])
+def test_threshold_reference_code_equals_the_authors_code_in_float32_where_the_kernel_underflows(n_views):
+    # Ages 20..90: gaps of 26 to 29 years give subnormal gaussian weights at sigma = 2 (float32),
+    # from about 29 years on they are 0; the authors' counts rank the subnormals above the zeros.
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(32, n_views, 16, generator=generator)
+    y = 20 + 70 * torch.rand(32, generator=generator)
+    loss = ThresholdLoss(temperature=0.1, sigma=2.0, kernel="gaussian", reference_code=True)
+    torch.testing.assert_close(loss(z, y), threshold_authors_code(z, y, 0.1, 2.0), rtol=1e-6, atol=1e-6)
 
 
 def test_threshold_reference_code_reproduces_the_worked_check_of_the_spec():

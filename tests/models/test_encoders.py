@@ -103,7 +103,7 @@ def test_load_encoder_errors_are_clear(tmp_path):
 
 
 def test_unknown_encoder_name_lists_the_choices():
-    with pytest.raises(RecipeError, match="model.encoder = 'vit': expected one of resnet18"):
+    with pytest.raises(RecipeError, match="model.encoder = .vit.: expected one of resnet10, resnet18"):
         build_encoder("vit")
 
 

@@ -292,3 +292,87 @@ def test_shortcut_a_and_dilations_follow_medicalnet_in_a_recipe_built_network():
     encoder.network.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("conv_seg.")})
     with torch.no_grad():
         torch.testing.assert_close(encoder(VOLUMES), sources.representation("medicalnet-resnet18", net, VOLUMES))
+
+
+# ----------------------------------------------------------------------------- fine-tuning an imported encoder
+@pytest.mark.parametrize("layout", ["yaware-densenet121", "eidoslab-resnet18"])
+def test_finetune_smoke_on_an_imported_encoder_needs_no_model_overrides(tmp_path, layout):
+    source_checkpoint(layout, tmp_path / "w.pth")
+    import_weights(tmp_path / "w.pth", layout, tmp_path / "enc")
+    out = tmp_path / "ft"
+    result = runner.invoke(
+        cli.app, ["finetune", "finetune_diagnosis", "--encoder", str(tmp_path / "enc"), "--smoke", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"note: {layout} expects" in result.output  # the embedded cohort is neither VBM nor its shape
+    trained = load_recipe_file(out / "recipe.yaml").model
+    assert trained.encoder == find_layout(layout).encoder  # recipe.yaml says which network was fine-tuned
+    results = json.loads((out / "finetune.json").read_text())
+    assert {"internal_test", "external_test"} == set(results["summary"])
+
+
+def test_finetune_of_a_medssl_run_on_an_own_cohort_needs_no_model_overrides(tmp_path, tiny_cohort):
+    """README command 1's encoder (a narrow ResNet-18 of the embedded budget) on one's own cohort: its
+    encoder.json says the network; the recipe's DenseNet121 is for training from scratch."""
+    run = tmp_path / "run"
+    result = runner.invoke(
+        cli.app, ["pretrain", "yaware_age", "--smoke", "eval.after_pretrain=false", "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "ft"
+    result = runner.invoke(
+        cli.app,
+        [
+            "finetune",
+            "finetune_diagnosis",
+            f"data.root={tiny_cohort}",
+            "--encoder",
+            str(run),
+            "--smoke",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "the encoder carries its network: model.encoder=resnet18" in " ".join(result.output.split())
+    assert load_recipe_file(out / "recipe.yaml").model.widths == load_recipe_file(run / "recipe.yaml").model.widths
+
+
+def load_recipe_file(path: Path):
+    from medssl.config import load_recipe
+
+    return load_recipe(path)
+
+
+def test_views_normalize_source_takes_the_imported_encoders_normalisation(tmp_path):
+    from medssl.config import load_recipe
+    from medssl.models.weights import resolve_normalization
+
+    source_checkpoint("eidoslab-resnet18", tmp_path / "w.pth")
+    spec = import_weights(tmp_path / "w.pth", "eidoslab-resnet18", tmp_path / "enc").spec
+    recipe = load_recipe("finetune_diagnosis", ["views.normalize=source"])
+    assert resolve_normalization(recipe, spec).views.normalize == "none"
+    medssl_spec = build_encoder("alexnet").spec
+    with pytest.raises(Exception, match="records no normalisation"):
+        resolve_normalization(recipe, medssl_spec)
+    pretraining = load_recipe("yaware_age", ["views.normalize=minmax"])
+    assert resolve_normalization(recipe, medssl_spec, pretraining).views.normalize == "minmax"
+    result = runner.invoke(
+        cli.app, ["pretrain", "yaware_age", "views.normalize=source", "--smoke", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code != 0 and "pre-training has no source encoder" in " ".join(str(result.exception).split())
+
+
+def test_zscore_volume_matches_the_kits_normalize_step():
+    """The kit's Normalize: (x - mean) / (std + 1e-8) over every voxel, population std; TorchIO's std is Bessel's."""
+    import torchio as tio
+
+    from medssl.data.views import normalization_transform
+
+    volume = np.random.default_rng(0).gamma(2.0, size=(121, 145, 121)).astype(np.float32)
+    volume[:20] = 0
+    expected = sources.kit_preprocess(volume)
+    padded = np.pad(volume[:, 8:136, :], ((3, 4), (0, 0), (3, 4)))  # the kit's crop and pad, done by the user
+    image = tio.ScalarImage(tensor=torch.from_numpy(padded)[None])
+    normalised = normalization_transform("zscore_volume")(tio.Subject(volume=image))["volume"].data[0].numpy()
+    np.testing.assert_allclose(normalised, expected, rtol=1e-5, atol=1e-5)

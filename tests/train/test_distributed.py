@@ -120,6 +120,7 @@ def worker(rank: int, port: int, cohort: str, out: str) -> None:
             "labels_gap": 0.0 if y_full is None else (y_all - y_full).abs().max().item(),
         }
 
+    results["debias"] = debias_gaps(rows, z_full)
     results["seconds"]["losses"] = time.perf_counter() - started
     # The engine's DDP path with a small BatchNorm-free model (DenseNet121 on CPU would take
     # most of the time budget): one SGD step on the two halves of a batch of 8, then
@@ -133,6 +134,29 @@ def worker(rank: int, port: int, cohort: str, out: str) -> None:
     results["seconds"]["smoke"] = time.perf_counter() - started
     (out / f"results_{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
+
+
+def debias_gaps(rows: slice, z_full: torch.Tensor) -> dict:
+    """The bias labels (sites) gathered as the engine gathers them, and FairKL on gathered embeddings, against
+    one process on the whole batch."""
+    from medssl.losses import FairKLLoss
+    from medssl.train.distributed import gather_with_grad
+
+    sites = torch.tensor([0, 1, 2, 0, 1, 2, 2, 1])[: len(z_full)]
+    gathered_sites = gather_with_grad(sites[rows].float()).long()  # as EmbeddingLossMethod gathers batch["bias"]
+    loss = FairKLLoss(reference_code=False)
+    single_z = z_full.clone().requires_grad_()
+    single = loss(single_z, None, sites)
+    single.backward()
+    local = z_full[rows].clone().requires_grad_()
+    gathered = loss(gather_with_grad(local), None, gathered_sites)
+    gathered.backward()
+    return {
+        "sites_equal": bool(torch.equal(gathered_sites, sites)),
+        "loss_gap": abs(gathered.item() - single.item()),
+        "grad_gap": (local.grad - WORLD * single_z.grad[rows]).abs().max().item(),
+        "grad_scale": single_z.grad[rows].abs().max().item(),
+    }
 
 
 def seeded_tiny_method():
@@ -175,6 +199,14 @@ def test_gathered_loss_and_local_gradients_equal_one_process_on_the_concatenated
         # Process r holds W * dL/dz_r; DDP's average over W processes then gives dL/dtheta exactly.
         assert measured["grad_gap"] < 1e-6 * max(1.0, measured["grad_scale"])
         assert measured["grad_scale"] > 1e-4  # a real gradient, not two zeros
+
+
+def test_bias_labels_are_gathered_exactly_and_fairkl_on_gathered_embeddings_equals_one_process(ddp_run):
+    for rank in range(WORLD):
+        measured = results(ddp_run, rank)["debias"]
+        assert measured["sites_equal"]
+        assert measured["loss_gap"] < 1e-6
+        assert measured["grad_gap"] < 1e-6 * max(1.0, measured["grad_scale"]) and measured["grad_scale"] > 1e-4
 
 
 def test_ddp_training_step_updates_parameters_like_one_process_on_the_concatenated_batch(

@@ -269,8 +269,16 @@ def pretrain(
         raise Interrupted(run_dir, resumable=(run_dir / PRETRAIN_CHECKPOINT).is_file()) from None
     if not quiet:
         console.print(
-            f"Done: mean loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch). Run folder: {result.run_dir}"
+            f"Done: mean loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch), "
+            f"{_network_trained(result.run_dir)}. Run folder: {result.run_dir}"
         )
+
+
+def _network_trained(run_dir: Path) -> str:
+    """Which network the run trained, from its encoder.json (the embedded budget may have replaced the recipe's)."""
+    spec = json.loads((run_dir / "encoder.json").read_text())
+    widths = spec["kwargs"].get("block_inplanes")
+    return f"encoder {spec['name']}" + (f" {'-'.join(map(str, widths))}" if widths else "")
 
 
 @app.command()

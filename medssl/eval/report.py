@@ -333,32 +333,54 @@ def _run_protocols(
 def print_report(results: dict, console: Console | None = None) -> None:
     """Print a results dict (or a loaded ``metrics.json``) as one table, pretrained vs. the baselines.
 
-    For every metric whose direction is known, the best representation is shown in bold.
+    For every metric whose direction is known, the best representation is shown in bold. When
+    the representations do not fit the console's width in one table (80 columns hold four),
+    the others follow in more tables, each opening with the trained encoder's column again.
     """
     console = console or Console()
     names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
     if not names:
         raise EvaluationError("results: no 'pretrained' or 'baseline' entry to print")
-    table = Table(title="medssl evaluation", title_justify="left", box=box.SIMPLE_HEAD)
-    for header in ("protocol", "metric"):
-        table.add_column(header, no_wrap=True)  # names stay whole at 80 columns
-    for name in names:
-        table.add_column(DISPLAY_NAMES.get(name, name), justify="right", min_width=9)
-
+    rows = []
     for key in _ordered_rows(results, names):
         cells = [_cell(results[name], key) for name in names]
         better = _better(key, [value for value, _ in cells])
         texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells)]
         # a challenge metric names its target (mae_internal: age); a CV metric needs it
         name = key[2] if key[0] == "challenge" else f"{key[1]} {METRIC_NAMES.get(key[2], key[2])}"
-        table.add_row(PROTOCOL_NAMES.get(key[0], key[0]), name, *texts)
-    console.print(table)
+        rows.append([PROTOCOL_NAMES.get(key[0], key[0]), name, *texts])
+    groups: list[list[int]] = [[0]]
+    for index in range(1, len(names)):
+        widened = [*groups[-1], index]
+        if len(groups[-1]) > 1 and _min_width(console, _report_table(names, rows, widened)) > console.width:
+            groups.append([0, index])
+        else:
+            groups[-1] = widened
+    for group in groups:
+        console.print(_report_table(names, rows, group))
     notes: dict[str, list[str]] = {}
     for name in names:
         for note in results[name].get("notes", []):
             notes.setdefault(note, []).append(name)
     for note, owners in notes.items():
         console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
+
+
+def _min_width(console: Console, table: Table) -> int:
+    """The fewest columns ``table`` prints in without cutting a cell (not clamped to the console's width)."""
+    return console.measure(table, options=console.options.update_width(1_000_000)).minimum
+
+
+def _report_table(names: list[str], rows: list[list[str]], columns: list[int]) -> Table:
+    """The printed table of the representations ``names[i]`` for i in ``columns``."""
+    table = Table(title="medssl evaluation", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("protocol", "metric"):
+        table.add_column(header, no_wrap=True)  # names stay whole at 80 columns
+    for index in columns:
+        table.add_column(DISPLAY_NAMES.get(names[index], names[index]), justify="right", min_width=9)
+    for row in rows:
+        table.add_row(*row[:2], *(row[2 + index] for index in columns))
+    return table
 
 
 def _out_of_fold_table(

@@ -376,3 +376,17 @@ def test_zscore_volume_matches_the_kits_normalize_step():
     image = tio.ScalarImage(tensor=torch.from_numpy(padded)[None])
     normalised = normalization_transform("zscore_volume")(tio.Subject(volume=image))["volume"].data[0].numpy()
     np.testing.assert_allclose(normalised, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_an_imported_encoder_on_an_own_cohort_with_the_sources_normalisation(tmp_path, tiny_cohort):
+    source_checkpoint("eidoslab-resnet18", tmp_path / "w.pth")
+    import_weights(tmp_path / "w.pth", "eidoslab-resnet18", tmp_path / "enc")
+    result = runner.invoke(
+        cli.app,
+        ["evaluate", str(tmp_path / "enc"), "--cohort", str(tiny_cohort), "views.normalize=source", "eval.folds=2"],
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    text = " ".join(result.output.split())
+    assert "note: eidoslab-resnet18 expects" in text and "volumes are 16x16x16" in text
+    assert "views.normalize is" not in text  # source resolved to the source's own (none)
+    assert (tmp_path / "enc" / "eval" / "metrics.json").is_file()

@@ -7,7 +7,7 @@ medssl score predictions.csv [--json out.json] [--id-col C]
 medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
 medssl leaderboard BENCHMARK_DIR
 medssl recipes [--fields]
-medssl data synth OUT --subjects N --sites S --shape 64 [--overwrite]
+medssl data synth OUT --subjects N --sites S --shape 64 [--diagnosis focal|ageing|ad-like] [--overwrite]
 medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K] [--overwrite]
 medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
 medssl weights import FILE --layout NAME --out DIR [--encoder NAME] [model.KEY=VALUE ...] [--ignore PREFIX]
@@ -68,6 +68,14 @@ class FinetuneMode(str, Enum):
 class CacheDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
+
+
+class DiagnosisModel(str, Enum):
+    """The synthetic generator's disorder models (medssl.data.synthetic.DISORDER_MODELS)."""
+
+    focal = "focal"
+    ageing = "ageing"
+    ad_like = "ad-like"
 
 
 OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. {example} data.root=/data/openbhb."
@@ -715,8 +723,11 @@ def data_synth(
         None, min=0, help="Sites held out as the external test set (default sites / 6, at least 1, at most sites - 1)."
     ),
     shape: int = typer.Option(32, min=8, max=256, help="Edge of the cubic volumes in voxels."),
-    diagnosis: bool = typer.Option(
-        False, "--diagnosis", metavar=FLAG, help="Add a patient/control diagnosis (hippocampal grey-matter loss)."
+    diagnosis: DiagnosisModel | None = typer.Option(
+        None,
+        "--diagnosis",
+        metavar="MODEL",
+        help="Add a patient/control diagnosis; patients differ by MODEL: focal (hippocampal grey-matter loss), ageing (a brain-age gap) or ad-like (both).",
     ),
     seed: int = typer.Option(0, help="Random seed."),
     overwrite: bool = typer.Option(
@@ -739,9 +750,10 @@ def data_synth(
         sites=sites,
         external_sites=external_sites,
         shape=shape,
-        diagnosis=diagnosis,
+        diagnosis=diagnosis is not None,
         seed=seed,
         progress=True,
+        diagnosis_model=diagnosis.value if diagnosis is not None else "focal",
     )
     console.print(f"Wrote {subjects} subjects from {sites} sites to {path}")
 

@@ -78,9 +78,21 @@ class SyntheticCohortConfig(Section):
     external_sites: int = Field(4, ge=0, description="Sites held out entirely as the external test set.")
     shape: int = Field(32, ge=8, le=256, description="Edge length of the cubic synthetic volumes (voxels).")
     diagnosis: bool = Field(
-        False, description="Add a binary diagnosis: patients lose grey matter around both hippocampi."
+        False, description="Add a binary diagnosis: patients differ from controls as diagnosis_model says."
+    )
+    diagnosis_model: Literal["focal", "ageing", "ad-like"] = Field(
+        "focal",
+        description="What sets patients apart (with diagnosis: true): focal (hippocampal grey-matter loss), ageing (a brain-age gap of 6.7-10 years, Alzheimer's BrainAGE studies) or ad-like (both).",
     )
     seed: int = Field(0, description="Seed of the generator; the same seed gives the same cohort.")
+
+    @model_validator(mode="after")
+    def _a_disorder_model_needs_a_diagnosis(self) -> SyntheticCohortConfig:
+        if self.diagnosis_model != "focal" and not self.diagnosis:
+            raise ValueError(
+                f"data.synthetic.diagnosis_model = {self.diagnosis_model!r} needs data.synthetic.diagnosis: true (without it there are no patients)"
+            )
+        return self
 
 
 class DataConfig(Section):
@@ -319,11 +331,14 @@ class MethodSection(Section):
 
 
 class EmbeddingSection(MethodSection):
-    """A method whose loss sees the (N, V, d) embeddings of every view: it may add a debiasing term."""
+    """A method whose loss sees the (N, V, d) embeddings of every view: it may add a debiasing term
+    (its ``debias`` key, the last of its section)."""
 
-    debias: Debias | None = Field(
-        None, description="A term that removes data.bias (the site) from the representation: fairkl or adversarial."
-    )
+
+DebiasKey = Annotated[
+    Debias | None,
+    Field(description="A term that removes data.bias (the site) from the representation: fairkl or adversarial."),
+]
 
 
 class YAwareConfig(EmbeddingSection):
@@ -334,6 +349,7 @@ class YAwareConfig(EmbeddingSection):
     sigma: Sigma = 5.0
     kernel: Kernel = "rbf"
     shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
 
 
 class ThresholdConfig(EmbeddingSection):
@@ -345,6 +361,7 @@ class ThresholdConfig(EmbeddingSection):
     kernel: Kernel = "rbf"
     reference_code: ReferenceCode = False
     shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
 
 
 class ExponentialConfig(EmbeddingSection):
@@ -356,6 +373,7 @@ class ExponentialConfig(EmbeddingSection):
     kernel: Kernel = "rbf"
     reference_code: ReferenceCode = False
     shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
 
 
 class SimCLRConfig(EmbeddingSection):
@@ -363,6 +381,7 @@ class SimCLRConfig(EmbeddingSection):
 
     name: Annotated[Literal["simclr"], METHOD_NAME_FIELD] = "simclr"
     temperature: Temperature = 0.1
+    debias: DebiasKey = None
 
 
 class DecoupledConfig(EmbeddingSection):
@@ -370,6 +389,7 @@ class DecoupledConfig(EmbeddingSection):
 
     name: Annotated[Literal["decoupled"], METHOD_NAME_FIELD] = "decoupled"
     temperature: Temperature = 0.1
+    debias: DebiasKey = None
 
 
 class SupConConfig(EmbeddingSection):
@@ -378,6 +398,7 @@ class SupConConfig(EmbeddingSection):
     name: Annotated[Literal["supcon"], METHOD_NAME_FIELD] = "supcon"
     temperature: Temperature = 0.1
     shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
 
 
 class EpsSupInfoNCEConfig(EmbeddingSection):
@@ -387,6 +408,7 @@ class EpsSupInfoNCEConfig(EmbeddingSection):
     temperature: Temperature = 0.1
     eps: Eps = 0.0
     shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
 
 
 class EpsSupConConfig(EmbeddingSection):
@@ -396,6 +418,7 @@ class EpsSupConConfig(EmbeddingSection):
     temperature: Temperature = 0.1
     eps: Eps = 0.0
     shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
 
 
 class BarlowTwinsConfig(EmbeddingSection):
@@ -403,6 +426,7 @@ class BarlowTwinsConfig(EmbeddingSection):
 
     name: Annotated[Literal["barlow_twins"], METHOD_NAME_FIELD] = "barlow_twins"
     lambd: float = Field(5e-3, ge=0, description="Weight of the off-diagonal (redundancy reduction) term.")
+    debias: DebiasKey = None
 
 
 class VICRegConfig(EmbeddingSection):
@@ -416,6 +440,7 @@ class VICRegConfig(EmbeddingSection):
         "authors",
         description="'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).",
     )
+    debias: DebiasKey = None
 
 
 class BYOLConfig(MethodSection):
@@ -1048,6 +1073,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
         external_sites=1,
         shape=shape,
         diagnosis=recipe.data.synthetic.diagnosis,
+        diagnosis_model=recipe.data.synthetic.diagnosis_model,
         seed=recipe.data.synthetic.seed,
     )
     if smoke.data.root is not None:

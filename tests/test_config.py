@@ -201,7 +201,7 @@ def test_a_key_the_method_does_not_have_is_refused_naming_it_and_the_method_keys
         load_recipe("simclr", ["method.sigma=3"])
     assert str(error.value) == (
         "command-line override method.sigma=3: unknown key 'method.sigma' for method 'simclr' "
-        "(its keys: name, temperature)"
+        "(its keys: name, temperature, debias)"
     )
     path = write(tmp_path, "method: {name: dino, sigma: 3, kernel: rbf}\n")
     with pytest.raises(
@@ -220,7 +220,7 @@ def test_the_cli_refuses_a_key_of_another_method_in_one_line_with_exit_code_2(mo
         cli.main()
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in error
-    assert "unknown key 'method.sigma' for method 'simclr' (its keys: name, temperature)" in error
+    assert "unknown key 'method.sigma' for method 'simclr' (its keys: name, temperature, debias)" in error
 
 
 def test_switching_method_on_the_command_line_says_how_when_the_recipe_keys_do_not_fit():
@@ -240,7 +240,9 @@ def changed_values(section: type[MethodSection]) -> dict:
         default = field.default
         if key == "name":
             continue
-        if isinstance(default, bool):
+        if key == "debias":  # a debiasing term instead of none
+            values[key] = {"name": "adversarial", "weight": 0.5, "schedule": "constant", "hidden_dim": 7}
+        elif isinstance(default, bool):
             values[key] = not default
         elif isinstance(default, int):
             values[key] = default + 1
@@ -273,7 +275,10 @@ def test_fields_lists_each_method_keys_in_its_own_block(monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=200))  # descriptions on one line each
     result = CliRunner().invoke(cli.app, ["recipes", "--fields"])
     assert result.exit_code == 0, result.output
-    blocks = result.output.split("method.name: ")[1:]
+    methods, debias = result.output.split("The debiasing term method.debias")
+    for key in ("method.debias.name: fairkl", "method.debias.name: adversarial", "method.debias.schedule"):
+        assert key in debias
+    blocks = methods.split("method.name: ")[1:]
     named = {block.split()[0]: block for block in blocks}
     assert list(named) == list(METHOD_NAMES)
     for name, block in named.items():

@@ -21,7 +21,8 @@ concentration 20); ages are clipped to [8, 88] years. Sex is "M" with a site-spe
 probability in U(0.4, 0.6). The last ``external_sites`` sites form ``external_test``;
 in every other site about 20 % of the subjects, spread over its age range, form
 ``internal_test``, the rest ``train``. With ``diagnosis``, half of each site (rounded
-at random) are patients.
+at random) are patients; with a brain-age gap in the disorder model, each patient's gap
+is drawn last, so the rest of the table is that of every other model.
 
 Subject (its own random stream, spawned from the seed). Three maps, composed, warp the
 tissue maps (linear interpolation):
@@ -36,15 +37,38 @@ tissue maps (linear interpolation):
 
 Cortical thinning then turns GM lying next to CSF into CSF (sulci widen), a fraction
 r(age) = 0.002 min(age - 8, 12) + 0.003 max(age - 20, 0) of the subject's GM (0.3 % a
-year after 20), times a subject factor LogNormal(0, 0.2). Patients lose another 50 %
-of their GM at the peak of two Gaussian blobs (sd 14 mm) on the left and right
-hippocampi (MNI +-26, -22, -14 mm): an effect sized for the embedded resolution (at 32^3,
-6 mm voxels, a blob spans about 5-6 voxels at half maximum), so that the diagnosis can be
-learnt from a few hundred subjects; :func:`diagnosis_effect_map` gives its location.
-The T1 image is sum_tissue p_tissue x T_tissue with T_WM = 1, T_GM = 1 - k(age) and
-T_CSF from the site: grey/white contrast k(age) = 0.40 - 0.001 (age - 8) fades with age
-(Salat et al., NeuroImage 2009), times the site's contrast and a subject factor
-LogNormal(0, 0.03).
+year after 20), times a subject factor LogNormal(0, 0.2). The T1 image is
+sum_tissue p_tissue x T_tissue with T_WM = 1, T_GM = 1 - k(age) and T_CSF from the site:
+grey/white contrast k(age) = 0.40 - 0.001 (age - 8) fades with age (Salat et al.,
+NeuroImage 2009), times the site's contrast and a subject factor LogNormal(0, 0.03).
+
+Disorder models (``diagnosis_model``; :data:`DISORDER_MODELS`). A patient differs from the
+control with the same random stream by the model's components only:
+
+- ``focal``: patients lose another 50 % of their GM at the peak of two Gaussian blobs
+  (sd 14 mm) on the left and right hippocampi (MNI +-26, -22, -14 mm): an effect sized for
+  the embedded resolution (at 32^3, 6 mm voxels, a blob spans about 5-6 voxels at half
+  maximum), so that the diagnosis can be learnt from a few hundred subjects;
+  :func:`diagnosis_effect_map` gives its location. ``diagnosis: true`` alone means this
+  model, and its cohorts are the ones generated before the other models existed.
+- ``ageing``: a brain-age gap. The patient's brain is generated as a control's ``gap``
+  years older: every age-dependent part of the model above (ventricles, cortical thinning,
+  grey/white contrast) is evaluated at age + gap, while the recorded age stays the
+  chronological one. The gap is drawn per patient, U(6.7, 10.0) years
+  (:data:`AD_BRAIN_AGE_GAP_YEARS`), from the range of the Alzheimer's-disease group means of
+  the BrainAGE studies summarised by Franke & Gaser (Frontiers in Neurology 10:789, 2019):
+  +6.7 years at baseline in ADNI (Franke & Gaser, GeroPsych 25:235, 2012) and +10.0 years
+  (Franke et al., NeuroImage 50:883, 2010). Those studies report group means, not the
+  spread of each patient's true gap apart from the estimator's error, so each patient draws
+  uniformly between the two means. The same studies report smaller gaps for other
+  disorders, not used by the shipped models: progressive MCI +6.2 at baseline and stable
+  MCI -0.5 (Franke & Gaser 2012), schizophrenia +5.5 (Koutsouleris et al., Schizophrenia
+  Bulletin 40:1140, 2014) and +3.4 (Schnack et al., American Journal of Psychiatry
+  173:607, 2016). The values were fixed from these papers before any method was run on
+  the cohorts, not tuned against a method's outcome. The table's ``brain_age_gap`` column
+  holds each subject's gap (0 for controls); :func:`ageing_effect_map` gives the image
+  change it makes.
+- ``ad-like``: both, the gap and then the focal loss on the older brain.
 
 Site (scanner) signature, applied in acquisition order: Gaussian blur (sd 0-0.6 voxel),
 a multiplicative bias field exp(b B) with B a smooth site pattern (b in 0-0.1) plus a
@@ -100,10 +124,28 @@ HIPPOCAMPI_MM = ((-26.0, -22.0, -14.0), (26.0, -22.0, -14.0))
 # with 50 % at sd 14 mm on 237.
 DIAGNOSIS_LOSS = 0.5
 DIAGNOSIS_SD_MM = 14.0
+# Brain-age gap of Alzheimer's disease, years: the range of the group means reported by the
+# BrainAGE studies (Franke & Gaser 2012, +6.7; Franke et al. 2010, +10.0; module docstring).
+AD_BRAIN_AGE_GAP_YEARS = (6.7, 10.0)
 # Age mixture: children, young adults, adults, elderly.
 AGE_MIXTURE_WEIGHTS = np.array([0.2, 0.45, 0.2, 0.15])
 SITE_AGE_CONCENTRATION = 20.0
 STALE_TEMPORARY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class DisorderModel:
+    """What sets a disorder model's patients apart from their controls (module docstring)."""
+
+    focal_loss: bool  # the hippocampal grey-matter loss
+    brain_age_gap: tuple[float, float] | None  # years, U(low, high) per patient; None: no gap
+
+
+DISORDER_MODELS = {
+    "focal": DisorderModel(focal_loss=True, brain_age_gap=None),
+    "ageing": DisorderModel(focal_loss=False, brain_age_gap=AD_BRAIN_AGE_GAP_YEARS),
+    "ad-like": DisorderModel(focal_loss=True, brain_age_gap=AD_BRAIN_AGE_GAP_YEARS),
+}
 
 
 # ----------------------------------------------------------------------------- template
@@ -331,7 +373,12 @@ def _assign_diagnosis(rng: np.random.Generator, site: np.ndarray) -> np.ndarray:
 
 
 def _demographics(
-    rng: np.random.Generator, scanners: list[_Scanner], subjects: int, external_sites: int, diagnosis: bool
+    rng: np.random.Generator,
+    scanners: list[_Scanner],
+    subjects: int,
+    external_sites: int,
+    diagnosis: bool,
+    brain_age_gap: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     sites = len(scanners)
     site = rng.permutation(np.repeat(np.arange(sites), _site_sizes(rng, subjects, sites)))
@@ -354,6 +401,11 @@ def _demographics(
     )
     if diagnosis:
         table["diagnosis"] = _assign_diagnosis(rng, site)
+        if brain_age_gap is not None:  # drawn last: the table above is every model's
+            patients = (table["diagnosis"] == "patient").to_numpy()
+            gap = np.zeros(subjects)
+            gap[patients] = np.round(rng.uniform(*brain_age_gap, size=int(patients.sum())), 2)
+            table["brain_age_gap"] = gap
     table["site_index"] = site
     return table
 
@@ -369,9 +421,19 @@ def _grey_white_contrast(age: float) -> float:
 
 
 def _subject_tissues(
-    grid: _Grid, age: float, male: bool, patient: bool, rng: np.random.Generator
+    grid: _Grid,
+    age: float,
+    male: bool,
+    patient: bool,
+    rng: np.random.Generator,
+    ageing: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """GM, WM and CSF probabilities and the brain mask of one subject on the output grid."""
+    """GM, WM and CSF probabilities and the brain mask of one subject on the output grid.
+
+    ``patient`` adds the focal hippocampal loss; ``age`` is the age the anatomy is generated
+    at. ``ageing``, if given, receives the subject's drawn ageing quantities (the ventricular
+    enlargement and the fraction of GM lost to cortical thinning).
+    """
     template = _mni_template()
     n = grid.shape
     column = (3, 1, 1, 1)
@@ -400,6 +462,8 @@ def _subject_tissues(
     target = _cortical_loss(age) * float(np.exp(rng.normal(0.0, 0.2)))
     rate = target * gm.sum() / max(float((gm * near_csf).sum()), 1e-6)
     lost = gm * np.clip(rate * near_csf, 0.0, 0.9)
+    if ageing is not None:
+        ageing.update(ventricular_enlargement=float(enlargement), cortical_grey_matter_loss=target)
     if patient:
         lost = lost + DIAGNOSIS_LOSS * _hippocampal_blobs(source) * (gm - lost)
     return gm - lost, wm, csf + lost, brain
@@ -431,11 +495,24 @@ def _render_subject(
     male: bool,
     patient: bool,
     seed: np.random.SeedSequence,
+    model: DisorderModel = DISORDER_MODELS["focal"],
+    brain_age_gap: float = 0.0,
+    ageing: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """One T1-weighted volume, float32 of shape (n, n, n); see the module docstring."""
+    """One T1-weighted volume, float32 of shape (n, n, n); see the module docstring.
+
+    A patient gets the components of ``model``: the focal loss, and the anatomy of
+    ``age + brain_age_gap`` (a control's gap is ignored). ``ageing``, if given, receives the
+    subject's ageing quantities (:func:`_subject_tissues` and the grey/white contrast).
+    """
     rng = np.random.default_rng(seed)
-    gm, wm, csf, brain = _subject_tissues(grid, age, male, patient, rng)
-    contrast = _grey_white_contrast(age) * scanner.contrast * float(np.exp(rng.normal(0.0, 0.03)))
+    # + 0.0 leaves every float as it is: the focal model's volumes are those made before the gap existed.
+    anatomy_age = age + (brain_age_gap if patient and model.brain_age_gap is not None else 0.0)
+    focal = patient and model.focal_loss
+    gm, wm, csf, brain = _subject_tissues(grid, anatomy_age, male, focal, rng, ageing)
+    contrast = _grey_white_contrast(anatomy_age) * scanner.contrast * float(np.exp(rng.normal(0.0, 0.03)))
+    if ageing is not None:
+        ageing["grey_white_contrast"] = contrast
     csf_intensity = scanner.csf_intensity * float(np.exp(rng.normal(0.0, 0.05)))
     image = wm + gm * (1.0 - contrast) + csf * csf_intensity
 
@@ -487,13 +564,15 @@ def synthesize_cohort(
     diagnosis: bool = False,
     seed: int = 0,
     progress: bool = False,
+    diagnosis_model: str = "focal",
 ) -> Path:
     """Write a synthetic multi-site T1 cohort: ``participants.tsv``, volumes and ``cohort.json``.
 
     The table has ``participant_id``, ``age``, ``sex``, ``site``, ``split``, ``path`` (and
-    ``diagnosis`` when asked); each ``sub-XXXX_T1w.nii.gz`` is a float32 ``shape``^3 volume
-    with an isotropic RAS affine. ``cohort.json``, written last, records the settings and
-    every site's scanner signature. The same arguments give bit-identical files.
+    ``diagnosis`` when asked, and ``brain_age_gap`` when the disorder model has one); each
+    ``sub-XXXX_T1w.nii.gz`` is a float32 ``shape``^3 volume with an isotropic RAS affine.
+    ``cohort.json``, written last, records the settings, the disorder model and its
+    parameters, and every site's scanner signature. The same arguments give bit-identical files.
 
     Args:
         out_dir: folder to write into (created if missing).
@@ -501,9 +580,11 @@ def synthesize_cohort(
         sites: number of sites (scanners).
         external_sites: sites whose subjects all form ``external_test`` (the last ones).
         shape: edge of the cubic volumes in voxels.
-        diagnosis: add a balanced control/patient ``diagnosis`` with a hippocampal GM loss.
+        diagnosis: add a balanced control/patient ``diagnosis``.
         seed: seed of every random draw.
         progress: show a progress bar.
+        diagnosis_model: what sets patients apart, a key of :data:`DISORDER_MODELS`:
+            ``focal`` (hippocampal GM loss), ``ageing`` (brain-age gap) or ``ad-like`` (both).
 
     Returns:
         ``out_dir`` as a ``Path``.
@@ -514,18 +595,21 @@ def synthesize_cohort(
         (16, 6)
     """
     check_sizes(subjects, sites, external_sites, shape)
+    model = disorder_model(diagnosis_model, diagnosis)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cohort_stream, sites_stream, subjects_stream = np.random.SeedSequence(seed % 2**64).spawn(3)
     scanners = _draw_scanners(np.random.default_rng(sites_stream), sites, external_sites)
-    table = _demographics(np.random.default_rng(cohort_stream), scanners, subjects, external_sites, diagnosis)
-    _write_volumes(out_dir, table, scanners, subjects_stream.spawn(subjects), shape, diagnosis, progress)
+    table = _demographics(
+        np.random.default_rng(cohort_stream), scanners, subjects, external_sites, diagnosis, model.brain_age_gap
+    )
+    _write_volumes(out_dir, table, scanners, subjects_stream.spawn(subjects), shape, diagnosis, progress, model)
     table.drop(columns="site_index").to_csv(out_dir / TABLE_NAME, sep="\t", index=False)
     description = {
         "generator": __name__,
         "version": GENERATOR_VERSION,
-        "config": _config_dict(subjects, sites, external_sites, shape, diagnosis, seed),
-        "diagnosis_effect": _diagnosis_effect() if diagnosis else None,
+        "config": _config_dict(subjects, sites, external_sites, shape, diagnosis, seed, diagnosis_model),
+        "diagnosis_effect": _diagnosis_effect(diagnosis_model) if diagnosis else None,
         "voxel_size_mm": FIELD_OF_VIEW_MM / shape,
         "sites": _site_descriptions(table, scanners, external_sites),
     }
@@ -541,6 +625,7 @@ def _write_volumes(
     shape: int,
     diagnosis: bool,
     progress: bool,
+    model: DisorderModel = DISORDER_MODELS["focal"],
 ) -> None:
     """Render and save every subject's volume, each from its own random stream."""
     from rich.progress import track
@@ -558,8 +643,9 @@ def _write_volumes(
         if row.site_index not in site_bias:
             site_bias[row.site_index] = _site_bias_field(scanner, shape)
         patient = diagnosis and row.diagnosis == "patient"
+        gap = float(getattr(row, "brain_age_gap", 0.0))
         volume = _render_subject(
-            grid, scanner, site_bias[row.site_index], float(row.age), row.sex == "M", patient, stream
+            grid, scanner, site_bias[row.site_index], float(row.age), row.sex == "M", patient, stream, model, gap
         )
         nib.save(nib.Nifti1Image(volume, grid.affine), out_dir / row.path)
 
@@ -577,16 +663,47 @@ def _site_descriptions(table: pd.DataFrame, scanners: list[_Scanner], external_s
     ]
 
 
-def _diagnosis_effect() -> dict:
-    """The patients' effect, recorded in ``cohort.json``: a cached cohort of another effect is regenerated."""
-    return {
-        "grey_matter_loss": DIAGNOSIS_LOSS,
-        "sd_mm": DIAGNOSIS_SD_MM,
-        "centres_mm": [list(c) for c in HIPPOCAMPI_MM],
-    }
+def disorder_model(name: str, diagnosis: bool = True) -> DisorderModel:
+    """The disorder model called ``name``; a recipe-key error for an unknown name, or for a
+    model other than ``focal`` without a diagnosis (it would silently make no patients)."""
+    if name not in DISORDER_MODELS:
+        raise RecipeError(f"data.synthetic.diagnosis_model={name}: expected one of {', '.join(DISORDER_MODELS)}")
+    if name != "focal" and not diagnosis:
+        raise RecipeError(
+            f"data.synthetic.diagnosis_model={name} needs data.synthetic.diagnosis=true (without it there are no patients)"
+        )
+    return DISORDER_MODELS[name]
 
 
-def _config_dict(subjects: int, sites: int, external_sites: int, shape: int, diagnosis: bool, seed: int) -> dict:
+def _diagnosis_effect(model: str = "focal") -> dict:
+    """The disorder model and its parameters, recorded in ``cohort.json``: a cached cohort of
+    another effect is regenerated."""
+    components = DISORDER_MODELS[model]
+    effect: dict = {"model": model}
+    if components.focal_loss:
+        effect.update(
+            grey_matter_loss=DIAGNOSIS_LOSS, sd_mm=DIAGNOSIS_SD_MM, centres_mm=[list(c) for c in HIPPOCAMPI_MM]
+        )
+    if components.brain_age_gap is not None:
+        effect["brain_age_gap_years"] = {
+            "distribution": "uniform",
+            "low": components.brain_age_gap[0],
+            "high": components.brain_age_gap[1],
+            "source": "Alzheimer's-disease BrainAGE group means: Franke & Gaser 2012 (+6.7), Franke et al. 2010 "
+            "(+10.0); review: Franke & Gaser, Frontiers in Neurology 10:789, 2019",
+        }
+    return effect
+
+
+def _config_dict(
+    subjects: int,
+    sites: int,
+    external_sites: int,
+    shape: int,
+    diagnosis: bool,
+    seed: int,
+    diagnosis_model: str = "focal",
+) -> dict:
     return {
         "subjects": subjects,
         "sites": sites,
@@ -594,14 +711,16 @@ def _config_dict(subjects: int, sites: int, external_sites: int, shape: int, dia
         "shape": shape,
         "diagnosis": bool(diagnosis),
         "seed": seed,
+        "diagnosis_model": diagnosis_model,
     }
 
 
 def cohort_key(config: SyntheticCohortConfig) -> str:
-    """Folder name of a cached cohort, e.g. ``s256-k8-e2-n32-d0-seed0``."""
+    """Folder name of a cached cohort, e.g. ``s256-k8-e2-n32-d0-seed0``, ``s360-k8-e2-n32-d1-ad-like-seed1``."""
+    model = "" if config.diagnosis_model == "focal" else f"-{config.diagnosis_model}"
     return (
         f"s{config.subjects}-k{config.sites}-e{config.external_sites}-n{config.shape}"
-        f"-d{int(config.diagnosis)}-seed{config.seed}"
+        f"-d{int(config.diagnosis)}{model}-seed{config.seed}"
     )
 
 
@@ -616,7 +735,7 @@ def _is_complete(folder: Path, expected: dict) -> bool:
         description = json.loads((folder / MARKER_NAME).read_text())
     except (OSError, ValueError):
         return False
-    effect = _diagnosis_effect() if expected.get("diagnosis") else None
+    effect = _diagnosis_effect(expected["diagnosis_model"]) if expected.get("diagnosis") else None
     return (
         description.get("version") == GENERATOR_VERSION
         and description.get("config") == expected
@@ -664,7 +783,13 @@ def embedded_cohort(config: SyntheticCohortConfig, cache_dir: str | Path | None 
     parent = parent / "synthetic"
     folder = parent / key
     expected = _config_dict(
-        config.subjects, config.sites, config.external_sites, config.shape, config.diagnosis, config.seed
+        config.subjects,
+        config.sites,
+        config.external_sites,
+        config.shape,
+        config.diagnosis,
+        config.seed,
+        config.diagnosis_model,
     )
     if _is_complete(folder, expected):
         return folder

@@ -85,6 +85,8 @@ DISPLAY_NAMES = {
     "intensity": "intensity stats",
     "mean": "training mean",
 }
+# Representations per printed table when the report is wider than the console: 80 columns hold four.
+COLUMNS_PER_TABLE = 4
 CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
 CV_PROTOCOLS = ("site_stratified", "leave_site_out", "kit_folds")
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
@@ -331,11 +333,12 @@ def _run_protocols(
 
 
 def print_report(results: dict, console: Console | None = None) -> None:
-    """Print a results dict (or a loaded ``metrics.json``) as one table, pretrained vs. the baselines.
+    """Print a results dict (or a loaded ``metrics.json``) as a table, pretrained vs. the baselines.
 
-    For every metric whose direction is known, the best representation is shown in bold. When
-    the representations do not fit the console's width in one table (80 columns hold four),
-    the others follow in more tables, each opening with the trained encoder's column again.
+    For every metric whose direction is known, the best representation is shown in bold (of
+    all of them). More than four representations that do not fit the console's width in one
+    table are printed four per table, each table after the first opening with the trained
+    encoder's column again (80 columns hold four).
     """
     console = console or Console()
     names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
@@ -349,13 +352,15 @@ def print_report(results: dict, console: Console | None = None) -> None:
         # a challenge metric names its target (mae_internal: age); a CV metric needs it
         name = key[2] if key[0] == "challenge" else f"{key[1]} {METRIC_NAMES.get(key[2], key[2])}"
         rows.append([PROTOCOL_NAMES.get(key[0], key[0]), name, *texts])
-    groups: list[list[int]] = [[0]]
-    for index in range(1, len(names)):
-        widened = [*groups[-1], index]
-        if len(groups[-1]) > 1 and _min_width(console, _report_table(names, rows, widened)) > console.width:
-            groups.append([0, index])
-        else:
-            groups[-1] = widened
+    columns = list(range(len(names)))
+    groups = [columns]
+    if len(names) > COLUMNS_PER_TABLE and _full_width(console, _report_table(names, rows, columns)) > console.width:
+        # the first four, then the rest after the trained encoder's column again, as many tables as needed
+        rest = columns[COLUMNS_PER_TABLE:]
+        step = COLUMNS_PER_TABLE - 1
+        groups = [columns[:COLUMNS_PER_TABLE]] + [
+            [0, *rest[start : start + step]] for start in range(0, len(rest), step)
+        ]
     for group in groups:
         console.print(_report_table(names, rows, group))
     notes: dict[str, list[str]] = {}
@@ -366,9 +371,9 @@ def print_report(results: dict, console: Console | None = None) -> None:
         console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
 
 
-def _min_width(console: Console, table: Table) -> int:
-    """The fewest columns ``table`` prints in without cutting a cell (not clamped to the console's width)."""
-    return console.measure(table, options=console.options.update_width(1_000_000)).minimum
+def _full_width(console: Console, table: Table) -> int:
+    """The width ``table`` prints in without wrapping a header or cell (not clamped to the console's width)."""
+    return console.measure(table, options=console.options.update_width(1_000_000)).maximum
 
 
 def _report_table(names: list[str], rows: list[list[str]], columns: list[int]) -> Table:

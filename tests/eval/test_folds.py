@@ -196,16 +196,16 @@ def test_the_report_carries_the_challenge_folds_next_to_the_other_protocols(tmp_
         baseline_features=features[::-1].copy(),
         challenge_folds=folds,
     )
-    for name in ("pretrained", "baseline"):
+    for name in ("pretrained", "combat", "baseline"):
         assert results[name]["kit_folds"]["age"]["mae_external"]["n_folds"] == 3
     per_fold = pd.read_csv(tmp_path / "eval" / "kit_folds.csv")
-    assert len(per_fold) == 6 and set(per_fold["representation"]) == {"pretrained", "baseline"}
+    assert len(per_fold) == 9 and set(per_fold["representation"]) == {"pretrained", "combat", "baseline"}
     pretrained = per_fold[per_fold["representation"] == "pretrained"]
     assert results["pretrained"]["kit_folds"]["site"]["bacc_site"]["mean"] == pytest.approx(
         pretrained["bacc_site"].mean()
     )
     long = pd.read_csv(tmp_path / "eval" / "metrics.csv")
-    assert len(long[long["protocol"] == "kit_folds"]) == 8
+    assert len(long[long["protocol"] == "kit_folds"]) == 12
 
 
 def test_pretrain_refuses_a_bad_folds_file_before_training(tmp_path):

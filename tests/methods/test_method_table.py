@@ -141,15 +141,32 @@ def test_contrastive_methods_take_at_least_two_views_whatever_the_views_section_
     assert method_needs(Recipe(method={"name": "simclr"}, views={"n_views": 1})).views == 2
 
 
+# method.debias of an embedding method: every key of the term reaches the built classifier (3 bias classes).
+DEBIAS = {"name": "adversarial", "weight": 0.3, "schedule": "constant", "hidden_dim": 5}
+
+
+def kept_debias(method) -> dict:
+    term = method.debias
+    assert term.classifier[-1].out_features == 3
+    return {
+        "name": "adversarial",
+        "weight": term.weight,
+        "schedule": term.schedule,
+        "hidden_dim": term.classifier[0].out_features,
+    }
+
+
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_each_method_is_built_from_every_key_of_its_own_section(name):
     values, kept = WIRING[name]
+    takes_debias = "debias" in METHOD_SECTIONS[name].model_fields
+    values = {**values, "debias": DEBIAS} if takes_debias else values
     recipe = Recipe(
         method={"name": name, **values}, model={"encoder": "alexnet", "head": {"hidden_dim": 16, "out_dim": 8}}
     )
     assert set(values) == set(METHOD_SECTIONS[name].model_fields) - {"name"}  # the check covers every key
-    method = build_method(recipe, build_encoder("alexnet"))
-    assert kept(method) == values
+    method = build_method(recipe, build_encoder("alexnet"), bias_classes=3 if takes_debias else None)
+    assert {**kept(method), **({"debias": kept_debias(method)} if takes_debias else {})} == values
     # Alignment and uniformity are measured on a projection; a classifier's outputs are none.
     assert method.has_projection == (name not in {"deepcluster", "supervised"})
 

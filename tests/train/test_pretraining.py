@@ -212,7 +212,11 @@ def test_bf16_conv_hazards_names_3x3x3_convolutions_that_see_depth_two():
     assert all(not module._forward_hooks for module in model)  # the probe leaves no hook behind
 
 
-def test_bf16_on_cpu_falls_back_to_fp32_with_a_note_when_a_hazard_exists(tmp_path):
+def test_bf16_on_cpu_falls_back_to_fp32_with_a_note_when_a_hazard_exists(tmp_path, monkeypatch):
+    from medssl.train import setup
+
+    # the hazard check runs on CPUs with native bf16; on others bf16 falls back before it (tested below)
+    monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: True)
     # 16^3 volumes reach the AlexNet's last 3x3x3 convolutions with depth 2
     pretraining = build_pretraining(
         quick_recipe("simclr", "train.precision=bf16", "train.device=cpu", "train.max_steps_per_epoch=1"),

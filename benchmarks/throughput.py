@@ -8,6 +8,7 @@ they take hours on a CPU):
     python benchmarks/throughput.py --device cuda --modes bf16+cl fp16+cl --batch 8      # one GPU
     python benchmarks/throughput.py --shape 24,28,24 --modes fp32 fp32+ckpt              # checkpointing cost
     python benchmarks/throughput.py --no-steps --losses 1024                             # contrastive losses
+    python benchmarks/throughput.py --views --repeats 3                                  # view pipelines
 
 For each encoder x shape x mode x batch (``--batch`` subjects, 2 views each), where a mode is a
 precision (fp32, bf16, fp16) with optional ``+cl`` (channels_last_3d) and ``+ckpt``
@@ -32,6 +33,16 @@ precision (fp32, bf16, fp16) with optional ``+cl`` (channels_last_3d) and ``+ckp
   batch that fits in ``--memory-gb``.
 
 Bare and engine alternate within each repeat so that load drifts hit both; figures are medians.
+
+``--views`` measures the view pipelines instead (no training step): views/s per CPU core of the
+TorchIO path (``build_view_transform``, one volume at a time, as a DataLoader worker draws them)
+and of the batched path (``build_batched_views`` on ``--views-batch`` volumes at once, on
+``--device``), each with one intra-op thread (and one SimpleITK thread), for each transform of
+``views:`` alone (p = 1, the section's default parameters) and for the whole views section of each
+``--views-recipes`` recipe; medians of ``--repeats`` repeats in which the two paths alternate,
+ratio batched / TorchIO. Then the cores each path needs to feed 100 volumes/s, and N volumes/s for
+an estimated GPU demand N = ``--gpu-tflops`` x ``--gpu-utilisation`` / FLOPs of one volume's
+forward + backward (counted on the meta device, no compute).
 """
 
 from __future__ import annotations
@@ -377,6 +388,142 @@ def measure_losses(args) -> list[dict]:
     return rows
 
 
+# ----------------------------------------------------------------------------- views
+VIEW_STEPS = {  # each transform alone: the section's defaults with p = 1
+    "normalize (zscore)": {"n_views": 1},
+    "crop": {"n_views": 1, "normalize": "none", "crop": {"p": 1.0}},
+    "flip": {"n_views": 1, "normalize": "none", "flip": {"p": 1.0}},
+    "affine": {"n_views": 1, "normalize": "none", "affine": {"p": 1.0}},
+    "cutout": {"n_views": 1, "normalize": "none", "cutout": {"p": 1.0}},
+    "blur": {"n_views": 1, "normalize": "none", "blur": {"p": 1.0}},
+    "noise": {"n_views": 1, "normalize": "none", "noise": {"p": 1.0}},
+}
+
+
+def brain_like(batch: int, shape, seed: int = 0) -> torch.Tensor:
+    """Zero background around an ellipsoid of positive intensities (what zscore's mask sees in a scan)."""
+    generator = torch.Generator().manual_seed(seed)
+    axes = torch.meshgrid(*(torch.linspace(-1, 1, size) for size in shape), indexing="ij")
+    inside = sum(axis.square() / 0.8**2 for axis in axes) <= 1
+    return (1 + torch.rand(batch, 1, *shape, generator=generator)) * inside
+
+
+def view_configs(recipes: list[str]) -> dict[str, object]:
+    from medssl.config import ViewsConfig
+
+    configs: dict[str, object] = {name: ViewsConfig(**values) for name, values in VIEW_STEPS.items()}
+    for recipe in recipes:
+        configs[f"{recipe} views"] = load_recipe(recipe).views
+    return configs
+
+
+def measure_views(args) -> list[dict]:
+    """Views/s per CPU core of the TorchIO and the batched path, per transform and per recipe (interleaved repeats)."""
+    import SimpleITK as sitk
+    import torchio as tio
+
+    from medssl.data.batched_views import build_batched_views
+    from medssl.data.views import build_view_transform
+
+    torch.set_num_threads(1)  # per core; DataLoader workers run one thread each
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # tio.Affine resamples with SimpleITK
+    device = torch.device(args.device)
+    rows = []
+    for shape in args.shape:
+        volumes = brain_like(args.views_batch, shape)
+        subjects = [tio.Subject(image=tio.ScalarImage(tensor=volume.clone())) for volume in volumes]
+        on_device = volumes.to(device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        for name, config in view_configs(args.views_recipes).items():
+            transform, batched = build_view_transform(config), build_batched_views(config)
+            n_views = config.n_views
+
+            def torchio_views(transform=transform, n_views=n_views, subjects=subjects) -> None:
+                for subject in subjects:
+                    for _ in range(n_views):
+                        transform(subject)
+
+            def batched_views(batched=batched, volumes=on_device, generator=generator) -> None:
+                batched(volumes, generator)
+
+            torchio_views(), batched_views()  # warm-up
+            times: dict[str, list[float]] = {"torchio": [], "batched": []}
+            for _ in range(args.repeats):
+                times["torchio"].append(timed(torchio_views, torch.device("cpu")))
+                times["batched"].append(timed(batched_views, device))
+            count = args.views_batch * n_views
+            row = {
+                "shape": list(shape),
+                "views": name,
+                "torchio_views_per_s": count / statistics.median(times["torchio"]),
+                "batched_views_per_s": count / statistics.median(times["batched"]),
+                "torchio_seconds": times["torchio"],
+                "batched_seconds": times["batched"],
+            }
+            row["ratio"] = row["batched_views_per_s"] / row["torchio_views_per_s"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def gpu_demand(args) -> list[dict]:
+    """Estimated volumes/s a GPU consumes: its throughput over the FLOPs of one volume's forward + backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    demands = []
+    for encoder in args.encoders:
+        network = build_encoder(encoder).to("meta")
+        for shape in args.shape:
+            try:
+                with FlopCounterMode(display=False) as counter:
+                    network(torch.empty(2, 1, *shape, device="meta")).sum().backward()  # 2: batch norm
+            except (RuntimeError, ValueError) as error:  # a shape too small for the network
+                print(f"{encoder} at {'x'.join(map(str, shape))}: no FLOP count ({error})")
+                continue
+            flops = counter.get_total_flops() / 2
+            demands.append(
+                {
+                    "encoder": encoder,
+                    "shape": list(shape),
+                    "gflop_per_volume": flops / 1e9,
+                    "volumes_per_s": args.gpu_tflops * 1e12 * args.gpu_utilisation / flops,
+                }
+            )
+    return demands
+
+
+def print_views(rows: list[dict], demands: list[dict], args) -> None:
+    where = "CPU" if args.device == "cpu" else args.device
+    print(
+        f"\n| shape | views | TorchIO views/s per core | batched views/s per core ({where}, batch {args.views_batch}) | ratio |"
+    )
+    print("|" + "---|" * 5)
+    for r in rows:
+        print(
+            f"| {'x'.join(map(str, r['shape']))} | {r['views']} | {r['torchio_views_per_s']:.2f} "
+            f"| {r['batched_views_per_s']:.2f} | {r['ratio']:.2f}x |"
+        )
+    print(
+        f"\nEstimated GPU demand N (estimate: {args.gpu_tflops:g} TFLOP/s x {args.gpu_utilisation:g} utilisation "
+        "/ counted FLOPs of one volume's forward + backward) and CPU cores to feed it, recipe views:"
+    )
+    print(
+        "| encoder | shape | GFLOP / volume | N volumes/s (estimate) | views | cores per 100 vol/s TorchIO | batched | cores for N TorchIO | batched |"
+    )
+    print("|" + "---|" * 9)
+    for demand in demands:
+        for r in rows:
+            if r["shape"] != demand["shape"] or not r["views"].endswith(" views"):
+                continue
+            torchio, batched = 100 / r["torchio_views_per_s"], 100 / r["batched_views_per_s"]
+            n = demand["volumes_per_s"] / 100
+            print(
+                f"| {demand['encoder']} | {'x'.join(map(str, demand['shape']))} | {demand['gflop_per_volume']:.0f} "
+                f"| {demand['volumes_per_s']:.0f} | {r['views']} | {torchio:.1f} | {batched:.1f} "
+                f"| {torchio * n:.0f} | {batched * n:.0f} |"
+            )
+
+
 # ----------------------------------------------------------------------------- report
 def print_steps(rows: list[dict]) -> None:
     print(
@@ -501,6 +648,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[],
         help="2N sizes of the NTXentLoss / YAwareLoss measurement (e.g. 8192).",
     )
+    parser.add_argument("--views", action="store_true", help="Only the view pipelines: TorchIO vs batched.")
+    parser.add_argument("--views-batch", type=int, default=4, help="Volumes per call of the batched views.")
+    parser.add_argument(
+        "--views-recipes", nargs="+", default=["yaware_age", "simclr"], help="Recipes whose views to time."
+    )
+    parser.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=989.0,
+        help="GPU throughput of the demand estimate (default: H100 SXM dense BF16 tensor-core peak, NVIDIA datasheet).",
+    )
+    parser.add_argument(
+        "--gpu-utilisation", type=float, default=0.25, help="Assumed fraction of --gpu-tflops a 3D CNN step reaches."
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
     parser.add_argument("--json", type=Path, default=None, help="Also write every figure to this JSON file.")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
@@ -517,7 +678,10 @@ def main() -> None:
     print(machine() + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""), flush=True)
     report = {"machine": machine(), "args": {key: value for key, value in vars(args).items() if key != "json"}}
     report["args"]["shape"] = [list(shape) for shape in args.shape]
-    if not args.no_steps:
+    if args.views:
+        report["views"], report["gpu_demand"] = measure_views(args), gpu_demand(args)
+        print_views(report["views"], report["gpu_demand"], args)
+    elif not args.no_steps:
         with tempfile.TemporaryDirectory() as tmp:
             report["steps"] = run_steps(args, Path(tmp))
         print_steps(report["steps"])

@@ -32,12 +32,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from medssl.config import list_recipe_names, load_recipe, parse_override
 from medssl.errors import BenchmarkError
+from medssl.eval.leaderboard import METRICS as LEADERBOARD_METRICS
 from medssl.eval.leaderboard import RUN_TIMES_FILE, write_leaderboard
+from medssl.progress import progress_bar
 
 BENCHMARK_FILE = "benchmark.json"
 DEFAULT_SEEDS = (0, 1, 2)
@@ -251,9 +254,7 @@ def run_benchmark(
     console = console or Console(quiet=True)
     result = BenchmarkResult(runs=planned_runs(recipes, seeds, out_dir))
     todo = [run for run in result.runs if not run.finished]
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
+    with progress_bar(console, elapsed=True, remaining=False) as progress:
         task = progress.add_task("benchmark runs", total=len(result.runs), completed=len(result.runs) - len(todo))
 
         def on_done(run: BenchmarkRun, failure: str | None, seconds: float) -> None:
@@ -351,7 +352,34 @@ def _leaderboard_if_any(
         console.print("No finished run: no leaderboard.")
         return None
     paths = write_leaderboard(out_dir, command=command, wall_time_s=wall_time_s, n_resamples=n_resamples)
-    for note in json.loads(paths["json"].read_text())["notes"]:
+    report = json.loads(paths["json"].read_text())
+    console.print(leaderboard_summary(report["leaderboard"]))
+    for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    console.print(f"Leaderboard written to {paths['md']}")
+    console.print(f"Leaderboard written to {paths['md']} (with the paired differences and their CIs)")
     return paths
+
+
+SUMMARY_METRICS = ("mae_internal", "mae_external", "bacc_site", "challenge_score")
+
+
+def leaderboard_summary(rows: list[dict]) -> Table:
+    """The challenge columns of the leaderboard (``leaderboard.json``'s rows), mean ± sd over seeds,
+    two lines a cell so that the table fits 80 columns."""
+    view = Table(
+        title="Leaderboard: lower is better in every column (mean ± sd over seeds)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    view.add_column("method", no_wrap=True)
+    view.add_column("seeds", justify="right")
+    for metric in SUMMARY_METRICS:
+        view.add_column(LEADERBOARD_METRICS[metric], justify="right", min_width=7)
+    for row in rows:
+        cells = []
+        for metric in SUMMARY_METRICS:
+            mean, sd = row.get(f"{metric}_mean"), row.get(f"{metric}_sd")
+            missing = [value is None or value != value for value in (mean, sd)]  # null or NaN
+            cells.append("-" if missing[0] else f"{mean:.3f}" if missing[1] else f"{mean:.3f}\n± {sd:.3f}")
+        view.add_row(str(row["method"]), str(row["n_seeds"]), *cells)
+    return view

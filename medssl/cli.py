@@ -8,7 +8,7 @@ medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devic
 medssl leaderboard BENCHMARK_DIR
 medssl recipes [--fields]
 medssl data synth OUT --subjects N --sites S --shape 64 [--diagnosis focal|ageing|ad-like] [--overwrite]
-medssl data cache COHORT OUT [--shape 64] [--recipe R] [--dtype float16] [--workers K] [--overwrite]
+medssl data cache COHORT OUT [data.KEY=VALUE ...] [--shape 64] [--recipe R] [--dtype float16] [--workers K] [--overwrite]
 medssl data inspect [COHORT_DIR|RECIPE] [KEY.PATH=VALUE ...] [--json FILE]
 medssl weights import FILE --layout NAME --out DIR [--encoder NAME] [model.KEY=VALUE ...] [--ignore PREFIX]
 medssl weights layouts [--json]
@@ -33,6 +33,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from medssl.errors import CohortError, MedsslError, RecipeError
 from medssl.run_folder import (
@@ -44,15 +45,47 @@ from medssl.run_folder import (
     run_artefacts,
 )
 
-app = typer.Typer(
+FLAG = ""  # the metavar of boolean switches: they take no value (typer 0.29 would show <bool>)
+
+
+class _HelpIsASwitch:
+    """``--help`` is shown as the switch it is: typer 0.29 makes it an option of its own, shown
+    as ``--help <bool>`` in every command's and group's help (``FLAG`` does this for medssl's switches)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)  # type: ignore[misc]  # a typer command or group's
+        if option is not None:
+            option.metavar = FLAG
+        return option
+
+
+class _Command(_HelpIsASwitch, TyperCommand):
+    pass
+
+
+class _Group(_HelpIsASwitch, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """A typer app whose groups and commands show ``--help`` without a value type."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args, **kwargs):  # type: ignore[override]
+        return super().command(*args, cls=_Command, **kwargs)
+
+
+app = _Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Self-supervised pre-training of 3D encoders on medical images, with OpenBHB-style evaluation.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts, memory-mapped caches.")
+data_app = _Typer(no_args_is_help=True, help="Cohort utilities: synthetic cohorts, memory-mapped caches.")
 app.add_typer(data_app, name="data")
-weights_app = typer.Typer(no_args_is_help=True, help="Published encoders: import their checkpoints as medssl encoders.")
+weights_app = _Typer(no_args_is_help=True, help="Published encoders: import their checkpoints as medssl encoders.")
 app.add_typer(weights_app, name="weights")
 console = Console()
 
@@ -79,7 +112,6 @@ class DiagnosisModel(str, Enum):
 
 
 OVERRIDES_HELP = "Recipe overrides as KEY.PATH=VALUE, e.g. {example} data.root=/data/openbhb."
-FLAG = ""  # the metavar of boolean switches: they take no value (typer 0.29 would show <bool>)
 
 
 def _run_dir(name: str, out: Path | None, resume: bool) -> Path:
@@ -460,7 +492,7 @@ def _label_efficiency(
     recipe, encoder: str, train_sizes: str, run_dir: Path, resume: bool, overwrite: bool, smoke: bool
 ) -> None:
     """``finetune --train-sizes``: a rerun continues the curve, ``--overwrite`` starts it again."""
-    from medssl.eval.label_efficiency import label_efficiency, parse_train_sizes
+    from medssl.eval.label_efficiency import label_efficiency, label_efficiency_table, parse_train_sizes
 
     if encoder.lower() == "none":
         raise RecipeError(
@@ -472,10 +504,13 @@ def _label_efficiency(
         _refuse_nothing_to_resume(run_dir, run_dir, "label-efficiency run", bool(run_artefacts(run_dir)))
     try:
         with _quiet_sklearn(smoke):
-            label_efficiency(recipe, encoder, sizes, run_dir, console=console)
+            curve = label_efficiency(recipe, encoder, sizes, run_dir, console=console)
     except KeyboardInterrupt:
         raise Interrupted(run_dir, resumable=bool(run_artefacts(run_dir))) from None
-    console.print(f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'}")
+    console.print(label_efficiency_table(curve))
+    console.print(
+        f"Label-efficiency curve written to {run_dir / 'label_efficiency.png'} (every metric: label_efficiency.csv)"
+    )
 
 
 @app.command()
@@ -499,7 +534,14 @@ def score(
     ),
 ) -> None:
     """Challenge metrics (MAE internal/external, site BAcc, L_c, RAMP combined) from a CSV of predictions."""
-    from medssl.eval.score import UnseenSiteWarning, read_predictions, score_predictions
+    from medssl.eval.score import (
+        MIN_SUBJECTS_PER_SITE,
+        SITE_SCORES,
+        UnseenSiteWarning,
+        read_predictions,
+        score_predictions,
+        too_few_per_site,
+    )
 
     json_path = _output_file(json_out)  # refused before the table is scored and printed
     columns = dict(
@@ -518,9 +560,19 @@ def score(
     view = Table(title=f"Challenge metrics: {predictions.name}")
     view.add_column("metric")
     view.add_column("value", justify="right")
+    fewest = too_few_per_site(metrics)
     for key, value in metrics.items():
-        view.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if fewest is not None and key in SITE_SCORES:  # a perfect-looking 0 of a site probe at chance
+            view.add_row(key, f"n/a (too few subjects: {fewest} per site)")
+        else:
+            view.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(view)
+    if fewest is not None:
+        console.print(
+            f"n/a: {', '.join(SITE_SCORES)} need at least {MIN_SUBJECTS_PER_SITE} internal-test subjects per site "
+            "(--json writes their values)",
+            highlight=False,
+        )
     if json_path is not None:
         from medssl.files import atomic_write_text
 
@@ -845,10 +897,16 @@ def _print_cohort_figures(figures: dict) -> None:
         console.print(probes)
     oracle = figures["diagnosis_oracle"]
     if oracle is not None:
+        components = oracle["components"]
         console.print(
-            f"Diagnosis oracle (effect map read-out + age, {oracle['folds']}-fold site-stratified CV): "
-            f"ROC AUC {oracle['roc_auc']:.3f}"
+            f"Diagnosis oracle ({oracle['model']} model; effect map read-outs + age, {oracle['folds']}-fold "
+            f"site-stratified CV): ROC AUC {oracle['roc_auc']:.3f}; by component: focal loss alone "
+            f"{components['focal']:.3f}, brain-age gap alone {components['gap']:.3f}, both {components['both']:.3f}"
         )
+
+
+# the recipe keys data cache reads: the rest would be accepted and do nothing
+CACHE_READS = ("data.volume_shape", "data.openbhb_modality", "data.openbhb_masks")
 
 
 @data_app.command("cache")
@@ -857,6 +915,9 @@ def data_cache(
         ..., help="Cohort folder to cache (NIfTI + participants table, or an OpenBHB download)."
     ),
     out: Path = typer.Argument(..., help="Folder to write participants.tsv + volumes.npy into (use it as data.root)."),
+    overrides: list[str] | None = typer.Argument(
+        None, help=f"Recipe overrides of {', '.join(CACHE_READS)}, e.g. data.openbhb_modality=vbm."
+    ),
     shape: str | None = typer.Option(
         None,
         "--shape",
@@ -877,26 +938,19 @@ def data_cache(
     ),
 ) -> None:
     """Preprocess a cohort once into a memory-mapped .npy array (resampled) with its participants table."""
-    from rich.progress import Progress
-
-    from medssl.config import load_recipe
     from medssl.data.cache import cache_cohort, cache_folder
     from medssl.data.cohort import load_cohort
+    from medssl.progress import progress_bar
 
+    data = _cache_settings(cohort, recipe, overrides or [])
     cache_folder(cohort, out)  # refuses the source's own folder, before --overwrite could touch it
     previous_cache = check_cohort_folder(out, CACHE_ARTEFACTS, overwrite=overwrite)
-    resolved = load_recipe(recipe) if recipe else None
-    volume_shape = resolved.data.volume_shape if resolved else None
-    if shape:
-        volume_shape = parse_shape(shape)
-    source = load_cohort(
-        cohort,
-        openbhb_modality=resolved.data.openbhb_modality if resolved else "quasiraw",
-        openbhb_masks=resolved.data.openbhb_masks if resolved else None,
-    )
+    volume_shape = parse_shape(shape) if shape else data.volume_shape
+    source = load_cohort(cohort, openbhb_modality=data.openbhb_modality, openbhb_masks=data.openbhb_masks)
     remove_artefacts(previous_cache)  # only once the source and the options are known to be good
-    with Progress(console=console) as progress:
-        volumes = f"{len(source)} volume{'s' if len(source) != 1 else ''}"
+    block = f"{data.openbhb_modality} " if _is_openbhb(cohort) else ""  # the kit's and OpenBHB's rows hold two
+    with progress_bar(console) as progress:
+        volumes = f"{len(source)} {block}volume{'s' if len(source) != 1 else ''}"
         task = progress.add_task(f"caching {volumes}", total=len(source))
         cache_cohort(
             source,
@@ -908,6 +962,40 @@ def data_cache(
         )
     shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
     console.print(f"Cached {volumes} ({shape_text}, {dtype.value}) in {out}: set data.root: {out}")
+
+
+def _cache_settings(cohort: Path, recipe: str | None, overrides: list[str]):
+    """The data section ``data cache`` reads: --recipe's (else the defaults), then the overrides;
+    an override it would not read is refused, as the modality of a cohort that has one only."""
+    from medssl.config import apply_overrides, load_recipe, recipe_from_dict
+
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" in item and key not in CACHE_READS:
+            import difflib
+
+            close = difflib.get_close_matches(key, CACHE_READS, n=1)
+            instead = f"did you mean {close[0]}?" if close else f"it reads {', '.join(CACHE_READS)}"
+            raise RecipeError(f"command-line override {item}: data cache does not read {key}; {instead}")
+    if recipe:
+        return load_recipe(recipe, overrides).data
+    raw = apply_overrides({"name": "data-cache"}, overrides)
+    data = recipe_from_dict(raw, source="data cache", overrides=overrides).data
+    chosen = [item for item in overrides if item.startswith(("data.openbhb_modality", "data.openbhb_masks"))]
+    if chosen and cohort.is_dir() and not _is_openbhb(cohort):
+        raise RecipeError(
+            f"command-line override {chosen[0]}: {cohort} is neither an OpenBHB download nor the challenge kit, "
+            "whose volume blocks it chooses"
+        )
+    return data
+
+
+def _is_openbhb(cohort: Path) -> bool:
+    """An OpenBHB download or the challenge kit: folders whose rows hold a quasiraw and a vbm volume."""
+    from medssl.data.openbhb import is_openbhb_folder
+    from medssl.data.openbhb_kit import is_kit_folder
+
+    return is_kit_folder(cohort) or is_openbhb_folder(cohort)
 
 
 @weights_app.command("import")

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -733,7 +734,7 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
         elif item["type"] == "extra_forbidden" and method is not None:
             unknown_method_keys.setdefault(method, []).append(key)
         elif item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}'")
+            problems.append(f"unknown key '{key}'" + _did_you_mean(_written_key(key, overrides or []), method))
         elif item["type"] == "bool_for_number":
             problems.append(
                 f"'{key}' = {item['ctx']['value']!r}: Input should be {item['ctx']['expected']}, not a boolean"
@@ -750,7 +751,8 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
         own = ", ".join(METHOD_SECTIONS[method].model_fields)
         hint = _method_switch_hint(unknown, overrides or [])
         problems.append(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})" + hint
+            f"unknown key{'s' if len(unknown) > 1 else ''} {listed} for method '{method}' (its keys: {own})"
+            + (hint or _did_you_mean(unknown[0], method))
         )
         if hint:  # the recipe's keys are fine for its own method: the switch on the command line is at fault
             keys = ["method.name" if key in unknown else key for key in keys]
@@ -775,6 +777,29 @@ def _without_union_tag(loc: tuple) -> tuple[tuple, str | None]:
             inner = (inner[0], *inner[2:])
         return (loc[0], *inner), loc[1]
     return tuple(loc), None
+
+
+def _written_key(key: str, overrides: list[str]) -> str:
+    """The key as the command line wrote it: ``trian.epochs`` where pydantic names the unknown section ``trian``."""
+    for text in overrides:
+        written = text.split("=", 1)[0].strip()
+        if written.startswith(f"{key}."):
+            return written
+    return key
+
+
+def _did_you_mean(written: str, method: str | None) -> str:
+    """``; did you mean train.epochs?``: the closest recipe key path of the same depth (difflib, as
+    click suggests a command), among the method's own keys for a key of the method section; or ''."""
+    if method is not None and written.startswith("method."):
+        candidates = [f"method.{name}" for name in METHOD_SECTIONS[method].model_fields]
+    else:
+        leaves = [key for key, _, _ in field_docs() if not key.startswith("method (")]
+        candidates = sorted({".".join(key.split(".")[:end]) for key in leaves for end in range(1, key.count(".") + 2)})
+        candidates.append("method.name")
+    depth = written.count(".")
+    matches = difflib.get_close_matches(written, [key for key in candidates if key.count(".") == depth], n=1)
+    return f"; did you mean {matches[0]}?" if matches else ""
 
 
 def _method_switch_hint(unknown: list[str], overrides: list[str]) -> str:

@@ -278,3 +278,20 @@ def test_a_real_smoke_benchmark_through_the_cli_writes_the_leaderboard(tmp_path,
     rebuilt = CliRunner().invoke(cli.app, ["leaderboard", str(out)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "--smoke" in (out / "leaderboard.md").read_text()  # the benchmark's command, kept by the rebuild
+
+
+def test_the_cli_ends_with_a_summary_table_of_the_leaderboard_that_fits_80_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(record=True, width=80))
+    monkeypatch.setattr(benchmark_module, "run_pretrain_process", FakePretrain())
+    arguments = ["benchmark", "--recipes", "simclr,yaware_age", "--seeds", "0,1", "--out", str(tmp_path)]
+    assert CliRunner().invoke(cli.app, arguments).exit_code == 0
+    text = cli.console.export_text()
+    lines = text.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("Leaderboard: lower is better"))
+    end = next(index for index, line in enumerate(lines) if line.startswith(("note:", "Leaderboard written")))
+    table = lines[start:end]
+    for method in ("simclr", "yaware_age", "random init"):
+        assert any(line.split()[: len(method.split())] == method.split() for line in table), method
+    assert "5.500" in "\n".join(table) and "± 0.707" in "\n".join(table)  # mae_internal 5 and 6 over the seeds
+    assert "L_c" in "\n".join(table) and "…" not in text and max(map(len, table)) <= 80
+    assert text.index("Leaderboard written to") > text.index("random init")  # the table, then where the files are

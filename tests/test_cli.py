@@ -420,3 +420,32 @@ def test_help_lists_switches_without_a_value_type(command):
         line for line in result.output.splitlines() if "--overwrite" in line or "--smoke" in line or "--fields" in line
     ]
     assert switches and not any("<bool>" in line for line in switches)
+
+
+@pytest.mark.parametrize("command", [[], ["data"], ["weights"], ["pretrain"], ["data", "cache"], ["score"]])
+def test_help_shows_the_help_switch_without_a_value_type(command):
+    # typer 0.29 shows "--help <bool>" in every panel, the top-level one included
+    result = CliRunner().invoke(cli.app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    (line,) = [line for line in result.output.splitlines() if "--help" in line]
+    assert "<bool>" not in line and "Show this message and exit." in line
+
+
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("trian.epochs=3", "did you mean train.epochs?"),
+        ("train.epochz=3", "did you mean train.epochs?"),
+        ("data.openbhb_modalty=vbm", "did you mean data.openbhb_modality?"),
+        ("method.temperatur=0.1", "did you mean method.temperature?"),
+        ("eval.after_pretrian=false", "did you mean eval.after_pretrain?"),
+    ],
+)
+def test_a_mistyped_key_is_refused_with_the_closest_key_in_the_same_line(monkeypatch, capsys, override, suggestion):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", override)
+    assert code == 2 and refusal(error).endswith(suggestion), error
+
+
+def test_a_key_close_to_none_is_refused_without_a_suggestion(monkeypatch, capsys):
+    code, error = run_main(monkeypatch, capsys, "pretrain", "simclr", "zzzz.qqqq=3")
+    assert code == 2 and "unknown key 'zzzz'" in refusal(error) and "did you mean" not in error

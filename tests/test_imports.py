@@ -24,6 +24,7 @@ RANKS = {
     "medssl": 0,  # the package itself: its version
     "medssl.errors": 0,
     "medssl.files": 1,
+    "medssl.progress": 1,  # progress bars of every package
     "medssl.run_folder": 1,
     "medssl.lazy": 0,  # which folders a run or a cohort may be written into
     "medssl.config": 2,

@@ -100,7 +100,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import nibabel as nib
 import numpy as np
@@ -127,6 +127,7 @@ DIAGNOSIS_SD_MM = 14.0
 # Brain-age gap of Alzheimer's disease, years: the range of the group means reported by the
 # BrainAGE studies (Franke & Gaser 2012, +6.7; Franke et al. 2010, +10.0; module docstring).
 AD_BRAIN_AGE_GAP_YEARS = (6.7, 10.0)
+AGEING_MAP_AGE = 48.0  # the middle of the generator's 8-88 years
 # Age mixture: children, young adults, adults, elderly.
 AGE_MIXTURE_WEIGHTS = np.array([0.2, 0.45, 0.2, 0.15])
 SITE_AGE_CONCENTRATION = 20.0
@@ -485,6 +486,38 @@ def diagnosis_effect_map(shape: int) -> np.ndarray:
     voxels = _voxel_to_mm(np.linalg.inv(_mni_template().affine), grid.points_mm)
     gm = ndimage.map_coordinates(grid.tissues[0], voxels, order=1, mode="constant", cval=0.0, output=np.float32)
     return (DIAGNOSIS_LOSS * _hippocampal_blobs(grid.points_mm) * gm).astype(np.float32)
+
+
+class _MeanDraws:
+    """Stands in for the random generator of :func:`_subject_tissues` and gives every draw's
+    mean: the typical subject, with no individual anatomy."""
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size: tuple[int, ...] | None = None) -> float | np.ndarray:
+        return loc if size is None else np.full(size, loc)
+
+
+def _typical_image(grid: _Grid, age: float) -> np.ndarray:
+    """T1 image of the typical brain of ``age`` (both sexes averaged) before any scanner: every
+    subject draw at its mean, mid-range site contrast (1) and CSF intensity (0.10)."""
+    typical = cast(np.random.Generator, _MeanDraws())
+    images = []
+    for male in (False, True):
+        gm, wm, csf, brain = _subject_tissues(grid, age, male, False, typical)
+        images.append((wm + gm * (1.0 - _grey_white_contrast(age)) + 0.10 * csf) * brain)
+    return np.mean(images, axis=0)
+
+
+def ageing_effect_map(shape: int, age: float = AGEING_MAP_AGE, years: float | None = None) -> np.ndarray:
+    """How the typical brain's T1 image changes from ``age`` to ``age + years`` (default: the
+    middle of the generator's ages and the mean Alzheimer's brain-age gap), on the grid of
+    ``shape``: float32 (shape, shape, shape), negative where the older brain is darker
+    (ventricles, sulci), positive where it is brighter (grey matter, as the grey/white
+    contrast fades). The oracle of the brain-age gap reads the volumes through this map
+    (``medssl data inspect``), as that of the focal loss reads them through
+    :func:`diagnosis_effect_map`."""
+    years = float(np.mean(AD_BRAIN_AGE_GAP_YEARS)) if years is None else years
+    grid = _grid(shape)
+    return (_typical_image(grid, age + years) - _typical_image(grid, age)).astype(np.float32)
 
 
 def _render_subject(

@@ -11,7 +11,11 @@ is judged by these, never by how one method fares on it:
   inside and outside the training sites, and how well intensities alone give the site away;
 - the diagnosis oracle (synthetic cohorts with a diagnosis): a logistic regression on the
   mean intensity under the true effect map (and age, its main confound), out-of-fold ROC
-  AUC over site-stratified folds: the ceiling a representation can approach.
+  AUC over site-stratified folds: the ceiling a representation can approach. Each
+  component of the disorder models is read through its own map, alone and together: the
+  focal loss (:func:`~medssl.data.synthetic.diagnosis_effect_map`), the brain-age gap
+  (:func:`~medssl.data.synthetic.ageing_effect_map`), both; ``roc_auc`` is that of the
+  cohort's model (a component its model lacks reads near chance).
 
 Example:
     >>> figures = inspect_cohort(load_cohort("/tmp/cohort"), Recipe())
@@ -33,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 
 from medssl.config import Recipe
 from medssl.data.cohort import Cohort
-from medssl.data.synthetic import MARKER_NAME, diagnosis_effect_map
+from medssl.data.synthetic import MARKER_NAME, ageing_effect_map, diagnosis_effect_map
 from medssl.eval.features import IntensityStatistics, extract_features, volume_dataset
 from medssl.eval.folds import site_stratified_folds
 from medssl.eval.probes import challenge_protocol, challenge_skip_reason, quiet_fits
@@ -87,43 +91,63 @@ def trivial_probes(cohort: Cohort, recipe: Recipe, console=None) -> dict:
     return results
 
 
+# Disorder-model components and the columns of effect_readout that read each.
+COMPONENT_READOUTS = {"focal": [0], "gap": [1], "both": [0, 1]}
+MODEL_COMPONENT = {"focal": "focal", "ageing": "gap", "ad-like": "both"}
+
+
 def effect_readout(cohort: Cohort, recipe: Recipe, shape: int) -> np.ndarray:
-    """Mean normalised intensity of each volume under the diagnosis effect map of ``shape``^3."""
-    weights = diagnosis_effect_map(shape).ravel()
+    """(n_subjects, 2): mean normalised intensity of each volume under the focal effect map and
+    under the ageing effect map of ``shape``^3, each weighted by its absolute values."""
+    weights = np.stack([diagnosis_effect_map(shape).ravel(), ageing_effect_map(shape).ravel()], axis=1)
+    weights /= np.abs(weights).sum(axis=0)
     dataset = volume_dataset(cohort, recipe)
     readout = []
     for index in range(len(dataset)):
         volume = dataset[index]["volume"].numpy().ravel()
-        if volume.size != weights.size:
+        if volume.size != len(weights):
             raise EvaluationError(
                 f"{cohort.root}: participant {cohort.table['participant_id'].iloc[index]} has "
                 f"{volume.size} voxels, expected {shape}^3 as cohort.json says"
             )
-        readout.append(float(volume @ weights) / float(weights.sum()))
-    return np.array(readout)
+        readout.append(volume @ weights)
+    return np.array(readout, dtype=float)
 
 
 def diagnosis_oracle(cohort: Cohort, recipe: Recipe, folds: int = 5) -> dict | None:
-    """Out-of-fold ROC AUC of a logistic regression on (effect read-out, age); None without a diagnosis."""
+    """Out-of-fold ROC AUC of a logistic regression on (effect read-outs, age), for each
+    disorder component (``components``) and the cohort's model (``roc_auc``); None without a diagnosis."""
     table = cohort.table.reset_index(drop=True)
     marker = cohort.root / MARKER_NAME
     if "diagnosis" not in table.columns or not marker.is_file():
         return None
-    shape = int(json.loads(marker.read_text())["config"]["shape"])
-    features = np.column_stack([effect_readout(cohort, recipe, shape), table["age"].to_numpy(dtype=float)])
+    description = json.loads(marker.read_text())
+    shape = int(description["config"]["shape"])
+    model = (description.get("diagnosis_effect") or {}).get("model", "focal")  # cohorts from before the models
+    readout, age = effect_readout(cohort, recipe, shape), table["age"].to_numpy(dtype=float)
     positive = (table["diagnosis"].astype(str) == "patient").to_numpy()
     splits = site_stratified_folds(table, n_folds=folds, seed=recipe.train.seed)
     probe = make_pipeline(StandardScaler(), LogisticRegression())
-    with quiet_fits(features):
-        scores = cross_val_predict(probe, features, positive, cv=splits, method="predict_proba")[:, 1]
+    scores = {}
+    for component, columns in COMPONENT_READOUTS.items():
+        features = np.column_stack([readout[:, columns], age])
+        with quiet_fits(features):
+            scores[component] = cross_val_predict(probe, features, positive, cv=splits, method="predict_proba")[:, 1]
     external = (
         (table["split"].astype(str) == "external_test").to_numpy()
         if "split" in table.columns
         else np.zeros(len(table), bool)
     )
-    result = {"roc_auc": float(roc_auc_score(positive, scores)), "n_subjects": int(len(table)), "folds": len(splits)}
+    full = scores[MODEL_COMPONENT[model]]
+    result = {
+        "model": model,
+        "roc_auc": float(roc_auc_score(positive, full)),
+        "components": {component: float(roc_auc_score(positive, score)) for component, score in scores.items()},
+        "n_subjects": int(len(table)),
+        "folds": len(splits),
+    }
     if external.any() and 0 < positive[external].sum() < external.sum():
-        result["roc_auc_external_sites"] = float(roc_auc_score(positive[external], scores[external]))
+        result["roc_auc_external_sites"] = float(roc_auc_score(positive[external], full[external]))
     return result
 
 

@@ -3,7 +3,7 @@
 ComBat (Johnson et al., Biostatistics 2007; on neuroimaging features, Fortin et al., NeuroImage
 2018) models each feature of a subject scanned at site i as
 
-    x = alpha + beta * age + gamma_i + sqrt(delta_i) * sigma * epsilon
+    x = alpha + beta * age + sigma * (gamma_i + sqrt(delta_i) * epsilon)
 
 and removes each site's additive (gamma_i) and multiplicative (delta_i) effects, estimated with
 empirical-Bayes shrinkage across features. The report's ``combat`` representation is the
@@ -23,9 +23,9 @@ Left as they are:
 
 - rows of sites with no training rows (the challenge's external sites, the held-out sites of the
   leave-site-out folds): ComBat estimates a site's effects from that site's own rows, and an
-  unseen site has none in the fit. The protocols give test rows only to fitted models, so these
-  rows reach the probes unharmonised, and their scores measure the harmonised probes on raw
-  features of new scanners;
+  unseen site has none in the fit (fitting on test rows is what the protocols forbid). These
+  rows reach the probes unharmonised: their scores measure probes fitted on harmonised
+  features, applied to raw features of new scanners;
 - rows of sites with fewer than 2 training rows (no within-site variance to estimate);
 - features constant within a training site (no scale to estimate, as the ``sva`` package's
   ComBat leaves them);
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from neuroCombat import neuroCombat
+from threadpoolctl import threadpool_limits
 
 from medssl.eval.probes import challenge_protocol
 from medssl.eval.score import as_labels
@@ -95,7 +96,8 @@ def fit_combat(features: np.ndarray, sites: np.ndarray, ages: np.ndarray | None 
         if np.linalg.matrix_rank(design) == design.shape[1]:  # age not constant within every site
             covariates[COVARIATE] = ages[keep]
             continuous = [COVARIATE]
-    with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):  # neuroCombat prints its steps
+    # neuroCombat prints its steps; its per-feature regressions are small products that BLAS threads slow down
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"), threadpool_limits(limits=1):
         estimates = neuroCombat(x[:, columns].T, covariates, "site", continuous_cols=continuous)["estimates"]
     return CombatFit(
         sites=np.asarray(estimates["batches"], dtype=str),

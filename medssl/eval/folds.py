@@ -166,7 +166,8 @@ def score_challenge_folds(
     Returns:
         the long table of :func:`medssl.eval.probes.cross_validate_probes` (``protocol`` is
         ``kit_folds``; ``mean``, ``std`` with ddof 0 and ``n_folds`` over the folds) for the
-        metrics of ``CHALLENGE_FOLD_METRICS``; ``attrs["per_fold"]`` holds one row per fold,
+        metrics of ``CHALLENGE_FOLD_METRICS``, with ``min_internal_per_site``, the fewest
+        internal-test subjects of a site in any fold; ``attrs["per_fold"]`` holds one row per fold,
         ``attrs["notes"]`` the folds' warnings and skipped folds.
     """
     scores, notes = [], []
@@ -187,8 +188,15 @@ def score_challenge_folds(
             for warning in caught
             if issubclass(warning.category, UnseenSiteWarning)
         )
-        scores.append({"fold": fold.name, **{metric: result[metric] for metric in CHALLENGE_FOLD_METRICS}})
-    per_fold = pd.DataFrame(scores, columns=["fold", *CHALLENGE_FOLD_METRICS])
+        scores.append(
+            {
+                "fold": fold.name,
+                **{metric: result[metric] for metric in CHALLENGE_FOLD_METRICS},
+                "min_internal_per_site": result["min_internal_per_site"],
+            }
+        )
+    per_fold = pd.DataFrame(scores, columns=["fold", *CHALLENGE_FOLD_METRICS, "min_internal_per_site"])
+    fewest = int(per_fold["min_internal_per_site"].min()) if len(per_fold) else None
     rows = []
     for metric, target in CHALLENGE_FOLD_METRICS.items():
         values = per_fold[metric].to_numpy(dtype=float)
@@ -201,8 +209,11 @@ def score_challenge_folds(
                 "mean": values.mean() if values.size else np.nan,
                 "std": values.std() if values.size else np.nan,
                 "n_folds": int(values.size),
+                "min_internal_per_site": fewest,
             }
         )
-    summary = pd.DataFrame(rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds"])
+    summary = pd.DataFrame(
+        rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds", "min_internal_per_site"]
+    )
     summary.attrs.update(per_fold=per_fold, notes=notes)
     return summary

@@ -10,7 +10,7 @@ a folder finished with other settings (encoder, mode, any recipe key) is refused
 
 Files in ``out_dir``: ``<encoder>-n<size>/`` (``finetune.json`` ...), ``label_efficiency.csv``
 (one row per size, encoder, split and metric: mean, std, n_seeds), ``label_efficiency.json``
-and ``label_efficiency.png``.
+and ``label_efficiency.png``; :func:`label_efficiency_table` prints the curve's headline metric.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from medssl.config import Recipe
 from medssl.errors import RecipeError
@@ -121,6 +123,42 @@ def curve_rows(results: dict, encoder: str, size: int | None) -> list[dict]:
     return rows
 
 
+def label_efficiency_table(table: pd.DataFrame) -> Table:
+    """The curve as ``finetune --train-sizes`` ends with it: the headline metric (ROC AUC, or MAE
+    for regression) of each encoder and baseline, per test split and number of labelled training
+    subjects, mean ± sd over seeds (two lines a cell: the table fits 80 columns)."""
+    metric = headline_metric(table)
+    rows = table[table["metric"] == metric]
+    encoders = list(dict.fromkeys(rows["encoder"]))
+    view = Table(
+        title=f"Label efficiency: {metric.replace('_', ' ')} {'↑' if metric == 'roc_auc' else '↓'} "
+        "(mean ± sd over seeds)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    view.add_column("test split", no_wrap=True)
+    view.add_column("labelled", justify="right", no_wrap=True)
+    for encoder in encoders:
+        view.add_column(encoder, justify="right", min_width=7)
+    for split in [split for split in TEST_SPLITS if split in set(rows["split"])]:
+        view.add_section()
+        for n_train, group in rows[rows["split"] == split].groupby("n_train", sort=True):
+            cells = {row.encoder: _mean_sd(row.mean, row.std) for row in group.itertuples()}
+            view.add_row(split, str(n_train), *(cells.get(encoder, "-") for encoder in encoders))
+    return view
+
+
+def headline_metric(table: pd.DataFrame) -> str:
+    """ROC AUC for classification, MAE for regression: what the curve plots."""
+    return "roc_auc" if (table["metric"] == "roc_auc").any() else "mae"
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{mean:.3f}" if pd.isna(sd) else f"{mean:.3f}\n± {sd:.3f}"
+
+
 def plot_label_efficiency(table: pd.DataFrame, path: Path, title: str | None = None) -> Path:
     """Write :func:`label_efficiency_figure` as a PNG."""
     return save_figure(label_efficiency_figure(table, title), path)
@@ -129,7 +167,7 @@ def plot_label_efficiency(table: pd.DataFrame, path: Path, title: str | None = N
 def label_efficiency_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
     """ROC AUC (or MAE for regression) against labelled subjects, one panel per test split; the
     legend beside the last panel, where it hides no error bar."""
-    metric = "roc_auc" if (table["metric"] == "roc_auc").any() else "mae"
+    metric = headline_metric(table)
     splits = [split for split in TEST_SPLITS if split in set(table["split"])]
     sizes = sorted(table["n_train"].unique())
     figure = Figure(figsize=(5 * len(splits) + 2, 4))

@@ -67,7 +67,14 @@ from medssl.eval.probes import (
     cross_validate_probes,
     out_of_fold_predictions,
 )
-from medssl.eval.score import EvaluationError, UnseenSiteWarning, as_labels
+from medssl.eval.score import (
+    MIN_SUBJECTS_PER_SITE,
+    SITE_SCORES,
+    EvaluationError,
+    UnseenSiteWarning,
+    as_labels,
+    too_few_per_site,
+)
 from medssl.files import json_ready
 
 # The trained encoder, then the baselines every report carries: a randomly initialised
@@ -85,10 +92,11 @@ DISPLAY_NAMES = {
     "intensity": "intensity stats",
     "mean": "training mean",
 }
-# Representations per printed table when the report is wider than the console: 80 columns hold four.
-COLUMNS_PER_TABLE = 4
+# The trivial baselines: a trained encoder that does not beat them on a row learnt nothing it shows.
+TRIVIAL_BASELINES = ("baseline", "intensity", "mean")
 CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
 CV_PROTOCOLS = ("site_stratified", "leave_site_out", "kit_folds")
+CHALLENGE_PROTOCOLS = ("challenge", "kit_folds")  # their metrics name their target (mae_internal: age)
 LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
 HIGHER_IS_BETTER = {"r2", "r2_internal", "r2_external", "balanced_accuracy", "roc_auc"}
 CHALLENGE_REPORT_KEYS = (*CHALLENGE_KEYS, "r2_internal", "r2_external", "chance_bacc")
@@ -335,34 +343,38 @@ def _run_protocols(
 def print_report(results: dict, console: Console | None = None) -> None:
     """Print a results dict (or a loaded ``metrics.json``) as a table, pretrained vs. the baselines.
 
-    For every metric whose direction is known, the best representation is shown in bold (of
-    all of them). More than four representations that do not fit the console's width in one
-    table are printed four per table, each table after the first opening with the trained
-    encoder's column again (80 columns hold four).
+    Each ranked row carries its direction (↓ lower is better, ↑ higher is better) and shows its
+    best representation in bold. Representations that do not fit the console's width in one
+    table are printed in as many tables as it takes, each after the first opening with the
+    trained encoder's column again: no column is ever dropped. Under the tables, one line each:
+    the rows where a trivial baseline (random init, intensity statistics, training mean) beats
+    the trained encoder, and the site scores shown as n/a because some site has fewer than
+    :data:`~medssl.eval.score.MIN_SUBJECTS_PER_SITE` internal-test subjects.
     """
     console = console or Console()
     names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
     if not names:
         raise EvaluationError("results: no 'pretrained' or 'baseline' entry to print")
+    keys = _ordered_rows(results, names)
+    cells = {key: [_cell(results[name], key) for name in names] for key in keys}
     rows = []
-    for key in _ordered_rows(results, names):
-        cells = [_cell(results[name], key) for name in names]
-        better = _better(key, [value for value, _ in cells])
-        texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells)]
-        # a challenge metric names its target (mae_internal: age); a CV metric needs it
-        name = key[2] if key[0] == "challenge" else f"{key[1]} {METRIC_NAMES.get(key[2], key[2])}"
-        rows.append([PROTOCOL_NAMES.get(key[0], key[0]), name, *texts])
-    columns = list(range(len(names)))
-    groups = [columns]
-    if len(names) > COLUMNS_PER_TABLE and _full_width(console, _report_table(names, rows, columns)) > console.width:
-        # the first four, then the rest after the trained encoder's column again, as many tables as needed
-        rest = columns[COLUMNS_PER_TABLE:]
-        step = COLUMNS_PER_TABLE - 1
-        groups = [columns[:COLUMNS_PER_TABLE]] + [
-            [0, *rest[start : start + step]] for start in range(0, len(rest), step)
-        ]
-    for group in groups:
+    for key in keys:
+        better = _better(key, [value for value, _ in cells[key]])
+        texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells[key])]
+        rows.append([PROTOCOL_NAMES.get(key[0], key[0]), _row_name(key), *texts])
+    for group in _column_groups(console, names, rows):
         console.print(_report_table(names, rows, group))
+    fewest = [count for key in keys for name in names if (count := _too_few(results[name], key)) is not None]
+    if fewest:
+        console.print(
+            f"n/a (too few subjects: {min(fewest)} per site): {', '.join(SITE_SCORES)} need at least "
+            f"{MIN_SUBJECTS_PER_SITE} internal-test subjects per site; with fewer, a site probe at chance "
+            "often scores a perfect-looking 0 (metrics.json keeps the numbers)",
+            highlight=False,
+        )
+    wins = _trivial_wins(names, keys, cells)
+    if wins:
+        console.print(f"[yellow]warning:[/] {wins}", highlight=False)
     notes: dict[str, list[str]] = {}
     for name in names:
         for note in results[name].get("notes", []):
@@ -371,21 +383,95 @@ def print_report(results: dict, console: Console | None = None) -> None:
         console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
 
 
+def _column_groups(console: Console, names: list[str], rows: list[list[str]]) -> list[list[int]]:
+    """The representations of each printed table: all of them when they fit the console's width,
+    else as many per table as fit, each table after the first opening with the trained encoder's
+    column again (one per table on a console too narrow for two)."""
+    columns = list(range(len(names)))
+
+    def fits(group: list[int]) -> bool:  # with every header word on a line of its own, as rich may wrap them
+        return _full_width(console, _report_table(names, rows, group, header_words=True)) <= console.width
+
+    if fits(columns):
+        return [columns]
+    if not fits(columns[:2]):
+        return [[index] for index in columns]
+    groups, current = [], columns[:2]
+    for index in columns[2:]:
+        if fits([*current, index]):
+            current.append(index)
+        else:
+            groups.append(current)
+            current = [columns[0], index]
+    return [*groups, current]
+
+
 def _full_width(console: Console, table: Table) -> int:
     """The width ``table`` prints in without wrapping a header or cell (not clamped to the console's width)."""
     return console.measure(table, options=console.options.update_width(1_000_000)).maximum
 
 
-def _report_table(names: list[str], rows: list[list[str]], columns: list[int]) -> Table:
-    """The printed table of the representations ``names[i]`` for i in ``columns``."""
-    table = Table(title="medssl evaluation", title_justify="left", box=box.SIMPLE_HEAD)
+def _report_table(names: list[str], rows: list[list[str]], columns: list[int], header_words: bool = False) -> Table:
+    """The printed table of the representations ``names[i]`` for i in ``columns`` (``header_words``:
+    their headers a word per line, to measure the narrowest width the table prints in whole)."""
+    table = Table(
+        title="medssl evaluation (↓ lower is better, ↑ higher is better)", title_justify="left", box=box.SIMPLE_HEAD
+    )
     for header in ("protocol", "metric"):
         table.add_column(header, no_wrap=True)  # names stay whole at 80 columns
     for index in columns:
-        table.add_column(DISPLAY_NAMES.get(names[index], names[index]), justify="right", min_width=9)
+        header = DISPLAY_NAMES.get(names[index], names[index])
+        table.add_column(header.replace(" ", "\n") if header_words else header, justify="right", min_width=9)
     for row in rows:
         table.add_row(*row[:2], *(row[2 + index] for index in columns))
     return table
+
+
+def _metric_name(key: tuple[str, str, str]) -> str:
+    """A challenge metric names its target (mae_internal: age); a CV metric needs it (age mae)."""
+    protocol, target, metric = key
+    return metric if protocol in CHALLENGE_PROTOCOLS else f"{target} {METRIC_NAMES.get(metric, metric)}"
+
+
+def _row_name(key: tuple[str, str, str]) -> str:
+    """The metric column: the metric's name, then the row's direction."""
+    arrow = _direction(key)
+    return f"{_metric_name(key)} {arrow}" if arrow else _metric_name(key)
+
+
+def _trivial_wins(
+    names: list[str],
+    keys: list[tuple[str, str, str]],
+    cells: dict[tuple[str, str, str], list[tuple[float | None, str]]],
+) -> str:
+    """``training mean on challenge mae_internal, ramp_combined; intensity stats on ...`` (of 9
+    ranked rows): the rows where a trivial baseline beats the trained encoder as printed (to 3
+    decimals), each under the best of them; '' when none does."""
+    if "pretrained" not in names:
+        return ""
+    trained = names.index("pretrained")
+    wins: dict[str, list[str]] = {}
+    ranked = 0
+    for key in keys:
+        sign = {"↓": -1, "↑": 1}.get(_direction(key))
+        mine = cells[key][trained][0]
+        if sign is None or mine is None:
+            continue
+        ranked += 1
+        scored = [
+            (sign * round(value, 3), name)
+            for name, (value, _) in zip(names, cells[key])
+            if name in TRIVIAL_BASELINES and value is not None
+        ]
+        best = max(scored, default=None)
+        if best is not None and best[0] > sign * round(mine, 3):
+            row = f"{PROTOCOL_NAMES.get(key[0], key[0])} {_metric_name(key)}"
+            wins.setdefault(DISPLAY_NAMES[best[1]], []).append(row)
+    if not wins:
+        return ""
+    count = sum(map(len, wins.values()))
+    listed = "; ".join(f"{name} on {', '.join(rows)}" for name, rows in wins.items())
+    return f"a trivial baseline beats the trained encoder on {count} of {ranked} ranked rows: {listed}"
 
 
 def _out_of_fold_table(
@@ -413,6 +499,9 @@ def _representation_entry(challenge: dict | None, cv_tables: list[pd.DataFrame],
         for row in cv_table.itertuples(index=False):
             metrics = entry[row.protocol].setdefault(row.target, {})
             metrics[row.metric] = {"mean": row.mean, "std": row.std, "n_folds": row.n_folds}
+            fewest = getattr(row, "min_internal_per_site", None)  # the kit folds' site scores carry it
+            if fewest is not None and not pd.isna(fewest):
+                metrics[row.metric]["min_internal_per_site"] = int(fewest)
     entry["notes"] = notes
     return entry
 
@@ -451,6 +540,8 @@ def _ordered_rows(results: dict, names: list[str]) -> list[tuple[str, str, str]]
 
 def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
     protocol, target, metric = key
+    if _too_few(entry, key) is not None:
+        return None, "n/a"
     if protocol == "challenge":
         value = (entry.get("challenge") or {}).get(metric)
         return value, "-" if value is None or _is_nan(value) else f"{value:.3f}"
@@ -462,22 +553,35 @@ def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
     return summary["mean"], f"{summary['mean']:.3f}{spread}"
 
 
-def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None:
-    """Index of the best value, when every value is known, not all equal, and the direction is known.
+def _too_few(entry: dict, key: tuple[str, str, str]) -> int | None:
+    """The fewest internal-test subjects of a site, when too few for the site score ``key`` (else None)."""
+    protocol, target, metric = key
+    if metric not in SITE_SCORES or protocol not in CHALLENGE_PROTOCOLS:
+        return None
+    if protocol == "challenge":
+        return too_few_per_site(entry.get("challenge") or {})
+    return too_few_per_site((entry.get(protocol) or {}).get(target, {}).get(metric) or {})
 
-    Site prediction in the CV protocols has no direction: it is a property to report, good
-    or bad depending on whether site information is wanted (the challenge wants it low).
+
+def _direction(key: tuple[str, str, str]) -> str:
+    """↓ (lower is better), ↑ (higher is better), or '' for a row reported, not ranked.
+
+    The chance level is not ranked, nor is site prediction in the CV protocols: a property to
+    report, good or bad depending on whether site information is wanted (the challenge wants it low).
     """
     protocol, target, metric = key
-    undirected = protocol not in ("challenge", "kit_folds") and target == "site"
-    if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or undirected:
+    if protocol not in CHALLENGE_PROTOCOLS and target == "site":
+        return ""
+    return "↓" if metric in LOWER_IS_BETTER else "↑" if metric in HIGHER_IS_BETTER else ""
+
+
+def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None:
+    """Index of the best value, when every value is known, not all equal, and the direction is known."""
+    direction = _direction(key)
+    if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or not direction:
         return None
     scores = np.array(values, dtype=float)
-    if metric in LOWER_IS_BETTER:
-        return int(np.argmin(scores))
-    if metric in HIGHER_IS_BETTER:
-        return int(np.argmax(scores))
-    return None
+    return int(np.argmin(scores) if direction == "↓" else np.argmax(scores))
 
 
 def _is_nan(value) -> bool:

@@ -46,6 +46,14 @@ TEST_SPLITS = ("internal_test", "external_test")
 PROBABILITY_PREFIXES = ("site_prob_", "prob_")
 TABLE_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 DEFAULT_ID_COL = "participant_id"
+# Site BAcc and the scores built on it are shown as "n/a" below this many internal-test subjects
+# in some site. A site probe at chance (a representation free of site information) predicts every
+# one of the N internal-test subjects of k sites wrongly, scoring BAcc 0 and challenge_score 0
+# (a perfect-looking result), with probability (1 - 1/k)^N <= (1 - 1/k)^(k n) <= e^-n, n the
+# fewest subjects of a site: 37 % with one per site, 14 % with two, under 1 % from five on,
+# where each site's recall also moves in steps of 0.2 at most.
+MIN_SUBJECTS_PER_SITE = 5
+SITE_SCORES = ("bacc_site", "challenge_score", "ramp_combined")
 
 
 class EvaluationError(MedsslError):
@@ -126,7 +134,8 @@ def score_predictions(
 
     Returns:
         ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``, ``ramp_combined``, ``n_sites``,
-        ``n_internal``, ``n_external``, ``r2_internal``, ``r2_external`` (NaN when undefined), ``chance_bacc``.
+        ``n_internal``, ``n_external``, ``r2_internal``, ``r2_external`` (NaN when undefined), ``chance_bacc``,
+        ``min_internal_per_site`` (the fewest internal-test subjects of a site: see :data:`MIN_SUBJECTS_PER_SITE`).
 
     Example:
         >>> scores = score_predictions(predictions)  # then scores["mae_external"], scores["bacc_site"]
@@ -185,7 +194,15 @@ def _challenge_scores(
         "r2_internal": r2(true_age[internal], pred_age[internal]),
         "r2_external": r2(true_age[external], pred_age[external]),
         "chance_bacc": 1.0 / n_sites,
+        "min_internal_per_site": int(pd.Series(true_site).value_counts().min()) if len(true_site) else 0,
     }
+
+
+def too_few_per_site(scores: dict) -> int | None:
+    """The fewest internal-test subjects of a site when below :data:`MIN_SUBJECTS_PER_SITE`
+    (the site scores :data:`SITE_SCORES` then mean nothing), else None; None for scores without the count."""
+    fewest = scores.get("min_internal_per_site")
+    return int(fewest) if fewest is not None and fewest < MIN_SUBJECTS_PER_SITE else None
 
 
 def _checked_splits(table: pd.DataFrame, split_col: str, id_col: str | None, source: str) -> pd.Series:

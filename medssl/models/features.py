@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
 from medssl.config import Recipe
 from medssl.data.cohort import Cohort, check_same_shape
 from medssl.data.views import VolumeDataset, build_eval_transform, resize_transform
+from medssl.progress import progress_bar
 
 
 def volume_dataset(cohort: Cohort, recipe: Recipe) -> VolumeDataset:
@@ -48,14 +48,7 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()
     chunks = []
-    progress = Progress(
-        TextColumn(f"[bold]{description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=console is None,
-    )
+    progress = progress_bar(console, disable=console is None)
     with progress:
         task = progress.add_task(description, total=len(cohort))
         for batch in loader:

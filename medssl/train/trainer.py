@@ -40,7 +40,7 @@ from typing import Protocol, cast
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.text import Text
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -48,6 +48,7 @@ from torch.utils.data import Sampler
 
 from medssl.errors import CheckpointError, TrainingError
 from medssl.files import atomic_write_text, remove_stale_temporaries
+from medssl.progress import progress_bar
 from medssl.train.checkpoint import restore_rng, restore_scaler, save_checkpoint
 from medssl.train.distributed import DistributedContext, barrier, reduce_mean
 from medssl.train.loading import EpochLoader
@@ -446,18 +447,13 @@ class Trainer:
             )
 
     def progress_bar(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("step loss {task.fields[loss]}"),
-            TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[speed]} vol/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
+        return progress_bar(
+            self.console,
+            "step loss {task.fields[loss]}",
+            "lr {task.fields[lr]}",
+            "{task.fields[speed]} vol/s",
+            elapsed=True,
             disable=self.console is None or not self.dist.is_main,
-            transient=False,
         )
 
     def loss_range(self) -> tuple[float, float]:

@@ -304,3 +304,72 @@ def test_cli_evaluate_on_a_kit_with_a_malformed_folds_file_exits_2_in_one_line(t
     assert error.startswith("error: ") and error.strip().count("\n") == 0
     assert KIT_FOLDS_FILE in error and "fold0.external_test holds 9" in error
     assert not (tmp_path / "run" / "eval" / "metrics.json").exists()
+
+
+def test_cli_data_cache_takes_the_modality_as_an_override_and_names_it_in_its_line(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    from medssl import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=400, soft_wrap=True))
+    kit = write_kit(tmp_path / "kit")
+    arguments = ["data", "cache", tmp_path / "kit", tmp_path / "cache", "data.openbhb_modality=vbm"]
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    output = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), output
+    assert f"Cached 8 vbm volumes (stored shape, float32) in {tmp_path / 'cache'}" in output
+    first = load_cohort(tmp_path / "cache").subjects()[0]["image"].data[0]
+    assert torch.equal(first, torch.from_numpy(unmasked(kit["volumes"]["train", 0]["vbm"], kit["kept"]["vbm"])))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=3", "data cache does not read train.epochs"),
+        ("data.openbhb_modalty=vbm", "did you mean data.openbhb_modality?"),
+    ],
+)
+def test_cli_data_cache_refuses_an_override_it_would_not_read(tmp_path, monkeypatch, capsys, override, message):
+    from medssl import cli
+
+    write_kit(tmp_path / "kit")
+    arguments = ["data", "cache", tmp_path / "kit", tmp_path / "cache", override]
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.strip().count("\n") == 0 and message in error, error
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cli_evaluate_on_a_kit_at_80_columns_keeps_every_column_ranks_rows_and_prints_no_perfect_site_score(
+    tmp_path, monkeypatch, capsys
+):
+    from rich.console import Console
+
+    from medssl import cli
+    from medssl.models import build_encoder, save_encoder
+
+    monkeypatch.setattr(cli, "console", Console(width=80))  # a log or a pipe: 80 columns
+    write_kit(tmp_path / "kit")  # one internal-test subject per site
+    save_encoder(build_encoder("resnet18", widths=[4, 8, 8, 8]), tmp_path / "run" / "encoder.pt")
+    arguments = ["evaluate", tmp_path / "run", "--cohort", tmp_path / "kit", "eval.folds=2"]
+    monkeypatch.setattr(sys, "argv", ["medssl", *map(str, arguments)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    output = capsys.readouterr().out
+    assert exit_info.value.code in (0, None), output
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert {"pretrained", "combat", "baseline", "intensity", "mean"} <= set(metrics)
+    for name in ("pretrained", "combat", "baseline", "intensity", "mean"):  # no column dropped
+        assert f"{metrics[name]['mae_internal']:.3f}" in output, name
+    assert "training" in output and "intensity" in output and "…" not in output
+    assert max(len(line) for line in output.splitlines()) <= 80
+    assert "mae_external ↓" in output and "r2_external ↑" in output
+    assert metrics["pretrained"]["challenge"]["min_internal_per_site"] == 1
+    assert "n/a (too few subjects: 1 per site)" in output
+    mae = {name: metrics[name]["mae_external"] for name in ("baseline", "intensity", "mean")}
+    if min(mae.values()) < metrics["pretrained"]["mae_external"]:  # the untrained encoder loses to a baseline
+        assert "a trivial baseline beats the trained encoder" in output and "challenge mae_external" in output

@@ -752,6 +752,36 @@ def test_label_efficiency_cli_writes_the_curve_resumes_without_refitting_and_ref
     assert not (out / "scratch-nall").exists()  # the earlier run's folders went with --overwrite
 
 
+def test_label_efficiency_cli_ends_with_the_curve_as_a_table(tmp_path, monkeypatch, capsys):
+    import medssl.eval.label_efficiency as module
+    from medssl import cli
+
+    rows = [
+        {"encoder": encoder, "train_size": size, "n_train": n, "split": split, "metric": metric}
+        | {"mean": mean + (0.1 if encoder == "pretrained" else 0.0) + n / 1000, "std": 0.05, "n_seeds": 3}
+        for size, n in (("20", 20), ("all", 64))
+        for split in ("internal_test", "external_test")
+        for encoder in ("pretrained", "scratch", "constant baseline", "intensity baseline")
+        for metric, mean in (("roc_auc", 0.6), ("balanced_accuracy", 0.55))
+    ]
+    monkeypatch.setattr(module, "label_efficiency", lambda *args, **kwargs: pd.DataFrame(rows))
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    arguments = ["finetune", "finetune_diagnosis", "--encoder", tmp_path / "run", "--train-sizes", "20,all"]
+    monkeypatch.setattr("sys.argv", ["medssl", *map(str, [*arguments, "--out", tmp_path / "curve"])])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code in (0, None)
+    output = capsys.readouterr().out
+    assert "Label efficiency: roc auc ↑ (mean ± sd over seeds)" in output
+    internal = [line for line in output.splitlines() if line.strip().startswith("internal_test")]
+    assert [line.split()[1:] for line in internal] == [
+        ["20", "0.720", "0.620", "0.620", "0.620"],
+        ["64", "0.764", "0.664", "0.664", "0.664"],
+    ]
+    assert "…" not in output and max(len(line) for line in output.splitlines()) <= 80
+    assert output.index("Label-efficiency curve written to") > output.index("internal_test")
+
+
 def test_train_sizes_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         "sys.argv",

@@ -163,3 +163,122 @@ def test_the_printed_report_fits_80_columns_without_cutting_a_name(report):
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text
     assert "mae_external" in text and "sex BAcc" in text and f"{results['baseline']['mae_external']:.3f}" in text
+
+
+def crafted_entry(shift: float, per_site: int = 10) -> dict:
+    """A metrics.json entry with challenge, CV and kit-folds rows; ``shift`` added to the age errors."""
+    challenge = {
+        "mae_internal": 4.0 + shift,
+        "mae_external": 5.0 + shift,
+        "bacc_site": 0.3,
+        "challenge_score": 3.5 + shift,
+        "ramp_combined": 2.0 + shift,
+        "r2_internal": 0.6 - shift / 10,
+        "r2_external": 0.5 - shift / 10,
+        "chance_bacc": 0.25,
+        "min_internal_per_site": per_site,
+    }
+
+    def cv(mean: float, **extra) -> dict:
+        return {"mean": mean, "std": 0.1, "n_folds": 3, **extra}
+
+    folds = {"min_internal_per_site": per_site}
+    return {
+        "challenge": challenge,
+        "site_stratified": {
+            "age": {"mae": cv(6.0 + shift), "r2": cv(0.4)},
+            "sex": {"balanced_accuracy": cv(0.6), "roc_auc": cv(0.7)},
+            "site": {"balanced_accuracy": cv(0.9)},
+        },
+        "kit_folds": {
+            "age": {"mae_internal": cv(4.5 + shift, **folds)},
+            "site": {"bacc_site": cv(0.0, **folds)},
+            "age+site": {"challenge_score": cv(0.0, **folds)},
+        },
+        "notes": [],
+    }
+
+
+def crafted_report(names=("pretrained", "baseline", "intensity", "mean"), per_site: int = 10) -> dict:
+    return {name: crafted_entry(shift=index, per_site=per_site) for index, name in enumerate(names)}
+
+
+@pytest.mark.parametrize("width", [80, 60])
+@pytest.mark.parametrize(
+    "names",
+    [("pretrained", "baseline", "intensity", "mean"), ("pretrained", "combat", "baseline", "intensity", "mean")],
+)
+def test_the_printed_report_never_drops_a_representation_at_80_columns_or_fewer(names, width):
+    results = crafted_report(names)
+    console = Console(record=True, width=width)
+    print_report(results, console=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    for index in range(len(names)):  # each representation's own numbers: its column was printed
+        assert f"{4.0 + index:.3f}" in text and f"{6.0 + index:.3f}" in text
+    for word in ("trained", "ComBat" if "combat" in names else "trained", "random", "intensity", "training"):
+        assert word in text
+
+
+def test_each_ranked_row_shows_its_direction_and_an_unranked_one_none():
+    console = Console(record=True, width=200)
+    print_report(crafted_report(), console=console)
+    lines = console.export_text().splitlines()
+
+    def row(protocol: str, metric: str) -> str:
+        return next(line for line in lines if line.split()[:1] == [protocol] and f" {metric} " in line)
+
+    lower = ["mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"]
+    for protocol, metric in [
+        *(("challenge", f"{name} ↓") for name in lower),
+        ("challenge", "r2_internal ↑"),
+        ("site-strat.", "age mae ↓"),
+        ("site-strat.", "age r2 ↑"),
+        ("site-strat.", "sex BAcc ↑"),
+        ("site-strat.", "sex ROC AUC ↑"),
+        ("kit", "challenge_score ↓"),
+    ]:
+        assert row(protocol, metric)
+    # site prediction in a CV protocol and the chance level are reported, not ranked
+    assert row("site-strat.", "site BAcc").split("site BAcc")[1].split() == ["0.900"] * 4
+    assert "↑" not in row("challenge", "chance_bacc") and "↓" not in row("challenge", "chance_bacc")
+    assert "↓ lower is better, ↑ higher is better" in "\n".join(lines)
+
+
+def test_a_trivial_baseline_beating_the_trained_encoder_is_named_in_one_line_under_the_table():
+    results = crafted_report()
+    console = Console(record=True, width=400)
+    print_report(results, console=console)
+    assert "trivial baseline" not in console.export_text()  # the trained encoder is best everywhere
+    results["mean"]["challenge"]["ramp_combined"] = 1.5  # the training mean "wins" ramp_combined
+    results["intensity"]["challenge"]["challenge_score"] = 3.0
+    results["intensity"]["site_stratified"]["sex"]["roc_auc"]["mean"] = 0.71
+    console = Console(record=True, width=400)
+    print_report(results, console=console)
+    (line,) = [line for line in console.export_text().splitlines() if "trivial baseline" in line]
+    assert line.startswith("warning: a trivial baseline beats the trained encoder on 3 of ")
+    assert "training mean on challenge ramp_combined" in line
+    assert "intensity stats on challenge challenge_score, site-strat. sex ROC AUC" in line
+
+
+def test_site_scores_with_too_few_subjects_per_site_print_as_na_with_the_count():
+    results = crafted_report(per_site=2)
+    console = Console(record=True, width=200)
+    print_report(results, console=console)
+    text = console.export_text()
+    for protocol, metric in [
+        ("challenge", "bacc_site ↓"),
+        ("challenge", "challenge_score ↓"),
+        ("kit folds", "bacc_site ↓"),
+    ]:
+        line = next(line for line in text.splitlines() if line.strip().startswith(protocol) and metric in line)
+        assert line.split(metric)[1].split() == ["n/a"] * 4, line
+    assert "0.000" not in text  # the kit folds' perfect-looking 0.000 ± 0.000
+    assert "n/a (too few subjects: 2 per site): bacc_site, challenge_score, ramp_combined need at least 5" in text
+    assert f"{results['pretrained']['challenge']['mae_internal']:.3f}" in text  # the age scores stay
+
+
+def test_site_scores_from_five_subjects_per_site_are_printed():
+    console = Console(record=True, width=200)
+    print_report(crafted_report(per_site=5), console=console)
+    assert "n/a" not in console.export_text()

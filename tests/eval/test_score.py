@@ -370,3 +370,21 @@ def test_internal_test_subjects_at_a_site_never_trained_on_are_warned_about(tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnseenSiteWarning)
         score_predictions(seen)
+
+
+def test_the_scores_count_the_fewest_internal_test_subjects_of_a_site():
+    from medssl.eval.score import too_few_per_site
+
+    table = pd.DataFrame(
+        {
+            "split": ["train", "train"] + ["internal_test"] * 7 + ["external_test"] * 2,
+            "site": ["A", "B"] + ["A"] * 5 + ["B"] * 2 + ["C", "C"],
+            "age": np.linspace(20, 70, 11),
+            "age_pred": np.linspace(21, 69, 11),
+            "site_pred": ["A"] * 11,
+        }
+    )
+    scores = score_predictions(table)
+    assert scores["min_internal_per_site"] == 2 and too_few_per_site(scores) == 2
+    table.loc[7:8, "site"] = "A"  # every internal-test subject at site A: 7 of them
+    assert too_few_per_site(score_predictions(table)) is None

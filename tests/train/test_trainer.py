@@ -253,3 +253,21 @@ def test_an_epoch_without_a_batch_is_an_error_not_a_checkpoint(tmp_path):
     ):
         trainer.run()
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_the_progress_bar_in_an_80_column_log_keeps_its_times_whole(tmp_path):
+    import io
+    import re
+
+    from rich.console import Console
+
+    log = io.StringIO()  # not a terminal: rich prints each bar once, at its end, 80 columns wide
+    trainer = line_trainer(
+        tmp_path, epochs=100, schedule={"label": "seed 10, "}, console=Console(file=log, width=80)
+    )
+    with pytest.raises(Stop):
+        trainer.run(on_epoch_end=stop_after_epoch(0))
+    text = log.getvalue()
+    assert "seed 10, epoch 1/100" in text and "4/4" in text and "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert len(re.findall(r"\b\d+:\d\d:\d\d\b", text)) == 2, text  # elapsed and remaining, neither cut

@@ -45,7 +45,11 @@ def test_channels_last_gives_the_update_of_the_default_memory_format(tiny_cohort
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_autocast_runs_and_follows_the_fp32_step(tiny_cohort, tmp_path, precision):
+def test_reduced_precision_autocast_runs_and_follows_the_fp32_step(tiny_cohort, tmp_path, precision, monkeypatch):
+    from medssl.train import setup
+
+    # bf16 runs on any CPU (slowly without AVX512-BF16, where a run falls back to fp32 unless told otherwise)
+    monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: True)
     recipe = step_recipe(str(tiny_cohort), 8, precision=precision)
     recipe.name = precision
     pretraining, update_reduced = run_step(tmp_path, recipe)

@@ -433,7 +433,7 @@ def measure_views(args) -> list[dict]:
         volumes = brain_like(args.views_batch, shape)
         subjects = [tio.Subject(image=tio.ScalarImage(tensor=volume.clone())) for volume in volumes]
         on_device = volumes.to(device)
-        generator = torch.Generator(device=device).manual_seed(0)
+        generator = torch.Generator().manual_seed(0)  # parameters on the CPU: no device sync (batched_views.py)
         for name, config in view_configs(args.views_recipes).items():
             transform, batched = build_view_transform(config), build_batched_views(config)
             n_views = config.n_views

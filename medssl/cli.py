@@ -53,7 +53,7 @@ class _HelpIsASwitch:
     as ``--help <bool>`` in every command's and group's help (``FLAG`` does this for medssl's switches)."""
 
     def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)  # type: ignore[misc]  # a typer command or group's
+        option = super().get_help_option(ctx)  # a typer command or group's
         if option is not None:
             option.metavar = FLAG
         return option
@@ -73,7 +73,7 @@ class _Typer(typer.Typer):
     def __init__(self, **kwargs) -> None:
         super().__init__(cls=_Group, **kwargs)
 
-    def command(self, *args, **kwargs):  # type: ignore[override]
+    def command(self, *args, **kwargs):
         return super().command(*args, cls=_Command, **kwargs)
 
 

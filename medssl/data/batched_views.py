@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from medssl.config import ViewsConfig
-from medssl.data.views import _check_views, normalization_transform
+from medssl.data.views import build_view_transform, normalization_transform
 
 NORMALIZE_MODES = ("zscore", "zscore_volume", "minmax", "none")
 BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, which tio.Blur calls
@@ -382,15 +382,6 @@ def affine(
 
 
 # ----------------------------------------------------------------------------- cutout, blur, noise
-def _box_mask(start: torch.Tensor, size: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """(B, D, H, W) bool, true inside each sample's box."""
-    masks = []
-    for axis, length in enumerate(shape):
-        index = torch.arange(length, device=start.device)
-        masks.append((index >= start[:, axis, None]) & (index < (start[:, axis] + size[:, axis])[:, None]))
-    return masks[0][:, :, None, None] & masks[1][:, None, :, None] & masks[2][:, None, None, :]
-
-
 def cutout(volumes: torch.Tensor, start: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """Set a box of every channel of each volume to 0 (``views.Cutout``); a box of size 0 is none.
 
@@ -398,9 +389,15 @@ def cutout(volumes: torch.Tensor, start: torch.Tensor, size: torch.Tensor) -> to
         volumes: (B, C, D, H, W).
         start: (B, 3) first voxel of each box.
         size: (B, 3) box edge in voxels.
+
+    One copy of the batch and a write per box: a boolean mask of the batch (``masked_fill``)
+    took twice as long on the CPU.
     """
-    box = _box_mask(start.to(volumes.device), size.to(volumes.device), volumes.shape[2:])
-    return volumes.masked_fill(box[:, None], 0)
+    out = volumes.clone()
+    for sample, (first, edge) in enumerate(zip(start.tolist(), size.tolist())):
+        depth, height, width = _box_slices(first, edge)
+        out[sample, :, depth, height, width] = 0
+    return out
 
 
 def _reflect_index(length: int, radius: int, device: torch.device) -> torch.Tensor:
@@ -838,7 +835,7 @@ def build_batched_views(
         >>> generator = torch.Generator().manual_seed(seed)   # saved with the run: generator.get_state()
         >>> batch_views = views(volumes.cuda(non_blocking=True), generator)   # (B, 2, 1, D, H, W) on the GPU
     """
-    _check_views(config)
+    build_view_transform(config, include_normalization)  # the TorchIO path's recipe checks, kept in one place
     crop, flip, affine, cutout = config.crop, config.flip, config.affine, config.cutout
     return BatchedViews(
         normalize=config.normalize if include_normalization else None,

@@ -89,6 +89,31 @@ class Notes(list):
             self.console.print(message)
 
 
+def training_views(recipe: Recipe, needs: MethodNeeds, train: Cohort) -> MultiViewDataset:
+    """The training subjects' random views, with the label and bias (site) the method reads."""
+    label = recipe.data.label if needs.label else None
+    if needs.label and label is None:
+        raise RecipeError(
+            f"method.name = {needs.name!r} needs a label: set data.label (e.g. age); "
+            "a fine-tuning recipe (finetune_diagnosis) runs with medssl finetune"
+        )
+    shape = recipe.data.volume_shape
+    if not shape:
+        check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
+    # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
+    preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
+    return MultiViewDataset(
+        train.subjects(),
+        build_view_transform(recipe.views),
+        n_views=needs.views,
+        preprocess=preprocess,
+        label_key=label,
+        label_encoder=label_encoder_for(train, label),
+        bias_key=recipe.data.bias if needs.bias else None,
+        bias_classes=bias_classes_for(train, recipe.data.bias) if needs.bias else None,
+    )
+
+
 def pretraining_data(
     recipe: Recipe,
     needs: MethodNeeds,
@@ -104,27 +129,7 @@ def pretraining_data(
         raise RecipeError(f"{cohort.root}: no participant has split 'train'")
     if recipe.data.max_subjects is not None:
         train = train.head(recipe.data.max_subjects)
-    label = recipe.data.label if needs.label else None
-    if needs.label and label is None:
-        raise RecipeError(
-            f"method.name = {needs.name!r} needs a label: set data.label (e.g. age); "
-            "a fine-tuning recipe (finetune_diagnosis) runs with medssl finetune"
-        )
-    shape = recipe.data.volume_shape
-    if not shape:
-        check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
-    # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
-    preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
-    dataset = MultiViewDataset(
-        train.subjects(),
-        build_view_transform(recipe.views),
-        n_views=needs.views,
-        preprocess=preprocess,
-        label_key=label,
-        label_encoder=label_encoder_for(train, label),
-        bias_key=recipe.data.bias if needs.bias else None,
-        bias_classes=bias_classes_for(train, recipe.data.bias) if needs.bias else None,
-    )
+    dataset = training_views(recipe, needs, train)
     batch_size, per_process = recipe.train.batch_size, len(train) // dist.world_size
     if batch_size > per_process:
         notes.say(

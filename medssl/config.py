@@ -175,6 +175,10 @@ class ViewsConfig(Section):
         "zscore",
         description="Intensity normalisation before augmentation: zscore over the non-zero voxels, zscore_volume over all voxels, minmax to [0, 1], none, or source: the one an imported encoder was trained with (finetune, evaluate).",
     )
+    device: Literal["loader", "batch"] = Field(
+        "loader",
+        description="Where views are drawn: loader (TorchIO, one volume at a time in DataLoader workers) or batch (medssl.data.batched_views on the training device, in the training step).",
+    )
     crop: CropConfig = Field(default_factory=CropConfig, description="Random crop then resize back.")
     cutout: CutoutConfig = Field(default_factory=CutoutConfig, description="Zero a random box.")
     flip: FlipConfig = Field(default_factory=FlipConfig, description="Random flips.")
@@ -789,17 +793,28 @@ def _written_key(key: str, overrides: list[str]) -> str:
 
 
 def _did_you_mean(written: str, method: str | None) -> str:
-    """``; did you mean train.epochs?``: the closest recipe key path of the same depth (difflib, as
-    click suggests a command), among the method's own keys for a key of the method section; or ''."""
+    """``; did you mean train.epochs?``: the key path with each unknown part replaced by its closest
+    sibling (difflib, as click suggests a command), among the method's own keys in the method
+    section; '' when a part has no close sibling or the result is no key."""
     if method is not None and written.startswith("method."):
-        candidates = [f"method.{name}" for name in METHOD_SECTIONS[method].model_fields]
+        keys = {"method", *(f"method.{name}" for name in METHOD_SECTIONS[method].model_fields)}
     else:
         leaves = [key for key, _, _ in field_docs() if not key.startswith("method (")]
-        candidates = sorted({".".join(key.split(".")[:end]) for key in leaves for end in range(1, key.count(".") + 2)})
-        candidates.append("method.name")
-    depth = written.count(".")
-    matches = difflib.get_close_matches(written, [key for key in candidates if key.count(".") == depth], n=1)
-    return f"; did you mean {matches[0]}?" if matches else ""
+        keys = {
+            ".".join(key.split(".")[:end]) for key in [*leaves, "method.name"] for end in range(1, key.count(".") + 2)
+        }
+    parts = written.split(".")
+    for depth, part in enumerate(parts):
+        parent = parts[:depth]
+        if ".".join([*parent, part]) in keys:
+            continue
+        siblings = [key.split(".")[-1] for key in keys if key.split(".")[:-1] == parent]
+        close = difflib.get_close_matches(part, siblings, n=1)
+        if not close:
+            return ""
+        parts[depth] = close[0]
+    suggestion = ".".join(parts)
+    return f"; did you mean {suggestion}?" if suggestion in keys and suggestion != written else ""
 
 
 def _method_switch_hint(unknown: list[str], overrides: list[str]) -> str:

@@ -622,7 +622,9 @@ def test_a_bad_override_is_blamed_on_the_command_line_not_the_recipe_file(monkey
 def test_an_override_that_makes_an_unknown_section_is_blamed_on_the_command_line(monkeypatch, capsys):
     code, error = run_main(monkeypatch, capsys, "pretrain", "recipes/simclr.yaml", "trian.epochs=3")
     assert code == 2
-    assert one_line_error(error).strip() == "error: command-line override trian.epochs=3: unknown key 'trian'"
+    assert one_line_error(error).strip() == (
+        "error: command-line override trian.epochs=3: unknown key 'trian'; did you mean train.epochs?"
+    )
 
 
 def test_a_recipe_that_is_not_valid_yaml_is_one_line_naming_the_file_and_line(tmp_path, monkeypatch, capsys):

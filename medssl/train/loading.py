@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -191,3 +191,28 @@ class EpochLoader:
     def close(self) -> None:
         """End the persistent workers (a later :meth:`epoch` starts new ones)."""
         self.loader = None
+
+
+class BatchViewsLoader:
+    """``views.device: batch``: the batches of ``loader`` carry each subject's volume once (as
+    ``views`` (B, 1, C, D, H, W)); they are moved to ``device`` and ``views`` draws the method's
+    views there (:func:`medssl.data.batched_views.build_batched_views`). Its parameters come from
+    a generator seeded by (seed, epoch, batch, rank): a resumed run draws what an uninterrupted
+    one drew, and the processes of a DDP run draw different views.
+    """
+
+    def __init__(self, loader: EpochLoader, views: Callable, device: torch.device, seed: int, rank: int = 0):
+        self.loader, self.views, self.device, self.seed, self.rank = loader, views, device, seed, rank
+        self.dataset, self.batch_size, self.drop_last = loader.dataset, loader.batch_size, loader.drop_last
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int, sampler: Sampler | None = None) -> Iterator[dict]:
+        for number, batch in enumerate(self.loader.epoch(epoch, sampler)):
+            generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, number, repeat=1 + self.rank))
+            volumes = batch["views"][:, 0].to(self.device, non_blocking=True)
+            yield {**batch, "views": self.views(volumes, generator)}
+
+    def close(self) -> None:
+        self.loader.close()

@@ -22,9 +22,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torchio as tio
 from rich.console import Console
 
-from medssl.config import Recipe, dump_recipe
+from medssl.config import Recipe, ViewsConfig, dump_recipe
+from medssl.data.batched_views import build_batched_views
 from medssl.data.cohort import Cohort, check_same_shape
 from medssl.data.views import MultiViewDataset, build_view_transform, resize_transform
 from medssl.errors import RecipeError
@@ -33,7 +35,7 @@ from medssl.models import save_encoder
 from medssl.models.features import extract_features
 from medssl.train.checkpoint import resumable_checkpoint
 from medssl.train.distributed import DistributedContext, gather_with_grad, init_distributed, shutdown_distributed
-from medssl.train.loading import EpochLoader
+from medssl.train.loading import BatchViewsLoader, EpochLoader
 from medssl.train.setup import (
     apply_embedded_budget,
     bias_classes_for,
@@ -56,7 +58,7 @@ class TrainingData:
     cohort: Cohort  # the whole cohort (evaluation uses every split)
     train_cohort: Cohort  # the subjects trained on
     dataset: MultiViewDataset
-    loader: EpochLoader
+    loader: EpochLoader | BatchViewsLoader
     steps_per_epoch: int
 
     @property
@@ -102,10 +104,11 @@ def training_views(recipe: Recipe, needs: MethodNeeds, train: Cohort) -> MultiVi
         check_same_shape(train)  # else the first batch fails in torch.stack without naming a file
     # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
     preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
+    on_device = recipe.views.device == "batch"  # then each volume is loaded once, its views drawn on the device
     return MultiViewDataset(
         train.subjects(),
-        build_view_transform(recipe.views),
-        n_views=needs.views,
+        tio.Compose({}) if on_device else build_view_transform(recipe.views),
+        n_views=1 if on_device else needs.views,
         preprocess=preprocess,
         label_key=label,
         label_encoder=label_encoder_for(train, label),
@@ -146,7 +149,7 @@ def pretraining_data(
             f"train.accumulate = {accumulate}: an epoch has only {batches} batch{'es' if batches != 1 else ''} of {batch_size} "
             "subjects per process; lower train.accumulate or train.batch_size"
         )
-    loader = EpochLoader(
+    epochs = EpochLoader(
         dataset,
         batch_size,
         seed=recipe.train.seed,
@@ -155,6 +158,11 @@ def pretraining_data(
         world_size=dist.world_size,
         rank=dist.rank,
     )
+    loader: EpochLoader | BatchViewsLoader = epochs
+    if recipe.views.device == "batch":
+        views = build_batched_views(recipe.views)
+        views.n_views = needs.views
+        loader = BatchViewsLoader(epochs, views, device, seed=recipe.train.seed, rank=dist.rank)
     return TrainingData(cohort, train, dataset, loader, batches // accumulate)
 
 
@@ -184,15 +192,16 @@ def prepared_method(
     return method, precision
 
 
-def diagnostic_batch(method: Method, data: TrainingData, seed: int) -> torch.Tensor | None:
+def diagnostic_batch(method: Method, data: TrainingData, seed: int, views: ViewsConfig) -> torch.Tensor | None:
     """A fixed batch of two augmented views of held-out subjects (internal test, else train),
     drawn once, on which alignment, uniformity and collapse are measured every epoch."""
     if not method.has_projection:
         return None
     held_out = data.cohort.subset("internal_test")
     cohort = held_out if len(held_out) >= 2 else data.train_cohort
+    # TorchIO's views whatever views.device: the batch's views are only drawn in the training step
     dataset = MultiViewDataset(
-        cohort.head(16).subjects(), data.dataset.transform, n_views=2, preprocess=data.dataset.preprocess
+        cohort.head(16).subjects(), build_view_transform(views), n_views=2, preprocess=data.dataset.preprocess
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 12345)
@@ -295,7 +304,7 @@ def pretraining_trainer(
         run_files={"recipe.yaml": recipe_yaml},
         recipe_yaml=recipe_yaml,
         extract_features=features,
-        diagnostic_views=diagnostic_batch(method, data, train.seed),
+        diagnostic_views=diagnostic_batch(method, data, train.seed, recipe.views),
         name=f"{recipe.model.encoder} / {recipe.method.name}",
     )
 

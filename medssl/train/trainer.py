@@ -51,7 +51,7 @@ from medssl.files import atomic_write_text, remove_stale_temporaries
 from medssl.progress import progress_bar
 from medssl.train.checkpoint import restore_rng, restore_scaler, save_checkpoint
 from medssl.train.distributed import DistributedContext, barrier, reduce_mean
-from medssl.train.loading import EpochLoader
+from medssl.train.loading import BatchViewsLoader, EpochLoader
 from medssl.train.metrics_log import MetricsLog
 from medssl.train.setup import autocast, seed_everything
 
@@ -158,7 +158,7 @@ class Trainer:
         self,
         objective: nn.Module,
         optimizer: torch.optim.Optimizer,
-        loader: EpochLoader,
+        loader: EpochLoader | BatchViewsLoader,
         run_dir: str | Path,
         schedule: Schedule,
         *,

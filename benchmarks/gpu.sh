@@ -11,7 +11,8 @@
 # (2) NTXentLoss / YAwareLoss at 2N = 8192; (3) faiss-gpu vs faiss-cpu k-means on 50,000 x 256;
 # (4) a one-process NCCL run of `medssl pretrain yaware_age --smoke`; (5) an fp16 resume that must
 # end bit-exact with the uninterrupted run, and the GradScaler state in its checkpoint; (6) Barlow
-# Twins against lightly's formula in float32 and bfloat16 (time ratios, gradient errors).
+# Twins against lightly's formula in float32 and bfloat16 (time ratios, gradient errors); (7) a short
+# pre-training with views drawn in DataLoader workers vs on the GPU (views.device), and the GPU's busy fraction.
 # Each part has its own time limit; a part that fails or times out is reported and the next runs.
 set -u
 cd "$(dirname "$0")/.."
@@ -96,5 +97,26 @@ verdict $? "fp16 resume check"
 part "6. Barlow Twins on bfloat16 embeddings: medssl (bfloat16 products, float32 invariance term) vs lightly's formula"
 timeout 60 python benchmarks/losses.py --device cuda --only BarlowTwinsLoss --repeats 11
 verdict $? "Barlow Twins losses"
+
+part "7. views in DataLoader workers (loader) vs on the GPU (batch): 40 steps of yaware_age, 96^3, batch 16"
+for mode in loader batch; do
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$WORK/busy_$mode.txt" 2>/dev/null &
+  SAMPLER=$!
+  timeout 300 python -m medssl pretrain yaware_age train.device=cuda views.device=$mode data.synthetic.shape=96 \
+      data.synthetic.subjects=96 train.embedded.steps=40 train.embedded.batch_size=16 data.num_workers=4 \
+      eval.after_pretrain=false --out "$WORK/views_$mode" > "$WORK/views_$mode.log" 2>&1
+  verdict $? "views.device=$mode"
+  kill $SAMPLER 2>/dev/null
+  python - "$WORK" "$mode" <<'EOF'
+import sys
+from pathlib import Path
+import pandas as pd
+work, mode = Path(sys.argv[1]), sys.argv[2]
+busy = [float(line) for line in (work / f"busy_{mode}.txt").read_text().split() if line.strip()]
+steps = pd.read_csv(work / f"views_{mode}" / "metrics.csv").query("kind == 'step'")
+print(f"views.device={mode}: {steps['volumes_per_s'].iloc[5:].median():.1f} volumes/s (median after 5 steps), "
+      f"GPU busy {sum(busy) / max(len(busy), 1):.0f} % (nvidia-smi, {len(busy)} samples over the run, cohort generation included)")
+EOF
+done
 
 part "done in $((SECONDS - START)) s; JSON in $OUT"

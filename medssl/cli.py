@@ -974,8 +974,9 @@ def _cache_settings(cohort: Path, recipe: str | None, overrides: list[str]):
         if "=" in item and key not in CACHE_READS:
             import difflib
 
-            close = difflib.get_close_matches(key, CACHE_READS, n=1)
-            instead = f"did you mean {close[0]}?" if close else f"it reads {', '.join(CACHE_READS)}"
+            leaves = [read.removeprefix("data.") for read in CACHE_READS]
+            close = difflib.get_close_matches(key.removeprefix("data."), leaves, n=1) if key.startswith("data.") else []
+            instead = f"did you mean data.{close[0]}?" if close else f"it reads {', '.join(CACHE_READS)}"
             raise RecipeError(f"command-line override {item}: data cache does not read {key}; {instead}")
     if recipe:
         return load_recipe(recipe, overrides).data

@@ -113,7 +113,10 @@ def test_pretrain_smoke_writes_a_run_folder_in_out(smoke_run):
     assert "Smoke run" in output and f"Run folder: {run_dir}" in output.replace("\n", "")
     # the closing line reports epoch means, which metrics.csv holds; the progress bar the last step's
     epochs = pd.read_csv(run_dir / "metrics.csv").query("kind == 'epoch'")["loss"]
-    assert f"Done: mean loss {epochs.iloc[0]:.4f} -> {epochs.iloc[-1]:.4f} (first -> last epoch), encoder alexnet." in output
+    assert (
+        f"Done: mean loss {epochs.iloc[0]:.4f} -> {epochs.iloc[-1]:.4f} (first -> last epoch), encoder alexnet."
+        in output
+    )
     assert "step loss " in output
     for artefact in ("recipe.yaml", "metrics.csv", "checkpoints/last.pt", "encoder.pt", "encoder.json", "loss.png"):
         assert (run_dir / artefact).is_file(), artefact

@@ -262,9 +262,7 @@ def test_the_progress_bar_in_an_80_column_log_keeps_its_times_whole(tmp_path):
     from rich.console import Console
 
     log = io.StringIO()  # not a terminal: rich prints each bar once, at its end, 80 columns wide
-    trainer = line_trainer(
-        tmp_path, epochs=100, schedule={"label": "seed 10, "}, console=Console(file=log, width=80)
-    )
+    trainer = line_trainer(tmp_path, epochs=100, schedule={"label": "seed 10, "}, console=Console(file=log, width=80))
     with pytest.raises(Stop):
         trainer.run(on_epoch_end=stop_after_epoch(0))
     text = log.getvalue()

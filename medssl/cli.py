@@ -200,7 +200,7 @@ def _quiet_sklearn(smoke: bool = False) -> Iterator[None]:
             yield
         finally:
             if counts and os.environ.get("RANK", "0") == "0":
-                console.print(_library_warnings_note(counts), highlight=False, soft_wrap=True)
+                console.print(_library_warnings_note(counts), highlight=False)
 
 
 def _library_warnings_note(counts: Counter[str]) -> str:
@@ -851,6 +851,8 @@ def data_inspect(
 
 
 def _print_cohort_figures(figures: dict) -> None:
+    from medssl.eval.score import MIN_SUBJECTS_PER_SITE, SITE_SCORES
+
     splits = "; ".join(
         f"{split} {n['subjects']} ({n['sites']} site{'s' if n['sites'] != 1 else ''})"
         for split, n in figures["splits"].items()
@@ -885,16 +887,25 @@ def _print_cohort_figures(figures: dict) -> None:
     probes = Table(title="Trivial probes, challenge protocol (lower is better)", title_justify="left")
     for column in ("probe", "age MAE internal", "age MAE external", "site BAcc", "chance BAcc", "L_c"):
         probes.add_column(column)
+    fewest = min(
+        (scores.get("min_internal_per_site", MIN_SUBJECTS_PER_SITE) for scores in figures["probes"].values()),
+        default=MIN_SUBJECTS_PER_SITE,
+    )
     for name, scores in figures["probes"].items():
         probes.add_row(
             name.replace("_", " "),
             *(
-                f"{scores[key]:.3f}"
+                "n/a" if key in SITE_SCORES and fewest < MIN_SUBJECTS_PER_SITE else f"{scores[key]:.3f}"
                 for key in ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")
             ),
         )
     if figures["probes"]:
         console.print(probes)
+        if fewest < MIN_SUBJECTS_PER_SITE:
+            console.print(
+                f"n/a (too few subjects: {fewest} per site): site BAcc and L_c need at least {MIN_SUBJECTS_PER_SITE} "
+                "internal-test subjects per site (the JSON keeps the numbers)."
+            )
     oracle = figures["diagnosis_oracle"]
     if oracle is not None:
         components = oracle["components"]

@@ -87,7 +87,7 @@ def trivial_probes(cohort: Cohort, recipe: Recipe, console=None) -> dict:
     results = {}
     for name, features in (("training_mean", np.zeros((len(table), 1))), ("intensity", intensity)):
         scores = challenge_protocol(features, table, seed=recipe.train.seed)
-        results[name] = {key: scores[key] for key in PROBE_KEYS}
+        results[name] = {key: scores[key] for key in (*PROBE_KEYS, "min_internal_per_site")}
     return results
 
 

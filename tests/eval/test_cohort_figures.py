@@ -91,3 +91,18 @@ def test_data_inspect_of_a_cohort_without_splits_says_the_probes_need_them(tiny_
     assert "Traceback" not in result.output and "age MAE" not in result.output
     saved = json.loads(out.read_text())
     assert saved["probes"] == {} and saved["probes_skipped"] == "no internal_test / external_test rows"
+
+
+def test_data_inspect_prints_n_a_for_site_scores_of_too_few_subjects_per_site(tiny_cohort, tmp_path):
+    """The tiny cohort has one or two internal-test subjects a site: site BAcc and L_c would read as results."""
+    from medssl.eval.score import MIN_SUBJECTS_PER_SITE
+
+    out = tmp_path / "figures.json"
+    result = CliRunner().invoke(app, ["data", "inspect", str(tiny_cohort), "--json", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    fewest = min(scores["min_internal_per_site"] for scores in saved["probes"].values())
+    assert fewest < MIN_SUBJECTS_PER_SITE
+    rows = [line for line in result.output.splitlines() if "│ training mean" in line or "│ intensity " in line]
+    assert rows and all(line.count("n/a") == 2 for line in rows)  # site BAcc and L_c, the MAEs still shown
+    assert f"n/a (too few subjects: {fewest} per site)" in result.output

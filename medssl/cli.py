@@ -141,7 +141,7 @@ def _refuse_nothing_to_resume(run_dir: Path, out: Path | None, state: str, has_s
         return
     if out is None:
         raise RecipeError(
-            f"--resume: no run of this recipe in runs/ has {state} to continue; give the run's --out, or run without --resume"
+            f"--resume: no run of this recipe in runs/ has a {state} to continue; give the run's --out, or run without --resume"
         )
     if not run_dir.is_dir():
         raise MedsslError(
@@ -695,7 +695,7 @@ def recipes(
     )
     view.add_column("name", style="bold", no_wrap=True)
     view.add_column("description")
-    view.add_column("network: with data.root / on the embedded cohort")
+    view.add_column("network trained: with data.root / on the embedded cohort")
     for name, description in shipped_recipes():
         view.add_row(name, description, _networks_trained(name))
     console.print(view)

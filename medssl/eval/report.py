@@ -362,8 +362,10 @@ def print_report(results: dict, console: Console | None = None) -> None:
         better = _better(key, [value for value, _ in cells[key]])
         texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells[key])]
         rows.append([PROTOCOL_NAMES.get(key[0], key[0]), _row_name(key), *texts])
-    for group in _column_groups(console, names, rows):
-        console.print(_report_table(names, rows, group))
+    groups = _column_groups(console, names, rows)
+    for number, group in enumerate(groups, start=1):
+        part = f" ({number}/{len(groups)})" if len(groups) > 1 else ""
+        console.print(_report_table(names, rows, group, part=part))
     fewest = [count for key in keys for name in names if (count := _too_few(results[name], key)) is not None]
     if fewest:
         console.print(
@@ -411,11 +413,16 @@ def _full_width(console: Console, table: Table) -> int:
     return console.measure(table, options=console.options.update_width(1_000_000)).maximum
 
 
-def _report_table(names: list[str], rows: list[list[str]], columns: list[int], header_words: bool = False) -> Table:
+def _report_table(
+    names: list[str], rows: list[list[str]], columns: list[int], header_words: bool = False, part: str = ""
+) -> Table:
     """The printed table of the representations ``names[i]`` for i in ``columns`` (``header_words``:
-    their headers a word per line, to measure the narrowest width the table prints in whole)."""
+    their headers a word per line, to measure the narrowest width the table prints in whole); ``part``
+    says which of the tables it is when they are several."""
     table = Table(
-        title="medssl evaluation (↓ lower is better, ↑ higher is better)", title_justify="left", box=box.SIMPLE_HEAD
+        title=f"medssl evaluation{part} (↓ lower is better, ↑ higher is better)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
     )
     for header in ("protocol", "metric"):
         table.add_column(header, no_wrap=True)  # names stay whole at 80 columns

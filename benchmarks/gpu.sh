@@ -103,7 +103,7 @@ for mode in loader batch; do
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$WORK/busy_$mode.txt" 2>/dev/null &
   SAMPLER=$!
   timeout 300 python -m medssl pretrain yaware_age train.device=cuda views.device=$mode data.synthetic.shape=96 \
-      data.synthetic.subjects=96 train.embedded.steps=40 train.embedded.batch_size=16 data.num_workers=4 \
+      data.synthetic.subjects=96 train.steps=40 train.batch_size=16 data.num_workers=4 \
       eval.after_pretrain=false --out "$WORK/views_$mode" > "$WORK/views_$mode.log" 2>&1
   verdict $? "views.device=$mode"
   kill $SAMPLER 2>/dev/null

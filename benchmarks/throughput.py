@@ -9,6 +9,7 @@ they take hours on a CPU):
     python benchmarks/throughput.py --shape 24,28,24 --modes fp32 fp32+ckpt              # checkpointing cost
     python benchmarks/throughput.py --no-steps --losses 1024                             # contrastive losses
     python benchmarks/throughput.py --views --repeats 3                                  # view pipelines
+    python benchmarks/throughput.py --views --reads-only --repeats 5                     # float16 vs float32 cache read
 
 For each encoder x shape x mode x batch (``--batch`` subjects, 2 views each), where a mode is a
 precision (fp32, bf16, fp16) with optional ``+cl`` (channels_last_3d) and ``+ckpt``
@@ -42,7 +43,10 @@ and of the batched path (``build_batched_views`` on ``--views-batch`` volumes at
 ``--views-recipes`` recipe; medians of ``--repeats`` repeats in which the two paths alternate,
 ratio batched / TorchIO. Then the cores each path needs to feed 100 volumes/s, and N volumes/s for
 an estimated GPU demand N = ``--gpu-tflops`` x ``--gpu-utilisation`` / FLOPs of one volume's
-forward + backward (counted on the meta device, no compute).
+forward + backward (counted on the meta device, no compute). Last, the memory-mapped cache read:
+MB/s (stored bytes) and volumes/s of ``read_array_volume`` over ``--read-volumes`` rows of a
+float32 and a float16 cache (page cache warm), the float16 one read as float16 (``views.device:
+batch``, cast on the device) and as float32 (``loader``, cast in the worker).
 """
 
 from __future__ import annotations
@@ -59,8 +63,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -466,6 +472,56 @@ def measure_views(args) -> list[dict]:
     return rows
 
 
+def measure_cache_reads(args) -> list[dict]:
+    """MB/s (stored bytes) and volumes/s of reading every row of a memory-mapped cache, float32 vs float16.
+
+    The caches are written afresh in a temporary folder and read once before timing, so the
+    pages are in the page cache (what a node whose page cache holds the cohort sees); the read
+    is ``read_array_volume``, a TorchIO reader's copy of one row out of the map.
+    """
+    from medssl.data.arrays import read_array_volume
+
+    variants = (("float32", False), ("float16", True), ("float16", False))  # (stored, keep_float16)
+    rows = []
+    for shape in args.shape:
+        volumes = brain_like(args.read_volumes, shape).numpy()
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for dtype in ("float32", "float16"):
+                path = paths[dtype] = Path(tmp) / dtype / "volumes.npy"
+                path.parent.mkdir()
+                array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=volumes.shape)
+                array[:] = volumes
+                array.flush()
+                del array
+                path.with_suffix(".json").write_text(json.dumps({"spacing": [1.0, 1.0, 1.0], "dtype": dtype}))
+
+            def read_all(path: Path, keep: bool, count: int = len(volumes)) -> None:
+                for row in range(count):
+                    read_array_volume(path, row, keep_float16=keep)
+
+            times: dict[tuple[str, bool], list[float]] = {variant: [] for variant in variants}
+            for variant in variants:
+                read_all(paths[variant[0]], variant[1])  # warm: the pages into the page cache
+            for _ in range(args.repeats):
+                for variant in variants:
+                    times[variant].append(timed(partial(read_all, paths[variant[0]], variant[1]), torch.device("cpu")))
+        for (dtype, keep), seconds in times.items():
+            median = statistics.median(seconds)
+            stored = volumes[0].size * np.dtype(dtype).itemsize
+            row = {
+                "shape": list(shape),
+                "cache": dtype,
+                "read_as": "float16" if keep else "float32",
+                "mb_per_s": stored * len(volumes) / median / 1e6,
+                "volumes_per_s": len(volumes) / median,
+                "seconds": seconds,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def gpu_demand(args) -> list[dict]:
     """Estimated volumes/s a GPU consumes: its throughput over the FLOPs of one volume's forward + backward."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -522,6 +578,17 @@ def print_views(rows: list[dict], demands: list[dict], args) -> None:
                 f"| {demand['volumes_per_s']:.0f} | {r['views']} | {torchio:.1f} | {batched:.1f} "
                 f"| {torchio * n:.0f} | {batched * n:.0f} |"
             )
+
+
+def print_cache_reads(rows: list[dict], args) -> None:
+    print(f"\nMemory-mapped cache read ({args.read_volumes} volumes, page cache warm, medians of {args.repeats}):")
+    print("| shape | cache | read as | MB/s (stored) | volumes/s |")
+    print("|" + "---|" * 5)
+    for r in rows:
+        print(
+            f"| {'x'.join(map(str, r['shape']))} | {r['cache']} | {r['read_as']} | {r['mb_per_s']:.0f} "
+            f"| {r['volumes_per_s']:.1f} |"
+        )
 
 
 # ----------------------------------------------------------------------------- report
@@ -654,6 +721,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--views-recipes", nargs="+", default=["yaware_age", "simclr"], help="Recipes whose views to time."
     )
     parser.add_argument(
+        "--read-volumes", type=int, default=8, help="Volumes of the float32 / float16 cache read (--views)."
+    )
+    parser.add_argument("--reads-only", action="store_true", help="With --views: only the cache read.")
+    parser.add_argument(
         "--gpu-tflops",
         type=float,
         default=989.0,
@@ -679,8 +750,11 @@ def main() -> None:
     report = {"machine": machine(), "args": {key: value for key, value in vars(args).items() if key != "json"}}
     report["args"]["shape"] = [list(shape) for shape in args.shape]
     if args.views:
-        report["views"], report["gpu_demand"] = measure_views(args), gpu_demand(args)
-        print_views(report["views"], report["gpu_demand"], args)
+        if not args.reads_only:
+            report["views"], report["gpu_demand"] = measure_views(args), gpu_demand(args)
+            print_views(report["views"], report["gpu_demand"], args)
+        report["cache_reads"] = measure_cache_reads(args)
+        print_cache_reads(report["cache_reads"], args)
     elif not args.no_steps:
         with tempfile.TemporaryDirectory() as tmp:
             report["steps"] = run_steps(args, Path(tmp))

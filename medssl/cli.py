@@ -168,7 +168,7 @@ def _smoke(recipe, overrides: list[str]):
 def _smoke_finetune(recipe, overrides: list[str], encoder: str):
     """``--smoke`` for fine-tuning: at the cubic shape the encoder was pre-trained on, unless the
     command line gives a shape, so that a smoke pre-training and fine-tuning chain."""
-    from medssl.eval.finetune import smoke_at_pretraining_shape
+    from medssl.finetune.encoder import smoke_at_pretraining_shape
 
     smoke = _smoke(recipe, overrides)
     shape_given = any(item.startswith(("data.synthetic.shape", "data.volume_shape")) for item in overrides)
@@ -315,7 +315,7 @@ def pretrain(
 
 
 def _network_trained(run_dir: Path) -> str:
-    """Which network the run trained, from its encoder.json (the embedded budget may have replaced the recipe's)."""
+    """Which network the run trained, from its encoder.json (an imported encoder brings its own)."""
     spec = json.loads((run_dir / "encoder.json").read_text())
     widths = spec["kwargs"].get("block_inplanes")
     return f"encoder {spec['name']}" + (f" {'-'.join(map(str, widths))}" if widths else "")
@@ -336,7 +336,7 @@ def evaluate(
     from medssl.models import load_encoder
     from medssl.models.encoders import model_overrides
     from medssl.models.weights import input_note, resolve_normalization
-    from medssl.train.setup import apply_embedded_budget, open_cohort, resolve_device
+    from medssl.train.setup import open_cohort, resolve_device
 
     _refuse_unread_evaluate_overrides(overrides or [])
     encoder_path = source / "encoder.pt" if source.is_dir() else source
@@ -351,7 +351,6 @@ def evaluate(
     recipe = recipe_from_dict(raw, source=str(encoder_path), overrides=[*(overrides or []), *architecture])
     if cohort is not None:
         recipe.data.root = cohort
-    recipe, _ = apply_embedded_budget(recipe)
     recipe = resolve_normalization(recipe, encoder.spec, pretraining)
     note = input_note(encoder.spec, _first_volume_shape(recipe), recipe) if encoder.spec.input else None
     if note:
@@ -369,7 +368,8 @@ def evaluate(
 
 def _first_volume_shape(recipe) -> tuple[int, ...]:
     """The (D, H, W) the encoder will see: the recipe's fixed shape, else the first volume's."""
-    from medssl.eval.finetune import input_shape, volume_dataset
+    from medssl.finetune.encoder import input_shape
+    from medssl.finetune.inputs import volume_dataset
     from medssl.train.setup import open_cohort
 
     fixed = input_shape(recipe)
@@ -401,7 +401,7 @@ FINETUNE_COUNTERPARTS = {
     "train.max_steps_per_epoch": "finetune.max_steps_per_epoch",
     "train.lr": "finetune.lr",
     "train.seed": "finetune.seeds",
-    "train.embedded.": "finetune.embedded.*",
+    "train.steps": "finetune.epochs",
     "train.scheduler": None,
     "train.warmup_epochs": None,
     "train.step_gamma": None,
@@ -462,7 +462,7 @@ def finetune(
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
     from medssl.config import load_recipe
-    from medssl.eval.finetune import finetune_encoder
+    from medssl.finetune.protocol import finetune_encoder
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode.value}"] if mode else [])]
     _refuse_unread_finetune_overrides(overrides)
@@ -492,7 +492,7 @@ def _label_efficiency(
     recipe, encoder: str, train_sizes: str, run_dir: Path, resume: bool, overwrite: bool, smoke: bool
 ) -> None:
     """``finetune --train-sizes``: a rerun continues the curve, ``--overwrite`` starts it again."""
-    from medssl.eval.label_efficiency import label_efficiency, label_efficiency_table, parse_train_sizes
+    from medssl.finetune.label_efficiency import label_efficiency, label_efficiency_table, parse_train_sizes
 
     if encoder.lower() == "none":
         raise RecipeError(
@@ -702,18 +702,14 @@ def recipes(
 
 
 def _networks_trained(name: str) -> str:
-    """The network a recipe trains on real data and the one its embedded budget trains."""
+    """The network a recipe trains on real data (profile paper) and on the embedded cohort (profile embedded)."""
     from medssl.config import load_recipe
-    from medssl.train.setup import apply_embedded_budget
 
     def network(model) -> str:
         return model.encoder + (f" {'-'.join(map(str, model.widths))}" if model.widths else "")
 
-    recipe = load_recipe(name)
-    embedded, _ = apply_embedded_budget(
-        recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": None})})
-    )
-    trained = f"{network(recipe.model)} / {network(embedded.model)}"
+    paper, embedded = load_recipe(name, ["profile=paper"]), load_recipe(name, ["profile=embedded"])
+    trained = f"{network(paper.model)} / {network(embedded.model)}"
     # a fine-tuned encoder brings its own network (encoder.json); the model section is for --encoder none
     return f"the encoder's; from scratch: {trained}" if name.startswith("finetune") else trained
 
@@ -917,7 +913,7 @@ def _print_cohort_figures(figures: dict) -> None:
 
 
 # the recipe keys data cache reads: the rest would be accepted and do nothing
-CACHE_READS = ("data.volume_shape", "data.openbhb_modality", "data.openbhb_masks")
+CACHE_READS = ("data.volume_shape", "data.openbhb_modality", "data.openbhb_masks", "data.cache_dtype")
 
 
 @data_app.command("cache")
@@ -935,10 +931,12 @@ def data_cache(
         help="Resample to D,H,W (or one edge for a cube), e.g. 64 or 64,76,64; default: the recipe's data.volume_shape, else the stored shape.",
     ),
     recipe: str | None = typer.Option(
-        None, "--recipe", help="Take data.volume_shape and data.openbhb_modality from this recipe."
+        None, "--recipe", help="Take data.volume_shape, data.openbhb_modality and data.cache_dtype from this recipe."
     ),
-    dtype: CacheDtype = typer.Option(
-        CacheDtype.float32, "--dtype", help="Stored type: float32, or float16 for half the disk."
+    dtype: CacheDtype | None = typer.Option(
+        None,
+        "--dtype",
+        help="Stored type: float32, or float16 for half the disk and page cache; default: the recipe's data.cache_dtype (float32).",
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes reading and resampling volumes in parallel."),
     overwrite: bool = typer.Option(
@@ -957,6 +955,7 @@ def data_cache(
     cache_folder(cohort, out)  # refuses the source's own folder, before --overwrite could touch it
     previous_cache = check_cohort_folder(out, CACHE_ARTEFACTS, overwrite=overwrite)
     volume_shape = parse_shape(shape) if shape else data.volume_shape
+    stored = dtype.value if dtype else data.cache_dtype
     source = load_cohort(cohort, openbhb_modality=data.openbhb_modality, openbhb_masks=data.openbhb_masks)
     remove_artefacts(previous_cache)  # only once the source and the options are known to be good
     block = f"{data.openbhb_modality} " if _is_openbhb(cohort) else ""  # the kit's and OpenBHB's rows hold two
@@ -967,12 +966,12 @@ def data_cache(
             source,
             out,
             volume_shape=volume_shape,
-            dtype=dtype.value,
+            dtype=stored,
             num_workers=workers,
             on_volume=lambda done, total: progress.update(task, completed=done),
         )
     shape_text = "x".join(map(str, volume_shape)) if volume_shape else "stored shape"
-    console.print(f"Cached {volumes} ({shape_text}, {dtype.value}) in {out}: set data.root: {out}")
+    console.print(f"Cached {volumes} ({shape_text}, {stored}) in {out}: set data.root: {out}")
 
 
 def _cache_settings(cohort: Path, recipe: str | None, overrides: list[str]):

@@ -14,12 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from medssl.errors import RecipeError
@@ -115,6 +116,10 @@ class DataConfig(Section):
     )
     max_subjects: int | None = Field(None, ge=2, description="Use at most this many training subjects (null: all).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="Stored type of a `medssl data cache` cohort (written by data cache, a cache of the other type refused): float32, or float16 for half the disk and page cache, cast to float32 on the device (views.device: batch) or in the workers.",
+    )
     openbhb_modality: Literal["quasiraw", "vbm"] = Field(
         "quasiraw",
         description="OpenBHB downloads: volumes to read, quasiraw (1x182x218x182, 1 mm) or vbm (CAT12 grey matter, 1x121x145x121, 1.5 mm).",
@@ -549,36 +554,13 @@ METHOD_NAMES = tuple(METHOD_SECTIONS)
 
 
 # ----------------------------------------------------------------------------- train
-class EmbeddedBudgetConfig(Section):
-    """The budget of a run on the embedded cohort: one small encoder and enough optimiser steps
-    for every method to converge on a laptop CPU (the recipe's own settings are for real data)."""
-
-    steps: int = Field(500, ge=1, description="Optimiser steps on the embedded cohort (rounded up to whole epochs).")
-    epochs: int | None = Field(
-        None, ge=1, description="Epochs on the embedded cohort instead of steps (null: from steps)."
-    )
-    batch_size: int = Field(32, ge=2, description="Batch size (subjects) on the embedded cohort.")
-    lr: float | None = Field(None, gt=0, description="Learning rate on the embedded cohort (null keeps train.lr).")
-    encoder: EncoderName | None = Field(
-        "resnet18", description="Encoder on the embedded cohort (null keeps model.encoder)."
-    )
-    widths: list[int] | None = Field(
-        default_factory=lambda: list(NARROW_RESNET_WIDTHS),
-        min_length=4,
-        max_length=4,
-        description="ResNet stage widths on the embedded cohort (null: the network's own).",
-    )
-    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
-        "fp32",
-        description="Autocast precision on the embedded cohort (null keeps train.precision): its 32^3 volumes reach the depth-2 convolutions that bf16 gets wrong on CPU.",
-    )
-    channels_last: bool | None = Field(
-        False, description="channels_last_3d on the embedded cohort (null keeps train.channels_last)."
-    )
-
-
 class TrainConfig(Section):
     epochs: int = Field(50, ge=1, description="Passes over the training cohort.")
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="Optimiser steps instead of epochs, rounded up to whole epochs; warmup_epochs keeps its share of train.epochs (null: train.epochs).",
+    )
     batch_size: int = Field(64, ge=2, description="Subjects per step (each seen in views.n_views views).")
     max_steps_per_epoch: int | None = Field(
         None, ge=1, description="Stop an epoch after this many steps (null: the whole cohort)."
@@ -603,10 +585,6 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed of every random number generator.")
     device: str = Field("auto", description="'auto' (CUDA if present), 'cpu' or 'cuda[:k]'.")
     checkpoint_every: int = Field(1, ge=1, description="Write checkpoints/last.pt every this many epochs.")
-    embedded: EmbeddedBudgetConfig = Field(
-        default_factory=EmbeddedBudgetConfig,
-        description="Smaller budget applied when the embedded synthetic cohort is used.",
-    )
 
 
 # ----------------------------------------------------------------------------- eval
@@ -629,11 +607,6 @@ class EvalConfig(Section):
 
 
 # ----------------------------------------------------------------------------- finetune
-class FinetuneEmbeddedConfig(Section):
-    epochs: int = Field(30, ge=1, description="Fine-tuning epochs when the embedded synthetic cohort is used.")
-    batch_size: int = Field(16, ge=2, description="Fine-tuning batch size on the embedded cohort.")
-
-
 class FinetuneConfig(Section):
     """``medssl finetune``: a classification or regression head on a pre-trained encoder.
 
@@ -687,10 +660,6 @@ class FinetuneConfig(Section):
         False,
         description="Train on random views from the recipe's views section (false: the non-augmented eval transform).",
     )
-    embedded: FinetuneEmbeddedConfig = Field(
-        default_factory=FinetuneEmbeddedConfig,
-        description="Smaller budget applied when the embedded synthetic cohort is used.",
-    )
 
 
 class Recipe(Section):
@@ -707,10 +676,162 @@ class Recipe(Section):
     finetune: FinetuneConfig = Field(
         default_factory=FinetuneConfig, description="Fine-tuning on a labelled cohort (`medssl finetune`)."
     )
+    profile: str = Field(
+        "auto",
+        description="Scale profile merged under the recipe's own keys; auto: 'embedded' without data.root, 'paper' with it.",
+    )
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named partial recipes for the settings that depend on the data's size (encoder, batch, epochs or steps, lr, warm-up, precision); merged over medssl's own 'embedded' and 'paper' profiles.",
+    )
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _merge_scale_profile(cls, data: Any, handler: Any) -> Recipe:
+        """Layers, each winning over the one before: the chosen profile, then the recipe's own keys."""
+        if not isinstance(data, dict):
+            return handler(data)
+        data, notes = move_legacy_budget(data)
+        check_profile_keys(data.get("profiles") or {})
+        name = chosen_profile(data)
+        merged = merge_layers(profile_layer(data, name), {**data, "profile": name})
+        recipe = handler(merged)
+        recipe._notes = notes
+        return recipe
+
+    def __eq__(self, other: object) -> bool:
+        """The same settings, whichever layers they came from."""
+        return type(other) is type(self) and self.__dict__ == other.__dict__
 
     @property
     def uses_embedded_cohort(self) -> bool:
         return self.data.root is None
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading the recipe has to say (old keys read under their new names)."""
+        return list(self._notes)
+
+
+# ----------------------------------------------------------------------------- scale profiles
+# The embedded cohort's budget: one small encoder and enough optimiser steps for every method to
+# converge on a laptop CPU, in fp32 (its 32^3 volumes reach the depth-2 convolutions that bf16
+# gets wrong on CPU). A recipe's own profiles.embedded is merged over it.
+EMBEDDED_PROFILE: dict[str, Any] = {
+    "model": {"encoder": "resnet18", "widths": list(NARROW_RESNET_WIDTHS)},
+    "train": {"steps": 500, "batch_size": 32, "precision": "fp32", "channels_last": False},
+    "finetune": {"epochs": 30, "batch_size": 16},
+}
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {"embedded": EMBEDDED_PROFILE, "paper": {}}
+# A layer that sets the first key and not the second drops the second of the layers below it:
+# another encoder has its own widths, a number of epochs replaces a number of steps.
+LINKED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("model", "encoder"): ("model", "widths"),
+    ("train", "epochs"): ("train", "steps"),
+}
+# Where the keys of the former train.embedded / finetune.embedded sections live now.
+LEGACY_BUDGET_SECTIONS = {"train": {"encoder": "model", "widths": "model"}, "finetune": {}}
+
+
+def chosen_profile(raw: dict) -> str:
+    """The profile a raw recipe asks for: ``auto`` is ``embedded`` without ``data.root``, else ``paper``."""
+    name = raw.get("profile", "auto")
+    if name not in (None, "auto"):
+        return str(name)
+    data = raw.get("data")
+    root = data.get("root") if isinstance(data, dict) else getattr(data, "root", None)
+    return "embedded" if root is None else "paper"
+
+
+def profile_layer(raw: dict, name: str) -> dict:
+    """medssl's own profile ``name`` with the recipe's ``profiles.<name>`` merged over it."""
+    own = raw.get("profiles") or {}
+    if name not in BUILTIN_PROFILES and name not in own:
+        known = sorted({*BUILTIN_PROFILES, *own})
+        raise ValueError(f"profile = {name!r}: no such profile (auto, {', '.join(known)})")
+    return merge_layers(BUILTIN_PROFILES.get(name, {}), own.get(name) or {})
+
+
+def merge_layers(lower: dict, upper: dict) -> dict:
+    """``upper`` merged over a copy of ``lower``, section by section (see :data:`LINKED_KEYS`)."""
+    lower = copy.deepcopy(lower)
+    for first, second in LINKED_KEYS.items():
+        if _sets(upper, first) and not _sets(upper, second) and isinstance(lower.get(second[0]), dict):
+            lower[second[0]][second[1]] = None
+    return _merged(lower, upper)
+
+
+def _merged(lower: Any, upper: Any) -> Any:
+    if isinstance(upper, BaseModel) and isinstance(lower, dict):
+        upper = _set_fields(upper)
+    if not (isinstance(lower, dict) and isinstance(upper, dict)):
+        return copy.deepcopy(upper)
+    merged = dict(lower)
+    for key, value in upper.items():
+        merged[key] = _merged(lower[key], value) if key in lower else value
+    return merged
+
+
+def _set_fields(section: BaseModel) -> dict:
+    """The keys a section object was given (its method's name too: it picks the section)."""
+    raw = section.model_dump(exclude_unset=True)
+    if "name" in type(section).model_fields:
+        raw["name"] = getattr(section, "name")
+    return raw
+
+
+def _sets(raw: dict, path: tuple[str, str]) -> bool:
+    section = raw.get(path[0])
+    if isinstance(section, BaseModel):
+        return path[1] in section.model_fields_set
+    return isinstance(section, dict) and path[1] in section
+
+
+def move_legacy_budget(raw: dict) -> tuple[dict, list[str]]:
+    """``train.embedded.lr`` (medssl before profiles) read as ``profiles.embedded.train.lr``, with a note."""
+    raw, notes = dict(raw), []
+    for section, homes in LEGACY_BUDGET_SECTIONS.items():
+        old = raw.get(section)
+        if not isinstance(old, dict) or not isinstance(old.get("embedded"), dict):
+            continue
+        old = dict(old)
+        budget = old.pop("embedded")
+        raw[section] = old
+        profiles = copy.deepcopy(raw.get("profiles") or {})
+        embedded = profiles.setdefault("embedded", {})
+        for key, value in budget.items():
+            # null kept the recipe's own value, except the widths of a named encoder: that network's own
+            if value is None and not (key == "widths" and budget.get("encoder") is not None):
+                continue
+            home = homes.get(key, section)
+            embedded.setdefault(home, {}).setdefault(key, value)
+            notes.append(f"{section}.embedded.{key} is now profiles.embedded.{home}.{key}: read as that")
+        raw["profiles"] = profiles
+    return raw, notes
+
+
+def check_profile_keys(profiles: Any) -> None:
+    """Every key of every profile names a recipe key: a typo in a profile the run does not use
+    would otherwise wait for the run that does."""
+    if not isinstance(profiles, dict):
+        raise ValueError(f"profiles: expected a mapping of profile name -> partial recipe, got {profiles!r}")
+    for name, profile in profiles.items():
+        if not isinstance(profile, dict):
+            raise ValueError(f"profiles.{name}: expected a partial recipe (a mapping of sections), got {profile!r}")
+        for section, keys in profile.items():
+            field = Recipe.model_fields.get(section)
+            if field is None or section in ("profile", "profiles"):
+                raise ValueError(f"profiles.{name}.{section}: not a recipe section")
+            models = _section_models(field.annotation)
+            if len(models) != 1 or not isinstance(keys, dict):
+                continue
+            for key in keys:
+                if key not in models[0].model_fields:
+                    close = difflib.get_close_matches(key, list(models[0].model_fields), n=1)
+                    hint = f"; did you mean {section}.{close[0]}?" if close else ""
+                    raise ValueError(f"profiles.{name}.{section}.{key}: unknown key{hint}")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -760,16 +881,6 @@ def _format_validation_error(source: str, error: ValidationError, overrides: lis
         )
         if hint:  # the recipe's keys are fine for its own method: the switch on the command line is at fault
             keys = ["method.name" if key in unknown else key for key in keys]
-    # An override of train.epochs (model.widths) also sets train.embedded.epochs (.widths): report a bad value once.
-    sources = {f"'{'.'.join(twin)}'": f"'{'.'.join(key)}'" for key, twin in MODEL_TWINS.items()}
-
-    def own_key(problem: str) -> str:
-        for twin, key in sources.items():
-            if problem.startswith(twin):
-                return key + problem[len(twin) :]
-        return problem.replace(".embedded.", ".", 1)
-
-    problems = [problem for problem in problems if own_key(problem) == problem or own_key(problem) not in problems]
     return f"{_blame(source, keys, overrides or [])}: " + "; ".join(problems)
 
 
@@ -831,9 +942,7 @@ def _blame(source: str, keys: list[str], overrides: list[str]) -> str:
     by_key: dict[str, str] = {}
     for text in overrides:
         path = [part for part in text.split("=", 1)[0].strip().split(".") if part]
-        for target in (path, _embedded_twin(path)):
-            if target:
-                by_key.setdefault(".".join(target), text)
+        by_key.setdefault(".".join(path), text)
     # A bad key inside an overridden section (data={...}) is that override's fault too.
     culprits = {
         next((text for key_path, text in by_key.items() if _within(key, key_path) or _within(key_path, key)), None)
@@ -903,47 +1012,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
-# Keys of another section that the embedded budget replaces.
-MODEL_TWINS: dict[tuple[str, ...], list[str]] = {
-    ("model", "encoder"): ["train", "embedded", "encoder"],
-    ("model", "widths"): ["train", "embedded", "widths"],
-}
-
-
-def _embedded_twin(path: list[str]) -> list[str] | None:
-    """``train.epochs`` -> ``train.embedded.epochs``: the budget key that replaces it on the embedded cohort."""
-    if tuple(path) in MODEL_TWINS:
-        return MODEL_TWINS[tuple(path)]
-    if len(path) != 2 or path[0] not in Recipe.model_fields:
-        return None
-    embedded = getattr(Recipe.model_fields[path[0]].annotation, "model_fields", {}).get("embedded")
-    if embedded is None or path[1] not in getattr(embedded.annotation, "model_fields", {}):
-        return None
-    return [path[0], "embedded", path[1]]
-
-
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Return ``raw`` with ``KEY.PATH=VALUE`` overrides set (nested dicts are created).
 
-    An override of a key that the embedded cohort's budget replaces (``train.epochs``,
-    ``train.batch_size``, ``train.lr``, ``model.encoder``, ``model.widths``) also sets that
-    budget, unless it is overridden too: ``train.epochs=2`` on the command line means 2 epochs
-    whatever the cohort, and ``model.encoder=alexnet`` means that encoder (at its own widths).
+    The command line is the top layer of a recipe (see :data:`LINKED_KEYS`): ``model.encoder=alexnet``
+    means that encoder at its own widths, ``train.epochs=2`` two epochs rather than the profile's steps,
+    exactly as the same keys written in the recipe file.
     """
     parsed = [(text, *parse_override(text)) for text in overrides]
-    explicit = [path for _, path, _ in parsed]
-    if ["model", "encoder"] in explicit and ["model", "widths"] not in explicit:
-        parsed.append(("model.encoder", ["model", "widths"], None))
+    explicit = [tuple(path) for _, path, _ in parsed]
+    for first, second in LINKED_KEYS.items():
+        if first in explicit and second not in explicit:
+            parsed.append((".".join(first), list(second), None))
     for text, path, value in parsed:
-        twin = _embedded_twin(path)
-        for target in [path] + ([twin] if twin is not None and twin not in explicit else []):
-            node = raw
-            for part in target[:-1]:
-                child = node.setdefault(part, {})
-                if not isinstance(child, dict):
-                    raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
-                node = child
-            node[target[-1]] = value
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
     return raw
 
 
@@ -1040,13 +1128,48 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
             f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}"
         )
     raw.setdefault("name", path.stem)
+    written = flatten_keys(move_legacy_budget(raw)[0])
     raw = apply_overrides(raw, overrides or [])
-    return recipe_from_dict(raw, source=str(path), overrides=overrides)
+    recipe = recipe_from_dict(raw, source=str(path), overrides=overrides)
+    command_line = [text.split("=", 1)[0].strip() for text in overrides or []]
+    profile = flatten_keys(profile_layer(move_legacy_budget(raw)[0], recipe.profile))
+    for key in flatten_keys(recipe.model_dump(mode="json")):
+        if any(_within(key, written_key) for written_key in command_line):
+            recipe._sources[key] = "command line"
+        elif key in written and not key.startswith("profiles.") and key != "profile":
+            recipe._sources[key] = "recipe"
+        elif key in profile:
+            recipe._sources[key] = f"profile {recipe.profile}"
+    return recipe
+
+
+def flatten_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}`` (lists and empty sections are values)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix[:-1]: tree} if prefix else {}
+    return {
+        key: value for name, child in tree.items() for key, value in flatten_keys(child, f"{prefix}{name}.").items()
+    }
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    """YAML text of a resolved recipe (every field, defaults included)."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """YAML text of a resolved recipe (every field, defaults included); a value that is not the
+    default says the layer it came from (``# profile embedded``, ``# recipe``, ``# command line``)."""
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, width=float("inf"))
+    if not recipe._sources:
+        return text
+    lines: list[str] = []
+    path: list[str] = []
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        key = line.strip().split(":", 1)[0]
+        if line.strip().startswith("- ") or ":" not in line:
+            lines.append(line)
+            continue
+        path = [*path[: indent // 2], key]
+        source = recipe._sources.get(".".join(path))
+        lines.append(f"{line}  # {source}" if source else line)
+    return "\n".join(lines) + "\n"
 
 
 def list_recipe_names() -> list[str]:
@@ -1123,14 +1246,13 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     smoke.train.epochs = 1
     smoke.train.batch_size = 4
     smoke.train.max_steps_per_epoch = 2
-    smoke.train.embedded = smoke.train.embedded.model_copy(update={"epochs": 1, "batch_size": 4})
+    smoke.train.steps = None
     smoke.eval.folds = 2
     smoke.eval.batch_size = 4
     smoke.finetune.epochs = 1
     smoke.finetune.batch_size = 4
     smoke.finetune.max_steps_per_epoch = 2
     smoke.finetune.seeds = smoke.finetune.seeds[:2]
-    smoke.finetune.embedded = FinetuneEmbeddedConfig(epochs=1, batch_size=4)
     smoke.method = smoke.method.smoke()
     smoke.model.head.hidden_dim = min(smoke.model.head.hidden_dim, 64)
     smoke.model.head.out_dim = min(smoke.model.head.out_dim, 32)

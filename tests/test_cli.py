@@ -83,7 +83,7 @@ def test_recipes_fields_lists_every_key_with_its_default():
     output = invoke("recipes", "--fields").output
     for key, _, _ in field_docs():
         assert key in output or key.startswith("method (")  # a method's keys: in its block (tests/test_config.py)
-    assert "train.embedded.epochs" in output and "Passes over the training cohort." in output
+    assert "train.steps" in output and "profiles" in output and "Passes over the training cohort." in output
 
 
 # ----------------------------------------------------------------------------- pretrain

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 from typing import get_args
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from medssl.config import (
     METHOD_NAMES,
     METHOD_SECTIONS,
+    RECIPES_DIR,
     DINOConfig,
     MethodSection,
     Recipe,
@@ -21,6 +23,7 @@ from medssl.config import (
     field_docs,
     list_recipe_names,
     load_recipe,
+    read_yaml,
     shipped_recipes,
     smoke_recipe,
     trim_flat_method_section,
@@ -123,7 +126,7 @@ def test_shipped_recipes_have_one_line_descriptions():
 
 
 def test_yaware_recipe_carries_the_paper_settings():
-    recipe = load_recipe("yaware_age")
+    recipe = load_recipe("yaware_age", ["data.root=/data/openbhb"])
     assert recipe.method.name == "yaware" and recipe.method.kernel == "rbf"
     assert recipe.method.sigma == 5.0 and recipe.method.temperature == 0.1
     assert recipe.model.encoder == "densenet121"
@@ -145,22 +148,137 @@ def test_smoke_recipe_is_tiny_and_keeps_the_method():
     recipe = load_recipe("dino")
     smoke = smoke_recipe(recipe)
     assert smoke.method.name == "dino"
-    assert smoke.train.max_steps_per_epoch == 2 and smoke.train.embedded.epochs == 1
+    assert smoke.train.max_steps_per_epoch == 2 and (smoke.train.epochs, smoke.train.steps) == (1, None)
     assert smoke.data.synthetic.shape == 16 and smoke.data.synthetic.subjects <= 16
-    assert smoke_recipe(load_recipe("yaware_age")).data.synthetic.shape == 32  # DenseNet121 needs 32^3
+    assert smoke_recipe(load_recipe("yaware_age", ["profile=paper"])).data.synthetic.shape == 32  # DenseNet121: 32^3
     assert recipe.train.epochs == 300  # the original is untouched
 
 
-def test_budget_overrides_also_set_the_embedded_budget_unless_it_is_overridden_too():
-    recipe = load_recipe("simclr", ["train.epochs=2", "train.lr=0.1"])
-    assert (recipe.train.epochs, recipe.train.embedded.epochs) == (2, 2)
-    assert (recipe.train.lr, recipe.train.embedded.lr) == (0.1, 0.1)
-    assert recipe.train.embedded.batch_size == load_recipe("simclr").train.embedded.batch_size  # untouched keys stay
-    both = load_recipe("simclr", ["train.embedded.epochs=3", "train.epochs=2"])
-    assert (both.train.epochs, both.train.embedded.epochs) == (2, 3)
+# ----------------------------------------------------------------------------- scale profiles
+SCALE_KEYS = [
+    ("model", "encoder", "alexnet"),
+    ("model", "widths", [8, 16, 32, 64]),
+    ("train", "batch_size", 8),
+    ("train", "epochs", 3),
+    ("train", "steps", 7),
+    ("train", "lr", 0.3),
+    ("train", "warmup_epochs", 1),
+    ("train", "precision", "bf16"),
+    ("train", "channels_last", True),
+    ("finetune", "epochs", 4),
+    ("finetune", "batch_size", 8),
+]
+
+
+@pytest.mark.parametrize("root", [None, "/data/openbhb"], ids=["embedded", "data.root"])
+@pytest.mark.parametrize(("section", "key", "value"), SCALE_KEYS, ids=[f"{s}.{k}" for s, k, _ in SCALE_KEYS])
+def test_a_scale_key_written_in_a_recipe_file_acts_as_on_the_command_line(tmp_path, root, section, key, value):
+    raw = read_yaml((RECIPES_DIR / "simclr.yaml").read_text())
+    raw["data"] = {**raw.get("data", {}), "root": root}
+    raw.setdefault(section, {})[key] = value
+    written = tmp_path / "mine.yaml"
+    written.write_text(yaml.safe_dump(raw))
+    from_file = load_recipe(written)
+    on_command_line = load_recipe(
+        "simclr", [f"data.root={'null' if root is None else root}", f"{section}.{key}={json.dumps(value)}"]
+    )
+    assert getattr(getattr(from_file, section), key) == value
+    assert from_file.model_dump(exclude={"name"}) == on_command_line.model_dump(exclude={"name"})
+
+
+def test_profiles_sit_under_the_recipe_file_which_sits_under_the_command_line(tmp_path):
+    recipe = load_recipe("yaware_age")  # no data.root: the embedded profile
+    assert (recipe.profile, recipe.model.encoder, recipe.train.batch_size, recipe.train.steps) == (
+        "embedded",
+        "resnet18",
+        32,
+        500,
+    )
+    assert recipe.train.lr == 5e-4 and recipe.train.precision == "fp32"  # the recipe's own embedded profile
+    paper = load_recipe("yaware_age", ["data.root=/data/openbhb"])
+    assert (paper.profile, paper.model.encoder, paper.train.batch_size, paper.train.steps) == (
+        "paper",
+        "densenet121",
+        64,
+        None,
+    )
+    assert load_recipe("yaware_age", ["profile=paper"]).model.encoder == "densenet121"  # named, whatever the cohort
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(
+        yaml.safe_dump({"train": {"batch_size": 8, "lr": 0.2}, "profiles": {"embedded": {"train": {"lr": 0.1}}}})
+    )
+    recipe = load_recipe(mine, ["train.lr=0.3"])
+    assert (recipe.train.batch_size, recipe.train.lr, recipe.train.steps) == (8, 0.3, 500)
+    recorded = dump_recipe(recipe)
+    assert "  batch_size: 8  # recipe" in recorded and "  lr: 0.3  # command line" in recorded
+    assert (
+        "  steps: 500  # profile embedded" in recorded and "  optimizer: adam\n" in recorded
+    )  # a default says nothing
+    assert Recipe.model_validate(yaml.safe_load(recorded)) == recipe  # the comments are only comments
+
+
+def test_another_encoder_or_a_number_of_epochs_drops_the_profile_widths_or_steps(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"model": {"encoder": "resnet50"}, "train": {"epochs": 3}}))
+    recipe = load_recipe(mine)
+    assert (recipe.model.encoder, recipe.model.widths, recipe.train.epochs, recipe.train.steps) == (
+        "resnet50",
+        None,
+        3,
+        None,
+    )
+    narrow = load_recipe("simclr", ["model.widths=[8,16,32,64]"])
+    assert (narrow.model.encoder, narrow.model.widths) == ("resnet18", [8, 16, 32, 64])
+
+
+def test_recipes_of_earlier_versions_load_their_embedded_budget_as_the_embedded_profile(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"encoder": "densenet121"},
+                "train": {
+                    "batch_size": 64,
+                    "embedded": {"batch_size": 16, "lr": 0.01, "encoder": "resnet34", "widths": None},
+                },
+                "finetune": {"embedded": {"epochs": 5}},
+            }
+        )
+    )
+    recipe = load_recipe(old, ["data.root=/data/openbhb"])
+    assert recipe.profiles["embedded"] == {
+        "train": {"batch_size": 16, "lr": 0.01},
+        "model": {"encoder": "resnet34", "widths": None},
+        "finetune": {"epochs": 5},
+    }
+    assert "train.embedded.lr is now profiles.embedded.train.lr: read as that" in recipe.notes
+    embedded = load_recipe(old)
+    # the recipe's plain keys win over its old budget, as the same keys on the command line did
+    assert (embedded.model.encoder, embedded.train.batch_size, embedded.train.lr, embedded.finetune.epochs) == (
+        "densenet121",
+        64,
+        0.01,
+        5,
+    )
+
+
+def test_a_profile_key_is_checked_even_when_the_run_does_not_use_that_profile(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"profiles": {"paper": {"train": {"batch_sise": 8}}}}))
+    with pytest.raises(
+        RecipeError, match=r"profiles.paper.train.batch_sise: unknown key; did you mean train.batch_size\?"
+    ):
+        load_recipe(mine)
+    with pytest.raises(RecipeError, match=r"profile = 'ukb': no such profile \(auto, embedded, paper\)"):
+        load_recipe("simclr", ["profile=ukb"])
+    mine.write_text(yaml.safe_dump({"profile": "ukb", "profiles": {"ukb": {"train": {"batch_size": 128}}}}))
+    assert load_recipe(mine).train.batch_size == 128  # a profile of the user's own, named
+
+
+def test_a_bad_override_value_is_reported_once():
     with pytest.raises(RecipeError, match=r"'train.epochs' = 'x'") as error:
         load_recipe("simclr", ["train.epochs=x"])
-    assert "embedded" not in str(error.value)  # a bad value is reported once
+    assert str(error.value).count("'train.epochs'") == 1
 
 
 def test_activation_checkpointing_is_off_by_default_and_refused_for_alexnet():
@@ -189,7 +307,7 @@ def test_field_defaults_are_listed_as_yaml_a_recipe_accepts():
     assert defaults["eval.after_pretrain"] == "true" and defaults["method (yaware).kernel"] == "rbf"
 
 
-def test_a_bad_model_override_is_reported_once_not_again_for_its_embedded_twin():
+def test_a_bad_model_override_is_reported_once():
     with pytest.raises(RecipeError) as error:
         load_recipe("yaware_age", ["model.widths=[8,8]"])
     assert str(error.value).count("at least 4 items") == 1 and "'model.widths'" in str(error.value)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -76,18 +78,19 @@ def test_slurm_example_starts_one_c10d_torchrun_agent_per_node_with_the_recipe(t
         ) == call
 
 
-def test_the_readme_monai_snippet_runs_as_written_on_a_saved_encoder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("page", ["README.md", "docs/install-and-runs.md"])
+def test_the_readme_monai_snippet_runs_as_written_on_a_saved_encoder(tmp_path, monkeypatch, page):
     # Every name it uses is defined in it or said in the sentence above it (runs/ya, volumes).
     import re
 
     from medssl.models import build_encoder, save_encoder
 
-    readme = (EXAMPLES.parent / "README.md").read_text()
+    readme = (EXAMPLES.parent / page).read_text()
     (snippet,) = [
         block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "runs/ya/encoder.json" in block
     ]
     save_encoder(build_encoder("resnet18", widths=[4, 8, 8, 8]), tmp_path / "runs" / "ya" / "encoder.pt")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
+    exec(compile(snippet, page, "exec"), namespace)
     assert tuple(namespace["features"].shape) == (2, namespace["spec"]["feature_dim"])

@@ -1,9 +1,14 @@
-"""Imports go one way along the data path: cli -> eval -> train -> methods -> models, losses -> data -> config.
+"""Imports go one way along the data path: cli -> finetune -> eval, train -> methods -> models, losses -> data -> config.
 
 Every ``import`` of every medssl module is read from its source (function-level imports
 included) and checked against the rank of the packages: a module imports only from packages
 of a lower rank, or from its own package. ``medssl.errors`` and ``medssl.files`` are below
 everything; the command line, the benchmark runner and the pretrain pipeline sit on top.
+
+``medssl.finetune`` (fine-tuning: it trains) sits above ``medssl.train`` and beside
+``medssl.eval``: it may use the evaluation's probes and scores, while ``medssl.eval`` (protocols
+on frozen features) imports nothing from ``medssl.train`` or ``medssl.finetune``, which the rank
+table alone would not say of ``train`` and a test of its own checks.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ RANKS = {
     "medssl.losses": 4,
     "medssl.methods": 5,
     "medssl.train": 6,
-    "medssl.eval": 7,
-    "medssl.pipeline": 8,
-    "medssl.benchmark": 8,
-    "medssl.cli": 9,
-    "medssl.__main__": 10,
+    "medssl.eval": 7,  # imports nothing from train or finetune either: see the test below
+    "medssl.finetune": 8,
+    "medssl.pipeline": 9,
+    "medssl.benchmark": 9,
+    "medssl.cli": 10,
+    "medssl.__main__": 11,
 }
+
+# What the evaluation package never imports, although ranked above it: it evaluates frozen features, it does not train.
+NOT_IMPORTED_BY_EVAL = ("medssl.train", "medssl.finetune")
 
 
 def module_name(path: Path) -> str:
@@ -96,6 +105,32 @@ def test_imports_go_one_way_along_the_data_path():
     assert [problem for path in sources() for problem in direction_problems(path)] == []
 
 
+def evaluation_problems(path: Path) -> list[str]:
+    """Imports of ``medssl.train`` or ``medssl.finetune`` in a module of ``medssl.eval``."""
+    if layer(module_name(path)) != "medssl.eval":
+        return []
+    return [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {module_name(path)} imports {imported}"
+        for line, imported, _ in medssl_imports(path)
+        if layer(imported) in NOT_IMPORTED_BY_EVAL
+    ]
+
+
+def test_evaluation_imports_nothing_from_training_or_fine_tuning():
+    assert [path for path in sources() if layer(module_name(path)) == "medssl.eval"]
+    assert [problem for path in sources() for problem in evaluation_problems(path)] == []
+
+
+@pytest.mark.parametrize("upward", ["from medssl.train.setup import open_cohort", "import medssl.finetune.protocol"])
+def test_the_evaluation_check_catches_training_imports_also_inside_a_function(tmp_path, monkeypatch, upward):
+    planted = tmp_path / "medssl" / "eval" / "probes.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text(f"def late():\n    {upward}\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "medssl")
+    problems = evaluation_problems(planted)
+    assert len(problems) == 1 and "medssl.eval.probes imports medssl." in problems[0]
+
+
 def test_no_private_name_is_imported_from_another_module():
     private = [
         f"{path.relative_to(PACKAGE.parent)}:{line}: {name} from {imported}"
@@ -116,6 +151,11 @@ def test_no_private_name_is_imported_from_another_module():
             "train rank 6 -> medssl.eval rank 7",
         ),
         ("import medssl.train.trainer", "medssl.methods.base", "methods rank 5 -> medssl.train rank 6"),
+        (
+            "from medssl.finetune.protocol import finetune_encoder",
+            "medssl.eval.report",
+            "eval rank 7 -> medssl.finetune rank 8",
+        ),
         ("from medssl.losses import NTXentLoss", "medssl.models.heads", "models rank 4 -> medssl.losses rank 4"),
     ],
 )
@@ -140,7 +180,19 @@ def test_training_runs_without_loading_the_evaluation_package():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("package", ["medssl.data", "medssl.train", "medssl.eval"])
+def test_evaluation_runs_without_loading_training_or_fine_tuning():
+    modules = sorted(module_name(path) for path in sources() if layer(module_name(path)) == "medssl.eval")
+    code = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        "print(sorted(m for m in sys.modules if m.startswith(('medssl.train', 'medssl.finetune'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    )
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", ["medssl.data", "medssl.train", "medssl.eval", "medssl.finetune"])
 def test_every_name_a_package_lists_is_importable_from_it(package):
     module = importlib.import_module(package)
     assert module.__doc__ and module.__all__

@@ -114,16 +114,24 @@ def spacing_of(path: str | Path, shape: tuple[int, ...]) -> tuple[float, float, 
     return (edge, edge, edge)
 
 
-def read_array_volume(path: str | Path, row: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """(float32 tensor (C, D, H, W), 4x4 affine) of one volume; a TorchIO ``reader``."""
+def read_array_volume(
+    path: str | Path, row: int | None = None, keep_float16: bool = False
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(float32 tensor (C, D, H, W), 4x4 affine) of one volume; a TorchIO ``reader``.
+
+    With ``keep_float16``, a float16 array's volume stays float16 (half the bytes to collate,
+    pin and copy to the device, where ``views.device: batch`` casts it); any other is float32.
+    """
     array = open_array(path)
     shape = volume_shape(array.shape, row, path)
     block = array[row] if row is not None else array
-    data = np.array(block, dtype=np.float32).reshape(shape)  # copies just these pages out of the map
+    dtype = np.float16 if keep_float16 and array.dtype == np.float16 else np.float32
+    data = np.array(block, dtype=dtype).reshape(shape)  # copies just these pages out of the map
     affine = np.diag([*spacing_of(path, shape), 1.0])
     return torch.from_numpy(data), affine
 
 
-def array_image(path: str | Path, row: int | None = None) -> tio.ScalarImage:
-    """A lazy ``tio.ScalarImage`` of one volume of an ``.npy`` file (nothing read until used)."""
-    return tio.ScalarImage(path, reader=partial(read_array_volume, row=row))
+def array_image(path: str | Path, row: int | None = None, keep_float16: bool = False) -> tio.ScalarImage:
+    """A lazy ``tio.ScalarImage`` of one volume of an ``.npy`` file (nothing read until used);
+    ``keep_float16``: see :func:`read_array_volume`."""
+    return tio.ScalarImage(path, reader=partial(read_array_volume, row=row, keep_float16=keep_float16))

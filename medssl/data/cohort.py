@@ -104,8 +104,12 @@ class Cohort:
         }
         return shapes.pop() if len(shapes) == 1 else None
 
-    def subjects(self) -> list[tio.Subject]:
-        """One ``torchio.Subject`` per row: the volume under ``image`` (lazy) plus every column."""
+    def subjects(self, keep_float16: bool = False) -> list[tio.Subject]:
+        """One ``torchio.Subject`` per row: the volume under ``image`` (lazy) plus every column.
+
+        Volumes are read as float32, except with ``keep_float16`` those of a float16 array (a
+        float16 ``medssl data cache``), read as stored for a cast on the training device.
+        """
         subjects = []
         for row in self.table.itertuples(index=False):
             fields = row._asdict()
@@ -118,7 +122,7 @@ class Cohort:
                     )
                 image = kit_image(path, array_row, kit_block, kit_masks)
             elif is_array_path(path):
-                image = array_image(path, array_row)
+                image = array_image(path, array_row, keep_float16=keep_float16)
             else:
                 image = tio.ScalarImage(
                     path, reader=partial(read_nifti_volume, participant_id=str(fields["participant_id"]))

@@ -472,9 +472,12 @@ class MultiViewDataset(Dataset):
         image_key: Key of the volume in each subject.
         bias_key: Metadata key of the bias a debiasing term removes (the site), or None.
         bias_classes: Its values (as text) to integer classes.
+        keep_float16: Leave float16 volumes (subjects read with ``Cohort.subjects(keep_float16=True)``)
+            float16, for ``views.device: batch``, which casts them on the device.
 
-    Returns per item a dict: ``views`` float32 (V, C, D, H, W), ``label`` float32 scalar,
-    ``bias`` int64 scalar (-1 without ``bias_key``), ``index`` int.
+    Returns per item a dict: ``views`` float32 (V, C, D, H, W) (float16 volumes stay float16 with
+    ``keep_float16``), ``label`` float32 scalar, ``bias`` int64 scalar (-1 without ``bias_key``),
+    ``index`` int.
 
     Example:
         >>> dataset = MultiViewDataset(subjects, build_view_transform(ViewsConfig()), n_views=2,
@@ -493,6 +496,7 @@ class MultiViewDataset(Dataset):
         image_key: str = IMAGE_KEY,
         bias_key: str | None = None,
         bias_classes: Mapping[str, int] | None = None,
+        keep_float16: bool = False,
     ):
         if n_views < 1:
             raise ValueError(f"n_views = {n_views}: expected at least 1")
@@ -503,6 +507,7 @@ class MultiViewDataset(Dataset):
         self.label_key = label_key
         self.label_encoder = dict(label_encoder) if label_encoder is not None else None
         self.image_key = image_key
+        self.keep_float16 = keep_float16
         if label_key is None:
             self.labels = torch.full((len(self.subjects),), math.nan)
         else:
@@ -522,9 +527,9 @@ class MultiViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> ViewsItem:
         subject = _load_subject(self.subjects[index], self.preprocess)
-        views = [self.transform(subject)[self.image_key].data for _ in range(self.n_views)]
+        views = torch.stack([self.transform(subject)[self.image_key].data for _ in range(self.n_views)])
         return {
-            "views": torch.stack(views).float(),
+            "views": views if self.keep_float16 and views.dtype == torch.float16 else views.float(),
             "label": self.labels[index].clone(),
             "bias": self.biases[index].clone(),
             "index": int(index),

@@ -1,9 +1,10 @@
 """Evaluation of frozen representations: linear probes, site-aware CV and the OpenBHB challenge score.
 
 Probes, scores and plots work on feature matrices (numpy) and participants tables (pandas)
-with scikit-learn and matplotlib; fine-tuning (``finetune``) trains with torch. Names are
-imported on first use, so ``from medssl.eval import score_predictions`` loads only the scoring
-module (no probes, matplotlib or torch) and scoring a predictions file starts fast.
+with scikit-learn and matplotlib. Fine-tuning, which trains, is ``medssl.finetune``'s: this
+package imports nothing from ``medssl.train`` or ``medssl.finetune``. Names are imported on
+first use, so ``from medssl.eval import score_predictions`` loads only the scoring module (no
+probes, matplotlib or torch) and scoring a predictions file starts fast.
 
 Example:
     >>> from medssl.eval import challenge_score, evaluate_representation, print_report
@@ -33,8 +34,6 @@ _MODULE_OF = {
     "plot_embedding": "plots",
     "plot_loss_curve": "plots",
     "plot_roc_curves": "plots",
-    "finetune_encoder": "finetune",
-    "print_finetune_report": "finetune",
     "evaluate_representation": "report",
     "print_report": "report",
 }
@@ -42,7 +41,6 @@ _MODULE_OF = {
 __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
-    from medssl.eval.finetune import finetune_encoder, print_finetune_report
     from medssl.eval.folds import leave_site_out_folds, site_stratified_folds
     from medssl.eval.plots import plot_age_predictions, plot_embedding, plot_loss_curve, plot_roc_curves
     from medssl.eval.probes import challenge_protocol, cross_validate_probes

@@ -8,8 +8,10 @@ training-mean predictor), the challenge and CV metrics in ``metrics.json`` and t
 challenge predictions in ``predictions.csv`` / ``predictions_<representation>.csv``.
 
 The leaderboard has one row per recipe and per baseline ("random init", "intensity statistics",
-"training mean") with the mean and sd over seeds of the challenge metrics (MAE internal, MAE
-external, site BAcc, L_c) and of the age MAE of both CV protocols. Differences between methods
+"training mean") with the mean and sd over seeds of the columns of the evaluation protocols
+(:func:`medssl.eval.protocols.leaderboard_columns`): the challenge metrics (MAE internal, MAE
+external, site BAcc, L_c), the kNN probe's (MAE internal and external, site BAcc) and the age
+MAE of both CV protocols. Differences between methods
 come with paired bootstrap CIs: the test subjects are resampled, the same resamples serve every
 method and seed, so subject-to-subject variation cancels in the difference.
 
@@ -42,17 +44,11 @@ from matplotlib.figure import Figure
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error
 
 from medssl.eval.plots import label_points
+from medssl.eval.protocols import leaderboard_columns, leaderboard_metrics
 from medssl.eval.score import EvaluationError
 from medssl.files import json_ready
 
-METRICS = {
-    "mae_internal": "MAE internal",
-    "mae_external": "MAE external",
-    "bacc_site": "site BAcc",
-    "challenge_score": "L_c",
-    "cv_age_mae_site_stratified": "CV age MAE (site-stratified)",
-    "cv_age_mae_leave_site_out": "CV age MAE (leave-site-out)",
-}
+METRICS = leaderboard_metrics()  # the registered protocols' columns when this module was imported
 # Row name of each baseline -> its representation in eval/metrics.json.
 BASELINES = {"random init": "baseline", "intensity statistics": "intensity", "training mean": "mean"}
 PREDICTION_FILES = {
@@ -76,7 +72,7 @@ class BenchmarkRuns:
     Attributes:
         metrics: one row per (method, seed): ``method`` (recipe or baseline row name), ``kind``
             (``method`` or ``baseline``), ``seed``, ``run`` (the run folder) and one column per
-            key of :data:`METRICS` (NaN where a run has no value).
+            key of :func:`~medssl.eval.protocols.leaderboard_metrics` (NaN where a run has no value).
         predictions: per-subject challenge predictions by (method, seed).
         n_sites: training sites of the cohort (chance site BAcc = 1 / n_sites), None if unknown.
         notes: what was left out and why, for the report.
@@ -137,7 +133,7 @@ def collect_runs(bench_dir: str | Path) -> BenchmarkRuns:
         for method, seeds in missing.items()
     ]
     notes.extend(_architecture_notes(finished, baseline_source))
-    metrics = _ordered(pd.DataFrame(rows, columns=["method", "kind", "seed", "run", *METRICS]))
+    metrics = _ordered(pd.DataFrame(rows, columns=["method", "kind", "seed", "run", *leaderboard_metrics()]))
     return BenchmarkRuns(metrics=metrics, predictions=predictions, n_sites=_training_sites(predictions), notes=notes)
 
 
@@ -149,7 +145,7 @@ def leaderboard(runs: BenchmarkRuns) -> pd.DataFrame:
     """
     grouped = runs.metrics.groupby("method", sort=False)
     table = grouped.agg(kind=("kind", "first"), n_seeds=("seed", "nunique")).reset_index()
-    for metric in METRICS:
+    for metric in leaderboard_metrics():
         table[f"{metric}_mean"] = grouped[metric].mean().to_numpy()
         table[f"{metric}_sd"] = grouped[metric].std(ddof=1).to_numpy()
     return table
@@ -370,14 +366,13 @@ def _read_json(path: Path) -> dict:
 
 def _metrics_row(entry: dict) -> dict:
     """The leaderboard metrics of one representation of ``metrics.json`` (NaN where null or absent)."""
-
-    def cv_age_mae(protocol: str):
-        return ((entry.get(protocol) or {}).get("age") or {}).get("mae", {}).get("mean")
-
-    values = {key: entry.get(key) for key in ("mae_internal", "mae_external", "bacc_site", "challenge_score")}
-    values["cv_age_mae_site_stratified"] = cv_age_mae("site_stratified")
-    values["cv_age_mae_leave_site_out"] = cv_age_mae("leave_site_out")
-    return {key: float("nan") if value is None else float(value) for key, value in values.items()}
+    values = {}
+    for column in leaderboard_columns():
+        value = entry
+        for key in column.path:
+            value = value.get(key) if isinstance(value, dict) else None
+        values[column.key] = float("nan") if value is None else float(value)
+    return values
 
 
 def _ordered(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -539,10 +534,11 @@ def _markdown(header: dict, table: pd.DataFrame, differences: pd.DataFrame, runs
         ),
         "",
     ]
+    metrics = leaderboard_metrics()
     lines += _markdown_table(
-        ["method", "seeds", *METRICS.values()],
+        ["method", "seeds", *metrics.values()],
         [
-            [row["method"], str(row["n_seeds"]), *(_mean_sd(row, metric) for metric in METRICS)]
+            [row["method"], str(row["n_seeds"]), *(_mean_sd(row, metric) for metric in metrics)]
             for _, row in table.iterrows()
         ],
     )
@@ -562,7 +558,7 @@ def _markdown(header: dict, table: pd.DataFrame, differences: pd.DataFrame, runs
         for method, reference in dict.fromkeys(zip(differences["method"], differences["reference"]))
     ]
     lines += _markdown_table(
-        ["method", "reference", "seeds", *(METRICS[metric] for metric in DIFFERENCE_METRICS)], cells
+        ["method", "reference", "seeds", *(metrics[metric] for metric in DIFFERENCE_METRICS)], cells
     )
     chance = f"1/{runs.n_sites} = {1 / runs.n_sites:.3f}" if runs.n_sites else "1/n_sites"
     lines += [

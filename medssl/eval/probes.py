@@ -1,16 +1,21 @@
-"""Linear probes on frozen features: cross-validated metrics and the OpenBHB challenge protocol.
+"""Probes on frozen features: cross-validated linear probes, the OpenBHB challenge protocol, the kNN probe.
 
-Every probe is a scikit-learn ``Pipeline(StandardScaler, linear model)``, so the
+Every linear probe is a scikit-learn ``Pipeline(StandardScaler, linear model)``, so the
 standardisation is fitted on training rows only, inside each fold, and hyper-parameters
 are chosen by an inner cross-validation on the same training rows. A continuous target
 (``age``) gets a ridge regression scored by MAE and R^2; a categorical one (``sex``,
 ``diagnosis``, ``site``) gets a logistic regression scored by balanced accuracy and ROC AUC.
+
+:class:`KNNProbe` is the weighted k-nearest-neighbour probe of self-supervised learning
+(cosine similarity, k = 20, temperature 0.07, as solo-learn), a scikit-learn estimator;
+:func:`knn_protocol` runs it on the challenge's splits.
 
 Example:
     >>> folds = site_stratified_folds(table, n_folds=5)
     >>> metrics = cross_validate_probes(features, table, targets=("age", "sex"), folds=folds)
     >>> results = challenge_protocol(features, table)
     >>> results["challenge_score"], results["predictions"].head()
+    >>> KNNProbe().fit(train_features, train_sites).predict(test_features)
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 from sklearn.metrics import mean_absolute_error, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import StandardScaler, normalize
 from threadpoolctl import threadpool_limits
 
 from medssl.eval.folds import Folds, site_stratified_folds
@@ -46,6 +54,10 @@ CHALLENGE_ALPHAS = 10.0 ** np.arange(-2, 3)
 CHALLENGE_CS = 10.0 ** np.arange(-2, 3)
 CHALLENGE_FOLDS = 5
 CHALLENGE_SAGA_ITERATIONS = 150
+
+# the kNN probe's defaults: solo-learn's (solo/utils/knn.py), after Wu et al. (CVPR 2018)
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
 
 
 def check_features(features: np.ndarray, table: pd.DataFrame | None = None, name: str = "features") -> np.ndarray:
@@ -250,23 +262,15 @@ def challenge_protocol(
     table = table.reset_index(drop=True)
     splits, sites, ages = _challenge_columns(table, split_col, site_col, age_col)
     train = (splits == "train").to_numpy()
-    test = splits.isin(TEST_SPLITS).to_numpy()
     n_train_sites, largest_site = _check_training_sites(sites[train])
     age_probe, site_probe = _challenge_probes(int(train.sum()), largest_site, seed, standardize)
     with quiet_fits(features):
         age_probe.fit(features[train], ages[train])
         site_probe.fit(features[train], sites[train])
-
-    predictions = pd.DataFrame({split_col: splits, site_col: sites, age_col: ages})
-    if id_col in table.columns:
-        predictions.insert(0, id_col, table[id_col].astype(str))
-    predictions["age_pred"] = np.nan
-    predictions["site_pred"] = pd.Series(pd.NA, index=predictions.index, dtype=object)
-    predictions.loc[test, "age_pred"] = age_probe.predict(features[test])
-    predictions.loc[test, "site_pred"] = site_probe.predict(features[test])
-    ids = id_col if id_col in predictions.columns else None  # the participants table may have no ids
-    columns = {"split_col": split_col, "site_col": site_col, "age_col": age_col}
-    scores = score_predictions(predictions, id_col=ids, **columns, n_sites=n_train_sites, source="challenge protocol")
+    columns = {"id_col": id_col, "split_col": split_col, "site_col": site_col, "age_col": age_col}
+    scores, predictions = _scored_test_predictions(
+        features, table, (age_probe, site_probe), n_train_sites, "challenge protocol", **columns
+    )
     return {
         **scores,
         "age_alpha": float(age_probe.best_params_["ridge__alpha"]),
@@ -274,6 +278,39 @@ def challenge_protocol(
         "n_train": int(train.sum()),
         "predictions": predictions,
     }
+
+
+def _scored_test_predictions(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    probes: tuple[BaseEstimator, BaseEstimator],
+    n_train_sites: int,
+    source: str,
+    *,
+    id_col: str,
+    split_col: str,
+    site_col: str,
+    age_col: str,
+) -> tuple[dict, pd.DataFrame]:
+    """The fitted (age, site) ``probes``' predictions for the test rows, scored by :func:`score_predictions`.
+
+    Returns:
+        the scores, and one row per table row (``participant_id`` when present, ``split``,
+        ``site``, ``age``, ``age_pred``, ``site_pred``; predictions are NaN on other rows).
+    """
+    splits, sites, ages = _challenge_columns(table, split_col, site_col, age_col)
+    test = splits.isin(TEST_SPLITS).to_numpy()
+    predictions = pd.DataFrame({split_col: splits, site_col: sites, age_col: ages})
+    if id_col in table.columns:
+        predictions.insert(0, id_col, table[id_col].astype(str))
+    predictions["age_pred"] = np.nan
+    predictions["site_pred"] = pd.Series(pd.NA, index=predictions.index, dtype=object)
+    predictions.loc[test, "age_pred"] = probes[0].predict(features[test])
+    predictions.loc[test, "site_pred"] = probes[1].predict(features[test])
+    ids = id_col if id_col in predictions.columns else None  # the participants table may have no ids
+    named = {"split_col": split_col, "site_col": site_col, "age_col": age_col}
+    scores = score_predictions(predictions, id_col=ids, **named, n_sites=n_train_sites, source=source)
+    return scores, predictions
 
 
 def _challenge_columns(
@@ -429,3 +466,116 @@ def roc_auc(y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) 
         if 0 < positive.sum() < len(y_true):
             aucs.append(roc_auc_score(positive, probabilities[:, column]))
     return float(np.mean(aucs)) if aucs else float("nan")
+
+
+class KNNProbe(BaseEstimator):
+    """Weighted k-nearest-neighbour probe on cosine similarity, as a scikit-learn estimator.
+
+    The non-parametric probe of Wu et al. (CVPR 2018, "Unsupervised feature learning via
+    non-parametric instance discrimination"), as solo-learn evaluates representations with it
+    (``solo/utils/knn.py``; da Costa et al., JMLR 2022), with solo-learn's defaults k = 20 and
+    T = 0.07. Features are L2-normalised, so the similarity s of a test row to a training row is
+    their cosine; the k training rows of highest similarity are its neighbours (k is cut to the
+    number of training rows, as in solo-learn), each weighted w = exp(s / T):
+
+    - categorical target (site, sex, diagnosis): the class whose neighbours' weights sum highest,
+      solo-learn's weighted vote; ``predict_proba`` gives those sums normalised to 1;
+    - continuous target (age): the similarity-weighted mean of the neighbours' targets,
+      sum(w * y) / sum(w). solo-learn only classifies: this regression is medssl's, with the
+      same neighbours and weights.
+
+    The weights are computed as exp((s - s_max) / T), s_max the row's highest similarity: the
+    same vote, probabilities and mean (each divides by the row's total weight), without overflow
+    at small T. Nothing is fitted but the memory of the training rows (no standardisation, no
+    hyper-parameter search); the neighbour search and the vote are scikit-learn's
+    (``KNeighborsClassifier`` / ``KNeighborsRegressor``, cosine metric, brute force). As an
+    estimator (``fit``, ``predict``, ``get_params``) it composes with the CV splitters,
+    ``cross_val_predict`` and ``clone``.
+
+    Args:
+        k: neighbours of each test row.
+        temperature: T of the weights exp(s / T); a lower T gives the nearest neighbours more say.
+        regression: True for a continuous target, False for a categorical one, None to decide
+            from ``y`` at ``fit`` (:func:`is_continuous`: fractional values or more than 10 distinct).
+
+    Example:
+        >>> KNNProbe().fit(train_features, train_sites).predict(test_features)
+        >>> KNNProbe(regression=True).fit(train_features, train_ages).predict(test_features)
+    """
+
+    def __init__(self, k: int = KNN_K, temperature: float = KNN_TEMPERATURE, regression: bool | None = None):
+        self.k = k
+        self.temperature = temperature
+        self.regression = regression
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> KNNProbe:
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise EvaluationError(f"kNN probe: k = {self.k!r}, expected a positive integer")
+        if not self.temperature > 0:
+            raise EvaluationError(f"kNN probe: temperature = {self.temperature!r}, expected a positive number")
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        self.regression_ = is_continuous(pd.Series(y)) if self.regression is None else bool(self.regression)
+        self.n_neighbors_ = min(int(self.k), len(X))
+        neighbours = KNeighborsRegressor if self.regression_ else KNeighborsClassifier
+        self.model_ = neighbours(
+            n_neighbors=self.n_neighbors_,
+            weights=partial(similarity_weights, temperature=self.temperature),
+            algorithm="brute",
+            metric="cosine",
+        ).fit(normalize(X), y)
+        if not self.regression_:
+            self.classes_ = self.model_.classes_
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict(normalize(np.asarray(X, dtype=np.float64)))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Each class's share of the neighbours' summed weights (columns in ``classes_`` order)."""
+        if self.regression_:
+            raise EvaluationError("kNN probe: predict_proba needs a categorical target (fitted on a continuous one)")
+        return self.model_.predict_proba(normalize(np.asarray(X, dtype=np.float64)))
+
+
+def similarity_weights(distances: np.ndarray, temperature: float = KNN_TEMPERATURE) -> np.ndarray:
+    """exp(s / T) of each neighbour, up to a factor per row: exp((s - s_max) / T), s = 1 - the cosine distance."""
+    distances = np.asarray(distances, dtype=np.float64)
+    return np.exp((distances.min(axis=-1, keepdims=True) - distances) / temperature)
+
+
+def knn_protocol(
+    features: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    id_col: str = "participant_id",
+    split_col: str = "split",
+    site_col: str = "site",
+    age_col: str = "age",
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+) -> dict:
+    """The kNN probe on the challenge's splits, scored as :func:`challenge_protocol` is.
+
+    :class:`KNNProbe` (``k``, ``temperature``) for age (weighted mean) and site (weighted vote),
+    its memory the ``train`` rows; the ``internal_test`` and ``external_test`` rows are
+    predicted and scored by :func:`score_predictions`: the ridge and logistic probes of the
+    challenge replaced by neighbours, every other step the same.
+
+    Returns:
+        the keys of :func:`score_predictions`, plus ``k``, ``temperature``, ``n_train`` and
+        ``predictions`` (as :func:`challenge_protocol`'s).
+    """
+    features = check_features(features, table)
+    table = table.reset_index(drop=True)
+    splits, sites, ages = _challenge_columns(table, split_col, site_col, age_col)
+    train = (splits == "train").to_numpy()
+    n_train_sites, _ = _check_training_sites(sites[train])
+    with single_thread_if_small(features):
+        age_probe = KNNProbe(k, temperature, regression=True).fit(features[train], ages[train])
+        site_probe = KNNProbe(k, temperature, regression=False).fit(features[train], sites[train])
+        columns = {"id_col": id_col, "split_col": split_col, "site_col": site_col, "age_col": age_col}
+        scores, predictions = _scored_test_predictions(
+            features, table, (age_probe, site_probe), n_train_sites, "kNN probe", **columns
+        )
+    return {**scores, "k": k, "temperature": temperature, "n_train": int(train.sum()), "predictions": predictions}

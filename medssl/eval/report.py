@@ -1,14 +1,17 @@
 """The evaluation report of a representation: every protocol, written to disk and printed.
 
-:func:`evaluate_representation` runs, on one feature matrix (and optionally on the
-features of a randomly initialised encoder, the baseline every pre-training must beat):
+:func:`evaluate_representation` runs every protocol of the registry
+(:data:`medssl.eval.protocols.PROTOCOLS`) on one feature matrix (and optionally on the features
+of a randomly initialised encoder, the baseline every pre-training must beat):
 
 1. site-stratified K-fold CV of linear probes (known scanners);
 2. leave-site-out CV of the same probes (unseen scanners; the ``site`` target is left out,
    its classes never occur in training);
-3. the OpenBHB challenge protocol, when the table has ``train``, ``internal_test`` and
+3. the challenge protocol on each of the challenge kit's folds, when given (``kit_folds``);
+4. the OpenBHB challenge protocol, when the table has ``train``, ``internal_test`` and
    ``external_test`` rows;
-4. the challenge protocol on each of the challenge kit's folds, when given (``kit_folds``).
+5. the kNN probe on the same splits (``knn``: cosine, k = 20, T = 0.07, as solo-learn), next
+   to the challenge's ridge and logistic probes.
 
 Both CV protocols run on every row of the table and share their folds between the
 representations, so the comparison is paired.
@@ -25,8 +28,9 @@ Files written to ``out_dir``:
 - ``metrics.json``: ``{"pretrained": {...}, "combat": {...}, "baseline": {...}, "settings": {...}}``; each
   representation opens with the challenge keys ``mae_internal``, ``mae_external``,
   ``bacc_site``, ``challenge_score``, ``ramp_combined`` (null when the protocol was
-  skipped), then ``challenge`` (all its scores), ``site_stratified`` and
-  ``leave_site_out`` (``{target: {metric: {"mean", "std", "n_folds"}}}``) and ``notes``;
+  skipped), then one key per protocol: ``challenge`` and ``knn`` (all their scores, null when
+  skipped), ``site_stratified``, ``leave_site_out`` and ``kit_folds``
+  (``{target: {metric: {"mean", "std", "n_folds"}}}``), and ``notes``;
 - ``metrics.csv``: the same numbers in long format (``representation, protocol, target,
   metric, mean, std``);
 - ``predictions.csv`` (and ``predictions_<representation>.csv``): the challenge protocol's
@@ -44,10 +48,7 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +58,12 @@ from rich.console import Console
 from rich.table import Table
 
 from medssl.eval.combat import NOTE as COMBAT_NOTE
-from medssl.eval.combat import combat_challenge_protocol, fold_combat
-from medssl.eval.folds import ChallengeFold, Folds, leave_site_out_folds, score_challenge_folds, site_stratified_folds
+from medssl.eval.combat import fold_combat
+from medssl.eval.folds import ChallengeFold
 from medssl.eval.plots import plot_age_predictions, plot_embedding
-from medssl.eval.probes import (
-    challenge_protocol,
-    challenge_skip_reason,
-    check_features,
-    cross_validate_probes,
-    out_of_fold_predictions,
-)
-from medssl.eval.score import (
-    MIN_SUBJECTS_PER_SITE,
-    SITE_SCORES,
-    EvaluationError,
-    UnseenSiteWarning,
-    as_labels,
-    too_few_per_site,
-)
+from medssl.eval.probes import check_features, out_of_fold_predictions
+from medssl.eval.protocols import PROTOCOLS, Result, Setup, plan, report_order, run_protocol, runnable
+from medssl.eval.score import MIN_SUBJECTS_PER_SITE, SITE_SCORES, EvaluationError, too_few_per_site
 from medssl.files import json_ready
 
 # The trained encoder, then the baselines every report carries: a randomly initialised
@@ -82,9 +71,7 @@ from medssl.files import json_ready
 # training-mean predictor (the probes fitted on a constant feature). ``combat``: the trained
 # encoder's features harmonised across sites (with 2 sites or more), next to them.
 REPRESENTATIONS = ("pretrained", "combat", "baseline", "intensity", "mean")
-# Short names for the printed table, so that it fits 80 columns without cutting a name.
-PROTOCOL_NAMES = {"site_stratified": "site-strat.", "leave_site_out": "site-out", "kit_folds": "kit folds"}
-METRIC_NAMES = {"balanced_accuracy": "BAcc", "roc_auc": "ROC AUC"}
+METRIC_NAMES = {"balanced_accuracy": "BAcc", "roc_auc": "ROC AUC"}  # short, so that the table fits 80 columns
 DISPLAY_NAMES = {
     "pretrained": "trained encoder",
     "combat": "trained + ComBat",
@@ -94,22 +81,8 @@ DISPLAY_NAMES = {
 }
 # The trivial baselines: a trained encoder that does not beat them on a row learnt nothing it shows.
 TRIVIAL_BASELINES = ("baseline", "intensity", "mean")
-CHALLENGE_KEYS = ("mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined")
-CV_PROTOCOLS = ("site_stratified", "leave_site_out", "kit_folds")
-CHALLENGE_PROTOCOLS = ("challenge", "kit_folds")  # their metrics name their target (mae_internal: age)
-LOWER_IS_BETTER = {"mae", "mae_internal", "mae_external", "bacc_site", "challenge_score", "ramp_combined"}
-HIGHER_IS_BETTER = {"r2", "r2_internal", "r2_external", "balanced_accuracy", "roc_auc"}
-CHALLENGE_REPORT_KEYS = (*CHALLENGE_KEYS, "r2_internal", "r2_external", "chance_bacc")
-CHALLENGE_TARGETS = {
-    "mae_internal": "age",
-    "mae_external": "age",
-    "r2_internal": "age",
-    "r2_external": "age",
-    "bacc_site": "site",
-    "chance_bacc": "site",
-    "challenge_score": "age+site",
-    "ramp_combined": "age+site",
-}
+# A printed row: (protocol, target, metric).
+Row = tuple[str, str, str]
 
 
 def evaluate_representation(
@@ -148,68 +121,73 @@ def evaluate_representation(
     table = table.reset_index(drop=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    protocols = _plan_protocols(table, folds, targets, seed)
-    protocols.challenge_folds = list(challenge_folds)
+    setup = plan(table, folds, targets, seed, challenge_folds)
+    protocols, plan_notes = runnable(setup)
 
     results: dict = {}
     long_tables: list[pd.DataFrame] = []
     per_fold: list[pd.DataFrame] = []
     names = list(matrices)
-    if protocols.n_sites >= 2:  # ComBat harmonises across sites: the trained encoder's features, harmonised
+    if setup.n_sites >= 2:  # ComBat harmonises across sites: the trained encoder's features, harmonised
         names.insert(1, "combat")
     for name in names:
         matrix = matrices["pretrained" if name == "combat" else name]
         transform = fold_combat(matrix, table) if name == "combat" else None
-        cv_tables, challenge, notes = _run_protocols(matrix, table, protocols, targets, seed, transform)
+        notes = [*plan_notes, *([COMBAT_NOTE] if transform is not None else [])]
+        outcomes: dict[str, Result] = {}
+        for protocol in protocols:
+            result, said = run_protocol(protocol, matrix, setup, transform)
+            notes.extend(said)
+            if result is not None:
+                outcomes[protocol.name] = result
         per_fold.extend(
-            cv_table.attrs["per_fold"].assign(representation=name)
-            for cv_table in cv_tables
-            if "per_fold" in cv_table.attrs
+            result.attrs["per_fold"].assign(representation=name)
+            for result in outcomes.values()
+            if isinstance(result, pd.DataFrame) and "per_fold" in result.attrs
         )
-        _write_predictions(name, matrix, table, challenge, protocols, out_dir, folds, seed, transform)
-        results[name] = _representation_entry(challenge, cv_tables, notes)
-        long_tables.append(_long_table(name, challenge, cv_tables))
+        _write_predictions(name, matrix, setup, outcomes, out_dir, transform)
+        results[name] = _representation_entry(outcomes, notes)
+        long_tables.append(_long_table(name, outcomes))
 
-    results["settings"] = _settings(protocols, folds, targets, seed, table, matrices["pretrained"])
+    results["settings"] = _settings(setup, folds, matrices["pretrained"])
     return _write_metrics(out_dir, results, long_tables, per_fold)
 
 
 def _write_predictions(
     name: str,
     matrix: np.ndarray,
-    table: pd.DataFrame,
-    challenge: dict | None,
-    protocols: _Protocols,
+    setup: Setup,
+    outcomes: dict[str, Result],
     out_dir: Path,
-    folds: int,
-    seed: int,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
-    """predictions[_NAME].csv (the challenge protocol's, else out-of-fold), plotted for the trained encoder.
+    """predictions[_NAME].csv, plotted for the trained encoder: the predictions of the first protocol
+    (registry order) that returns some, the challenge protocol's; else out-of-fold ones.
 
-    Takes the predictions out of ``challenge``, which then holds scores only."""
-    if challenge is not None:
-        predictions = challenge.pop("predictions")
+    Takes the predictions out of every protocol's scores, which then hold scores only."""
+    returned = [result.pop("predictions", None) for result in outcomes.values() if isinstance(result, dict)]
+    returned = [predictions for predictions in returned if predictions is not None]
+    if returned:
+        predictions = returned[0]
     else:
-        predictions = _out_of_fold_table(matrix, table, protocols.stratified, transform)
+        predictions = _out_of_fold_table(matrix, setup.table, setup.stratified, transform)
     suffix = "" if name == "pretrained" else f"_{name}"
     predictions.to_csv(out_dir / f"predictions{suffix}.csv", index=False)
     if name == "pretrained":
-        _plot_pretrained(matrix, table, predictions, out_dir, None if challenge is not None else folds, seed)
+        folds = None if returned else len(setup.stratified)
+        _plot_pretrained(matrix, setup.table, predictions, out_dir, folds, setup.seed)
 
 
-def _settings(
-    protocols: _Protocols, folds: int, targets: Sequence[str], seed: int, table: pd.DataFrame, features: np.ndarray
-) -> dict:
+def _settings(setup: Setup, folds: int, features: np.ndarray) -> dict:
     """The ``settings`` entry of metrics.json: what the figures were computed with."""
     return {
         "folds": folds,
-        "leave_site_out_folds": None if protocols.site_out is None else len(protocols.site_out),
-        "targets": list(targets),
-        "seed": seed,
-        "n_subjects": len(table),
+        "leave_site_out_folds": None if setup.site_out is None else len(setup.site_out),
+        "targets": list(setup.targets),
+        "seed": setup.seed,
+        "n_subjects": len(setup.table),
         "n_features": int(features.shape[1]),
-        "n_sites": protocols.n_sites,
+        "n_sites": setup.n_sites,
     }
 
 
@@ -240,19 +218,6 @@ def _plot_pretrained(
     plot_embedding(matrix, table, out_dir / "embedding.png", seed=seed)
 
 
-@dataclass
-class _Protocols:
-    """The folds every representation shares, and why a protocol or target is skipped."""
-
-    stratified: Folds
-    site_out: Folds | None
-    site_out_targets: list[str]
-    challenge_skip_reason: str
-    n_sites: int
-    notes: list[str] = field(default_factory=list)
-    challenge_folds: list[ChallengeFold] = field(default_factory=list)
-
-
 def _checked_matrices(
     features: np.ndarray,
     table: pd.DataFrame,
@@ -265,79 +230,6 @@ def _checked_matrices(
     for name, reference in (reference_features or {}).items():
         matrices[name] = check_features(reference, table, f"reference_features[{name!r}]")
     return matrices
-
-
-def _plan_protocols(table: pd.DataFrame, folds: int, targets: Sequence[str], seed: int) -> _Protocols:
-    n_sites = int(as_labels(table["site"]).nunique())
-    site_out = leave_site_out_folds(table, n_folds=folds if n_sites > folds else None) if n_sites >= 2 else None
-    protocols = _Protocols(
-        stratified=site_stratified_folds(table, n_folds=folds, seed=seed),
-        site_out=site_out,
-        site_out_targets=[target for target in targets if target != "site"],
-        challenge_skip_reason=challenge_skip_reason(table),
-        n_sites=n_sites,
-    )
-    if site_out is None:
-        protocols.notes.append("leave_site_out: a single site, protocol skipped")
-    elif len(protocols.site_out_targets) < len(targets):
-        protocols.notes.append("leave_site_out: target 'site' skipped (held-out sites are never seen in training)")
-    if protocols.challenge_skip_reason:
-        protocols.notes.append(f"challenge: {protocols.challenge_skip_reason}, protocol skipped")
-    return protocols
-
-
-def _run_protocols(
-    matrix: np.ndarray,
-    table: pd.DataFrame,
-    protocols: _Protocols,
-    targets: Sequence[str],
-    seed: int,
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[list[pd.DataFrame], dict | None, list[str]]:
-    """Both CV protocols, the challenge kit's folds and the challenge protocol on one representation: CV tables, challenge scores, notes.
-
-    With ``transform`` (:func:`medssl.eval.combat.fold_combat`), every protocol harmonises the
-    features with ComBat fitted on its training rows."""
-    notes = list(protocols.notes) + ([COMBAT_NOTE] if transform is not None else [])
-    protocol = partial(challenge_protocol if transform is None else combat_challenge_protocol, seed=seed)
-    cv_tables = [
-        cross_validate_probes(
-            matrix,
-            table,
-            targets,
-            folds=protocols.stratified,
-            protocol="site_stratified",
-            seed=seed,
-            transform=transform,
-        )
-    ]
-    if protocols.site_out is not None:
-        cv_tables.append(
-            cross_validate_probes(
-                matrix,
-                table,
-                protocols.site_out_targets,
-                folds=protocols.site_out,
-                protocol="leave_site_out",
-                seed=seed,
-                group_inner_by="site",
-                transform=transform,
-            )
-        )
-    if protocols.challenge_folds:
-        cv_tables.append(score_challenge_folds(matrix, table, protocols.challenge_folds, protocol))
-    for cv_table in cv_tables:
-        notes.extend(cv_table.attrs.get("notes", []))
-    challenge = None
-    if not protocols.challenge_skip_reason:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UnseenSiteWarning)
-                challenge = protocol(matrix, table)
-            notes.extend(f"challenge: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning)
-        except EvaluationError as error:
-            notes.append(f"challenge: {error}, protocol skipped")
-    return cv_tables, challenge, notes
 
 
 def print_report(results: dict, console: Console | None = None) -> None:
@@ -361,7 +253,7 @@ def print_report(results: dict, console: Console | None = None) -> None:
     for key in keys:
         better = _better(key, [value for value, _ in cells[key]])
         texts = [f"[bold]{text}[/bold]" if index == better else text for index, (_, text) in enumerate(cells[key])]
-        rows.append([PROTOCOL_NAMES.get(key[0], key[0]), _row_name(key), *texts])
+        rows.append([PROTOCOLS[key[0]].label, _row_name(key), *texts])
     groups = _column_groups(console, names, rows)
     for number, group in enumerate(groups, start=1):
         part = f" ({number}/{len(groups)})" if len(groups) > 1 else ""
@@ -434,13 +326,13 @@ def _report_table(
     return table
 
 
-def _metric_name(key: tuple[str, str, str]) -> str:
+def _metric_name(key: Row) -> str:
     """A challenge metric names its target (mae_internal: age); a CV metric needs it (age mae)."""
     protocol, target, metric = key
-    return metric if protocol in CHALLENGE_PROTOCOLS else f"{target} {METRIC_NAMES.get(metric, metric)}"
+    return metric if PROTOCOLS[protocol].names_target(metric) else f"{target} {METRIC_NAMES.get(metric, metric)}"
 
 
-def _row_name(key: tuple[str, str, str]) -> str:
+def _row_name(key: Row) -> str:
     """The metric column: the metric's name, then the row's direction."""
     arrow = _direction(key)
     return f"{_metric_name(key)} {arrow}" if arrow else _metric_name(key)
@@ -448,8 +340,8 @@ def _row_name(key: tuple[str, str, str]) -> str:
 
 def _trivial_wins(
     names: list[str],
-    keys: list[tuple[str, str, str]],
-    cells: dict[tuple[str, str, str], list[tuple[float | None, str]]],
+    keys: list[Row],
+    cells: dict[Row, list[tuple[float | None, str]]],
 ) -> str:
     """``training mean on challenge mae_internal, ramp_combined; intensity stats on ...`` (of 9
     ranked rows): the rows where a trivial baseline beats the trained encoder as printed (to 3
@@ -472,7 +364,7 @@ def _trivial_wins(
         ]
         best = max(scored, default=None)
         if best is not None and best[0] > sign * round(mine, 3):
-            row = f"{PROTOCOL_NAMES.get(key[0], key[0])} {_metric_name(key)}"
+            row = f"{PROTOCOLS[key[0]].label} {_metric_name(key)}"
             wins.setdefault(DISPLAY_NAMES[best[1]], []).append(row)
     if not wins:
         return ""
@@ -497,13 +389,23 @@ def _out_of_fold_table(
     return predictions
 
 
-def _representation_entry(challenge: dict | None, cv_tables: list[pd.DataFrame], notes: list[str]) -> dict:
-    entry: dict = {key: (challenge or {}).get(key) for key in CHALLENGE_KEYS}
-    entry["challenge"] = challenge
-    for protocol in CV_PROTOCOLS:
-        entry[protocol] = {}
-    for cv_table in cv_tables:
-        for row in cv_table.itertuples(index=False):
+def _representation_entry(outcomes: dict[str, Result], notes: list[str]) -> dict:
+    """A representation's entry of metrics.json: the protocols' headline keys, then each protocol's
+    scores (None when it did not run) or ``{target: {metric: summary}}``, then the notes."""
+    order = report_order()
+    entry: dict = {}
+    for protocol in order:
+        scores = outcomes.get(protocol.name)
+        entry.update({key: scores.get(key) if isinstance(scores, dict) else None for key in protocol.headline})
+    for protocol in order:
+        result = outcomes.get(protocol.name)
+        if protocol.reports == "scores":
+            entry[protocol.name] = result
+            continue
+        entry[protocol.name] = {}
+        if not isinstance(result, pd.DataFrame):
+            continue
+        for row in result.itertuples(index=False):
             metrics = entry[row.protocol].setdefault(row.target, {})
             metrics[row.metric] = {"mean": row.mean, "std": row.std, "n_folds": row.n_folds}
             fewest = getattr(row, "min_internal_per_site", None)  # the kit folds' site scores carry it
@@ -513,44 +415,43 @@ def _representation_entry(challenge: dict | None, cv_tables: list[pd.DataFrame],
     return entry
 
 
-def _long_table(name: str, challenge: dict | None, cv_tables: list[pd.DataFrame]) -> pd.DataFrame:
-    rows = []
-    if challenge is not None:
-        for key in CHALLENGE_REPORT_KEYS:
-            rows.append(
-                {
-                    "protocol": "challenge",
-                    "target": CHALLENGE_TARGETS[key],
-                    "metric": key,
-                    "mean": challenge[key],
-                    "std": float("nan"),
-                }
-            )
-    frames = [pd.DataFrame(rows)] + [
-        cv_table[["protocol", "target", "metric", "mean", "std"]] for cv_table in cv_tables
-    ]
+def _long_table(name: str, outcomes: dict[str, Result]) -> pd.DataFrame:
+    """metrics.csv's rows of one representation: each protocol's, in report order."""
+    frames = []
+    for protocol in report_order():
+        result = outcomes.get(protocol.name)
+        if isinstance(result, dict):
+            rows = [
+                {"protocol": protocol.name, "target": target, "metric": key, "mean": result[key], "std": float("nan")}
+                for key, target in protocol.metrics.items()
+            ]
+            frames.append(pd.DataFrame(rows))
+        elif isinstance(result, pd.DataFrame):
+            frames.append(result[["protocol", "target", "metric", "mean", "std"]])
     long = pd.concat([frame for frame in frames if not frame.empty], ignore_index=True)
     long.insert(0, "representation", name)
     return long
 
 
-def _ordered_rows(results: dict, names: list[str]) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = []
+def _ordered_rows(results: dict, names: list[str]) -> list[Row]:
+    rows: list[Row] = []
     for name in names:
-        challenge = results[name].get("challenge") or {}
-        rows += [("challenge", CHALLENGE_TARGETS[key], key) for key in CHALLENGE_REPORT_KEYS if key in challenge]
-        for protocol in CV_PROTOCOLS:
-            for target, metrics in (results[name].get(protocol) or {}).items():
-                rows += [(protocol, target, metric) for metric in metrics]
+        for protocol in report_order():
+            found = results[name].get(protocol.name) or {}
+            if protocol.reports == "scores":
+                rows += [(protocol.name, str(target), key) for key, target in protocol.metrics.items() if key in found]
+            else:
+                for target, metrics in found.items():
+                    rows += [(protocol.name, target, metric) for metric in metrics]
     return list(dict.fromkeys(rows))
 
 
-def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
+def _cell(entry: dict, key: Row) -> tuple[float | None, str]:
     protocol, target, metric = key
     if _too_few(entry, key) is not None:
         return None, "n/a"
-    if protocol == "challenge":
-        value = (entry.get("challenge") or {}).get(metric)
+    if PROTOCOLS[protocol].reports == "scores":
+        value = (entry.get(protocol) or {}).get(metric)
         return value, "-" if value is None or _is_nan(value) else f"{value:.3f}"
     summary = (entry.get(protocol) or {}).get(target, {}).get(metric)
     if not summary or summary.get("mean") is None or _is_nan(summary["mean"]):
@@ -560,29 +461,27 @@ def _cell(entry: dict, key: tuple[str, str, str]) -> tuple[float | None, str]:
     return summary["mean"], f"{summary['mean']:.3f}{spread}"
 
 
-def _too_few(entry: dict, key: tuple[str, str, str]) -> int | None:
+def _too_few(entry: dict, key: Row) -> int | None:
     """The fewest internal-test subjects of a site, when too few for the site score ``key`` (else None)."""
     protocol, target, metric = key
-    if metric not in SITE_SCORES or protocol not in CHALLENGE_PROTOCOLS:
+    if metric not in SITE_SCORES or not PROTOCOLS[protocol].names_target(metric):
         return None
-    if protocol == "challenge":
-        return too_few_per_site(entry.get("challenge") or {})
+    if PROTOCOLS[protocol].reports == "scores":
+        return too_few_per_site(entry.get(protocol) or {})
     return too_few_per_site((entry.get(protocol) or {}).get(target, {}).get(metric) or {})
 
 
-def _direction(key: tuple[str, str, str]) -> str:
+def _direction(key: Row) -> str:
     """↓ (lower is better), ↑ (higher is better), or '' for a row reported, not ranked.
 
     The chance level is not ranked, nor is site prediction in the CV protocols: a property to
     report, good or bad depending on whether site information is wanted (the challenge wants it low).
     """
     protocol, target, metric = key
-    if protocol not in CHALLENGE_PROTOCOLS and target == "site":
-        return ""
-    return "↓" if metric in LOWER_IS_BETTER else "↑" if metric in HIGHER_IS_BETTER else ""
+    return PROTOCOLS[protocol].direction(target, metric)
 
 
-def _better(key: tuple[str, str, str], values: list[float | None]) -> int | None:
+def _better(key: Row, values: list[float | None]) -> int | None:
     """Index of the best value, when every value is known, not all equal, and the direction is known."""
     direction = _direction(key)
     if len(values) < 2 or any(value is None for value in values) or len(set(values)) == 1 or not direction:

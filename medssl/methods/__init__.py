@@ -72,6 +72,7 @@ class MethodEntry:
     views: int | None = None  # views per subject; None: views.n_views, at least 2
     view_kind: ViewKind = "augmented"
     distributed: bool = True  # False: its per-epoch step (DeepCluster's clustering) runs on one process only
+    training_features: bool = False  # clusters features of the training cohort each epoch (DeepCluster)
 
     @property
     def name(self) -> str:
@@ -138,7 +139,7 @@ METHODS: dict[str, MethodEntry] = {
         MethodEntry(BYOLConfig, build_byol),
         MethodEntry(SimSiamConfig, build_simsiam),
         MethodEntry(DINOConfig, build_dino, views=2, view_kind="global"),
-        MethodEntry(DeepClusterConfig, build_deepcluster, views=1, distributed=False),
+        MethodEntry(DeepClusterConfig, build_deepcluster, views=1, distributed=False, training_features=True),
         MethodEntry(SupervisedConfig, build_supervised, label=True),
     )
 }
@@ -154,6 +155,7 @@ class MethodNeeds:
     distributed: bool
     view_kind: ViewKind = "augmented"
     bias: bool = False  # batches carry data.bias as integer classes (method.debias)
+    training_features: bool = False  # the trainer hands it features of the training cohort each epoch
 
 
 def method_needs(recipe: Recipe) -> MethodNeeds:
@@ -161,7 +163,9 @@ def method_needs(recipe: Recipe) -> MethodNeeds:
     entry = METHODS[recipe.method.name]
     views = entry.views if entry.views is not None else max(recipe.views.n_views, 2)
     bias = getattr(recipe.method, "debias", None) is not None
-    return MethodNeeds(entry.name, entry.label, views, entry.distributed, entry.view_kind, bias)
+    return MethodNeeds(
+        entry.name, entry.label, views, entry.distributed, entry.view_kind, bias, entry.training_features
+    )
 
 
 def architecture_options(model: ModelConfig) -> ArchitectureOptions:

@@ -82,8 +82,9 @@ RESUMABLE_CHANGES = (
     "name",
     "description",
     "train.epochs",
-    "train.embedded.epochs",
-    "train.embedded.steps",
+    "train.steps",
+    "profile",  # the values a profile gave are compared one by one
+    "train.embedded.",  # medssl before profiles: its budget's values are compared one by one
     "train.checkpoint_every",
     "data.num_workers",
     "eval.",

@@ -1,25 +1,22 @@
 """Fine-tuning as one more objective of the :class:`~medssl.train.trainer.Trainer`: a head on an encoder.
 
 :class:`FinetuneModel` puts a linear head on an encoder (frozen or not), :class:`TargetLoss`
-scores its outputs, :class:`HeadObjective` makes the two a training objective, and
-:class:`EarlyStopping` validates after every epoch, ends the run after ``patience`` epochs
-without improvement and restores the best epoch's weights. Fine-tuning thereby gets the
+scores its outputs and :class:`HeadObjective` makes the two a training objective; the trainer's
+:class:`~medssl.train.handlers.EarlyStopping` handler validates after every epoch with
+:func:`validation_loss`. Fine-tuning thereby gets the
 training step of pre-training: autocast, loss scaling, finiteness and gradient-norm checks,
 metrics, checkpoints and resume. The protocol around it (splits, metrics, report) is
-``medssl.eval.finetune``'s.
+``medssl.finetune``'s.
 
 Example:
     >>> model = FinetuneModel(encoder, n_outputs=2, freeze_encoder=False)
     >>> objective = HeadObjective(model, TargetLoss("classification", class_weights(targets, 2)))
     >>> stopping = EarlyStopping(lambda: validation_loss(model, objective.loss, val_loader, device), model, patience=10)
     >>> Trainer(objective, finetune_optimizer(model, recipe, "full"), loader, run_dir, schedule,
-    ...         early_stopping=stopping).run()
+    ...         handlers=[Checkpointing(), stopping]).run()
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,7 +30,6 @@ from medssl.models import Encoder
 from medssl.train.setup import autocast, make_optimizer
 
 MODES = ("linear", "full", "lower_lr", "scratch")
-IMPROVEMENT = 1e-6  # a validation loss must drop by more than this to count as better
 
 
 class FinetuneModel(nn.Module):
@@ -185,64 +181,3 @@ def validation_loss(
     outputs, targets = predict(network, loader, device, precision, with_targets=True)
     network.train(was_training)
     return float(loss(outputs.to(device), targets.to(device)))
-
-
-class EarlyStopping:
-    """Validate after every epoch; stop after ``patience`` epochs without a validation loss
-    lower by more than ``improvement``; keep the weights of the best epoch.
-
-    Its state (best loss and weights, waited epochs, history) goes into the trainer's
-    checkpoints, so a resumed run stops where an uninterrupted one stops.
-
-    Args:
-        validation_loss: computes the current validation loss.
-        module: whose weights are kept and restored (the network, not the loss).
-        patience: epochs without improvement before stopping.
-    """
-
-    def __init__(
-        self, validation_loss: Callable[[], float], module: nn.Module, patience: int, improvement: float = IMPROVEMENT
-    ):
-        self.validation_loss = validation_loss
-        self.module = module
-        self.patience = patience
-        self.improvement = improvement
-        self.best_loss, self.best_epoch, self.waited = math.inf, 0, 0
-        self.best_state: dict[str, torch.Tensor] = {}
-        self.history: list[dict] = []
-
-    @property
-    def stopped(self) -> bool:
-        return self.waited >= self.patience
-
-    def update(self, epoch: int, train_loss: float) -> dict[str, float]:
-        """Validate after ``epoch`` (0-based); return what goes into the epoch's log row."""
-        val_loss = self.validation_loss()
-        self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
-        if val_loss < self.best_loss - self.improvement:
-            self.best_loss, self.best_epoch, self.waited = val_loss, epoch + 1, 0
-            self.best_state = {key: value.detach().clone() for key, value in self.module.state_dict().items()}
-        else:
-            self.waited += 1
-        return {"val_loss": val_loss, "best_epoch": self.best_epoch}
-
-    def restore_best(self) -> None:
-        if self.best_state:
-            self.module.load_state_dict(self.best_state)
-
-    def state_dict(self) -> dict:
-        return {
-            "best_loss": self.best_loss,
-            "best_epoch": self.best_epoch,
-            "waited": self.waited,
-            "best_state": self.best_state,
-            "history": self.history,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_loss, self.best_epoch, self.waited = state["best_loss"], state["best_epoch"], state["waited"]
-        self.best_state = {
-            key: value.to(next(iter(self.module.state_dict().values())).device)
-            for key, value in state["best_state"].items()
-        }
-        self.history = [dict(entry) for entry in state["history"]]

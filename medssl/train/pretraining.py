@@ -16,7 +16,7 @@ its schedule) and checks a resume before anything in the run folder is touched;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from rich.console import Console
 
 from medssl.config import Recipe, ViewsConfig, dump_recipe
 from medssl.data.batched_views import build_batched_views
+from medssl.data.cache import check_cache_dtype
 from medssl.data.cohort import Cohort, check_same_shape
 from medssl.data.views import MultiViewDataset, build_view_transform, resize_transform
 from medssl.errors import RecipeError
@@ -35,12 +36,13 @@ from medssl.models import save_encoder
 from medssl.models.features import extract_features
 from medssl.train.checkpoint import resumable_checkpoint
 from medssl.train.distributed import DistributedContext, gather_with_grad, init_distributed, shutdown_distributed
+from medssl.train.handlers import Checkpointing, CollapseMonitor, Handler, TrainingFeatures
 from medssl.train.loading import BatchViewsLoader, EpochLoader
 from medssl.train.setup import (
-    apply_embedded_budget,
     bias_classes_for,
     check_input_size,
-    embedded_epochs,
+    embedded_cohort_note,
+    epochs_from_steps,
     label_encoder_for,
     make_optimizer,
     make_scheduler,
@@ -48,7 +50,7 @@ from medssl.train.setup import (
     resolve_device,
     safe_precision,
 )
-from medssl.train.trainer import RunResult, Schedule, Trainer
+from medssl.train.trainer import RunResult, Runtime, Schedule, Trainer
 
 
 @dataclass
@@ -105,8 +107,10 @@ def training_views(recipe: Recipe, needs: MethodNeeds, train: Cohort) -> MultiVi
     # A cohort cached at this shape (medssl data cache) needs no per-item resampling.
     preprocess = resize_transform(shape) if shape and train.stored_shape() != tuple(shape) else None
     on_device = recipe.views.device == "batch"  # then each volume is loaded once, its views drawn on the device
+    check_cache_dtype(train, recipe.data.cache_dtype)
+    keep_float16 = on_device and preprocess is None  # a float16 cache's volumes are cast on the device
     return MultiViewDataset(
-        train.subjects(),
+        train.subjects(keep_float16=keep_float16),
         tio.Compose({}) if on_device else build_view_transform(recipe.views),
         n_views=1 if on_device else needs.views,
         preprocess=preprocess,
@@ -114,6 +118,7 @@ def training_views(recipe: Recipe, needs: MethodNeeds, train: Cohort) -> MultiVi
         label_encoder=label_encoder_for(train, label),
         bias_key=recipe.data.bias if needs.bias else None,
         bias_classes=bias_classes_for(train, recipe.data.bias) if needs.bias else None,
+        keep_float16=keep_float16,
     )
 
 
@@ -215,17 +220,18 @@ def build_pretraining(
     resume: bool = False,
     console: Console | None = None,
     method: Method | None = None,
+    handlers: Sequence[Handler] = (),
 ) -> Pretraining:
     """Every part of a pre-training run from ``recipe``; ``method`` replaces the recipe's (seeded
-    and built by the caller). With ``resume``, the run folder's checkpoint is checked against
+    and built by the caller); ``handlers`` join the trainer's own (an online probe). With ``resume``, the run folder's checkpoint is checked against
     the recipe first: a refused resume leaves the folder as it was."""
-    original_epochs = recipe.train.epochs
+    recipe = recipe.model_copy(deep=True)  # the steps set its epochs below
     device = resolve_device(recipe.train.device)
     dist = init_distributed(device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     notes = Notes(console, dist.is_main)
-    recipe, budget_note = apply_embedded_budget(recipe)
+    budget_note = embedded_cohort_note(recipe)
     if budget_note:
         per_process = f" per process ({dist.world_size} processes)." if dist.enabled else "."
         notes.say(budget_note.removesuffix(".") + per_process)
@@ -233,10 +239,10 @@ def build_pretraining(
     if dist.enabled and not needs.distributed:
         raise RecipeError(f"method.name = {needs.name!r} runs on one process: launch it without torchrun")
     data = pretraining_data(recipe, needs, dist, device, notes, console)
-    rounding_note = embedded_epochs(recipe, original_epochs, data.steps_per_epoch)
+    rounding_note = epochs_from_steps(recipe, data.steps_per_epoch)
     if rounding_note:
         notes.say(rounding_note)
-    # Compared once the embedded budget's epochs are known (the saved recipe holds those); still
+    # Compared once the epochs of a run in steps are known (the saved recipe holds those); still
     # before anything in the run folder is touched.
     checkpoint = Path(run_dir) / "checkpoints" / "last.pt"
     resume_from = None
@@ -247,9 +253,9 @@ def build_pretraining(
     elif resume:
         notes.say(f"No checkpoint in {checkpoint.parent}: starting from scratch.")
     memory_format = torch.channels_last_3d if recipe.train.channels_last else torch.contiguous_format
-    sample = data.dataset[0]["views"][:1].to(device, memory_format=memory_format)
+    sample = data.dataset[0]["views"][:1].to(device, torch.float32, memory_format=memory_format)
     method, precision = prepared_method(recipe, method, sample, device, notes, data.bias_classes)
-    trainer = pretraining_trainer(recipe, run_dir, method, data, precision, device, dist, console, notes)
+    trainer = pretraining_trainer(recipe, run_dir, method, data, precision, device, dist, console, notes, handlers)
     return Pretraining(trainer, method, recipe, data, resume_from)
 
 
@@ -263,6 +269,7 @@ def pretraining_trainer(
     dist: DistributedContext,
     console: Console | None,
     notes: Notes,
+    extra_handlers: Sequence[Handler] = (),
 ) -> Trainer:
     model: torch.nn.Module = method
     if dist.enabled:
@@ -277,17 +284,30 @@ def pretraining_trainer(
         accumulate=train.accumulate,
         grad_clip=train.grad_clip,
         seed=train.seed,
-        checkpoint_every=train.checkpoint_every,
     )
     recipe_yaml = dump_recipe(recipe)
-    features = partial(
-        extract_features,
-        cohort=data.train_cohort,
-        recipe=recipe,
-        device=device,
-        description="clustering features",
-        console=console if dist.is_main else None,
-    )
+    handlers: list[Handler] = [
+        Checkpointing(
+            recipe_yaml,
+            run_files={"recipe.yaml": recipe_yaml},
+            every=train.checkpoint_every,
+            name=f"{recipe.model.encoder} / {recipe.method.name}",
+        )
+    ]
+    if method_needs(recipe).training_features:
+        features = partial(
+            extract_features,
+            cohort=data.train_cohort,
+            recipe=recipe,
+            device=device,
+            description="clustering features",
+            console=console if dist.is_main else None,
+        )
+        handlers.append(TrainingFeatures(features))
+    views = diagnostic_batch(method, data, train.seed, recipe.views)
+    if views is not None:
+        handlers.append(CollapseMonitor(views))
+    runtime = Runtime(device=device, precision=precision, model=model, dist=dist, console=console, notes=notes)
     return Trainer(
         method,
         optimizer,
@@ -295,17 +315,8 @@ def pretraining_trainer(
         run_dir,
         schedule,
         scheduler=make_scheduler(optimizer, recipe, data.steps_per_epoch),
-        device=device,
-        precision=precision,
-        model=model,
-        dist=dist,
-        console=console,
-        notes=notes,
-        run_files={"recipe.yaml": recipe_yaml},
-        recipe_yaml=recipe_yaml,
-        extract_features=features,
-        diagnostic_views=diagnostic_batch(method, data, train.seed, recipe.views),
-        name=f"{recipe.model.encoder} / {recipe.method.name}",
+        runtime=runtime,
+        handlers=[*handlers, *extra_handlers],
     )
 
 

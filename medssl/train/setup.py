@@ -1,5 +1,5 @@
 """What pre-training, fine-tuning and evaluation all set up the same way: device, seeds,
-precision, optimiser and schedule, the embedded budget and the recipe's cohort.
+precision, optimiser and schedule, the length of a run given in steps and the recipe's cohort.
 
 Both ``medssl.train`` (which builds trainers) and ``medssl.eval`` (which fine-tunes and
 evaluates encoders) import these, so each rule exists once.
@@ -49,57 +49,42 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
-def apply_embedded_budget(recipe: Recipe) -> tuple[Recipe, str | None]:
-    """When no cohort is given, train on the embedded synthetic cohort with its budget:
-    batch size, learning rate and encoder of ``train.embedded`` (epochs follow from its
-    steps once the cohort is open, see :func:`embedded_epochs`)."""
+def embedded_cohort_note(recipe: Recipe) -> str | None:
+    """What a run without ``data.root`` trains on: the embedded cohort, with the profile's budget."""
     if not recipe.uses_embedded_cohort:
-        return recipe, None
-    budget = recipe.train.embedded
-    resolved = recipe.model_copy(deep=True)
-    if budget.epochs is not None:
-        resolved.train.epochs = budget.epochs
-    resolved.train.batch_size = budget.batch_size
-    if budget.lr is not None:
-        resolved.train.lr = budget.lr
-    if budget.encoder is not None:
-        resolved.model = resolved.model.model_copy(update={"encoder": budget.encoder, "widths": budget.widths})
-    if budget.precision is not None:
-        resolved.train.precision = budget.precision
-    if budget.channels_last is not None:
-        resolved.train.channels_last = budget.channels_last
-    synthetic = recipe.data.synthetic
-    length = (
-        f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''}"
-        if budget.epochs is not None
-        else f"{budget.steps} step{'s' if budget.steps != 1 else ''}"
-    )
-    widths = f" ({'-'.join(map(str, resolved.model.widths))} channels)" if resolved.model.widths else ""
-    note = (
-        f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
-        f"{synthetic.shape}^3 voxels) with its budget: {resolved.model.encoder}{widths}, {length} of batch {budget.batch_size}."
-    )
-    return resolved, note
-
-
-def embedded_epochs(recipe: Recipe, original_epochs: int, steps_per_epoch: int) -> str | None:
-    """Set the epochs of an embedded run from its budget's steps, scaling the warm-up with them;
-    returns a note when whole epochs make more steps than the budget's.
-
-    The warm-up keeps the share of the run it has in the recipe's real-data schedule (10 of
-    100 epochs stays a tenth), so schedules scale with the budget actually run.
-    """
-    budget = recipe.train.embedded
-    if not recipe.uses_embedded_cohort or budget.epochs is not None:
         return None
-    epochs = max(1, math.ceil(budget.steps / max(steps_per_epoch, 1)))
+    train, synthetic = recipe.train, recipe.data.synthetic
+    length = (
+        f"{train.steps} step{'s' if train.steps != 1 else ''}"
+        if train.steps is not None
+        else f"{train.epochs} epoch{'s' if train.epochs != 1 else ''}"
+    )
+    widths = f" ({'-'.join(map(str, recipe.model.widths))} channels)" if recipe.model.widths else ""
+    return (
+        f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
+        f"{synthetic.shape}^3 voxels) with profile {recipe.profile}: {recipe.model.encoder}{widths}, {length} of batch {train.batch_size}."
+    )
+
+
+def epochs_from_steps(recipe: Recipe, steps_per_epoch: int) -> str | None:
+    """Set the epochs of a run given in ``train.steps``, scaling the warm-up with them; returns a
+    note when whole epochs make more steps than asked.
+
+    The warm-up keeps the share of ``train.epochs`` it has (10 of 300 epochs stays a thirtieth),
+    so a schedule written for real data scales with the steps actually run.
+    """
+    steps = recipe.train.steps
+    if steps is None:
+        return None
+    epochs = max(1, math.ceil(steps / max(steps_per_epoch, 1)))
     if recipe.train.warmup_epochs:
-        recipe.train.warmup_epochs = min(epochs - 1, round(recipe.train.warmup_epochs * epochs / original_epochs))
+        share = recipe.train.warmup_epochs * epochs / recipe.train.epochs
+        recipe.train.warmup_epochs = min(epochs - 1, round(share))
     recipe.train.epochs = epochs
-    if epochs * steps_per_epoch == budget.steps:
+    if epochs * steps_per_epoch == steps:
         return None
     return (
-        f"train.embedded.steps = {budget.steps}, in whole epochs: {epochs} epoch{'s' if epochs != 1 else ''}"
+        f"train.steps = {steps}, in whole epochs: {epochs} epoch{'s' if epochs != 1 else ''}"
         f" x {steps_per_epoch} step{'s' if steps_per_epoch != 1 else ''} = {epochs * steps_per_epoch} optimiser steps."
     )
 

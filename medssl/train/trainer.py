@@ -14,8 +14,11 @@ The objective is an ``nn.Module`` with:
   floats to log;
 - ``prepare_epoch(epoch, context) -> sampler | None`` (see :class:`EpochContext`) and
   ``after_step(step, total_steps)``, hooks that may do nothing;
-- ``monitors_collapse`` and, when the trainer is given ``diagnostic_views``,
+- ``monitors_collapse`` and, for the :class:`~medssl.train.handlers.CollapseMonitor` handler,
   ``diagnostics(views) -> dict``.
+
+What only some runs need comes as handlers (:mod:`medssl.train.handlers`): checkpoints,
+early stopping, collapse diagnostics, the training features DeepCluster clusters.
 
 Each epoch reseeds every random generator from (seed, epoch), and the loader draws the views
 of a subject from (seed, epoch, subject), so a run resumed from its last checkpoint ends with
@@ -23,19 +26,19 @@ the same weights as an uninterrupted one.
 
 Example:
     >>> trainer = Trainer(method, optimizer, EpochLoader(dataset, batch_size=8), "runs/x",
-    ...                   Schedule(epochs=10, steps_per_epoch=len(dataset) // 8))
+    ...                   Schedule(epochs=10, steps_per_epoch=len(dataset) // 8), handlers=[Checkpointing()])
     >>> result = trainer.run()
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -47,15 +50,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
 from medssl.errors import CheckpointError, TrainingError
-from medssl.files import atomic_write_text, remove_stale_temporaries
+from medssl.files import remove_stale_temporaries
 from medssl.progress import progress_bar
-from medssl.train.checkpoint import restore_rng, restore_scaler, save_checkpoint
+from medssl.train.checkpoint import restore_rng, restore_scaler
 from medssl.train.distributed import DistributedContext, barrier, reduce_mean
+from medssl.train.handlers import Checkpointing, Handler, TrainingFeatures, checkpoint_path
 from medssl.train.loading import BatchViewsLoader, EpochLoader
 from medssl.train.metrics_log import MetricsLog
 from medssl.train.setup import autocast, seed_everything
 
-COLLAPSE_RATIO = 0.1  # embedding std below 10% of a uniform spread's 1/sqrt(d) means collapse
+H = TypeVar("H", bound=Handler)
 
 
 @dataclass
@@ -79,7 +83,6 @@ class Schedule:
         accumulate: micro-batches per optimiser step.
         grad_clip: clip the gradient norm to this (None: the norm is still logged and checked).
         seed: the run's seed; epoch ``e`` runs under seed ``seed * 1000 + e``.
-        checkpoint_every: write ``checkpoints/last.pt`` every this many epochs (and after the last).
         lr_key: the recipe key a non-finite loss or gradient advises to lower.
         label: prefix of progress bars and error messages (``"seed 1, "``).
     """
@@ -89,7 +92,6 @@ class Schedule:
     accumulate: int = 1
     grad_clip: float | None = None
     seed: int = 0
-    checkpoint_every: int = 1
     lr_key: str = "train.lr"
     label: str = ""
 
@@ -103,11 +105,12 @@ class EpochContext:
         self.logs: dict[str, float] = {}
 
     def extract_features(self, encoder: nn.Module) -> np.ndarray:
-        if self.trainer.feature_extractor is None:
+        source = next((h for h in self.trainer.handlers if isinstance(h, TrainingFeatures)), None)
+        if source is None:
             raise TrainingError(
-                "the objective clusters features of the training cohort: hand the trainer extract_features"
+                "the objective clusters features of the training cohort: hand the trainer a TrainingFeatures handler"
             )
-        return self.trainer.feature_extractor(encoder)
+        return source.extract(encoder)
 
     def forget_optimizer_state(self, parameters: Iterable[nn.Parameter]) -> None:
         for parameter in parameters:
@@ -129,6 +132,22 @@ class ObjectiveHooks(Protocol):
     def diagnostics(self, views: torch.Tensor) -> dict[str, float]: ...
 
 
+@dataclass
+class Runtime:
+    """Where and how a trainer runs: device, autocast precision (fp32, bf16, fp16), the fp16 loss
+    scaler (default: enabled for fp16 on CUDA), the objective as called in training (``model``,
+    e.g. wrapped in DistributedDataParallel; default the objective), this process's place in the
+    process group, and where notes and progress bars go (``console``; ``notes`` collects them)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    scaler: torch.amp.GradScaler | None = None
+    model: nn.Module | None = None
+    dist: DistributedContext = field(default_factory=DistributedContext)
+    console: Console | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 class Trainer:
     """Train ``objective`` with ``optimizer`` on the batches of ``loader``; see the module docstring.
 
@@ -136,22 +155,12 @@ class Trainer:
         objective: the module whose ``forward(batch)`` returns ``(loss, logs)``.
         optimizer: steps the objective's trainable parameters.
         loader: an :class:`~medssl.train.loading.EpochLoader` (``epoch(e, sampler)``, ``close()``).
-        run_dir: the run folder (``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``).
+        run_dir: the run folder (``metrics.csv``, ``tensorboard/``, ``run_notes.txt``).
         schedule: epochs, steps, accumulation, clipping, seed.
         scheduler: stepped after every optimiser step (None: constant learning rate).
-        device, precision: where and in which autocast precision (fp32, bf16, fp16) to train.
-        scaler: the fp16 loss scaler (default: enabled for fp16 on CUDA).
-        model: the objective as called in training, e.g. wrapped in DistributedDataParallel
-            (default ``objective``).
-        dist: this process's place in the process group.
-        console: where notes and progress bars go (None: nowhere); ``notes`` collects the notes.
-        run_files: texts written into ``run_dir`` once the run starts (``recipe.yaml``).
-        recipe_yaml: the settings stored in the checkpoint, compared on resume.
-        extract_features: ``encoder -> (n, d)`` features of the training cohort, for objectives
-            that cluster them (``EpochContext.extract_features``).
-        diagnostic_views: a fixed (B, 2, C, D, H, W) batch on which ``diagnostics`` run every epoch.
-        early_stopping: validated after every epoch; may end the run and restores its best weights.
-        name: what the objective is, in the message of a checkpoint that does not fit it.
+        runtime: device, precision, processes, console (:class:`Runtime`).
+        handlers: what only some runs need (:mod:`medssl.train.handlers`); default: checkpoints
+            every epoch.
     """
 
     def __init__(
@@ -163,19 +172,8 @@ class Trainer:
         schedule: Schedule,
         *,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        device: torch.device = torch.device("cpu"),
-        precision: str = "fp32",
-        scaler: torch.amp.GradScaler | None = None,
-        model: nn.Module | None = None,
-        dist: DistributedContext | None = None,
-        console: Console | None = None,
-        notes: list[str] | None = None,
-        run_files: dict[str, str] | None = None,
-        recipe_yaml: str = "",
-        extract_features: Callable[[nn.Module], np.ndarray] | None = None,
-        diagnostic_views: torch.Tensor | None = None,
-        early_stopping=None,
-        name: str = "objective",
+        runtime: Runtime | None = None,
+        handlers: Sequence[Handler] | None = None,
     ):
         if not (hasattr(loader, "epoch") and hasattr(loader, "close")):
             raise TypeError(
@@ -185,20 +183,27 @@ class Trainer:
         # The same module, typed by its hooks: nn.Module types its other attributes as tensors or submodules.
         self.hooks = cast(ObjectiveHooks, objective)
         self.run_dir, self.schedule = Path(run_dir), schedule
-        self.device, self.precision = torch.device(device), precision
+        runtime = runtime if runtime is not None else Runtime()
+        self.device, self.precision = torch.device(runtime.device), runtime.precision
         self.scaler = (
-            scaler
-            if scaler is not None
-            else torch.amp.GradScaler("cuda", enabled=precision == "fp16" and self.device.type == "cuda")
+            runtime.scaler
+            if runtime.scaler is not None
+            else torch.amp.GradScaler("cuda", enabled=self.precision == "fp16" and self.device.type == "cuda")
         )
-        self.model = model if model is not None else objective
-        self.dist = dist if dist is not None else DistributedContext()
-        self.console, self.notes = console, notes if notes is not None else []
-        self.run_files, self.recipe_yaml = run_files or {}, recipe_yaml
-        self.feature_extractor, self.diagnostic_views = extract_features, diagnostic_views
-        self.early_stopping, self.name = early_stopping, name
+        self.model = runtime.model if runtime.model is not None else objective
+        self.dist, self.console, self.notes = runtime.dist, runtime.console, runtime.notes
+        self.handlers: list[Handler] = list(handlers) if handlers is not None else [Checkpointing()]
         self.log: MetricsLog | None = None
         self.notes_written: int | None = None  # notes already in run_notes.txt; None until the run folder exists
+
+    def handler(self, kind: type[H]) -> H | None:
+        """The first handler of type ``kind``, if the trainer has one."""
+        return next((h for h in self.handlers if isinstance(h, kind)), None)
+
+    @property
+    def name(self) -> str:
+        checkpointing = self.handler(Checkpointing)
+        return checkpointing.name if checkpointing is not None else "objective"
 
     def say(self, message: str) -> None:
         self.notes.append(message)
@@ -219,7 +224,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return checkpoint_path(self.run_dir)
 
     # -------------------------------------------------------------- run
     def run(self, resume_from: dict | None = None, on_epoch_end: Callable[[int], None] | None = None) -> RunResult:
@@ -232,10 +237,10 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.run_dir, self.checkpoint_path.parent)
-            for name, text in self.run_files.items():
-                atomic_write_text(self.run_dir / name, text)
             self.notes_written = 0
             self.write_notes()
+        for handler in self.handlers:
+            handler.started(self)
         # purge_step: TensorBoard drops the events of steps the resumed run is about to redo.
         self.log = MetricsLog(self.run_dir, enabled=main, purge_step=step + 1 if resume_from is not None else None)
         if resume_from is not None:
@@ -251,8 +256,9 @@ class Trainer:
                 epochs = self.schedule.epochs
                 trained = f"All {epochs} epochs were" if epochs != 1 else "The 1 epoch was"
                 self.say(f"{trained} trained already: nothing left to train.")
-                if main:  # the checkpoint records the settings it was last resumed with, as recipe.yaml does
-                    self.save_checkpoint(epochs_done, step)
+                checkpointing = self.handler(Checkpointing)
+                if main and checkpointing is not None:  # it records the settings last resumed with, as recipe.yaml
+                    checkpointing.save(self, epochs_done, step)
         try:
             epochs_done, step = self.run_epochs(epochs_done, step, on_epoch_end)
             # Every process leaves only once the last checkpoint is on disk (a resume may follow at once).
@@ -260,8 +266,8 @@ class Trainer:
         finally:
             self.log.close()
             self.loader.close()  # ends persistent workers
-        if self.early_stopping is not None:
-            self.early_stopping.restore_best()
+        for handler in self.handlers:
+            handler.finished(self)
         return RunResult(self.run_dir, epochs_done, *self.loss_range(), notes=self.notes, main_process=main)
 
     def run_epochs(self, epochs_done: int, step: int, on_epoch_end: Callable[[int], None] | None) -> tuple[int, int]:
@@ -272,33 +278,14 @@ class Trainer:
                 break
             step = self.run_epoch(epoch, step, total_steps)
             epochs_done = epoch + 1
-            if self.dist.is_main and (
-                epochs_done % schedule.checkpoint_every == 0 or epochs_done == schedule.epochs or self.stopped
-            ):
-                self.save_checkpoint(epochs_done, step)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
         return epochs_done, step
 
     @property
     def stopped(self) -> bool:
-        return self.early_stopping is not None and self.early_stopping.stopped
-
-    def save_checkpoint(self, epochs_done: int, step: int) -> None:
-        extra: dict = {"processes": self.dist.world_size}
-        if self.early_stopping is not None:
-            extra["early_stopping"] = self.early_stopping.state_dict()
-        save_checkpoint(
-            self.checkpoint_path,
-            method=self.objective,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            epoch=epochs_done,
-            step=step,
-            recipe_yaml=self.recipe_yaml,
-            scaler=self.scaler,
-            extra=extra,
-        )
+        """A handler asked to end the run (early stopping)."""
+        return any(handler.stop_requested for handler in self.handlers)
 
     def note_other_process_count(self, trained_on: int | None) -> None:
         """A resume on another number of processes trains on, with another global batch: say so."""
@@ -320,8 +307,9 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             restore_scaler(state, self.scaler)
-            if self.early_stopping is not None:
-                self.early_stopping.load_state_dict(state["early_stopping"])
+            for handler in self.handlers:
+                if handler.checkpoint_key:
+                    handler.load_state_dict(state[handler.checkpoint_key])
         except (RuntimeError, ValueError, KeyError) as exc:
             detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])[:300]
             raise CheckpointError(
@@ -338,6 +326,8 @@ class Trainer:
         seed_everything(schedule.seed * 1000 + epoch)
         context = EpochContext(self)
         self.objective.train()
+        for handler in self.handlers:
+            handler.epoch_started(self, epoch, context)
         sampler = self.hooks.prepare_epoch(epoch, context)
         losses: list[float] = []
         assert self.log is not None, "run() opens the metrics log"
@@ -427,24 +417,15 @@ class Trainer:
         return float(grad_norm)
 
     def end_of_epoch(self, epoch: int, step: int, losses: list[float], context: EpochContext) -> None:
-        """The epoch's row: the objective's logs, diagnostics, mean loss, validation; the collapse warning."""
-        self.objective.eval()
+        """The epoch's row: the objective's logs, the mean loss and what the handlers add; then the handlers' turn."""
         values = dict(context.logs)
-        if self.diagnostic_views is not None:
-            with autocast(self.precision, self.device):
-                values.update(self.hooks.diagnostics(self.diagnostic_views.to(self.device)))
-        self.objective.train()
         values["loss"] = reduce_mean(float(np.mean(losses)) if losses else float("nan"), self.dist, self.device)
-        if self.early_stopping is not None:
-            values.update(self.early_stopping.update(epoch, values["loss"]))
+        for handler in self.handlers:
+            values.update(handler.epoch_values(self, epoch, values))
         assert self.log is not None, "run() opens the metrics log"
         self.log.log("epoch", epoch, step, **values)
-        ratio = values.get("embedding_std_ratio")
-        if self.hooks.monitors_collapse and ratio is not None and ratio < COLLAPSE_RATIO:
-            self.say(
-                f"[yellow]warning:[/] epoch {epoch + 1}: embeddings are collapsing (per-dimension std is "
-                f"{ratio:.3f} x 1/sqrt(d)); check the learning rate, the predictor and the augmentations."
-            )
+        for handler in self.handlers:
+            handler.epoch_ended(self, epoch, step, values)
 
     def progress_bar(self) -> Progress:
         return progress_bar(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from medssl.cli import app
 from medssl.config import Recipe
 from medssl.data.arrays import open_array
-from medssl.data.cache import cache_cohort
+from medssl.data.cache import cache_cohort, check_cache_dtype, recorded_dtype
 from medssl.data.cohort import load_cohort
 from medssl.data.views import resize_transform
 from medssl.errors import CohortError
@@ -78,3 +79,83 @@ def test_data_cache_command_writes_a_cohort_with_the_given_shape(tiny_cohort, tm
     result = CliRunner().invoke(app, ["data", "cache", str(tiny_cohort), str(tmp_path / "cache"), "--shape", "8"])
     assert result.exit_code == 0, result.output
     assert load_cohort(tmp_path / "cache").stored_shape() == (8, 8, 8)
+
+
+# float16 rounds to the nearest of 11 significant bits: |x16 - x| <= 2^-11 |x| for normal x,
+# and <= 2^-25 (half the spacing of float16's subnormals) near zero.
+FLOAT16_RTOL, FLOAT16_ATOL = 2.0**-11, 2.0**-25
+
+
+def test_float16_cache_holds_the_float32_volumes_to_float16_precision_and_records_its_dtype(tiny_cohort, tmp_path):
+    source = load_cohort(tiny_cohort)
+    full = np.asarray(open_array(cache_cohort(source, tmp_path / "f32", volume_shape=[8, 10, 12]) / "volumes.npy"))
+    out = cache_cohort(source, tmp_path / "f16", volume_shape=[8, 10, 12], dtype="float16")
+    assert json.loads((out / "volumes.json").read_text())["dtype"] == "float16"
+    half = open_array(out / "volumes.npy")
+    assert half.dtype == np.float16 and half.nbytes * 2 == full.nbytes
+    assert recorded_dtype(out / "volumes.npy") == "float16"
+    assert recorded_dtype(tmp_path / "f32" / "volumes.npy") == "float32"
+    assert np.allclose(half.astype(np.float32), full, rtol=FLOAT16_RTOL, atol=FLOAT16_ATOL)
+    assert not np.array_equal(half.astype(np.float32), full)  # it did round
+    cached = load_cohort(out)
+    for row in range(len(cached)):
+        as_read = cached.subjects()[row]["image"].data  # the loader path: float32 in the worker
+        kept = cached.subjects(keep_float16=True)[row]["image"].data  # the batch path: cast on the device
+        assert as_read.dtype == torch.float32 and kept.dtype == torch.float16
+        assert torch.equal(kept.float(), as_read) and torch.equal(kept, torch.from_numpy(np.array(half[row])))
+    # a float32 array is read as float32 whatever keep_float16 says
+    assert load_cohort(tmp_path / "f32").subjects(keep_float16=True)[0]["image"].data.dtype == torch.float32
+
+
+def test_a_cache_of_another_dtype_than_the_recipe_is_refused_naming_the_file_and_both_dtypes(tiny_cohort, tmp_path):
+    from medssl.methods import method_needs
+    from medssl.train.distributed import DistributedContext
+    from medssl.train.pretraining import Notes, pretraining_data
+
+    out = cache_cohort(load_cohort(tiny_cohort), tmp_path / "cache", dtype="float16")
+    check_cache_dtype(load_cohort(out), "float16")
+    check_cache_dtype(load_cohort(tiny_cohort), "float16")  # NIfTI: no cache, nothing to compare
+    recipe = Recipe(data={"root": str(out)}, method={"name": "simclr"})  # data.cache_dtype: float32 by default
+    message = (
+        rf"^{out / 'volumes.npy'}: the cache holds float16 volumes, the recipe asks for data.cache_dtype = float32; "
+        r"set data.cache_dtype: float16, or rebuild the cache with medssl data cache --dtype float32$"
+    )
+    with pytest.raises(CohortError, match=message):
+        pretraining_data(
+            recipe, method_needs(recipe), DistributedContext(), torch.device("cpu"), Notes(None, True), None
+        )
+
+
+def test_pretrain_on_a_cache_of_another_dtype_fails_in_one_line(tiny_cohort, tmp_path, monkeypatch, capsys):
+    from medssl import cli
+
+    out = cache_cohort(load_cohort(tiny_cohort), tmp_path / "cache")
+    arguments = ["pretrain", "simclr", "--out", str(tmp_path / "run"), f"data.root={out}", "data.cache_dtype=float16"]
+    monkeypatch.setattr(sys, "argv", ["medssl", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.strip().count("\n") == 0, error
+    assert "the cache holds float32 volumes, the recipe asks for data.cache_dtype = float16" in error
+
+
+def test_float16_cache_refuses_intensities_beyond_float16_range(tiny_cohort, tmp_path):
+    out = cache_cohort(load_cohort(tiny_cohort), tmp_path / "f32")
+    volumes = np.load(out / "volumes.npy", mmap_mode="r+")
+    volumes[3] *= 1e5  # raw scanner units beyond 65,504
+    volumes.flush()
+    del volumes
+    bright = load_cohort(out).table["participant_id"][3]
+    with pytest.raises(
+        CohortError, match=rf"participant {bright}: intensities up to \S+ exceed float16's largest value"
+    ):
+        cache_cohort(load_cohort(out), tmp_path / "f16", dtype="float16")
+    assert not (tmp_path / "f16" / "participants.tsv").exists()
+
+
+def test_data_cache_command_takes_the_dtype_from_the_recipe_key(tiny_cohort, tmp_path):
+    arguments = ["data", "cache", str(tiny_cohort), str(tmp_path / "cache"), "data.cache_dtype=float16"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "float16" in result.output
+    assert open_array(tmp_path / "cache" / "volumes.npy").dtype == np.float16

@@ -19,8 +19,8 @@ from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.methods import build_method
 from medssl.pipeline import pretrain
 from medssl.train.pretraining import build_pretraining
-from medssl.train.setup import apply_embedded_budget, bf16_conv_hazards, embedded_epochs
-from medssl.train.trainer import COLLAPSE_RATIO
+from medssl.train.setup import bf16_conv_hazards, epochs_from_steps
+from medssl.train.handlers import COLLAPSE_RATIO
 
 
 def quick_recipe(name: str = "simclr", *overrides: str):
@@ -56,9 +56,9 @@ def stop_after_first_epoch(epoch: int) -> None:
 
 
 def seeded_method(recipe):
-    """The recipe's method as ``pretrain`` would build it: seeded, with the embedded budget's encoder."""
+    """The recipe's method as ``pretrain`` would build it: seeded."""
     torch.manual_seed(recipe.train.seed)
-    return build_method(apply_embedded_budget(recipe)[0])
+    return build_method(recipe)
 
 
 def method_with_loss(recipe, transform):
@@ -153,9 +153,9 @@ def test_resume_without_a_checkpoint_starts_from_scratch_and_says_so(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
-def test_resuming_an_embedded_run_reports_no_change_of_its_budgets_epochs(tmp_path):
-    # epochs from the embedded budget's steps (2 steps per epoch -> 2 epochs), not from train.epochs
-    recipe = quick_recipe("simclr", "train.embedded.epochs=null", "train.embedded.steps=3")
+def test_resuming_a_run_in_steps_reports_no_change_of_the_epochs_they_gave(tmp_path):
+    # epochs from train.steps (2 steps per epoch -> 2 epochs), not from train.epochs
+    recipe = quick_recipe("simclr", "train.steps=3")
     first = pretrain(recipe, tmp_path / "run")
     assert first.epochs_done == 2
     again = pretrain(recipe, tmp_path / "run", resume=True)
@@ -291,13 +291,13 @@ def test_embedded_cohort_run_prints_the_budget_note(tmp_path):
     )
     printed = stream.getvalue()
     assert "data.root not set: using the embedded synthetic cohort (16 subjects, 4 sites, 16^3 voxels)" in printed
-    assert "with its budget: alexnet, 1 epoch of batch 4." in printed
+    assert "with profile embedded: alexnet, 1 epoch of batch 4." in printed
     assert any("embedded synthetic cohort" in note for note in result.notes)
 
 
 def test_run_on_a_cohort_folder_has_no_budget_note_and_keeps_train_epochs(tmp_path, tiny_cohort):
     recipe = quick_recipe(
-        "simclr", f"data.root={tiny_cohort}", "train.epochs=2", "train.embedded.epochs=5", "train.max_steps_per_epoch=1"
+        "simclr", f"data.root={tiny_cohort}", "train.epochs=2", "train.max_steps_per_epoch=1"
     )
     result = pretrain(recipe, tmp_path / "run")
     assert not any("embedded" in note for note in result.notes)
@@ -356,30 +356,25 @@ def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path):
     assert not any("collapsing" in note for note in result.notes)
 
 
-def test_embedded_budget_runs_its_steps_in_whole_epochs_and_scales_the_warm_up():
-    recipe = load_recipe("vicreg", ["train.embedded.lr=0.001"])  # real data: 10 warm-up epochs of 300
-    resolved, note = apply_embedded_budget(recipe)
-    assert resolved.model.encoder == "resnet18" and resolved.model.widths == [16, 32, 64, 128]
-    assert "500 steps of batch 32" in note
-    note = embedded_epochs(resolved, recipe.train.epochs, steps_per_epoch=14)
-    assert resolved.train.epochs == 36  # ceil(500 / 14): at least the budget's steps
-    assert note == "train.embedded.steps = 500, in whole epochs: 36 epochs x 14 steps = 504 optimiser steps."
-    assert resolved.train.warmup_epochs == round(10 * 36 / 300) == 1
+def test_a_run_in_steps_runs_whole_epochs_and_scales_the_warm_up():
+    recipe = load_recipe("vicreg")  # the embedded profile: 500 steps, 10 warm-up epochs of the paper's 300
+    assert recipe.model.encoder == "resnet18" and recipe.model.widths == [16, 32, 64, 128]
+    note = epochs_from_steps(recipe, steps_per_epoch=14)
+    assert recipe.train.epochs == 36  # ceil(500 / 14): at least the steps asked for
+    assert note == "train.steps = 500, in whole epochs: 36 epochs x 14 steps = 504 optimiser steps."
+    assert recipe.train.warmup_epochs == round(10 * 36 / 300) == 1
     explicit = load_recipe("vicreg", ["train.epochs=3"])
-    resolved, _ = apply_embedded_budget(explicit)
-    assert embedded_epochs(resolved, explicit.train.epochs, steps_per_epoch=14) is None
-    assert resolved.train.epochs == 3
+    assert epochs_from_steps(explicit, steps_per_epoch=14) is None
+    assert explicit.train.epochs == 3
 
 
-def test_the_embedded_budget_runs_bf16_recipes_in_fp32_unless_the_command_line_asks():
-    recipe = load_recipe("simclr")  # real data: bf16 + channels_last_3d
-    assert (recipe.train.precision, recipe.train.channels_last) == ("bf16", True)
-    resolved, _ = apply_embedded_budget(recipe)
-    assert (resolved.train.precision, resolved.train.channels_last) == ("fp32", False)
-    resolved, _ = apply_embedded_budget(load_recipe("simclr", ["train.precision=bf16", "train.channels_last=true"]))
-    assert (resolved.train.precision, resolved.train.channels_last) == ("bf16", True)
-    kept, _ = apply_embedded_budget(load_recipe("simclr", ["train.embedded.precision=null"]))
-    assert kept.train.precision == "bf16"
+def test_the_embedded_profile_runs_bf16_recipes_in_fp32_unless_asked():
+    paper = load_recipe("simclr", ["profile=paper"])  # real data: bf16 + channels_last_3d
+    assert (paper.train.precision, paper.train.channels_last) == ("bf16", True)
+    recipe = load_recipe("simclr")
+    assert (recipe.train.precision, recipe.train.channels_last) == ("fp32", False)
+    asked = load_recipe("simclr", ["train.precision=bf16", "train.channels_last=true"])
+    assert (asked.train.precision, asked.train.channels_last) == ("bf16", True)
 
 
 def test_bf16_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_a_note(monkeypatch):
@@ -395,11 +390,11 @@ def test_bf16_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_a_note(monkey
     assert setup.safe_precision("fp32", torch.device("cpu"), network, sample) == ("fp32", None)
 
 
-def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_budget():
-    resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.encoder=alexnet"]))
-    assert resolved.model.encoder == "alexnet" and resolved.model.widths is None
-    resolved, _ = apply_embedded_budget(load_recipe("simclr", ["model.widths=[8,16,32,64]"]))
-    assert resolved.model.encoder == "resnet18" and resolved.model.widths == [8, 16, 32, 64]
+def test_an_encoder_named_on_the_command_line_wins_over_the_embedded_profile():
+    recipe = load_recipe("simclr", ["model.encoder=alexnet"])
+    assert recipe.model.encoder == "alexnet" and recipe.model.widths is None
+    recipe = load_recipe("simclr", ["model.widths=[8,16,32,64]"])
+    assert recipe.model.encoder == "resnet18" and recipe.model.widths == [8, 16, 32, 64]
 
 
 def test_the_engine_names_no_method():

@@ -12,9 +12,9 @@ from torch.utils.data import Dataset
 
 from medssl.errors import CheckpointError, TrainingError
 from medssl.train.checkpoint import load_checkpoint
-from medssl.train.finetuning import EarlyStopping
+from medssl.train.handlers import Checkpointing, EarlyStopping, TrainingFeatures
 from medssl.train.loading import EpochLoader
-from medssl.train.trainer import EpochContext, Schedule, Trainer
+from medssl.train.trainer import EpochContext, Runtime, Schedule, Trainer
 
 
 class Points(Dataset):
@@ -60,8 +60,13 @@ def line_trainer(run_dir, epochs: int = 3, transform=None, lr: float = 0.1, **op
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step)
     loader = EpochLoader(Points(), batch_size=4, seed=0)
     settings = options.pop("schedule", {})
+    every = settings.pop("checkpoint_every", 1)
+    handlers = [Checkpointing(every=every), *options.pop("handlers", [])]
+    runtime = Runtime(**options) if options else None
     schedule = Schedule(epochs=epochs, steps_per_epoch=len(loader) // settings.get("accumulate", 1), **settings)
-    return Trainer(objective, optimizer, loader, run_dir, schedule, scheduler=scheduler, **options)
+    return Trainer(
+        objective, optimizer, loader, run_dir, schedule, scheduler=scheduler, runtime=runtime, handlers=handlers
+    )
 
 
 class Stop(Exception):
@@ -174,9 +179,9 @@ def test_the_fp16_loss_scale_is_checkpointed_and_restored(tmp_path):
 
 def test_an_objective_asking_for_features_without_an_extractor_is_a_training_error(tmp_path):
     trainer = line_trainer(tmp_path / "run")
-    with pytest.raises(TrainingError, match="hand the trainer extract_features"):
+    with pytest.raises(TrainingError, match="hand the trainer a TrainingFeatures handler"):
         EpochContext(trainer).extract_features(nn.Identity())
-    trainer.feature_extractor = lambda encoder: "features"
+    trainer.handlers.append(TrainingFeatures(lambda encoder: "features"))
     assert EpochContext(trainer).extract_features(nn.Identity()) == "features"
 
 
@@ -196,28 +201,28 @@ def test_early_stopping_ends_the_run_after_patience_and_restores_the_best_epochs
 
     losses = [1.0, 0.5, 0.7, 0.6, 0.4]
     trainer = line_trainer(tmp_path / "run", epochs=5)
-    trainer.early_stopping = EarlyStopping(validation_losses(losses), trainer.objective, patience=2)
+    trainer.handlers.append(EarlyStopping(validation_losses(losses), trainer.objective, patience=2))
     result = trainer.run(on_epoch_end=on_epoch_end)
-    assert result.epochs_done == 4 and trainer.early_stopping.best_epoch == 2
+    assert result.epochs_done == 4 and trainer.handler(EarlyStopping).best_epoch == 2
     assert all(torch.equal(value, best[key]) for key, value in trainer.objective.state_dict().items())
     epochs = pd.read_csv(tmp_path / "run" / "metrics.csv").query("kind == 'epoch'")
     assert list(epochs["val_loss"]) == losses[:4] and list(epochs["best_epoch"]) == [1, 2, 2, 2]
-    assert [entry["val_loss"] for entry in trainer.early_stopping.history] == losses[:4]
+    assert [entry["val_loss"] for entry in trainer.handler(EarlyStopping).history] == losses[:4]
 
 
 def test_early_stopping_state_survives_a_resume(tmp_path):
     losses = [1.0, 0.5, 0.7, 0.6, 0.4]
     straight = line_trainer(tmp_path / "straight", epochs=5)
-    straight.early_stopping = EarlyStopping(validation_losses(losses), straight.objective, patience=2)
+    straight.handlers.append(EarlyStopping(validation_losses(losses), straight.objective, patience=2))
     straight.run()
     stopped = line_trainer(tmp_path / "stopped", epochs=5)
-    stopped.early_stopping = EarlyStopping(validation_losses(losses), stopped.objective, patience=2)
+    stopped.handlers.append(EarlyStopping(validation_losses(losses), stopped.objective, patience=2))
     with pytest.raises(Stop):
         stopped.run(on_epoch_end=stop_after_epoch(2))
     resumed = line_trainer(tmp_path / "stopped", epochs=5)
-    resumed.early_stopping = EarlyStopping(validation_losses(losses[3:]), resumed.objective, patience=2)
+    resumed.handlers.append(EarlyStopping(validation_losses(losses[3:]), resumed.objective, patience=2))
     resumed.run(load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt"))
-    assert resumed.early_stopping.history == straight.early_stopping.history
+    assert resumed.handler(EarlyStopping).history == straight.handler(EarlyStopping).history
     assert torch.equal(resumed.objective.line.weight, straight.objective.line.weight)
 
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from medssl import cli
+from medssl.cli.common import choose_run_dir
 from medssl.config import field_docs, list_recipe_names, load_recipe
 
 runner = CliRunner()
@@ -163,10 +164,10 @@ def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
         (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
         (tmp_path / "runs" / name / "checkpoints" / "last.pt").touch()
     (tmp_path / "runs" / "simclr-20250105-120000").mkdir()  # no checkpoint: not resumable
-    assert cli._run_dir("simclr", None, resume=True).name == "simclr-20250102-120000"
-    assert cli._run_dir("simclr-smoke", None, resume=True).name == "simclr-smoke-20250103-120000"
-    assert cli._run_dir("byol", None, resume=True).name.startswith("byol-2")
-    assert cli._run_dir("simclr", tmp_path / "mine", resume=True) == tmp_path / "mine"
+    assert choose_run_dir("simclr", None, resume=True).name == "simclr-20250102-120000"
+    assert choose_run_dir("simclr-smoke", None, resume=True).name == "simclr-smoke-20250103-120000"
+    assert choose_run_dir("byol", None, resume=True).name.startswith("byol-2")
+    assert choose_run_dir("simclr", tmp_path / "mine", resume=True) == tmp_path / "mine"
 
 
 @pytest.mark.parametrize(

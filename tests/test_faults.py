@@ -729,7 +729,7 @@ def test_output_without_reader_drops_output_once_and_says_so(tmp_path):
 
 def test_devices_with_a_one_process_method_is_refused_before_anything_is_launched(tmp_path, monkeypatch, capsys):
     launched = []
-    monkeypatch.setattr(cli, "_launch_torchrun", launched.append)
+    monkeypatch.setattr(cli.pretrain, "_launch_torchrun", launched.append)  # the module of medssl pretrain
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     code, error = run_main(
         monkeypatch, capsys, "pretrain", "deepcluster", "--smoke", "--devices", "2", "--out", tmp_path / "r"

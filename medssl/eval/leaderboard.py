@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -368,7 +369,7 @@ def _metrics_row(entry: dict) -> dict:
     """The leaderboard metrics of one representation of ``metrics.json`` (NaN where null or absent)."""
     values = {}
     for column in leaderboard_columns():
-        value = entry
+        value: Any = entry
         for key in column.path:
             value = value.get(key) if isinstance(value, dict) else None
         values[column.key] = float("nan") if value is None else float(value)

@@ -563,8 +563,9 @@ def knn_protocol(
     challenge replaced by neighbours, every other step the same.
 
     Returns:
-        the keys of :func:`score_predictions`, plus ``k``, ``temperature``, ``n_train`` and
-        ``predictions`` (as :func:`challenge_protocol`'s).
+        the keys of :func:`score_predictions`, plus ``k``, ``temperature``, ``n_neighbors`` (k,
+        or the number of training rows when fewer), ``n_train`` and ``predictions`` (as
+        :func:`challenge_protocol`'s).
     """
     features = check_features(features, table)
     table = table.reset_index(drop=True)
@@ -578,4 +579,11 @@ def knn_protocol(
         scores, predictions = _scored_test_predictions(
             features, table, (age_probe, site_probe), n_train_sites, "kNN probe", **columns
         )
-    return {**scores, "k": k, "temperature": temperature, "n_train": int(train.sum()), "predictions": predictions}
+    return {
+        **scores,
+        "k": k,
+        "temperature": temperature,
+        "n_neighbors": age_probe.n_neighbors_,
+        "n_train": int(train.sum()),
+        "predictions": predictions,
+    }

@@ -13,8 +13,9 @@ protocol is adding an entry.
 A protocol reports in one of two ways:
 
 - ``"scores"``: one number per metric, from probes fitted on the ``train`` rows and scored on
-  the test splits (the OpenBHB challenge protocol, the kNN probe); a dict, or an
-  :class:`~medssl.eval.score.EvaluationError` when it cannot run. The report lists these first.
+  the test splits (the OpenBHB challenge protocol, the kNN probe); a dict (its ``notes``, if
+  any, go to the report's notes), or an :class:`~medssl.eval.score.EvaluationError` when it
+  cannot run. The report lists these first.
 - ``"folds"``: mean and sd over folds per target and metric, the long table of
   :func:`medssl.eval.probes.cross_validate_probes` (the CV protocols, the challenge kit's folds).
 
@@ -215,7 +216,13 @@ def _run_challenge(features: np.ndarray, setup: Setup, transform: Transform | No
 
 def _run_knn(features: np.ndarray, setup: Setup, transform: Transform | None) -> dict:
     matrix = features if transform is None else transform(_train_rows(setup.table))
-    return knn_protocol(matrix, setup.table)
+    scores = knn_protocol(matrix, setup.table)
+    if scores["n_neighbors"] < scores["k"]:
+        scores["notes"] = [
+            f"knn: k = {scores['k']} cut to the {scores['n_neighbors']} training rows: every training row is a "
+            "neighbour, the age predicted is a weighted mean of all training ages"
+        ]
+    return scores
 
 
 def _always(setup: Setup) -> tuple[bool, list[str]]:
@@ -399,6 +406,8 @@ def run_protocol(
     except EvaluationError as error:
         return None, [f"{protocol.name}: {error}, protocol skipped"]
     notes = [f"{protocol.name}: {warning.message}" for warning in caught if warning.category is UnseenSiteWarning]
+    if isinstance(scores, dict):
+        notes.extend(scores.pop("notes", []))
     return scores, notes
 
 

@@ -82,7 +82,7 @@ from medssl.models import Encoder
 from medssl.models.features import extract_features
 from medssl.models.weights import input_note
 from medssl.train.checkpoint import resumable_checkpoint, resume_differences
-from medssl.train.setup import apply_embedded_budget, check_input_size, open_cohort, resolve_device, safe_precision
+from medssl.train.setup import check_input_size, open_cohort, resolve_device, safe_precision
 
 # Settings a resumed fine-tuning may change: how far to go, how many seeds, how to read the data.
 FINETUNE_RESUMABLE = (
@@ -92,11 +92,13 @@ FINETUNE_RESUMABLE = (
     "eval.",
     "method.",
     "train.epochs",
-    "train.embedded.",
+    "train.steps",
+    "train.embedded.",  # medssl before profiles: its budget's values are compared one by one
     "train.checkpoint_every",
     "finetune.epochs",
     "finetune.embedded.epochs",
     "finetune.seeds",
+    "profile",
 )
 
 
@@ -111,7 +113,8 @@ class FineTuner(SeedTraining, ResultWriting):
         )
         if self.encoder_source is not None and self.encoder_source.is_dir():  # one name for one encoder
             self.encoder_source = self.encoder_source / "encoder.pt"
-        self.recipe = self.resolve_budget(recipe)  # the embedded budget may set the encoder
+        self.recipe = recipe
+        self.say_cohort()
         # checked next: a wrong encoder should fail before any cohort is generated or read
         self.pretrained: Encoder | None = None
         if self.encoder_source is not None:
@@ -131,20 +134,17 @@ class FineTuner(SeedTraining, ResultWriting):
         # What a seed's checkpoint must agree with to be resumed: the recipe and the encoder trained.
         self.settings_yaml = dump_recipe(self.recipe) + yaml.safe_dump({"encoder": str(self.encoder_source or "none")})
 
-    def resolve_budget(self, recipe: Recipe) -> Recipe:
-        resolved, note = apply_embedded_budget(recipe)
-        if note is None:
-            return resolved
-        budget = resolved.finetune.embedded
-        resolved.finetune.epochs = budget.epochs
-        resolved.finetune.batch_size = budget.batch_size
-        synthetic = resolved.data.synthetic
+    def say_cohort(self) -> None:
+        """What a fine-tuning without ``data.root`` runs on: the embedded cohort, with the profile's budget."""
+        recipe = self.recipe
+        if not recipe.uses_embedded_cohort:
+            return
+        synthetic, config = recipe.data.synthetic, recipe.finetune
         self.say(
             f"data.root not set: using the embedded synthetic cohort ({synthetic.subjects} subjects, {synthetic.sites} sites, "
             f"{synthetic.external_sites} external, {synthetic.shape}^3 voxels{', with diagnosis' if synthetic.diagnosis else ''}) "
-            f"with a small budget ({budget.epochs} epoch{'s' if budget.epochs != 1 else ''}, batch {budget.batch_size})."
+            f"with profile {recipe.profile} ({config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch {config.batch_size})."
         )
-        return resolved
 
     # -------------------------------------------------------------- all seeds
     def resumable_seeds(self, out_dir: Path) -> dict[int, dict]:

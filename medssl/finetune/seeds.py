@@ -26,7 +26,6 @@ from medssl.finetune.splits import Parts, count_subjects, split_cohort
 from medssl.finetune.state import TunerState
 from medssl.methods import build_encoder_for
 from medssl.train.finetuning import (
-    EarlyStopping,
     FinetuneModel,
     HeadObjective,
     LabelledInputs,
@@ -36,9 +35,10 @@ from medssl.train.finetuning import (
     predict,
     validation_loss,
 )
+from medssl.train.handlers import Checkpointing, EarlyStopping
 from medssl.train.loading import EpochLoader
 from medssl.train.setup import check_input_size, seed_everything
-from medssl.train.trainer import Schedule, Trainer
+from medssl.train.trainer import Runtime, Schedule, Trainer
 
 SEEDS_FOLDER = "seeds"  # <out>/seeds/seed<k>/: metrics.csv, tensorboard/, checkpoints/, result.json
 SEED_RESULT = "result.json"  # a finished seed's run, predictions and history, read back on --resume
@@ -150,18 +150,15 @@ class SeedTraining(TunerState):
             lr_key="finetune.lr",
             label=f"seed {run.seed}, ",
         )
+        checkpointing = Checkpointing(self.settings_yaml, name=f"{self.recipe.model.encoder} fine-tuning")
         return Trainer(
             HeadObjective(run.network, loss),
             finetune_optimizer(run.model, self.recipe, self.mode),
             loader,
             seed_dir,
             schedule,
-            device=self.device,
-            precision=self.precision,
-            console=self.console,
-            recipe_yaml=self.settings_yaml,
-            early_stopping=stopping,
-            name=f"{self.recipe.model.encoder} fine-tuning",
+            runtime=Runtime(device=self.device, precision=self.precision, console=self.console),
+            handlers=[checkpointing, stopping],
         )
 
     def run_seed(
@@ -175,7 +172,8 @@ class SeedTraining(TunerState):
         run = self.prepare_seed(seed)
         trainer = self.seed_trainer(run, seed_dir)
         result = trainer.run(resume_from, on_epoch_end)
-        stopping = trainer.early_stopping
+        stopping = trainer.handler(EarlyStopping)
+        assert stopping is not None, "seed_trainer hands the trainer early stopping"
         summary = {
             "seed": seed,
             "best_epoch": stopping.best_epoch,

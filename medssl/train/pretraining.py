@@ -16,7 +16,7 @@ its schedule) and checks a resume before anything in the run folder is touched;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -220,10 +220,9 @@ def build_pretraining(
     resume: bool = False,
     console: Console | None = None,
     method: Method | None = None,
-    handlers: Sequence[Handler] = (),
 ) -> Pretraining:
     """Every part of a pre-training run from ``recipe``; ``method`` replaces the recipe's (seeded
-    and built by the caller); ``handlers`` join the trainer's own (an online probe). With ``resume``, the run folder's checkpoint is checked against
+    and built by the caller). With ``resume``, the run folder's checkpoint is checked against
     the recipe first: a refused resume leaves the folder as it was."""
     recipe = recipe.model_copy(deep=True)  # the steps set its epochs below
     device = resolve_device(recipe.train.device)
@@ -255,7 +254,7 @@ def build_pretraining(
     memory_format = torch.channels_last_3d if recipe.train.channels_last else torch.contiguous_format
     sample = data.dataset[0]["views"][:1].to(device, torch.float32, memory_format=memory_format)
     method, precision = prepared_method(recipe, method, sample, device, notes, data.bias_classes)
-    trainer = pretraining_trainer(recipe, run_dir, method, data, precision, device, dist, console, notes, handlers)
+    trainer = pretraining_trainer(recipe, run_dir, method, data, precision, device, dist, console, notes)
     return Pretraining(trainer, method, recipe, data, resume_from)
 
 
@@ -269,7 +268,6 @@ def pretraining_trainer(
     dist: DistributedContext,
     console: Console | None,
     notes: Notes,
-    extra_handlers: Sequence[Handler] = (),
 ) -> Trainer:
     model: torch.nn.Module = method
     if dist.enabled:
@@ -316,7 +314,7 @@ def pretraining_trainer(
         schedule,
         scheduler=make_scheduler(optimizer, recipe, data.steps_per_epoch),
         runtime=runtime,
-        handlers=[*handlers, *extra_handlers],
+        handlers=handlers,
     )
 
 

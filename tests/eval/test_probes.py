@@ -1,11 +1,24 @@
+import math
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_predict
 
 from medssl.eval import challenge_protocol, cross_validate_probes, score_predictions, site_stratified_folds
-from medssl.eval.probes import CHALLENGE_ALPHAS, CHALLENGE_CS, MAX_FEATURES, check_features, out_of_fold_predictions
+from medssl.eval.probes import (
+    CHALLENGE_ALPHAS,
+    CHALLENGE_CS,
+    KNN_K,
+    KNN_TEMPERATURE,
+    MAX_FEATURES,
+    KNNProbe,
+    check_features,
+    knn_protocol,
+    out_of_fold_predictions,
+)
 from medssl.eval.score import EvaluationError
 
 
@@ -230,3 +243,121 @@ def test_leave_site_out_probes_choose_regularisation_on_whole_sites():
     folds = site_stratified_folds(table, n_folds=5)
     grouped = cross_validate_probes(age_features(table), table, targets=("age",), folds=folds, group_inner_by="site")
     assert grouped.query("metric == 'mae'")["mean"].item() < 3.0
+
+
+# ----------------------------------------------------------------------------- the kNN probe
+def knn_by_hand(train, targets, test, k=20, temperature=0.07, vote=False):
+    """The kNN probe's formula, one test row and one neighbour at a time: cosine similarity of
+    the L2-normalised rows, the k most similar training rows, weights exp(s / T); the weighted
+    vote (and each class's share of the weights) or the weighted mean of the targets."""
+    train, test = np.asarray(train, dtype=float).tolist(), np.asarray(test, dtype=float).tolist()
+
+    def unit(row):
+        norm = math.sqrt(sum(value * value for value in row))
+        return [value / norm for value in row]
+
+    predictions, shares = [], []
+    for row in test:
+        query = unit(row)
+        similarities = [sum(a * b for a, b in zip(query, unit(other))) for other in train]
+        nearest = sorted(range(len(train)), key=lambda index: -similarities[index])[: min(k, len(train))]
+        weights = {index: math.exp(similarities[index] / temperature) for index in nearest}
+        if vote:
+            totals: dict = {}
+            for index, weight in weights.items():
+                totals[targets[index]] = totals.get(targets[index], 0.0) + weight
+            predictions.append(max(totals, key=totals.get))
+            shares.append({label: total / sum(totals.values()) for label, total in totals.items()})
+        else:
+            predictions.append(
+                sum(weight * targets[index] for index, weight in weights.items()) / sum(weights.values())
+            )
+    return (np.array(predictions), shares) if vote else np.array(predictions)
+
+
+def test_the_knn_probe_has_solo_learns_defaults():
+    probe = KNNProbe()
+    assert (KNN_K, KNN_TEMPERATURE) == (20, 0.07)
+    assert probe.get_params() == {"k": 20, "temperature": 0.07, "regression": None}
+    assert clone(KNNProbe(k=5, temperature=0.1)).get_params()["k"] == 5
+
+
+@pytest.mark.parametrize("k, temperature", [(20, 0.07), (5, 0.5), (1, 0.07), (200, 1.0)])
+def test_knn_regression_is_the_similarity_weighted_mean_of_the_formula(k, temperature):
+    rng = np.random.default_rng(k)
+    train, test = rng.normal(size=(60, 6)), rng.normal(size=(15, 6))
+    ages = rng.uniform(20, 80, 60)
+    probe = KNNProbe(k=k, temperature=temperature, regression=True).fit(train, ages)
+    np.testing.assert_allclose(probe.predict(test), knn_by_hand(train, ages, test, k, temperature), rtol=1e-10)
+    assert probe.n_neighbors_ == min(k, 60)  # k cut to the training rows, as solo-learn does
+
+
+@pytest.mark.parametrize("k, temperature", [(20, 0.07), (7, 0.3)])
+def test_knn_classification_is_the_weighted_vote_of_the_formula(k, temperature):
+    rng = np.random.default_rng(k)
+    train, test = rng.normal(size=(80, 5)), rng.normal(size=(25, 5))
+    sites = rng.choice(["A", "B", "C"], 80)
+    probe = KNNProbe(k=k, temperature=temperature).fit(train, sites)
+    expected, shares = knn_by_hand(train, sites, test, k, temperature, vote=True)
+    assert list(probe.predict(test)) == list(expected)
+    probabilities = probe.predict_proba(test)
+    for row, share in zip(probabilities, shares):
+        np.testing.assert_allclose(row, [share.get(label, 0.0) for label in probe.classes_], rtol=1e-10)
+
+
+def test_knn_probe_known_answers():
+    # two training rows along the axes, the test row on the first: similarities 1 and 0
+    train, ages = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([10.0, 20.0])
+    probe = KNNProbe(k=2, temperature=1.0, regression=True).fit(train, ages)
+    expected = (10 * math.e + 20) / (math.e + 1)  # weights e^1 and e^0
+    assert probe.predict([[3.0, 0.0]])[0] == pytest.approx(expected)  # 12.689...: the length does not count
+    assert KNNProbe(k=1, regression=True).fit(train, ages).predict([[2.0, 0.1]])[0] == 10.0
+    # one neighbour of class b at similarity 1, three of class a at similarity 0.5:
+    # at T = 0.07 e^(1/T) outweighs 3 e^(0.5/T); at T = 10, 3 e^0.05 outweighs e^0.1
+    half = [0.5, math.sqrt(0.75)]
+    votes = np.array([[1.0, 0.0], half, half, half])
+    labels = np.array(["b", "a", "a", "a"])
+    assert KNNProbe(k=4).fit(votes, labels).predict([[1.0, 0.0]])[0] == "b"
+    assert KNNProbe(k=4, temperature=10.0).fit(votes, labels).predict([[1.0, 0.0]])[0] == "a"
+
+
+def test_knn_probe_composes_with_the_cv_splitters_and_decides_its_task_from_the_target():
+    table = cohort()
+    folds = site_stratified_folds(table, n_folds=5)
+    features = site_features(table)
+    predicted = cross_val_predict(KNNProbe(), features, table["site"].to_numpy(), cv=folds)
+    assert np.mean(predicted == table["site"].to_numpy()) > 0.95  # every site its own direction
+    ages = cross_val_predict(KNNProbe(), features, table["age"].to_numpy(), cv=folds)
+    assert np.issubdtype(ages.dtype, np.floating) and not np.isin(ages, table["age"]).all()  # a weighted mean
+    search = GridSearchCV(KNNProbe(regression=True), {"k": [1, 10]}, cv=folds, scoring="neg_mean_absolute_error")
+    assert search.fit(features, table["age"]).best_params_["k"] in (1, 10)
+
+
+def test_knn_probe_refuses_a_bad_k_or_temperature_and_probabilities_of_a_regression():
+    features, ages = np.eye(3), np.array([20.5, 30.5, 40.5])
+    for settings in ({"k": 0}, {"k": 2.5}, {"temperature": 0.0}):
+        with pytest.raises(EvaluationError, match="kNN probe"):
+            KNNProbe(**settings).fit(features, ages)
+    with pytest.raises(EvaluationError, match="categorical target"):
+        KNNProbe().fit(features, ages).predict_proba(features)
+
+
+def test_knn_protocol_scores_the_challenge_splits_like_the_challenge_protocol():
+    table = cohort()
+    features = np.hstack([age_features(table), site_features(table)])
+    results = knn_protocol(features, table)
+    assert (results["k"], results["temperature"], results["n_train"]) == (
+        20,
+        0.07,
+        int((table["split"] == "train").sum()),
+    )
+    assert results["bacc_site"] > 0.9  # the site directions dominate the cosine
+    rescored = score_predictions(results["predictions"])
+    for key, value in rescored.items():
+        assert results[key] == pytest.approx(value, nan_ok=True)
+    train = (table["split"] == "train").to_numpy()
+    tested = ~train
+    by_hand = knn_by_hand(features[train], table["age"].to_numpy()[train], features[tested])
+    np.testing.assert_allclose(results["predictions"]["age_pred"][tested], by_hand, rtol=1e-10)
+    with pytest.raises(EvaluationError, match="missing column 'split'"):
+        knn_protocol(features, table.drop(columns="split"))

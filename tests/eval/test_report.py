@@ -89,7 +89,7 @@ def test_metrics_csv_is_long_format_and_matches_the_json(report):
     long = pd.read_csv(out_dir / "metrics.csv")
     assert list(long.columns) == ["representation", "protocol", "target", "metric", "mean", "std"]
     assert set(long["representation"]) == {"pretrained", "combat", "baseline"}  # 3 sites: ComBat's row too
-    assert set(long["protocol"]) == {"challenge", "site_stratified", "leave_site_out"}
+    assert set(long["protocol"]) == {"challenge", "knn", "site_stratified", "leave_site_out"}
     row = long.query("representation == 'baseline' and protocol == 'leave_site_out' and metric == 'mae'")
     assert row["mean"].item() == pytest.approx(results["baseline"]["leave_site_out"]["age"]["mae"]["mean"])
     score = long.query("representation == 'pretrained' and metric == 'challenge_score'")

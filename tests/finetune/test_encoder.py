@@ -79,7 +79,7 @@ def test_smoke_fine_tuning_takes_the_cubic_shape_its_encoder_was_pre_trained_on(
 
     pretraining = smoke_recipe(load_recipe("simclr"))  # 16^3
     (tmp_path / "recipe.yaml").write_text(dump_recipe(pretraining))
-    smoke = smoke_recipe(load_recipe("finetune_diagnosis"))  # DenseNet121: 32^3
+    smoke = smoke_recipe(load_recipe("finetune_diagnosis", ["profile=paper"]))  # DenseNet121: 32^3
     assert smoke.data.synthetic.shape == 32 and pretraining_differences(tmp_path, smoke) != []
     aligned = smoke_at_pretraining_shape(smoke, tmp_path / "encoder.pt")
     assert aligned.data.synthetic.shape == 16 and pretraining_differences(tmp_path, aligned) == []

@@ -48,7 +48,7 @@ def test_regression_end_to_end_reports_mae(tmp_path, tiny_cohort):
 
 def test_smoke_recipe_shrinks_fine_tuning():
     smoke = smoke_recipe(load_recipe("finetune_diagnosis"))
-    assert smoke.finetune.max_steps_per_epoch == 2 and smoke.finetune.embedded.epochs == 1
+    assert smoke.finetune.max_steps_per_epoch == 2 and smoke.finetune.epochs == 1
     assert len(smoke.finetune.seeds) <= 2 and smoke.data.synthetic.subjects <= 16
     assert smoke.data.synthetic.diagnosis
 
@@ -95,7 +95,7 @@ def test_cli_smoke_keeps_the_command_line_overrides(tmp_path):
             "finetune",
             "finetune_diagnosis",
             "model.encoder=resnet18",
-            "finetune.embedded.epochs=2",
+            "finetune.epochs=2",
             "--encoder",
             "none",
             "--smoke",
@@ -124,7 +124,8 @@ def test_a_train_size_above_the_training_split_says_that_all_subjects_are_used(t
     [
         ("method.sigma=3", "fine-tuning reads no method.* key"),
         ("train.epochs=2", "does not read train.epochs; use finetune.epochs"),
-        ("train.embedded.batch_size=8", "use finetune.embedded.*"),
+        ("train.embedded.batch_size=8", "use profiles.embedded.finetune.*"),
+        ("train.steps=8", "use finetune.epochs"),
         ("train.scheduler=cosine", "does not read train.scheduler"),
     ],
 )

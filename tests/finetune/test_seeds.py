@@ -17,7 +17,6 @@ from medssl.finetune.splits import split_cohort
 from medssl.finetune.target import resolve_target
 from medssl.models import build_encoder
 from medssl.train.finetuning import (
-    EarlyStopping,
     FinetuneModel,
     HeadObjective,
     LabelledInputs,
@@ -27,6 +26,7 @@ from medssl.train.finetuning import (
     validation_loss,
 )
 from medssl.train.loading import EpochLoader
+from medssl.train.handlers import Checkpointing, EarlyStopping
 from medssl.train.trainer import Schedule, Trainer
 
 from .helpers import tiny_recipe
@@ -46,7 +46,7 @@ def head_trainer(
         loader,
         run_dir,
         Schedule(epochs=epochs, steps_per_epoch=steps or len(loader)),
-        early_stopping=stopping,
+        handlers=[Checkpointing(), stopping],
     )
 
 
@@ -92,7 +92,7 @@ def test_linear_probe_leaves_every_encoder_weight_and_statistic_unchanged(tiny_c
     assert changed(model, before) == []  # BatchNorm running statistics included
     assert not torch.equal(model.head.weight, head_before)
     assert [group["name"] for group in optimizer.param_groups] == ["head"]
-    assert result.epochs_done == 1 and trainer.early_stopping.best_epoch == 1
+    assert result.epochs_done == 1 and trainer.handler(EarlyStopping).best_epoch == 1
     steps = pd.read_csv(tmp_path / "linear" / "metrics.csv").query("kind == 'step'")
     assert len(steps) == 2 and steps["grad_norm"].map(math.isfinite).all()  # the trainer's step: norm measured, logged
 
@@ -145,7 +145,7 @@ def test_early_stopping_keeps_the_epoch_of_lowest_validation_loss(tmp_path):
         optimizer=optimizer,
     )
     result = trainer.run()
-    stopping = trainer.early_stopping
+    stopping = trainer.handler(EarlyStopping)
     losses = [entry["val_loss"] for entry in stopping.history]
     assert stopping.best_epoch == int(np.argmin(losses)) + 1
     assert result.epochs_done == min(6, stopping.best_epoch + 2)

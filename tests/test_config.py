@@ -24,6 +24,7 @@ from medssl.config import (
     list_recipe_names,
     load_recipe,
     read_yaml,
+    rename_method_keys,
     shipped_recipes,
     smoke_recipe,
     trim_flat_method_section,
@@ -325,7 +326,7 @@ def test_a_key_the_method_does_not_have_is_refused_naming_it_and_the_method_keys
     with pytest.raises(
         RecipeError,
         match=r"recipe.yaml: unknown keys 'method.sigma', 'method.kernel' for method 'dino' "
-        r"\(its keys: name, temperature, teacher_temperature, ",
+        r"\(its keys: name, student_temperature, teacher_temperature, ",
     ):
         load_recipe(path)
 
@@ -417,8 +418,9 @@ def test_smoke_recipe_names_no_method_and_lets_each_method_shrink_itself():
     assert [name for name in METHOD_NAMES if f'"{name}"' in source or f"'{name}'" in source] == []
     assert "method.name" not in source
     dino, deepcluster = smoke_recipe(load_recipe("dino")).method, smoke_recipe(load_recipe("deepcluster")).method
-    assert (dino.out_dim, dino.local_crops) == (64, 2) and (deepcluster.clusters, deepcluster.pca_dim) == (3, 8)
-    assert smoke_recipe(load_recipe("dino", ["method.local_crops=0"])).method.local_crops == 0  # shrunk, never grown
+    assert (dino.out_dim, dino.n_local_crops) == (64, 2) and (deepcluster.clusters, deepcluster.pca_dim) == (3, 8)
+    # shrunk, never grown
+    assert smoke_recipe(load_recipe("dino", ["method.n_local_crops=0"])).method.n_local_crops == 0
     assert smoke_recipe(load_recipe("threshold_age")).method == load_recipe("threshold_age").method
 
 
@@ -463,7 +465,24 @@ def test_a_run_recipe_with_the_former_flat_method_section_still_loads(tmp_path):
     }
     assert trim_flat_method_section({"method": older}) == {"method": {"name": "simclr", "temperature": 0.2}}
     dino = trim_flat_method_section({"method": {**FLAT_SIMCLR_SECTION, "name": "dino", "out_dim": 64}})["method"]
-    assert set(dino) == set(DINOConfig.model_fields) and dino["out_dim"] == 64 and dino["temperature"] == 0.2
+    # DINO's keys under the names of that version (temperature, local_crops), which loading renames
+    assert set(rename_method_keys(dino)[0]) == set(DINOConfig.model_fields)
+    assert dino["out_dim"] == 64 and dino["temperature"] == 0.2
+
+
+@pytest.mark.parametrize(
+    "name, flat, current",
+    [
+        ("dino", {"temperature": 0.2, "local_crops": 3}, {"student_temperature": 0.2, "n_local_crops": 3}),
+        ("vicreg", {"vicreg_form": "paper_sum"}, {"form": "paper_sum"}),
+    ],
+)
+def test_a_run_folder_with_the_flat_method_section_under_the_old_key_names_still_loads(tmp_path, name, flat, current):
+    raw = yaml.safe_load(dump_recipe(load_recipe(name)))
+    path = write(tmp_path, yaml.safe_dump({**raw, "method": {**FLAT_SIMCLR_SECTION, "name": name, **flat}}))
+    recipe = load_recipe(path)
+    assert recipe == load_recipe(name, [f"method.{key}={value}" for key, value in current.items()])
+    assert recipe.notes == [f"method.{old} is now method.{new}: read as that" for old, new in zip(flat, current)]
 
 
 def test_a_hand_written_method_section_with_foreign_keys_is_still_refused(tmp_path):
@@ -543,3 +562,68 @@ def test_yaml_merge_keys_may_still_be_overridden_in_place(tmp_path):
     text = "train:\n  <<: {epochs: 3, lr: 0.1}\n  epochs: 5\n"
     recipe = load_recipe(write(tmp_path, text))
     assert (recipe.train.epochs, recipe.train.lr) == (5, 0.1)
+
+
+# ----------------------------------------------------------------------------- renamed method keys
+# (method, old name, new name, a value other than the default): a method's key has the name of the
+# constructor keyword that receives it; recipes written before the rename still load.
+RENAMED = [
+    ("dino", "local_crops", "n_local_crops", 2),
+    ("dino", "temperature", "student_temperature", 0.2),
+    ("vicreg", "vicreg_form", "form", "paper_sum"),
+]
+
+
+@pytest.mark.parametrize("method, old, new, value", RENAMED)
+def test_a_renamed_method_key_validates_under_its_new_name_without_a_note(tmp_path, method, old, new, value):
+    recipe = load_recipe(write(tmp_path, yaml.safe_dump({"method": {"name": method, new: value}})))
+    assert getattr(recipe.method, new) == value and recipe.notes == []
+    assert old not in type(recipe.method).model_fields
+
+
+@pytest.mark.parametrize("method, old, new, value", RENAMED)
+def test_a_renamed_method_key_still_loads_under_its_old_name_with_a_note(tmp_path, method, old, new, value):
+    recipe = load_recipe(write(tmp_path, yaml.safe_dump({"method": {"name": method, old: value}})))
+    assert getattr(recipe.method, new) == value
+    assert recipe.notes == [f"method.{old} is now method.{new}: read as that"]
+    assert Recipe(method={"name": method, old: value}) == Recipe(method={"name": method, new: value})
+    # the resolved recipe.yaml writes the new name, and says the value came from the recipe
+    assert f"  {new}: {yaml.safe_dump(value).splitlines()[0]}  # recipe" in dump_recipe(recipe)
+
+
+def test_a_method_key_given_under_its_old_and_its_new_name_is_refused_naming_both(tmp_path):
+    path = write(tmp_path, "method: {name: dino, local_crops: 2, n_local_crops: 3}\n")
+    with pytest.raises(
+        RecipeError, match=r"method\.local_crops and method\.n_local_crops .*write method\.n_local_crops"
+    ):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=r"overrides 'method.local_crops=2' and 'method.n_local_crops=3' set one key"):
+        load_recipe(
+            write(tmp_path, "name: demo\n"), ["method.name=dino", "method.local_crops=2", "method.n_local_crops=3"]
+        )
+
+
+def test_an_old_method_key_on_the_command_line_is_read_under_its_new_name(tmp_path):
+    recipe = load_recipe("dino", ["method.local_crops=2"])  # over the recipe's n_local_crops: the command line wins
+    assert recipe.method.n_local_crops == 2
+    assert recipe.notes == ["method.local_crops is now method.n_local_crops: read as that"]
+    assert "  n_local_crops: 2  # command line" in dump_recipe(recipe)
+    # and a new name on the command line over a recipe written with the old one
+    old = write(tmp_path, "method: {name: dino, local_crops: 4, temperature: 0.2}\n")
+    recipe = load_recipe(old, ["method.n_local_crops=1"])
+    assert (recipe.method.n_local_crops, recipe.method.student_temperature) == (1, 0.2)
+    assert recipe.notes == ["method.temperature is now method.student_temperature: read as that"]
+    # simclr's temperature is its own: only DINO's was renamed
+    assert load_recipe("simclr", ["method.temperature=0.3"]).notes == []
+
+
+def test_an_old_method_key_in_a_profile_is_read_under_its_new_name(tmp_path):
+    text = "method: {name: dino}\nprofiles:\n  paper:\n    method: {local_crops: 6}\n"
+    recipe = load_recipe(write(tmp_path, text), ["data.root=/data/openbhb"])
+    assert recipe.method.n_local_crops == 6 and recipe.profiles["paper"] == {"method": {"n_local_crops": 6}}
+    assert recipe.notes == [
+        "profiles.paper.method.local_crops is now profiles.paper.method.n_local_crops: read as that"
+    ]
+    assert load_recipe(write(tmp_path, text)).method.n_local_crops == 4  # the embedded profile sets none
+    named = "profiles:\n  paper:\n    method: {name: vicreg, vicreg_form: paper_sum}\n"
+    assert load_recipe(write(tmp_path, named), ["data.root=/data/openbhb"]).method.form == "paper_sum"

@@ -46,6 +46,7 @@ from medssl.config.methods import (
     METHOD_NAME_FIELD,
     METHOD_NAMES,
     METHOD_SECTIONS,
+    RENAMED_METHOD_KEYS,
     AdversarialDebias,
     BarlowTwinsConfig,
     BYOLConfig,
@@ -77,6 +78,8 @@ from medssl.config.methods import (
     ThresholdConfig,
     VICRegConfig,
     YAwareConfig,
+    rename_method_keys,
+    renamed_keys,
     trim_flat_method_section,
 )
 from medssl.config.recipe import (
@@ -90,6 +93,7 @@ from medssl.config.recipe import (
     field_docs,
     merge_layers,
     move_legacy_budget,
+    move_legacy_method_keys,
     profile_layer,
     yaml_value,
 )
@@ -184,6 +188,9 @@ __all__ = [
     "FLAT_METHOD_SECTION_MARKERS",
     "FLAT_METHOD_SECTION_KEYS",
     "trim_flat_method_section",
+    "RENAMED_METHOD_KEYS",
+    "renamed_keys",
+    "rename_method_keys",
     "Recipe",
     "EMBEDDED_PROFILE",
     "BUILTIN_PROFILES",
@@ -193,6 +200,7 @@ __all__ = [
     "profile_layer",
     "merge_layers",
     "move_legacy_budget",
+    "move_legacy_method_keys",
     "check_profile_keys",
     "field_docs",
     "yaml_value",

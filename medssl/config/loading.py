@@ -4,6 +4,7 @@ who wrote it, the resolved ``recipe.yaml`` of a run, the shipped recipes and ``-
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,19 @@ from medssl.config.methods import (
     METHOD_NAMES,
     METHOD_SECTIONS,
     EmbeddingSection,
+    method_name_of,
+    other_name,
+    renamed_keys,
     trim_flat_method_section,
 )
-from medssl.config.recipe import LINKED_KEYS, Recipe, field_docs, move_legacy_budget, profile_layer
+from medssl.config.recipe import (
+    LINKED_KEYS,
+    Recipe,
+    field_docs,
+    move_legacy_budget,
+    move_legacy_method_keys,
+    profile_layer,
+)
 from medssl.config.sections import SyntheticCohortConfig
 from medssl.errors import RecipeError
 
@@ -217,7 +228,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
     The command line is the top layer of a recipe (see :data:`LINKED_KEYS`): ``model.encoder=alexnet``
     means that encoder at its own widths, ``train.epochs=2`` two epochs rather than the profile's steps,
-    exactly as the same keys written in the recipe file.
+    exactly as the same keys written in the recipe file. A method key renamed since replaces the
+    recipe's key under its other name (``method.local_crops=2`` over a recipe's ``n_local_crops``).
     """
     parsed = [(text, *parse_override(text)) for text in overrides]
     explicit = [tuple(path) for _, path, _ in parsed]
@@ -232,7 +244,33 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise RecipeError(f"override '{text}': '{part}' is a value, not a section")
             node = child
         node[path[-1]] = value
+    for text, path, _ in parsed:
+        if _is_method_key(path):
+            section = _section_at(raw, path[:-1])
+            twin = other_name(method_name_of(section, _section_at(raw, ["method"]).get("name")), path[-1])
+            if twin is None:
+                continue
+            both = next((other for other, key, _ in parsed if key == [*path[:-1], twin]), None)
+            if both is not None:
+                raise RecipeError(
+                    f"overrides '{text}' and '{both}' set one key, under its old and its new name: give one"
+                )
+            section.pop(twin, None)
     return raw
+
+
+def _is_method_key(path: list[str]) -> bool:
+    """``method.KEY`` or ``profiles.NAME.method.KEY``."""
+    return (len(path) == 2 and path[0] == "method") or (
+        len(path) == 4 and path[0] == "profiles" and path[2] == "method"
+    )
+
+
+def _section_at(raw: dict, path: list[str]) -> dict:
+    node: Any = raw
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
 
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
@@ -270,11 +308,13 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
             f"{path}: expected a mapping of sections (data, views, model, method, train, eval), got {type(raw).__name__}"
         )
     raw.setdefault("name", path.stem)
-    written = flatten_keys(move_legacy_budget(raw)[0])
+    written = copy.deepcopy(raw)
     raw = apply_overrides(raw, overrides or [])
     recipe = recipe_from_dict(raw, source=str(path), overrides=overrides)
-    command_line = [text.split("=", 1)[0].strip() for text in overrides or []]
-    profile = flatten_keys(profile_layer(move_legacy_budget(raw)[0], recipe.profile))
+    written = flatten_keys(_current_names(written))
+    renamed = renamed_keys(recipe.method.name)
+    command_line = [_current_key(text.split("=", 1)[0].strip(), renamed) for text in overrides or []]
+    profile = flatten_keys(profile_layer(_current_names(raw), recipe.profile))
     for key in flatten_keys(recipe.model_dump(mode="json")):
         if any(_within(key, written_key) for written_key in command_line):
             recipe._sources[key] = "command line"
@@ -283,6 +323,23 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         elif key in profile:
             recipe._sources[key] = f"profile {recipe.profile}"
     return recipe
+
+
+def _current_names(raw: dict) -> dict:
+    """``raw`` with the keys of medssl's earlier versions where they live now (to tell where a value came from)."""
+    raw = move_legacy_budget(raw)[0]
+    try:
+        return move_legacy_method_keys(raw)[0]
+    except ValueError:  # a method key under both names, one of them replaced on the command line
+        return raw
+
+
+def _current_key(key: str, renamed: dict[str, str]) -> str:
+    """``method.local_crops`` -> ``method.n_local_crops``: a key written on the command line under its former name."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "method":
+        return f"method.{renamed.get(parts[1], parts[1])}"
+    return key
 
 
 def flatten_keys(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The method section: one section model per method, told apart by ``method.name``, and the
-debiasing terms a method with a loss on embeddings may add (``method.debias``).
+debiasing terms a method with a loss on embeddings may add (``method.debias``). A key has the
+name of the constructor's keyword that receives it (``DINO(n_local_crops=...)``).
 
-Also the reading of the flat method section of medssl's earlier versions, which held every
-method's keys (:func:`trim_flat_method_section`).
+Also the reading of medssl's earlier method sections: keys renamed since
+(:data:`RENAMED_METHOD_KEYS`, :func:`rename_method_keys`), and the flat method section that
+held every method's keys (:func:`trim_flat_method_section`).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ class VICRegConfig(EmbeddingSection):
     sim_weight: float = Field(25.0, ge=0, description="Invariance weight (lambda).")
     var_weight: float = Field(25.0, ge=0, description="Variance weight (mu).")
     cov_weight: float = Field(1.0, ge=0, description="Covariance weight (nu).")
-    vicreg_form: Literal["authors", "paper_sum"] = Field(
+    form: Literal["authors", "paper_sum"] = Field(
         "authors",
         description="'authors' (facebookresearch/vicreg: mean squared error, variance terms averaged) or 'paper_sum' (invariance summed over D, variance terms added).",
     )
@@ -213,7 +215,7 @@ class DINOConfig(MethodSection):
     """DINO (Caron et al., ICCV 2021): a student matches an EMA teacher's centred, sharpened outputs across crops."""
 
     name: Annotated[Literal["dino"], METHOD_NAME_FIELD] = "dino"
-    temperature: float = Field(0.1, gt=0, description="Student softmax temperature.")
+    student_temperature: float = Field(0.1, gt=0, description="Student softmax temperature.")
     teacher_temperature: float = Field(
         0.04, gt=0, description="Teacher temperature (sharpening), reached after the warm-up."
     )
@@ -226,13 +228,13 @@ class DINOConfig(MethodSection):
     center_momentum: float = Field(0.9, ge=0, le=1, description="EMA momentum of the teacher centre.")
     momentum: EmaMomentum = 0.996
     out_dim: int = Field(4096, ge=2, description="Prototypes (output dimension of the DINO head).")
-    local_crops: int = Field(4, ge=0, description="Local crops per subject, cut from the 2 global views.")
+    n_local_crops: int = Field(4, ge=0, description="Local crops per subject, cut from the 2 global views.")
     local_crop_scale: tuple[float, float] = Field(
         (0.3, 0.5), description="Local crop edge as a fraction of the volume edge."
     )
 
     def smoke(self) -> DINOConfig:
-        return self.model_copy(update={"out_dim": min(self.out_dim, 64), "local_crops": min(self.local_crops, 2)})
+        return self.model_copy(update={"out_dim": min(self.out_dim, 64), "n_local_crops": min(self.n_local_crops, 2)})
 
 
 class DeepClusterConfig(MethodSection):
@@ -294,9 +296,56 @@ METHOD_SECTIONS: dict[str, type[MethodSection]] = {
 METHOD_NAMES = tuple(METHOD_SECTIONS)
 
 
+# ----------------------------------------------------------------------------- renamed keys
+# Keys of a method's section renamed to the keyword of the constructor that receives them, per
+# method: old name -> new name. A recipe (or a run's recipe.yaml) with the old name still loads,
+# with a note naming the new key.
+RENAMED_METHOD_KEYS: dict[str, dict[str, str]] = {
+    "dino": {"temperature": "student_temperature", "local_crops": "n_local_crops"},
+    "vicreg": {"vicreg_form": "form"},
+}
+
+
+def renamed_keys(method: Any) -> dict[str, str]:
+    """Old name -> new name of the renamed keys of ``method`` (a method's name; {} for anything else)."""
+    return RENAMED_METHOD_KEYS.get(method, {}) if isinstance(method, str) else {}
+
+
+def method_name_of(section: dict, fallback: Any = None) -> Any:
+    """The method a raw method section is for: its ``name``, else ``fallback``, else the default method."""
+    return section.get("name") or fallback or DEFAULT_METHOD
+
+
+def other_name(method: Any, key: str) -> str | None:
+    """The other name of a renamed key of ``method`` (the new name of an old one, the old name of a new one)."""
+    renamed = renamed_keys(method)
+    return renamed.get(key) or next((old for old, new in renamed.items() if new == key), None)
+
+
+def rename_method_keys(section: dict, where: str = "method", method: Any = None) -> tuple[dict, list[str]]:
+    """``section``, a raw method section at key path ``where``, with every old key of its method (its
+    ``name``, else ``method``, else the default method) under its new name, and a note for each.
+
+    Raises ValueError for a key written under both names: which one was meant is unknowable.
+    """
+    renamed = renamed_keys(method_name_of(section, method))
+    notes = []
+    for old, new in renamed.items():
+        if old in section and new in section:
+            raise ValueError(
+                f"{where}.{old} and {where}.{new} are one key, under its old and its new name: write {where}.{new} only"
+            )
+        if old in section:
+            notes.append(f"{where}.{old} is now {where}.{new}: read as that")
+    if not notes:
+        return section, notes
+    return {renamed.get(key, key): value for key, value in section.items()}, notes
+
+
 # ----------------------------------------------------------------------------- flat method section
 # The single method section of medssl's earlier versions held every method's keys, and the
-# recipe.yaml of each run dumped them all. These keys were in it from the start ...
+# recipe.yaml of each run dumped them all, under the names of that time (local_crops, not today's
+# n_local_crops: see RENAMED_METHOD_KEYS). These keys were in it from the start ...
 FLAT_METHOD_SECTION_MARKERS = frozenset(
     {
         "name",
@@ -345,9 +394,8 @@ def trim_flat_method_section(raw: dict) -> dict:
     section = METHOD_SECTIONS.get(method.get("name") or DEFAULT_METHOD)
     if section is None:
         return raw
-    kept = {
-        key: value
-        for key, value in method.items()
-        if key in section.model_fields or key not in FLAT_METHOD_SECTION_KEYS
-    }
+    # The keys of the method under the names of that version (DINO's local_crops) are its own:
+    # validation reads them under their new names (rename_method_keys).
+    own = {*section.model_fields, *renamed_keys(section.method_name())}
+    kept = {key: value for key, value in method.items() if key in own or key not in FLAT_METHOD_SECTION_KEYS}
     return {**raw, "method": kept}

@@ -14,7 +14,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from medssl.config.methods import MethodConfig, YAwareConfig
+from medssl.config.methods import MethodConfig, YAwareConfig, method_name_of, rename_method_keys
 from medssl.config.sections import (
     NARROW_RESNET_WIDTHS,
     DataConfig,
@@ -59,6 +59,8 @@ class Recipe(Section):
         if not isinstance(data, dict):
             return handler(data)
         data, notes = move_legacy_budget(data)
+        data, method_notes = move_legacy_method_keys(data)
+        notes += method_notes
         check_profile_keys(data.get("profiles") or {})
         name = chosen_profile(data)
         merged = merge_layers(profile_layer(data, name), {**data, "profile": name})
@@ -174,6 +176,30 @@ def move_legacy_budget(raw: dict) -> tuple[dict, list[str]]:
             embedded.setdefault(home, {}).setdefault(key, value)
             notes.append(f"{section}.embedded.{key} is now profiles.embedded.{home}.{key}: read as that")
         raw["profiles"] = profiles
+    return raw, notes
+
+
+def move_legacy_method_keys(raw: dict) -> tuple[dict, list[str]]:
+    """``method.local_crops`` (medssl before the method keys took their constructor's names) read as
+    ``method.n_local_crops``, with a note; in the method section of each profile too. A key written
+    under both names raises ValueError (see :data:`~medssl.config.methods.RENAMED_METHOD_KEYS`)."""
+    raw = dict(raw)
+    notes: list[str] = []
+    method = raw.get("method")
+    if isinstance(method, dict):
+        raw["method"], notes = rename_method_keys(method)
+    profiles = raw.get("profiles")
+    if isinstance(profiles, dict):
+        # a profile's method section without a name is merged under the recipe's method
+        fallback = method_name_of(method) if isinstance(method, dict) else getattr(method, "name", None)
+        moved = dict(profiles)
+        for name, profile in profiles.items():
+            if isinstance(profile, dict) and isinstance(profile.get("method"), dict):
+                section, profile_notes = rename_method_keys(profile["method"], f"profiles.{name}.method", fallback)
+                if profile_notes:
+                    moved[name] = {**profile, "method": section}
+                    notes += profile_notes
+        raw["profiles"] = moved
     return raw, notes
 
 

@@ -132,7 +132,7 @@ METHODS: dict[str, MethodEntry] = {
         embedding_loss(
             VICRegConfig,
             lambda m: VICRegLoss(
-                sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight, form=m.vicreg_form
+                sim_weight=m.sim_weight, var_weight=m.var_weight, cov_weight=m.cov_weight, form=m.form
             ),
             monitors_collapse=True,
         ),

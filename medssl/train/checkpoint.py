@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from medssl.config import trim_flat_method_section
+from medssl.config import move_legacy_method_keys, trim_flat_method_section
 from medssl.errors import CheckpointError, RecipeError
 from medssl.files import atomic_torch_save
 
@@ -110,8 +110,9 @@ def resume_differences(
 ) -> tuple[list[str], list[str]]:
     """``KEY: SAVED -> NOW`` for every recipe key that differs, split into (refused, allowed):
     allowed are the keys starting with one of ``resumable``."""
-    # A run saved while medssl had one flat method section compares by its method's own keys.
-    saved = flatten(trim_flat_method_section(yaml.safe_load(saved_yaml) or {}))
+    # A run saved while medssl had one flat method section compares by its method's own keys, and a
+    # run saved before a method key took its constructor's name (local_crops) under the new name.
+    saved = flatten(move_legacy_method_keys(trim_flat_method_section(yaml.safe_load(saved_yaml) or {}))[0])
     current = flatten(yaml.safe_load(current_yaml) or {})
     refused: list[str] = []
     allowed: list[str] = []

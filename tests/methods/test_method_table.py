@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
+import torch
 
 import medssl.train
 from medssl.config import METHOD_NAMES, METHOD_SECTIONS, Recipe
@@ -77,12 +79,12 @@ WIRING = {
     "decoupled": ({"temperature": 0.3}, lambda m: {"temperature": m.loss.temperature}),
     "barlow_twins": ({"lambd": 0.01}, lambda m: {"lambd": m.loss.lambd}),
     "vicreg": (
-        {"sim_weight": 1.0, "var_weight": 2.0, "cov_weight": 3.0, "vicreg_form": "paper_sum"},
+        {"sim_weight": 1.0, "var_weight": 2.0, "cov_weight": 3.0, "form": "paper_sum"},
         lambda m: {
             "sim_weight": m.loss.sim_weight,
             "var_weight": m.loss.var_weight,
             "cov_weight": m.loss.cov_weight,
-            "vicreg_form": m.loss.form,
+            "form": m.loss.form,
         },
     ),
     "byol": (
@@ -92,25 +94,25 @@ WIRING = {
     "simsiam": ({"predictor_hidden_dim": 24}, lambda m: {"predictor_hidden_dim": m.predictor.layers[0].out_features}),
     "dino": (
         {
-            "temperature": 0.2,
+            "student_temperature": 0.2,
             "teacher_temperature": 0.06,
             "warmup_teacher_temperature": 0.03,
             "warmup_teacher_temperature_epochs": 3,
             "center_momentum": 0.8,
             "momentum": 0.99,
             "out_dim": 32,
-            "local_crops": 1,
+            "n_local_crops": 1,
             "local_crop_scale": (0.2, 0.4),
         },
         lambda m: {
-            "temperature": m.loss.student_temperature,
+            "student_temperature": m.loss.student_temperature,
             "teacher_temperature": m.teacher_temperatures[-1],
             "warmup_teacher_temperature": m.teacher_temperatures[0],
             "warmup_teacher_temperature_epochs": int((m.teacher_temperatures < 0.06).sum()) + 1,
             "center_momentum": m.loss.center_momentum,
             "momentum": m.base_momentum,
             "out_dim": m.loss.out_dim,
-            "local_crops": m.n_local_crops,
+            "n_local_crops": m.n_local_crops,
             "local_crop_scale": m.local_crop_scale,
         },
     ),
@@ -169,6 +171,18 @@ def test_each_method_is_built_from_every_key_of_its_own_section(name):
     assert {**kept(method), **({"debias": kept_debias(method)} if takes_debias else {})} == values
     # Alignment and uniformity are measured on a projection; a classifier's outputs are none.
     assert method.has_projection == (name not in {"deepcluster", "supervised"})
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_each_key_of_a_method_section_has_the_name_of_the_constructor_keyword_that_receives_it(name):
+    # method.n_local_crops is DINO(n_local_crops=...), method.form VICRegLoss(form=...): one setting, one name.
+    recipe = Recipe(method={"name": name}, model={"encoder": "alexnet", "head": {"hidden_dim": 16, "out_dim": 8}})
+    method = build_method(recipe, build_encoder("alexnet"))
+    keywords = set(inspect.signature(type(method)).parameters)
+    if isinstance(getattr(method, "loss", None), torch.nn.Module):
+        keywords |= set(inspect.signature(type(method.loss)).parameters)
+    # method.debias is handed whole to its term's constructor (medssl.methods.debias)
+    assert set(METHOD_SECTIONS[name].model_fields) - {"name", "debias"} <= keywords
 
 
 def test_no_file_of_the_training_engine_names_a_method():

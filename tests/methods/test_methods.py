@@ -314,7 +314,7 @@ def test_simsiam_reaches_the_encoder_only_through_the_predictor():
 
 
 # ----------------------------------------------------------------------------- VICReg
-@pytest.mark.parametrize("overrides, form", [((), "authors"), (("method.vicreg_form=paper_sum",), "paper_sum")])
+@pytest.mark.parametrize("overrides, form", [((), "authors"), (("method.form=paper_sum",), "paper_sum")])
 def test_vicreg_recipe_chooses_the_form_of_the_loss(overrides, form):
     method = build_method(quick_recipe("vicreg", *overrides))
     assert method.loss.form == form

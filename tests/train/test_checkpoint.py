@@ -219,3 +219,24 @@ def test_a_run_saved_with_the_former_flat_method_section_resumes_without_refused
     saved["method"]["temperature"] = 0.5  # a key of simclr's own still counts
     refused, _ = resume_differences(yaml.safe_dump(saved), current)
     assert [change.split(":")[0] for change in refused] == ["method.temperature"]
+
+
+def test_a_run_saved_before_a_method_key_was_renamed_resumes_without_a_spurious_difference():
+    import yaml
+
+    from medssl.config import FLAT_METHOD_SECTION_MARKERS, dump_recipe, load_recipe
+    from medssl.train.checkpoint import resume_differences
+
+    current = dump_recipe(load_recipe("dino"))
+    saved = yaml.safe_load(current)
+    method = saved["method"]
+    # DINO's keys as medssl wrote them before they took the names of DINO's constructor
+    method["temperature"], method["local_crops"] = method.pop("student_temperature"), method.pop("n_local_crops")
+    assert resume_differences(yaml.safe_dump(saved), current) == ([], [])
+    method["local_crops"] = 2  # a changed value is still refused, under the key's new name
+    refused, _ = resume_differences(yaml.safe_dump(saved), current)
+    assert [change.split(":")[0] for change in refused] == ["method.n_local_crops"]
+    # a run of the flat method section, which held every method's keys under their names of that time
+    flat = yaml.safe_load(current)
+    flat["method"] = {**{key: 0 for key in FLAT_METHOD_SECTION_MARKERS}, **method, "local_crops": 4}
+    assert resume_differences(yaml.safe_dump(flat), current) == ([], [])

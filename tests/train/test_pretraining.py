@@ -296,9 +296,7 @@ def test_embedded_cohort_run_prints_the_budget_note(tmp_path):
 
 
 def test_run_on_a_cohort_folder_has_no_budget_note_and_keeps_train_epochs(tmp_path, tiny_cohort):
-    recipe = quick_recipe(
-        "simclr", f"data.root={tiny_cohort}", "train.epochs=2", "train.max_steps_per_epoch=1"
-    )
+    recipe = quick_recipe("simclr", f"data.root={tiny_cohort}", "train.epochs=2", "train.max_steps_per_epoch=1")
     result = pretrain(recipe, tmp_path / "run")
     assert not any("embedded" in note for note in result.notes)
     assert list(metrics(tmp_path / "run", "epoch")["epoch"]) == [0, 1]

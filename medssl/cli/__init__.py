@@ -4,7 +4,7 @@ medssl pretrain recipes/yaware_age.yaml [KEY.PATH=VALUE ...] [--out DIR] [--resu
 medssl evaluate RUN_DIR_OR_ENCODER_PT [--cohort DIR]
 medssl finetune recipes/finetune_diagnosis.yaml [KEY.PATH=VALUE ...] --encoder RUN_DIR/encoder.pt|none [--mode M] [--out DIR] [--resume | --overwrite] [--smoke]
 medssl score predictions.csv [--json out.json] [--id-col C]
-medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [KEY.PATH=VALUE ...]
+medssl benchmark [--recipes a,b] [--seeds 0,1,2] [--out DIR] [--jobs N] [--devices 0,1] [--smoke] [--finetune R1,R2 [--train-sizes 20,50,100,all] [--finetune-all-seeds]] [KEY.PATH=VALUE ...]
 medssl leaderboard BENCHMARK_DIR
 medssl recipes [--fields]
 medssl data synth OUT --subjects N --sites S --shape 64 [--diagnosis focal|ageing|ad-like] [--overwrite]

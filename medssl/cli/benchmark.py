@@ -48,10 +48,28 @@ def benchmark(
         None, "--devices", help="Comma-separated GPU ids handed to the runs in turn, e.g. 0,1."
     ),
     smoke: bool = typer.Option(False, "--smoke", metavar=FLAG, help="Smoke runs (seconds each), to check the set-up."),
+    finetune: str | None = typer.Option(
+        None,
+        "--finetune",
+        help="Comma-separated fine-tuning recipes, e.g. finetune_ad,finetune_focal: after the pre-training runs, "
+        "label-efficiency curves of the encoders (linear and lower_lr) and from scratch -> finetune_leaderboard.md.",
+    ),
+    train_sizes: str = typer.Option(
+        "20,50,100,all", "--train-sizes", help="With --finetune: labelled training subjects of the curves' points."
+    ),
+    finetune_all_seeds: bool = typer.Option(
+        False,
+        "--finetune-all-seeds",
+        metavar=FLAG,
+        help="With --finetune: fine-tune every seed's encoder (default: the first seed's of each recipe).",
+    ),
 ) -> None:
     """Pre-train and evaluate recipes x seeds on one cohort; leaderboard with baselines, mean ± sd and paired CIs."""
     from medssl.benchmark import run_benchmark
+    from medssl.errors import BenchmarkError
 
+    if finetune is None and (finetune_all_seeds or train_sizes != "20,50,100,all"):
+        raise BenchmarkError("--train-sizes and --finetune-all-seeds set the fine-tuning curves: give --finetune too")
     recipe_names = _comma_list(recipes, "--recipes") if recipes else None
     device_ids = _comma_list(devices, "--devices") if devices else None
     try:
@@ -64,11 +82,14 @@ def benchmark(
             devices=device_ids,
             smoke=smoke,
             console=cli.console,
+            finetune=_comma_list(finetune, "--finetune") if finetune else (),
+            train_sizes=train_sizes,
+            finetune_all_seeds=finetune_all_seeds,
         )
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: rerun the same command to continue where it stopped")
         raise typer.Exit(130) from None
-    if result.failed:
+    if result.any_failed:
         raise typer.Exit(1)
 
 

@@ -53,16 +53,10 @@ def refuse_nothing_to_resume(run_dir: Path, out: Path | None, state: str, has_st
 
 def apply_smoke(recipe, overrides: list[str]):
     """The recipe shrunk by ``--smoke``, then the command line's overrides again: they win over the smoke budget."""
-    from medssl.config import apply_overrides, recipe_from_dict, smoke_recipe
+    from medssl.config import smoke_recipe, with_overrides
 
     smoke = smoke_recipe(recipe)
-    return (
-        recipe_from_dict(
-            apply_overrides(smoke.model_dump(mode="json"), overrides), source="--smoke", overrides=overrides
-        )
-        if overrides
-        else smoke
-    )
+    return with_overrides(smoke, overrides, source="--smoke") if overrides else smoke
 
 
 @contextmanager

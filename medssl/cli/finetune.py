@@ -74,6 +74,8 @@ def finetune(
     overrides = [*(overrides or []), *([f"finetune.mode={mode.value}"] if mode else [])]
     refuse_unread_finetune_overrides(overrides)
     resolved = load_recipe(recipe, overrides)
+    for note in resolved.notes:  # keys read under their new names
+        cli.console.print(note)
     if smoke:
         resolved = _smoke_finetune(resolved, overrides, encoder)
         cli.console.print("Smoke run: a handful of subjects, tiny volumes, one short epoch.")

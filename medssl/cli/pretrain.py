@@ -89,6 +89,8 @@ def pretrain(
     from medssl.config import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])  # a bad recipe is refused before any launch
+    for note in resolved.notes if "LOCAL_RANK" not in os.environ else []:  # keys read under new names, said once
+        cli.console.print(note)
     if devices > 1 and "LOCAL_RANK" not in os.environ:
         from medssl.methods import method_needs
 

@@ -36,6 +36,7 @@ from medssl.config.loading import (
     shipped_recipes,
     shipped_recipes_dir,
     smoke_recipe,
+    with_overrides,
     yaml_problem,
 )
 from medssl.config.methods import (
@@ -220,4 +221,5 @@ __all__ = [
     "list_recipe_names",
     "shipped_recipes",
     "smoke_recipe",
+    "with_overrides",
 ]

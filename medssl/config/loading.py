@@ -415,4 +415,22 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     smoke.method = smoke.method.smoke()
     smoke.model.head.hidden_dim = min(smoke.model.head.hidden_dim, 64)
     smoke.model.head.out_dim = min(smoke.model.head.out_dim, 32)
+    before = flatten_keys(recipe.model_dump(mode="json"))
+    for key, value in flatten_keys(smoke.model_dump(mode="json")).items():
+        if value != before.get(key):
+            smoke._sources[key] = "--smoke"
     return smoke
+
+
+def with_overrides(recipe: Recipe, overrides: list[str], source: str) -> Recipe:
+    """``recipe`` with command-line ``overrides`` set again (over ``--smoke``'s changes), keeping the
+    layer each value came from."""
+    again = recipe_from_dict(
+        apply_overrides(recipe.model_dump(mode="json"), overrides), source=source, overrides=overrides
+    )
+    keys = [text.split("=", 1)[0].strip() for text in overrides]
+    again._sources = dict(recipe._sources)
+    for key in flatten_keys(again.model_dump(mode="json")):
+        if any(_within(key, written) for written in keys):
+            again._sources[key] = "command line"
+    return again

@@ -155,6 +155,7 @@ def _cortical_loss(age: float) -> float:
 
 
 def grey_white_contrast(age: float) -> float:
+    """Grey/white contrast k(age) of the T1 image, before the site's and the subject's factors."""
     return 0.40 - 0.001 * (age - 8.0)
 
 

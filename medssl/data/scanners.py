@@ -82,6 +82,7 @@ def _scanner_values(rng: np.random.Generator, sites: int, external_sites: int) -
 
 
 def draw_scanners(rng: np.random.Generator, sites: int, external_sites: int) -> list[Scanner]:
+    """Every site's scanner, with its share of men, age-mixture weights and bias pattern."""
     values = _scanner_values(rng, sites, external_sites)
     male_fraction = rng.uniform(0.4, 0.6, size=sites)
     age_weights = rng.dirichlet(SITE_AGE_CONCENTRATION * AGE_MIXTURE_WEIGHTS, size=sites)
@@ -98,6 +99,7 @@ def draw_scanners(rng: np.random.Generator, sites: int, external_sites: int) -> 
 
 
 def site_bias_field(scanner: Scanner, shape: int) -> np.ndarray:
+    """The site's bias-field exponent b B on the grid of ``shape``: its smooth pattern, standardised."""
     pattern = smooth_field(np.reshape(scanner.bias_pattern, (3, 3, 3)), shape)
     pattern = (pattern - pattern.mean()) / max(float(pattern.std()), 1e-6)
     return scanner.bias * pattern
@@ -116,7 +118,7 @@ def render_subject(
     brain_age_gap: float = 0.0,
     ageing: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """One T1-weighted volume, float32 of shape (n, n, n); see the module docstring.
+    """One T1-weighted volume, float32 of shape (n, n, n); see the module docstring and :mod:`medssl.data.anatomy`'s.
 
     A patient gets the components of ``model``: the focal loss, and the anatomy of
     ``age + brain_age_gap`` (a control's gap is ignored). ``ageing``, if given, receives the

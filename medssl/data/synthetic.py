@@ -7,10 +7,11 @@ sites are held out as an external test set. All of it follows from one seed.
 
 Generative model
 ----------------
-The generator draws the cohort's table (sites, ages, sexes, splits, diagnoses) here, each
-site's scanner (:mod:`medssl.data.scanners`), and each subject's anatomy from the MNI152
-template (:mod:`medssl.data.anatomy`); patients differ from controls as their disorder model
-says (:mod:`medssl.data.disorders`). Each module's docstring describes its part of the model.
+This module draws the cohort's table (sites, ages, sexes, splits, diagnoses) and writes the
+cohort; each site's scanner is drawn in :mod:`medssl.data.scanners`, each subject's anatomy
+from the MNI152 template in :mod:`medssl.data.anatomy`, and patients differ from controls as
+their disorder model says (:mod:`medssl.data.disorders`). Each module's docstring describes
+its part of the model.
 
 Cohort (one random stream). Site sizes follow Dirichlet(3) proportions (at least two
 subjects per site). Ages follow an OpenBHB-like, young-skewed mixture: children

@@ -13,8 +13,8 @@ is judged by these, never by how one method fares on it:
   mean intensity under the true effect map (and age, its main confound), out-of-fold ROC
   AUC over site-stratified folds: the ceiling a representation can approach. Each
   component of the disorder models is read through its own map, alone and together: the
-  focal loss (:func:`~medssl.data.synthetic.diagnosis_effect_map`), the brain-age gap
-  (:func:`~medssl.data.synthetic.ageing_effect_map`), both; ``roc_auc`` is that of the
+  focal loss (:func:`~medssl.data.anatomy.diagnosis_effect_map`), the brain-age gap
+  (:func:`~medssl.data.anatomy.ageing_effect_map`), both; ``roc_auc`` is that of the
   cohort's model (a component its model lacks reads near chance).
 
 Example:
@@ -36,8 +36,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medssl.config import Recipe
+from medssl.data.anatomy import ageing_effect_map, diagnosis_effect_map
 from medssl.data.cohort import Cohort
-from medssl.data.synthetic import MARKER_NAME, ageing_effect_map, diagnosis_effect_map
+from medssl.data.synthetic import MARKER_NAME
 from medssl.eval.features import IntensityStatistics, extract_features, volume_dataset
 from medssl.eval.folds import site_stratified_folds
 from medssl.eval.probes import challenge_protocol, challenge_skip_reason, quiet_fits

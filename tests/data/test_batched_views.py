@@ -14,15 +14,16 @@ import torch
 import torchio as tio
 
 from medssl.config import ViewsConfig
-from medssl.data.batched_views import (
+from medssl.data.batched_random import (
     BatchedAffine,
     BatchedBlur,
     BatchedCropResize,
     BatchedCutout,
     BatchedFlip,
     BatchedNoise,
+)
+from medssl.data.batched_transforms import (
     affine,
-    build_batched_views,
     crop_resize,
     cutout,
     flip,
@@ -30,6 +31,7 @@ from medssl.data.batched_views import (
     gaussian_noise,
     normalize_intensity,
 )
+from medssl.data.batched_views import build_batched_views
 from medssl.data.views import (
     CropResize,
     Cutout,

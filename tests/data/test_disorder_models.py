@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from medssl.cli import app
 from medssl.config import Recipe, SyntheticCohortConfig, load_recipe
-from medssl.data import synthetic
+from medssl.data import anatomy, disorders, scanners
 from medssl.data.cohort import load_cohort
-from medssl.data.synthetic import DISORDER_MODELS, cohort_key, synthesize_cohort
+from medssl.data.disorders import DISORDER_MODELS
+from medssl.data.synthetic import cohort_key, synthesize_cohort
 from medssl.errors import MedsslError
 from medssl.eval.cohort_figures import diagnosis_oracle
 
@@ -27,16 +28,16 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def scanner() -> tuple[synthetic._Scanner, np.ndarray]:
-    scanner = synthetic._draw_scanners(np.random.default_rng(0), sites=2, external_sites=0)[0]
-    return scanner, synthetic._site_bias_field(scanner, 16)
+def scanner() -> tuple[scanners.Scanner, np.ndarray]:
+    scanner = scanners.draw_scanners(np.random.default_rng(0), sites=2, external_sites=0)[0]
+    return scanner, scanners.site_bias_field(scanner, 16)
 
 
 def _render(scanner, age: float, patient: bool, model: str = "focal", gap: float = 0.0, seed: int = 5, ageing=None):
     scanner, bias = scanner
     stream = np.random.SeedSequence(seed)
-    grid = synthetic._grid(16)
-    return synthetic._render_subject(
+    grid = anatomy.output_grid(16)
+    return scanners.render_subject(
         grid, scanner, bias, age, True, patient, stream, DISORDER_MODELS[model], gap, ageing=ageing
     )
 
@@ -59,9 +60,9 @@ def test_a_patient_is_their_control_with_the_models_components_and_nothing_else(
 
 def test_the_focal_component_changes_the_volume_only_around_the_hippocampi(scanner) -> None:
     loss = _render(scanner, 40.0, False) - _render(scanner, 40.0, True)
-    grid = synthetic._grid(16)
+    grid = anatomy.output_grid(16)
     distance = np.min(
-        [np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0) for h in synthetic.HIPPOCAMPI_MM], axis=0
+        [np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0) for h in disorders.HIPPOCAMPI_MM], axis=0
     )
     assert np.abs(loss).max() > 0
     assert np.abs(loss[distance > 60.0]).max() < 0.01 * np.abs(loss).max()
@@ -81,17 +82,17 @@ def test_the_gap_component_changes_the_ageing_quantities_and_the_focal_one_does_
 def test_the_gap_shifts_a_linear_age_probe_fitted_on_controls_by_about_the_drawn_gap() -> None:
     # The generator's own ageing quantities (ventricles, cortical thinning, grey/white contrast) of
     # 80 subjects as controls and, with the same streams, as ageing-model patients with drawn gaps.
-    scanner = synthetic._draw_scanners(np.random.default_rng(0), sites=2, external_sites=0)[0]
-    grid, bias = synthetic._grid(8), synthetic._site_bias_field(scanner, 8)
+    scanner = scanners.draw_scanners(np.random.default_rng(0), sites=2, external_sites=0)[0]
+    grid, bias = anatomy.output_grid(8), scanners.site_bias_field(scanner, 8)
     rng = np.random.default_rng(0)
     n = 80
-    ages, gaps = rng.uniform(20.0, 80.0, n), rng.uniform(*synthetic.AD_BRAIN_AGE_GAP_YEARS, n)
+    ages, gaps = rng.uniform(20.0, 80.0, n), rng.uniform(*disorders.AD_BRAIN_AGE_GAP_YEARS, n)
     streams = np.random.SeedSequence(1).spawn(n)
 
     def features(index: int, patient: bool) -> list[float]:
         quantities: dict[str, float] = {}
         model = DISORDER_MODELS["ageing"]
-        synthetic._render_subject(
+        scanners.render_subject(
             grid, scanner, bias, ages[index], index % 2 == 0, patient, streams[index], model, gaps[index], quantities
         )
         return [quantities[key] for key in sorted(quantities)]
@@ -114,7 +115,7 @@ def test_cohort_json_and_the_table_record_the_model_and_its_parameters(tmp_path:
     description = json.loads((folder / "cohort.json").read_text())
     assert description["config"]["diagnosis_model"] == "ad-like"
     effect = description["diagnosis_effect"]
-    assert effect["model"] == "ad-like" and effect["grey_matter_loss"] == synthetic.DIAGNOSIS_LOSS
+    assert effect["model"] == "ad-like" and effect["grey_matter_loss"] == disorders.DIAGNOSIS_LOSS
     gap = effect["brain_age_gap_years"]
     assert (gap["distribution"], gap["low"], gap["high"]) == ("uniform", 6.7, 10.0)
     assert "Franke" in gap["source"]
@@ -185,9 +186,9 @@ def test_data_synth_takes_the_model_and_inspect_reports_each_component(tmp_path:
 
 
 def test_the_ageing_effect_map_darkens_the_ventricles_of_the_older_typical_brain() -> None:
-    change = synthetic.ageing_effect_map(16)
-    grid = synthetic._grid(16)
-    centre = synthetic._mni_template().ventricle_centre_mm.reshape(3, 1, 1, 1)
+    change = anatomy.ageing_effect_map(16)
+    grid = anatomy.output_grid(16)
+    centre = anatomy._mni_template().ventricle_centre_mm.reshape(3, 1, 1, 1)
     near_ventricles = np.linalg.norm(grid.points_mm - centre, axis=0) < 15.0
     assert change.shape == (16, 16, 16) and change.dtype == np.float32
     assert change[near_ventricles].sum() < 0

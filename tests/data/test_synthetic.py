@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medssl.config import SyntheticCohortConfig
-from medssl.data import synthetic
+from medssl.data import anatomy, disorders
 from medssl.data.synthetic import default_cache_dir, embedded_cohort, synthesize_cohort
 from medssl.errors import MedsslError
 
@@ -69,7 +69,7 @@ def test_volumes_are_finite_float32_cubes_with_an_isotropic_ras_affine(cohort: P
         assert data.shape == (SHAPE,) * 3 and data.dtype == np.float32
         assert np.isfinite(data).all() and (data >= 0).all()
         assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
-        np.testing.assert_allclose(np.diag(image.affine)[:3], synthetic.FIELD_OF_VIEW_MM / SHAPE)
+        np.testing.assert_allclose(np.diag(image.affine)[:3], anatomy.FIELD_OF_VIEW_MM / SHAPE)
         assert data[0].max() == 0 and data[-1].max() == 0  # skull-stripped: empty background at the edges
         assert 0.2 < (data > 0).mean() < 0.7  # a brain fills the middle
 
@@ -118,10 +118,10 @@ def test_diagnosis_is_balanced_with_both_classes_at_every_site(table: pd.DataFra
 
 # ----------------------------------------------------------------------------- effects
 def test_older_twin_has_less_grey_matter_and_more_csf() -> None:
-    grid = synthetic._grid(16)
+    grid = anatomy.output_grid(16)
 
     def tissues(age: float) -> tuple[np.ndarray, ...]:
-        return synthetic._subject_tissues(grid, age, male=False, patient=False, rng=np.random.default_rng(7))
+        return anatomy.subject_tissues(grid, age, male=False, patient=False, rng=np.random.default_rng(7))
 
     young_gm, _, young_csf, _ = tissues(20.0)
     old_gm, _, old_csf, _ = tissues(80.0)
@@ -130,13 +130,13 @@ def test_older_twin_has_less_grey_matter_and_more_csf() -> None:
 
 
 def test_patients_lose_grey_matter_only_around_the_hippocampi() -> None:
-    grid = synthetic._grid(24)
-    control_gm = synthetic._subject_tissues(grid, 40.0, male=True, patient=False, rng=np.random.default_rng(1))[0]
-    patient_gm = synthetic._subject_tissues(grid, 40.0, male=True, patient=True, rng=np.random.default_rng(1))[0]
+    grid = anatomy.output_grid(24)
+    control_gm = anatomy.subject_tissues(grid, 40.0, male=True, patient=False, rng=np.random.default_rng(1))[0]
+    patient_gm = anatomy.subject_tissues(grid, 40.0, male=True, patient=True, rng=np.random.default_rng(1))[0]
     loss = control_gm - patient_gm
     assert loss.min() > -1e-6 and 0.005 < loss.sum() / control_gm.sum() < 0.05
     distance = np.min(
-        [np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0) for h in synthetic.HIPPOCAMPI_MM], axis=0
+        [np.linalg.norm(grid.points_mm - np.reshape(h, (3, 1, 1, 1)), axis=0) for h in disorders.HIPPOCAMPI_MM], axis=0
     )
     assert distance[np.unravel_index(loss.argmax(), loss.shape)] < 12.0
     assert loss[distance > 60.0].max() < 0.01 * loss.max()

@@ -25,8 +25,8 @@ from medssl.train.finetuning import (
     finetune_optimizer,
     validation_loss,
 )
-from medssl.train.loading import EpochLoader
 from medssl.train.handlers import Checkpointing, EarlyStopping
+from medssl.train.loading import EpochLoader
 from medssl.train.trainer import Schedule, Trainer
 
 from .helpers import tiny_recipe

@@ -20,7 +20,6 @@ from medssl.methods.ema import cosine_momentum
 from medssl.models import build_encoder
 from medssl.pipeline import pretrain
 from medssl.train.pretraining import build_pretraining, run_pretraining
-from medssl.train.setup import apply_embedded_budget
 
 
 def quick_recipe(name: str, *overrides: str):
@@ -32,7 +31,7 @@ def quick_recipe(name: str, *overrides: str):
 def seeded_method(recipe):
     """The recipe's method as pretrain builds it (seeded, embedded budget applied), for recording hooks."""
     torch.manual_seed(recipe.train.seed)
-    return build_method(apply_embedded_budget(recipe)[0])
+    return build_method(recipe)
 
 
 def epoch_rows(run_dir) -> pd.DataFrame:

@@ -18,9 +18,9 @@ from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_
 from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.methods import build_method
 from medssl.pipeline import pretrain
+from medssl.train.handlers import COLLAPSE_RATIO
 from medssl.train.pretraining import build_pretraining
 from medssl.train.setup import bf16_conv_hazards, epochs_from_steps
-from medssl.train.handlers import COLLAPSE_RATIO
 
 
 def quick_recipe(name: str = "simclr", *overrides: str):

@@ -7,11 +7,14 @@ costs one run, and runs can be spread over cores and GPUs. Layout of a benchmark
     BENCH/run_times.json            seconds spent in each run, summed over attempts
     BENCH/runs/<recipe>/seed<k>/    one pre-training run folder (medssl pretrain --out), log.txt inside
     BENCH/leaderboard.{md,json,csv,png}
+    BENCH/finetune/..., BENCH/finetune_leaderboard.{md,csv,png}   with --finetune (medssl.benchmark.finetuning)
 
 A run is finished when its ``eval/metrics.json`` exists; a rerun of the same command skips the
 finished runs and continues the others with ``--resume``, so a killed benchmark resumes where it
 stopped. A folder keeps one set of overrides: a rerun with other overrides is refused, one with
-more recipes or seeds extends the benchmark.
+more recipes or seeds extends the benchmark. With ``finetune``, the label-efficiency curves of the
+pre-trained encoders on fine-tuning recipes follow the pre-training runs, resumable in the same way
+(:mod:`medssl.benchmark.finetuning`).
 
 Example:
     >>> result = run_benchmark(["simclr", "yaware_age"], seeds=[0, 1, 2], out_dir="benchmark")
@@ -31,6 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from rich import box
 from rich.console import Console
@@ -42,12 +46,17 @@ from medssl.eval.leaderboard import METRICS as LEADERBOARD_METRICS
 from medssl.eval.leaderboard import RUN_TIMES_FILE, write_leaderboard
 from medssl.progress import progress_bar
 
+if TYPE_CHECKING:
+    from medssl.benchmark.finetuning import FinetuneRequest, FinetuneResult
+
 BENCHMARK_FILE = "benchmark.json"
 DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_TRAIN_SIZES = "20,50,100,all"  # of the fine-tuning curves (--finetune)
 # The benchmark sets each run's seed itself; an override would give every run the same one.
 RESERVED_OVERRIDES = ("train.seed",)
 
 RunOne = Callable[[list[str], Path, dict], int]
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,12 @@ class BenchmarkResult:
     failed: list[BenchmarkRun] = field(default_factory=list)
     leaderboard: dict[str, Path] | None = None
     wall_time_s: float = 0.0
+    finetune: FinetuneResult | None = None
+
+    @property
+    def any_failed(self) -> bool:
+        """A pre-training run or a fine-tuning point failed."""
+        return bool(self.failed or (self.finetune is not None and self.finetune.failed))
 
 
 def default_recipes() -> list[str]:
@@ -138,8 +153,11 @@ def benchmark_command(
     jobs: int = 1,
     devices: Sequence[str] | None = None,
     smoke: bool = False,
+    finetune: FinetuneRequest | None = None,
 ) -> str:
     """The ``medssl benchmark`` command line that reproduces a request, for the report."""
+    from medssl.benchmark.finetuning import finetune_options
+
     parts = [
         "medssl",
         "benchmark",
@@ -153,7 +171,7 @@ def benchmark_command(
     parts += ["--jobs", str(jobs)] if jobs > 1 else []
     parts += ["--devices", ",".join(devices)] if devices else []
     parts += ["--smoke"] if smoke else []
-    return shlex.join([*parts, *overrides])
+    return shlex.join([*parts, *finetune_options(finetune), *overrides])
 
 
 def check_request(recipes: Sequence[str], seeds: Sequence[int], overrides: Sequence[str]) -> None:
@@ -184,10 +202,12 @@ def record_benchmark(
     overrides: Sequence[str],
     smoke: bool,
     command: str,
+    finetune: dict | None = None,
 ) -> dict:
     """Write ``benchmark.json``; refuse a folder whose benchmark has other overrides (or smoke setting).
 
-    More recipes or seeds than before extend the benchmark: the file lists them all.
+    More recipes or seeds than before extend the benchmark: the file lists them all. ``finetune``
+    (the ``--finetune`` request) is kept as the last command gave it.
     """
     path = Path(out_dir) / BENCHMARK_FILE
     request = {
@@ -196,6 +216,7 @@ def record_benchmark(
         "overrides": list(overrides),
         "smoke": smoke,
         "command": command,
+        **({"finetune": finetune} if finetune else {}),
     }
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -226,8 +247,13 @@ def run_benchmark(
     console: Console | None = None,
     run_one: RunOne | None = None,
     n_resamples: int = 2000,
+    finetune: Sequence[str] = (),
+    train_sizes: str = DEFAULT_TRAIN_SIZES,
+    finetune_all_seeds: bool = False,
+    finetune_run_one: RunOne | None = None,
 ) -> BenchmarkResult:
-    """Pre-train and evaluate every (recipe, seed) not yet finished, then write the leaderboard.
+    """Pre-train and evaluate every (recipe, seed) not yet finished, then write the leaderboard; with
+    ``finetune``, then the label-efficiency curves and the fine-tuning leaderboard.
 
     Args:
         recipes: recipe names or YAML paths (default :func:`default_recipes`).
@@ -240,19 +266,56 @@ def run_benchmark(
         console: progress bar and one line per failed run; None prints nothing.
         run_one: ``(command, log, env) -> exit code`` (default :func:`run_pretrain_process`); tests pass a fake.
         n_resamples: of the leaderboard's paired bootstrap.
+        finetune: fine-tuning recipes (:mod:`medssl.benchmark.finetuning`); checked before any run starts.
+        train_sizes: the curves' sizes, e.g. ``"20,50,100,all"``.
+        finetune_all_seeds: fine-tune every pre-training seed's encoder, not only the first seed's.
+        finetune_run_one: as ``run_one``, for the ``medssl finetune`` processes.
 
     Returns:
         the runs, those that failed (each reported in one line naming its log) and the leaderboard files
-        (None when no run has finished).
+        (None when no run has finished), and the fine-tuning part's.
     """
+    from medssl.benchmark.finetuning import check_finetune_request, run_finetuning
+
     started = time.monotonic()
     recipes = list(recipes or default_recipes())
     seeds, overrides, out_dir = list(seeds), list(overrides), Path(out_dir)
     check_request(recipes, seeds, overrides)
-    command = benchmark_command(recipes, seeds, out_dir, overrides, jobs, devices, smoke)
-    record_benchmark(out_dir, recipes, seeds, overrides, smoke, command)
+    request = check_finetune_request(finetune, train_sizes, finetune_all_seeds, smoke) if finetune else None
+    command = benchmark_command(recipes, seeds, out_dir, overrides, jobs, devices, smoke, request)
+    record_benchmark(out_dir, recipes, seeds, overrides, smoke, command, request.record() if request else None)
     console = console or Console(quiet=True)
     result = BenchmarkResult(runs=planned_runs(recipes, seeds, out_dir))
+    _pretrain(result, out_dir, overrides, smoke, jobs, devices, run_one or run_pretrain_process, console)
+    result.wall_time_s = time.monotonic() - started
+    result.leaderboard = _leaderboard_if_any(out_dir, command, result.wall_time_s, n_resamples, console)
+    if request is not None:
+        result.finetune = run_finetuning(
+            request,
+            result.runs,
+            seeds,
+            out_dir,
+            jobs=jobs,
+            devices=devices,
+            smoke=smoke,
+            console=console,
+            run_one=finetune_run_one,
+            command=command,
+        )
+    return result
+
+
+def _pretrain(
+    result: BenchmarkResult,
+    out_dir: Path,
+    overrides: list[str],
+    smoke: bool,
+    jobs: int,
+    devices: Sequence[str] | None,
+    run_one: RunOne,
+    console: Console,
+) -> None:
+    """The runs of ``result`` not yet finished, ``jobs`` at a time; failures go to ``result.failed``."""
     todo = [run for run in result.runs if not run.finished]
     with progress_bar(console, elapsed=True, remaining=False) as progress:
         task = progress.add_task("benchmark runs", total=len(result.runs), completed=len(result.runs) - len(todo))
@@ -268,39 +331,36 @@ def run_benchmark(
                 )
             progress.advance(task)
 
-        _execute(todo, overrides, smoke, jobs, devices, run_one or run_pretrain_process, on_done)
-    result.wall_time_s = time.monotonic() - started
-    result.leaderboard = _leaderboard_if_any(out_dir, command, result.wall_time_s, n_resamples, console)
-    return result
+        run_in_slots(todo, lambda run, env: _attempt(run, overrides, smoke, env, run_one), jobs, devices, on_done)
 
 
-def _execute(
-    todo: list[BenchmarkRun],
-    overrides: list[str],
-    smoke: bool,
+def run_in_slots(
+    todo: Sequence[Item],
+    attempt: Callable[[Item, dict], tuple[str | None, float]],
     jobs: int,
     devices: Sequence[str] | None,
-    run_one: RunOne,
-    on_done: Callable[[BenchmarkRun, str | None, float], None],
+    on_done: Callable[[Item, str | None, float], None],
 ) -> None:
-    """Run ``todo``, ``jobs`` at a time; ``on_done`` is called in this thread after each run."""
+    """Run ``attempt(item, env)`` for each item, ``jobs`` at a time (threads waiting on processes), each
+    with the environment of its slot (:func:`process_environment`); ``on_done(item, failure, seconds)``
+    is called in this thread after each. Pre-training runs and fine-tuning points go through here."""
     free_slots: queue.Queue[int] = queue.Queue()  # FIFO: devices are handed out in turn
     for slot in range(jobs):
         free_slots.put(slot)
 
-    def attempt(run: BenchmarkRun) -> tuple[str | None, float]:
+    def in_slot(item: Item) -> tuple[str | None, float]:
         slot = free_slots.get()
         try:
-            return _attempt(run, overrides, smoke, _run_environment(slot, jobs, devices), run_one)
+            return attempt(item, process_environment(slot, jobs, devices))
         finally:
             free_slots.put(slot)
 
     if jobs == 1:
-        for run in todo:
-            on_done(run, *attempt(run))
+        for item in todo:
+            on_done(item, *in_slot(item))
         return
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(attempt, run): run for run in todo}
+        futures = {pool.submit(in_slot, item): item for item in todo}
         try:
             for future in as_completed(futures):
                 on_done(futures[future], *future.result())
@@ -324,7 +384,8 @@ def _attempt(
     return None, seconds
 
 
-def _run_environment(slot: int, jobs: int, devices: Sequence[str] | None) -> dict:
+def process_environment(slot: int, jobs: int, devices: Sequence[str] | None) -> dict:
+    """The environment of a run in ``slot``: this medssl first on the path, CPUs // jobs threads, its GPU."""
     env = dict(os.environ)
     # The runs import the medssl that runs the benchmark, even where another one is installed.
     package_root = str(Path(__file__).resolve().parent.parent)

@@ -36,6 +36,7 @@ from medssl.config.loading import (
     shipped_recipes,
     shipped_recipes_dir,
     smoke_recipe,
+    smoke_shape,
     with_overrides,
     yaml_problem,
 )
@@ -221,5 +222,6 @@ __all__ = [
     "list_recipe_names",
     "shipped_recipes",
     "smoke_recipe",
+    "smoke_shape",
     "with_overrides",
 ]

@@ -384,11 +384,16 @@ def shipped_recipes() -> list[tuple[str, str]]:
     return rows
 
 
+def smoke_shape(encoder: str) -> int:
+    """The edge of ``--smoke`` volumes for ``encoder``: DenseNet121 downsamples 32-fold, so 32^3 is
+    the smallest volume it accepts; 16^3 for the others."""
+    return 32 if encoder == "densenet121" else 16
+
+
 def smoke_recipe(recipe: Recipe) -> Recipe:
     """A copy of ``recipe`` shrunk to run end-to-end in seconds (``--smoke``)."""
     smoke = recipe.model_copy(deep=True)
-    # DenseNet121 downsamples 32-fold: 32^3 is the smallest volume it accepts.
-    shape = 32 if recipe.model.encoder == "densenet121" else 16
+    shape = smoke_shape(recipe.model.encoder)
     smoke.data.synthetic = SyntheticCohortConfig(
         subjects=16,
         sites=4,

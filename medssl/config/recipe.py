@@ -28,6 +28,11 @@ from medssl.config.sections import (
 
 
 class Recipe(Section):
+    """A whole recipe, one section per step of the data path. Validating one merges its scale
+    profile under its own keys (``profile``, ``profiles``), reads keys of earlier medssl versions
+    under their new names (``notes`` says which) and, from :func:`~medssl.config.load_recipe`,
+    remembers the layer each value came from (``recipe.yaml`` writes it beside the value)."""
+
     name: str = Field("recipe", description="Recipe name (used for the run folder).")
     description: str = Field("", description="One line shown by `medssl recipes`.")
     data: DataConfig = Field(default_factory=DataConfig)

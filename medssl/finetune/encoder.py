@@ -3,9 +3,10 @@ inputs of the pre-training run that made it (its ``recipe.yaml``, when beside it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from medssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict
+from medssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, smoke_shape
 from medssl.errors import MedsslError
 from medssl.methods import architecture_options
 from medssl.models import Encoder, EncoderSpec, encoder_spec, load_encoder
@@ -27,7 +28,7 @@ def smoke_at_pretraining_shape(recipe: Recipe, source: str | Path) -> Recipe:
     a smoke pre-training (16^3 for a ResNet) and a smoke fine-tuning (32^3 for the DenseNet121 of
     the shipped fine-tuning recipe) then chain without a shape warning."""
     pretraining = pretraining_recipe(source)
-    shape = input_shape(pretraining) if pretraining is not None else None
+    shape = input_shape(pretraining) if pretraining is not None else imported_smoke_shape(source)
     if shape is None or len(set(shape)) != 1 or shape == input_shape(recipe):
         return recipe
     smoke = recipe.model_copy(deep=True)
@@ -36,6 +37,17 @@ def smoke_at_pretraining_shape(recipe: Recipe, source: str | Path) -> Recipe:
     else:
         smoke.data.volume_shape = list(shape)
     return smoke
+
+
+def imported_smoke_shape(source: str | Path) -> tuple[int, int, int] | None:
+    """The ``--smoke`` shape of an encoder without a pre-training recipe (imported weights): the
+    smallest its network takes, from its ``encoder.json``."""
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    try:
+        name = json.loads((folder / "encoder.json").read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (smoke_shape(str(name)),) * 3
 
 
 def pretraining_differences(source: str | Path, recipe: Recipe) -> list[str]:

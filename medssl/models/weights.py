@@ -425,7 +425,7 @@ def import_weights(
 
 
 def layout_rows() -> list[dict[str, str]]:
-    """One row per layout for ``medssl weights layouts`` and the README."""
+    """One row per layout for ``medssl weights layouts`` and docs/weights.md."""
     rows = []
     for layout in LAYOUTS:
         shape = "x".join(map(str, layout.input["shape"]))

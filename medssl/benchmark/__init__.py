@@ -291,16 +291,7 @@ def run_benchmark(
     result.leaderboard = _leaderboard_if_any(out_dir, command, result.wall_time_s, n_resamples, console)
     if request is not None:
         result.finetune = run_finetuning(
-            request,
-            result.runs,
-            seeds,
-            out_dir,
-            jobs=jobs,
-            devices=devices,
-            smoke=smoke,
-            console=console,
-            run_one=finetune_run_one,
-            command=command,
+            request, result.runs, seeds, out_dir, jobs, devices, smoke, console, finetune_run_one, command
         )
     return result
 

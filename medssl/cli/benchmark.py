@@ -51,8 +51,8 @@ def benchmark(
     finetune: str | None = typer.Option(
         None,
         "--finetune",
-        help="Comma-separated fine-tuning recipes, e.g. finetune_ad,finetune_focal: after the pre-training runs, "
-        "label-efficiency curves of the encoders (linear and lower_lr) and from scratch -> finetune_leaderboard.md.",
+        help="Fine-tuning recipes, e.g. finetune_ad,finetune_focal: then label-efficiency curves of the encoders "
+        "(linear, lower_lr) and from scratch -> finetune_leaderboard.md.",
     ),
     train_sizes: str = typer.Option(
         "20,50,100,all", "--train-sizes", help="With --finetune: labelled training subjects of the curves' points."

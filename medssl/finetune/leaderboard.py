@@ -147,10 +147,10 @@ def leaderboard_table(values: pd.DataFrame) -> pd.DataFrame:
 def differences_from_scratch(values: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Each row minus the from-scratch network, paired by fine-tuning seed (see the module docstring):
     ``n_pairs``, ``difference``, ``ci_low``, ``ci_high``, ``excludes_zero`` per recipe, row, size, split, metric."""
-    per_seed = values.groupby([*KEYS, "seed"], sort=False)["value"].mean()  # over pre-training seeds
+    per_seed = values.groupby([*KEYS, "seed"])["value"].mean()  # over pre-training seeds; sorted for .loc
     with_scratch = set(per_seed.index.droplevel("seed"))
     found = []
-    for (recipe, row, size, split, metric), series in per_seed.groupby(level=KEYS, sort=False):
+    for (recipe, row, size, split, metric), series in per_seed.groupby(level=KEYS):
         if row == SCRATCH or (recipe, SCRATCH, size, split, metric) not in with_scratch:
             continue
         scratch = per_seed.loc[(recipe, SCRATCH, size, split, metric)]
@@ -179,7 +179,9 @@ def finetune_leaderboard(points: list[CurvePoint], confidence: float = CONFIDENC
     values = per_seed_values(points)
     if values.empty:
         return pd.DataFrame(columns=[*KEYS, "kind", "n_train", "mean", "sd", "n_values"])
-    return leaderboard_table(values).merge(differences_from_scratch(values, confidence), on=KEYS, how="left")
+    table = leaderboard_table(values).merge(differences_from_scratch(values, confidence), on=KEYS, how="left")
+    table["n_pairs"] = table["n_pairs"].astype("Int64")  # empty on the from-scratch rows
+    return table
 
 
 def headline_metric(table: pd.DataFrame, recipe: str) -> str:
@@ -258,7 +260,7 @@ def _split_section(recipe: str, split: str, metric: str, rows: pd.DataFrame) -> 
         "",
         *_markdown_table(["method", *columns], scores),
         "",
-        f"Difference from {SCRATCH} ({CONFIDENCE:.0%} CI):",
+        f"Difference from the network trained from scratch (paired by seed, {CONFIDENCE:.0%} t-interval):",
         "",
         *_markdown_table(["method", *columns], differences),
     ]

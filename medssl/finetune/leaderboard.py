@@ -147,7 +147,7 @@ def leaderboard_table(values: pd.DataFrame) -> pd.DataFrame:
 def differences_from_scratch(values: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Each row minus the from-scratch network, paired by fine-tuning seed (see the module docstring):
     ``n_pairs``, ``difference``, ``ci_low``, ``ci_high``, ``excludes_zero`` per recipe, row, size, split, metric."""
-    per_seed = values.groupby([*KEYS, "seed"])["value"].mean()  # over pre-training seeds; sorted for .loc
+    per_seed = values.groupby([*KEYS, "seed"])["value"].mean().sort_index()  # over pre-training seeds; sorted for .loc
     with_scratch = set(per_seed.index.droplevel("seed"))
     found = []
     for (recipe, row, size, split, metric), series in per_seed.groupby(level=KEYS):

@@ -86,6 +86,12 @@ def data_inspect(
     json_out: str | None = typer.Option(
         None, "--json", metavar="FILE", help="Also write the figures to this JSON file (not a folder)."
     ),
+    scratch: bool = typer.Option(
+        False,
+        "--scratch",
+        metavar=FLAG,
+        help="Also fine-tune the recipe's network from scratch on the whole training split (its finetune section, seeds and budget) and print its test ROC AUC.",
+    ),
 ) -> None:
     """Method-independent figures of a cohort: scanner ranges, trivial probes, the diagnosis oracle."""
     from medssl.config import load_recipe
@@ -107,11 +113,35 @@ def data_inspect(
     with quiet_sklearn():  # its note under the figures
         figures = inspect_cohort(cohort, recipe, console=cli.console)
         print_cohort_figures(figures, cli.console)
+        if scratch:  # on the cohort inspected: a folder given replaces the recipe's
+            recipe.data.root = cohort.root if Path(source).is_dir() else recipe.data.root
+            figures["from_scratch"] = _from_scratch_classifier(recipe)
     if json_path is not None:
         from medssl.files import atomic_write_text
 
         atomic_write_text(json_path, json.dumps(figures, indent=2) + "\n")  # a killed write leaves no half file
         cli.console.print(f"Figures written to {json_path}")
+
+
+def _from_scratch_classifier(recipe) -> dict:
+    """The recipe's network fine-tuned from scratch on the whole training split (no run folder kept):
+    mean and sd over its seeds of each test split's scores, printed in one line a split."""
+    import tempfile
+
+    from medssl.finetune.protocol import finetune_encoder
+
+    with tempfile.TemporaryDirectory() as folder:
+        results = finetune_encoder(recipe, None, Path(folder) / "scratch")
+    summary = results["summary"]
+    seeds = len(recipe.finetune.seeds)
+    for split, scores in summary.items():
+        shown = ", ".join(
+            f"{metric} {values['mean']:.3f} ± {values['std']:.3f}" for metric, values in scores.items() if metric != "n"
+        )
+        cli.console.print(
+            f"from scratch ({recipe.model.encoder}, {recipe.finetune.target}, whole training split, {seeds} seeds), {split}: {shown}"
+        )
+    return summary
 
 
 @data_app.command("cache")

@@ -106,3 +106,18 @@ def test_data_inspect_prints_n_a_for_site_scores_of_too_few_subjects_per_site(ti
     rows = [line for line in result.output.splitlines() if "│ training mean" in line or "│ intensity " in line]
     assert rows and all(line.count("n/a") == 2 for line in rows)  # site BAcc and L_c, the MAEs still shown
     assert f"n/a (too few subjects: {fewest} per site)" in result.output
+
+
+def test_data_inspect_with_scratch_fine_tunes_from_scratch_on_the_whole_training_split(clinical, tmp_path):
+    out = tmp_path / "figures.json"
+    result = CliRunner().invoke(
+        app,
+        ["data", "inspect", str(clinical), "finetune.epochs=1", "finetune.seeds=[0]", "--scratch", "--json", str(out)],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    for split in ("internal_test", "external_test"):
+        assert f"from scratch (resnet18, diagnosis, whole training split, 1 seeds), {split}: roc_auc" in result.output
+    scratch = json.loads(out.read_text())["from_scratch"]
+    assert set(scratch) == {"internal_test", "external_test"}
+    assert 0 <= scratch["internal_test"]["roc_auc"]["mean"] <= 1

@@ -113,8 +113,9 @@ def data_inspect(
     with quiet_sklearn():  # its note under the figures
         figures = inspect_cohort(cohort, recipe, console=cli.console)
         print_cohort_figures(figures, cli.console)
-        if scratch:  # on the cohort inspected: a folder given replaces the recipe's
-            recipe.data.root = cohort.root if Path(source).is_dir() else recipe.data.root
+        if scratch:
+            if Path(source).is_dir():  # fine-tune on the folder inspected, not on the recipe's cohort
+                recipe.data.root = cohort.root
             figures["from_scratch"] = _from_scratch_classifier(recipe)
     if json_path is not None:
         from medssl.files import atomic_write_text

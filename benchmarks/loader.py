@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import build, machine, time_engine  # noqa: E402
 
-from medssl.config import Recipe  # noqa: E402
 from medssl.data.cache import cache_cohort  # noqa: E402
 from medssl.data.cohort import load_cohort  # noqa: E402
 from medssl.data.synthetic import synthesize_cohort  # noqa: E402
 from medssl.methods import method_needs  # noqa: E402
+from medssl.recipe import Recipe
 from medssl.train.distributed import DistributedContext  # noqa: E402
 from medssl.train.pretraining import Notes, pretraining_data  # noqa: E402
 

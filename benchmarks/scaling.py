@@ -49,7 +49,7 @@ def status_kb(field: str) -> int:
 
 def child(root: str, size: int, encoder: str, batch: int) -> None:
     """One epoch on ``size`` subjects; prints one JSON line."""
-    from medssl.config import Recipe
+    from medssl.recipe import Recipe
     from medssl.train.pretraining import build_pretraining, run_pretraining
 
     peak_anon = [status_kb("RssAnon")]

@@ -74,13 +74,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import machine, timed_trainer  # noqa: E402
 
-from medssl.config import load_recipe  # noqa: E402
 from medssl.data.cache import cache_cohort  # noqa: E402
 from medssl.data.cohort import load_cohort  # noqa: E402
 from medssl.data.synthetic import synthesize_cohort  # noqa: E402
 from medssl.losses import NTXentLoss, YAwareLoss  # noqa: E402
 from medssl.methods import fold_views, unfold_views  # noqa: E402
 from medssl.models import ProjectionHead, build_encoder  # noqa: E402
+from medssl.recipe import load_recipe
 from medssl.train.pretraining import Pretraining, build_pretraining  # noqa: E402
 from medssl.train.setup import make_optimizer  # noqa: E402
 

@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medssl.config import Recipe  # noqa: E402
 from medssl.data.synthetic import synthesize_cohort  # noqa: E402
 from medssl.methods import fold_views  # noqa: E402
+from medssl.recipe import Recipe
 from medssl.train.metrics_log import MetricsLog  # noqa: E402
 from medssl.train.pretraining import Pretraining, build_pretraining  # noqa: E402
 from medssl.train.setup import make_optimizer  # noqa: E402

@@ -11,7 +11,7 @@ With ``eval.online.every``, an :class:`OnlineProbe` handler probes age on a held
 the training split while the encoder trains.
 
 Example:
-    >>> from medssl.config import load_recipe
+    >>> from medssl.recipe import load_recipe
     >>> result = pretrain(load_recipe("yaware_age"), "runs/ya")
     >>> result.evaluation["pretrained"]["challenge_score"]
 """
@@ -29,7 +29,6 @@ from rich.console import Console
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from medssl.config import Recipe
 from medssl.data.cohort import Cohort
 from medssl.errors import RecipeError
 from medssl.eval.folds import challenge_folds
@@ -38,6 +37,7 @@ from medssl.eval.protocols import online_probe_scores
 from medssl.eval.run import evaluate_encoder
 from medssl.methods import Method
 from medssl.models.features import extract_features
+from medssl.recipe import Recipe
 from medssl.run_folder import check_run_folder
 from medssl.train.handlers import Handler
 from medssl.train.pretraining import build_pretraining, run_pretraining

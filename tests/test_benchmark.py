@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from medssl import benchmark as benchmark_module
 from medssl import cli
 from medssl.benchmark import default_recipes, planned_runs, pretrain_command, run_benchmark
-from medssl.config import list_recipe_names
 from medssl.errors import BenchmarkError, RecipeError
+from medssl.recipe import list_recipe_names
 
 RECIPES = ["simclr", "yaware_age"]
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from medssl import cli
 from medssl.cli.common import choose_run_dir
-from medssl.config import field_docs, list_recipe_names, load_recipe
+from medssl.recipe import field_docs, list_recipe_names, load_recipe
 
 runner = CliRunner()
 # The small AlexNet and no evaluation keep the command-line runs to seconds.

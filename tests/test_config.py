@@ -12,12 +12,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from medssl.config import (
-    METHOD_NAMES,
-    METHOD_SECTIONS,
+from medssl.config import MethodSection
+from medssl.errors import RecipeError
+from medssl.methods import METHOD_NAMES, METHOD_SECTIONS, DINOConfig
+from medssl.recipe import (
     RECIPES_DIR,
-    DINOConfig,
-    MethodSection,
     Recipe,
     dump_recipe,
     field_docs,
@@ -29,7 +28,6 @@ from medssl.config import (
     smoke_recipe,
     trim_flat_method_section,
 )
-from medssl.errors import RecipeError
 
 
 def write(tmp_path, text: str):
@@ -301,7 +299,7 @@ def test_a_stem_stride_is_refused_for_encoders_without_a_resnet_stem():
 
 
 def test_field_defaults_are_listed_as_yaml_a_recipe_accepts():
-    from medssl.config import field_docs
+    from medssl.recipe import field_docs
 
     defaults = {key: default for key, default, _ in field_docs()}
     assert defaults["data.root"] == "null" and defaults["views.crop.scale"] == "[0.6, 1.0]"

@@ -317,7 +317,7 @@ def test_resume_with_a_changed_training_setting_is_refused_naming_the_key(run_co
 def test_resume_with_more_epochs_trains_them_and_records_them_in_recipe_yaml(run_copy, monkeypatch, capsys):
     import pandas as pd
 
-    from medssl.config import load_recipe
+    from medssl.recipe import load_recipe
 
     code, _ = run_main(
         monkeypatch, capsys, "pretrain", "simclr", "--smoke", "--out", run_copy, "--resume", *FAST, "train.epochs=2"

@@ -1,4 +1,4 @@
-"""Imports go one way along the data path: cli -> finetune -> eval, train -> methods -> models, losses -> data -> config.
+"""Imports go one way along the data path: cli -> finetune -> eval, train -> recipe -> methods -> models, losses -> data -> config.
 
 Every ``import`` of every medssl module is read from its source (function-level imports
 included) and checked against the rank of the packages: a module imports only from packages
@@ -36,14 +36,15 @@ RANKS = {
     "medssl.data": 3,
     "medssl.models": 4,
     "medssl.losses": 4,
-    "medssl.methods": 5,
-    "medssl.train": 6,
-    "medssl.eval": 7,  # imports nothing from train or finetune either: see the test below
-    "medssl.finetune": 8,
-    "medssl.pipeline": 9,
-    "medssl.benchmark": 9,
-    "medssl.cli": 10,
-    "medssl.__main__": 11,
+    "medssl.methods": 5,  # each method's recipe section beside its builder, and the table of methods
+    "medssl.recipe": 6,  # the whole recipe: config's sections and the method's, from the table of methods
+    "medssl.train": 7,
+    "medssl.eval": 8,  # imports nothing from train or finetune either: see the test below
+    "medssl.finetune": 9,
+    "medssl.pipeline": 10,
+    "medssl.benchmark": 10,
+    "medssl.cli": 11,
+    "medssl.__main__": 12,
 }
 
 # What the evaluation package never imports, although ranked above it: it evaluates frozen features, it does not train.
@@ -148,13 +149,13 @@ def test_no_private_name_is_imported_from_another_module():
         (
             "from medssl.eval.run import evaluate_encoder",
             "medssl.train.pretraining",
-            "train rank 6 -> medssl.eval rank 7",
+            "train rank 7 -> medssl.eval rank 8",
         ),
-        ("import medssl.train.trainer", "medssl.methods.base", "methods rank 5 -> medssl.train rank 6"),
+        ("import medssl.train.trainer", "medssl.methods.base", "methods rank 5 -> medssl.train rank 7"),
         (
             "from medssl.finetune.protocol import finetune_encoder",
             "medssl.eval.report",
-            "eval rank 7 -> medssl.finetune rank 8",
+            "eval rank 8 -> medssl.finetune rank 9",
         ),
         ("from medssl.losses import NTXentLoss", "medssl.models.heads", "models rank 4 -> medssl.losses rank 4"),
     ],

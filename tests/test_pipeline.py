@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.data.cohort import Cohort
 from medssl.errors import RecipeError
 from medssl.pipeline import OnlineProbe, pretrain
+from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 
 
 def online_recipe(*overrides: str):

@@ -40,11 +40,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from medssl.config import list_recipe_names, load_recipe, parse_override
 from medssl.errors import BenchmarkError
 from medssl.eval.leaderboard import METRICS as LEADERBOARD_METRICS
 from medssl.eval.leaderboard import RUN_TIMES_FILE, write_leaderboard
 from medssl.progress import progress_bar
+from medssl.recipe import list_recipe_names, load_recipe, parse_override
 
 if TYPE_CHECKING:
     from medssl.benchmark.finetuning import FinetuneRequest, FinetuneResult

@@ -40,12 +40,12 @@ from medssl.benchmark import (
     run_in_slots,
     run_pretrain_process,
 )
-from medssl.config import list_recipe_names, load_recipe, smoke_recipe
 from medssl.errors import BenchmarkError, RecipeError
 from medssl.finetune.label_efficiency import parse_train_sizes, sizes_below
 from medssl.finetune.leaderboard import CurvePoint, size_label, write_finetune_leaderboard
 from medssl.finetune.splits import training_pool_size
 from medssl.progress import progress_bar
+from medssl.recipe import list_recipe_names, load_recipe, smoke_recipe
 from medssl.run_folder import run_artefacts
 
 FINETUNE_MODES = ("linear", "lower_lr")

@@ -70,16 +70,14 @@ def benchmark(
 
     if finetune is None and (finetune_all_seeds or train_sizes != "20,50,100,all"):
         raise BenchmarkError("--train-sizes and --finetune-all-seeds set the fine-tuning curves: give --finetune too")
-    recipe_names = _comma_list(recipes, "--recipes") if recipes else None
-    device_ids = _comma_list(devices, "--devices") if devices else None
     try:
         result = run_benchmark(
-            recipe_names,
+            _comma_list(recipes, "--recipes") if recipes else None,
             _seed_list(seeds),
             out,
             overrides or [],
             jobs=jobs,
-            devices=device_ids,
+            devices=_comma_list(devices, "--devices") if devices else None,
             smoke=smoke,
             console=cli.console,
             finetune=_comma_list(finetune, "--finetune") if finetune else (),

@@ -53,7 +53,7 @@ def refuse_nothing_to_resume(run_dir: Path, out: Path | None, state: str, has_st
 
 def apply_smoke(recipe, overrides: list[str]):
     """The recipe shrunk by ``--smoke``, then the command line's overrides again: they win over the smoke budget."""
-    from medssl.config import smoke_recipe, with_overrides
+    from medssl.recipe import smoke_recipe, with_overrides
 
     smoke = smoke_recipe(recipe)
     return with_overrides(smoke, overrides, source="--smoke") if overrides else smoke

@@ -94,9 +94,9 @@ def data_inspect(
     ),
 ) -> None:
     """Method-independent figures of a cohort: scanner ranges, trivial probes, the diagnosis oracle."""
-    from medssl.config import load_recipe
     from medssl.data.cohort import load_cohort
     from medssl.eval.cohort_figures import inspect_cohort
+    from medssl.recipe import load_recipe
     from medssl.train.setup import open_cohort
 
     json_path = output_file(json_out, example="figures.json")
@@ -206,7 +206,7 @@ def data_cache(
 def _cache_settings(cohort: Path, recipe: str | None, overrides: list[str]):
     """The data section ``data cache`` reads: --recipe's (else the defaults), then the overrides;
     an override it would not read is refused, as the modality of a cohort that has one only."""
-    from medssl.config import apply_overrides, load_recipe, recipe_from_dict
+    from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict
 
     refuse_unread_cache_overrides(overrides)
     if recipe:

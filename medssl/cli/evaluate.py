@@ -21,11 +21,11 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", help="Where to write metrics and plots (default <run>/eval)."),
 ) -> None:
     """OpenBHB-style evaluation: site-stratified and leave-site-out CV probes, the challenge score, plots."""
-    from medssl.config import apply_overrides, load_recipe, recipe_from_dict
     from medssl.eval.run import evaluate_encoder
     from medssl.models import load_encoder
     from medssl.models.encoders import model_overrides
-    from medssl.models.weights import input_note, resolve_normalization
+    from medssl.models.weights import input_note
+    from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict, with_source_normalization
     from medssl.train.setup import open_cohort, resolve_device
 
     refuse_unread_evaluate_overrides(overrides or [])
@@ -41,7 +41,7 @@ def evaluate(
     recipe = recipe_from_dict(raw, source=str(encoder_path), overrides=[*(overrides or []), *architecture])
     if cohort is not None:
         recipe.data.root = cohort
-    recipe = resolve_normalization(recipe, encoder.spec, pretraining)
+    recipe = with_source_normalization(recipe, encoder.spec, pretraining)
     note = input_note(encoder.spec, _first_volume_shape(recipe), recipe) if encoder.spec.input else None
     if note:
         cli.console.print(note)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -13,6 +14,9 @@ from medssl.cli.common import apply_smoke, choose_run_dir, quiet_sklearn, refuse
 from medssl.config.sections import refuse_unread_finetune_overrides
 from medssl.errors import RecipeError
 from medssl.run_folder import check_run_folder, run_artefacts
+
+if TYPE_CHECKING:
+    from medssl.recipe import Recipe
 
 
 class FinetuneMode(str, Enum):
@@ -68,14 +72,10 @@ def finetune(
     ),
 ) -> None:
     """Fine-tune an encoder on a labelled cohort (e.g. patients vs. controls); internal and external test, mean ± std over seeds."""
-    from medssl.config import load_recipe
     from medssl.finetune.protocol import finetune_encoder
 
     overrides = [*(overrides or []), *([f"finetune.mode={mode.value}"] if mode else [])]
-    refuse_unread_finetune_overrides(overrides)
-    resolved = load_recipe(recipe, overrides)
-    for note in resolved.notes:  # keys read under their new names
-        cli.console.print(note)
+    resolved = _load_finetune_recipe(recipe, overrides)
     if smoke:
         resolved = _smoke_finetune(resolved, overrides, encoder)
         cli.console.print("Smoke run: a handful of subjects, tiny volumes, one short epoch.")
@@ -95,6 +95,17 @@ def finetune(
             )
     except KeyboardInterrupt:
         raise Interrupted(run_dir, resumable=bool(run_artefacts(run_dir))) from None
+
+
+def _load_finetune_recipe(recipe: str, overrides: list[str]) -> Recipe:
+    """The fine-tuning recipe with its overrides (only keys fine-tuning reads), its notes printed."""
+    from medssl.recipe import load_recipe
+
+    refuse_unread_finetune_overrides(overrides)
+    resolved = load_recipe(recipe, overrides)
+    for note in resolved.notes:  # keys read under their new names
+        cli.console.print(note)
+    return resolved
 
 
 def _label_efficiency(

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from medssl.cli import FLAG, OVERRIDES_HELP, Interrupted, app
 from medssl.cli.common import apply_smoke, choose_run_dir, quiet_sklearn, refuse_nothing_to_resume
 from medssl.errors import RecipeError
 from medssl.run_folder import check_run_folder
+
+if TYPE_CHECKING:
+    from medssl.recipe import Recipe
 
 PRETRAIN_CHECKPOINT = Path("checkpoints") / "last.pt"
 
@@ -86,16 +90,13 @@ def pretrain(
     ),
 ) -> None:
     """Pre-train an encoder with a recipe; writes checkpoints, encoder.pt, metrics, plots and an evaluation."""
-    from medssl.config import load_recipe
+    from medssl.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])  # a bad recipe is refused before any launch
     for note in resolved.notes if "LOCAL_RANK" not in os.environ else []:  # keys read under new names, said once
         cli.console.print(note)
     if devices > 1 and "LOCAL_RANK" not in os.environ:
-        from medssl.methods import method_needs
-
-        if not method_needs(resolved).distributed:
-            raise RecipeError(f"method.name = {resolved.method.name!r} runs on one process: run it without --devices")
+        _refuse_one_process_method(resolved)
         _launch_torchrun(devices)
     if smoke:
         resolved = apply_smoke(resolved, overrides or [])
@@ -120,6 +121,14 @@ def pretrain(
             f"Done: mean loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch), "
             f"{_network_trained(result.run_dir)}. Run folder: {result.run_dir}"
         )
+
+
+def _refuse_one_process_method(recipe: Recipe) -> None:
+    """A method whose per-epoch step runs on one process (DeepCluster's clustering) is refused under --devices."""
+    from medssl.methods import method_needs
+
+    if not method_needs(recipe).distributed:
+        raise RecipeError(f"method.name = {recipe.method.name!r} runs on one process: run it without --devices")
 
 
 def _network_trained(run_dir: Path) -> str:

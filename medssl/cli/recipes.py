@@ -16,7 +16,7 @@ def recipes(
     ),
 ) -> None:
     """List the shipped recipes (or, with --fields, every recipe key)."""
-    from medssl.config import shipped_recipes
+    from medssl.recipe import shipped_recipes
 
     if fields:
         print_fields(cli.console)
@@ -28,7 +28,7 @@ def recipes(
 
 def _networks_trained(name: str) -> str:
     """The network a recipe trains on real data (profile paper) and on the embedded cohort (profile embedded)."""
-    from medssl.config import load_recipe
+    from medssl.recipe import load_recipe
 
     def network(model) -> str:
         return model.encoder + (f" {'-'.join(map(str, model.widths))}" if model.widths else "")

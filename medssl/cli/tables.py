@@ -53,14 +53,8 @@ def _fields_table(title: str) -> Table:
 
 def print_fields(console: Console) -> None:
     """Every recipe key; the method section as one block per method, since its keys depend on method.name."""
-    from medssl.config import (
-        DEFAULT_METHOD,
-        METHOD_SECTIONS,
-        AdversarialDebias,
-        EmbeddingSection,
-        FairKLDebias,
-        field_docs,
-    )
+    from medssl.methods import DEFAULT_METHOD, METHOD_SECTIONS, AdversarialDebias, EmbeddingSection, FairKLDebias
+    from medssl.recipe import field_docs
 
     view = _fields_table("Recipe fields")
     for key, default, description in field_docs():

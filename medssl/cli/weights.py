@@ -54,9 +54,9 @@ def weights_import(
 
 def _state_dict_spec(encoder: str | None, overrides: list[str]):
     """The network of ``--layout state-dict``: ``--encoder`` and ``model.*`` overrides, as a recipe builds it."""
-    from medssl.config import apply_overrides, recipe_from_dict
     from medssl.methods import architecture_options
     from medssl.models import encoder_spec
+    from medssl.recipe import apply_overrides, recipe_from_dict
 
     if encoder is None:
         raise RecipeError("--layout state-dict needs --encoder NAME (resnet18, densenet121, ...)")

@@ -1,104 +1,34 @@
-"""Recipes: YAML files validated into typed, documented configuration objects.
+"""The sections of a recipe: typed, documented models of each step of the data path.
 
-A recipe mirrors the data path: ``data`` -> ``views`` -> ``model`` -> ``method`` ->
-``train`` -> ``eval``. Every field has a default and a one-line description (shown by
-``medssl recipes --fields``). Recipes are read with a safe YAML loader that also refuses a key
-written twice: nothing in them is evaluated as code, and no key silently replaces another.
+A recipe mirrors the data path: ``data`` -> ``views`` -> ``model`` -> ``method`` -> ``train`` ->
+``eval`` (and ``finetune``). Every field has a default and a one-line description (shown by
+``medssl recipes --fields``).
 
 The package, one idea a module (every name below is importable from ``medssl.config``):
 :mod:`medssl.config.sections` (data, views, model, train, eval, finetune),
-:mod:`medssl.config.methods` (a section per method, the debiasing terms),
-:mod:`medssl.config.recipe` (the recipe, its scale profiles, the listing of its keys) and
-:mod:`medssl.config.loading` (YAML, overrides, error messages, the shipped recipes, ``--smoke``).
-
-Example:
-    >>> from medssl.config import load_recipe
-    >>> recipe = load_recipe("recipes/yaware_age.yaml", overrides=["train.epochs=2"])
-    >>> recipe.method.name
-    'yaware'
+:mod:`medssl.config.methods` (the base of every method's section and the knobs methods share;
+each method's own section lives beside its builder in :mod:`medssl.methods`) and
+:mod:`medssl.config.parts` (what the layers below the whole recipe read of it).
+The whole recipe, assembled from these sections and the table of methods, and its reading from
+YAML are :mod:`medssl.recipe`.
 """
 
 from __future__ import annotations
 
-from medssl.config.loading import (
-    RECIPES_DIR,
-    SWITCH_VALUES,
-    RecipeLoader,
-    apply_overrides,
-    dump_recipe,
-    flatten_keys,
-    list_recipe_names,
-    load_recipe,
-    parse_override,
-    read_yaml,
-    recipe_from_dict,
-    resolve_recipe_path,
-    shipped_recipes,
-    shipped_recipes_dir,
-    smoke_recipe,
-    smoke_shape,
-    with_overrides,
-    yaml_problem,
-)
 from medssl.config.methods import (
-    DEBIAS_NAMES,
-    DEFAULT_METHOD,
-    FLAT_METHOD_SECTION_KEYS,
-    FLAT_METHOD_SECTION_MARKERS,
     METHOD_NAME_FIELD,
-    METHOD_NAMES,
-    METHOD_SECTIONS,
-    RENAMED_METHOD_KEYS,
-    AdversarialDebias,
-    BarlowTwinsConfig,
-    BYOLConfig,
-    Debias,
-    DebiasKey,
-    DecoupledConfig,
-    DeepClusterConfig,
-    DINOConfig,
     EmaMomentum,
-    EmbeddingSection,
     Eps,
-    EpsSupConConfig,
-    EpsSupInfoNCEConfig,
-    ExponentialConfig,
-    FairKLDebias,
     Kernel,
-    MethodConfig,
     MethodSection,
     PredictorHiddenDim,
     ReferenceCode,
     SectionT,
     ShuffleLabels,
     Sigma,
-    SimCLRConfig,
-    SimSiamConfig,
-    SupConConfig,
-    SupervisedConfig,
     Temperature,
-    ThresholdConfig,
-    VICRegConfig,
-    YAwareConfig,
-    rename_method_keys,
-    renamed_keys,
-    trim_flat_method_section,
 )
-from medssl.config.recipe import (
-    BUILTIN_PROFILES,
-    EMBEDDED_PROFILE,
-    LEGACY_BUDGET_SECTIONS,
-    LINKED_KEYS,
-    Recipe,
-    check_profile_keys,
-    chosen_profile,
-    field_docs,
-    merge_layers,
-    move_legacy_budget,
-    move_legacy_method_keys,
-    profile_layer,
-    yaml_value,
-)
+from medssl.config.parts import RecipeSections
 from medssl.config.sections import (
     CACHE_READS,
     EVALUATE_READS_OF_TRAIN,
@@ -160,68 +90,7 @@ __all__ = [
     "ShuffleLabels",
     "EmaMomentum",
     "PredictorHiddenDim",
-    "FairKLDebias",
-    "AdversarialDebias",
-    "Debias",
-    "DEBIAS_NAMES",
     "SectionT",
     "MethodSection",
-    "EmbeddingSection",
-    "DebiasKey",
-    "YAwareConfig",
-    "ThresholdConfig",
-    "ExponentialConfig",
-    "SimCLRConfig",
-    "DecoupledConfig",
-    "SupConConfig",
-    "EpsSupInfoNCEConfig",
-    "EpsSupConConfig",
-    "BarlowTwinsConfig",
-    "VICRegConfig",
-    "BYOLConfig",
-    "SimSiamConfig",
-    "DINOConfig",
-    "DeepClusterConfig",
-    "SupervisedConfig",
-    "DEFAULT_METHOD",
-    "MethodConfig",
-    "METHOD_SECTIONS",
-    "METHOD_NAMES",
-    "FLAT_METHOD_SECTION_MARKERS",
-    "FLAT_METHOD_SECTION_KEYS",
-    "trim_flat_method_section",
-    "RENAMED_METHOD_KEYS",
-    "renamed_keys",
-    "rename_method_keys",
-    "Recipe",
-    "EMBEDDED_PROFILE",
-    "BUILTIN_PROFILES",
-    "LINKED_KEYS",
-    "LEGACY_BUDGET_SECTIONS",
-    "chosen_profile",
-    "profile_layer",
-    "merge_layers",
-    "move_legacy_budget",
-    "move_legacy_method_keys",
-    "check_profile_keys",
-    "field_docs",
-    "yaml_value",
-    "shipped_recipes_dir",
-    "RECIPES_DIR",
-    "yaml_problem",
-    "RecipeLoader",
-    "read_yaml",
-    "SWITCH_VALUES",
-    "parse_override",
-    "apply_overrides",
-    "resolve_recipe_path",
-    "recipe_from_dict",
-    "load_recipe",
-    "flatten_keys",
-    "dump_recipe",
-    "list_recipe_names",
-    "shipped_recipes",
-    "smoke_recipe",
-    "smoke_shape",
-    "with_overrides",
+    "RecipeSections",
 ]

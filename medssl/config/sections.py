@@ -1,5 +1,5 @@
 """The recipe's sections other than the method's: ``data`` -> ``views`` -> ``model``, then ``train``,
-``eval`` and ``finetune`` (the method's sections are in :mod:`medssl.config.methods`).
+``eval`` and ``finetune`` (each method's section lives beside its builder in :mod:`medssl.methods`).
 
 Every section is a :class:`Section`: unknown keys are errors, assignments are validated, and
 numbers are finite and never booleans.

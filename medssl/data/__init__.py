@@ -5,7 +5,7 @@ Names are imported on first use, so importing one submodule does not load the ot
 
 Example:
     >>> from medssl.data import MultiViewDataset, build_view_transform, embedded_cohort, load_cohort
-    >>> from medssl.config import load_recipe
+    >>> from medssl.recipe import load_recipe
     >>> recipe = load_recipe("simclr")
     >>> cohort = load_cohort(embedded_cohort(recipe.data.synthetic))
     >>> views = MultiViewDataset(cohort.subjects(), build_view_transform(recipe.views), n_views=2)

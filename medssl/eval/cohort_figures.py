@@ -35,7 +35,6 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medssl.config import Recipe
 from medssl.data.anatomy import ageing_effect_map, diagnosis_effect_map
 from medssl.data.cohort import Cohort
 from medssl.data.synthetic import MARKER_NAME
@@ -43,6 +42,7 @@ from medssl.eval.features import IntensityStatistics, extract_features, volume_d
 from medssl.eval.folds import site_stratified_folds
 from medssl.eval.probes import challenge_protocol, challenge_skip_reason, quiet_fits
 from medssl.eval.score import EvaluationError
+from medssl.recipe import Recipe
 
 PROBE_KEYS = ("mae_internal", "mae_external", "bacc_site", "chance_bacc", "challenge_score")
 SCANNER_PARAMETERS = ("offset", "gamma", "contrast", "csf_intensity", "bias", "noise", "blur")

@@ -172,30 +172,45 @@ def score_challenge_folds(
     """
     scores, notes = [], []
     for fold in folds:
-        parts = (fold.train, fold.internal_test, fold.external_test)
-        positions = np.concatenate(parts)
-        fold_table = table.iloc[positions].reset_index(drop=True)
-        fold_table["split"] = np.repeat(FOLD_PARTS, [len(part) for part in parts])
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UnseenSiteWarning)
-                result = protocol(features[positions], fold_table)
-        except EvaluationError as error:
-            notes.append(f"kit_folds: {fold.name}: {error}, fold skipped")
-            continue
-        notes.extend(
-            f"kit_folds: {fold.name}: {warning.message}"
-            for warning in caught
-            if issubclass(warning.category, UnseenSiteWarning)
-        )
-        scores.append(
-            {
-                "fold": fold.name,
-                **{metric: result[metric] for metric in CHALLENGE_FOLD_METRICS},
-                "min_internal_per_site": result["min_internal_per_site"],
-            }
-        )
+        row, fold_notes = _score_fold(features, table, fold, protocol)
+        notes += fold_notes
+        if row is not None:
+            scores.append(row)
     per_fold = pd.DataFrame(scores, columns=["fold", *CHALLENGE_FOLD_METRICS, "min_internal_per_site"])
+    summary = _summarise_folds(per_fold)
+    summary.attrs.update(per_fold=per_fold, notes=notes)
+    return summary
+
+
+def _score_fold(
+    features: np.ndarray, table: pd.DataFrame, fold: ChallengeFold, protocol: Callable[[np.ndarray, pd.DataFrame], dict]
+) -> tuple[dict | None, list[str]]:
+    """One fold's row of scores (None when the protocol refuses the fold) and its notes."""
+    parts = (fold.train, fold.internal_test, fold.external_test)
+    positions = np.concatenate(parts)
+    fold_table = table.iloc[positions].reset_index(drop=True)
+    fold_table["split"] = np.repeat(FOLD_PARTS, [len(part) for part in parts])
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnseenSiteWarning)
+            result = protocol(features[positions], fold_table)
+    except EvaluationError as error:
+        return None, [f"kit_folds: {fold.name}: {error}, fold skipped"]
+    notes = [
+        f"kit_folds: {fold.name}: {warning.message}"
+        for warning in caught
+        if issubclass(warning.category, UnseenSiteWarning)
+    ]
+    row = {
+        "fold": fold.name,
+        **{metric: result[metric] for metric in CHALLENGE_FOLD_METRICS},
+        "min_internal_per_site": result["min_internal_per_site"],
+    }
+    return row, notes
+
+
+def _summarise_folds(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof 0) and number of the folds' finite scores, per metric."""
     fewest = int(per_fold["min_internal_per_site"].min()) if len(per_fold) else None
     rows = []
     for metric, target in CHALLENGE_FOLD_METRICS.items():
@@ -212,8 +227,6 @@ def score_challenge_folds(
                 "min_internal_per_site": fewest,
             }
         )
-    summary = pd.DataFrame(
+    return pd.DataFrame(
         rows, columns=["protocol", "target", "metric", "mean", "std", "n_folds", "min_internal_per_site"]
     )
-    summary.attrs.update(per_fold=per_fold, notes=notes)
-    return summary

@@ -62,7 +62,17 @@ from medssl.eval.combat import fold_combat
 from medssl.eval.folds import ChallengeFold
 from medssl.eval.plots import plot_age_predictions, plot_embedding
 from medssl.eval.probes import check_features, out_of_fold_predictions
-from medssl.eval.protocols import PROTOCOLS, Result, Setup, plan, report_order, run_protocol, runnable
+from medssl.eval.protocols import (
+    PROTOCOLS,
+    Protocol,
+    Result,
+    Setup,
+    Transform,
+    plan,
+    report_order,
+    run_protocol,
+    runnable,
+)
 from medssl.eval.score import MIN_SUBJECTS_PER_SITE, SITE_SCORES, EvaluationError, too_few_per_site
 from medssl.files import json_ready
 
@@ -127,19 +137,13 @@ def evaluate_representation(
     results: dict = {}
     long_tables: list[pd.DataFrame] = []
     per_fold: list[pd.DataFrame] = []
-    names = list(matrices)
-    if setup.n_sites >= 2:  # ComBat harmonises across sites: the trained encoder's features, harmonised
-        names.insert(1, "combat")
+    # ComBat harmonises across sites: the trained encoder's features, harmonised, beside them
+    names = [*matrices][:1] + ["combat"] * (setup.n_sites >= 2) + [*matrices][1:]
     for name in names:
         matrix = matrices["pretrained" if name == "combat" else name]
         transform = fold_combat(matrix, table) if name == "combat" else None
         notes = [*plan_notes, *([COMBAT_NOTE] if transform is not None else [])]
-        outcomes: dict[str, Result] = {}
-        for protocol in protocols:
-            result, said = run_protocol(protocol, matrix, setup, transform)
-            notes.extend(said)
-            if result is not None:
-                outcomes[protocol.name] = result
+        outcomes = _run_protocols(protocols, matrix, setup, transform, notes)
         per_fold.extend(
             result.attrs["per_fold"].assign(representation=name)
             for result in outcomes.values()
@@ -151,6 +155,19 @@ def evaluate_representation(
 
     results["settings"] = _settings(setup, folds, matrices["pretrained"])
     return _write_metrics(out_dir, results, long_tables, per_fold)
+
+
+def _run_protocols(
+    protocols: list[Protocol], matrix: np.ndarray, setup: Setup, transform: Transform | None, notes: list[str]
+) -> dict[str, Result]:
+    """Each runnable protocol's result on one representation, by name; what they say goes into ``notes``."""
+    outcomes: dict[str, Result] = {}
+    for protocol in protocols:
+        result, said = run_protocol(protocol, matrix, setup, transform)
+        notes.extend(said)
+        if result is not None:
+            outcomes[protocol.name] = result
+    return outcomes
 
 
 def _write_predictions(

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from medssl.config import Recipe
 from medssl.data.cohort import Cohort
 from medssl.eval.features import IntensityStatistics
 from medssl.eval.folds import challenge_folds
@@ -17,6 +16,7 @@ from medssl.eval.report import evaluate_representation, print_report
 from medssl.methods import build_encoder_for
 from medssl.models import Encoder
 from medssl.models.features import extract_features
+from medssl.recipe import Recipe
 
 
 def random_encoder(recipe: Recipe, like: torch.nn.Module | None = None) -> torch.nn.Module:

@@ -133,9 +133,8 @@ def score_predictions(
         source: the table's name in messages (default: the file :func:`read_predictions` read).
 
     Returns:
-        ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``, ``ramp_combined``, ``n_sites``,
-        ``n_internal``, ``n_external``, ``r2_internal``, ``r2_external`` (NaN when undefined), ``chance_bacc``,
-        ``min_internal_per_site`` (the fewest internal-test subjects of a site: see :data:`MIN_SUBJECTS_PER_SITE`).
+        ``mae_internal``, ``mae_external``, ``bacc_site``, ``challenge_score``, ``ramp_combined``, ``n_sites``, ``n_internal``,
+        ``n_external``, ``r2_internal``, ``r2_external`` (NaN when undefined), ``chance_bacc``, ``min_internal_per_site``.
 
     Example:
         >>> scores = score_predictions(predictions)  # then scores["mae_external"], scores["bacc_site"]
@@ -154,9 +153,9 @@ def score_predictions(
     scored = table[tested]
     internal = (splits[tested] == "internal_test").to_numpy()
     site_scored = scored[internal]  # an external site has no right answer among the training sites
-    for rows, columns in ((scored, [age_col, age_pred_col, site_col]), (site_scored, site_pred_source)):
-        for column in columns:
-            _check_no_missing(rows[column], column, table, id_col, source)
+    _check_scored_rows_complete(
+        ((scored, [age_col, age_pred_col, site_col]), (site_scored, site_pred_source)), table, id_col, source
+    )
     true_age = _true_ages(scored, age_col, table, id_col, source)
     pred_age = _numeric(scored[age_pred_col], age_pred_col, table, id_col, source)
     true_site = as_labels(site_scored[site_col]).to_numpy()
@@ -440,6 +439,15 @@ def _row_name(table: pd.DataFrame, row: int, id_col: str | None) -> str:
     if id_col is not None and id_col in table.columns:
         return f"participant {table.at[row, id_col]!s} (data row {row + 1})"
     return f"data row {row + 1}"
+
+
+def _check_scored_rows_complete(
+    checks: tuple[tuple[pd.DataFrame, list[str]], ...], table: pd.DataFrame, id_col: str | None, source: str
+) -> None:
+    """No missing value in the columns each scored part of the table is read from."""
+    for rows, columns in checks:
+        for column in columns:
+            _check_no_missing(rows[column], column, table, id_col, source)
 
 
 def _check_no_missing(values: pd.Series, column: str, table: pd.DataFrame, id_col: str | None, source: str) -> None:

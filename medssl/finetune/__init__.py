@@ -18,7 +18,7 @@ It sits above ``medssl.train`` and beside ``medssl.eval`` (whose probes and scor
 ``medssl.eval`` imports nothing from it. Names are imported on first use.
 
 Example:
-    >>> from medssl.config import load_recipe
+    >>> from medssl.recipe import load_recipe
     >>> from medssl.finetune import finetune_encoder
     >>> results = finetune_encoder(load_recipe("finetune_diagnosis"), "runs/yaware_age-20250101-120000", "runs/ft")
 """

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, smoke_shape
 from medssl.errors import MedsslError
 from medssl.methods import architecture_options
 from medssl.models import Encoder, EncoderSpec, encoder_spec, load_encoder
 from medssl.models.encoders import model_overrides
-from medssl.models.weights import resolve_normalization
+from medssl.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict, smoke_shape, with_source_normalization
 
 
 def pretraining_recipe(source: str | Path) -> Recipe | None:
@@ -107,7 +106,7 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> tuple[Encoder
         )
     raw = apply_overrides(recipe.model_dump(mode="json"), wanted)
     resolved = recipe_from_dict(raw, source=str(source), overrides=wanted)
-    resolved = resolve_normalization(resolved, encoder.spec, pretraining_recipe(source))
+    resolved = with_source_normalization(resolved, encoder.spec, pretraining_recipe(source))
     return encoder, resolved, notes
 
 

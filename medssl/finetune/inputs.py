@@ -9,9 +9,9 @@ import torch
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Dataset
 
-from medssl.config import Recipe
 from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
+from medssl.recipe import Recipe
 
 
 def volume_dataset(part: Cohort, recipe: Recipe, augment: bool) -> VolumeDataset:

@@ -24,13 +24,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from medssl.config import Recipe
 from medssl.errors import RecipeError
 from medssl.eval.plots import save_figure
 from medssl.eval.score import TEST_SPLITS
 from medssl.files import atomic_write_text
 from medssl.finetune.protocol import FineTuner, finetune_encoder
 from medssl.finetune.splits import training_pool_size
+from medssl.recipe import Recipe
 
 ALL = "all"
 

@@ -46,7 +46,7 @@ interrupted at any point continues with ``resume=True`` (``medssl finetune ... -
 and ends with the results of an uninterrupted one.
 
 Example:
-    >>> from medssl.config import load_recipe
+    >>> from medssl.recipe import load_recipe
     >>> recipe = load_recipe("finetune_diagnosis", ["finetune.mode=linear"])
     >>> results = finetune_encoder(recipe, "runs/yaware_age-20250101-120000", "runs/finetune")
     >>> results["summary"]["external_test"]["roc_auc"]
@@ -66,7 +66,6 @@ import torch
 import yaml
 from rich.console import Console
 
-from medssl.config import Recipe, dump_recipe
 from medssl.errors import CheckpointError
 from medssl.eval.features import IntensityStatistics
 from medssl.files import atomic_write_text
@@ -81,6 +80,7 @@ from medssl.methods import build_encoder_for
 from medssl.models import Encoder
 from medssl.models.features import extract_features
 from medssl.models.weights import input_note
+from medssl.recipe import Recipe, dump_recipe
 from medssl.train.checkpoint import resumable_checkpoint, resume_differences
 from medssl.train.setup import check_input_size, open_cohort, resolve_device, safe_precision
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medssl.config import Recipe
 from medssl.data.cohort import Cohort
 from medssl.errors import CohortError, RecipeError
 from medssl.eval.score import TEST_SPLITS
 from medssl.finetune.target import Target, known_rows, resolve_target
+from medssl.recipe import Recipe
 from medssl.train.setup import open_cohort
 
 

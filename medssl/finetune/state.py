@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from medssl.config import Recipe
 from medssl.data.cohort import Cohort
 from medssl.finetune.target import Target
 from medssl.models import Encoder
+from medssl.recipe import Recipe
 
 
 class TunerState:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medssl.config import HeadConfig
+from medssl.config import HeadConfig, MethodSection, RecipeSections
 from medssl.losses import alignment, uniformity
 from medssl.models import Encoder, ProjectionHead
 
@@ -124,3 +125,26 @@ class Method(nn.Module):
             "embedding_std": std,
             "embedding_std_ratio": std * z.shape[-1] ** 0.5,
         }
+
+
+# "augmented": views.n_views views of each subject, each drawn with the recipe's views section.
+# "global": DINO's 2 global views, drawn the same way; the method cuts its local crops from them.
+ViewKind = Literal["augmented", "global"]
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One method in the table of methods: its recipe section, how it is built from that section,
+    and what it asks of the engine. Each method's module defines its entry beside its section."""
+
+    config: type[MethodSection]
+    build: Callable[[Any, RecipeSections, Encoder], Method]  # (its section, the recipe, the encoder) -> the method
+    label: bool = False  # trains on the recipe's data.label
+    views: int | None = None  # views per subject; None: views.n_views, at least 2
+    view_kind: ViewKind = "augmented"
+    distributed: bool = True  # False: its per-epoch step (DeepCluster's clustering) runs on one process only
+    training_features: bool = False  # clusters features of the training cohort each epoch (DeepCluster)
+
+    @property
+    def name(self) -> str:
+        return self.config.method_name()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
-from medssl.config import BYOLConfig, Recipe, SimSiamConfig
+from medssl.config import METHOD_NAME_FIELD, EmaMomentum, MethodSection, PredictorHiddenDim, RecipeSections
 from medssl.losses import BYOLLoss, SimSiamLoss
-from medssl.methods.base import Method, fold_views, projection_head
+from medssl.methods.base import Method, MethodEntry, fold_views, projection_head
 from medssl.methods.ema import cosine_momentum, ema_update, make_target
 from medssl.models import Encoder, ProjectionHead
 
@@ -67,7 +69,22 @@ class SimSiam(Method):
         return self.loss(torch.stack([self.predictor(z1), self.predictor(z2)], dim=1), z[:, :2]), {}
 
 
-def build_byol(section: BYOLConfig, recipe: Recipe, encoder: Encoder) -> BYOL:
+class BYOLConfig(MethodSection):
+    """BYOL (Grill et al., NeurIPS 2020): a predictor regresses an EMA target network's projection."""
+
+    name: Annotated[Literal["byol"], METHOD_NAME_FIELD] = "byol"
+    momentum: EmaMomentum = 0.996
+    predictor_hidden_dim: PredictorHiddenDim = 512
+
+
+class SimSiamConfig(MethodSection):
+    """SimSiam (Chen & He, CVPR 2021): BYOL without the EMA target, a stop-gradient instead."""
+
+    name: Annotated[Literal["simsiam"], METHOD_NAME_FIELD] = "simsiam"
+    predictor_hidden_dim: PredictorHiddenDim = 512
+
+
+def build_byol(section: BYOLConfig, recipe: RecipeSections, encoder: Encoder) -> BYOL:
     return BYOL(
         encoder,
         projection_head(recipe.model.head, encoder),
@@ -76,7 +93,11 @@ def build_byol(section: BYOLConfig, recipe: Recipe, encoder: Encoder) -> BYOL:
     )
 
 
-def build_simsiam(section: SimSiamConfig, recipe: Recipe, encoder: Encoder) -> SimSiam:
+def build_simsiam(section: SimSiamConfig, recipe: RecipeSections, encoder: Encoder) -> SimSiam:
     return SimSiam(
         encoder, projection_head(recipe.model.head, encoder), predictor_hidden_dim=section.predictor_hidden_dim
     )
+
+
+BYOL_METHOD = MethodEntry(BYOLConfig, build_byol)
+SIMSIAM_METHOD = MethodEntry(SimSiamConfig, build_simsiam)

@@ -1,17 +1,42 @@
 """Contrastive methods: embeddings of every view of every subject go into one loss.
 
 Covers SimCLR, y-aware, threshold, exponential, SupCon, eps-SupInfoNCE, eps-SupCon and
-decoupled InfoNCE, and the two non-contrastive losses that also see a plain (N, V, d)
-batch of embeddings: Barlow Twins and VICReg.
+decoupled InfoNCE: each one's recipe section and table entry are here. The engine of these
+methods, :class:`EmbeddingLossMethod` (and :func:`embedding_loss`, the entry of such a method), also
+runs the redundancy-reduction losses (:mod:`medssl.methods.redundancy`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
 import torch
 from torch import nn
 
-from medssl.methods.base import Method, fold_views, unfold_views
-from medssl.methods.debias import AdversarialSiteHead
+from medssl.config import (
+    METHOD_NAME_FIELD,
+    Eps,
+    Kernel,
+    MethodSection,
+    RecipeSections,
+    ReferenceCode,
+    ShuffleLabels,
+    Sigma,
+    Temperature,
+)
+from medssl.losses import (
+    DecoupledNTXentLoss,
+    EpsSupConLoss,
+    EpsSupInfoNCELoss,
+    ExponentialLoss,
+    NTXentLoss,
+    SupConLoss,
+    ThresholdLoss,
+    YAwareLoss,
+)
+from medssl.methods.base import Method, MethodEntry, fold_views, projection_head, unfold_views
+from medssl.methods.debias import AdversarialSiteHead, DebiasKey, EmbeddingSection
 from medssl.models import Encoder, ProjectionHead
 
 
@@ -60,3 +85,132 @@ class EmbeddingLossMethod(Method):
     def after_step(self, step: int, total_steps: int) -> None:
         if isinstance(self.debias, AdversarialSiteHead):
             self.debias.set_progress(step, total_steps)
+
+
+def embedding_loss(
+    config: type[MethodSection],
+    make_loss: Callable[[Any], nn.Module],
+    label: bool = False,
+    monitors_collapse: bool = False,
+) -> MethodEntry:
+    """The entry of a method that is one loss on the (N, V, d) projections of every view
+    (:class:`EmbeddingLossMethod`); ``make_loss`` builds the loss from the method's section."""
+
+    def build(section: Any, recipe: RecipeSections, encoder: Encoder) -> Method:
+        return EmbeddingLossMethod(
+            encoder,
+            projection_head(recipe.model.head, encoder),
+            make_loss(section),
+            uses_label=label,
+            monitors_collapse=monitors_collapse,
+            shuffle_labels=label and section.shuffle_labels,
+        )
+
+    return MethodEntry(config, build, label=label)
+
+
+# ----------------------------------------------------------------------------- the methods
+class YAwareConfig(EmbeddingSection):
+    """y-aware InfoNCE (Dufumier et al., MICCAI 2021): positives weighted by a kernel on the label."""
+
+    name: Annotated[Literal["yaware"], METHOD_NAME_FIELD] = "yaware"
+    temperature: Temperature = 0.1
+    sigma: Sigma = 5.0
+    kernel: Kernel = "rbf"
+    shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
+
+
+class ThresholdConfig(EmbeddingSection):
+    """Threshold loss L^thr (Barbano et al., ISBI 2023): negatives farther in label than the positive repel."""
+
+    name: Annotated[Literal["threshold"], METHOD_NAME_FIELD] = "threshold"
+    temperature: Temperature = 0.1
+    sigma: Sigma = 5.0
+    kernel: Kernel = "rbf"
+    reference_code: ReferenceCode = False
+    shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
+
+
+class ExponentialConfig(EmbeddingSection):
+    """Exponential loss L^exp (Barbano et al., ISBI 2023): negatives repel in proportion to label distance."""
+
+    name: Annotated[Literal["exponential"], METHOD_NAME_FIELD] = "exponential"
+    temperature: Temperature = 0.1
+    sigma: Sigma = 5.0
+    kernel: Kernel = "rbf"
+    reference_code: ReferenceCode = False
+    shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
+
+
+class SimCLRConfig(EmbeddingSection):
+    """SimCLR's NT-Xent (Chen et al., ICML 2020): the other view of the same subject is the positive."""
+
+    name: Annotated[Literal["simclr"], METHOD_NAME_FIELD] = "simclr"
+    temperature: Temperature = 0.1
+    debias: DebiasKey = None
+
+
+class DecoupledConfig(EmbeddingSection):
+    """Decoupled contrastive learning (Yeh et al., ECCV 2022): NT-Xent without the positive in the denominator."""
+
+    name: Annotated[Literal["decoupled"], METHOD_NAME_FIELD] = "decoupled"
+    temperature: Temperature = 0.1
+    debias: DebiasKey = None
+
+
+class SupConConfig(EmbeddingSection):
+    """SupCon (Khosla et al., NeurIPS 2020): subjects of the same class are positives."""
+
+    name: Annotated[Literal["supcon"], METHOD_NAME_FIELD] = "supcon"
+    temperature: Temperature = 0.1
+    shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
+
+
+class EpsSupInfoNCEConfig(EmbeddingSection):
+    """eps-SupInfoNCE (Barbano et al., ICLR 2023): each positive beats every negative by a margin eps."""
+
+    name: Annotated[Literal["eps_supinfonce"], METHOD_NAME_FIELD] = "eps_supinfonce"
+    temperature: Temperature = 0.1
+    eps: Eps = 0.0
+    shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
+
+
+class EpsSupConConfig(EmbeddingSection):
+    """eps-SupCon (Barbano et al., ICLR 2023): SupCon with a margin eps on the negatives."""
+
+    name: Annotated[Literal["eps_supcon"], METHOD_NAME_FIELD] = "eps_supcon"
+    temperature: Temperature = 0.1
+    eps: Eps = 0.0
+    shuffle_labels: ShuffleLabels = False
+    debias: DebiasKey = None
+
+
+CONTRASTIVE_METHODS = (
+    embedding_loss(
+        YAwareConfig, lambda m: YAwareLoss(temperature=m.temperature, sigma=m.sigma, kernel=m.kernel), label=True
+    ),
+    embedding_loss(SimCLRConfig, lambda m: NTXentLoss(temperature=m.temperature)),
+    embedding_loss(
+        ThresholdConfig,
+        lambda m: ThresholdLoss(
+            temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code
+        ),
+        label=True,
+    ),
+    embedding_loss(
+        ExponentialConfig,
+        lambda m: ExponentialLoss(
+            temperature=m.temperature, sigma=m.sigma, kernel=m.kernel, reference_code=m.reference_code
+        ),
+        label=True,
+    ),
+    embedding_loss(SupConConfig, lambda m: SupConLoss(temperature=m.temperature), label=True),
+    embedding_loss(EpsSupInfoNCEConfig, lambda m: EpsSupInfoNCELoss(temperature=m.temperature, eps=m.eps), label=True),
+    embedding_loss(EpsSupConConfig, lambda m: EpsSupConLoss(temperature=m.temperature, eps=m.eps), label=True),
+    embedding_loss(DecoupledConfig, lambda m: DecoupledNTXentLoss(temperature=m.temperature)),
+)

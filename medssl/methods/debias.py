@@ -12,15 +12,56 @@ balanced accuracy.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from medssl.config import AdversarialDebias, FairKLDebias
+from medssl.config import MethodSection, Section
 from medssl.losses.fairkl import FairKLLoss
 
 
+# ----------------------------------------------------------------------------- recipe sections
+class FairKLDebias(Section):
+    """FairKL (Barbano et al., ICLR 2023): the similarities of bias-aligned and bias-conflicting pairs
+    are pulled to one distribution (Gaussians matched by a KL divergence), positives and negatives apart.
+    Positives are the views of one subject, so the paper's formula is computed (the authors' code
+    needs class labels; see medssl.losses.FairKLLoss)."""
+
+    name: Literal["fairkl"] = Field("fairkl", description="The debiasing term.")
+    weight: float = Field(1.0, ge=0, description="Weight of the FairKL term next to the method's loss.")
+
+
+class AdversarialDebias(Section):
+    """A site classifier on the representation whose gradient is reversed into the encoder (Ganin et al.,
+    JMLR 2016; the confound unlearning of Dinsdale et al., NeuroImage 2021)."""
+
+    name: Literal["adversarial"] = Field("adversarial", description="The debiasing term.")
+    weight: float = Field(1.0, ge=0, description="Weight lambda of the reversed gradient (at the end of the schedule).")
+    schedule: Literal["ganin", "constant"] = Field(
+        "ganin", description="ganin: lambda * (2 / (1 + exp(-10 p)) - 1) at training progress p; constant: lambda."
+    )
+    hidden_dim: int = Field(128, ge=0, description="Hidden width of the site classifier (0: a linear classifier).")
+
+
+Debias = Annotated[FairKLDebias | AdversarialDebias, Field(discriminator="name")]
+DEBIAS_NAMES = ("fairkl", "adversarial")
+
+
+class EmbeddingSection(MethodSection):
+    """A method whose loss sees the (N, V, d) embeddings of every view: it may add a debiasing term
+    (its ``debias`` key, the last of its section)."""
+
+
+DebiasKey = Annotated[
+    Debias | None,
+    Field(description="A term that removes data.bias (the site) from the representation: fairkl or adversarial."),
+]
+
+
+# ----------------------------------------------------------------------------- the terms
 class GradientReversal(torch.autograd.Function):
     """Identity forward; the gradient times ``-weight`` backward (Ganin et al., "Domain-Adversarial
     Training of Neural Networks", JMLR 2016)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from medssl.config import DeepClusterConfig, Recipe
-from medssl.methods.base import EpochServices, Method
+from medssl.config import METHOD_NAME_FIELD, MethodSection, RecipeSections
+from medssl.methods.base import EpochServices, Method, MethodEntry
 from medssl.methods.clustering import (
     ClusterUniformSampler,
     cluster_size_stats,
@@ -82,7 +85,19 @@ class DeepCluster(Method):
         return loss, {"cluster_accuracy": accuracy}
 
 
-def build_deepcluster(section: DeepClusterConfig, recipe: Recipe, encoder: Encoder) -> DeepCluster:
+class DeepClusterConfig(MethodSection):
+    """DeepCluster (Caron et al., ECCV 2018): k-means pseudo-labels of the features, re-clustered every epoch."""
+
+    name: Annotated[Literal["deepcluster"], METHOD_NAME_FIELD] = "deepcluster"
+    clusters: int = Field(100, ge=2, description="k of k-means.")
+    pca_dim: int = Field(256, ge=2, description="PCA dimension (whitened) before k-means.")
+    kmeans_iters: int = Field(20, ge=1, description="k-means iterations.")
+
+    def smoke(self) -> DeepClusterConfig:
+        return self.model_copy(update={"clusters": min(self.clusters, 3), "pca_dim": min(self.pca_dim, 8)})
+
+
+def build_deepcluster(section: DeepClusterConfig, recipe: RecipeSections, encoder: Encoder) -> DeepCluster:
     return DeepCluster(
         encoder,
         clusters=section.clusters,
@@ -90,3 +105,8 @@ def build_deepcluster(section: DeepClusterConfig, recipe: Recipe, encoder: Encod
         kmeans_iters=section.kmeans_iters,
         seed=recipe.train.seed,
     )
+
+
+DEEPCLUSTER_METHOD = MethodEntry(
+    DeepClusterConfig, build_deepcluster, views=1, distributed=False, training_features=True
+)

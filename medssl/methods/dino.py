@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated, ClassVar, Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from medssl.config import DINOConfig, Recipe
+from medssl.config import METHOD_NAME_FIELD, EmaMomentum, MethodSection, RecipeSections
 from medssl.losses import DINOLoss
-from medssl.methods.base import Method, fold_views, unfold_views
+from medssl.methods.base import Method, MethodEntry, fold_views, unfold_views
 from medssl.methods.ema import cosine_momentum, ema_update, make_target
 from medssl.models import DINOHead, Encoder
 
@@ -135,7 +138,34 @@ class DINO(Method):
         self.scheduled_teacher_temperature.fill_(float(self.teacher_temperatures[epoch]))
 
 
-def build_dino(section: DINOConfig, recipe: Recipe, encoder: Encoder) -> DINO:
+class DINOConfig(MethodSection):
+    """DINO (Caron et al., ICCV 2021): a student matches an EMA teacher's centred, sharpened outputs across crops."""
+
+    name: Annotated[Literal["dino"], METHOD_NAME_FIELD] = "dino"
+    renamed_keys: ClassVar[dict[str, str]] = {"temperature": "student_temperature", "local_crops": "n_local_crops"}
+    student_temperature: float = Field(0.1, gt=0, description="Student softmax temperature.")
+    teacher_temperature: float = Field(
+        0.04, gt=0, description="Teacher temperature (sharpening), reached after the warm-up."
+    )
+    warmup_teacher_temperature: float = Field(
+        0.04, gt=0, description="Teacher temperature of the first epoch, raised linearly to teacher_temperature."
+    )
+    warmup_teacher_temperature_epochs: int = Field(
+        0, ge=0, description="Epochs of the teacher-temperature warm-up (at most train.epochs; DINO's ViT recipes: 30)."
+    )
+    center_momentum: float = Field(0.9, ge=0, le=1, description="EMA momentum of the teacher centre.")
+    momentum: EmaMomentum = 0.996
+    out_dim: int = Field(4096, ge=2, description="Prototypes (output dimension of the DINO head).")
+    n_local_crops: int = Field(4, ge=0, description="Local crops per subject, cut from the 2 global views.")
+    local_crop_scale: tuple[float, float] = Field(
+        (0.3, 0.5), description="Local crop edge as a fraction of the volume edge."
+    )
+
+    def smoke(self) -> DINOConfig:
+        return self.model_copy(update={"out_dim": min(self.out_dim, 64), "n_local_crops": min(self.n_local_crops, 2)})
+
+
+def build_dino(section: DINOConfig, recipe: RecipeSections, encoder: Encoder) -> DINO:
     return DINO(
         encoder,
         hidden_dim=recipe.model.head.hidden_dim,
@@ -151,3 +181,6 @@ def build_dino(section: DINOConfig, recipe: Recipe, encoder: Encoder) -> DINO:
         warmup_teacher_temperature_epochs=min(section.warmup_teacher_temperature_epochs, recipe.train.epochs),
         epochs=recipe.train.epochs,
     )
+
+
+DINO_METHOD = MethodEntry(DINOConfig, build_dino, views=2, view_kind="global")

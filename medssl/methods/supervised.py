@@ -8,13 +8,16 @@ encoder sees the same views as the self-supervised methods.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from medssl.config import Recipe, SupervisedConfig
+from medssl.config import METHOD_NAME_FIELD, MethodSection, RecipeSections
 from medssl.errors import RecipeError
-from medssl.methods.base import Method, fold_views
+from medssl.methods.base import Method, MethodEntry, fold_views
 from medssl.models import Encoder
 
 
@@ -76,5 +79,18 @@ class SupervisedMethod(Method):
         self.label_scale.copy_((labels - center).abs().mean().clamp_min(1e-3))
 
 
-def build_supervised(section: SupervisedConfig, recipe: Recipe, encoder: Encoder) -> SupervisedMethod:
+class SupervisedConfig(MethodSection):
+    """Supervised baseline: the encoder trained end-to-end on data.label (Dufumier et al., NeuroImage 2022)."""
+
+    name: Annotated[Literal["supervised"], METHOD_NAME_FIELD] = "supervised"
+    task: Literal["regression", "classification"] = Field(
+        "regression", description="L1 regression of data.label, or cross-entropy classification."
+    )
+    classes: int = Field(2, ge=2, description="Classification: number of classes of data.label.")
+
+
+def build_supervised(section: SupervisedConfig, recipe: RecipeSections, encoder: Encoder) -> SupervisedMethod:
     return SupervisedMethod(encoder, task=section.task, classes=section.classes)
+
+
+SUPERVISED_METHOD = MethodEntry(SupervisedConfig, build_supervised, label=True)

@@ -11,13 +11,13 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from medssl.config import Recipe
+from medssl.config import RecipeSections
 from medssl.data.cohort import Cohort, check_same_shape
 from medssl.data.views import VolumeDataset, build_eval_transform, resize_transform
 from medssl.progress import progress_bar
 
 
-def volume_dataset(cohort: Cohort, recipe: Recipe) -> VolumeDataset:
+def volume_dataset(cohort: Cohort, recipe: RecipeSections) -> VolumeDataset:
     """The cohort's volumes, normalised (and resized) as in training, without augmentation."""
     shape = recipe.data.volume_shape
     if not shape:
@@ -30,7 +30,7 @@ def volume_dataset(cohort: Cohort, recipe: Recipe) -> VolumeDataset:
 def extract_features(
     encoder: torch.nn.Module,
     cohort: Cohort,
-    recipe: Recipe,
+    recipe: RecipeSections,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
     description: str = "features",

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from medssl.config import Recipe
+from medssl.config import RecipeSections, ViewsConfig
 from medssl.data.openbhb import is_openbhb_folder
 from medssl.errors import CheckpointError, OutputError, RecipeError
 from medssl.models.encoders import (
@@ -470,23 +470,21 @@ def _option_overrides(options: ArchitectureOptions) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- using an imported encoder
-def resolve_normalization(recipe: Recipe, spec: EncoderSpec, pretraining: Recipe | None = None) -> Recipe:
+def resolve_normalization(views: ViewsConfig, spec: EncoderSpec, pretraining: ViewsConfig | None = None) -> ViewsConfig:
     """``views.normalize: source`` made the encoder's own: the imported source's (``encoder.json``),
-    else that of the run that trained it (its ``recipe.yaml``, ``pretraining``)."""
-    if recipe.views.normalize != "source":
-        return recipe
-    mode = spec.input.get("normalize") or (pretraining.views.normalize if pretraining is not None else None)
+    else that of the run that trained it (the views section of its ``recipe.yaml``, ``pretraining``)."""
+    if views.normalize != "source":
+        return views
+    mode = spec.input.get("normalize") or (pretraining.normalize if pretraining is not None else None)
     if mode is None:
         raise RecipeError(
             "views.normalize = 'source': the encoder records no normalisation (not imported, and no recipe.yaml "
             "beside it); name one: zscore, zscore_volume, minmax or none"
         )
-    resolved = recipe.model_copy(deep=True)
-    resolved.views.normalize = mode
-    return resolved
+    return views.model_copy(update={"normalize": mode})
 
 
-def input_note(spec: EncoderSpec, shape: tuple[int, ...], recipe: Recipe) -> str | None:
+def input_note(spec: EncoderSpec, shape: tuple[int, ...], recipe: RecipeSections) -> str | None:
     """One note when the cohort is not what an imported encoder expects (shape, modality,
     normalisation): not an error, users resample."""
     expects = spec.input

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from medssl.config import move_legacy_method_keys, trim_flat_method_section
 from medssl.errors import CheckpointError, RecipeError
 from medssl.files import atomic_torch_save
+from medssl.recipe import move_legacy_method_keys, trim_flat_method_section
 
 CHECKPOINT_VERSION = 1
 

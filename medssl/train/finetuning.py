@@ -24,9 +24,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medssl.config import Recipe
 from medssl.errors import RecipeError
 from medssl.models import Encoder
+from medssl.recipe import Recipe
 from medssl.train.setup import autocast, make_optimizer
 
 MODES = ("linear", "full", "lower_lr", "scratch")

@@ -25,7 +25,7 @@ import torch
 import torchio as tio
 from rich.console import Console
 
-from medssl.config import Recipe, ViewsConfig, dump_recipe
+from medssl.config import ViewsConfig
 from medssl.data.batched_views import build_batched_views
 from medssl.data.cache import check_cache_dtype
 from medssl.data.cohort import Cohort, check_same_shape
@@ -34,6 +34,7 @@ from medssl.errors import RecipeError
 from medssl.methods import Method, MethodNeeds, build_method, method_needs
 from medssl.models import save_encoder
 from medssl.models.features import extract_features
+from medssl.recipe import Recipe, dump_recipe
 from medssl.train.checkpoint import resumable_checkpoint
 from medssl.train.distributed import DistributedContext, gather_with_grad, init_distributed, shutdown_distributed
 from medssl.train.handlers import Checkpointing, CollapseMonitor, Handler, TrainingFeatures

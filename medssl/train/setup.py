@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from rich.console import Console
 
-from medssl.config import Recipe
 from medssl.data.cohort import Cohort, load_cohort
 from medssl.data.synthetic import embedded_cohort
 from medssl.errors import RecipeError
+from medssl.recipe import Recipe
 from medssl.train.lars import LARS
 
 

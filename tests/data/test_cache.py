@@ -13,12 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 from medssl.cli import app
-from medssl.config import Recipe
 from medssl.data.arrays import open_array
 from medssl.data.cache import cache_cohort, check_cache_dtype, recorded_dtype
 from medssl.data.cohort import load_cohort
 from medssl.data.views import resize_transform
 from medssl.errors import CohortError
+from medssl.recipe import Recipe
 
 
 def test_cache_holds_the_volumes_resampled_exactly_as_training_would(tiny_cohort, tmp_path):

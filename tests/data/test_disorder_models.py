@@ -12,13 +12,14 @@ from sklearn.linear_model import LinearRegression
 from typer.testing import CliRunner
 
 from medssl.cli import app
-from medssl.config import Recipe, SyntheticCohortConfig, load_recipe
+from medssl.config import SyntheticCohortConfig
 from medssl.data import anatomy, disorders, scanners
 from medssl.data.cohort import load_cohort
 from medssl.data.disorders import DISORDER_MODELS
 from medssl.data.synthetic import cohort_key, synthesize_cohort
 from medssl.errors import MedsslError
 from medssl.eval.cohort_figures import diagnosis_oracle
+from medssl.recipe import Recipe, load_recipe
 
 TINY = dict(subjects=12, sites=3, external_sites=1, shape=8, diagnosis=True, seed=2)
 

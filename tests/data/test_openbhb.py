@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from medssl.config import Recipe, ViewsConfig
+from medssl.config import ViewsConfig
 from medssl.data.arrays import open_array
 from medssl.data.cohort import load_cohort
 from medssl.data.views import MultiViewDataset, VolumeDataset, build_view_transform
 from medssl.errors import CohortError
+from medssl.recipe import Recipe
 
 SHAPE = (16, 16, 16)
 SUFFIX = {"quasiraw": "preproc-quasiraw_T1w.npy", "vbm": "preproc-cat12vbm_desc-gm_T1w.npy"}

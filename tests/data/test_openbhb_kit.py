@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from medssl.config import Recipe
 from medssl.data.arrays import open_array
 from medssl.data.cache import cache_cohort
 from medssl.data.cohort import load_cohort
 from medssl.data.openbhb_kit import FEATURE_BLOCK_SIZES, KIT_COLUMNS, KIT_FOLDS_FILE, KIT_MASKS, kit_masks
 from medssl.errors import CohortError
 from medssl.eval.folds import challenge_folds
+from medssl.recipe import Recipe
 
 VBM_SHAPE, QUASIRAW_SHAPE = (5, 6, 4), (6, 4, 5)
 N_TRAIN, N_TEST = 4, 4

@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from medssl.cli import app
-from medssl.config import Recipe
 from medssl.data.cohort import load_cohort
 from medssl.data.synthetic import synthesize_cohort
 from medssl.eval.cohort_figures import diagnosis_oracle, inspect_cohort, scanner_ranges
 from medssl.eval.features import INTENSITY_PERCENTILES, IntensityStatistics
+from medssl.recipe import Recipe
 
 
 @pytest.fixture(scope="module")

@@ -209,9 +209,9 @@ def test_the_report_carries_the_challenge_folds_next_to_the_other_protocols(tmp_
 
 
 def test_pretrain_refuses_a_bad_folds_file_before_training(tmp_path):
-    from medssl.config import load_recipe, smoke_recipe
     from medssl.errors import CohortError
     from medssl.pipeline import pretrain
+    from medssl.recipe import load_recipe, smoke_recipe
 
     folds_file = tmp_path / "folds.json"
     folds_file.write_text(json.dumps([{"train": [0, 1], "internal_test": [10**6], "external_test": []}]))

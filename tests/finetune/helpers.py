@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from medssl.config import Recipe
+from medssl.recipe import Recipe
 
 
 def clinical_table(seed: int = 0) -> pd.DataFrame:

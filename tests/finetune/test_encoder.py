@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from medssl.cli import main
-from medssl.config import Recipe, load_recipe, smoke_recipe
 from medssl.errors import CheckpointError
 from medssl.finetune.encoder import load_pretrained_encoder
 from medssl.models import build_encoder, save_encoder
+from medssl.recipe import Recipe, load_recipe, smoke_recipe
 
 from .helpers import tiny_recipe
 
@@ -57,8 +57,8 @@ def test_cli_prints_an_encoder_error_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_pretraining_run_with_other_inputs_gives_a_warning(tmp_path, tiny_cohort):
-    from medssl.config import dump_recipe
     from medssl.finetune.encoder import pretraining_differences
+    from medssl.recipe import dump_recipe
 
     pretraining = Recipe.model_validate(
         {"model": {"encoder": "resnet18"}, "views": {"normalize": "minmax"}, "data": {"synthetic": {"shape": 32}}}
@@ -74,8 +74,8 @@ def test_pretraining_run_with_other_inputs_gives_a_warning(tmp_path, tiny_cohort
 
 
 def test_smoke_fine_tuning_takes_the_cubic_shape_its_encoder_was_pre_trained_on(tmp_path, tiny_cohort):
-    from medssl.config import dump_recipe
     from medssl.finetune.encoder import pretraining_differences, smoke_at_pretraining_shape
+    from medssl.recipe import dump_recipe
 
     pretraining = smoke_recipe(load_recipe("simclr"))  # 16^3
     (tmp_path / "recipe.yaml").write_text(dump_recipe(pretraining))

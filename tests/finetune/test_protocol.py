@@ -11,11 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 from medssl.cli import app, main
-from medssl.config import Recipe, load_recipe, smoke_recipe
 from medssl.data.cohort import load_cohort
 from medssl.errors import CheckpointError
 from medssl.finetune.protocol import finetune_encoder
 from medssl.models import build_encoder, save_encoder
+from medssl.recipe import Recipe, load_recipe, smoke_recipe
 
 from .helpers import tiny_recipe
 

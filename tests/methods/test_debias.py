@@ -11,11 +11,12 @@ from sklearn.metrics import balanced_accuracy_score
 from typer.testing import CliRunner
 
 from medssl import cli
-from medssl.config import AdversarialDebias, FairKLDebias, apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.errors import RecipeError
 from medssl.losses import NTXentLoss
+from medssl.methods import AdversarialDebias, FairKLDebias
 from medssl.methods.debias import AdversarialSiteHead, FairKLTerm, ganin_schedule, reverse_gradient
 from medssl.pipeline import pretrain
+from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 
 
 def quick(name: str, *overrides: str):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 import medssl.train
-from medssl.config import METHOD_NAMES, METHOD_SECTIONS, Recipe
-from medssl.methods import METHODS, build_method, method_needs
+from medssl.methods import METHOD_NAMES, METHOD_SECTIONS, METHODS, build_method, method_needs
 from medssl.models import build_encoder
+from medssl.recipe import RENAMED_METHOD_KEYS, Recipe
 
 # name -> (label, views per subject with views.n_views = 3, kind of views, runs under DDP)
 EXPECTED_NEEDS = {
@@ -130,6 +132,41 @@ WIRING = {
 def test_the_table_has_one_entry_per_method_section():
     assert {name: entry.config for name, entry in METHODS.items()} == METHOD_SECTIONS
     assert set(EXPECTED_NEEDS) == set(WIRING) == set(METHOD_NAMES)
+
+
+def test_the_recipes_method_section_is_the_union_of_the_tables_sections():
+    assert get_args(Recipe.model_fields["method"].annotation) == tuple(entry.config for entry in METHODS.values())
+
+
+def entries_of(module) -> list:
+    """The table entries a module defines: a constant, or in a tuple constant (a family of methods)."""
+    values = vars(module).values()
+    return [
+        entry
+        for value in values
+        for entry in (value if isinstance(value, tuple) else (value,))
+        if entry in METHODS.values()
+    ]
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_each_methods_section_lives_in_its_module_beside_its_entry(name):
+    entry = METHODS[name]
+    module = sys.modules[entry.config.__module__]
+    assert module.__name__.startswith("medssl.methods.") and module.__name__ != "medssl.methods.base"
+    assert entry in entries_of(module)
+    # a method with a Method class of its own is built in that module; an embedding loss by embedding_loss
+    assert entry.build.__module__ in (module.__name__, "medssl.methods.contrastive")
+
+
+def test_renamed_method_keys_are_read_from_the_sections():
+    assert RENAMED_METHOD_KEYS == {
+        "dino": {"temperature": "student_temperature", "local_crops": "n_local_crops"},
+        "vicreg": {"vicreg_form": "form"},
+    }
+    # every new name is a key of its section
+    for name, renamed in RENAMED_METHOD_KEYS.items():
+        assert set(renamed.values()) <= set(METHOD_SECTIONS[name].model_fields)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

@@ -11,7 +11,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import medssl.methods.bootstrap
 import medssl.methods.dino
-from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.losses import DINOLoss
 from medssl.methods import build_method
 from medssl.methods.clustering import ClusterUniformSampler
@@ -19,6 +18,7 @@ from medssl.methods.dino import DINO, teacher_temperature_schedule
 from medssl.methods.ema import cosine_momentum
 from medssl.models import build_encoder
 from medssl.pipeline import pretrain
+from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.train.pretraining import build_pretraining, run_pretraining
 
 

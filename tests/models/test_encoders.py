@@ -76,8 +76,8 @@ def test_load_encoder_round_trips_and_checks_the_architecture(tmp_path):
 
 
 def test_model_overrides_build_the_architecture_they_describe():
-    from medssl.config import load_recipe
     from medssl.models.encoders import model_overrides
+    from medssl.recipe import load_recipe
 
     for spec in (
         encoder_spec("densenet121", in_channels=2),

@@ -105,8 +105,8 @@ def test_norm5_is_the_identity_in_training_mode_too(tmp_path):
 
 
 def test_an_imported_encoder_and_a_recipe_naming_the_same_keys_build_the_same_network():
-    from medssl.config import load_recipe
     from medssl.methods import build_encoder_for
+    from medssl.recipe import load_recipe
 
     for layout in sources.LAYOUTS:
         spec = find_layout(layout).spec()
@@ -339,24 +339,24 @@ def test_finetune_of_a_medssl_run_on_an_own_cohort_needs_no_model_overrides(tmp_
 
 
 def load_recipe_file(path: Path):
-    from medssl.config import load_recipe
+    from medssl.recipe import load_recipe
 
     return load_recipe(path)
 
 
 def test_views_normalize_source_takes_the_imported_encoders_normalisation(tmp_path):
-    from medssl.config import load_recipe
     from medssl.models.weights import resolve_normalization
+    from medssl.recipe import load_recipe
 
     source_checkpoint("eidoslab-resnet18", tmp_path / "w.pth")
     spec = import_weights(tmp_path / "w.pth", "eidoslab-resnet18", tmp_path / "enc").spec
     recipe = load_recipe("finetune_diagnosis", ["views.normalize=source"])
-    assert resolve_normalization(recipe, spec).views.normalize == "none"
+    assert resolve_normalization(recipe.views, spec).normalize == "none"
     medssl_spec = build_encoder("alexnet").spec
     with pytest.raises(Exception, match="records no normalisation"):
-        resolve_normalization(recipe, medssl_spec)
+        resolve_normalization(recipe.views, medssl_spec)
     pretraining = load_recipe("yaware_age", ["views.normalize=minmax"])
-    assert resolve_normalization(recipe, medssl_spec, pretraining).views.normalize == "minmax"
+    assert resolve_normalization(recipe.views, medssl_spec, pretraining.views).normalize == "minmax"
     result = runner.invoke(
         cli.app, ["pretrain", "yaware_age", "views.normalize=source", "--smoke", "--out", str(tmp_path / "r")]
     )

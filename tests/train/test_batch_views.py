@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medssl.config import ViewsConfig, apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
+from medssl.config import ViewsConfig
 from medssl.data.batched_views import build_batched_views
 from medssl.pipeline import pretrain
+from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.train.loading import BatchViewsLoader
 
 

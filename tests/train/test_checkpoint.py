@@ -208,7 +208,7 @@ def test_checkpoints_without_a_loss_scale_leave_the_scaler_at_its_initial_scale(
 def test_a_run_saved_with_the_former_flat_method_section_resumes_without_refused_keys():
     import yaml
 
-    from medssl.config import FLAT_METHOD_SECTION_MARKERS, dump_recipe, load_recipe
+    from medssl.recipe import FLAT_METHOD_SECTION_MARKERS, dump_recipe, load_recipe
     from medssl.train.checkpoint import resume_differences
 
     current = dump_recipe(load_recipe("simclr"))
@@ -224,7 +224,7 @@ def test_a_run_saved_with_the_former_flat_method_section_resumes_without_refused
 def test_a_run_saved_before_a_method_key_was_renamed_resumes_without_a_spurious_difference():
     import yaml
 
-    from medssl.config import FLAT_METHOD_SECTION_MARKERS, dump_recipe, load_recipe
+    from medssl.recipe import FLAT_METHOD_SECTION_MARKERS, dump_recipe, load_recipe
     from medssl.train.checkpoint import resume_differences
 
     current = dump_recipe(load_recipe("dino"))

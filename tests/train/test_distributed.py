@@ -75,7 +75,7 @@ def global_batch() -> tuple[torch.Tensor, dict]:
 
 def smoke_recipe_for(cohort: str, epochs: int):
     """``medssl pretrain yaware_age --smoke`` on the tiny cohort: 2 steps of batch 2 per process and epoch."""
-    from medssl.config import load_recipe, smoke_recipe
+    from medssl.recipe import load_recipe, smoke_recipe
 
     recipe = smoke_recipe(
         load_recipe(

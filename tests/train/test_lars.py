@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medssl.config import Recipe
+from medssl.recipe import Recipe
 from medssl.train.lars import LARS
 from medssl.train.setup import make_optimizer
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from medssl.config import Recipe
 from medssl.methods import method_needs
+from medssl.recipe import Recipe
 from medssl.train.distributed import DistributedContext
 from medssl.train.loading import EpochLoader, EpochSampler, EpochSeededDataset
 from medssl.train.pretraining import Notes, TrainingData, pretraining_data

@@ -14,10 +14,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from medssl.config import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.errors import CheckpointError, RecipeError, TrainingError
 from medssl.methods import build_method
 from medssl.pipeline import pretrain
+from medssl.recipe import apply_overrides, load_recipe, recipe_from_dict, smoke_recipe
 from medssl.train.handlers import COLLAPSE_RATIO
 from medssl.train.pretraining import build_pretraining
 from medssl.train.setup import bf16_conv_hazards, epochs_from_steps
@@ -399,7 +399,7 @@ def test_the_engine_names_no_method():
     from pathlib import Path
 
     import medssl.train
-    from medssl.config import METHOD_NAMES
+    from medssl.methods import METHOD_NAMES
 
     sources = {path.name: path.read_text() for path in Path(medssl.train.__file__).parent.glob("*.py")}
     named = [

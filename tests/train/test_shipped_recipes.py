@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from medssl.config import RECIPES_DIR, list_recipe_names, load_recipe, smoke_recipe
 from medssl.models import load_encoder
 from medssl.pipeline import pretrain
+from medssl.recipe import RECIPES_DIR, list_recipe_names, load_recipe, smoke_recipe
 
 
 def pretraining_recipes() -> list[str]:

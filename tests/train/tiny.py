@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medssl.config import Recipe
+from medssl.recipe import Recipe
 
 
 def tiny_encoder():

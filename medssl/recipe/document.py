@@ -14,8 +14,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
-from medssl.config.methods import MethodConfig, YAwareConfig, method_name_of, rename_method_keys
-from medssl.config.sections import (
+from medssl.config import (
     NARROW_RESNET_WIDTHS,
     DataConfig,
     EvalConfig,
@@ -25,12 +24,14 @@ from medssl.config.sections import (
     TrainConfig,
     ViewsConfig,
 )
+from medssl.methods import MethodConfig, YAwareConfig
+from medssl.recipe.legacy_keys import method_name_of, rename_method_keys
 
 
 class Recipe(Section):
     """A whole recipe, one section per step of the data path. Validating one merges its scale
     profile under its own keys (``profile``, ``profiles``), reads keys of earlier medssl versions
-    under their new names (``notes`` says which) and, from :func:`~medssl.config.load_recipe`,
+    under their new names (``notes`` says which) and, from :func:`~medssl.recipe.load_recipe`,
     remembers the layer each value came from (``recipe.yaml`` writes it beside the value)."""
 
     name: str = Field("recipe", description="Recipe name (used for the run folder).")
@@ -187,7 +188,7 @@ def move_legacy_budget(raw: dict) -> tuple[dict, list[str]]:
 def move_legacy_method_keys(raw: dict) -> tuple[dict, list[str]]:
     """``method.local_crops`` (medssl before the method keys took their constructor's names) read as
     ``method.n_local_crops``, with a note; in the method section of each profile too. A key written
-    under both names raises ValueError (see :data:`~medssl.config.methods.RENAMED_METHOD_KEYS`)."""
+    under both names raises ValueError (see :data:`~medssl.recipe.legacy_keys.RENAMED_METHOD_KEYS`)."""
     raw = dict(raw)
     notes: list[str] = []
     method = raw.get("method")

@@ -12,17 +12,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from medssl.config.methods import (
-    DEBIAS_NAMES,
-    METHOD_NAMES,
-    METHOD_SECTIONS,
-    EmbeddingSection,
-    method_name_of,
-    other_name,
-    renamed_keys,
-    trim_flat_method_section,
-)
-from medssl.config.recipe import (
+from medssl.config import SyntheticCohortConfig
+from medssl.errors import RecipeError
+from medssl.methods import DEBIAS_NAMES, METHOD_NAMES, METHOD_SECTIONS, EmbeddingSection
+from medssl.models.encoders import EncoderSpec
+from medssl.models.weights import resolve_normalization
+from medssl.recipe.document import (
     LINKED_KEYS,
     Recipe,
     field_docs,
@@ -30,8 +25,7 @@ from medssl.config.recipe import (
     move_legacy_method_keys,
     profile_layer,
 )
-from medssl.config.sections import SyntheticCohortConfig
-from medssl.errors import RecipeError
+from medssl.recipe.legacy_keys import method_name_of, other_name, renamed_keys, trim_flat_method_section
 
 
 def shipped_recipes_dir() -> Path:
@@ -439,3 +433,10 @@ def with_overrides(recipe: Recipe, overrides: list[str], source: str) -> Recipe:
         if any(_within(key, written) for written in keys):
             again._sources[key] = "command line"
     return again
+
+
+def with_source_normalization(recipe: Recipe, spec: EncoderSpec, pretraining: Recipe | None = None) -> Recipe:
+    """``recipe`` with ``views.normalize: source`` made the encoder's own (see
+    :func:`~medssl.models.weights.resolve_normalization`); ``pretraining`` is the recipe of the run that trained it."""
+    views = resolve_normalization(recipe.views, spec, pretraining.views if pretraining is not None else None)
+    return recipe if views is recipe.views else recipe.model_copy(update={"views": views})

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a private cache folder and a tiny synthetic cohort."""
+"""Fixtures shared by the whole suite: a private cache folder, a tiny synthetic cohort, and a run
+killed after its first epoch then resumed next to a straight one."""
 
 from __future__ import annotations
 
@@ -45,3 +46,33 @@ def tiny_cohort(tmp_path_factory) -> Path:
         diagnosis=True,
         seed=0,
     )
+
+
+class StoppedAfterFirstEpoch(Exception):
+    """Raised at the end of a run's first epoch, as a kill would stop it there."""
+
+
+@pytest.fixture
+def straight_and_resumed():
+    """``run(recipe, folder)``: pre-train ``recipe`` straight into ``folder/straight``, then into
+    ``folder/resumed`` stopped after its first epoch and resumed; the method states of both last
+    checkpoints (straight, resumed)."""
+
+    def stop(epoch: int) -> None:
+        if epoch == 0:
+            raise StoppedAfterFirstEpoch
+
+    def run(recipe, folder: Path) -> tuple[dict, dict]:
+        from medssl.pipeline import pretrain
+
+        pretrain(recipe, folder / "straight")
+        with pytest.raises(StoppedAfterFirstEpoch):
+            pretrain(recipe, folder / "resumed", on_epoch_end=stop)
+        pretrain(recipe, folder / "resumed", resume=True)
+        straight, resumed = (
+            torch.load(folder / name / "checkpoints" / "last.pt", weights_only=True)["method"]
+            for name in ("straight", "resumed")
+        )
+        return straight, resumed
+
+    return run

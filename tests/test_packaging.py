@@ -72,7 +72,7 @@ def test_wheel_ships_every_recipe_and_medssl_finds_them_outside_a_checkout(tmp_p
     assert recipes and shipped == recipes
     # Imported from the unpacked wheel, as after a non-editable install, from a folder with no recipes/.
     code = (
-        "from medssl.config import RECIPES_DIR, list_recipe_names, load_recipe; "
+        "from medssl.recipe import RECIPES_DIR, list_recipe_names, load_recipe; "
         "print(RECIPES_DIR); print(','.join(list_recipe_names())); print(load_recipe('yaware_age').method.name)"
     )
     result = subprocess.run(

@@ -32,10 +32,12 @@ from pathlib import Path
 from rich.console import Console
 
 from medssl.benchmark import (
+    BENCHMARK_FILE,
     DEFAULT_TRAIN_SIZES,
     BenchmarkRun,
     RunOne,
     default_recipes,
+    planned_runs,
     recipe_folder,
     run_in_slots,
     run_pretrain_process,
@@ -205,13 +207,35 @@ def _write_leaderboard(result: FinetuneResult, out_dir: Path, command: str | Non
     if not any(point.finished for point in result.points):
         console.print("No finished fine-tuning point: no fine-tuning leaderboard.")
         return
-    path = out_dir / FINETUNE_TIMES_FILE
-    seconds = sum(json.loads(path.read_text()).values()) if path.is_file() else None
+    seconds = _run_seconds(out_dir)
     result.leaderboard = write_finetune_leaderboard(out_dir, result.points, command, result.wall_time_s, seconds)
     console.print(
         f"Fine-tuning leaderboard written to {result.leaderboard['md']} "
         "(by labelled subjects, with the differences from scratch and their CIs)"
     )
+
+
+def _run_seconds(out_dir: Path) -> float | None:
+    """Seconds the benchmark's fine-tuning points ran, summed (``finetune_times.json``)."""
+    path = out_dir / FINETUNE_TIMES_FILE
+    return sum(json.loads(path.read_text()).values()) if path.is_file() else None
+
+
+def rebuild_finetune_leaderboard(bench_dir: str | Path) -> dict[str, Path] | None:
+    """Write the fine-tuning leaderboard of a benchmark folder again from its finished points, as
+    ``benchmark.json`` records the request (None when the benchmark fine-tuned nothing yet)."""
+    bench_dir = Path(bench_dir)
+    record_path = bench_dir / BENCHMARK_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    asked = record.get("finetune")
+    if not asked:
+        return None
+    request = check_finetune_request(asked["recipes"], asked["train_sizes"], asked["all_seeds"], record.get("smoke", False))
+    runs = encoders_of(planned_runs(record["recipes"], record["seeds"], bench_dir), record["seeds"], request.all_seeds)
+    points = planned_points(request, [run for run in runs if run.finished], bench_dir)
+    if not any(point.finished for point in points):
+        return None
+    return write_finetune_leaderboard(bench_dir, points, record.get("command"), None, _run_seconds(bench_dir))
 
 
 def _attempt(point: CurvePoint, smoke: bool, env: dict, run_one: RunOne) -> tuple[str | None, float]:

@@ -98,11 +98,16 @@ def leaderboard(
         None, "--reference", help="Also compare every method with this row (repeatable), e.g. control_yaware_shuffled."
     ),
 ) -> None:
-    """Rebuild a benchmark's leaderboard.{md,json,csv,png} from its finished runs."""
+    """Rebuild a benchmark's leaderboard.{md,json,csv,png} from its finished runs (and its
+    finetune_leaderboard.{md,csv,png} from its finished fine-tuning points, after --finetune)."""
     from rich.markdown import Markdown
 
+    from medssl.benchmark.finetuning import rebuild_finetune_leaderboard
     from medssl.eval.leaderboard import REFERENCES, write_leaderboard
 
     paths = write_leaderboard(bench_dir, references=(*REFERENCES, *(reference or [])))
     cli.console.print(Markdown(paths["md"].read_text()))
     cli.console.print(f"Written {', '.join(str(path) for path in paths.values())}")
+    finetune_paths = rebuild_finetune_leaderboard(bench_dir)
+    if finetune_paths is not None:
+        cli.console.print(f"Written {', '.join(str(path) for path in finetune_paths.values())}")

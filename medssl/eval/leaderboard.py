@@ -594,4 +594,4 @@ def _difference_cell(wide: pd.DataFrame, method: str, reference: str, metric: st
 
 
 def _duration(seconds: float | None) -> str:
-    return "not measured" if seconds is None else f"{seconds / 60:.1f} min"
+    return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"

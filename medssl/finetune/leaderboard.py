@@ -288,7 +288,7 @@ def _difference(row) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    return "not measured" if seconds is None else f"{seconds / 60:.1f} min"
+    return "not recorded" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:

@@ -191,6 +191,26 @@ def test_the_leaderboard_pairs_by_seed_and_holds_the_baselines(tmp_path):
     assert (tmp_path / "finetune_leaderboard.png").stat().st_size > 0
 
 
+def test_medssl_leaderboard_rebuilds_the_fine_tuning_leaderboard_from_the_finished_points(tmp_path):
+    bench(tmp_path, FakeFinetune())
+    written = pd.read_csv(tmp_path / "finetune_leaderboard.csv")
+    for extension in ("csv", "md", "png"):
+        (tmp_path / f"finetune_leaderboard.{extension}").unlink()
+    result = CliRunner().invoke(cli.app, ["leaderboard", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "finetune_leaderboard.csv"), written)
+    markdown = (tmp_path / "finetune_leaderboard.md").read_text()
+    assert "--finetune finetune_focal" in markdown and "finished points: 6 of 6" in markdown
+    assert (tmp_path / "finetune_leaderboard.png").stat().st_size > 0
+
+
+def test_medssl_leaderboard_of_a_benchmark_without_fine_tuning_writes_no_fine_tuning_leaderboard(tmp_path):
+    run_benchmark(["simclr"], [0, 1], tmp_path, n_resamples=20, run_one=finished_pretraining, smoke=True)
+    result = CliRunner().invoke(cli.app, ["leaderboard", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "leaderboard.md").is_file() and not (tmp_path / "finetune_leaderboard.md").exists()
+
+
 def test_parallel_points_split_the_cpus_and_hand_out_devices_in_turn(tmp_path):
     fake = FakeFinetune()
     envs: list[dict] = []

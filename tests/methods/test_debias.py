@@ -69,21 +69,8 @@ def test_the_site_classifier_is_checkpointed_with_the_method_but_never_in_encode
     assert {"site_loss", "site_accuracy", "reversal_weight", "method_loss"} <= set(logged.columns)
 
 
-def test_a_run_with_debiasing_resumes_to_the_weights_of_a_straight_run(tmp_path):
-    class Interrupted(Exception):
-        pass
-
-    def stop(epoch: int) -> None:
-        if epoch == 0:
-            raise Interrupted
-
-    recipe = quick("yaware_age_adversarial", "train.epochs=2")
-    pretrain(recipe, tmp_path / "straight")
-    with pytest.raises(Interrupted):
-        pretrain(recipe, tmp_path / "resumed", on_epoch_end=stop)
-    pretrain(recipe, tmp_path / "resumed", resume=True)
-    a = state(tmp_path / "straight" / "checkpoints" / "last.pt")["method"]
-    b = state(tmp_path / "resumed" / "checkpoints" / "last.pt")["method"]
+def test_a_run_with_debiasing_resumes_to_the_weights_of_a_straight_run(tmp_path, straight_and_resumed):
+    a, b = straight_and_resumed(quick("yaware_age_adversarial", "train.epochs=2"), tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert float(a["debias.progress"]) == 1.0  # the schedule ran to its end in both
 

@@ -24,21 +24,8 @@ def test_every_kind_of_method_trains_with_views_drawn_on_the_device(tmp_path, na
     assert result.epochs_done == 1 and torch.isfinite(torch.tensor(result.last_loss))
 
 
-def test_a_run_with_views_drawn_on_the_device_resumes_to_the_weights_of_a_straight_run(tmp_path):
-    class Interrupted(Exception):
-        pass
-
-    def stop(epoch: int) -> None:
-        if epoch == 0:
-            raise Interrupted
-
-    recipe = quick("simclr", "train.epochs=2")
-    pretrain(recipe, tmp_path / "straight")
-    with pytest.raises(Interrupted):
-        pretrain(recipe, tmp_path / "resumed", on_epoch_end=stop)
-    pretrain(recipe, tmp_path / "resumed", resume=True)
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["method"]
+def test_a_run_with_views_drawn_on_the_device_resumes_to_the_weights_of_a_straight_run(tmp_path, straight_and_resumed):
+    a, b = straight_and_resumed(quick("simclr", "train.epochs=2"), tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
@@ -130,20 +117,8 @@ def test_the_batch_path_reads_ahead_and_pins_only_for_cuda():
 
 
 def test_a_run_on_a_float16_cache_with_views_on_the_device_resumes_to_the_weights_of_a_straight_run(
-    tmp_path, float16_cache
+    tmp_path, float16_cache, straight_and_resumed
 ):
-    class Interrupted(Exception):
-        pass
-
-    def stop(epoch: int) -> None:
-        if epoch == 0:
-            raise Interrupted
-
     recipe = quick("simclr", "train.epochs=2", f"data.root={float16_cache}", "data.cache_dtype=float16")
-    pretrain(recipe, tmp_path / "straight")
-    with pytest.raises(Interrupted):
-        pretrain(recipe, tmp_path / "resumed", on_epoch_end=stop)
-    pretrain(recipe, tmp_path / "resumed", resume=True)
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)["method"]
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["method"]
+    a, b = straight_and_resumed(recipe, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -230,7 +230,9 @@ def rebuild_finetune_leaderboard(bench_dir: str | Path) -> dict[str, Path] | Non
     asked = record.get("finetune")
     if not asked:
         return None
-    request = check_finetune_request(asked["recipes"], asked["train_sizes"], asked["all_seeds"], record.get("smoke", False))
+    request = check_finetune_request(
+        asked["recipes"], asked["train_sizes"], asked["all_seeds"], record.get("smoke", False)
+    )
     runs = encoders_of(planned_runs(record["recipes"], record["seeds"], bench_dir), record["seeds"], request.all_seeds)
     points = planned_points(request, [run for run in runs if run.finished], bench_dir)
     if not any(point.finished for point in points):

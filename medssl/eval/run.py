@@ -25,7 +25,7 @@ def random_encoder(recipe: Recipe, like: torch.nn.Module | None = None) -> torch
     torch.manual_seed(recipe.train.seed)
     if isinstance(like, Encoder):
         return Encoder(replace(like.spec, input={}, source={}))
-    return build_encoder_for(recipe)
+    return build_encoder_for(recipe.model)
 
 
 def evaluate_encoder(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medssl.config import ModelConfig
 from medssl.errors import MedsslError
 from medssl.methods import architecture_options
 from medssl.models import Encoder, EncoderSpec, encoder_spec, load_encoder
@@ -96,7 +97,7 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> tuple[Encoder
     """
     encoder = load_encoder(source)
     wanted = model_overrides(encoder.spec)
-    had = model_overrides(encoder_spec_of(recipe))
+    had = model_overrides(encoder_spec_of(recipe.model))
     notes = []
     differing = [override for override in wanted if override not in had and override not in SWITCH_DEFAULTS]
     if differing:
@@ -110,8 +111,7 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> tuple[Encoder
     return encoder, resolved, notes
 
 
-def encoder_spec_of(recipe: Recipe) -> EncoderSpec:
-    model = recipe.model
+def encoder_spec_of(model: ModelConfig) -> EncoderSpec:
     return encoder_spec(
         model.encoder, model.in_channels, model.conv1_stride, model.widths, options=architecture_options(model)
     )

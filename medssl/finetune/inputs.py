@@ -9,6 +9,7 @@ import torch
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Dataset
 
+from medssl.config import DataConfig
 from medssl.data.cohort import Cohort
 from medssl.data.views import VolumeDataset, build_eval_transform, build_view_transform, resize_transform, seed_worker
 from medssl.recipe import Recipe
@@ -21,7 +22,7 @@ def volume_dataset(part: Cohort, recipe: Recipe, augment: bool) -> VolumeDataset
     return VolumeDataset(part.subjects(), transform, preprocess=preprocess)
 
 
-def make_loader(dataset: Dataset, batch_size: int, recipe: Recipe, device: torch.device | None = None) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, data: DataConfig, device: torch.device | None = None) -> DataLoader:
     """The batches of a part that is predicted, not trained on: in order, all of them."""
     # torch types Dataset without __len__; the map-style datasets here all have one
     size = len(dataset)  # type: ignore[arg-type]
@@ -29,7 +30,7 @@ def make_loader(dataset: Dataset, batch_size: int, recipe: Recipe, device: torch
         dataset,
         batch_size=min(batch_size, size),
         shuffle=False,
-        num_workers=recipe.data.num_workers,
+        num_workers=data.num_workers,
         worker_init_fn=seed_worker,
         pin_memory=device is not None and device.type == "cuda",
     )

@@ -267,7 +267,7 @@ class FineTuner(SeedTraining, ResultWriting):
     def check_precision(self) -> None:
         if self.precision != "bf16" or self.device.type != "cpu" or self.mode == "linear":
             return
-        encoder = self.pretrained if self.pretrained is not None else build_encoder_for(self.recipe)
+        encoder = self.pretrained if self.pretrained is not None else build_encoder_for(self.recipe.model)
         sample = volume_dataset(self.cohort.head(1), self.recipe, augment=False)[0]["volume"][None]
         self.precision, note = safe_precision(self.precision, self.device, encoder, sample)
         if note:

@@ -66,7 +66,9 @@ class SeedTraining(TunerState):
     def new_model(self, seed: int) -> FinetuneModel:
         """The pre-trained encoder (a fresh copy) or a new one seeded by ``seed``, with a head seeded by ``seed``."""
         torch.manual_seed(seed)
-        encoder = copy.deepcopy(self.pretrained) if self.pretrained is not None else build_encoder_for(self.recipe)
+        encoder = (
+            copy.deepcopy(self.pretrained) if self.pretrained is not None else build_encoder_for(self.recipe.model)
+        )
         model = FinetuneModel(encoder, self.target.n_outputs, freeze_encoder=self.mode == "linear")
         return model.to(self.device)
 
@@ -132,7 +134,7 @@ class SeedTraining(TunerState):
             drop_last=len(fit_part) % batch_size == 1 and len(fit_part) > 1,
         )
         run.loaders = {
-            name: make_loader(dataset, config.batch_size, self.recipe, self.device)
+            name: make_loader(dataset, config.batch_size, self.recipe.data, self.device)
             for name, dataset in datasets.items()
         }
         loss = self.loss_function(run.targets["fit"]).to(self.device)

@@ -115,8 +115,8 @@ def architecture_options(model: ModelConfig) -> ArchitectureOptions:
     )
 
 
-def build_encoder_for(recipe: RecipeSections) -> Encoder:
-    model = recipe.model
+def build_encoder_for(model: ModelConfig) -> Encoder:
+    """The encoder the recipe's ``model`` section describes, freshly initialised."""
     return build_encoder(
         model.encoder,
         in_channels=model.in_channels,
@@ -131,7 +131,7 @@ def build_method(recipe: RecipeSections, encoder: Encoder | None = None, bias_cl
     """The method the recipe names, built from its section around ``encoder`` (a fresh one from the recipe if None),
     with its ``method.debias`` term over ``bias_classes`` classes of ``data.bias``."""
     method = METHODS[recipe.method.name].build(
-        recipe.method, recipe, encoder if encoder is not None else build_encoder_for(recipe)
+        recipe.method, recipe, encoder if encoder is not None else build_encoder_for(recipe.model)
     )
     debias = getattr(recipe.method, "debias", None)
     if debias is not None:

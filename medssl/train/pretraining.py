@@ -239,7 +239,7 @@ def build_pretraining(
     if dist.enabled and not needs.distributed:
         raise RecipeError(f"method.name = {needs.name!r} runs on one process: launch it without torchrun")
     data = pretraining_data(recipe, needs, dist, device, notes, console)
-    rounding_note = epochs_from_steps(recipe, data.steps_per_epoch)
+    rounding_note = epochs_from_steps(recipe.train, data.steps_per_epoch)
     if rounding_note:
         notes.say(rounding_note)
     # Compared once the epochs of a run in steps are known (the saved recipe holds those); still
@@ -313,7 +313,7 @@ def pretraining_trainer(
         data.loader,
         run_dir,
         schedule,
-        scheduler=make_scheduler(optimizer, recipe, data.steps_per_epoch),
+        scheduler=make_scheduler(optimizer, recipe.train, data.steps_per_epoch),
         runtime=runtime,
         handlers=handlers,
     )

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from medssl.config import TrainConfig
 from medssl.data.cohort import Cohort, load_cohort
 from medssl.data.synthetic import embedded_cohort
 from medssl.errors import RecipeError
@@ -66,21 +67,21 @@ def embedded_cohort_note(recipe: Recipe) -> str | None:
     )
 
 
-def epochs_from_steps(recipe: Recipe, steps_per_epoch: int) -> str | None:
+def epochs_from_steps(train: TrainConfig, steps_per_epoch: int) -> str | None:
     """Set the epochs of a run given in ``train.steps``, scaling the warm-up with them; returns a
     note when whole epochs make more steps than asked.
 
     The warm-up keeps the share of ``train.epochs`` it has (10 of 300 epochs stays a thirtieth),
     so a schedule written for real data scales with the steps actually run.
     """
-    steps = recipe.train.steps
+    steps = train.steps
     if steps is None:
         return None
     epochs = max(1, math.ceil(steps / max(steps_per_epoch, 1)))
-    if recipe.train.warmup_epochs:
-        share = recipe.train.warmup_epochs * epochs / recipe.train.epochs
-        recipe.train.warmup_epochs = min(epochs - 1, round(share))
-    recipe.train.epochs = epochs
+    if train.warmup_epochs:
+        share = train.warmup_epochs * epochs / train.epochs
+        train.warmup_epochs = min(epochs - 1, round(share))
+    train.epochs = epochs
     if epochs * steps_per_epoch == steps:
         return None
     return (
@@ -129,10 +130,9 @@ def label_encoder_for(cohort: Cohort, label: str | None) -> dict[str, int] | Non
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up, then constant, cosine or per-epoch step decay."""
-    train = recipe.train
     total = max(train.epochs * steps_per_epoch, 1)
     warmup = train.warmup_epochs * steps_per_epoch
 

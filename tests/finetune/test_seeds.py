@@ -70,7 +70,7 @@ def train_briefly(tiny_cohort, tmp_path, mode: str, augment: bool = False):
         model,
         TargetLoss("classification", class_weights(target.encode(parts.fit.table), 2)),
         fit_data,
-        make_loader(validation, 4, recipe),
+        make_loader(validation, 4, recipe.data),
         tmp_path / mode,
         epochs=1,
         patience=1,

@@ -111,7 +111,7 @@ def test_an_imported_encoder_and_a_recipe_naming_the_same_keys_build_the_same_ne
     for layout in sources.LAYOUTS:
         spec = find_layout(layout).spec()
         keys = next(row["network"] for row in layout_rows() if row["layout"] == layout).split()
-        built = build_encoder_for(load_recipe("yaware_age", [*keys, "model.widths=null", "model.conv1_stride=2"]))
+        built = build_encoder_for(load_recipe("yaware_age", [*keys, "model.widths=null", "model.conv1_stride=2"]).model)
         assert (built.spec.name, built.spec.kwargs, built.spec.identity_modules, built.spec.stage_dilations) == (
             spec.name,
             spec.kwargs,

@@ -357,12 +357,12 @@ def test_contrastive_methods_are_not_monitored_for_collapse(tmp_path):
 def test_a_run_in_steps_runs_whole_epochs_and_scales_the_warm_up():
     recipe = load_recipe("vicreg")  # the embedded profile: 500 steps, 10 warm-up epochs of the paper's 300
     assert recipe.model.encoder == "resnet18" and recipe.model.widths == [16, 32, 64, 128]
-    note = epochs_from_steps(recipe, steps_per_epoch=14)
+    note = epochs_from_steps(recipe.train, steps_per_epoch=14)
     assert recipe.train.epochs == 36  # ceil(500 / 14): at least the steps asked for
     assert note == "train.steps = 500, in whole epochs: 36 epochs x 14 steps = 504 optimiser steps."
     assert recipe.train.warmup_epochs == round(10 * 36 / 300) == 1
     explicit = load_recipe("vicreg", ["train.epochs=3"])
-    assert epochs_from_steps(explicit, steps_per_epoch=14) is None
+    assert epochs_from_steps(explicit.train, steps_per_epoch=14) is None
     assert explicit.train.epochs == 3
 
 

@@ -625,3 +625,29 @@ def test_an_old_method_key_in_a_profile_is_read_under_its_new_name(tmp_path):
     assert load_recipe(write(tmp_path, text)).method.n_local_crops == 4  # the embedded profile sets none
     named = "profiles:\n  paper:\n    method: {name: vicreg, vicreg_form: paper_sum}\n"
     assert load_recipe(write(tmp_path, named), ["data.root=/data/openbhb"]).method.form == "paper_sum"
+
+
+@pytest.mark.parametrize("name", ["load_recipe", "Recipe", "DINOConfig", "METHOD_NAMES"])
+def test_a_name_that_moved_out_of_medssl_config_says_where_it_lives_now(name):
+    import importlib
+
+    import medssl.config
+
+    home = medssl.config.MOVED[name]
+    with pytest.raises(ImportError, match=rf"medssl.config.{name} moved: from {home} import {name}$"):
+        exec(f"from medssl.config import {name}", {})
+    assert getattr(importlib.import_module(home), name) is not None
+
+
+def test_every_name_listed_as_moved_is_importable_from_its_new_home():
+    import importlib
+
+    import medssl.config
+
+    missing = [
+        f"{home}.{name}"
+        for name, home in medssl.config.MOVED.items()
+        if not hasattr(importlib.import_module(home), name)
+    ]
+    assert missing == []
+    assert not set(medssl.config.MOVED) & set(medssl.config.__all__)  # none is still here

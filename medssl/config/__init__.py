@@ -94,3 +94,35 @@ __all__ = [
     "MethodSection",
     "RecipeSections",
 ]
+
+# Names this package held before the whole recipe moved above the table of methods: importing one
+# says where it lives now (the recipe and its reading: medssl.recipe; each method's section: medssl.methods).
+MOVED = {
+    **dict.fromkeys(
+        """
+    Recipe load_recipe recipe_from_dict dump_recipe smoke_recipe smoke_shape with_overrides
+    apply_overrides parse_override read_yaml RecipeLoader yaml_problem SWITCH_VALUES flatten_keys
+    list_recipe_names shipped_recipes shipped_recipes_dir RECIPES_DIR resolve_recipe_path field_docs
+    yaml_value EMBEDDED_PROFILE BUILTIN_PROFILES LINKED_KEYS LEGACY_BUDGET_SECTIONS chosen_profile
+    profile_layer merge_layers move_legacy_budget move_legacy_method_keys check_profile_keys
+    RENAMED_METHOD_KEYS renamed_keys rename_method_keys trim_flat_method_section
+    FLAT_METHOD_SECTION_KEYS FLAT_METHOD_SECTION_MARKERS
+        """.split(),
+        "medssl.recipe",
+    ),
+    **dict.fromkeys(
+        """
+    MethodConfig METHOD_SECTIONS METHOD_NAMES DEFAULT_METHOD EmbeddingSection YAwareConfig
+    ThresholdConfig ExponentialConfig SimCLRConfig DecoupledConfig SupConConfig EpsSupInfoNCEConfig
+    EpsSupConConfig BarlowTwinsConfig VICRegConfig BYOLConfig SimSiamConfig DINOConfig
+    DeepClusterConfig SupervisedConfig FairKLDebias AdversarialDebias Debias DebiasKey DEBIAS_NAMES
+        """.split(),
+        "medssl.methods",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in MOVED:
+        raise ImportError(f"medssl.config.{name} moved: from {MOVED[name]} import {name}")
+    raise AttributeError(f"module 'medssl.config' has no attribute {name!r}")

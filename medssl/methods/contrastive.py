@@ -110,36 +110,42 @@ def embedding_loss(
 
 
 # ----------------------------------------------------------------------------- the methods
-class YAwareConfig(EmbeddingSection):
-    """y-aware InfoNCE (Dufumier et al., MICCAI 2021): positives weighted by a kernel on the label."""
+class LabelKernelSection(EmbeddingSection):
+    """The keys of a loss that weighs pairs of subjects by a kernel on their labels."""
 
-    name: Annotated[Literal["yaware"], METHOD_NAME_FIELD] = "yaware"
     temperature: Temperature = 0.1
     sigma: Sigma = 5.0
     kernel: Kernel = "rbf"
+
+
+class MarginSection(EmbeddingSection):
+    """The keys of a supervised loss with a margin between positive and negative similarities."""
+
+    temperature: Temperature = 0.1
+    eps: Eps = 0.0
+
+
+class YAwareConfig(LabelKernelSection):
+    """y-aware InfoNCE (Dufumier et al., MICCAI 2021): positives weighted by a kernel on the label."""
+
+    name: Annotated[Literal["yaware"], METHOD_NAME_FIELD] = "yaware"
     shuffle_labels: ShuffleLabels = False
     debias: DebiasKey = None
 
 
-class ThresholdConfig(EmbeddingSection):
+class ThresholdConfig(LabelKernelSection):
     """Threshold loss L^thr (Barbano et al., ISBI 2023): negatives farther in label than the positive repel."""
 
     name: Annotated[Literal["threshold"], METHOD_NAME_FIELD] = "threshold"
-    temperature: Temperature = 0.1
-    sigma: Sigma = 5.0
-    kernel: Kernel = "rbf"
     reference_code: ReferenceCode = False
     shuffle_labels: ShuffleLabels = False
     debias: DebiasKey = None
 
 
-class ExponentialConfig(EmbeddingSection):
+class ExponentialConfig(LabelKernelSection):
     """Exponential loss L^exp (Barbano et al., ISBI 2023): negatives repel in proportion to label distance."""
 
     name: Annotated[Literal["exponential"], METHOD_NAME_FIELD] = "exponential"
-    temperature: Temperature = 0.1
-    sigma: Sigma = 5.0
-    kernel: Kernel = "rbf"
     reference_code: ReferenceCode = False
     shuffle_labels: ShuffleLabels = False
     debias: DebiasKey = None
@@ -170,22 +176,18 @@ class SupConConfig(EmbeddingSection):
     debias: DebiasKey = None
 
 
-class EpsSupInfoNCEConfig(EmbeddingSection):
+class EpsSupInfoNCEConfig(MarginSection):
     """eps-SupInfoNCE (Barbano et al., ICLR 2023): each positive beats every negative by a margin eps."""
 
     name: Annotated[Literal["eps_supinfonce"], METHOD_NAME_FIELD] = "eps_supinfonce"
-    temperature: Temperature = 0.1
-    eps: Eps = 0.0
     shuffle_labels: ShuffleLabels = False
     debias: DebiasKey = None
 
 
-class EpsSupConConfig(EmbeddingSection):
+class EpsSupConConfig(MarginSection):
     """eps-SupCon (Barbano et al., ICLR 2023): SupCon with a margin eps on the negatives."""
 
     name: Annotated[Literal["eps_supcon"], METHOD_NAME_FIELD] = "eps_supcon"
-    temperature: Temperature = 0.1
-    eps: Eps = 0.0
     shuffle_labels: ShuffleLabels = False
     debias: DebiasKey = None
 

@@ -56,10 +56,9 @@ def test_out_of_range_value_is_rejected(tmp_path):
 
 def test_unknown_method_lists_the_choices(tmp_path):
     path = write(tmp_path, "method:\n  name: mocov9\n")
-    with pytest.raises(
-        RecipeError, match=r"'method.name' = 'mocov9': expected one of 'yaware', 'simclr', .*'supervised'$"
-    ):
+    with pytest.raises(RecipeError, match=r"'method.name' = 'mocov9': expected one of ") as error:
         load_recipe(path)
+    assert str(error.value).split("expected one of ")[1] == ", ".join(map(repr, METHOD_NAMES))
 
 
 def test_a_method_section_without_a_name_is_the_default_method(tmp_path):

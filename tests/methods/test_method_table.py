@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -237,3 +238,23 @@ def test_no_file_of_the_training_engine_names_a_method():
         if f'"{name}"' in text or f"'{name}'" in text
     ]
     assert named == []
+
+
+def test_the_example_method_of_the_guide_to_adding_a_method_builds_and_trains(tmp_path, monkeypatch):
+    guide = (Path(medssl.train.__file__).parents[2] / "docs" / "extending.md").read_text()
+    source = guide.split("```python\n", 1)[1].split("```", 1)[0]  # the module the guide writes
+    path = tmp_path / "align_uniform.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("align_uniform", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "align_uniform", module)  # pydantic resolves the annotations there
+    spec.loader.exec_module(module)
+    entry = module.ALIGN_UNIFORM_METHOD
+    assert entry.name == "align_uniform" and entry.config().uniformity_weight == 1.0
+    recipe = Recipe(model={"encoder": "alexnet", "head": {"hidden_dim": 16, "out_dim": 8}})
+    method = entry.build(entry.config(uniformity_weight=2.0), recipe, build_encoder("alexnet"))
+    assert method.uniformity_weight == 2.0
+    loss, _ = method.training_loss({"views": torch.randn(4, 2, 1, 16, 16, 16)})
+    loss.backward()
+    grads = [parameter.grad for parameter in method.encoder.parameters() if parameter.grad is not None]
+    assert torch.isfinite(loss) and grads and sum(grad.abs().sum() for grad in grads) > 0

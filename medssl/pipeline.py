@@ -34,6 +34,7 @@ from medssl.errors import RecipeError
 from medssl.eval.folds import challenge_folds
 from medssl.eval.plots import plot_loss_curve
 from medssl.eval.protocols import online_probe_scores
+from medssl.eval.report import report_notes
 from medssl.eval.run import evaluate_encoder
 from medssl.methods import Method
 from medssl.models.features import extract_features
@@ -86,6 +87,8 @@ def pretrain(
             device=pretraining.trainer.device,
             console=console,
         )
+        pretraining.trainer.notes.extend(report_notes(result.evaluation))  # printed with the report
+        pretraining.trainer.write_notes()
     return result
 
 

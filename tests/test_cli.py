@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from medssl import cli
 from medssl.cli.common import choose_run_dir
+from medssl.eval.report import report_notes
 from medssl.recipe import field_docs, list_recipe_names, load_recipe
 
 runner = CliRunner()
@@ -107,6 +108,22 @@ def smoke_run(tmp_path_factory):
     )
     assert result.exit_code == 0, (result.output, result.exception)
     return run_dir, result.output
+
+
+def test_run_notes_hold_the_notes_of_loading_the_recipe_and_of_the_evaluation(tmp_path):
+    run_dir = tmp_path / "run"
+    result = invoke(
+        "pretrain", "dino", "method.local_crops=1", "--smoke", "--out", str(run_dir), "model.encoder=alexnet"
+    )
+    assert result.exit_code == 0, result.output
+    notes = (run_dir / "run_notes.txt").read_text()
+    assert notes.count("method.local_crops is now method.n_local_crops: read as that") == 1
+    assert result.output.count("method.local_crops is now method.n_local_crops") == 1
+    evaluation = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    said = report_notes(evaluation)
+    assert said and all(note in notes for note in said)
+    # a note names the report's columns (random init, trained + ComBat ...), not the keys of metrics.json
+    assert not any(note.startswith(("pretrained", "baseline", "combat")) for note in said)
 
 
 def test_pretrain_smoke_writes_a_run_folder_in_out(smoke_run):

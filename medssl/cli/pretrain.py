@@ -93,15 +93,11 @@ def pretrain(
     from medssl.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])  # a bad recipe is refused before any launch
-    for note in resolved.notes if "LOCAL_RANK" not in os.environ else []:  # keys read under new names, said once
-        cli.console.print(note)
     if devices > 1 and "LOCAL_RANK" not in os.environ:
         _refuse_one_process_method(resolved)
         _launch_torchrun(devices)
     if smoke:
         resolved = apply_smoke(resolved, overrides or [])
-        if os.environ.get("RANK", "0") == "0":
-            cli.console.print("Smoke run: a handful of subjects, tiny volumes, one short epoch.")
     run_dir = choose_run_dir(resolved.name + ("-smoke" if smoke else ""), out, resume)
     quiet = os.environ.get("RANK", "0") != "0"
     if not quiet:  # other ranks would see the folder rank 0 is creating
@@ -109,6 +105,8 @@ def pretrain(
     if resume:
         checkpoint = run_dir / PRETRAIN_CHECKPOINT
         refuse_nothing_to_resume(run_dir, out, f"checkpoint ({PRETRAIN_CHECKPOINT})", checkpoint.is_file())
+    if smoke and not quiet:
+        cli.console.print("Smoke run: a handful of subjects, tiny volumes, one short epoch.")
     from medssl.pipeline import pretrain as run_pretrain
 
     try:

@@ -123,6 +123,8 @@ MOVED = {
 
 
 def __getattr__(name: str) -> object:
+    # ImportError, not AttributeError: ``from medssl.config import X`` shows only an ImportError's
+    # message. hasattr() on a moved name raises it too, which code still using the name needs to hear.
     if name in MOVED:
         raise ImportError(f"medssl.config.{name} moved: from {MOVED[name]} import {name}")
     raise AttributeError(f"module 'medssl.config' has no attribute {name!r}")

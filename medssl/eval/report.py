@@ -286,12 +286,21 @@ def print_report(results: dict, console: Console | None = None) -> None:
     wins = _trivial_wins(names, keys, cells)
     if wins:
         console.print(f"[yellow]warning:[/] {wins}", highlight=False)
-    notes: dict[str, list[str]] = {}
+    for note in report_notes(results):
+        console.print(f"[dim]{note}[/dim]", highlight=False)
+
+
+def report_notes(results: dict) -> list[str]:
+    """The evaluation's notes (``metrics.json``), one line each, naming the columns of the report they are about."""
+    names = [name for name in REPRESENTATIONS if isinstance(results.get(name), dict)]
+    owners: dict[str, list[str]] = {}
     for name in names:
         for note in results[name].get("notes", []):
-            notes.setdefault(note, []).append(name)
-    for note, owners in notes.items():
-        console.print(f"[dim]{', '.join(owners)}: {note}[/dim]", highlight=False)
+            owners.setdefault(note, []).append(name)
+    return [
+        f"{'every column' if len(said) == len(names) > 1 else ', '.join(DISPLAY_NAMES[name] for name in said)}: {note}"
+        for note, said in owners.items()
+    ]
 
 
 def _column_groups(console: Console, names: list[str], rows: list[list[str]]) -> list[list[int]]:

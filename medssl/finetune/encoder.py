@@ -11,7 +11,7 @@ from medssl.errors import MedsslError
 from medssl.methods import architecture_options
 from medssl.models import Encoder, EncoderSpec, encoder_spec, load_encoder
 from medssl.models.encoders import model_overrides
-from medssl.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict, smoke_shape, with_source_normalization
+from medssl.recipe import Recipe, load_recipe, smoke_shape, with_overrides, with_source_normalization
 
 
 def pretraining_recipe(source: str | Path) -> Recipe | None:
@@ -105,8 +105,7 @@ def load_pretrained_encoder(source: str | Path, recipe: Recipe) -> tuple[Encoder
             f"the encoder carries its network: {' '.join(differing)} (from its encoder.json; "
             "the recipe's model section is for training from scratch)."
         )
-    raw = apply_overrides(recipe.model_dump(mode="json"), wanted)
-    resolved = recipe_from_dict(raw, source=str(source), overrides=wanted)
+    resolved = with_overrides(recipe, wanted, source=str(source), layer="encoder.json")
     resolved = with_source_normalization(resolved, encoder.spec, pretraining_recipe(source))
     return encoder, resolved, notes
 

@@ -348,9 +348,12 @@ def check_matching(matching: Matching, layout: Layout, path: Path, raw: Any) -> 
         )
     if matching.shapes:
         problems.append(f"{len(matching.shapes)} shapes differ ({first(matching.shapes)})")
-    raise CheckpointError(
-        f"{path}: does not fit layout {layout.name}: {'; '.join(problems)}; {closest_layout(raw, layout.name)}"
-    )
+    if layout.name == STATE_DICT and not (matching.missing or matching.unexpected):
+        # every key fits the network: its widths or options differ, not its kind
+        hint = "every key fits this network at other sizes: set its model.widths (or other model.* overrides)"
+    else:
+        hint = closest_layout(raw, layout.name)
+    raise CheckpointError(f"{path}: does not fit layout {layout.name}: {'; '.join(problems)}; {hint}")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -400,6 +403,10 @@ def import_weights(
         OutputError: ``out_dir`` is not new or empty.
     """
     path, out_dir = Path(path), Path(out_dir)
+    if (path.parent / "encoder.json").is_file():
+        raise CheckpointError(
+            f"{path}: a medssl encoder already (encoder.json beside it): give it to --encoder as it is, no import needed"
+        )
     check_out_dir(out_dir)
     if layout_name == STATE_DICT:
         if spec is None:

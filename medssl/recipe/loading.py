@@ -421,17 +421,18 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     return smoke
 
 
-def with_overrides(recipe: Recipe, overrides: list[str], source: str) -> Recipe:
-    """``recipe`` with command-line ``overrides`` set again (over ``--smoke``'s changes), keeping the
-    layer each value came from."""
+def with_overrides(recipe: Recipe, overrides: list[str], source: str, layer: str = "command line") -> Recipe:
+    """``recipe`` with ``overrides`` set (the command line's again over ``--smoke``'s changes, or an
+    encoder's network), keeping the layer each value came from; the overridden keys came from ``layer``."""
     again = recipe_from_dict(
         apply_overrides(recipe.model_dump(mode="json"), overrides), source=source, overrides=overrides
     )
     keys = [text.split("=", 1)[0].strip() for text in overrides]
     again._sources = dict(recipe._sources)
+    again._notes = [*recipe._notes, *(note for note in again._notes if note not in recipe._notes)]
     for key in flatten_keys(again.model_dump(mode="json")):
         if any(_within(key, written) for written in keys):
-            again._sources[key] = "command line"
+            again._sources[key] = layer
     return again
 
 
@@ -439,4 +440,8 @@ def with_source_normalization(recipe: Recipe, spec: EncoderSpec, pretraining: Re
     """``recipe`` with ``views.normalize: source`` made the encoder's own (see
     :func:`~medssl.models.weights.resolve_normalization`); ``pretraining`` is the recipe of the run that trained it."""
     views = resolve_normalization(recipe.views, spec, pretraining.views if pretraining is not None else None)
-    return recipe if views is recipe.views else recipe.model_copy(update={"views": views})
+    if views is recipe.views:
+        return recipe
+    resolved = recipe.model_copy(update={"views": views})
+    resolved._sources = {**recipe._sources, "views.normalize": "the encoder's (views.normalize: source)"}
+    return resolved

@@ -231,6 +231,8 @@ def build_pretraining(
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     notes = Notes(console, dist.is_main)
+    for note in recipe.notes:  # keys of earlier medssl versions, read under their new names
+        notes.say(note)
     budget_note = embedded_cohort_note(recipe)
     if budget_note:
         per_process = f" per process ({dist.world_size} processes)." if dist.enabled else "."

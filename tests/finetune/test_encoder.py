@@ -8,7 +8,7 @@ from medssl.cli import main
 from medssl.errors import CheckpointError
 from medssl.finetune.encoder import load_pretrained_encoder
 from medssl.models import build_encoder, save_encoder
-from medssl.recipe import Recipe, load_recipe, smoke_recipe
+from medssl.recipe import Recipe, dump_recipe, load_recipe, smoke_recipe
 
 from .helpers import tiny_recipe
 
@@ -29,6 +29,18 @@ def test_an_encoder_carries_its_network_whatever_the_recipes_model_section(tmp_p
     ]
     recipe.model.encoder, recipe.model.widths = "resnet18", [8, 8, 16, 16]
     assert load_pretrained_encoder(tmp_path, recipe)[2] == []
+
+
+def test_the_recipe_of_a_fine_tuned_encoder_still_says_where_each_value_came_from(tmp_path):
+    save_encoder(build_encoder("resnet18", widths=[8, 8, 16, 16]), tmp_path / "encoder.pt")
+    recipe = load_recipe("finetune_diagnosis", ["finetune.epochs=3", "views.normalize=source"])
+    (tmp_path / "recipe.yaml").write_text("views:\n  normalize: minmax\n")  # the pre-training run's
+    resolved = load_pretrained_encoder(tmp_path, recipe)[1]
+    lines = {line.strip().split(":")[0]: line for line in dump_recipe(resolved).splitlines() if "#" in line}
+    assert lines["widths"].endswith("# encoder.json") and lines["encoder"].endswith("# encoder.json")
+    assert lines["epochs"].endswith("# command line")
+    assert lines["normalize"].strip() == "normalize: minmax  # the encoder's (views.normalize: source)"
+    assert resolved.views.normalize == "minmax"
 
 
 def test_missing_and_corrupt_encoder_files_are_clear_errors(tmp_path, tiny_cohort):

@@ -193,6 +193,21 @@ def test_missing_extra_and_misshapen_keys_are_refused(tmp_path, monkeypatch, cap
     assert "1 shapes differ (conv1.weight (64, 1, 3, 3, 3) in the file, (64, 1, 7, 7, 7) in the network)" in error
 
 
+def test_a_state_dict_of_other_widths_says_to_set_them_and_a_medssl_encoder_needs_no_import(
+    tmp_path, monkeypatch, capsys
+):
+    narrow = build_encoder("resnet18", widths=[16, 32, 64, 128])
+    torch.save(narrow.network.state_dict(), tmp_path / "narrow.pth")
+    arguments = [str(tmp_path / "narrow.pth"), "--layout", "state-dict", "--encoder", "resnet18"]
+    error = refuse(tmp_path, *arguments, monkeypatch=monkeypatch, capsys=capsys)
+    assert "shapes differ" in error and "every key fits this network at other sizes: set its model.widths" in error
+    assert "closest layout" not in error
+    save_encoder(narrow, tmp_path / "run" / "encoder.pt")
+    arguments = [str(tmp_path / "run" / "encoder.pt"), "--layout", "state-dict", "--encoder", "resnet18"]
+    error = refuse(tmp_path, *arguments, monkeypatch=monkeypatch, capsys=capsys)
+    assert "a medssl encoder already (encoder.json beside it): give it to --encoder as it is" in error
+
+
 def test_files_that_are_not_checkpoints_are_refused_without_unpickling(tmp_path, monkeypatch, capsys):
     np.save(tmp_path / "volume.npy", np.zeros(3))
     error = refuse(

@@ -206,10 +206,10 @@ def test_resume_picks_the_latest_run_of_that_recipe_only(tmp_path, monkeypatch):
     ],
 )
 def test_bad_recipe_input_exits_with_code_2_and_a_one_line_error(monkeypatch, capsys, arguments, message):
-    code, error = run_main(monkeypatch, capsys, *arguments)
+    code, output, error = run_main_output(monkeypatch, capsys, *arguments)
     assert code == 2
     assert error.startswith("error: ") and message in error
-    assert error.strip().count("\n") == 0
+    assert error.strip().count("\n") == 0 and output == ""  # refused before anything else is said
 
 
 @pytest.mark.parametrize("override", ["train.epochs=3", "method.temperature=0.5", "model.encoder=resnet50"])

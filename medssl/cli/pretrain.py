@@ -93,6 +93,7 @@ def pretrain(
     from medssl.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])  # a bad recipe is refused before any launch
+    _refuse_unlabelled(resolved)
     if devices > 1 and "LOCAL_RANK" not in os.environ:
         _refuse_one_process_method(resolved)
         _launch_torchrun(devices)
@@ -119,6 +120,13 @@ def pretrain(
             f"Done: mean loss {result.first_loss:.4f} -> {result.last_loss:.4f} (first -> last epoch), "
             f"{_network_trained(result.run_dir)}. Run folder: {result.run_dir}"
         )
+
+
+def _refuse_unlabelled(recipe: Recipe) -> None:
+    from medssl.methods import method_needs
+    from medssl.train.pretraining import check_label
+
+    check_label(recipe, method_needs(recipe))
 
 
 def _refuse_one_process_method(recipe: Recipe) -> None:

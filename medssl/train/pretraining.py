@@ -94,14 +94,19 @@ class Notes(list):
             self.console.print(message)
 
 
-def training_views(recipe: Recipe, needs: MethodNeeds, train: Cohort) -> MultiViewDataset:
-    """The training subjects' random views, with the label and bias (site) the method reads."""
-    label = recipe.data.label if needs.label else None
-    if needs.label and label is None:
+def check_label(recipe: Recipe, needs: MethodNeeds) -> None:
+    """A method that trains on a label needs ``data.label`` (a fine-tuning recipe has none: it is not for pretrain)."""
+    if needs.label and recipe.data.label is None:
         raise RecipeError(
             f"method.name = {needs.name!r} needs a label: set data.label (e.g. age); "
             "a fine-tuning recipe (finetune_diagnosis) runs with medssl finetune"
         )
+
+
+def training_views(recipe: Recipe, needs: MethodNeeds, train: Cohort) -> MultiViewDataset:
+    """The training subjects' random views, with the label and bias (site) the method reads."""
+    check_label(recipe, needs)
+    label = recipe.data.label if needs.label else None
     shape = recipe.data.volume_shape
     if not shape:
         check_same_shape(train)  # else the first batch fails in torch.stack without naming a file

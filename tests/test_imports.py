@@ -201,3 +201,16 @@ def test_every_name_a_package_lists_is_importable_from_it(package):
         assert getattr(module, name).__name__ == name
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         module.nothing  # noqa: B018
+
+
+def test_reading_a_recipe_imports_neither_monai_nor_scikit_learn():
+    # the methods' sections make the recipe import torch; MONAI and scikit-learn (about 3 s and 1 s
+    # on a 2-core machine) wait until a network is built or a probe fitted
+    code = (
+        "import sys; from medssl.recipe import load_recipe; load_recipe('deepcluster'); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'monai', 'sklearn', 'pandas'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    )
+    assert result.stdout.strip() == "[]"

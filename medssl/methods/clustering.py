@@ -25,9 +25,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.metrics import normalized_mutual_info_score
-from sklearn.preprocessing import normalize as normalize_rows
 from torch.utils.data import Sampler
 
 from medssl.errors import RecipeError, TrainingError
@@ -66,6 +63,10 @@ def pca_whiten(features: ArrayLike, dim: int = 256, eps: float = 1e-5, normalize
         raise ValueError(f"PCA needs at least 2 samples, got {n}")
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
+    # scikit-learn is imported where it is used: reading a recipe imports this module (DeepCluster's section)
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import normalize as normalize_rows
+
     pca = PCA(n_components=min(dim, n, d), svd_solver="full").fit(x)
     whitened = pca.transform(x) / np.sqrt(pca.explained_variance_ + eps)
     if normalize:
@@ -237,6 +238,8 @@ def normalized_mutual_info(a: ArrayLike, b: ArrayLike) -> float:
     a, b = _as_assignments(a), _as_assignments(b)
     if a.shape != b.shape:
         raise ValueError(f"labelings differ in length: {a.shape[0]} and {b.shape[0]}")
+    from sklearn.metrics import normalized_mutual_info_score
+
     return float(normalized_mutual_info_score(a, b))
 
 

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks import nets
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -226,7 +225,7 @@ def build_network(spec: EncoderSpec) -> nn.Module:
     if spec.library == "medssl.models.encoders":
         network = AlexNet3D(**spec.kwargs)
     else:
-        network = getattr(nets, spec.network)(**spec.kwargs)
+        network = getattr(monai_networks(), spec.network)(**spec.kwargs)
     for module_name in spec.identity_modules:
         parent, _, child = module_name.rpartition(".")
         setattr(network.get_submodule(parent), child, nn.Identity())
@@ -235,11 +234,20 @@ def build_network(spec: EncoderSpec) -> nn.Module:
     return network
 
 
+def monai_networks() -> Any:
+    """MONAI's ``networks.nets``, imported on first use: reading a recipe (which imports the methods
+    and so this module) then costs no MONAI import, about 3 s on a 2-core machine."""
+    from monai.networks import nets
+
+    return nets
+
+
 def checkpoint_units(network: nn.Module) -> list[nn.Module]:
     """The stages whose activations activation checkpointing drops and recomputes: a ResNet's
     four stages, DenseNet's dense blocks and transitions (where nearly all activation memory
     is); none for other networks. The stem stays stored: recomputing it would cost a pass
     at full resolution for the memory of one layer."""
+    nets = monai_networks()
     if isinstance(network, nets.ResNet):
         return [network.layer1, network.layer2, network.layer3, network.layer4]
     if isinstance(network, nets.DenseNet):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -15,8 +15,6 @@ from pydantic import ValidationError
 from medssl.config import SyntheticCohortConfig
 from medssl.errors import RecipeError
 from medssl.methods import DEBIAS_NAMES, METHOD_NAMES, METHOD_SECTIONS, EmbeddingSection
-from medssl.models.encoders import EncoderSpec
-from medssl.models.weights import resolve_normalization
 from medssl.recipe.document import (
     LINKED_KEYS,
     Recipe,
@@ -26,6 +24,9 @@ from medssl.recipe.document import (
     profile_layer,
 )
 from medssl.recipe.legacy_keys import method_name_of, other_name, renamed_keys, trim_flat_method_section
+
+if TYPE_CHECKING:
+    from medssl.models.encoders import EncoderSpec
 
 
 def shipped_recipes_dir() -> Path:
@@ -439,6 +440,8 @@ def with_overrides(recipe: Recipe, overrides: list[str], source: str, layer: str
 def with_source_normalization(recipe: Recipe, spec: EncoderSpec, pretraining: Recipe | None = None) -> Recipe:
     """``recipe`` with ``views.normalize: source`` made the encoder's own (see
     :func:`~medssl.models.weights.resolve_normalization`); ``pretraining`` is the recipe of the run that trained it."""
+    from medssl.models.weights import resolve_normalization  # its readers (OpenBHB's, pandas) only here
+
     views = resolve_normalization(recipe.views, spec, pretraining.views if pretraining is not None else None)
     if views is recipe.views:
         return recipe

@@ -650,3 +650,11 @@ def test_every_name_listed_as_moved_is_importable_from_its_new_home():
     ]
     assert missing == []
     assert not set(medssl.config.MOVED) & set(medssl.config.__all__)  # none is still here
+
+
+def test_a_key_set_again_over_smoke_under_its_old_name_says_it_came_from_the_command_line():
+    from medssl.recipe import with_overrides
+
+    recipe = smoke_recipe(load_recipe("dino", ["method.local_crops=3"]))
+    again = with_overrides(recipe, ["method.local_crops=3"], "command line")
+    assert "  n_local_crops: 3  # command line" in dump_recipe(again).splitlines()

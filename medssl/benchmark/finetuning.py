@@ -37,7 +37,6 @@ from medssl.benchmark import (
     BenchmarkRun,
     RunOne,
     default_recipes,
-    planned_runs,
     recipe_folder,
     run_in_slots,
     run_pretrain_process,
@@ -222,22 +221,40 @@ def _run_seconds(out_dir: Path) -> float | None:
 
 
 def rebuild_finetune_leaderboard(bench_dir: str | Path) -> dict[str, Path] | None:
-    """Write the fine-tuning leaderboard of a benchmark folder again from its finished points, as
-    ``benchmark.json`` records the request (None when the benchmark fine-tuned nothing yet)."""
+    """Write the fine-tuning leaderboard of a benchmark folder again from every finished point in
+    it (None when it holds none), without opening any cohort."""
     bench_dir = Path(bench_dir)
     record_path = bench_dir / BENCHMARK_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    asked = record.get("finetune")
-    if not asked:
+    asked = record.get("finetune") or {}
+    names = {recipe_folder(recipe): recipe for recipe in asked.get("recipes", [])}
+    points = finished_points(bench_dir, names)
+    if not points:
         return None
-    request = check_finetune_request(
-        asked["recipes"], asked["train_sizes"], asked["all_seeds"], record.get("smoke", False)
-    )
-    runs = encoders_of(planned_runs(record["recipes"], record["seeds"], bench_dir), record["seeds"], request.all_seeds)
-    points = planned_points(request, [run for run in runs if run.finished], bench_dir)
-    if not any(point.finished for point in points):
-        return None
-    return write_finetune_leaderboard(bench_dir, points, record.get("command"), None, _run_seconds(bench_dir))
+    command = record.get("command") if asked else None  # a later benchmark without --finetune ran none of them
+    return write_finetune_leaderboard(bench_dir, points, command, None, _run_seconds(bench_dir))
+
+
+def finished_points(bench_dir: Path, names: dict[str, str]) -> list[CurvePoint]:
+    """The finished points under ``BENCH/finetune``, read from their folders (see :func:`planned_points`):
+    ``<recipe>/scratch/n<size>`` and ``<recipe>/<method>-seed<k>/<mode>-n<size>``; ``names`` maps a
+    recipe's folder to the name it was given as (a YAML path)."""
+    points = []
+    for result in sorted((bench_dir / "finetune").glob("*/*/*/finetune.json")):
+        run_dir = result.parent
+        recipe = names.get(run_dir.parent.parent.name, run_dir.parent.parent.name)
+        encoder = run_dir.parent.name
+        mode, _, size = run_dir.name.rpartition("n") if encoder == "scratch" else run_dir.name.rpartition("-n")
+        if not (size.isdigit() or size == "all"):
+            continue
+        size_value = None if size == "all" else int(size)
+        method, _, seed = encoder.rpartition("-seed")
+        if encoder == "scratch" and not mode:
+            points.append(CurvePoint(recipe, "scratch", "scratch", size_value, run_dir))
+        elif method and seed.isdigit() and mode in FINETUNE_MODES:
+            weights = bench_dir / "runs" / method / f"seed{seed}" / "encoder.pt"
+            points.append(CurvePoint(recipe, method, mode, size_value, run_dir, int(seed), weights))
+    return points
 
 
 def _attempt(point: CurvePoint, smoke: bool, env: dict, run_one: RunOne) -> tuple[str | None, float]:

@@ -244,7 +244,7 @@ def write_leaderboard(
     Args:
         bench_dir: the benchmark folder.
         command: the command line that produced it, for the report (default: the one in ``benchmark.json``).
-        wall_time_s: wall time of the benchmark command, for the report (None: not measured).
+        wall_time_s: wall time of the benchmark command, for the report (None: not recorded).
         n_resamples, seed: of the paired bootstrap (:func:`paired_differences`).
         references: rows every method is compared with (e.g. add a control recipe's name); a
             name beyond :data:`REFERENCES` that is no row of the benchmark is refused.

@@ -403,7 +403,7 @@ def import_weights(
         OutputError: ``out_dir`` is not new or empty.
     """
     path, out_dir = Path(path), Path(out_dir)
-    if (path.parent / "encoder.json").is_file():
+    if path.is_file() and (path.parent / "encoder.json").is_file():
         raise CheckpointError(
             f"{path}: a medssl encoder already (encoder.json beside it): give it to --encoder as it is, no import needed"
         )

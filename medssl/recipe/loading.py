@@ -428,11 +428,14 @@ def with_overrides(recipe: Recipe, overrides: list[str], source: str, layer: str
     again = recipe_from_dict(
         apply_overrides(recipe.model_dump(mode="json"), overrides), source=source, overrides=overrides
     )
-    keys = [text.split("=", 1)[0].strip() for text in overrides]
+    renamed = renamed_keys(again.method.name)
+    keys = [_current_key(text.split("=", 1)[0].strip(), renamed) for text in overrides]
     again._sources = dict(recipe._sources)
     again._notes = [*recipe._notes, *(note for note in again._notes if note not in recipe._notes)]
-    for key in flatten_keys(again.model_dump(mode="json")):
-        if any(_within(key, written) for written in keys):
+    before = flatten_keys(recipe.model_dump(mode="json"))
+    for key, value in flatten_keys(again.model_dump(mode="json")).items():
+        # a key set, or changed by one set (another encoder drops the widths below it: LINKED_KEYS)
+        if any(_within(key, written) for written in keys) or before.get(key) != value:
             again._sources[key] = layer
     return again
 
@@ -445,6 +448,7 @@ def with_source_normalization(recipe: Recipe, spec: EncoderSpec, pretraining: Re
     views = resolve_normalization(recipe.views, spec, pretraining.views if pretraining is not None else None)
     if views is recipe.views:
         return recipe
-    resolved = recipe.model_copy(update={"views": views})
+    resolved = recipe.model_copy(deep=True)
+    resolved.views = views
     resolved._sources = {**recipe._sources, "views.normalize": "the encoder's (views.normalize: source)"}
     return resolved

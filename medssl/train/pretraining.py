@@ -10,7 +10,8 @@ its schedule) and checks a resume before anything in the run folder is touched;
     metrics.csv            one row per step and per epoch (loss, lr, volumes/s, diagnostics)
     tensorboard/           the same scalars for TensorBoard
     checkpoints/last.pt    written atomically after every epoch; ``resume=True`` continues from it
-    run_notes.txt          every note the run printed (precision fall-back, budget, resume), time-stamped
+    run_notes.txt          every note the run printed (keys read under new names, budget, precision fall-back,
+                           resume, the evaluation's notes), time-stamped
     encoder.pt / .json     the trained MONAI network's state dict and how to rebuild it
 """
 

@@ -204,6 +204,20 @@ def test_medssl_leaderboard_rebuilds_the_fine_tuning_leaderboard_from_the_finish
     assert (tmp_path / "finetune_leaderboard.png").stat().st_size > 0
 
 
+def test_the_fine_tuning_leaderboard_is_rebuilt_from_the_points_on_disk_whatever_benchmark_json_says_now(tmp_path):
+    bench(tmp_path, FakeFinetune())
+    written = pd.read_csv(tmp_path / "finetune_leaderboard.csv")
+    record = json.loads((tmp_path / "benchmark.json").read_text())
+    del record["finetune"]  # as a later `medssl benchmark` without --finetune leaves it
+    (tmp_path / "benchmark.json").write_text(json.dumps(record))
+    (tmp_path / "finetune_leaderboard.csv").unlink()
+    (tmp_path / "finetune" / "finetune_focal" / "notes").mkdir()  # not a point: ignored
+    paths = finetuning_module.rebuild_finetune_leaderboard(tmp_path)
+    assert paths is not None
+    pd.testing.assert_frame_equal(pd.read_csv(paths["csv"]), written)
+    assert "- command: `not recorded`" in paths["md"].read_text()
+
+
 def test_medssl_leaderboard_of_a_benchmark_without_fine_tuning_writes_no_fine_tuning_leaderboard(tmp_path):
     run_benchmark(["simclr"], [0, 1], tmp_path, n_resamples=20, run_one=finished_pretraining, smoke=True)
     result = CliRunner().invoke(cli.app, ["leaderboard", str(tmp_path)])

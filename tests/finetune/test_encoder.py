@@ -41,6 +41,10 @@ def test_the_recipe_of_a_fine_tuned_encoder_still_says_where_each_value_came_fro
     assert lines["epochs"].endswith("# command line")
     assert lines["normalize"].strip() == "normalize: minmax  # the encoder's (views.normalize: source)"
     assert resolved.views.normalize == "minmax"
+    # an encoder of its own widths nulls the recipe's: that value came from encoder.json too
+    save_encoder(build_encoder("alexnet"), tmp_path / "alexnet" / "encoder.pt")
+    resolved = load_pretrained_encoder(tmp_path / "alexnet", load_recipe("finetune_diagnosis"))[1]
+    assert "  widths: null  # encoder.json" in dump_recipe(resolved).splitlines()
 
 
 def test_missing_and_corrupt_encoder_files_are_clear_errors(tmp_path, tiny_cohort):

@@ -170,27 +170,23 @@ def test_the_check_catches_an_upward_import_also_inside_a_function(tmp_path, mon
     assert len(problems) == 1 and rank in problems[0]
 
 
-def test_training_runs_without_loading_the_evaluation_package():
-    code = (
-        "import sys, medssl.train.pretraining, medssl.train.finetuning; "
-        "print(sorted(m for m in sys.modules if m.startswith('medssl.eval')))"
-    )
+def loaded_after(statements: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules starting with ``prefixes`` that a fresh interpreter holds after ``statements``."""
+    code = f"import sys; {statements}; print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
     )
-    assert result.stdout.strip() == "[]"
+    return ast.literal_eval(result.stdout)  # a printed list of module names
+
+
+def test_training_runs_without_loading_the_evaluation_package():
+    assert loaded_after("import medssl.train.pretraining, medssl.train.finetuning", ("medssl.eval",)) == []
 
 
 def test_evaluation_runs_without_loading_training_or_fine_tuning():
     modules = sorted(module_name(path) for path in sources() if layer(module_name(path)) == "medssl.eval")
-    code = (
-        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
-        "print(sorted(m for m in sys.modules if m.startswith(('medssl.train', 'medssl.finetune'))))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
-    )
-    assert result.stdout.strip() == "[]"
+    statements = f"import importlib; [importlib.import_module(m) for m in {modules!r}]"
+    assert loaded_after(statements, ("medssl.train", "medssl.finetune")) == []
 
 
 @pytest.mark.parametrize("package", ["medssl.data", "medssl.train", "medssl.eval", "medssl.finetune"])
@@ -206,11 +202,5 @@ def test_every_name_a_package_lists_is_importable_from_it(package):
 def test_reading_a_recipe_imports_neither_monai_nor_scikit_learn():
     # the methods' sections make the recipe import torch; MONAI and scikit-learn (about 3 s and 1 s
     # on a 2-core machine) wait until a network is built or a probe fitted
-    code = (
-        "import sys; from medssl.recipe import load_recipe; load_recipe('deepcluster'); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'monai', 'sklearn', 'pandas'}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
-    )
-    assert result.stdout.strip() == "[]"
+    statements = "from medssl.recipe import load_recipe; load_recipe('deepcluster')"
+    assert loaded_after(statements, ("monai", "sklearn", "pandas")) == []

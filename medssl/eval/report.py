@@ -137,8 +137,8 @@ def evaluate_representation(
     results: dict = {}
     long_tables: list[pd.DataFrame] = []
     per_fold: list[pd.DataFrame] = []
-    # ComBat harmonises across sites: the trained encoder's features, harmonised, beside them
-    names = [*matrices][:1] + ["combat"] * (setup.n_sites >= 2) + [*matrices][1:]
+    names = list(matrices)
+    names[1:1] = ["combat"] if setup.n_sites >= 2 else []  # ComBat: the trained encoder's features, harmonised
     for name in names:
         matrix = matrices["pretrained" if name == "combat" else name]
         transform = fold_combat(matrix, table) if name == "combat" else None

@@ -184,6 +184,8 @@ def main() -> None:
             else "interrupted before the first checkpoint: start again with: "
             + resume_command(sys.argv, interrupted.run_dir, option="--overwrite")
         )
+        # the progress bar's last line (stdout, buffered when not a terminal) ends before this line begins
+        sys.stdout.flush()
         stderr.print(
             line,
             highlight=False,
